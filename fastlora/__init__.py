@@ -1,0 +1,31 @@
+"""fastlora: fast, exact solvers for PEFT-based meta-learning of linear models (LoRA-ML).
+
+>>> import fastlora as fl
+>>> prob = fl.make_problem(d=20, k=1, T=3, seed=0)
+>>> res = fl.retrain(prob, method="lora-ml", peft="lora_sym", rank=1)
+>>> fl.evaluate(res, prob)["rel_err_A"] < 1e-6
+True
+"""
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+from . import peft
+from .arrays import array_module
+from .backends import get_backend
+from .errors import BackendUnavailableError, FastLoRAError, PerformanceWarning, PluginError
+from .finetune import FinetuneResult, finetune
+from .metrics import evaluate
+from .problems import Problem, make_problem
+from .retrain import retrain
+from .solvers.common import RetrainResult
+from .tasks import LowRankTarget, Task
+
+try:
+    __version__ = _metadata.version("fastlora")
+except _metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0+source"
+
+__all__ = ["BackendUnavailableError", "FastLoRAError", "FinetuneResult", "LowRankTarget", "PerformanceWarning",
+           "PluginError", "Problem", "RetrainResult", "Task", "array_module", "evaluate", "finetune",
+           "get_backend", "make_problem", "peft", "retrain"]

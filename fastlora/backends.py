@@ -1,0 +1,206 @@
+"""Execution backends: one solver code, three array/kernel providers.
+
+* ``numpy`` — the readable reference (``fastlora.kernels.reference``).
+* ``numba`` — the same kernels compiled with Numba, parallel over tasks (CPU).
+* ``cupy``  — the reference kernels on CuPy arrays plus custom CUDA kernels (GPU).
+* ``auto``  — cupy when a usable GPU is present, else numba when importable, else numpy.
+
+``import fastlora`` never imports numba or cupy; a backend is built on first request.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import types
+import warnings
+
+import numpy as np
+
+from .config import settings, usable_cores
+from .errors import BackendUnavailableError, PerformanceWarning, check_choice
+
+BACKENDS = ("numpy", "numba", "cupy")
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+class Backend:
+    """An array module ``xp`` plus the kernel set the solvers call (``kernels.<name>``)."""
+
+    def __init__(self, name: str, xp, kernels: dict):
+        self.name, self.xp = name, xp
+        self.kernels = types.SimpleNamespace(**kernels)
+
+    def asarray(self, a, dtype):
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    def describe(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<fastlora backend {self.name}>"
+
+
+class NumbaBackend(Backend):
+    def __init__(self):
+        from .kernels import numba_cpu, reference
+        super().__init__("numba", np, {**reference.KERNELS, **numba_cpu.KERNELS})
+        self.module = numba_cpu
+
+    def set_threads(self, threads: int | None) -> int:
+        import numba
+        limit = numba.config.NUMBA_NUM_THREADS
+        wanted = threads or settings.num_threads or min(usable_cores(), limit)
+        wanted = max(1, min(int(wanted), limit))
+        numba.set_num_threads(wanted)
+        _warn_oversubscription(wanted)
+        return wanted
+
+    def describe(self) -> str:
+        import numba
+        return f"numba {numba.__version__} ({numba.get_num_threads()} threads, {numba.threading_layer() if _numba_ran() else 'layer not yet chosen'})"
+
+
+class CupyBackend(Backend):
+    def __init__(self):
+        import cupy
+        from .kernels import cupy_gpu, reference
+        super().__init__("cupy", cupy, {**reference.KERNELS, **cupy_gpu.KERNELS})
+
+    def to_numpy(self, a):
+        return self.xp.asnumpy(a)
+
+    def synchronize(self) -> None:
+        self.xp.cuda.Device().synchronize()
+
+    def describe(self) -> str:
+        props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return f"cupy {self.xp.__version__} on {name}"
+
+
+def _numba_ran() -> bool:
+    try:
+        import numba
+        numba.threading_layer()
+        return True
+    except ValueError:
+        return False
+
+
+_OVERSUBSCRIPTION_WARNED = False
+
+
+def _warn_oversubscription(numba_threads: int) -> None:
+    """Warn once when Numba's threads times BLAS's threads exceed this process's cores.
+
+    Numba kernels call small LAPACK routines from inside their parallel loops; with a
+    multi-threaded BLAS, each Numba thread may start its own BLAS pool.  The usual case is
+    a process pool (sweeps, joblib) in which every worker keeps all cores' worth of threads.
+    """
+    global _OVERSUBSCRIPTION_WARNED
+    if _OVERSUBSCRIPTION_WARNED:
+        return
+    cores = usable_cores()
+    blas = blas_threads()
+    if numba_threads > 1 and blas > 1 and numba_threads * blas > cores and _in_worker_process():
+        _OVERSUBSCRIPTION_WARNED = True
+        warnings.warn(
+            f"fastlora: Numba uses {numba_threads} threads and BLAS {blas} threads on {cores} cores in a worker "
+            f"process; nested parallel regions will oversubscribe the CPU (often 10x slower). Pass threads=1 "
+            f"(or set FASTLORA_NUM_THREADS=1) and limit BLAS with threadpoolctl.threadpool_limits(1, 'blas').",
+            PerformanceWarning, stacklevel=4)
+
+
+def _in_worker_process() -> bool:
+    import multiprocessing
+    return multiprocessing.parent_process() is not None or "DASK_PARENT" in os.environ
+
+
+def blas_threads() -> int:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return 1
+    counts = [lib["num_threads"] for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return max(counts, default=1)
+
+
+@functools.lru_cache(maxsize=None)
+def cupy_status() -> tuple[bool, str]:
+    """(usable, reason): whether backend="cupy" can run here, and if not, what is missing."""
+    try:
+        import cupy
+    except ImportError:
+        return False, "the cupy package is not installed (pip install 'fastlora[gpu]')"
+    except Exception as exc:  # noqa: BLE001 - a broken CUDA install raises many kinds
+        return False, f"cupy failed to import: {exc}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001
+        return False, f"no usable CUDA driver/runtime: {exc}"
+    if count < 1:
+        return False, "the CUDA driver reports no GPU device"
+    return True, f"{count} CUDA device(s)"
+
+
+@functools.lru_cache(maxsize=None)
+def numba_status() -> tuple[bool, str]:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False, "the numba package is not installed"
+    return True, "numba available"
+
+
+@functools.lru_cache(maxsize=None)
+def _build(name: str) -> Backend:
+    if name == "numpy":
+        from .kernels import reference
+        return Backend("numpy", np, dict(reference.KERNELS))
+    if name == "numba":
+        ok, why = numba_status()
+        if not ok:
+            raise BackendUnavailableError(f"backend='numba' is unavailable: {why}")
+        return NumbaBackend()
+    ok, why = cupy_status()
+    if not ok:
+        raise BackendUnavailableError(f"backend='cupy' is unavailable: {why}")
+    return CupyBackend()
+
+
+def resolve_backend_name(name: str | None) -> str:
+    name = settings.default_backend if name in (None, "auto") else name
+    check_choice("backend", name, ("auto", *BACKENDS))
+    if name != "auto":
+        return name
+    if cupy_status()[0]:
+        return "cupy"
+    if numba_status()[0]:
+        return "numba"
+    return "numpy"
+
+
+def get_backend(name: str | None = "auto", threads: int | None = None) -> Backend:
+    """The backend called ``name`` ("numpy", "numba", "cupy" or "auto")."""
+    backend = _build(resolve_backend_name(name))
+    if isinstance(backend, NumbaBackend):
+        backend.set_threads(threads)
+    return backend
+
+
+def resolve_dtype(dtype) -> type:
+    if isinstance(dtype, str):
+        return DTYPES[check_choice("dtype", dtype, DTYPES)]
+    if dtype in (np.float64, np.float32):
+        return dtype
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = repr(dtype)
+    return DTYPES[check_choice("dtype", name, DTYPES)]

@@ -1,0 +1,86 @@
+"""Exceptions and argument validation shared by the whole package.
+
+Every user-facing check raises :class:`FastLoRAError` (a ``ValueError``) whose message
+names the offending argument and what is allowed, so that callers and the CLI can
+report one readable line.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+
+class FastLoRAError(ValueError):
+    """Invalid input or an impossible request; the message names the argument."""
+
+
+class BackendUnavailableError(FastLoRAError):
+    """The requested backend cannot run here (package, driver or device missing)."""
+
+
+class PluginError(FastLoRAError):
+    """A PEFT parameterization plugin failed to load or violates the protocol."""
+
+
+class PerformanceWarning(UserWarning):
+    """A configuration that works but will run far slower than it should."""
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
+    allowed = list(allowed)
+    if not isinstance(value, str) or value not in allowed:
+        raise FastLoRAError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
+              allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise FastLoRAError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if low is not None and value < low:
+        raise FastLoRAError(f"{name}={value} is too small; it must be >= {low}")
+    if high is not None and value > high:
+        raise FastLoRAError(f"{name}={value} is too large; it must be <= {high}")
+    return value
+
+
+def check_float(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise FastLoRAError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise FastLoRAError(f"{name} must be finite, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        op = ">" if low_open else ">="
+        raise FastLoRAError(f"{name}={value} is out of range; it must be {op} {low}")
+    if high is not None and value > high:
+        raise FastLoRAError(f"{name}={value} is out of range; it must be <= {high}")
+    return value
+
+
+def check_array(name: str, value: Any, *, ndim: int | None = None, shape: tuple | None = None) -> np.ndarray:
+    """Return ``value`` as a finite float64 numpy array of the expected shape.
+
+    ``shape`` may hold ``None`` for free axes.
+    """
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise FastLoRAError(f"{name} must be a numeric array: {exc}") from None
+    if ndim is not None and arr.ndim != ndim:
+        raise FastLoRAError(f"{name} must be a {ndim}-d array, got shape {arr.shape}")
+    if shape is not None:
+        if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise FastLoRAError(f"{name} has shape {arr.shape}; expected {want}")
+    if arr.size and not np.isfinite(arr).all():
+        raise FastLoRAError(f"{name} contains NaN or Inf values")
+    return arr

@@ -1,0 +1,96 @@
+"""The parameterization protocol (version 1) and its validation.
+
+A parameterization is an object (usually a class instantiated with its hyper-parameters)
+with these members; all arrays are batched over tasks (leading axis T) and belong to
+the backend's array module (numpy or cupy — use :func:`fastlora.array_module`)::
+
+    name: str                                   # the registry key
+    api_version = 1
+    shapes(d_out, d_in, rank) -> dict[str, tuple]          # one task's parameter shapes
+    init(rng, d_out, d_in, rank, T) -> dict[str, ndarray]  # rng: numpy Generator; numpy arrays
+    delta(params) -> (T, d_out, d_in)                      # Δ(θ_t) for every task
+    pullback(params, G) -> dict[str, ndarray]              # ∂/∂θ of Σ_t ⟨G_t, Δ(θ_t)⟩, G (T, d_out, d_in)
+
+Optional members (absent or ``None`` when not provided):
+
+    factors(params) -> (B, C)         # Δ = B Cᵀ, B (T, d_out, m), C (T, d_in, m)
+    best_fit(R, rank) -> params       # argmin_θ ½‖Δ(θ) − R_t‖²_F per task (exact)
+    family: "general" | "psd" | "full" | None
+        "general": Δ ranges over all matrices of rank ≤ r   (needs factors, from_factors, best_fit)
+        "psd":     Δ ranges over all PSD matrices of rank ≤ r (same needs; from_factors(U, U))
+        "full":    Δ is any matrix                             (needs best_fit)
+    from_factors(B, C) -> params      # params with Δ = B Cᵀ exactly (families general and psd)
+    implicit_gradient: bool           # pullback accepts a fastlora.linop.SharedPlusLowRank as G
+    canonicalize(params) -> params    # fix sign/rotation freedom so results are unique
+    square_only: bool                 # needs d_out == d_in
+    fast_paths: dict[str, object]     # backend name -> object overriding delta/pullback/best_fit
+
+What the solvers make of it: ``gd`` needs only the required members; ``als`` uses
+``best_fit`` (exact adapter step) when there is one, the ``family`` to whiten the
+finite-sample step or to run subspace iteration on factored targets, and otherwise
+falls back to inner gradient steps.
+"""
+from __future__ import annotations
+
+from ..errors import PluginError
+
+API_VERSION = 1
+REQUIRED_METHODS = ("shapes", "init", "delta", "pullback")
+OPTIONAL_METHODS = ("factors", "best_fit", "from_factors", "canonicalize")
+FAMILIES = (None, "general", "psd", "full")
+
+
+def protocol_errors(obj) -> list[str]:
+    """Everything ``obj`` gets wrong about protocol version 1 (empty list: conforms)."""
+    errors = []
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not name:
+        errors.append("has no string attribute 'name'")
+    version = getattr(obj, "api_version", None)
+    if version != API_VERSION:
+        errors.append(f"api_version is {version!r}; this fastlora speaks version {API_VERSION}")
+    for meth in REQUIRED_METHODS:
+        if not callable(getattr(obj, meth, None)):
+            errors.append(f"lacks the required method {meth}()")
+    for meth in OPTIONAL_METHODS:
+        value = getattr(obj, meth, None)
+        if value is not None and not callable(value):
+            errors.append(f"optional member {meth} must be callable or None")
+    family = getattr(obj, "family", None)
+    if family not in FAMILIES:
+        errors.append(f"family={family!r} must be one of {FAMILIES}")
+    needs = {"general": ("factors", "from_factors", "best_fit"), "psd": ("factors", "from_factors", "best_fit"),
+             "full": ("best_fit",)}.get(family, ())
+    for meth in needs:
+        if not callable(getattr(obj, meth, None)):
+            errors.append(f"family={family!r} needs the method {meth}()")
+    fast = getattr(obj, "fast_paths", None)
+    if fast is not None and not isinstance(fast, dict):
+        errors.append("fast_paths must be a dict mapping backend names to objects")
+    return errors
+
+
+def validate(obj, origin: str = "") -> None:
+    errors = protocol_errors(obj)
+    if errors:
+        who = getattr(obj, "name", None) or type(obj).__name__
+        where = f" (from {origin})" if origin else ""
+        raise PluginError(f"parameterization {who!r}{where} violates the protocol: " + "; ".join(errors))
+
+
+def capabilities(obj) -> dict:
+    """What the solvers can use of ``obj`` (shown by ``fastlora plugins``)."""
+    return {
+        "best_fit": callable(getattr(obj, "best_fit", None)),
+        "family": getattr(obj, "family", None),
+        "factors": callable(getattr(obj, "factors", None)),
+        "implicit_gradient": bool(getattr(obj, "implicit_gradient", False)),
+        "fast_paths": sorted((getattr(obj, "fast_paths", None) or {}).keys()),
+    }
+
+
+def method(peft, backend_name: str, member: str):
+    """``peft.member``, or the override registered for this backend in ``fast_paths``."""
+    fast = (getattr(peft, "fast_paths", None) or {}).get(backend_name)
+    impl = getattr(fast, member, None) if fast is not None else None
+    return impl if impl is not None else getattr(peft, member, None)

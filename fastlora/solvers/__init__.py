@@ -1,0 +1,1 @@
+"""Solvers of the retraining objectives: standard, LoRA-ML (ALS / GD) and Reptile."""

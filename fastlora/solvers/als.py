@@ -1,0 +1,33 @@
+"""LoRA-ML (PEFT-ML) by alternating exact minimisation.
+
+    repeat:  θ_t ← argmin_θ L_t(A + Δ(θ))   for all t     (adapter step, see adapters.py)
+             A   ← argmin_A Σ_t L_t(A + Δ(θ_t))            (closed form: a mean, or one solve)
+
+Each half-step minimises exactly (or, for the inner-gradient fallback, decreases) the
+objective, which is therefore non-increasing.  Stops when the relative change of A is
+below ``tol`` or the objective is zero to tolerance.
+"""
+from __future__ import annotations
+
+from .adapters import choose_adapter_step
+from .common import relative_change
+
+
+def solve(ctx):
+    xp = ctx.xp
+    step = choose_adapter_step(ctx)
+    monitor = ctx.monitor()
+    A = ctx.initial_A("standard")
+    params = None
+    iteration = 0
+    for iteration in range(1, ctx.max_iter + 1):
+        params = step.fit(A, params)
+        A_new = step.a_step(params)
+        objective = step.objective_after_a_step(A_new, params)
+        change = relative_change(xp, A_new, A)
+        A = A_new
+        if monitor.record(iteration, objective, change, accurate=step.objective_is_accurate):
+            break
+    if not step.objective_is_accurate:
+        monitor.history[-1] = step.final_objective(A, params)
+    return A, params, monitor, iteration, {"adapter_step": step.name, "adapter_step_exact": step.exact}
