@@ -2,4 +2,5 @@
 from setuptools import find_packages, setup
 
 packages = find_packages(include=["fastlora", "fastlora.*"]) + ["fastlora.kernels"]
-setup(packages=packages, package_dir={"fastlora": "fastlora", "fastlora.kernels": "kernels"})
+setup(packages=packages, package_dir={"fastlora": "fastlora", "fastlora.kernels": "kernels"},
+      package_data={"fastlora": ["specs/*.toml"]}, include_package_data=True)

@@ -13,7 +13,7 @@ from importlib import metadata as _metadata
 from . import peft
 from .arrays import array_module
 from .backends import get_backend
-from .errors import BackendUnavailableError, FastLoRAError, PerformanceWarning, PluginError
+from .errors import BackendUnavailableError, DivergenceError, FastLoRAError, PerformanceWarning, PluginError
 from .finetune import FinetuneResult, finetune
 from .metrics import evaluate
 from .problems import Problem, make_problem
@@ -26,6 +26,6 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+source"
 
-__all__ = ["BackendUnavailableError", "FastLoRAError", "FinetuneResult", "LowRankTarget", "PerformanceWarning",
+__all__ = ["BackendUnavailableError", "DivergenceError", "FastLoRAError", "FinetuneResult", "LowRankTarget", "PerformanceWarning",
            "PluginError", "Problem", "RetrainResult", "Task", "array_module", "evaluate", "finetune",
            "get_backend", "make_problem", "peft", "retrain"]

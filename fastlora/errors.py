@@ -24,6 +24,10 @@ class PluginError(FastLoRAError):
     """A PEFT parameterization plugin failed to load or violates the protocol."""
 
 
+class DivergenceError(FastLoRAError, FloatingPointError):
+    """An iteration produced a non-finite objective (step size too large, or ill-scaled data)."""
+
+
 class PerformanceWarning(UserWarning):
     """A configuration that works but will run far slower than it should."""
 

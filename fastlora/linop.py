@@ -8,16 +8,20 @@ and ``G.swapaxes(-1, -2)``.
 """
 from __future__ import annotations
 
-from .arrays import flat_rows, from_rows
-
 
 class SharedPlusLowRank:
-    """``G_t = shared + P_t Q_tᵀ``: shared (d_out, d_in), P (T, d_out, m), Q (T, d_in, m)."""
+    """``G_t = shared + P_tᵀ Q_t`` with shared (d_out, d_in) and rows P (T, m, d_out), Q (T, m, d_in).
+
+    ``kernels`` is the backend's kernel set (numpy reference by default); products go
+    through its ``apply_shared_lowrank``.
+    """
 
     __array_priority__ = 1000
 
-    def __init__(self, shared, P, Q):
-        self.shared, self.P, self.Q = shared, P, Q
+    def __init__(self, shared, P_rows, Q_rows, kernels=None):
+        if kernels is None:
+            from .kernels import reference as kernels
+        self.shared, self.P, self.Q, self.kernels = shared, P_rows, Q_rows, kernels
 
     @property
     def shape(self):
@@ -28,15 +32,14 @@ class SharedPlusLowRank:
         return 3
 
     def __matmul__(self, X):
-        """(T, d_in, r) -> (T, d_out, r): shared·X_t as one GEMM, plus P_t (Q_tᵀ X_t)."""
-        T = X.shape[0]
-        shared_part = from_rows(flat_rows(X) @ self.shared.T, T)
-        return shared_part + self.P @ (self.Q.swapaxes(-1, -2) @ X)
+        """(T, d_in, r) -> (T, d_out, r): shared·X_t as one GEMM of width T·r, plus P_tᵀ (Q_t X_t)."""
+        rows = self.kernels.apply_shared_lowrank(X.swapaxes(-1, -2), self.shared.T, self.Q, self.P)
+        return rows.swapaxes(-1, -2)
 
     def swapaxes(self, a: int, b: int) -> "SharedPlusLowRank":
         if {a % 3, b % 3} != {1, 2}:
             raise ValueError("only the two matrix axes of an implicit batch can be swapped")
-        return SharedPlusLowRank(self.shared.T, self.Q, self.P)
+        return SharedPlusLowRank(self.shared.T, self.Q, self.P, self.kernels)
 
     def dense(self):
-        return self.shared[None, :, :] + self.P @ self.Q.swapaxes(-1, -2)
+        return self.shared[None, :, :] + self.P.swapaxes(-1, -2) @ self.Q

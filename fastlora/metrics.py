@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import peft as peft_registry
 from .errors import FastLoRAError, check_float, check_int
 from .finetune import finetune
 
@@ -38,6 +39,10 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
     ft_rank = check_int("ft_rank", ft_rank, low=1, high=min(A.shape))
     n_ft = check_int("n_ft", n_ft, low=1, allow_none=True)
     rank_tol = check_float("rank_tol", rank_tol, low=0.0, low_open=True)
+    try:
+        peft_registry.get(ft_peft)
+    except FastLoRAError as exc:
+        raise type(exc)(f"ft_peft: {exc}") from None
     A_star = getattr(prob, "A_star", None)
     rel_err = float(np.linalg.norm(A - A_star) / np.linalg.norm(A_star)) if A_star is not None else float("nan")
     ranks, risks = [], []

@@ -164,11 +164,11 @@ class FactoredPopulation(Batch):
         return 0.5 * (self.T * float(xp.sum(D * D)) + cross + float(xp.sum(self.perturbation_error(B, C))))
 
     def implicit_grad(self, A, B, C):
-        """G_t = A + Δ_t − W*_t = (A − S) + [B_t, −B*_t][C_t, C*_t]ᵀ as an implicit batch."""
+        """G_t = A + Δ_t − W*_t = (A − S) + [B_t, −B*_t][C_t, C*_t]ᵀ as an implicit batch (rows B, C)."""
         xp = self.xp
-        P = xp.concatenate([B, -self.Bs], axis=1).swapaxes(1, 2)
-        Q = xp.concatenate([C, self.Cs], axis=1).swapaxes(1, 2)
-        return SharedPlusLowRank(A - self.S, P, Q)
+        P = xp.concatenate([B, -self.Bs], axis=1)
+        Q = xp.concatenate([C, self.Cs], axis=1)
+        return SharedPlusLowRank(A - self.S, P, Q, self.backend.kernels)
 
 
 class FiniteSample(Batch):

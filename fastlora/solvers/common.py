@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import FastLoRAError
+from ..errors import DivergenceError, FastLoRAError
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Monitor:
         above zero's tolerance: it is floored at 0 and never judged "zero".
         """
         if not np.isfinite(objective):
-            raise FloatingPointError(f"the objective became {objective} at iteration {iteration}; "
+            raise DivergenceError(f"the objective became {objective} at iteration {iteration}; "
                                      "the step size is too large for this problem (lower lr) or the data are ill-scaled")
         objective = float(objective) if accurate else max(float(objective), 0.0)
         self.history.append(objective)

@@ -1,0 +1,266 @@
+"""Sweep specs (TOML) and their validation — every key is checked before any work starts.
+
+::
+
+    name = "vary_T"
+    repeats = 5                 # seeds per grid point
+    seed = 0                    # optional base of the derived seeds
+    [grid]                      # the cartesian product of these lists ([[grid]]: a union of products)
+    T = [1, 2, 3, 5, 10]
+    method = ["standard", "lora-ml", "reptile"]
+    [fixed]                     # scalars shared by every point
+    d = 10
+    k = 1
+    n = 5000                    # "population" means n=None
+    noise = 0.01
+
+Keys are arguments of ``make_problem`` / ``retrain`` / ``evaluate`` (listed in ``KEYS``).
+Each row's seed is derived from the spec's base seed, the point's problem keys and the
+repeat index (SHA-256), so reruns and resumed runs give identical numbers, and methods
+are compared on the same tasks.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FastLoRAError
+
+POPULATION = "population"
+
+
+def _int(lo=None):
+    return ("int", lo)
+
+
+# key -> (kind, constraint); kinds: int, float, count_or_population, str(choices), bool
+KEYS: dict[str, tuple] = {
+    # make_problem
+    "d": _int(1), "k": _int(1), "T": _int(1), "d_out": _int(1), "n_test_tasks": _int(1),
+    "n": ("n", None), "noise": ("float", 0.0), "symmetric": ("bool", None),
+    # retrain
+    "method": ("choice", ("standard", "lora-ml", "reptile")), "peft": ("peft", None), "rank": _int(1),
+    "solver": ("choice", ("als", "gd")), "backend": ("choice", ("auto", "numpy", "numba", "cupy")),
+    "dtype": ("choice", ("float64", "float32")), "max_iter": _int(1), "tol": ("float", 0.0),
+    "init_A": ("choice", ("standard", "zeros")), "adapter_step": ("choice", ("auto", "subspace", "exact", "whitened", "inner")),
+    "inner_iter": _int(1), "power_iter_init": _int(0), "optimizer": ("choice", ("gd", "adam")),
+    "lr": ("float", 0.0), "inner_lr": ("float", 0.0), "inner_steps": _int(1), "outer_lr": ("float", 0.0),
+    # evaluate
+    "ft_rank": _int(1), "n_ft": ("n", None), "ft_peft": ("peft", None), "rank_tol": ("float", 0.0),
+}
+PROBLEM_KEYS = ("d", "k", "T", "n", "noise", "d_out", "symmetric", "n_test_tasks")
+RETRAIN_KEYS = ("method", "peft", "rank", "solver", "backend", "dtype", "max_iter", "tol")
+OPTION_KEYS = ("init_A", "adapter_step", "inner_iter", "power_iter_init", "optimizer", "lr", "inner_lr",
+               "inner_steps", "outer_lr")
+EVALUATE_KEYS = ("ft_rank", "n_ft", "ft_peft", "rank_tol")
+DEFAULTS = {"d": 10, "k": 1, "T": 3, "n": POPULATION, "noise": 0.0, "symmetric": True, "n_test_tasks": 4,
+            "method": "lora-ml", "peft": "lora_sym", "solver": "als", "backend": "auto", "dtype": "float64",
+            "max_iter": 1000, "tol": 1e-10, "n_ft": POPULATION, "ft_peft": "lora"}
+TOP_LEVEL = {"name", "repeats", "seed", "grid", "fixed", "description"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    repeats: int
+    grids: list[dict]
+    fixed: dict
+    seed: int = 0
+    description: str = ""
+    source: str = field(default="", compare=False)
+
+    @property
+    def keys(self) -> list[str]:
+        """Every key a row records, in a stable order (grid keys first)."""
+        grid_keys = list(self.grids[0])
+        return grid_keys + sorted(k for k in self.fixed if k not in grid_keys)
+
+    def points(self) -> list[dict]:
+        """The distinct grid points (dicts over ``keys``), in spec order."""
+        seen, out = set(), []
+        for grid in self.grids:
+            names = list(grid)
+            for values in itertools.product(*(grid[k] for k in names)):
+                point = {**self.fixed, **dict(zip(names, values))}
+                key = canonical(point)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(point)
+        return out
+
+    def rows(self) -> list[dict]:
+        """Every (point, repeat) with its derived seed and unique key."""
+        out = []
+        for point in self.points():
+            for repeat in range(self.repeats):
+                seed = derive_seed(self.seed, point, repeat)
+                out.append({"point": point, "repeat": repeat, "seed": seed,
+                            "row_key": row_key(point, repeat, self.seed)})
+        return out
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps({"keys": self.keys, "seed": self.seed}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def canonical(point: dict) -> str:
+    return json.dumps(point, sort_keys=True, separators=(",", ":"))
+
+
+def row_key(point: dict, repeat: int, base_seed: int) -> str:
+    return hashlib.sha256(f"{canonical(point)}|{repeat}|{base_seed}".encode()).hexdigest()
+
+
+def derive_seed(base_seed: int, point: dict, repeat: int) -> int:
+    """The seed of a row: a hash of the base seed, the *problem* keys and the repeat index.
+
+    Points that differ only in method, solver, peft or fine-tuning keys share their seed,
+    so they are compared on the same draws of tasks and data (common random numbers).
+    """
+    problem = {k: point[k] for k in PROBLEM_KEYS if k in point}
+    digest = hashlib.sha256(f"seed|{base_seed}|{canonical(problem)}|{repeat}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def load_spec(path) -> Spec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FastLoRAError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from None
+    return parse_spec(text, origin=str(path))
+
+
+def parse_spec(text: str, origin: str = "<spec>") -> Spec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FastLoRAError(f"{origin} is not valid TOML: {exc}") from None
+    unknown = set(raw) - TOP_LEVEL
+    if unknown:
+        raise FastLoRAError(f"{origin}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                            f"allowed: {', '.join(sorted(TOP_LEVEL))}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise FastLoRAError(f"{origin}: 'name' must be a non-empty string")
+    repeats = raw.get("repeats", 1)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise FastLoRAError(f"{origin}: 'repeats' must be an integer >= 1, got {repeats!r}")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise FastLoRAError(f"{origin}: 'seed' must be an integer >= 0, got {seed!r}")
+    fixed = raw.get("fixed", {})
+    if not isinstance(fixed, dict):
+        raise FastLoRAError(f"{origin}: [fixed] must be a table of scalars")
+    grids = raw.get("grid")
+    if grids is None:
+        raise FastLoRAError(f"{origin}: a [grid] table is required (each key a list of values)")
+    grids = [grids] if isinstance(grids, dict) else grids
+    if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
+        raise FastLoRAError(f"{origin}: [grid] must be a table (or [[grid]] an array of tables)")
+    first_keys = set(grids[0])
+    for i, grid in enumerate(grids):
+        if not grid:
+            raise FastLoRAError(f"{origin}: grid table {i} is empty")
+        if set(grid) != first_keys:
+            raise FastLoRAError(f"{origin}: every [[grid]] table must have the same keys; table {i} has "
+                                f"{sorted(grid)}, table 0 has {sorted(first_keys)}")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise FastLoRAError(f"{origin}: grid key {key!r} must be a non-empty list of values, got {values!r}")
+            grid[key] = [check_value(key, v, origin) for v in values]
+    both = first_keys & set(fixed)
+    if both:
+        raise FastLoRAError(f"{origin}: key(s) {', '.join(sorted(both))} appear in both [grid] and [fixed]")
+    for key, value in list(fixed.items()):
+        if isinstance(value, (list, dict)):
+            raise FastLoRAError(f"{origin}: fixed key {key!r} must be a scalar, got {value!r}")
+        fixed[key] = check_value(key, value, origin)
+    # make every row carry every default, so stored rows are self-describing
+    for key, value in DEFAULTS.items():
+        if key not in first_keys and key not in fixed:
+            fixed[key] = value
+    spec = Spec(name=name.strip(), repeats=repeats, grids=grids, fixed=fixed, seed=seed,
+                description=str(raw.get("description", "")), source=text)
+    for point in spec.points():
+        check_point(point, origin)
+    return spec
+
+
+def check_value(key: str, value, origin: str):
+    if key not in KEYS:
+        raise FastLoRAError(f"{origin}: unknown key {key!r}; allowed keys: {', '.join(sorted(KEYS))}")
+    kind, rule = KEYS[key]
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FastLoRAError(f"{origin}: {key} must be an integer, got {value!r}")
+        if rule is not None and value < rule:
+            raise FastLoRAError(f"{origin}: {key}={value} is impossible; it must be >= {rule}")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FastLoRAError(f"{origin}: {key} must be a number, got {value!r}")
+        if value < rule or value != value or value in (float("inf"), float("-inf")):
+            raise FastLoRAError(f"{origin}: {key}={value} is impossible; it must be a finite number >= {rule}")
+        value = float(value)
+    elif kind == "n":
+        if value == POPULATION:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FastLoRAError(f"{origin}: {key} must be a positive integer or {POPULATION!r}, got {value!r}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise FastLoRAError(f"{origin}: {key} must be true or false, got {value!r}")
+    elif kind == "choice":
+        if value not in rule:
+            raise FastLoRAError(f"{origin}: {key}={value!r} is not allowed; choose one of {', '.join(map(repr, rule))}")
+    elif kind == "peft":
+        from .. import peft
+        names = peft.available()
+        if value not in names:
+            raise FastLoRAError(f"{origin}: {key}={value!r} is not a registered parameterization; available: "
+                                f"{', '.join(names)}")
+    return value
+
+
+def check_point(point: dict, origin: str) -> None:
+    """Combinations that no single key can rule out (rank > d, ...)."""
+    d = point["d"]
+    d_out = point.get("d_out") or d
+    smallest = min(d, d_out)
+    where = ", ".join(f"{k}={point[k]}" for k in ("d", "d_out", "k", "rank", "ft_rank", "T") if k in point)
+    for key in ("k", "rank", "ft_rank"):
+        if key in point and point[key] > smallest:
+            raise FastLoRAError(f"{origin}: {key}={point[key]} is impossible with min(d, d_out)={smallest} ({where})")
+    if point.get("symmetric", True) and d_out != d:
+        raise FastLoRAError(f"{origin}: symmetric=true needs d_out == d ({where}); set symmetric = false")
+    if point.get("method") == "lora-ml" and point.get("peft") == "lora_sym" and d_out != d:
+        raise FastLoRAError(f"{origin}: peft='lora_sym' needs d_out == d ({where})")
+
+
+def problem_args(point: dict, seed: int) -> dict:
+    args = {k: point[k] for k in PROBLEM_KEYS if k in point}
+    args["n"] = None if args.get("n", POPULATION) == POPULATION else args["n"]
+    return {**args, "seed": seed}
+
+
+def retrain_args(point: dict, seed: int) -> dict:
+    from ..retrain import OPTIONS
+    method = point.get("method", "lora-ml")
+    solver = point.get("solver", "als") if method == "lora-ml" else None
+    args = {k: point[k] for k in RETRAIN_KEYS if k in point}
+    if method != "lora-ml":
+        for k in ("peft", "rank", "solver"):
+            args.pop(k, None)
+    allowed = OPTIONS[(method, solver)]
+    args.update({k: point[k] for k in OPTION_KEYS if k in point and k in allowed})
+    return {**args, "seed": seed}
+
+
+def evaluate_args(point: dict, seed: int) -> dict:
+    args = {k: point[k] for k in EVALUATE_KEYS if k in point}
+    if "n_ft" in args:
+        args["n_ft"] = None if args["n_ft"] == POPULATION else args["n_ft"]
+    return {**args, "seed": seed}

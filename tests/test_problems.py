@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+import fastlora as fl
+
+
+def test_make_problem_follows_the_paper_law_and_is_reproducible():
+    a, b = fl.make_problem(d=16, k=2, T=3, seed=7), fl.make_problem(d=16, k=2, T=3, seed=7)
+    np.testing.assert_array_equal(a.A_star, b.A_star)
+    np.testing.assert_array_equal(a.U_star, b.U_star)
+    np.testing.assert_array_equal(a.A_star, a.A_star.T)  # A* = (G + Gᵀ)/2
+    assert a.U_star.shape == (3, 16, 2)
+    assert len(a.tasks) == 3 and len(a.test_tasks) == 4
+    np.testing.assert_allclose(a.tasks[1].W_star, a.A_star + a.U_star[1] @ a.U_star[1].T)
+    c = fl.make_problem(d=16, k=2, T=3, seed=8)
+    assert not np.allclose(a.A_star, c.A_star)
+
+
+def test_ground_truth_does_not_depend_on_n_noise_or_T():
+    pop = fl.make_problem(d=8, k=1, T=2, seed=5)
+    fin = fl.make_problem(d=8, k=1, T=5, n=50, noise=0.3, seed=5)
+    np.testing.assert_array_equal(pop.A_star, fin.A_star)
+    np.testing.assert_array_equal(pop.U_star, fin.U_star[:2])
+    np.testing.assert_array_equal(pop.test_tasks[0].W_star, fin.test_tasks[0].W_star)
+
+
+def test_general_problem_is_rectangular_and_keeps_factors():
+    prob = fl.make_problem(d=9, d_out=5, k=2, T=3, seed=0, symmetric=False)
+    assert prob.A_star.shape == (5, 9) and prob.B_star.shape == (3, 5, 2) and prob.C_star.shape == (3, 9, 2)
+    assert prob.tasks[0].target.B.shape == (5, 2)
+    with pytest.raises(fl.FastLoRAError, match="U_star"):
+        prob.U_star
+
+
+def test_population_tasks_stay_factored_and_share_A_star():
+    prob = fl.make_problem(d=32, k=2, T=5, seed=0)
+    targets = [t.target for t in prob.tasks]
+    assert all(isinstance(g, fl.LowRankTarget) for g in targets)
+    assert all(g.base is prob.A_star for g in targets)
+
+
+def test_finite_sample_statistics_match_the_data():
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal((200, 6)), rng.standard_normal((4, 6))
+    Y = X @ W.T + 0.1 * rng.standard_normal((200, 4))
+    task = fl.Task(X, Y)
+    np.testing.assert_allclose(task.Sigma, X.T @ X / 200)
+    np.testing.assert_allclose(task.C, Y.T @ X / 200)
+    A = rng.standard_normal((4, 6))
+    np.testing.assert_allclose(task.loss(A), 0.5 * np.mean(np.sum((X @ A.T - Y) ** 2, axis=1)))
+
+
+def test_sampled_statistics_have_the_right_expectation():
+    prob = fl.make_problem(d=5, k=1, T=1, n=200000, noise=0.5, seed=2)
+    task = prob.tasks[0]
+    np.testing.assert_allclose(task.Sigma, np.eye(5), atol=0.02)
+    np.testing.assert_allclose(task.C, task.W_star, atol=0.05 * np.abs(task.W_star).max())
+    expected_s = 0.5 * (np.sum(task.W_star ** 2) + 5 * 0.25)
+    assert abs(task.s - expected_s) < 0.02 * expected_s
+
+
+def test_new_task_is_reproducible_and_distinct():
+    prob = fl.make_problem(d=10, k=1, T=2, seed=1)
+    np.testing.assert_array_equal(prob.new_task(3).W_star, prob.new_task(3).W_star)
+    assert not np.allclose(prob.new_task(3).W_star, prob.new_task(4).W_star)
+    assert not np.allclose(prob.new_task(0).W_star, prob.test_tasks[0].W_star)
+
+
+def test_retrain_accepts_user_tasks():
+    rng = np.random.default_rng(0)
+    A_star = rng.standard_normal((6, 6))
+    tasks = [fl.Task.population(A_star + np.outer(u, u)) for u in rng.standard_normal((4, 6))]
+    res = fl.retrain(tasks, peft="lora_sym", rank=1, backend="numpy")
+    assert res.info["batch"] == "dense"
+    np.testing.assert_allclose(res.A, A_star, atol=1e-6)
+    factored = [fl.Task.population(base=A_star, B=u[:, None]) for u in rng.standard_normal((4, 6))]
+    res = fl.retrain(factored, peft="lora_sym", rank=1, backend="numpy")
+    assert res.info["batch"] == "factored"
+    np.testing.assert_allclose(res.A, A_star, atol=1e-6)

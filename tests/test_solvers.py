@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+
+import fastlora as fl
+
+
+@pytest.mark.parametrize("symmetric,peft", [(True, "lora_sym"), (False, "lora")])
+def test_als_and_gd_reach_the_same_optimum(cpu_backend, symmetric, peft):
+    prob = fl.make_problem(d=12, k=1, T=3, seed=0, symmetric=symmetric)
+    als = fl.retrain(prob, peft=peft, solver="als", backend=cpu_backend, max_iter=5000)
+    gd = fl.retrain(prob, peft=peft, solver="gd", backend=cpu_backend, max_iter=20000)
+    assert als.converged and gd.converged
+    np.testing.assert_allclose(gd.A, als.A, atol=1e-6 * np.abs(als.A).max())
+    for t in range(prob.T):
+        np.testing.assert_allclose(gd.delta(t), als.delta(t), atol=1e-5 * np.abs(als.delta(t)).max())
+
+
+def test_als_and_gd_agree_in_finite_sample_mode():
+    prob = fl.make_problem(d=8, k=1, T=4, n=500, noise=0.1, seed=1, symmetric=False)
+    als = fl.retrain(prob, peft="lora", solver="als", backend="numpy", max_iter=5000, tol=1e-12)
+    gd = fl.retrain(prob, peft="lora", solver="gd", backend="numpy", max_iter=30000, tol=1e-9)
+    assert gd.objective == pytest.approx(als.objective, rel=1e-7)
+    np.testing.assert_allclose(gd.A, als.A, atol=1e-5)
+
+
+def test_gd_with_adam_decreases_the_objective():
+    prob = fl.make_problem(d=10, k=1, T=3, seed=2)
+    res = fl.retrain(prob, peft="lora_sym", solver="gd", optimizer="adam", lr=0.01, max_iter=300, backend="numpy")
+    assert res.history[-1] < 0.1 * res.history[0]
+
+
+def test_als_objective_is_monotone_with_exact_steps():
+    prob = fl.make_problem(d=16, k=2, T=4, seed=3)
+    res = fl.retrain(prob, peft="lora_sym", adapter_step="exact", backend="numpy")
+    h = res.history
+    assert np.all(np.diff(h) <= 1e-9 * h[0])
+
+
+def test_subspace_and_exact_adapter_steps_agree(cpu_backend):
+    prob = fl.make_problem(d=20, k=2, T=4, seed=5)
+    a = fl.retrain(prob, adapter_step="subspace", backend=cpu_backend)
+    b = fl.retrain(prob, adapter_step="exact", backend=cpu_backend)
+    np.testing.assert_allclose(a.A, b.A, atol=1e-7)
+    np.testing.assert_allclose(a.params["U"], b.params["U"], atol=1e-6)  # canonical signs
+
+
+@pytest.mark.parametrize("method,solver", [("lora-ml", "als"), ("lora-ml", "gd"), ("reptile", None), ("standard", None)])
+def test_same_call_twice_gives_the_same_numbers(method, solver):
+    prob = fl.make_problem(d=10, k=1, T=3, n=300, noise=0.1, seed=4)
+    runs = [fl.retrain(prob, method=method, solver=solver or "als", backend="numpy", max_iter=50, seed=9) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].A, runs[1].A)
+    np.testing.assert_array_equal(runs[0].history, runs[1].history)
+    for name in runs[0].params:
+        np.testing.assert_array_equal(runs[0].params[name], runs[1].params[name])
+
+
+def test_reptile_in_population_mode_converges_to_the_mean_of_the_targets():
+    prob = fl.make_problem(d=10, k=1, T=3, seed=0)
+    rep = fl.retrain(prob, method="reptile", backend="numpy", max_iter=2000)
+    std = fl.retrain(prob, method="standard", backend="numpy")
+    assert rep.converged
+    np.testing.assert_allclose(rep.A, std.A, atol=1e-7)
+
+
+def test_reptile_finite_sample_decreases_the_meta_objective():
+    prob = fl.make_problem(d=8, k=1, T=3, n=400, noise=0.1, seed=0)
+    rep = fl.retrain(prob, method="reptile", backend="numpy", max_iter=200, inner_steps=3, outer_lr=1.0)
+    assert rep.history[-1] < rep.history[0]
+
+
+def test_full_parameterization_fits_every_task_exactly():
+    prob = fl.make_problem(d=8, k=2, T=3, seed=0)
+    res = fl.retrain(prob, peft="full", rank=2, backend="numpy")
+    assert res.objective < 1e-20 * fl.retrain(prob, method="standard").objective
+    prob = fl.make_problem(d=6, k=1, T=3, n=200, noise=0.1, seed=0)
+    res = fl.retrain(prob, peft="full", rank=1, backend="numpy", max_iter=5)
+    assert res.info["adapter_step"] == "whitened"
+
+
+def test_lora_sym_finite_sample_uses_documented_inner_iterations():
+    prob = fl.make_problem(d=8, k=1, T=3, n=300, noise=0.05, seed=0)
+    res = fl.retrain(prob, peft="lora_sym", backend="numpy", max_iter=300, tol=1e-8)
+    assert res.info["adapter_step"] == "inner" and res.info["adapter_step_exact"] is False
+    exact = fl.retrain(prob, peft="lora", backend="numpy", max_iter=300, tol=1e-8)
+    # symmetric adapters are a subset of general ones: the optimum cannot be lower
+    assert res.objective >= exact.objective * (1 - 1e-9)
+    assert res.objective < 1.05 * exact.objective
+
+
+def test_callback_sees_every_iteration():
+    prob = fl.make_problem(d=10, k=1, T=3, seed=0)
+    seen = []
+    res = fl.retrain(prob, backend="numpy", callback=lambda i, elapsed, obj: seen.append((i, elapsed, obj)))
+    assert [s[0] for s in seen] == list(range(1, res.n_iter + 1))
+    assert all(s[1] >= 0 for s in seen)
+    assert seen[-1][2] == pytest.approx(res.history[-1], rel=1e-6, abs=1e-20)
+
+
+def test_result_fields_and_delta():
+    prob = fl.make_problem(d=10, k=2, T=3, seed=0)
+    res = fl.retrain(prob, backend="numpy")
+    assert isinstance(res.A, np.ndarray) and res.params["U"].shape == (3, 10, 2)
+    np.testing.assert_allclose(res.delta(1), res.params["U"][1] @ res.params["U"][1].T)
+    assert res.seconds > 0 and res.n_iter == len(res.history)
+    with pytest.raises(fl.FastLoRAError, match="out of range"):
+        res.delta(3)
+
+
+def test_float32_gives_float32_results_close_to_float64(cpu_backend):
+    prob = fl.make_problem(d=16, k=2, T=4, seed=1)
+    r32 = fl.retrain(prob, backend=cpu_backend, dtype="float32", tol=1e-6)
+    r64 = fl.retrain(prob, backend=cpu_backend)
+    assert r32.A.dtype == np.float32 and r32.params["U"].dtype == np.float32
+    np.testing.assert_allclose(r32.A, r64.A, atol=1e-4 * np.abs(r64.A).max())
+
+
+def test_finetune_exact_fit_and_sampling():
+    prob = fl.make_problem(d=12, k=2, T=3, seed=0)
+    task = prob.test_tasks[0]
+    ft = fl.finetune(prob.A_star, task, peft="lora", rank=2)
+    assert ft.excess_risk < 1e-20 and ft.exact
+    ft_n = fl.finetune(prob.A_star, task, peft="lora", rank=2, n=200, seed=1)
+    assert 0 < ft_n.excess_risk < 1.0
+    again = fl.finetune(prob.A_star, task, peft="lora", rank=2, n=200, seed=1)
+    assert again.excess_risk == ft_n.excess_risk
+    sym = fl.finetune(prob.A_star, task, peft="lora_sym", rank=2, n=200, seed=1)
+    assert sym.exact is False and sym.excess_risk < 1.0
+
+
+def test_evaluate_reports_the_documented_metrics():
+    prob = fl.make_problem(d=12, k=1, T=3, seed=0)
+    res = fl.retrain(prob, backend="numpy")
+    m = fl.evaluate(res, prob)
+    assert set(m) >= {"rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds"}
+    assert m["rel_err_A"] < 1e-6 and m["adapt_rank"] == 1 and m["excess_risk"] < 1e-10

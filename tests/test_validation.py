@@ -1,0 +1,136 @@
+"""Bad input raises ValueError (FastLoRAError) naming the argument — never a crash or a NaN."""
+import numpy as np
+import pytest
+
+import fastlora as fl
+
+
+@pytest.fixture(scope="module")
+def prob():
+    return fl.make_problem(d=8, k=1, T=3, seed=0)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"method": "maml"}, "method"),
+    ({"solver": "newton"}, "solver"),
+    ({"backend": "tpu"}, "backend"),
+    ({"peft": "prefix_tuning"}, "peft"),
+    ({"rank": 0}, "rank"),
+    ({"rank": 9}, "rank"),
+    ({"rank": 1.5}, "rank"),
+    ({"max_iter": 0}, "max_iter"),
+    ({"tol": -1.0}, "tol"),
+    ({"dtype": "float16"}, "dtype"),
+    ({"seed": -1}, "seed"),
+    ({"learning_rate": 0.1}, "learning_rate"),
+    ({"init_A": np.zeros((3, 3))}, "init_A"),
+    ({"init_A": "ones"}, "init_A"),
+    ({"callback": 3}, "callback"),
+    ({"solver": "gd", "optimizer": "lbfgs"}, "optimizer"),
+    ({"solver": "gd", "lr": -1.0}, "lr"),
+])
+def test_retrain_rejects_bad_arguments(prob, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        fl.retrain(prob, **{"backend": "numpy", **kwargs})
+
+
+def test_errors_are_fastlora_errors(prob):
+    with pytest.raises(fl.FastLoRAError):
+        fl.retrain(prob, method="maml")
+    assert issubclass(fl.FastLoRAError, ValueError)
+
+
+def test_reptile_options_are_checked(prob):
+    with pytest.raises(ValueError, match="inner_lr"):
+        fl.retrain(prob, method="reptile", inner_lr=2.0)
+    with pytest.raises(ValueError, match="inner_steps"):
+        fl.retrain(prob, method="reptile", inner_steps=0)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"T": 0}, "T"), ({"d": 0}, "d"), ({"k": 0}, "k"), ({"k": 9}, "k"), ({"n": 0}, "n"),
+    ({"noise": -0.1}, "noise"), ({"noise": float("nan")}, "noise"), ({"d_out": 5}, "d_out"),
+    ({"seed": "a"}, "seed"), ({"symmetric": "yes"}, "symmetric"),
+])
+def test_make_problem_rejects_bad_arguments(kwargs, name):
+    base = {"d": 8, "k": 1, "T": 3}
+    with pytest.raises(ValueError, match=name):
+        fl.make_problem(**{**base, **kwargs})
+
+
+def test_lora_sym_needs_square_weights():
+    prob = fl.make_problem(d=8, d_out=6, k=1, T=3, symmetric=False)
+    with pytest.raises(ValueError, match="lora_sym"):
+        fl.retrain(prob, peft="lora_sym")
+    with pytest.raises(ValueError, match="lora_sym"):
+        fl.finetune(np.zeros((6, 8)), prob.test_tasks[0], peft="lora_sym", rank=1)
+
+
+def test_empty_or_mixed_task_lists_are_rejected(prob):
+    with pytest.raises(ValueError, match="T must be >= 1"):
+        fl.retrain([], rank=1)
+    finite = fl.make_problem(d=8, k=1, T=2, n=20, seed=0).tasks
+    with pytest.raises(ValueError, match="mix"):
+        fl.retrain([prob.tasks[0], finite[0]], rank=1)
+    other = fl.make_problem(d=6, k=1, T=2, seed=0).tasks
+    with pytest.raises(ValueError, match="same"):
+        fl.retrain([prob.tasks[0], other[0]], rank=1)
+    with pytest.raises(ValueError, match="Task"):
+        fl.retrain([np.eye(8)], rank=1)
+    with pytest.raises(ValueError, match="rank is required"):
+        fl.retrain(prob.tasks)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_data_is_rejected(bad):
+    X, Y = np.ones((5, 3)), np.ones((5, 2))
+    X[1, 1] = bad
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        fl.Task(X, Y)
+    W = np.eye(3)
+    W[0, 0] = bad
+    with pytest.raises(ValueError, match="W_star contains NaN or Inf"):
+        fl.Task.population(W)
+
+
+def test_wrong_shapes_are_rejected():
+    with pytest.raises(ValueError, match="same number of rows"):
+        fl.Task(np.ones((5, 3)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="X must be a 2-d array"):
+        fl.Task(np.ones(5), np.ones((5, 2)))
+    with pytest.raises(ValueError, match="W_star must be a 2-d array"):
+        fl.Task.population(np.ones(3))
+    with pytest.raises(ValueError, match="C has shape"):
+        fl.Task.population(base=np.eye(3), B=np.ones((3, 1)), C=np.ones((2, 1)))
+    prob = fl.make_problem(d=8, k=1, T=2)
+    with pytest.raises(ValueError, match="A has shape"):
+        fl.finetune(np.zeros((3, 3)), prob.test_tasks[0], rank=1)
+    with pytest.raises(ValueError, match="rank"):
+        fl.finetune(np.zeros((8, 8)), prob.test_tasks[0], rank=0)
+
+
+def test_evaluate_rejects_bad_arguments(prob):
+    res = fl.retrain(prob, backend="numpy", max_iter=3)
+    with pytest.raises(ValueError, match="ft_rank"):
+        fl.evaluate(res, prob, ft_rank=0)
+    with pytest.raises(ValueError, match="n_ft"):
+        fl.evaluate(res, prob, n_ft=-5)
+    with pytest.raises(ValueError, match="ft_peft"):
+        fl.evaluate(res, prob, ft_peft="nope")
+
+
+def test_unavailable_backend_says_what_is_missing(monkeypatch, prob):
+    from fastlora import backends
+    monkeypatch.setattr(backends, "cupy_status", lambda: (False, "the cupy package is not installed"))
+    backends._build.cache_clear()
+    try:
+        with pytest.raises(fl.BackendUnavailableError, match="cupy package is not installed"):
+            fl.retrain(prob, backend="cupy")
+    finally:
+        backends._build.cache_clear()
+
+
+def test_diverging_step_size_is_an_error_not_a_nan():
+    prob = fl.make_problem(d=8, k=1, T=3, seed=0)
+    with pytest.raises(fl.DivergenceError, match="lower lr"):
+        fl.retrain(prob, solver="gd", optimizer="adam", lr=1e300, max_iter=50, backend="numpy")
