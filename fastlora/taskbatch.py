@@ -129,30 +129,36 @@ class FactoredPopulation(Batch):
             self._target_gram = k.gram_inner(self.Bs, self.Cs, self.Bs, self.Cs)
         return self._target_gram
 
-    def perturbation_error(self, B, C):
-        """Per task ‖B*_t C*_tᵀ − Δ_t‖²_F (T,), O(T·d·r²)."""
-        return self.backend.kernels.lowrank_diff_sq(self.Bs, self.Cs, B, C)
+    def perturbation_error(self, B, C, accurate: bool = True):
+        """Per task ‖B*_t C*_tᵀ − Δ_t‖²_F (T,), O(T·d·r²).
+
+        ``accurate``: by a QR of [C*_t, C_t], with rounding error proportional to the
+        difference itself (what a line search needs near the optimum).  Otherwise from r×r
+        Gram matrices — cheaper, but with an error floor of ~eps·‖B*C*ᵀ‖² per task.
+        """
+        k = self.backend.kernels
+        if accurate:
+            return k.lowrank_diff_sq(self.Bs, self.Cs, B, C)
+        own = k.gram_inner(B, C, B, C)
+        return self.target_gram() - 2 * k.gram_inner(self.Bs, self.Cs, B, C) + own
 
     def a_step_factors(self, B, C):
         """argmin_A: A = M − (1/T) Σ_t B_tᵀ C_t (a symmetric rank-(T·r) update when B is C)."""
         return self.backend.kernels.shared_plus_gram(self.M, B, C, -1.0 / self.T)
 
-    def objective_after_a_step(self, A, B, C) -> float:
+    def a_step_factors_with_stats(self, B, C, A_old, symmetrize: bool):
+        """(A, D, stats): :meth:`a_step_factors` plus the residual D = S − A (symmetrised if
+        asked) and [‖D‖², ‖S − A‖², ‖A − A_old‖², ‖A‖²], in one pass on fast backends."""
+        return self.backend.kernels.shared_update_stats(self.M, B, C, -1.0 / self.T, self.S, A_old, symmetrize)
+
+    def objective_after_a_step(self, B, C, dist_sq: float, accurate: bool = False) -> float:
         """Σ_t L_t(A + Δ_t) when A = a_step_factors(B, C): ½[Σ_t ‖B*C*ᵀ − Δ_t‖² − T‖S − A‖²].
 
-        O(d² + T·d·r²).  When A ≠ S at the optimum (T ≤ 2) the two terms cancel and the
-        result is accurate only to ~eps·T‖S − A‖² (it may come out slightly below 0).
+        ``dist_sq`` = ‖S − A‖².  O(T·d·r²).  Where the optimum has A ≠ S (T ≤ 2) the terms
+        cancel, and with ``accurate=False`` the Gram floor applies: the value is then
+        accurate to ~eps·Σ_t‖B*C*ᵀ‖² only (it is floored at 0 by the monitor).
         """
-        xp = self.xp
-        D = self.S - A
-        return 0.5 * (float(xp.sum(self.perturbation_error(B, C))) - self.T * float(xp.sum(D * D)))
-
-    def objective_accurate(self, A, B, C) -> float:
-        """Σ_t ½‖(S − A) + B*_tC*_tᵀ − Δ_t‖²_F summed entry by entry (O(T·d²·r), no T·d² memory)."""
-        xp = self.xp
-        P = xp.concatenate([self.Bs, -B], axis=1)
-        Q = xp.concatenate([self.Cs, C], axis=1)
-        return 0.5 * float(xp.sum(self.backend.kernels.shared_lowrank_sq_norms(self.S - A, P, Q)))
+        return 0.5 * (float(self.xp.sum(self.perturbation_error(B, C, accurate))) - self.T * dist_sq)
 
     def objective_factors(self, A, B, C, sum_delta=None) -> float:
         """Σ_t ½‖D + B*_tC*_tᵀ − Δ_t‖², D = S − A, for any A; O(d² + T·d·r²) given Σ_t Δ_t."""

@@ -2,9 +2,10 @@
 
 Every kernel cites the reference function it must agree with; tests/test_parity.py checks
 them to 1e-10 (float64) / 1e-4 (float32).  Big products with the shared dense matrix stay
-single BLAS calls (GEMM / SYRK, multi-threaded by BLAS); the per-task small work — low-rank
-corrections, orthonormalisation, Rayleigh–Ritz — is fused here and spread over tasks with
-``prange``, without calling BLAS inside the parallel loops (no nested thread pools).
+single calls of numpy's BLAS (GEMM / SYRK, multi-threaded by BLAS); the per-task small
+work — low-rank corrections, orthonormalisation, Rayleigh–Ritz — and the O(d²) bookkeeping
+are fused here and spread over tasks or tiles with ``prange``, without calling BLAS inside
+the parallel loops (no nested thread pools).
 
 Compiled code is cached on disk in ``fastlora.config.settings.numba_cache_dir`` (or
 ``NUMBA_CACHE_DIR`` when set); nothing compiles at import, only on first call.
@@ -12,17 +13,31 @@ Compiled code is cached on disk in ``fastlora.config.settings.numba_cache_dir`` 
 from __future__ import annotations
 
 import os
+import threading
 
-import numba
-import numpy as np
-from numba import prange
-from scipy.linalg import blas
+# GNU OpenMP (Numba's default threading layer on Linux) keeps its threads spinning for
+# ~300k iterations after each parallel region; they then starve the BLAS threads that run
+# the shared GEMMs between our kernels (measured: a GEMM + kernel pair 5x slower).  A short
+# spin keeps wake-ups fast without that.  Takes effect if libgomp is not loaded yet; a
+# value set by the user wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
-from fastlora.config import settings
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import prange  # noqa: E402
+
+from fastlora.config import settings  # noqa: E402
+from fastlora.kernels import reference  # noqa: E402
+
+
+# Reassociation lets LLVM vectorise the reductions (dot products) of the small per-task
+# loops; it changes results only at rounding level, as BLAS does.  No nnan/ninf: NaN and
+# Inf must propagate so that a diverging solve is reported, not hidden.
+SAFE_FASTMATH = {"reassoc", "contract"}
 
 
 def kernel(parallel: bool = False):
-    """``numba.njit`` with fastlora's cache directory, fastmath flag and error model."""
+    """``numba.njit`` with fastlora's cache directory, fastmath flags and error model."""
     def wrap(fn):
         previous = numba.config.CACHE_DIR
         if not os.environ.get("NUMBA_CACHE_DIR"):
@@ -30,10 +45,29 @@ def kernel(parallel: bool = False):
             # directory for our kernels only, leaving Numba's global setting as it was
             numba.config.CACHE_DIR = str(settings.numba_cache_dir)
         try:
-            return numba.njit(cache=True, parallel=parallel, fastmath=settings.fastmath, error_model="numpy")(fn)
+            flags = True if settings.fastmath else SAFE_FASTMATH
+            return numba.njit(cache=True, parallel=parallel, fastmath=flags, error_model="numpy")(fn)
         finally:
             numba.config.CACHE_DIR = previous
     return wrap
+
+
+_scratch = threading.local()
+
+
+def scratch(tag: str, shape, dtype):
+    """A per-thread reusable buffer for temporaries that never leave a kernel wrapper.
+
+    Large fresh arrays are mmap'd and returned to the OS on free, so every iteration would
+    pay thousands of first-touch page faults (measured: 3x slower per-task kernels).
+    """
+    pool = getattr(_scratch, "pool", None)
+    if pool is None:
+        pool = _scratch.pool = {}
+    buf = pool.get(tag)
+    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+        buf = pool[tag] = np.empty(shape, dtype=dtype)
+    return buf
 
 
 # ----------------------------------------------------------------------------------------
@@ -67,9 +101,27 @@ def apply_shared_lowrank(X, shared_t, L, R):
 
 
 # ----------------------------------------------------------------------------------------
+@kernel()
+def _dot(a, b):
+    s = 0.0
+    for j in range(a.shape[0]):
+        s += a[j] * b[j]
+    return s
+
+
+@kernel()
+def _orthogonalize_against(v, Q, count):
+    """v -= Σ_j (v·q_j) q_j over the first ``count`` rows of Q, twice (stable to rounding)."""
+    for _ in range(2):
+        for j in range(count):
+            c = _dot(v, Q[j])
+            for i in range(v.shape[0]):
+                v[i] -= c * Q[j, i]
+
+
 @kernel(parallel=True)
 def _mgs_rows(Y):
-    """Orthonormal rows by modified Gram–Schmidt, twice (stable to rounding) — twin of
+    """Orthonormal rows by modified Gram–Schmidt with reorthogonalisation — twin of
     reference.orthonormalize_rows up to the sign of each row.  A row that vanishes after
     orthogonalisation (rank-deficient input) is replaced by the first unit vector e_j that
     survives, so the output is always orthonormal."""
@@ -79,22 +131,19 @@ def _mgs_rows(Y):
     for t in prange(T):
         for i in range(r):
             v = Y[t, i].copy()
-            scale = np.sqrt(np.sum(v * v))
-            for _ in range(2):
-                for j in range(i):
-                    v -= np.sum(v * Q[t, j]) * Q[t, j]
-            norm = np.sqrt(np.sum(v * v))
+            scale = np.sqrt(_dot(v, v))
+            _orthogonalize_against(v, Q[t], i)
+            norm = np.sqrt(_dot(v, v))
             e = 0
             while norm <= 64 * eps * max(scale, 1e-300) and e < n:
                 v[:] = 0.0
                 v[e] = 1.0
                 scale = 1.0
-                for _ in range(2):
-                    for j in range(i):
-                        v -= np.sum(v * Q[t, j]) * Q[t, j]
-                norm = np.sqrt(np.sum(v * v))
+                _orthogonalize_against(v, Q[t], i)
+                norm = np.sqrt(_dot(v, v))
                 e += 1
-            Q[t, i] = v / norm
+            for j in range(n):
+                Q[t, i, j] = v[j] / norm
     return Q
 
 
@@ -112,20 +161,65 @@ def _ritz_psd(Q, Y):
         H = np.empty((r, r), dtype=Q.dtype)
         for i in range(r):
             for j in range(r):
-                H[i, j] = np.sum(Q[t, i] * Y[t, j])
-        H = 0.5 * (H + H.T)
+                H[i, j] = _dot(Q[t, i], Y[t, j])
+        for i in range(r):
+            for j in range(i):
+                H[i, j] = H[j, i] = 0.5 * (H[i, j] + H[j, i])
         lam, W = np.linalg.eigh(H)
         for c in range(r):
             src = r - 1 - c  # descending
             if lam[src] > 0:
                 root = np.sqrt(lam[src])
                 for i in range(r):
-                    U[t, c] += (W[i, src] * root) * Q[t, i]
+                    w = W[i, src] * root
+                    for j in range(n):
+                        U[t, c, j] += w * Q[t, i, j]
     return U
 
 
 def ritz_psd(Q, Y):
     return _ritz_psd(np.ascontiguousarray(Q), np.ascontiguousarray(Y))
+
+
+@kernel(parallel=True)
+def _shifted(Y, Q, shift, out):
+    T, r, n = Y.shape
+    for t in prange(T):
+        for i in range(r):
+            for j in range(n):
+                out[t, i, j] = Y[t, i, j] + shift * Q[t, i, j]
+
+
+def psd_subspace_step(Q, Y, shift):
+    """Twin of reference.psd_subspace_step (Rayleigh–Ritz, then Gram–Schmidt of Y + shift·Q)."""
+    c = np.ascontiguousarray
+    Q, Y = c(Q), c(Y)
+    shifted = scratch("shifted", Y.shape, Y.dtype)
+    _shifted(Y, Q, Q.dtype.type(shift), shifted)
+    return _ritz_psd(Q, Y), _mgs_rows(shifted)
+
+
+@kernel(parallel=True)
+def _gram_inner(B1, C1, B2, C2, same):
+    """Twin of reference.gram_inner; ``same``: C1 is B1 and C2 is B2 (one Gram, squared)."""
+    T, k1, m = B1.shape
+    k2 = B2.shape[1]
+    out = np.empty(T, dtype=B1.dtype)
+    for t in prange(T):
+        total = 0.0
+        for i in range(k1):
+            for j in range(k2):
+                gb = _dot(B1[t, i], B2[t, j])
+                gc = gb if same else _dot(C1[t, i], C2[t, j])
+                total += gb * gc
+        out[t] = total
+    return out
+
+
+def gram_inner(B1, C1, B2, C2):
+    c = np.ascontiguousarray
+    same = C1 is B1 and C2 is B2
+    return _gram_inner(c(B1), c(C1), c(B2), c(C2), same)
 
 
 @kernel(parallel=True)
@@ -141,9 +235,12 @@ def _ritz_general(P, Z):
         for c in range(r):
             root = np.sqrt(S[c])
             for i in range(r):
-                B[t, c] += (W[i, c] * root) * P[t, i]
-            C[t, c] = root * Ht[c]
-            V[t, c] = Ht[c]
+                w = W[i, c] * root
+                for j in range(m):
+                    B[t, c, j] += w * P[t, i, j]
+            for j in range(n):
+                C[t, c, j] = root * Ht[c, j]
+                V[t, c, j] = Ht[c, j]
     return B, C, V
 
 
@@ -152,51 +249,38 @@ def ritz_general(P, Z):
 
 
 # ----------------------------------------------------------------------------------------
-def shared_plus_gram(M, B, C, alpha):
-    """Twin of reference.shared_plus_gram: BLAS SYRK (half the flops of a GEMM) when B is C."""
-    T, r, m = B.shape
-    Bf = np.ascontiguousarray(B).reshape(T * r, m)
-    if C is not B:
-        return M + alpha * (Bf.T @ np.ascontiguousarray(C).reshape(T * r, -1))
-    syrk = blas.dsyrk if Bf.dtype == np.float64 else blas.ssyrk
-    # Bf.T is (m, T·r) in Fortran order: SYRK computes Bf.T @ Bf with no copy (upper triangle)
-    G = syrk(alpha, Bf.T, beta=0.0, trans=0, lower=0)
-    return M + _symmetrize_upper(G)
-
-
-@kernel(parallel=True)
-def _symmetrize_upper(G):
-    n = G.shape[0]
-    out = np.empty((n, n), dtype=G.dtype)
-    for i in prange(n):
-        for j in range(n):
-            out[i, j] = G[i, j] if i <= j else G[j, i]
-    return out
-
-
-# ----------------------------------------------------------------------------------------
 @kernel(parallel=True)
 def _lowrank_diff_sq(B1, C1, B2, C2):
-    """Twin of reference.lowrank_diff_sq (QR of [C1; C2]ᵀ per task)."""
+    """Twin of reference.lowrank_diff_sq: R of [C1; C2]ᵀ by Gram–Schmidt with
+    reorthogonalisation (R accumulates both passes), then ‖R [B1; −B2]‖²_F."""
     T, k1, m = B1.shape
     k2, n = B2.shape[1], C1.shape[2]
+    k = k1 + k2
     out = np.empty(T, dtype=B1.dtype)
     for t in prange(T):
-        stack = np.empty((n, k1 + k2), dtype=B1.dtype)
-        for j in range(n):
-            for l in range(k1):
-                stack[j, l] = C1[t, l, j]
-            for l in range(k2):
-                stack[j, k1 + l] = C2[t, l, j]
-        _, R = np.linalg.qr(stack)
+        Q = np.zeros((k, n), dtype=B1.dtype)
+        R = np.zeros((k, k), dtype=B1.dtype)
+        v = np.empty(n, dtype=B1.dtype)
+        for i in range(k):
+            for j in range(n):
+                v[j] = C1[t, i, j] if i < k1 else C2[t, i - k1, j]
+            for _ in range(2):
+                for l in range(i):
+                    c = _dot(v, Q[l])
+                    R[l, i] += c
+                    for j in range(n):
+                        v[j] -= c * Q[l, j]
+            norm = np.sqrt(_dot(v, v))
+            R[i, i] = norm
+            if norm > 0:
+                for j in range(n):
+                    Q[i, j] = v[j] / norm
         total = 0.0
-        for i in range(R.shape[0]):
+        for i in range(k):
             for j in range(m):
                 s = 0.0
-                for l in range(k1):
-                    s += R[i, l] * B1[t, l, j]
-                for l in range(k2):
-                    s -= R[i, k1 + l] * B2[t, l, j]
+                for l in range(i, k):
+                    s += R[i, l] * (B1[t, l, j] if l < k1 else -B2[t, l - k1, j])
                 total += s * s
         out[t] = total
     return out
@@ -207,31 +291,122 @@ def lowrank_diff_sq(B1, C1, B2, C2):
     return _lowrank_diff_sq(c(B1), c(C1), c(B2), c(C2))
 
 
+_TILE = 32  # 32×32 float64 tiles: the ~12 tiles a step touches stay in L2
+
+
 @kernel(parallel=True)
-def _shared_lowrank_sq_norms(D, P, Q):
-    """Twin of reference.shared_lowrank_sq_norms: entries formed on the fly, no T·d² memory."""
-    T, k, m = P.shape
-    n = Q.shape[2]
-    out = np.empty(T, dtype=D.dtype)
-    for t in prange(T):
-        total = 0.0
-        for i in range(m):
-            for j in range(n):
-                s = D[i, j]
-                for l in range(k):
-                    s += P[t, l, i] * Q[t, l, j]
-                total += s * s
-        out[t] = total
-    return out
+def _residual_stats(S, A_new, A_old, symmetrize, D):
+    """Twin of reference.residual_stats, in one tiled pass (tile pairs (I, J) and (J, I))."""
+    n = S.shape[0]
+    tiles = (n + _TILE - 1) // _TILE
+    acc = np.zeros((tiles, 4))
+    for bi in prange(tiles):
+        i0, i1 = bi * _TILE, min(n, (bi + 1) * _TILE)
+        d_sq = r_sq = s_sq = a_sq = 0.0
+        for bj in range(bi, tiles):
+            j0, j1 = bj * _TILE, min(n, (bj + 1) * _TILE)
+            for i in range(i0, i1):
+                for j in range(max(j0, i) if bi == bj else j0, j1):
+                    rij = S[i, j] - A_new[i, j]
+                    sij = A_new[i, j] - A_old[i, j]
+                    a_sq += A_new[i, j] * A_new[i, j]
+                    r_sq += rij * rij
+                    s_sq += sij * sij
+                    if i == j:
+                        D[i, i] = rij
+                        d_sq += rij * rij
+                        continue
+                    rji = S[j, i] - A_new[j, i]
+                    sji = A_new[j, i] - A_old[j, i]
+                    a_sq += A_new[j, i] * A_new[j, i]
+                    r_sq += rji * rji
+                    s_sq += sji * sji
+                    if symmetrize:
+                        v = 0.5 * (rij + rji)
+                        D[i, j] = v
+                        D[j, i] = v
+                        d_sq += 2 * v * v
+                    else:
+                        D[i, j] = rij
+                        D[j, i] = rji
+                        d_sq += rij * rij + rji * rji
+        acc[bi, 0], acc[bi, 1], acc[bi, 2], acc[bi, 3] = d_sq, r_sq, s_sq, a_sq
+    return acc.sum(axis=0)
 
 
-def shared_lowrank_sq_norms(D, P, Q):
+def residual_stats(S, A_new, A_old, symmetrize):
+    if S.shape[0] != S.shape[1]:  # rectangular weights: the reference's passes
+        return reference.residual_stats(S, A_new, A_old, symmetrize)
     c = np.ascontiguousarray
-    return _shared_lowrank_sq_norms(c(D), c(P), c(Q))
+    D = np.empty_like(S)
+    stats = _residual_stats(c(S), c(A_new), c(A_old), bool(symmetrize), D)
+    return D, [float(v) for v in stats]
+
+
+@kernel(parallel=True)
+def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
+    """A = M + alpha·G and the residual statistics of reference.residual_stats, in one
+    tiled pass over memory (tile pairs (I, J) and (J, I))."""
+    n = S.shape[0]
+    tiles = (n + _TILE - 1) // _TILE
+    acc = np.zeros((tiles, 4))
+    for bi in prange(tiles):
+        i0, i1 = bi * _TILE, min(n, (bi + 1) * _TILE)
+        d_sq = r_sq = s_sq = a_sq = 0.0
+        for bj in range(bi, tiles):
+            j0, j1 = bj * _TILE, min(n, (bj + 1) * _TILE)
+            for i in range(i0, i1):
+                for j in range(max(j0, i) if bi == bj else j0, j1):
+                    aij = M[i, j] + alpha * G[i, j]
+                    A[i, j] = aij
+                    rij = S[i, j] - aij
+                    sij = aij - A_old[i, j]
+                    a_sq += aij * aij
+                    r_sq += rij * rij
+                    s_sq += sij * sij
+                    if i == j:
+                        D[i, i] = rij
+                        d_sq += rij * rij
+                        continue
+                    aji = M[j, i] + alpha * G[j, i]
+                    A[j, i] = aji
+                    rji = S[j, i] - aji
+                    sji = aji - A_old[j, i]
+                    a_sq += aji * aji
+                    r_sq += rji * rji
+                    s_sq += sji * sji
+                    if symmetrize:
+                        v = 0.5 * (rij + rji)
+                        D[i, j] = v
+                        D[j, i] = v
+                        d_sq += 2 * v * v
+                    else:
+                        D[i, j] = rij
+                        D[j, i] = rji
+                        d_sq += rij * rij + rji * rji
+        acc[bi, 0], acc[bi, 1], acc[bi, 2], acc[bi, 3] = d_sq, r_sq, s_sq, a_sq
+    return acc.sum(axis=0)
+
+
+def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize):
+    """Twin of reference.shared_update_stats.
+
+    The Gram Σ_t B_tᵀC_t is one call of *numpy's* BLAS (``Bfᵀ @ Bf`` is a SYRK there):
+    SciPy ships a second OpenBLAS with its own thread pool, and alternating the two pools
+    makes each spin while the other works (measured 2x slower iterations).
+    """
+    if M.shape[0] != M.shape[1]:
+        return reference.shared_update_stats(M, B, C, alpha, S, A_old, symmetrize)
+    T, r, m = B.shape
+    Bf = np.ascontiguousarray(B).reshape(T * r, m)
+    G = scratch("gram", (m, m), Bf.dtype)
+    np.matmul(Bf.T, Bf if C is B else np.ascontiguousarray(C).reshape(T * r, -1), out=G)
+    c = np.ascontiguousarray
+    A, D = np.empty_like(G), np.empty_like(G)
+    stats = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), bool(symmetrize), A, D)
+    return A, D, [float(v) for v in stats]
 
 
 KERNELS = {f.__name__: f for f in (apply_shared_lowrank, orthonormalize_rows, ritz_psd, ritz_general,
-                                   shared_plus_gram, lowrank_diff_sq, shared_lowrank_sq_norms)}
-
-COMPILED = (_add_lowrank_rows, _mgs_rows, _ritz_psd, _ritz_general, _symmetrize_upper, _lowrank_diff_sq,
-            _shared_lowrank_sq_norms)
+                                   lowrank_diff_sq, residual_stats, shared_update_stats, psd_subspace_step,
+                                   gram_inner)}

@@ -58,6 +58,15 @@ def ritz_general(P, Z):
     return B, C, Ht
 
 
+def psd_subspace_step(Q, Y, shift):
+    """One step of shifted subspace iteration with the PSD Rayleigh–Ritz fit.
+
+    Returns (ritz_psd(Q, Y), orthonormalize_rows(Y + shift·Q)): the best PSD fit inside the
+    current basis and the next basis.
+    """
+    return ritz_psd(Q, Y), orthonormalize_rows(Y + shift * Q)
+
+
 def shared_plus_gram(M, B, C, alpha):
     """M + alpha · Σ_t B[t]ᵀ C[t] (B (T, r, m), C (T, r, n)); one GEMM, a SYRK when B is C."""
     T, r, m = B.shape
@@ -86,15 +95,30 @@ def lowrank_diff_sq(B1, C1, B2, C2):
     return xp.sum((E * E).reshape(E.shape[0], -1), axis=1)
 
 
-def shared_lowrank_sq_norms(D, P, Q, chunk: int = 16):
-    """Per task ‖D + P[t]ᵀ Q[t]‖²_F (D (m, n), P (T, k, m), Q (T, k, n)), ``chunk`` tasks at a time."""
-    xp = array_module(D)
-    out = xp.empty(P.shape[0], dtype=D.dtype)
-    for start in range(0, P.shape[0], chunk):
-        E = D[None] + P[start:start + chunk].swapaxes(1, 2) @ Q[start:start + chunk]
-        out[start:start + chunk] = xp.sum((E * E).reshape(E.shape[0], -1), axis=1)
-    return out
+def residual_stats(S, A_new, A_old, symmetrize: bool):
+    """D = S − A_new (or its symmetric part) and four squared norms, for the ALS bookkeeping.
+
+    Returns (D, [‖D‖², ‖S − A_new‖², ‖A_new − A_old‖², ‖A_new‖²]) — the shift of the next
+    subspace step, the objective identity, and the convergence test.
+    """
+    xp = array_module(S)
+    R = S - A_new
+    D = 0.5 * (R + R.T) if symmetrize else R
+    step = A_new - A_old
+    return D, [float(xp.sum(D * D)), float(xp.sum(R * R)), float(xp.sum(step * step)), float(xp.sum(A_new * A_new))]
+
+
+def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize: bool):
+    """A = shared_plus_gram(M, B, C, alpha), then residual_stats(S, A, A_old, symmetrize).
+
+    Returns (A, D, stats): the closed-form A step of factored ALS and its bookkeeping,
+    which a fast backend does in one pass over memory.
+    """
+    A = shared_plus_gram(M, B, C, alpha)
+    D, stats = residual_stats(S, A, A_old, symmetrize)
+    return A, D, stats
 
 
 KERNELS = {f.__name__: f for f in (apply_shared_lowrank, orthonormalize_rows, ritz_psd, ritz_general,
-                                   shared_plus_gram, gram_inner, lowrank_diff_sq, shared_lowrank_sq_norms)}
+                                   shared_plus_gram, gram_inner, lowrank_diff_sq, residual_stats,
+                                   shared_update_stats, psd_subspace_step)}

@@ -26,6 +26,7 @@ import abc
 
 from ..errors import FastLoRAError
 from ..peft.protocol import method
+from .common import relative_change
 
 
 class AdapterStep(abc.ABC):
@@ -49,12 +50,12 @@ class AdapterStep(abc.ABC):
 
     objective_is_accurate = True
 
-    def objective_after_a_step(self, A, params) -> float:
-        """The objective at A = a_step(params); subclasses may use a cheaper identity."""
-        return self.objective(A, params)
-
     def final_objective(self, A, params) -> float:
         return self.objective(A, params)
+
+    def objective_and_change(self, A_new, A_old, params):
+        """(objective at A_new, ‖A_new − A_old‖ / ‖A_new‖)."""
+        return self.objective(A_new, params), relative_change(self.xp, A_new, A_old)
 
 
 class DenseExact(AdapterStep):
@@ -135,27 +136,38 @@ class Subspace(AdapterStep):
         self.shift_extra = 0.0 if b.symmetric else float(xp.sqrt(xp.max(b.target_gram())))
         self.power_iter_init = int(ctx.option("power_iter_init", 4))
         self.basis = None
+        self._residual_of = self._residual = None
+        self._stats_of = self._stats = self._previous = None
+        self._shift = 0.0
+
+    def _shifted_residual(self, A):
+        """(D, σ): D = sym(S − A) for psd (else S − A), computed once per A by the fused
+        ``residual_stats`` kernel, and σ = ‖D‖_F (+ a bound on −λ_min(sym B*C*ᵀ))."""
+        if self._residual_of is not A:
+            D, stats = self.kernels.residual_stats(self.batch.S, A, A, self.psd)
+            self._remember(A, D, stats)
+        return self._residual, self._shift
+
+    def _remember(self, A, D, stats):
+        self._residual_of, self._residual = A, D
+        self._shift = stats[0] ** 0.5 + self.shift_extra
 
     def _apply_psd(self, A, X):
-        """(rows of sym(R_t) X_t, shift σ).  σ = ‖sym(S − A)‖_F ≥ −λ_min(R_t) (B*C*ᵀ's part
-        is PSD for symmetric targets), so iterating with R_t + σI converges to the
-        algebraically largest subspace the PSD fit needs, not that of large negative
-        eigenvalues."""
-        xp = self.xp
-        D = self.batch.S - A
-        D = 0.5 * (D + D.T)
-        shift = float(xp.sqrt(xp.sum(D * D))) + self.shift_extra
+        """(rows of sym(R_t) X_t, σ).  σ ≥ −λ_min(R_t) (B*C*ᵀ's part is PSD for symmetric
+        targets), so iterating with R_t + σI converges to the algebraically largest
+        subspace the PSD fit needs, not that of large negative eigenvalues."""
+        D, shift = self._shifted_residual(A)
         return self.kernels.apply_shared_lowrank(X, D, self.L, self.R), shift
 
     def _apply(self, A, X):
         """Rows of R_t X_t (X rows (T, r, d_in)) -> (T, r, d_out)."""
         b = self.batch
-        return self.kernels.apply_shared_lowrank(X, (b.S - A).T, b.Cs, b.Bs)
+        return self.kernels.apply_shared_lowrank(X, self._shifted_residual(A)[0].T, b.Cs, b.Bs)
 
     def _apply_t(self, A, P):
         """Rows of R_tᵀ P_t (P rows (T, r, d_out)) -> (T, r, d_in)."""
         b = self.batch
-        return self.kernels.apply_shared_lowrank(P, b.S - A, b.Bs, b.Cs)
+        return self.kernels.apply_shared_lowrank(P, self._shifted_residual(A)[0], b.Bs, b.Cs)
 
     def _start(self, A):
         b, k = self.batch, self.kernels
@@ -164,7 +176,7 @@ class Subspace(AdapterStep):
         for _ in range(self.power_iter_init):
             if self.psd:
                 Y, shift = self._apply_psd(A, Q)
-                Q = k.orthonormalize_rows(Y + shift * Q)
+                Q = k.psd_subspace_step(Q, Y, shift)[1]
             else:
                 Q = k.orthonormalize_rows(self._apply_t(A, k.orthonormalize_rows(self._apply(A, Q))))
         self.basis = Q
@@ -175,8 +187,7 @@ class Subspace(AdapterStep):
             self._start(A)
         if self.psd:
             Y, shift = self._apply_psd(A, self.basis)
-            U = k.ritz_psd(self.basis, Y)
-            self.basis = k.orthonormalize_rows(Y + shift * self.basis)
+            U, self.basis = k.psd_subspace_step(self.basis, Y, shift)
             U = U.swapaxes(1, 2)
             return self.peft.from_factors(U, U)
         P = k.orthonormalize_rows(self._apply(A, self.basis))
@@ -189,23 +200,34 @@ class Subspace(AdapterStep):
 
     def a_step(self, params):
         B, C = self._rows(params)
-        return self.batch.a_step_factors(B, C)
+        A_new, D, stats = self.batch.a_step_factors_with_stats(B, C, self._residual_of, self.psd)
+        self._stats_of, self._stats, self._previous = A_new, stats, self._residual_of
+        self._remember(A_new, D, stats)
+        return A_new
 
     def objective(self, A, params) -> float:
         B, C = self._rows(params)
         return self.batch.objective_factors(A, B, C)
 
-    # The identity behind this cancels when A ≠ S at the optimum (T ≤ 2), so it must not
-    # decide that the objective is zero; final_objective() recomputes it accurately.
+    # The per-iteration objective comes from an O(T·d·r²) identity whose rounding floor
+    # (~eps·Σ‖B*C*ᵀ‖²) is above zero's tolerance: it must not decide that the objective is
+    # zero.  final_objective() recomputes the last value with the accurate QR form.
     objective_is_accurate = False
 
-    def objective_after_a_step(self, A, params) -> float:
+    def objective_and_change(self, A_new, A_old, params):
+        if self._stats_of is A_new and self._previous is A_old:
+            stats = self._stats
+        else:
+            D, stats = self.kernels.residual_stats(self.batch.S, A_new, A_old, self.psd)
+            self._remember(A_new, D, stats)
+        self._dist_sq = stats[1]
         B, C = self._rows(params)
-        return self.batch.objective_after_a_step(A, B, C)
+        objective = self.batch.objective_after_a_step(B, C, stats[1])
+        return objective, (stats[2] / stats[3]) ** 0.5 if stats[3] > 0 else stats[2] ** 0.5
 
     def final_objective(self, A, params) -> float:
         B, C = self._rows(params)
-        return self.batch.objective_accurate(A, B, C)
+        return max(self.batch.objective_after_a_step(B, C, self._dist_sq, accurate=True), 0.0)
 
 
 class InnerGradient(AdapterStep):

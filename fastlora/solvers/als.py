@@ -10,11 +10,9 @@ below ``tol`` or the objective is zero to tolerance.
 from __future__ import annotations
 
 from .adapters import choose_adapter_step
-from .common import relative_change
 
 
 def solve(ctx):
-    xp = ctx.xp
     step = choose_adapter_step(ctx)
     monitor = ctx.monitor()
     A = ctx.initial_A("standard")
@@ -23,8 +21,7 @@ def solve(ctx):
     for iteration in range(1, ctx.max_iter + 1):
         params = step.fit(A, params)
         A_new = step.a_step(params)
-        objective = step.objective_after_a_step(A_new, params)
-        change = relative_change(xp, A_new, A)
+        objective, change = step.objective_and_change(A_new, A, params)
         A = A_new
         if monitor.record(iteration, objective, change, accurate=step.objective_is_accurate):
             break
