@@ -93,11 +93,20 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     A_star = 0.5 * (G + G.T) if symmetric else G
     A_star.setflags(write=False)
 
-    factors = [_draw_factors(seed, _ROLE_TRAIN, t, d_out, d, k, symmetric) for t in range(T)]
-    B_star = np.stack([b for b, _ in factors])
-    C_star = B_star if symmetric else np.stack([c for _, c in factors])
-    for a in (B_star, C_star):
+    # factors live in (T, k, d) row-contiguous buffers — the layout of the solvers' shared
+    # GEMMs — and B_star / C_star are (T, d, k) views of them, so solves copy nothing
+    B_rows = np.empty((T, k, d_out))
+    C_rows = B_rows if symmetric else np.empty((T, k, d))
+    for t in range(T):
+        b, c = _draw_factors(seed, _ROLE_TRAIN, t, d_out, d, k, symmetric)
+        B_rows[t] = b.T
+        if not symmetric:
+            C_rows[t] = c.T
+    for a in (B_rows, C_rows):
         a.setflags(write=False)
+    B_star = B_rows.swapaxes(1, 2)
+    C_star = B_star if symmetric else C_rows.swapaxes(1, 2)
+    factors = [(B_star[t], B_star[t] if symmetric else C_star[t]) for t in range(T)]
     proto = Problem(A_star, B_star, C_star, [], [], d, d_out, k, T, n, noise, bool(symmetric), seed)
     proto.tasks.extend(_make_task(proto, A_star, b, c, _ROLE_TRAIN, t) for t, (b, c) in enumerate(factors))
     proto.test_tasks.extend(_draw_task(proto, _ROLE_TEST, t) for t in range(n_test_tasks))

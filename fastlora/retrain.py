@@ -91,7 +91,7 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
             raise FastLoRAError(f"peft={parameterization.name!r} needs square weights but d_out={d_out} != d_in={d_in}; "
                                 f"use peft='lora'")
     be = get_backend(backend, threads=threads)
-    batch = make_batch(tasks, be, dtype)
+    batch = make_batch(tasks, be, dtype, source=problem_or_tasks)
     ctx = Context(batch=batch, backend=be, peft=parameterization, rank=rank, dtype=dtype, rng=rng,
                   max_iter=max_iter, tol=tol, callback=callback, options=options)
     setup = time.perf_counter() - started

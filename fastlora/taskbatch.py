@@ -92,7 +92,7 @@ class FactoredPopulation(Batch):
         xp, cast = self.xp, (lambda a: backend.asarray(a, dtype))
         self.symmetric = symmetric
         self.S = cast(S)
-        self.Bs = cast(np.ascontiguousarray(np.swapaxes(B_star, 1, 2)))   # (T, k, d_out)
+        self.Bs = cast(np.ascontiguousarray(np.swapaxes(B_star, 1, 2)))   # (T, k, d_out), free if already rows
         self.Cs = self.Bs if symmetric else cast(np.ascontiguousarray(np.swapaxes(C_star, 1, 2)))  # (T, k, d_in)
         k = self.Bs.shape[1]
         # M = mean_t W*_t: one GEMM of width T·k, done once.
@@ -146,10 +146,12 @@ class FactoredPopulation(Batch):
         """argmin_A: A = M − (1/T) Σ_t B_tᵀ C_t (a symmetric rank-(T·r) update when B is C)."""
         return self.backend.kernels.shared_plus_gram(self.M, B, C, -1.0 / self.T)
 
-    def a_step_factors_with_stats(self, B, C, A_old, symmetrize: bool):
+    def a_step_factors_with_stats(self, B, C, A_old, symmetrize: bool, out=None):
         """(A, D, stats): :meth:`a_step_factors` plus the residual D = S − A (symmetrised if
-        asked) and [‖D‖², ‖S − A‖², ‖A − A_old‖², ‖A‖²], in one pass on fast backends."""
-        return self.backend.kernels.shared_update_stats(self.M, B, C, -1.0 / self.T, self.S, A_old, symmetrize)
+        asked) and [‖D‖², ‖S − A‖², ‖A − A_old‖², ‖A‖²], in one pass on fast backends.
+        ``out``: a (d_out, d_in) buffer for D that may be overwritten."""
+        return self.backend.kernels.shared_update_stats(self.M, B, C, -1.0 / self.T, self.S, A_old, symmetrize,
+                                                        out=out)
 
     def objective_after_a_step(self, B, C, dist_sq: float, accurate: bool = False) -> float:
         """Σ_t L_t(A + Δ_t) when A = a_step_factors(B, C): ½[Σ_t ‖B*C*ᵀ − Δ_t‖² − T‖S − A‖²].
@@ -253,7 +255,7 @@ def as_task_list(problem_or_tasks) -> list[Task]:
     if isinstance(tasks, Task):
         tasks = [tasks]
     try:
-        tasks = list(tasks)
+        tasks = tasks if isinstance(tasks, list) else list(tasks)
     except TypeError:
         raise FastLoRAError("tasks must be a Problem, a Task or a list of Tasks") from None
     if len(tasks) < 1:
@@ -270,8 +272,15 @@ def as_task_list(problem_or_tasks) -> list[Task]:
     return tasks
 
 
-def make_batch(tasks: list[Task], backend, dtype, *, structured: bool = True) -> Batch:
-    """Batch ``tasks`` on ``backend``; factored targets sharing one base stay factored."""
+def make_batch(tasks: list[Task], backend, dtype, *, structured: bool = True, source=None) -> Batch:
+    """Batch ``tasks`` on ``backend``; factored targets sharing one base stay factored.
+
+    ``source``: the Problem the tasks came from, if any; its batched factors are then used
+    as they are (no copy on CPU backends in float64).
+    """
+    if structured and source is not None and getattr(source, "n", 0) is None \
+            and getattr(source, "tasks", None) is tasks and hasattr(source, "B_star"):
+        return FactoredPopulation(backend, dtype, source.A_star, source.B_star, source.C_star, source.symmetric)
     if not tasks[0].is_population:
         return FiniteSample(backend, dtype, np.stack([t.Sigma for t in tasks]), np.stack([t.C for t in tasks]),
                             np.array([t.s for t in tasks]), [t.n for t in tasks])

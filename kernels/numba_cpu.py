@@ -13,7 +13,6 @@ Compiled code is cached on disk in ``fastlora.config.settings.numba_cache_dir`` 
 from __future__ import annotations
 
 import os
-import threading
 
 # GNU OpenMP (Numba's default threading layer on Linux) keeps its threads spinning for
 # ~300k iterations after each parallel region; they then starve the BLAS threads that run
@@ -50,24 +49,6 @@ def kernel(parallel: bool = False):
         finally:
             numba.config.CACHE_DIR = previous
     return wrap
-
-
-_scratch = threading.local()
-
-
-def scratch(tag: str, shape, dtype):
-    """A per-thread reusable buffer for temporaries that never leave a kernel wrapper.
-
-    Large fresh arrays are mmap'd and returned to the OS on free, so every iteration would
-    pay thousands of first-touch page faults (measured: 3x slower per-task kernels).
-    """
-    pool = getattr(_scratch, "pool", None)
-    if pool is None:
-        pool = _scratch.pool = {}
-    buf = pool.get(tag)
-    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-        buf = pool[tag] = np.empty(shape, dtype=dtype)
-    return buf
 
 
 # ----------------------------------------------------------------------------------------
@@ -182,21 +163,39 @@ def ritz_psd(Q, Y):
 
 
 @kernel(parallel=True)
-def _shifted(Y, Q, shift, out):
+def _mgs_shifted_inplace(Y, Q, shift):
+    """Y[t] ← orthonormal rows spanning Y[t] + shift·Q[t] (Gram–Schmidt, twice), in place:
+    row i needs only input row i and output rows < i."""
     T, r, n = Y.shape
+    eps = np.finfo(Y.dtype).eps
     for t in prange(T):
+        v = np.empty(n, dtype=Y.dtype)
         for i in range(r):
             for j in range(n):
-                out[t, i, j] = Y[t, i, j] + shift * Q[t, i, j]
+                v[j] = Y[t, i, j] + shift * Q[t, i, j]
+            scale = np.sqrt(_dot(v, v))
+            _orthogonalize_against(v, Y[t], i)
+            norm = np.sqrt(_dot(v, v))
+            e = 0
+            while norm <= 64 * eps * max(scale, 1e-300) and e < n:
+                v[:] = 0.0
+                v[e] = 1.0
+                scale = 1.0
+                _orthogonalize_against(v, Y[t], i)
+                norm = np.sqrt(_dot(v, v))
+                e += 1
+            for j in range(n):
+                Y[t, i, j] = v[j] / norm
 
 
 def psd_subspace_step(Q, Y, shift):
-    """Twin of reference.psd_subspace_step (Rayleigh–Ritz, then Gram–Schmidt of Y + shift·Q)."""
+    """Twin of reference.psd_subspace_step; the next basis overwrites Y (one (T, r, n) buffer
+    less: 268 MB at d=4096, T=1024, r=8)."""
     c = np.ascontiguousarray
     Q, Y = c(Q), c(Y)
-    shifted = scratch("shifted", Y.shape, Y.dtype)
-    _shifted(Y, Q, Q.dtype.type(shift), shifted)
-    return _ritz_psd(Q, Y), _mgs_rows(shifted)
+    U = _ritz_psd(Q, Y)
+    _mgs_shifted_inplace(Y, Q, Q.dtype.type(shift))
+    return U, Y
 
 
 @kernel(parallel=True)
@@ -346,7 +345,7 @@ def residual_stats(S, A_new, A_old, symmetrize):
 @kernel(parallel=True)
 def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
     """A = M + alpha·G and the residual statistics of reference.residual_stats, in one
-    tiled pass over memory (tile pairs (I, J) and (J, I))."""
+    tiled pass over memory (tile pairs (I, J) and (J, I)).  A may be G (in place)."""
     n = S.shape[0]
     tiles = (n + _TILE - 1) // _TILE
     acc = np.zeros((tiles, 4))
@@ -388,7 +387,7 @@ def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
     return acc.sum(axis=0)
 
 
-def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize):
+def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize, out=None):
     """Twin of reference.shared_update_stats.
 
     The Gram Σ_t B_tᵀC_t is one call of *numpy's* BLAS (``Bfᵀ @ Bf`` is a SYRK there):
@@ -399,12 +398,13 @@ def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize):
         return reference.shared_update_stats(M, B, C, alpha, S, A_old, symmetrize)
     T, r, m = B.shape
     Bf = np.ascontiguousarray(B).reshape(T * r, m)
-    G = scratch("gram", (m, m), Bf.dtype)
-    np.matmul(Bf.T, Bf if C is B else np.ascontiguousarray(C).reshape(T * r, -1), out=G)
+    G = Bf.T @ (Bf if C is B else np.ascontiguousarray(C).reshape(T * r, -1))
     c = np.ascontiguousarray
-    A, D = np.empty_like(G), np.empty_like(G)
-    stats = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), bool(symmetrize), A, D)
-    return A, D, [float(v) for v in stats]
+    usable = out is not None and out.shape == G.shape and out.dtype == G.dtype and out.flags.c_contiguous \
+        and out is not A_old and out is not S and out is not M
+    D = out if usable else np.empty_like(G)
+    stats = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), bool(symmetrize), G, D)
+    return G, D, [float(v) for v in stats]
 
 
 KERNELS = {f.__name__: f for f in (apply_shared_lowrank, orthonormalize_rows, ritz_psd, ritz_general,

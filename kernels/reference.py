@@ -62,7 +62,7 @@ def psd_subspace_step(Q, Y, shift):
     """One step of shifted subspace iteration with the PSD Rayleigh–Ritz fit.
 
     Returns (ritz_psd(Q, Y), orthonormalize_rows(Y + shift·Q)): the best PSD fit inside the
-    current basis and the next basis.
+    current basis and the next basis.  Fast backends may reuse Y's memory for the result.
     """
     return ritz_psd(Q, Y), orthonormalize_rows(Y + shift * Q)
 
@@ -108,11 +108,12 @@ def residual_stats(S, A_new, A_old, symmetrize: bool):
     return D, [float(xp.sum(D * D)), float(xp.sum(R * R)), float(xp.sum(step * step)), float(xp.sum(A_new * A_new))]
 
 
-def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize: bool):
+def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize: bool, out=None):
     """A = shared_plus_gram(M, B, C, alpha), then residual_stats(S, A, A_old, symmetrize).
 
     Returns (A, D, stats): the closed-form A step of factored ALS and its bookkeeping,
-    which a fast backend does in one pass over memory.
+    which a fast backend does in one pass over memory.  ``out`` (optional) is a buffer the
+    backend may use for D; the reference allocates.
     """
     A = shared_plus_gram(M, B, C, alpha)
     D, stats = residual_stats(S, A, A_old, symmetrize)

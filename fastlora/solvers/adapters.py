@@ -32,6 +32,7 @@ from .common import relative_change
 class AdapterStep(abc.ABC):
     name = "abstract"
     exact = True
+    warm_start = False  # whether fit() uses the previous parameters
 
     def __init__(self, ctx):
         self.ctx, self.batch, self.peft, self.rank = ctx, ctx.batch, ctx.peft, ctx.rank
@@ -173,6 +174,7 @@ class Subspace(AdapterStep):
         b, k = self.batch, self.kernels
         omega = self.ctx.backend.asarray(self.ctx.rng.standard_normal((b.T, self.rank, b.d_in)), self.ctx.dtype)
         Q = k.orthonormalize_rows(omega)
+        del omega  # (T, r, d): 268 MB at d=4096, T=1024, r=8
         for _ in range(self.power_iter_init):
             if self.psd:
                 Y, shift = self._apply_psd(A, Q)
@@ -200,8 +202,9 @@ class Subspace(AdapterStep):
 
     def a_step(self, params):
         B, C = self._rows(params)
-        A_new, D, stats = self.batch.a_step_factors_with_stats(B, C, self._residual_of, self.psd)
-        self._stats_of, self._stats, self._previous = A_new, stats, self._residual_of
+        # the new residual overwrites the old one's memory (it has served this iteration's GEMM)
+        A_new, D, stats = self.batch.a_step_factors_with_stats(B, C, self._residual_of, self.psd, out=self._residual)
+        self._stats_of, self._stats, self._previous = A_new, stats, id(self._residual_of)
         self._remember(A_new, D, stats)
         return A_new
 
@@ -215,7 +218,7 @@ class Subspace(AdapterStep):
     objective_is_accurate = False
 
     def objective_and_change(self, A_new, A_old, params):
-        if self._stats_of is A_new and self._previous is A_old:
+        if self._stats_of is A_new and self._previous == id(A_old):
             stats = self._stats
         else:
             D, stats = self.kernels.residual_stats(self.batch.S, A_new, A_old, self.psd)
@@ -238,6 +241,7 @@ class InnerGradient(AdapterStep):
 
     name = "inner"
     exact = False
+    warm_start = True
 
     def __init__(self, ctx, steps: int | None = None):
         super().__init__(ctx)

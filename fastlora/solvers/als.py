@@ -19,7 +19,10 @@ def solve(ctx):
     params = None
     iteration = 0
     for iteration in range(1, ctx.max_iter + 1):
-        params = step.fit(A, params)
+        # steps that do not warm-start from the adapters let the old ones go first (memory)
+        previous, params = (params if step.warm_start else None), None
+        params = step.fit(A, previous)
+        previous = None
         A_new = step.a_step(params)
         objective, change = step.objective_and_change(A_new, A, params)
         A = A_new
