@@ -172,6 +172,38 @@ def plot(store, x, y, hue, facet, where, logy, logx, output):
 
 
 @main.command()
+@click.option("--config", "configs", multiple=True, help="configuration(s) to run (default: paper, pop-384, pop-512, pop-1024)")
+@click.option("--backend", "backends", default="numba,numpy", show_default=True,
+              help="comma-separated backends (numpy is always measured as the reference)")
+@click.option("--repeat", type=int, default=3, show_default=True, help="timed repeats (median reported)")
+@click.option("--baselines/--no-baselines", default=True, help="measure bench/baselines in the same run")
+@click.option("--full-baselines", is_flag=True, help="run slow baselines to tolerance instead of extrapolating")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report as JSON")
+@click.option("--list", "list_configs", is_flag=True, help="list the configurations and exit")
+def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_configs):
+    """Time the solvers against the numpy reference and the baselines, in one run."""
+    from .bench import CONFIGS, run_bench
+    if list_configs:
+        for c in CONFIGS.values():
+            click.echo(f"{c.name:10s} d={c.d} T={c.T} k={c.k} {c.dtype}: {c.note}")
+        return
+    names = list(configs) or ["paper", "pop-384", "pop-512", "pop-1024"]
+    chosen = [b.strip() for b in backends.split(",") if b.strip()]
+    for b in chosen:
+        if b not in ("numpy", "numba", "cupy"):
+            raise FastLoRAError(f"--backend {b!r} is not allowed; choose from numpy, numba, cupy")
+    report = run_bench(names, chosen, repeat=repeat, baselines=baselines, full_baselines=full_baselines,
+                       echo=click.echo)
+    click.echo("machine: " + ", ".join(f"{k}={v}" for k, v in report.machine.items()))
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if json_path:
+        with open(json_path, "w") as fh:
+            fh.write(report.to_json())
+        click.echo(f"wrote {json_path}")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 def plugins(as_json):
     """List the registered PEFT parameterizations, their capabilities and load errors."""

@@ -190,21 +190,38 @@ class FiniteSample(Batch):
         self.n = np.asarray(n)
         self._whiteners = None
         self._gram_solver = None
+        self._least_squares = None
+
+    def least_squares(self):
+        """(Ŵ_t = C_t Σ_t⁺, L_t(Ŵ_t)), computed once.
+
+        L_t(W) = ½⟨(W − Ŵ_t)Σ_t, W − Ŵ_t⟩ + L_t(Ŵ_t) holds exactly (C_t's rows lie in the range
+        of Σ_t); unlike ½tr(WΣWᵀ) − tr(WCᵀ) + s, whose terms are of size s_t, it has no
+        cancellation, so losses near the optimum compare to full precision.
+        """
+        if self._least_squares is None:
+            xp = self.xp
+            W_hat = self.C @ self.sigma_pinv_half()[1]
+            fit = 0.5 * xp.sum(((W_hat @ self.Sigma) * W_hat).reshape(self.T, -1), axis=1)
+            self._least_squares = (W_hat, xp.maximum(self.s - fit, 0.0))
+        return self._least_squares
 
     def losses_W(self, W):
-        return self._losses(W, W @ self.Sigma)
+        W_hat, floor = self.least_squares()
+        E = W - W_hat
+        return self._losses(E, E @ self.Sigma, floor)
 
-    def _losses(self, W, WS):
-        xp = self.xp
-        return 0.5 * xp.sum((WS * W).reshape(self.T, -1), axis=1) - xp.sum((W * self.C).reshape(self.T, -1), axis=1) + self.s
+    def _losses(self, E, ES, floor):
+        return 0.5 * self.xp.sum((ES * E).reshape(self.T, -1), axis=1) + floor
 
     def grad_W(self, W):
         return W @ self.Sigma - self.C
 
     def losses_and_grad(self, A, delta=None):
-        W = self._W(A, delta)
-        WS = W @ self.Sigma
-        return self._losses(W, WS), WS - self.C
+        W_hat, floor = self.least_squares()
+        E = self._W(A, delta) - W_hat
+        ES = E @ self.Sigma  # = WΣ − C, the gradient
+        return self._losses(E, ES, floor), ES
 
     def sigma_pinv_half(self):
         """Σ_t^{+1/2} and Σ_t^+ (pseudo-inverses on the range of Σ_t), computed once."""

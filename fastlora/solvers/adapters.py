@@ -262,13 +262,27 @@ class InnerGradient(AdapterStep):
                 break
         return params
 
+    def residual(self) -> float:
+        """‖∇_θ‖ at the start of the last step, relative to the first one seen: ALS may call
+        the solve converged only when this is small too (A can stall while θ still moves)."""
+        return self._grad_rel
+
+    _grad_rel = 1.0
+    _grad_ref = None
+
     def _step(self, A, params, losses):
         xp, b = self.xp, self.batch
         grads = self.pullback(params, b.grad(A, self.delta_fn(params)))
         gsq = sum(xp.sum(g.reshape(b.T, -1) ** 2, axis=1) for g in grads.values())
-        pending = gsq > 0
+        total = float(xp.sqrt(xp.sum(gsq)))
+        self._grad_ref = self._grad_ref or total or 1.0
+        self._grad_rel = total / self._grad_ref
+        # below this decrease a comparison of two losses is rounding noise: the task is
+        # converged for this A (shrinking the step further would only chase noise)
+        noise = 64 * xp.finfo(losses.dtype).eps * xp.abs(losses)
+        pending = 0.5 * self.lr * gsq > noise
         new_params, new_losses = dict(params), losses
-        for _ in range(60):
+        for _ in range(40):
             if not bool(pending.any()):
                 break
             cand = {name: p - _per_task(self.lr, p) * grads[name] for name, p in params.items()}
@@ -277,8 +291,9 @@ class InnerGradient(AdapterStep):
             for name in params:
                 new_params[name] = xp.where(_per_task(ok, cand[name]), cand[name], new_params[name])
             new_losses = xp.where(ok, cand_losses, new_losses)
-            self.lr = xp.where(ok, 2 * self.lr, xp.where(pending, 0.5 * self.lr, self.lr))
-            pending = pending & ~ok
+            shrink = pending & ~ok & (0.25 * self.lr * gsq > noise)  # halving keeps it above noise
+            self.lr = xp.where(ok, 2 * self.lr, xp.where(shrink, 0.5 * self.lr, self.lr))
+            pending = shrink
         return new_params, new_losses, bool(xp.any(gsq > 0))
 
 

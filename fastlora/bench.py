@@ -1,0 +1,315 @@
+"""The benchmark harness behind ``fastlora bench``.
+
+Every number is measured in the same run as the references it is compared with: the numpy
+reference backend, the machine's GEMM rate, and the baselines in ``fastlora.baselines``
+(``bench/baselines``).  Timings are medians over ``repeat`` runs; GPU work is synchronised.
+
+Flop model (useful work of one population ALS iteration): 2·d²·T·k — the product of the
+shared d×d residual with all T adapters of rank k.  The A step (a symmetric rank-T·k update,
+d²·T·k more flops), orthonormalisation and Rayleigh–Ritz (O(T·d·k²)) are not counted, so
+"useful GFLOP/s" is a lower bound on the machine's work rate.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends import blas_threads, cupy_status, get_backend, numba_status
+from .config import usable_cores
+from .errors import FastLoRAError
+
+
+@dataclass
+class Config:
+    name: str
+    kind: str           # "paper" | "population" | "memory" | "points"
+    d: int
+    T: int
+    k: int
+    n: int | None = None
+    noise: float = 0.0
+    dtype: str = "float64"
+    iters: int = 20
+    note: str = ""
+    backends: tuple = ("numpy", "numba", "cupy")
+
+
+CONFIGS = {c.name: c for c in (
+    Config("paper", "paper", d=10, T=3, k=1, n=5000, noise=0.01,
+           note="target 1: reach paper-GD's final objective >= 1000x faster"),
+    Config("pop-384", "population", d=384, T=48, k=4, note="target 2: time to rel. error 1e-8 in A >= 50x dense ALS"),
+    Config("pop-512", "population", d=512, T=64, k=4, note="target 5: numba >= 3x numpy per iteration"),
+    Config("pop-1024", "population", d=1024, T=128, k=8, iters=20,
+           note="target 3: ALS iteration >= 50% of DGEMM rate (2·d²·T·k flops)"),
+    Config("pop-4096", "memory", d=4096, T=1024, k=8, iters=10, backends=("numba", "cupy"),
+           note="target 4: 10 ALS iterations in < 2 GB peak memory"),
+    Config("gpu-8192", "population", d=8192, T=2048, k=8, dtype="float32", iters=10, backends=("cupy",),
+           note="GPU target 1: >= 50% of SGEMM rate, >= 20x numba"),
+    Config("points", "points", d=10, T=3, k=1, n=5000, noise=0.01, iters=40,
+           note="sweep points per second at the paper's size (make_problem + retrain + evaluate)"),
+    Config("smoke", "population", d=64, T=8, k=2, iters=10, note="a quick check of the harness"),
+)}
+
+
+def machine_info() -> dict:
+    import numpy
+    import scipy
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_model(),
+            "cores": os.cpu_count(), "usable_cores": usable_cores(), "blas_threads": blas_threads(),
+            "numpy": numpy.__version__, "scipy": scipy.__version__}
+    try:
+        from importlib.metadata import version
+        info["fastlora"] = version("fastlora")
+    except Exception:  # noqa: BLE001
+        info["fastlora"] = "source"
+    if numba_status()[0]:
+        import numba
+        info["numba"] = numba.__version__
+        info["numba_threads"] = numba.config.NUMBA_NUM_THREADS
+    ok, why = cupy_status()
+    info["gpu"] = get_backend("cupy").describe() if ok else f"none ({why})"
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _median_time(fn, repeat: int, sync=lambda: None) -> float:
+    times = []
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_rate(backend, d: int, width: int, dtype: str, repeat: int = 5) -> float:
+    """FLOP/s of a (width × d) @ (d × d) GEMM in ``dtype`` on ``backend`` (the solvers' shape)."""
+    xp = backend.xp
+    rng = np.random.default_rng(0)
+    X = backend.asarray(rng.standard_normal((width, d)), dtype)
+    D = backend.asarray(rng.standard_normal((d, d)), dtype)
+    X @ D
+    seconds = _median_time(lambda: X @ D, repeat, backend.synchronize)
+    del X, D
+    if xp is not np:
+        xp.get_default_memory_pool().free_all_blocks()
+    return 2.0 * d * d * width / seconds
+
+
+def per_iteration(prob, backend: str, dtype: str, iters: int, repeat: int, threads=None) -> float:
+    """Median seconds per ALS iteration, from iteration timestamps (setup and warm-up excluded)."""
+    import fastlora as fl
+
+    def run():
+        stamps = []
+        fl.retrain(prob, backend=backend, dtype=dtype, max_iter=iters, tol=0.0, threads=threads,
+                   callback=lambda i, elapsed, obj: stamps.append(elapsed))
+        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
+    run()  # compile / warm caches
+    return statistics.median(run() for _ in range(repeat))
+
+
+def time_to_rel_error(prob, backend: str, dtype: str, target: float = 1e-8, repeat: int = 3, **options):
+    """(median seconds of a whole retrain that ends with ‖A − A*‖/‖A*‖ ≤ target, iterations, error)."""
+    import fastlora as fl
+    tol = 1e-9
+    for _ in range(6):
+        res = fl.retrain(prob, backend=backend, dtype=dtype, tol=tol, max_iter=20000, **options)
+        err = float(np.linalg.norm(res.A - prob.A_star) / np.linalg.norm(prob.A_star))
+        if err <= target:
+            break
+        tol /= 10
+    else:
+        return float("nan"), res.n_iter, err
+    seconds = statistics.median(
+        fl.retrain(prob, backend=backend, dtype=dtype, tol=tol, max_iter=20000, **options).seconds for _ in range(repeat))
+    return seconds, res.n_iter, err
+
+
+@dataclass
+class Report:
+    machine: dict
+    rows: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def add(self, **row):
+        self.rows.append(row)
+
+    def to_json(self) -> str:
+        return json.dumps({"machine": self.machine, "rows": self.rows, "notes": self.notes}, indent=2, default=str)
+
+
+def run_bench(names, backends, repeat: int = 3, baselines: bool = True, full_baselines: bool = False,
+              echo=print) -> Report:
+    report = Report(machine_info())
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise FastLoRAError(f"unknown bench config(s) {', '.join(unknown)}; available: {', '.join(CONFIGS)}")
+    for name in names:
+        cfg = CONFIGS[name]
+        usable = [b for b in backends if b in cfg.backends and _available(b, report)]
+        echo(f"== {cfg.name}: d={cfg.d} T={cfg.T} k={cfg.k}" + (f" n={cfg.n}" if cfg.n else "") + f" — {cfg.note}")
+        if not usable:
+            report.notes.append(f"{cfg.name}: no requested backend can run it here ({', '.join(backends)})")
+            continue
+        {"paper": _bench_paper, "population": _bench_population, "memory": _bench_memory,
+         "points": _bench_points}[cfg.kind](cfg, usable, repeat, baselines, full_baselines, report, echo)
+    return report
+
+
+def _available(backend: str, report: Report) -> bool:
+    ok, why = {"numpy": (True, ""), "numba": numba_status(), "cupy": cupy_status()}[backend]
+    if not ok and not any(why in n for n in report.notes):
+        report.notes.append(f"backend {backend} skipped: {why}")
+    return ok
+
+
+def _bench_population(cfg, backends, repeat, baselines, full_baselines, report, echo):
+    import fastlora as fl
+    prob = fl.make_problem(d=cfg.d, k=cfg.k, T=cfg.T, seed=0, n_test_tasks=0)
+    useful = 2.0 * cfg.d ** 2 * cfg.T * cfg.k
+    reference = None
+    measure_numpy = "numpy" in cfg.backends and cfg.d <= 2048
+    compare = (["numpy"] if measure_numpy else []) + [b for b in backends if b != "numpy" or not measure_numpy]
+    for backend in compare:
+        be = get_backend(backend)
+        rate = gemm_rate(be, cfg.d, cfg.T * cfg.k, cfg.dtype)
+        sec = per_iteration(prob, backend, cfg.dtype, cfg.iters, repeat)
+        reference = sec if backend == "numpy" else reference
+        row = {"config": cfg.name, "backend": backend, "device": be.describe(), "dtype": cfg.dtype,
+               "sec_per_iter": sec, "useful_gflops": useful / sec / 1e9, "gemm_gflops": rate / 1e9,
+               "fraction_of_gemm": (useful / sec) / rate,
+               "speedup_vs_numpy": (reference / sec) if reference else None}
+        if cfg.name == "pop-384":
+            seconds, n_iter, err = time_to_rel_error(prob, backend, cfg.dtype, repeat=repeat)
+            row.update(time_to_1e8=seconds, iterations_to_1e8=n_iter, rel_err_A=err)
+        report.add(**row)
+        echo(_line(row))
+    if cfg.name == "pop-384" and baselines:
+        _dense_baseline(cfg, prob, report, echo, full_baselines)
+
+
+def _dense_baseline(cfg, prob, report, echo, full):
+    import fastlora as fl
+    from .baselines import dense_als
+    W = np.stack([t.W_star for t in prob.tasks])
+    # the baseline's iterates are those of fastlora's adapter_step="exact" (same algorithm):
+    # its iteration count to the target is read from that run
+    exact = time_to_rel_error(prob, "numpy", "float64", repeat=1, adapter_step="exact")
+    if full:
+        out = dense_als(W, cfg.k, A_star=prob.A_star, tol_rel_A=1e-8)
+        seconds, how = out["seconds"], f"measured to tolerance ({out['iterations']} iterations)"
+    else:
+        out = dense_als(W, cfg.k, A_star=prob.A_star, max_iter=3)
+        seconds = out["seconds_per_iteration"] * exact[1] + 0.0
+        how = f"{out['seconds_per_iteration']:.3g} s/iter measured over 3 iterations x {exact[1]} iterations to 1e-8"
+    row = {"config": cfg.name, "backend": "baseline:dense_als", "time_to_1e8": seconds, "how": how}
+    report.add(**row)
+    echo(_line(row))
+    for r in report.rows:
+        if r.get("config") == cfg.name and r.get("time_to_1e8") and not r["backend"].startswith("baseline"):
+            r["speedup_vs_dense_als"] = seconds / r["time_to_1e8"]
+            echo(f"   {r['backend']}: {r['speedup_vs_dense_als']:.0f}x faster to 1e-8 than dense ALS")
+
+
+def _bench_paper(cfg, backends, repeat, baselines, full_baselines, report, echo):
+    import fastlora as fl
+    from .baselines import meta_objective, paper_gd
+    rng = np.random.default_rng(0)
+    prob = fl.make_problem(d=cfg.d, k=cfg.k, T=cfg.T, seed=0, n_test_tasks=0)
+    X = rng.standard_normal((cfg.T, cfg.n, cfg.d))
+    Y = np.stack([X[t] @ prob.tasks[t].W_star.T for t in range(cfg.T)]) + cfg.noise * rng.standard_normal(X.shape)
+    steps = 3000 if baselines else 0
+    target = None
+    if steps:
+        base = paper_gd(X, Y, cfg.k, outer_steps=steps)
+        # the target is evaluated by the same code as fastlora's own objective history
+        from .backends import get_backend as _gb
+        from .taskbatch import make_batch
+        batch = make_batch([fl.Task(X[t], Y[t]) for t in range(cfg.T)], _gb("numpy"), np.float64)
+        target = batch.objective(base["A"], base["U"] @ base["U"].transpose(0, 2, 1))
+        report.add(config=cfg.name, backend="baseline:paper_gd", seconds=base["seconds"], objective=target,
+                   objective_raw=base["objective"])
+        echo(f"  baseline paper_gd: 3000 outer steps in {base['seconds']:.2f} s, final objective {target:.15g}")
+    variants = [("als", {}), ("gd", {}), ("gd", {"optimizer": "lbfgs"})]
+    for backend in backends:
+        for solver, options in variants:
+            def solve(max_iter):
+                tasks = [fl.Task(X[t], Y[t]) for t in range(cfg.T)]  # the reduction to statistics is timed too
+                return fl.retrain(tasks, peft="lora_sym", rank=cfg.k, solver=solver, backend=backend,
+                                  max_iter=max_iter, tol=0.0, **options)
+            first = solve(20000)
+            hits = np.nonzero(first.history <= target)[0] if target is not None else []
+            n_iter = int(hits[0]) + 1 if len(hits) else first.n_iter
+            seconds = _median_time(lambda: solve(n_iter), max(repeat, 5))
+            res = solve(n_iter)
+            check = res.history[-1]
+            row = {"config": cfg.name, "backend": backend, "solver": solver + ("/" + options["optimizer"] if options else ""),
+                   "seconds": seconds, "iterations": n_iter, "objective": check, "baseline_objective": target,
+                   "objective_raw_data": meta_objective(X, Y, res.A, res.params["U"]),
+                   "speedup_vs_paper_gd": (base["seconds"] / seconds) if target is not None else None,
+                   "reached": bool(target is not None and check <= target)}
+            report.add(**row)
+            echo(_line(row))
+
+
+def _bench_memory(cfg, backends, repeat, baselines, full_baselines, report, echo):
+    for backend in backends:
+        code = ("import json, resource, time, fastlora as fl\n"
+                f"p = fl.make_problem(d={cfg.d}, k={cfg.k}, T={cfg.T}, seed=0, n_test_tasks=0)\n"
+                "t = time.perf_counter()\n"
+                f"r = fl.retrain(p, backend={backend!r}, max_iter={cfg.iters}, tol=0.0, power_iter_init=1)\n"
+                "s = time.perf_counter() - t\n"
+                "extra = {}\n"
+                f"if {backend!r} == 'cupy':\n"
+                "    import cupy; extra['gpu_peak_bytes'] = cupy.get_default_memory_pool().total_bytes()\n"
+                "print(json.dumps({'seconds': s, 'n_iter': r.n_iter, 'maxrss_kib': "
+                "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **extra}))\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if out.returncode != 0:
+            report.notes.append(f"{cfg.name} on {backend} failed: {out.stderr.strip().splitlines()[-1:]}")
+            echo(f"  {backend}: FAILED {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+        row = {"config": cfg.name, "backend": backend, "seconds": data["seconds"], "iterations": data["n_iter"],
+               "peak_rss_gib": data["maxrss_kib"] / 2 ** 20, "peak_rss_gb": data["maxrss_kib"] * 1024 / 1e9}
+        report.add(**row)
+        echo(_line(row))
+
+
+def _bench_points(cfg, backends, repeat, baselines, full_baselines, report, echo):
+    from .sweep.runner import run_point
+    point = {"d": cfg.d, "k": cfg.k, "T": cfg.T, "n": cfg.n, "noise": cfg.noise, "method": "lora-ml",
+             "peft": "lora_sym", "ft_rank": cfg.k, "n_ft": 100, "max_iter": 500, "tol": 1e-8}
+    for backend in backends:
+        run_point({**point, "backend": backend}, 0)
+        seconds = _median_time(lambda: [run_point({**point, "backend": backend}, s) for s in range(cfg.iters)], repeat)
+        row = {"config": cfg.name, "backend": backend, "points_per_second": cfg.iters / seconds,
+               "ms_per_point": 1e3 * seconds / cfg.iters}
+        report.add(**row)
+        echo(_line(row))
+
+
+def _line(row: dict) -> str:
+    from .tables import fmt
+    skip = {"config", "device"}
+    return "  " + ", ".join(f"{k}={fmt(v)}" for k, v in row.items() if k not in skip and v is not None)
