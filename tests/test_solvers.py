@@ -134,3 +134,25 @@ def test_evaluate_reports_the_documented_metrics():
     m = fl.evaluate(res, prob)
     assert set(m) >= {"rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds"}
     assert m["rel_err_A"] < 1e-6 and m["adapt_rank"] == 1 and m["excess_risk"] < 1e-10
+
+
+def test_lbfgs_reaches_the_als_optimum():
+    prob = fl.make_problem(d=10, k=1, T=3, n=2000, noise=0.01, seed=0, symmetric=False)
+    als = fl.retrain(prob, peft="lora", backend="numpy", tol=1e-13, max_iter=5000)
+    lb = fl.retrain(prob, peft="lora", solver="gd", optimizer="lbfgs", backend="numpy", tol=1e-12, max_iter=2000)
+    assert lb.objective == pytest.approx(als.objective, rel=1e-9)
+    np.testing.assert_allclose(lb.A, als.A, atol=1e-5)
+
+
+def test_finite_sample_loss_has_no_cancellation_floor():
+    prob = fl.make_problem(d=10, k=1, T=1, n=5000, noise=1e-3, seed=0)
+    task = prob.tasks[0]
+    from fastlora.backends import get_backend
+    from fastlora.taskbatch import make_batch
+    batch = make_batch([task], get_backend("numpy"), np.float64)
+    W_hat, floor = batch.least_squares()
+    # two points 1e-9 apart give a loss difference of ~1e-18 that the stable form resolves
+    E = np.zeros((1, 10, 10))
+    E[0, 0, 0] = 1e-9
+    diff = batch.losses_W(W_hat + E)[0] - batch.losses_W(W_hat)[0]
+    assert diff == pytest.approx(0.5 * 1e-18 * task.Sigma[0, 0], rel=1e-6)

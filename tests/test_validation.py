@@ -26,7 +26,7 @@ def prob():
     ({"init_A": np.zeros((3, 3))}, "init_A"),
     ({"init_A": "ones"}, "init_A"),
     ({"callback": 3}, "callback"),
-    ({"solver": "gd", "optimizer": "lbfgs"}, "optimizer"),
+    ({"solver": "gd", "optimizer": "newton"}, "optimizer"),
     ({"solver": "gd", "lr": -1.0}, "lr"),
 ])
 def test_retrain_rejects_bad_arguments(prob, kwargs, name):
