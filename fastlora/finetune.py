@@ -58,7 +58,7 @@ def finetune(A, task: Task, peft="lora", rank: int = 1, n: int | None = None, se
     ctx = Context(batch=batch, backend=be, peft=parameterization, rank=rank, dtype=dtype, rng=rng,
                   max_iter=max_iter, tol=tol, callback=None, options={})
     A_dev = be.asarray(A, dtype)
-    step = choose_adapter_step(ctx)
+    step = choose_adapter_step(ctx, fixed_A=True)
     if isinstance(step, InnerGradient):
         params, n_iter, converged = _iterate(step, A_dev, batch, max_iter, tol)
     else:

@@ -39,22 +39,41 @@ def _cast(params, dtype):
     return {k: np.asarray(v, dtype=dtype) for k, v in params.items()}
 
 
+class _Bound:
+    """A view of a ``uses_base`` parameterization with a fixed base, for the generic checks."""
+
+    def __init__(self, obj, base):
+        self.obj, self.base = obj, base
+        self.factors = self.best_fit = None
+
+    def delta(self, params):
+        return self.obj.delta(params, np.asarray(self.base, dtype=next(iter(params.values())).dtype))
+
+    def pullback(self, params, G):
+        out = dict(self.obj.pullback(params, G, np.asarray(self.base, dtype=G.dtype)))
+        out.pop("base", None)
+        return out
+
+
 def check_parameterization(peft, d_out: int = 7, d_in: int = 6, rank: int = 2, T: int = 3, seed: int = 0,
                            fd_rtol: float = 1e-6) -> list[str]:
     """Run every conformance check on ``peft`` (a class or an instance); returns the checks passed."""
-    obj = peft() if isinstance(peft, type) else peft
+    raw = peft() if isinstance(peft, type) else peft
     passed = []
-    errors = protocol_errors(obj)
+    errors = protocol_errors(raw)
     if errors:
         _fail("protocol", "; ".join(errors))
     passed.append("protocol")
-    if getattr(obj, "square_only", False):
+    if getattr(raw, "square_only", False):
         d_out = d_in
     rng = np.random.default_rng(seed)
+    uses_base = bool(getattr(raw, "uses_base", False))
+    base = rng.standard_normal((d_out, d_in))
+    obj = _Bound(raw, base) if uses_base else raw
 
     # shapes
-    shapes = obj.shapes(d_out, d_in, rank)
-    params = obj.init(np.random.default_rng(seed), d_out, d_in, rank, T)
+    shapes = raw.shapes(d_out, d_in, rank)
+    params = raw.init(np.random.default_rng(seed), d_out, d_in, rank, T, *((base,) if uses_base else ()))
     if set(params) != set(shapes):
         _fail("shapes", f"init() returned parameters {sorted(params)} but shapes() declares {sorted(shapes)}")
     for name, shape in shapes.items():
@@ -71,8 +90,9 @@ def check_parameterization(peft, d_out: int = 7, d_in: int = 6, rank: int = 2, T
         _fail("delta", "delta() at init is not finite")
     passed.append("delta at init")
 
-    # a generic point (init may sit at a symmetric point such as B = 0)
-    theta = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in params.items()}
+    # a generic point (init may sit at a symmetric point such as B = 0); frozen ones stay
+    frozen = set(getattr(raw, "frozen", None) or ())
+    theta = {k: v if k in frozen else v + 0.3 * rng.standard_normal(v.shape) for k, v in params.items()}
     G = rng.standard_normal((T, d_out, d_in))
 
     # dtype preservation
@@ -88,9 +108,10 @@ def check_parameterization(peft, d_out: int = 7, d_in: int = 6, rank: int = 2, T
 
     # pullback vs finite differences of f(θ) = Σ_t ⟨G_t, Δ(θ_t)⟩
     grads = obj.pullback(theta, G)
-    if set(grads) != set(theta):
-        _fail("pullback", f"pullback() returned {sorted(grads)}, expected the parameters {sorted(theta)}")
-    for name in theta:
+    train = [k for k in theta if k not in frozen]
+    if set(grads) != set(train):
+        _fail("pullback", f"pullback() returned {sorted(grads)}, expected the trainable parameters {sorted(train)}")
+    for name in train:
         if np.shape(grads[name]) != np.shape(theta[name]):
             _fail("pullback", f"pullback()[{name!r}] has shape {np.shape(grads[name])}, expected {np.shape(theta[name])}")
 
@@ -98,10 +119,10 @@ def check_parameterization(peft, d_out: int = 7, d_in: int = 6, rank: int = 2, T
         return float(np.sum(G * np.asarray(obj.delta(th))))
 
     for trial in range(3):
-        V = {k: rng.standard_normal(v.shape) for k, v in theta.items()}
+        V = {k: rng.standard_normal(theta[k].shape) if k in grads else 0.0 for k in theta}
         eps = 1e-6
         fd = (f({k: theta[k] + eps * V[k] for k in theta}) - f({k: theta[k] - eps * V[k] for k in theta})) / (2 * eps)
-        an = sum(float(np.sum(np.asarray(grads[k]) * V[k])) for k in theta)
+        an = sum(float(np.sum(np.asarray(grads[k]) * V[k])) for k in grads)
         if abs(fd - an) > fd_rtol * max(1.0, abs(fd)) * 10:
             _fail("pullback", f"the pullback disagrees with finite differences: directional derivative "
                               f"{an:.10g} (pullback) vs {fd:.10g} (finite differences), direction {trial}")
@@ -111,11 +132,15 @@ def check_parameterization(peft, d_out: int = 7, d_in: int = 6, rank: int = 2, T
     loop_delta = np.concatenate([np.asarray(obj.delta(_slice(theta, t))) for t in range(T)])
     if not _close(obj.delta(theta), loop_delta, 1e-12):
         _fail("batch", "delta() of the batch differs from delta() task by task")
-    for name in theta:
+    for name in grads:
         loop = np.concatenate([np.asarray(obj.pullback(_slice(theta, t), G[t:t + 1])[name]) for t in range(T)])
         if not _close(grads[name], loop, 1e-12):
             _fail("batch", f"pullback()[{name!r}] of the batch differs from task by task")
     passed.append("batch vs loop")
+
+    if uses_base:
+        _check_base_gradient(raw, theta, base, G, rng, fd_rtol)
+        passed.append("base gradient vs finite differences")
 
     factors = getattr(obj, "factors", None)
     if callable(factors):
@@ -134,7 +159,7 @@ def check_parameterization(peft, d_out: int = 7, d_in: int = 6, rank: int = 2, T
             implicit = SharedPlusLowRank(shared, P, Q)
             dense = shared[None] + np.swapaxes(P, 1, 2) @ Q
             gi, gd = obj.pullback(theta, implicit), obj.pullback(theta, dense)
-            for name in theta:
+            for name in gd:
                 if not _close(gi[name], gd[name], 1e-10):
                     _fail("implicit gradient", f"pullback()[{name!r}] with an implicit G differs from the dense G")
             passed.append("implicit gradient")
@@ -144,6 +169,22 @@ def check_parameterization(peft, d_out: int = 7, d_in: int = 6, rank: int = 2, T
         _check_best_fit(obj, theta, rank, rng)
         passed.append("best fit")
     return passed
+
+
+def _check_base_gradient(obj, theta, base, G, rng, fd_rtol):
+    """For uses_base: pullback()["base"] is ∂/∂A of Σ_t ⟨G_t, Δ(θ_t, A)⟩."""
+    grads = obj.pullback(theta, G, base)
+    if "base" not in grads:
+        _fail("base gradient", "uses_base is set but pullback() returns no 'base' entry")
+    if np.shape(grads["base"]) != base.shape:
+        _fail("base gradient", f"pullback()['base'] has shape {np.shape(grads['base'])}, expected {base.shape}")
+    V = rng.standard_normal(base.shape)
+    eps = 1e-6
+    f = lambda B: float(np.sum(G * np.asarray(obj.delta(theta, B))))  # noqa: E731
+    fd = (f(base + eps * V) - f(base - eps * V)) / (2 * eps)
+    an = float(np.sum(np.asarray(grads["base"]) * V))
+    if abs(fd - an) > fd_rtol * max(1.0, abs(fd)) * 10:
+        _fail("base gradient", f"pullback()['base'] disagrees with finite differences: {an:.10g} vs {fd:.10g}")
 
 
 def _check_best_fit(obj, theta, rank, rng):

@@ -24,11 +24,18 @@ Optional members (absent or ``None`` when not provided):
     canonicalize(params) -> params    # fix sign/rotation freedom so results are unique
     square_only: bool                 # needs d_out == d_in
     fast_paths: dict[str, object]     # backend name -> object overriding delta/pullback/best_fit
+    frozen: frozenset[str]            # parameters that are carried but never trained (e.g. VeRA's
+        shared random matrices); pullback does not return them and solvers do not update them
+    uses_base: bool                   # Δ depends on the shared matrix A (e.g. DoRA); then
+        init(rng, d_out, d_in, rank, T, base), delta(params, base), pullback(params, G, base)
+        get base=A (d_out, d_in), and pullback may return the extra ∂/∂A (summed over tasks,
+        beyond the identity path of A + Δ) under the key "base".  ALS cannot use these
+        (its A step is closed-form only for Δ independent of A); gd, finetune and evaluate can.
 
 What the solvers make of it: ``gd`` needs only the required members; ``als`` uses
 ``best_fit`` (exact adapter step) when there is one, the ``family`` to whiten the
 finite-sample step or to run subspace iteration on factored targets, and otherwise
-falls back to inner gradient steps.
+falls back to inner gradient steps (not for ``uses_base``: a clear error).
 """
 from __future__ import annotations
 
@@ -86,7 +93,24 @@ def capabilities(obj) -> dict:
         "factors": callable(getattr(obj, "factors", None)),
         "implicit_gradient": bool(getattr(obj, "implicit_gradient", False)),
         "fast_paths": sorted((getattr(obj, "fast_paths", None) or {}).keys()),
+        "uses_base": bool(getattr(obj, "uses_base", False)),
+        "frozen": sorted(getattr(obj, "frozen", None) or ()),
     }
+
+
+def trainable(peft, params: dict) -> list[str]:
+    """Names of the parameters solvers update (all but ``peft.frozen``)."""
+    frozen = getattr(peft, "frozen", None) or ()
+    return [name for name in params if name not in frozen]
+
+
+def bind_base(peft, backend_name: str, base):
+    """(delta(params), pullback(params, G)) for this backend, with ``base`` bound where the
+    parameterization uses it; pullback's "base" entry is left in the returned dict."""
+    delta, pullback = method(peft, backend_name, "delta"), method(peft, backend_name, "pullback")
+    if not getattr(peft, "uses_base", False):
+        return delta, pullback
+    return (lambda params: delta(params, base)), (lambda params, G: pullback(params, G, base))
 
 
 def method(peft, backend_name: str, member: str):

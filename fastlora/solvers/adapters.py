@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 
 from ..errors import FastLoRAError
-from ..peft.protocol import method
+from ..peft.protocol import bind_base, method
 from .common import relative_change
 
 
@@ -248,11 +248,14 @@ class InnerGradient(AdapterStep):
         self.pullback = method(ctx.peft, ctx.backend.name, "pullback")
         self.steps = int(steps if steps is not None else ctx.option("inner_iter", 10))
         self.lr = None
+        self.uses_base = bool(getattr(ctx.peft, "uses_base", False))
 
     def fit(self, A, params):
         xp, b = self.xp, self.batch
+        if self.uses_base:  # Δ depends on A: bind it (its "base" gradient is not used here)
+            self.delta_fn, self.pullback = bind_base(self.peft, self.ctx.backend.name, A)
         if params is None:
-            params = self.ctx.init_params()
+            params = self.ctx.init_params(A)
         if self.lr is None:
             self.lr = xp.ones(b.T, dtype=self.ctx.dtype)
         losses = b.losses(A, self.delta_fn(params))
@@ -273,6 +276,7 @@ class InnerGradient(AdapterStep):
     def _step(self, A, params, losses):
         xp, b = self.xp, self.batch
         grads = self.pullback(params, b.grad(A, self.delta_fn(params)))
+        grads.pop("base", None)
         gsq = sum(xp.sum(g.reshape(b.T, -1) ** 2, axis=1) for g in grads.values())
         total = float(xp.sqrt(xp.sum(gsq)))
         self._grad_ref = self._grad_ref or total or 1.0
@@ -285,10 +289,11 @@ class InnerGradient(AdapterStep):
         for _ in range(40):
             if not bool(pending.any()):
                 break
-            cand = {name: p - _per_task(self.lr, p) * grads[name] for name, p in params.items()}
+            cand = {name: (p - _per_task(self.lr, p) * grads[name]) if name in grads else p
+                    for name, p in params.items()}
             cand_losses = b.losses(A, self.delta_fn(cand))
             ok = pending & (cand_losses <= losses - 0.5 * self.lr * gsq)
-            for name in params:
+            for name in grads:
                 new_params[name] = xp.where(_per_task(ok, cand[name]), cand[name], new_params[name])
             new_losses = xp.where(ok, cand_losses, new_losses)
             shrink = pending & ~ok & (0.25 * self.lr * gsq > noise)  # halving keeps it above noise
@@ -301,13 +306,18 @@ def _per_task(values, like):
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def choose_adapter_step(ctx, mode: str | None = None) -> AdapterStep:
+def choose_adapter_step(ctx, mode: str | None = None, fixed_A: bool = False) -> AdapterStep:
     mode = mode or ctx.option("adapter_step", "auto")
     allowed = ("auto", "subspace", "exact", "whitened", "inner")
     if mode not in allowed:
         raise FastLoRAError(f"adapter_step={mode!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
     batch, peft = ctx.batch, ctx.peft
     family = getattr(peft, "family", None)
+    if getattr(peft, "uses_base", False):
+        if not fixed_A:
+            raise FastLoRAError(f"peft {peft.name!r} depends on the shared matrix A (uses_base), so ALS has no "
+                                f"closed-form A step for it; use solver='gd'")
+        return InnerGradient(ctx)
     has_fit = callable(method(peft, ctx.backend.name, "best_fit"))
     if mode == "inner":
         return InnerGradient(ctx)

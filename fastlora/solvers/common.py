@@ -45,6 +45,8 @@ class RetrainResult:
             raise FastLoRAError(f"t={t} is out of range for {T} tasks")
         t = t % T
         one = {name: value[t:t + 1] for name, value in self.params.items()}
+        if getattr(self.peft, "uses_base", False):
+            return self.peft.delta(one, self.A)[0]
         return self.peft.delta(one)[0]
 
     @property
@@ -129,8 +131,13 @@ class Context:
     def monitor(self) -> Monitor:
         return Monitor(self.callback, self.tol, self.max_iter, self.batch.null_objective(), self.dtype)
 
-    def init_params(self) -> dict:
-        raw = self.peft.init(self.rng, self.batch.d_out, self.batch.d_in, self.rank, self.batch.T)
+    def init_params(self, A=None) -> dict:
+        b = self.batch
+        if getattr(self.peft, "uses_base", False):
+            base = self.backend.to_numpy(A) if A is not None else np.zeros((b.d_out, b.d_in))
+            raw = self.peft.init(self.rng, b.d_out, b.d_in, self.rank, b.T, base)
+        else:
+            raw = self.peft.init(self.rng, b.d_out, b.d_in, self.rank, b.T)
         return {k: self.backend.asarray(v, self.dtype) for k, v in raw.items()}
 
     def initial_A(self, default: str = "standard"):

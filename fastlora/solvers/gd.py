@@ -18,25 +18,26 @@ from __future__ import annotations
 import math
 
 from ..errors import FastLoRAError, check_float
-from ..peft.protocol import method
+from ..peft.protocol import bind_base, method, trainable
 
 
 class DenseModel:
     """F and its gradient through dense per-task updates Δ_t (any parameterization)."""
 
     def __init__(self, ctx):
-        self.batch, self.xp = ctx.batch, ctx.xp
-        self.delta = method(ctx.peft, ctx.backend.name, "delta")
-        self.pullback = method(ctx.peft, ctx.backend.name, "pullback")
+        self.batch, self.xp, self.peft, self.backend_name = ctx.batch, ctx.xp, ctx.peft, ctx.backend.name
 
     def value(self, x) -> float:
-        return self.batch.objective(x["A"], self.delta(_params(x)))
+        delta, _ = bind_base(self.peft, self.backend_name, x["A"])
+        return self.batch.objective(x["A"], delta(_params(x)))
 
     def value_and_grad(self, x):
         params = _params(x)
-        losses, G = self.batch.losses_and_grad(x["A"], self.delta(params))
-        grads = self.pullback(params, G)
-        grads["A"] = self.xp.sum(G, axis=0)
+        delta, pullback = bind_base(self.peft, self.backend_name, x["A"])
+        losses, G = self.batch.losses_and_grad(x["A"], delta(params))
+        grads = pullback(params, G)
+        through_delta = grads.pop("base", None)  # Δ's own dependence on A (uses_base)
+        grads["A"] = self.xp.sum(G, axis=0) + (0 if through_delta is None else through_delta)
         return float(self.xp.sum(losses)), grads
 
 
@@ -91,7 +92,8 @@ def solve(ctx):
     if optimizer not in ("gd", "adam", "lbfgs"):
         raise FastLoRAError(f"optimizer={optimizer!r} is not allowed; choose 'gd', 'adam' or 'lbfgs'")
     model = make_model(ctx)
-    x = {"A": ctx.initial_A("standard"), **ctx.init_params()}
+    A0 = ctx.initial_A("standard")
+    x = {"A": A0, **ctx.init_params(A0)}
     if "A" in x and len(x) == 1:
         raise FastLoRAError("the parameterization returned no parameters from init()")
     monitor = ctx.monitor()
@@ -101,15 +103,15 @@ def solve(ctx):
     g0 = math.sqrt(_norm_sq(xp, grads)) or 1.0
     if optimizer == "adam":
         lr = check_float("lr", ctx.option("lr", 1e-2), low=0.0, low_open=True)
-        m = {k: xp.zeros_like(v) for k, v in x.items()}
-        v2 = {k: xp.zeros_like(v) for k, v in x.items()}
+        m = {k: xp.zeros_like(v) for k, v in grads.items()}
+        v2 = {k: xp.zeros_like(v) for k, v in grads.items()}
     else:
         lr = check_float("lr", ctx.option("lr", 1.0 / ctx.batch.T), low=0.0, low_open=True)
     iteration = 0
     for iteration in range(1, ctx.max_iter + 1):
         if optimizer == "adam":
             b1, b2, eps = 0.9, 0.999, 1e-12
-            for k in x:
+            for k in grads:
                 m[k] = b1 * m[k] + (1 - b1) * grads[k]
                 v2[k] = b2 * v2[k] + (1 - b2) * grads[k] ** 2
                 mhat, vhat = m[k] / (1 - b1 ** iteration), v2[k] / (1 - b2 ** iteration)
@@ -130,7 +132,7 @@ def solve(ctx):
 def _armijo_step(xp, model, x, value, grads, lr):
     gsq = _norm_sq(xp, grads)
     for _ in range(60):
-        cand = {k: v - lr * grads[k] for k, v in x.items()}
+        cand = {k: (v - lr * grads[k]) if k in grads else v for k, v in x.items()}
         cand_value, cand_grads = model.value_and_grad(cand)
         if cand_value <= value - 0.5 * lr * gsq:
             return cand, cand_value, cand_grads, lr * 1.25, True
@@ -143,12 +145,13 @@ def _lbfgs(ctx, model, x, monitor):
     from scipy.optimize import minimize
 
     be = ctx.backend
-    names = list(x)
+    names = ["A"] + trainable(ctx.peft, _params(x))
+    fixed = {k: v for k, v in x.items() if k not in names}
     shapes = [tuple(x[k].shape) for k in names]
     sizes = [int(np.prod(s)) for s in shapes]
 
     def unpack(vec):
-        out, start = {}, 0
+        out, start = dict(fixed), 0
         for name, shape, size in zip(names, shapes, sizes):
             out[name] = be.asarray(vec[start:start + size].reshape(shape), ctx.dtype)
             start += size

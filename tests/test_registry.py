@@ -1,0 +1,158 @@
+"""The open registry: entry points, isolation of broken plugins, collisions, register()."""
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import fastlora as fl
+from fastlora.cli import main
+from fastlora.peft.builtins import LoRA
+from fastlora.testing import ConformanceError, check_parameterization
+
+
+def make_distribution(root, dist, module, source, entry_points):
+    """An installed distribution on sys.path: a module plus a .dist-info with entry points."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    lines = "\n".join(f"{name} = {value}" for name, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[fastlora.peft]\n{lines}\n")
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fl.peft.reload()
+    yield tmp_path
+    fl.peft.reload()
+    for name in [m for m in sys.modules if m.startswith("fakeplugin")]:
+        del sys.modules[name]
+
+
+GOOD = """
+from fastlora.peft.builtins import LoRA
+class Good(LoRA):
+    name = "good_lora"
+"""
+
+
+def test_a_broken_plugin_is_reported_and_does_not_break_others(plugin_dir):
+    make_distribution(plugin_dir, "fakeplugin-broken", "fakeplugin_broken", "raise ImportError('no such wheel')",
+                      {"broken": "fakeplugin_broken:Broken"})
+    make_distribution(plugin_dir, "fakeplugin-good", "fakeplugin_good", GOOD, {"good_lora": "fakeplugin_good:Good"})
+    with pytest.warns(RuntimeWarning, match="broken.*fakeplugin-broken.*no such wheel"):
+        names = fl.peft.available()
+    assert "good_lora" in names and "lora" in names and "broken" not in names
+    with pytest.raises(fl.PluginError, match="broken.*fakeplugin-broken.*ImportError: no such wheel"):
+        fl.peft.get("broken")
+    prob = fl.make_problem(d=8, k=1, T=3, seed=0)
+    res = fl.retrain(prob, peft="good_lora", rank=1, backend="numpy")
+    assert res.converged
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 0
+    assert "fakeplugin-broken" in result.output and "ERROR" in result.output and "good_lora" in result.output
+
+
+def test_a_plugin_violating_the_protocol_is_reported_by_name(plugin_dir):
+    make_distribution(plugin_dir, "fakeplugin-bad", "fakeplugin_bad",
+                      "class Bad:\n    name = 'bad'\n    api_version = 1\n", {"bad": "fakeplugin_bad:Bad"})
+    with pytest.raises(fl.PluginError, match="bad.*fakeplugin-bad.*lacks the required method delta"):
+        fl.peft.get("bad")
+
+
+def test_two_distributions_claiming_one_name_is_an_error_naming_both(plugin_dir):
+    make_distribution(plugin_dir, "fakeplugin-one", "fakeplugin_one", GOOD, {"good_lora": "fakeplugin_one:Good"})
+    make_distribution(plugin_dir, "fakeplugin-two", "fakeplugin_two", GOOD, {"good_lora": "fakeplugin_two:Good"})
+    with pytest.raises(fl.PluginError, match="fakeplugin-one.*fakeplugin-two|fakeplugin-two.*fakeplugin-one"):
+        fl.peft.get("good_lora")
+    assert "lora" in fl.peft.available()
+
+
+def test_autoload_can_be_disabled(plugin_dir, monkeypatch):
+    make_distribution(plugin_dir, "fakeplugin-good", "fakeplugin_good", GOOD, {"good_lora": "fakeplugin_good:Good"})
+    from fastlora.config import settings
+    monkeypatch.setattr(settings, "plugin_autoload", False)
+    fl.peft.reload()
+    assert "good_lora" not in fl.peft.available()
+    assert {"lora", "lora_sym", "full"} <= set(fl.peft.available())
+
+
+def test_register_in_a_notebook():
+    class Scaled(LoRA):
+        name = "scaled_lora_test"
+    try:
+        fl.peft.register(Scaled)
+        assert "scaled_lora_test" in fl.peft.available()
+        with pytest.raises(fl.PluginError, match="already registered"):
+            fl.peft.register(Scaled)
+        prob = fl.make_problem(d=8, k=1, T=3, seed=0)
+        assert fl.retrain(prob, peft="scaled_lora_test", rank=1, backend="numpy").converged
+    finally:
+        fl.peft.unregister("scaled_lora_test")
+
+
+def test_classes_and_instances_are_accepted_wherever_names_are():
+    prob = fl.make_problem(d=8, k=1, T=3, seed=0, symmetric=False)
+    a = fl.retrain(prob, peft="lora", rank=1, backend="numpy")
+    b = fl.retrain(prob, peft=LoRA, rank=1, backend="numpy")
+    c = fl.retrain(prob, peft=LoRA(alpha=2.0), rank=1, backend="numpy")
+    np.testing.assert_allclose(a.A, b.A)
+    np.testing.assert_allclose(a.A, c.A, atol=1e-8)
+    assert fl.retrain(prob, peft="lora", peft_options={"alpha": 4}, rank=1, backend="numpy").peft.alpha == 4
+
+
+def test_builtins_pass_the_conformance_kit():
+    for name in ("lora", "lora_sym", "full"):
+        check_parameterization(type(fl.peft.get(name)))
+
+
+def test_the_kit_catches_a_planted_wrong_pullback():
+    class WrongPullback(LoRA):
+        name = "wrong"
+
+        def pullback(self, params, G):
+            grads = super().pullback(params, G)
+            grads["C"] = 1.01 * grads["C"]  # a plausible-looking bug
+            return grads
+
+    with pytest.raises(ConformanceError, match="pullback disagrees with finite differences"):
+        check_parameterization(WrongPullback)
+
+
+def test_the_kit_catches_a_wrong_best_fit_and_dtype_loss():
+    class NotOptimal(LoRA):
+        name = "not_optimal"
+
+        def best_fit(self, R, rank):
+            fit = super().best_fit(R, rank)
+            return {"B": 0.9 * fit["B"], "C": fit["C"]}
+
+    with pytest.raises(ConformanceError, match="best fit"):
+        check_parameterization(NotOptimal)
+
+    class Upcasts(LoRA):
+        name = "upcasts"
+
+        def delta(self, params):
+            return super().delta(params).astype(np.float64)
+
+    with pytest.raises(ConformanceError, match="dtype"):
+        check_parameterization(Upcasts)
+
+
+def test_the_plugin_guide_example_works_when_copied():
+    from pathlib import Path
+    import re
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks, "docs/plugins.md has no python example"
+    namespace = {}
+    try:
+        exec(compile(blocks[0], "docs/plugins.md", "exec"), namespace)
+    finally:
+        for name in list(fl.peft.available()):
+            if name == "scaled_sym":
+                fl.peft.unregister(name)
