@@ -42,6 +42,13 @@ class Backend:
     def describe(self) -> str:
         return self.name
 
+    def free_bytes(self) -> int | None:
+        """Memory a solve may use, where the backend knows (device memory); None on the CPU."""
+        return None
+
+    def release(self) -> None:
+        """Free cached memory after a solve (a no-op on the CPU)."""
+
     def __repr__(self) -> str:
         return f"<fastlora backend {self.name}>"
 
@@ -57,7 +64,7 @@ class NumbaBackend(Backend):
         limit = numba.config.NUMBA_NUM_THREADS
         wanted = threads or settings.num_threads or min(usable_cores(), limit)
         wanted = max(1, min(int(wanted), limit))
-        numba.set_num_threads(wanted)
+        self.module.configure_threads(wanted)
         _warn_oversubscription(wanted)
         return wanted
 
@@ -82,6 +89,14 @@ class CupyBackend(Backend):
         props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return f"cupy {self.xp.__version__} on {name}"
+
+    def free_bytes(self) -> int:
+        pool = self.xp.get_default_memory_pool()
+        return int(self.xp.cuda.runtime.memGetInfo()[0]) + int(pool.free_bytes())
+
+    def release(self) -> None:
+        """Return cached device memory to the driver (after a solve's results left the GPU)."""
+        self.xp.get_default_memory_pool().free_all_blocks()
 
 
 def _numba_ran() -> bool:
@@ -134,6 +149,8 @@ def blas_threads() -> int:
 @functools.lru_cache(maxsize=None)
 def cupy_status() -> tuple[bool, str]:
     """(usable, reason): whether backend="cupy" can run here, and if not, what is missing."""
+    # TF32 rounds float32 GEMM inputs to 10 mantissa bits: off unless asked for (read at import)
+    os.environ.setdefault("CUPY_TF32", "1" if settings.allow_tf32 else "0")
     try:
         import cupy
     except ImportError:

@@ -91,7 +91,43 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
             raise FastLoRAError(f"peft={parameterization.name!r} needs square weights but d_out={d_out} != d_in={d_in}; "
                                 f"use peft='lora'")
     be = get_backend(backend, threads=threads)
-    batch = make_batch(tasks, be, dtype, source=problem_or_tasks)
+    _check_memory(be, tasks, method, rank, dtype)
+    try:
+        return _solve(be, make_batch(tasks, be, dtype, source=problem_or_tasks), tasks, problem_or_tasks, method, solver, parameterization, rank, dtype, rng,
+                      max_iter, tol, callback, options, as_numpy, started)
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory.OutOfMemoryError
+            raise FastLoRAError(f"backend={be.name!r} ran out of device memory: {exc}; the solve needs about "
+                                f"{_estimate_bytes(tasks, method, rank, dtype) / 2**30:.2f} GiB") from None
+        raise
+
+
+def _estimate_bytes(tasks, method, rank, dtype) -> int:
+    """Working memory of a solve: ~8 shared (d_out × d_in) arrays plus ~6 (T, r, d) factor
+    arrays for factored targets, or ~4 (T, d_out, d_in) arrays for dense / finite-sample tasks."""
+    T, d_out, d_in = len(tasks), tasks[0].d_out, tasks[0].d_in
+    item = np.dtype(dtype).itemsize
+    factored = all(t.is_population and hasattr(t.target, "B") for t in tasks)
+    if factored:
+        k = max(t.target.B.shape[1] for t in tasks)
+        r = rank or k
+        return item * (8 * d_out * d_in + 6 * T * max(r, k) * max(d_out, d_in))
+    return item * (4 * T * d_out * d_in + 8 * d_out * d_in)
+
+
+def _check_memory(be, tasks, method, rank, dtype) -> None:
+    free = be.free_bytes()
+    if free is None:
+        return
+    need = _estimate_bytes(tasks, method, rank, dtype)
+    if need > free:
+        raise FastLoRAError(f"this problem needs about {need / 2**30:.2f} GiB of {be.name} device memory but only "
+                            f"{free / 2**30:.2f} GiB is free; use dtype='float32', fewer tasks, or backend='numba'")
+
+
+def _solve(be, batch, tasks, problem_or_tasks, method, solver, parameterization, rank, dtype, rng, max_iter, tol,
+           callback, options, as_numpy, started):
+    d_out, d_in = tasks[0].d_out, tasks[0].d_in
     ctx = Context(batch=batch, backend=be, peft=parameterization, rank=rank, dtype=dtype, rng=rng,
                   max_iter=max_iter, tol=tol, callback=callback, options=options)
     setup = time.perf_counter() - started
@@ -102,11 +138,13 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
         params = canonical(params)
     be.synchronize()
     seconds = time.perf_counter() - started
+    info.update(setup_seconds=setup, batch=batch.kind, T=batch.T, d_out=d_out, d_in=d_in, message=monitor.message)
     if as_numpy:
         A = np.ascontiguousarray(be.to_numpy(A))
         params = {k: np.ascontiguousarray(be.to_numpy(v)) for k, v in params.items()}
+        del batch, ctx  # the device copies of the tasks: free them before releasing the pool
+        be.release()
     objective = monitor.history[-1] if monitor.history else float("nan")
-    info.update(setup_seconds=setup, batch=batch.kind, T=batch.T, d_out=d_out, d_in=d_in, message=monitor.message)
     return RetrainResult(A=A, params=params, objective=objective, history=np.asarray(monitor.history),
                          n_iter=n_iter, converged=monitor.converged, seconds=seconds, method=method,
                          solver=solver if method == "lora-ml" else None, peft=parameterization, rank=rank,

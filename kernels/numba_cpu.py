@@ -51,6 +51,25 @@ def kernel(parallel: bool = False):
     return wrap
 
 
+# Waking Numba's thread pool for a small kernel costs more than the kernel, and its threads
+# then compete with BLAS's for the cores (measured: d=96..512, T≤64 run faster on one Numba
+# thread).  Kernels touching fewer elements than this run on the calling thread only.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+_configured_threads = [0]
+
+
+def configure_threads(n: int) -> None:
+    """The thread count for large kernels (set by the numba backend from ``threads=``)."""
+    _configured_threads[0] = int(n)
+    numba.set_num_threads(int(n))
+
+
+def _threads_for(elements: int) -> None:
+    wanted = 1 if elements < PARALLEL_MIN_ELEMENTS else (_configured_threads[0] or numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+
+
 # ----------------------------------------------------------------------------------------
 @kernel(parallel=True)
 def _add_lowrank_rows(out, X, L, R):
@@ -77,6 +96,7 @@ def apply_shared_lowrank(X, shared_t, L, R):
     T, r, n = X.shape
     X = np.ascontiguousarray(X)
     out = (X.reshape(T * r, n) @ shared_t).reshape(T, r, -1)
+    _threads_for(X.size * L.shape[1])
     _add_lowrank_rows(out, X, np.ascontiguousarray(L), np.ascontiguousarray(R))
     return out
 
@@ -129,6 +149,7 @@ def _mgs_rows(Y):
 
 
 def orthonormalize_rows(Y):
+    _threads_for(Y.size * Y.shape[1])
     return _mgs_rows(np.ascontiguousarray(Y))
 
 
@@ -159,6 +180,7 @@ def _ritz_psd(Q, Y):
 
 
 def ritz_psd(Q, Y):
+    _threads_for(Q.size * Q.shape[1])
     return _ritz_psd(np.ascontiguousarray(Q), np.ascontiguousarray(Y))
 
 
@@ -193,6 +215,7 @@ def psd_subspace_step(Q, Y, shift):
     less: 268 MB at d=4096, T=1024, r=8)."""
     c = np.ascontiguousarray
     Q, Y = c(Q), c(Y)
+    _threads_for(Q.size * Q.shape[1])
     U = _ritz_psd(Q, Y)
     _mgs_shifted_inplace(Y, Q, Q.dtype.type(shift))
     return U, Y
@@ -216,6 +239,7 @@ def _gram_inner(B1, C1, B2, C2, same):
 
 
 def gram_inner(B1, C1, B2, C2):
+    _threads_for(B1.size * B2.shape[1])
     c = np.ascontiguousarray
     same = C1 is B1 and C2 is B2
     return _gram_inner(c(B1), c(C1), c(B2), c(C2), same)
@@ -244,6 +268,7 @@ def _ritz_general(P, Z):
 
 
 def ritz_general(P, Z):
+    _threads_for(Z.size * Z.shape[1])
     return _ritz_general(np.ascontiguousarray(P), np.ascontiguousarray(Z))
 
 
@@ -286,6 +311,7 @@ def _lowrank_diff_sq(B1, C1, B2, C2):
 
 
 def lowrank_diff_sq(B1, C1, B2, C2):
+    _threads_for((C1.size + C2.size) * (C1.shape[1] + C2.shape[1]))
     c = np.ascontiguousarray
     return _lowrank_diff_sq(c(B1), c(C1), c(B2), c(C2))
 
@@ -338,6 +364,7 @@ def residual_stats(S, A_new, A_old, symmetrize):
         return reference.residual_stats(S, A_new, A_old, symmetrize)
     c = np.ascontiguousarray
     D = np.empty_like(S)
+    _threads_for(4 * S.size)
     stats = _residual_stats(c(S), c(A_new), c(A_old), bool(symmetrize), D)
     return D, [float(v) for v in stats]
 
@@ -403,6 +430,7 @@ def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize, out=None):
     usable = out is not None and out.shape == G.shape and out.dtype == G.dtype and out.flags.c_contiguous \
         and out is not A_old and out is not S and out is not M
     D = out if usable else np.empty_like(G)
+    _threads_for(6 * G.size)
     stats = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), bool(symmetrize), G, D)
     return G, D, [float(v) for v in stats]
 
