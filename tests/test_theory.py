@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastlora as fl
-from conftest import numerical_rank, procrustes_error
+from helpers import numerical_rank, procrustes_error
 
 
 def test_standard_retraining_population_is_the_mean_and_leaves_rank_Tk(cpu_backend):
