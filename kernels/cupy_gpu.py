@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import cupy as cp
 
+from fastlora.arrays import reusable
 from fastlora.kernels import reference
 
 _update = cp.ElementwiseKernel(
@@ -45,8 +46,8 @@ def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize, out=None):
     G = Bf.T @ (Bf if C is B else cp.ascontiguousarray(C).reshape(T * r, -1))
     c = cp.ascontiguousarray
     A = cp.empty_like(G)
-    D = out if (out is not None and out.shape == G.shape and out.dtype == G.dtype and out.flags.c_contiguous
-                and out is not A_old and out is not S and out is not M) else cp.empty_like(G)
+    D = reusable(out, G, A_old, S, M)
+    D = cp.empty_like(G) if D is None else D
     _update(c(M), G, c(S), G.dtype.type(alpha), m, bool(symmetrize), A, D)
     R = S - A if symmetrize else D
     step = A - A_old

@@ -25,6 +25,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import prange  # noqa: E402
 
+from fastlora.arrays import reusable  # noqa: E402
 from fastlora.config import settings  # noqa: E402
 from fastlora.kernels import reference  # noqa: E402
 
@@ -120,6 +121,27 @@ def _orthogonalize_against(v, Q, count):
                 v[i] -= c * Q[j, i]
 
 
+@kernel()
+def _normalize_row(v, Q, count, eps):
+    """Orthogonalise v against the first ``count`` rows of Q and normalise it.  A row that
+    vanishes (rank-deficient input) is replaced by the first unit vector e_j that survives,
+    so the rows stay orthonormal."""
+    n = v.shape[0]
+    scale = np.sqrt(_dot(v, v))
+    _orthogonalize_against(v, Q, count)
+    norm = np.sqrt(_dot(v, v))
+    e = 0
+    while norm <= 64 * eps * max(scale, 1e-300) and e < n:
+        v[:] = 0.0
+        v[e] = 1.0
+        scale = 1.0
+        _orthogonalize_against(v, Q, count)
+        norm = np.sqrt(_dot(v, v))
+        e += 1
+    for j in range(n):
+        Q[count, j] = v[j] / norm
+
+
 @kernel(parallel=True)
 def _mgs_rows(Y):
     """Orthonormal rows by modified Gram–Schmidt with reorthogonalisation — twin of
@@ -131,20 +153,7 @@ def _mgs_rows(Y):
     eps = np.finfo(Y.dtype).eps
     for t in prange(T):
         for i in range(r):
-            v = Y[t, i].copy()
-            scale = np.sqrt(_dot(v, v))
-            _orthogonalize_against(v, Q[t], i)
-            norm = np.sqrt(_dot(v, v))
-            e = 0
-            while norm <= 64 * eps * max(scale, 1e-300) and e < n:
-                v[:] = 0.0
-                v[e] = 1.0
-                scale = 1.0
-                _orthogonalize_against(v, Q[t], i)
-                norm = np.sqrt(_dot(v, v))
-                e += 1
-            for j in range(n):
-                Q[t, i, j] = v[j] / norm
+            _normalize_row(Y[t, i].copy(), Q[t], i, eps)
     return Q
 
 
@@ -195,19 +204,7 @@ def _mgs_shifted_inplace(Y, Q, shift):
         for i in range(r):
             for j in range(n):
                 v[j] = Y[t, i, j] + shift * Q[t, i, j]
-            scale = np.sqrt(_dot(v, v))
-            _orthogonalize_against(v, Y[t], i)
-            norm = np.sqrt(_dot(v, v))
-            e = 0
-            while norm <= 64 * eps * max(scale, 1e-300) and e < n:
-                v[:] = 0.0
-                v[e] = 1.0
-                scale = 1.0
-                _orthogonalize_against(v, Y[t], i)
-                norm = np.sqrt(_dot(v, v))
-                e += 1
-            for j in range(n):
-                Y[t, i, j] = v[j] / norm
+            _normalize_row(v, Y[t], i, eps)
 
 
 def psd_subspace_step(Q, Y, shift):
@@ -427,9 +424,8 @@ def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize, out=None):
     Bf = np.ascontiguousarray(B).reshape(T * r, m)
     G = Bf.T @ (Bf if C is B else np.ascontiguousarray(C).reshape(T * r, -1))
     c = np.ascontiguousarray
-    usable = out is not None and out.shape == G.shape and out.dtype == G.dtype and out.flags.c_contiguous \
-        and out is not A_old and out is not S and out is not M
-    D = out if usable else np.empty_like(G)
+    D = reusable(out, G, A_old, S, M)
+    D = np.empty_like(G) if D is None else D
     _threads_for(6 * G.size)
     stats = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), bool(symmetrize), G, D)
     return G, D, [float(v) for v in stats]
