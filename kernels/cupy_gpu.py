@@ -41,9 +41,8 @@ def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize, out=None):
     """Twin of reference.shared_update_stats (one fused kernel for A and D)."""
     if M.shape[0] != M.shape[1]:
         return reference.shared_update_stats(M, B, C, alpha, S, A_old, symmetrize)
-    T, r, m = B.shape
-    Bf = cp.ascontiguousarray(B).reshape(T * r, m)
-    G = Bf.T @ (Bf if C is B else cp.ascontiguousarray(C).reshape(T * r, -1))
+    G = reference.gram_sum(B, C)
+    m = G.shape[0]
     c = cp.ascontiguousarray
     A = cp.empty_like(G)
     D = reusable(out, G, A_old, S, M)

@@ -316,53 +316,15 @@ def lowrank_diff_sq(B1, C1, B2, C2):
 _TILE = 32  # 32×32 float64 tiles: the ~12 tiles a step touches stay in L2
 
 
-@kernel(parallel=True)
-def _residual_stats(S, A_new, A_old, symmetrize, D):
-    """Twin of reference.residual_stats, in one tiled pass (tile pairs (I, J) and (J, I))."""
-    n = S.shape[0]
-    tiles = (n + _TILE - 1) // _TILE
-    acc = np.zeros((tiles, 4))
-    for bi in prange(tiles):
-        i0, i1 = bi * _TILE, min(n, (bi + 1) * _TILE)
-        d_sq = r_sq = s_sq = a_sq = 0.0
-        for bj in range(bi, tiles):
-            j0, j1 = bj * _TILE, min(n, (bj + 1) * _TILE)
-            for i in range(i0, i1):
-                for j in range(max(j0, i) if bi == bj else j0, j1):
-                    rij = S[i, j] - A_new[i, j]
-                    sij = A_new[i, j] - A_old[i, j]
-                    a_sq += A_new[i, j] * A_new[i, j]
-                    r_sq += rij * rij
-                    s_sq += sij * sij
-                    if i == j:
-                        D[i, i] = rij
-                        d_sq += rij * rij
-                        continue
-                    rji = S[j, i] - A_new[j, i]
-                    sji = A_new[j, i] - A_old[j, i]
-                    a_sq += A_new[j, i] * A_new[j, i]
-                    r_sq += rji * rji
-                    s_sq += sji * sji
-                    if symmetrize:
-                        v = 0.5 * (rij + rji)
-                        D[i, j] = v
-                        D[j, i] = v
-                        d_sq += 2 * v * v
-                    else:
-                        D[i, j] = rij
-                        D[j, i] = rji
-                        d_sq += rij * rij + rji * rji
-        acc[bi, 0], acc[bi, 1], acc[bi, 2], acc[bi, 3] = d_sq, r_sq, s_sq, a_sq
-    return acc.sum(axis=0)
-
-
 def residual_stats(S, A_new, A_old, symmetrize):
+    """Twin of reference.residual_stats: the tiled pass of ``_update_stats`` with α = 0."""
     if S.shape[0] != S.shape[1]:  # rectangular weights: the reference's passes
         return reference.residual_stats(S, A_new, A_old, symmetrize)
     c = np.ascontiguousarray
-    D = np.empty_like(S)
+    A_new = c(A_new)
+    D, copy = np.empty_like(S), np.empty_like(S)
     _threads_for(4 * S.size)
-    stats = _residual_stats(c(S), c(A_new), c(A_old), bool(symmetrize), D)
+    stats = _update_stats(A_new, A_new, S.dtype.type(0.0), c(S), c(A_old), bool(symmetrize), copy, D)
     return D, [float(v) for v in stats]
 
 
@@ -420,9 +382,7 @@ def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize, out=None):
     """
     if M.shape[0] != M.shape[1]:
         return reference.shared_update_stats(M, B, C, alpha, S, A_old, symmetrize)
-    T, r, m = B.shape
-    Bf = np.ascontiguousarray(B).reshape(T * r, m)
-    G = Bf.T @ (Bf if C is B else np.ascontiguousarray(C).reshape(T * r, -1))
+    G = reference.gram_sum(B, C)
     c = np.ascontiguousarray
     D = reusable(out, G, A_old, S, M)
     D = np.empty_like(G) if D is None else D

@@ -67,12 +67,18 @@ def psd_subspace_step(Q, Y, shift):
     return ritz_psd(Q, Y), orthonormalize_rows(Y + shift * Q)
 
 
-def shared_plus_gram(M, B, C, alpha):
-    """M + alpha · Σ_t B[t]ᵀ C[t] (B (T, r, m), C (T, r, n)); one GEMM, a SYRK when B is C."""
+def gram_sum(B, C):
+    """Σ_t B[t]ᵀ C[t] (B (T, r, m), C (T, r, n)) as one GEMM of width T·r — a SYRK when B is C
+    (numpy and cupy detect ``Xᵀ @ X``)."""
+    xp = array_module(B)
     T, r, m = B.shape
-    Bf = B.reshape(T * r, m)
-    Cf = Bf if C is B else C.reshape(T * r, C.shape[2])
-    return M + alpha * (Bf.T @ Cf)
+    Bf = xp.ascontiguousarray(B).reshape(T * r, m)
+    return Bf.T @ (Bf if C is B else xp.ascontiguousarray(C).reshape(T * r, C.shape[2]))
+
+
+def shared_plus_gram(M, B, C, alpha):
+    """M + alpha · Σ_t B[t]ᵀ C[t]."""
+    return M + alpha * gram_sum(B, C)
 
 
 def gram_inner(B1, C1, B2, C2):
