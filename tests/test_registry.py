@@ -156,3 +156,19 @@ def test_the_plugin_guide_example_works_when_copied():
         for name in list(fl.peft.available()):
             if name == "scaled_sym":
                 fl.peft.unregister(name)
+
+
+def test_installed_plugins_run_through_a_sweep(tmp_path):
+    """DoRA and VeRA (installed from plugins/ by the test command) through `fastlora sweep`."""
+    assert {"dora", "vera"} <= set(fl.peft.available()), "install ./plugins/dora ./plugins/vera"
+    spec = tmp_path / "plugins.toml"
+    spec.write_text('name = "plugins"\nrepeats = 1\n[grid]\npeft = ["dora", "vera"]\n'
+                    '[fixed]\nd = 8\nk = 1\nT = 3\nrank = 1\nsolver = "gd"\noptimizer = "lbfgs"\nmax_iter = 300\n'
+                    'backend = "numpy"\n')
+    out = tmp_path / "p.sqlite"
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    from fastlora.sweep import load_results
+    frame = load_results(out, status=None)
+    assert sorted(frame["peft"]) == ["dora", "vera"] and set(frame["status"]) == {"ok"}
+    assert (frame["objective"] >= 0).all()

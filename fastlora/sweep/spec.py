@@ -47,7 +47,7 @@ KEYS: dict[str, tuple] = {
     "solver": ("choice", ("als", "gd")), "backend": ("choice", ("auto", "numpy", "numba", "cupy")),
     "dtype": ("choice", ("float64", "float32")), "max_iter": _int(1), "tol": ("float", 0.0),
     "init_A": ("choice", ("standard", "zeros")), "adapter_step": ("choice", ("auto", "subspace", "exact", "whitened", "inner")),
-    "inner_iter": _int(1), "power_iter_init": _int(0), "optimizer": ("choice", ("gd", "adam")),
+    "inner_iter": _int(1), "power_iter_init": _int(0), "optimizer": ("choice", ("gd", "adam", "lbfgs")),
     "lr": ("float", 0.0), "inner_lr": ("float", 0.0), "inner_steps": _int(1), "outer_lr": ("float", 0.0),
     # evaluate
     "ft_rank": _int(1), "n_ft": ("n", None), "ft_peft": ("peft", None), "rank_tol": ("float", 0.0),
