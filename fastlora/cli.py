@@ -220,6 +220,10 @@ def plugins(as_json):
         table.append({"name": row["name"], "distribution": row["distribution"], "version": row["version"],
                       "best_fit": caps.get("best_fit") if caps else None, "family": caps.get("family") or "-",
                       "fast_paths": ",".join(caps.get("fast_paths", [])) or "-",
+                      "notes": ", ".join(filter(None, ["uses A (gd only)" if caps.get("uses_base") else "",
+                                                       "frozen: " + ",".join(caps["frozen"]) if caps.get("frozen") else "",
+                                                       "implicit gradient" if caps.get("implicit_gradient") else ""]))
+                      or "-",
                       "status": "ok" if row["error"] is None else "ERROR"})
     click.echo(render(table))
     for row in rows:
