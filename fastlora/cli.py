@@ -194,6 +194,12 @@ def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_
             raise FastLoRAError(f"--backend {b!r} is not allowed; choose from numpy, numba, cupy")
     report = run_bench(names, chosen, repeat=repeat, baselines=baselines, full_baselines=full_baselines,
                        echo=click.echo)
+    from .tables import render
+    columns = ["config", "backend", "solver", "sec_per_iter", "useful_gflops", "fraction_of_gemm", "speedup_vs_numpy",
+               "time_to_1e8", "speedup_vs_dense_als", "seconds", "speedup_vs_paper_gd", "peak_rss_gib",
+               "points_per_second"]
+    present = [c for c in columns if any(row.get(c) is not None for row in report.rows)]
+    click.echo("\n" + render(report.rows, present) + "\n")
     click.echo("machine: " + ", ".join(f"{k}={v}" for k, v in report.machine.items()))
     for note in report.notes:
         click.echo(f"note: {note}")
