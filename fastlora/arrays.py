@@ -16,23 +16,6 @@ def array_module(*arrays):
     return np
 
 
-def rows_view(X):
-    """The (T, m, n) rows form of a batch of (T, n, m) matrices, a view where possible."""
-    return X.swapaxes(-1, -2)
-
-
-def flat_rows(X):
-    """Rows of all tasks stacked: (T, n, m) matrices -> (T·m, n); free when rows are contiguous."""
-    xp = array_module(X)
-    R = rows_view(X)
-    return xp.ascontiguousarray(R).reshape(-1, R.shape[-1])
-
-
-def from_rows(rows, T: int):
-    """Inverse of :func:`flat_rows`: (T·m, n) -> (T, n, m) as a view of contiguous rows."""
-    return rows.reshape(T, -1, rows.shape[-1]).swapaxes(-1, -2)
-
-
 def batched_frobenius_sq(X):
     """Per-task ‖X_t‖²_F of a (T, ...) batch."""
     xp = array_module(X)

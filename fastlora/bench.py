@@ -243,9 +243,8 @@ def _bench_paper(cfg, backends, repeat, baselines, full_baselines, report, echo)
     if steps:
         base = paper_gd(X, Y, cfg.k, outer_steps=steps)
         # the target is evaluated by the same code as fastlora's own objective history
-        from .backends import get_backend as _gb
         from .taskbatch import make_batch
-        batch = make_batch([fl.Task(X[t], Y[t]) for t in range(cfg.T)], _gb("numpy"), np.float64)
+        batch = make_batch([fl.Task(X[t], Y[t]) for t in range(cfg.T)], get_backend("numpy"), np.float64)
         target = batch.objective(base["A"], base["U"] @ base["U"].transpose(0, 2, 1))
         report.add(config=cfg.name, backend="baseline:paper_gd", seconds=base["seconds"], objective=target,
                    objective_raw=base["objective"])

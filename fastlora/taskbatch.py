@@ -142,19 +142,15 @@ class FactoredPopulation(Batch):
         own = k.gram_inner(B, C, B, C)
         return self.target_gram() - 2 * k.gram_inner(self.Bs, self.Cs, B, C) + own
 
-    def a_step_factors(self, B, C):
-        """argmin_A: A = M − (1/T) Σ_t B_tᵀ C_t (a symmetric rank-(T·r) update when B is C)."""
-        return self.backend.kernels.shared_plus_gram(self.M, B, C, -1.0 / self.T)
-
     def a_step_factors_with_stats(self, B, C, A_old, symmetrize: bool, out=None):
-        """(A, D, stats): :meth:`a_step_factors` plus the residual D = S − A (symmetrised if
+        """(A, D, stats): the A step A = M − (1/T) Σ_t B_tᵀ C_t plus the residual D = S − A (symmetrised if
         asked) and [‖D‖², ‖S − A‖², ‖A − A_old‖², ‖A‖²], in one pass on fast backends.
         ``out``: a (d_out, d_in) buffer for D that may be overwritten."""
         return self.backend.kernels.shared_update_stats(self.M, B, C, -1.0 / self.T, self.S, A_old, symmetrize,
                                                         out=out)
 
     def objective_after_a_step(self, B, C, dist_sq: float, accurate: bool = False) -> float:
-        """Σ_t L_t(A + Δ_t) when A = a_step_factors(B, C): ½[Σ_t ‖B*C*ᵀ − Δ_t‖² − T‖S − A‖²].
+        """Σ_t L_t(A + Δ_t) when A is the A step of (B, C): ½[Σ_t ‖B*C*ᵀ − Δ_t‖² − T‖S − A‖²].
 
         ``dist_sq`` = ‖S − A‖².  O(T·d·r²).  Where the optimum has A ≠ S (T ≤ 2) the terms
         cancel, and with ``accurate=False`` the Gram floor applies: the value is then

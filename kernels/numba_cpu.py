@@ -328,6 +328,14 @@ def residual_stats(S, A_new, A_old, symmetrize):
     return D, [float(v) for v in stats]
 
 
+@kernel()
+def _update_entry(M, G, alpha, S, A_old, A, i, j):
+    """Write A[i, j] = M[i, j] + alpha·G[i, j]; return (A[i, j], (S − A)[i, j], (A − A_old)[i, j])."""
+    a = M[i, j] + alpha * G[i, j]
+    A[i, j] = a
+    return a, S[i, j] - a, a - A_old[i, j]
+
+
 @kernel(parallel=True)
 def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
     """A = M + alpha·G and the residual statistics of reference.residual_stats, in one
@@ -342,10 +350,7 @@ def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
             j0, j1 = bj * _TILE, min(n, (bj + 1) * _TILE)
             for i in range(i0, i1):
                 for j in range(max(j0, i) if bi == bj else j0, j1):
-                    aij = M[i, j] + alpha * G[i, j]
-                    A[i, j] = aij
-                    rij = S[i, j] - aij
-                    sij = aij - A_old[i, j]
+                    aij, rij, sij = _update_entry(M, G, alpha, S, A_old, A, i, j)
                     a_sq += aij * aij
                     r_sq += rij * rij
                     s_sq += sij * sij
@@ -353,22 +358,15 @@ def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
                         D[i, i] = rij
                         d_sq += rij * rij
                         continue
-                    aji = M[j, i] + alpha * G[j, i]
-                    A[j, i] = aji
-                    rji = S[j, i] - aji
-                    sji = aji - A_old[j, i]
+                    aji, rji, sji = _update_entry(M, G, alpha, S, A_old, A, j, i)
                     a_sq += aji * aji
                     r_sq += rji * rji
                     s_sq += sji * sji
                     if symmetrize:
-                        v = 0.5 * (rij + rji)
-                        D[i, j] = v
-                        D[j, i] = v
-                        d_sq += 2 * v * v
-                    else:
-                        D[i, j] = rij
-                        D[j, i] = rji
-                        d_sq += rij * rij + rji * rji
+                        rij = rji = 0.5 * (rij + rji)
+                    D[i, j] = rij
+                    D[j, i] = rji
+                    d_sq += rij * rij + rji * rji
         acc[bi, 0], acc[bi, 1], acc[bi, 2], acc[bi, 3] = d_sq, r_sq, s_sq, a_sq
     return acc.sum(axis=0)
 

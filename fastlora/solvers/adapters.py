@@ -208,10 +208,6 @@ class Subspace(AdapterStep):
         self._remember(A_new, D, stats)
         return A_new
 
-    def objective(self, A, params) -> float:
-        B, C = self._rows(params)
-        return self.batch.objective_factors(A, B, C)
-
     # The per-iteration objective comes from an O(T·d·r²) identity whose rounding floor
     # (~eps·Σ‖B*C*ᵀ‖²) is above zero's tolerance: it must not decide that the objective is
     # zero.  final_objective() recomputes the last value with the accurate QR form.
