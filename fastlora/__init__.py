@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+# first: lets a source tree (a clone) import its sibling kernels/ as fastlora.kernels
+from . import _source_tree as _source_tree
 from . import peft
 from .arrays import array_module
 from .backends import get_backend
@@ -17,7 +19,7 @@ from .errors import BackendUnavailableError, DivergenceError, FastLoRAError, Per
 from .finetune import FinetuneResult, finetune
 from .metrics import evaluate
 from .problems import Problem, make_problem
-from .retrain import retrain
+from .retrain import retrain, retrain_many
 from .solvers.common import RetrainResult
 from .tasks import LowRankTarget, Task
 
@@ -26,6 +28,6 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+source"
 
-__all__ = ["BackendUnavailableError", "DivergenceError", "FastLoRAError", "FinetuneResult", "LowRankTarget", "PerformanceWarning",
-           "PluginError", "Problem", "RetrainResult", "Task", "array_module", "evaluate", "finetune",
-           "get_backend", "make_problem", "peft", "retrain"]
+__all__ = ["BackendUnavailableError", "DivergenceError", "FastLoRAError", "FinetuneResult", "LowRankTarget",
+           "PerformanceWarning", "PluginError", "Problem", "RetrainResult", "Task", "array_module", "evaluate",
+           "finetune", "get_backend", "make_problem", "peft", "retrain", "retrain_many"]

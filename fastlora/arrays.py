@@ -16,10 +16,19 @@ def array_module(*arrays):
     return np
 
 
-def batched_frobenius_sq(X):
-    """Per-task ‖X_t‖²_F of a (T, ...) batch."""
+def frobenius_sq(X) -> float:
+    """‖X‖²_F as a Python float (any shape; the sum of squares of every entry)."""
     xp = array_module(X)
-    return xp.sum(X.reshape(X.shape[0], -1) ** 2, axis=1)
+    if X.dtype == xp.float64 and X.flags.c_contiguous:
+        return float(xp.vdot(X, X))  # one BLAS pass, no temporary
+    return float(xp.sum(xp.square(X), dtype=xp.float64))
+
+
+def batched_frobenius_sq(X):
+    """Per-task ‖X_t‖²_F of a (T, ...) batch, shape (T,)."""
+    xp = array_module(X)
+    flat = X.reshape(X.shape[0], -1)
+    return xp.sum(flat * flat, axis=1)
 
 
 def reusable(out, like, *inputs):

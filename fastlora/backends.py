@@ -9,9 +9,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import types
 import warnings
 
 import numpy as np
@@ -19,16 +19,28 @@ import numpy as np
 from .config import settings, usable_cores
 from .errors import BackendUnavailableError, PerformanceWarning, check_choice
 
-BACKENDS = ("numpy", "numba", "cupy")
+BACKENDS = ("numpy", "numba", "cupy")   # every backend fastlora knows; specs, the CLI and bench read this
+BACKEND_CHOICES = ("auto", *BACKENDS)
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
 class Backend:
-    """An array module ``xp`` plus the kernel set the solvers call (``kernels.<name>``)."""
+    """An array module ``xp`` plus the kernel set the solvers call (``kernels.<name>``,
+    a :class:`fastlora.kernels.KernelSet`)."""
 
-    def __init__(self, name: str, xp, kernels: dict):
+    def __init__(self, name: str, xp, *kernel_overrides: dict):
+        from .kernels import KernelSet
         self.name, self.xp = name, xp
-        self.kernels = types.SimpleNamespace(**kernels)
+        self.kernels = KernelSet(name, *kernel_overrides)
+
+    @contextlib.contextmanager
+    def running(self, threads: int | None = None):
+        """The context of one solve: thread settings applied, and restored afterwards."""
+        yield
+
+    def prepare(self, dtype) -> float:
+        """Load (or compile) what a solve in ``dtype`` needs before it is timed; returns seconds spent."""
+        return 0.0
 
     def asarray(self, a, dtype):
         return self.xp.asarray(a, dtype=dtype)
@@ -55,18 +67,46 @@ class Backend:
 
 class NumbaBackend(Backend):
     def __init__(self):
-        from .kernels import numba_cpu, reference
-        super().__init__("numba", np, {**reference.KERNELS, **numba_cpu.KERNELS})
+        from .kernels import numba_cpu
+        super().__init__("numba", np, numba_cpu.KERNELS)
         self.module = numba_cpu
+        self._prepared: set = set()
 
-    def set_threads(self, threads: int | None) -> int:
+    def thread_count(self, threads: int | None) -> int:
+        """Threads for large kernels: ``threads``, else FASTLORA_NUM_THREADS, else all usable cores."""
         import numba
         limit = numba.config.NUMBA_NUM_THREADS
         wanted = threads or settings.num_threads or min(usable_cores(), limit)
-        wanted = max(1, min(int(wanted), limit))
+        return max(1, min(int(wanted), limit))
+
+    @contextlib.contextmanager
+    def running(self, threads: int | None = None):
+        """Numba's thread count (thread-local) and the large-kernel setting are restored afterwards."""
+        import numba
+        before, configured = numba.get_num_threads(), self.module.configured_threads()
+        wanted = self.thread_count(threads)
         self.module.configure_threads(wanted)
         _warn_oversubscription(wanted)
-        return wanted
+        try:
+            yield
+        finally:
+            self.module.configure_threads(configured or before)
+            numba.set_num_threads(before)
+
+    def prepare(self, dtype) -> float:
+        """Load every kernel from the on-disk cache (compiling it the first time) on tiny inputs."""
+        key = np.dtype(dtype).name
+        if key in self._prepared:
+            return 0.0
+        import time
+        started = time.perf_counter()
+        self.module.warm_up(np.dtype(dtype).type)
+        self._prepared.add(key)
+        return time.perf_counter() - started
+
+    def needs_compiling(self) -> bool:
+        """True when the on-disk cache holds no compiled kernels yet (the first solve compiles, ~15 s)."""
+        return not self.module.cache_is_warm()
 
     def describe(self) -> str:
         import numba
@@ -76,8 +116,8 @@ class NumbaBackend(Backend):
 class CupyBackend(Backend):
     def __init__(self):
         import cupy
-        from .kernels import cupy_gpu, reference
-        super().__init__("cupy", cupy, {**reference.KERNELS, **cupy_gpu.KERNELS})
+        from .kernels import cupy_gpu
+        super().__init__("cupy", cupy, cupy_gpu.KERNELS)
 
     def to_numpy(self, a):
         return self.xp.asnumpy(a)
@@ -178,8 +218,7 @@ def numba_status() -> tuple[bool, str]:
 @functools.lru_cache(maxsize=None)
 def _build(name: str) -> Backend:
     if name == "numpy":
-        from .kernels import reference
-        return Backend("numpy", np, dict(reference.KERNELS))
+        return Backend("numpy", np)
     if name == "numba":
         ok, why = numba_status()
         if not ok:
@@ -192,8 +231,9 @@ def _build(name: str) -> Backend:
 
 
 def resolve_backend_name(name: str | None) -> str:
-    name = settings.default_backend if name in (None, "auto") else name
-    check_choice("backend", name, ("auto", *BACKENDS))
+    check_choice("backend", "auto" if name is None else name, BACKEND_CHOICES)
+    if name in (None, "auto"):
+        name = settings.default_backend  # validated there, naming FASTLORA_BACKEND
     if name != "auto":
         return name
     if cupy_status()[0]:
@@ -203,12 +243,9 @@ def resolve_backend_name(name: str | None) -> str:
     return "numpy"
 
 
-def get_backend(name: str | None = "auto", threads: int | None = None) -> Backend:
+def get_backend(name: str | None = "auto") -> Backend:
     """The backend called ``name`` ("numpy", "numba", "cupy" or "auto")."""
-    backend = _build(resolve_backend_name(name))
-    if isinstance(backend, NumbaBackend):
-        backend.set_threads(threads)
-    return backend
+    return _build(resolve_backend_name(name))
 
 
 def resolve_dtype(dtype) -> type:

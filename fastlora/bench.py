@@ -44,19 +44,24 @@ class Config:
 
 CONFIGS = {c.name: c for c in (
     Config("paper", "paper", d=10, T=3, k=1, n=5000, noise=0.01,
-           note="target 1: reach paper-GD's final objective >= 1000x faster"),
-    Config("pop-384", "population", d=384, T=48, k=4, note="target 2: time to rel. error 1e-8 in A >= 50x dense ALS"),
-    Config("pop-512", "population", d=512, T=64, k=4, note="target 5: numba >= 3x numpy per iteration"),
+           note="the paper's point on raw data: time to the paper procedure's final objective, vs that procedure"),
+    Config("pop-384", "population", d=384, T=48, k=4,
+           note="full-space ALS: time to rel. error 1e-8 in A, vs textbook dense ALS"),
+    Config("pop-512", "population", d=512, T=64, k=4, note="full-space ALS iteration: numba vs numpy"),
     Config("pop-1024", "population", d=1024, T=128, k=8, iters=20,
-           note="target 3: ALS iteration >= 50% of DGEMM rate (2·d²·T·k flops)"),
+           note="full-space ALS iteration (T·k = d: no reduction) as a fraction of the DGEMM rate (2·d²·T·k flops)"),
     Config("pop-4096", "memory", d=4096, T=1024, k=8, iters=10, backends=("numba", "cupy"),
-           note="target 4: 10 ALS iterations in < 2 GB peak memory"),
+           note="peak memory of 10 full-space ALS iterations"),
+    Config("reduced-8192", "reduced", d=8192, T=32, k=4,
+           note="the default retrain to rel. error 1e-8 in A, in GEMM-equivalents (one d×d×T·k GEMM, same run)"),
     Config("gpu-8192", "population", d=8192, T=2048, k=8, dtype="float32", iters=10, backends=("cupy",),
-           note="GPU target 1: >= 50% of SGEMM rate, >= 20x numba"),
+           note="GPU full-space ALS iteration vs the SGEMM rate, and vs numba"),
     Config("points", "points", d=10, T=3, k=1, n=5000, noise=0.01, iters=40,
-           note="sweep points per second at the paper's size (make_problem + retrain + evaluate)"),
+           note="sweep rows per second at the paper's size (make_problem + retrain + evaluate), vs drawing the data"),
     Config("smoke", "population", d=64, T=8, k=2, iters=10, note="a quick check of the harness"),
 )}
+
+REACHED_RTOL = 1e-9  # "reached the baseline's objective": within this relative tolerance of it
 
 
 def machine_info() -> dict:
@@ -120,8 +125,8 @@ def per_iteration(prob, backend: str, dtype: str, iters: int, repeat: int, threa
 
     def run():
         stamps = []
-        fl.retrain(prob, backend=backend, dtype=dtype, max_iter=iters, tol=0.0, threads=threads,
-                   callback=lambda i, elapsed, obj: stamps.append(elapsed))
+        fl.retrain(prob, backend=backend, dtype=dtype, max_iter=iters, tol=0.0, threads=threads, solver="als",
+                   reduction="none", callback=lambda i, elapsed, obj: stamps.append(elapsed))
         return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
     run()  # compile / warm caches
@@ -132,6 +137,7 @@ def time_to_rel_error(prob, backend: str, dtype: str, target: float = 1e-8, repe
     """(median seconds of a whole retrain that ends with ‖A − A*‖/‖A*‖ ≤ target, iterations, error)."""
     import fastlora as fl
     tol = 1e-9
+    options = {"solver": "als", "reduction": "none", **options}
     for _ in range(6):
         res = fl.retrain(prob, backend=backend, dtype=dtype, tol=tol, max_iter=20000, **options)
         err = float(np.linalg.norm(res.A - prob.A_star) / np.linalg.norm(prob.A_star))
@@ -171,7 +177,7 @@ def run_bench(names, backends, repeat: int = 3, baselines: bool = True, full_bas
         if not usable:
             report.notes.append(f"{cfg.name}: no requested backend can run it here ({', '.join(backends)})")
             continue
-        {"paper": _bench_paper, "population": _bench_population, "memory": _bench_memory,
+        {"paper": _bench_paper, "population": _bench_population, "memory": _bench_memory, "reduced": _bench_reduced,
          "points": _bench_points}[cfg.kind](cfg, usable, repeat, baselines, full_baselines, report, echo)
     return report
 
@@ -232,6 +238,13 @@ def _dense_baseline(cfg, prob, report, echo, full):
 
 
 def _bench_paper(cfg, backends, repeat, baselines, full_baselines, report, echo):
+    """The paper's point on raw data (the reduction to statistics is timed too).
+
+    ``default``: ``fl.retrain(tasks, rank=k)`` exactly as a user writes it, run to its own
+    convergence; the other variants are timed to the first iteration whose objective is
+    within ``REACHED_RTOL`` of the baseline's final one (both end at the optimum to rounding,
+    so an exact ``<=`` would be a coin flip).  The baseline (paper_gd) is seeded.
+    """
     import fastlora as fl
     from .baselines import meta_objective, paper_gd
     rng = np.random.default_rng(0)
@@ -241,32 +254,65 @@ def _bench_paper(cfg, backends, repeat, baselines, full_baselines, report, echo)
     steps = 3000 if baselines else 0
     target = None
     if steps:
-        base = paper_gd(X, Y, cfg.k, outer_steps=steps)
+        base = paper_gd(X, Y, cfg.k, outer_steps=steps, seed=0)
         # the target is evaluated by the same code as fastlora's own objective history
-        from .taskbatch import make_batch
+        from .taskbatch import Adapters, make_batch
         batch = make_batch([fl.Task(X[t], Y[t]) for t in range(cfg.T)], get_backend("numpy"), np.float64)
-        target = batch.objective(base["A"], base["U"] @ base["U"].transpose(0, 2, 1))
+        target = float(batch.objective(base["A"][None], Adapters(dense=base["U"] @ base["U"].transpose(0, 2, 1)))[0])
         report.add(config=cfg.name, backend="baseline:paper_gd", seconds=base["seconds"], objective=target,
                    objective_raw=base["objective"])
         echo(f"  baseline paper_gd: 3000 outer steps in {base['seconds']:.2f} s, final objective {target:.15g}")
-    variants = [("als", {}), ("gd", {}), ("gd", {"optimizer": "lbfgs"})]
+    threshold = None if target is None else target * (1 + REACHED_RTOL)
+    variants = [("default", {}), ("als", {"solver": "als"}), ("gd", {"solver": "gd"}),
+                ("gd/lbfgs", {"solver": "gd", "optimizer": "lbfgs"})]
     for backend in backends:
-        for solver, options in variants:
-            def solve(max_iter):
+        for name, options in variants:
+            def solve(**limits):
                 tasks = [fl.Task(X[t], Y[t]) for t in range(cfg.T)]  # the reduction to statistics is timed too
-                return fl.retrain(tasks, peft="lora_sym", rank=cfg.k, solver=solver, backend=backend,
-                                  max_iter=max_iter, tol=0.0, **options)
-            first = solve(20000)
-            hits = np.nonzero(first.history <= target)[0] if target is not None else []
-            n_iter = int(hits[0]) + 1 if len(hits) else first.n_iter
-            seconds = _median_time(lambda: solve(n_iter), max(repeat, 5))
-            res = solve(n_iter)
-            check = res.history[-1]
-            row = {"config": cfg.name, "backend": backend, "solver": solver + ("/" + options["optimizer"] if options else ""),
-                   "seconds": seconds, "iterations": n_iter, "objective": check, "baseline_objective": target,
-                   "objective_raw_data": meta_objective(X, Y, res.A, res.params["U"]),
+                return fl.retrain(tasks, rank=cfg.k, backend=backend, **options, **limits)
+            if name == "default":
+                solve()
+                seconds = _median_time(solve, max(repeat, 5))
+                res = solve()
+                n_iter = res.n_iter
+            else:
+                first = solve(max_iter=20000, tol=0.0)
+                hits = np.nonzero(first.history <= threshold)[0] if threshold is not None else []
+                n_iter = int(hits[0]) + 1 if len(hits) else first.n_iter
+                seconds = _median_time(lambda: solve(max_iter=n_iter, tol=0.0), max(repeat, 5))  # noqa: B023
+                res = solve(max_iter=n_iter, tol=0.0)
+            check = float(res.objective)
+            row = {"config": cfg.name, "backend": backend, "solver": name, "ran": res.info.get("solver"),
+                   "seconds": seconds, "iterations": n_iter, "converged": res.converged, "objective": check,
+                   "baseline_objective": target, "objective_raw_data": meta_objective(X, Y, res.A, res.params["U"]),
                    "speedup_vs_paper_gd": (base["seconds"] / seconds) if target is not None else None,
-                   "reached": bool(target is not None and check <= target)}
+                   "reached": bool(threshold is not None and check <= threshold)}
+            report.add(**row)
+            echo(_line(row))
+
+
+def _bench_reduced(cfg, backends, repeat, baselines, full_baselines, report, echo):
+    """The default ``fl.retrain(prob, rank=k)`` on a population problem with T·k ≪ d, solved in the
+    span of the task factors (fastlora.reduction), in units of one d×d×(T·k) GEMM measured in the
+    same run; ``--full-baselines`` also times the full-space solve."""
+    import fastlora as fl
+    prob = fl.make_problem(d=cfg.d, k=cfg.k, T=cfg.T, seed=0, n_test_tasks=0)
+    norm_star = float(np.linalg.norm(prob.A_star))
+    for backend in backends:
+        be = get_backend(backend)
+        gemm_seconds = 2.0 * cfg.d ** 2 * cfg.T * cfg.k / gemm_rate(be, cfg.d, cfg.T * cfg.k, cfg.dtype)
+        variants = [("default", {})] + ([("full space", {"reduction": "none"})] if full_baselines else [])
+        for name, options in variants:
+            def solve():
+                return fl.retrain(prob, method="lora-ml", peft="lora_sym", rank=cfg.k, backend=backend,  # noqa: B023
+                                  dtype=cfg.dtype, **options)  # noqa: B023
+            res = solve()
+            seconds = _median_time(solve, repeat if name == "default" else 1)
+            err = float(np.linalg.norm(res.A - prob.A_star)) / norm_star
+            row = {"config": cfg.name, "backend": backend, "solver": name, "seconds": seconds,
+                   "gemm_equivalents": seconds / gemm_seconds, "gemm_seconds": gemm_seconds, "rel_err_A": err,
+                   "iterations": res.n_iter, "converged": res.converged,
+                   "reduced_to": (res.info.get("reduction") or {}).get("m_out")}
             report.add(**row)
             echo(_line(row))
 

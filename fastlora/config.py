@@ -14,12 +14,20 @@ setting                            meaning                                     e
 ``fastmath`` is off by default: it lets LLVM reassociate sums, which breaks the 1e-10
 parity between backends that the test-suite checks.  TF32 is off by default for the
 same reason (it rounds float32 GEMM inputs to 10 mantissa bits).
+
+A malformed ``FASTLORA_NUM_THREADS`` or ``FASTLORA_BACKEND`` does not break ``import
+fastlora`` (nor commands that never use it): reading the setting raises a
+:class:`~fastlora.errors.FastLoRAError` naming the variable and what it allows.
+
+Memory: :func:`available_memory_bytes` is what this process may still allocate, and
+:func:`require_memory` refuses work whose estimated size exceeds it, before any work starts.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
 from pathlib import Path
+
+from .errors import FastLoRAError
 
 
 def _flag(name: str) -> bool:
@@ -33,38 +41,81 @@ def _default_cache_dir() -> Path:
     return Path(base) / "fastlora"
 
 
-def _default_threads() -> int | None:
-    raw = os.environ.get("FASTLORA_NUM_THREADS", "").strip()
-    if not raw:
+def _parse_threads(value, source: str) -> int | None:
+    """None (all usable cores) or a positive integer; ``source`` names where the value came from."""
+    given = value
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"FASTLORA_NUM_THREADS={raw!r} must be a positive integer") from None
-    if value < 1:
-        raise ValueError(f"FASTLORA_NUM_THREADS={raw!r} must be a positive integer")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FastLoRAError(f"{source}={given!r} is not allowed; it must be a positive integer (the number of "
+                            f"Numba threads), or unset for all usable cores")
     return value
 
 
-@dataclass
+class _Invalid:
+    """A malformed environment value: kept, and raised when the setting is read (not at import)."""
+
+    def __init__(self, error: FastLoRAError):
+        self.error = error
+
+
 class Settings:
-    cache_dir: Path
-    num_threads: int | None
-    default_backend: str
-    fastmath: bool
-    plugin_autoload: bool
-    allow_tf32: bool
+    """The process-wide settings (module attribute :data:`settings`); see the module docstring."""
+
+    def __init__(self, *, cache_dir: Path, num_threads, default_backend: str, fastmath: bool,
+                 plugin_autoload: bool, allow_tf32: bool, backend_source: str = "default_backend"):
+        self.cache_dir = cache_dir
+        self._num_threads = num_threads
+        self._default_backend = (default_backend, backend_source)
+        self.fastmath = fastmath
+        self.plugin_autoload = plugin_autoload
+        self.allow_tf32 = allow_tf32
 
     @classmethod
-    def from_environment(cls) -> "Settings":
+    def from_environment(cls) -> Settings:
+        try:
+            threads = _parse_threads(os.environ.get("FASTLORA_NUM_THREADS"), "FASTLORA_NUM_THREADS")
+        except FastLoRAError as exc:
+            threads = _Invalid(exc)
         return cls(
             cache_dir=_default_cache_dir(),
-            num_threads=_default_threads(),
+            num_threads=threads,
             default_backend=os.environ.get("FASTLORA_BACKEND", "auto").strip() or "auto",
+            backend_source="FASTLORA_BACKEND",
             fastmath=_flag("FASTLORA_FASTMATH"),
             plugin_autoload=not _flag("FASTLORA_DISABLE_PLUGIN_AUTOLOAD"),
             allow_tf32=_flag("FASTLORA_ALLOW_TF32"),
         )
+
+    @property
+    def num_threads(self) -> int | None:
+        """Numba threads (None: all usable cores); raises if FASTLORA_NUM_THREADS is malformed."""
+        if isinstance(self._num_threads, _Invalid):
+            raise self._num_threads.error
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value) -> None:
+        self._num_threads = _parse_threads(value, "num_threads")
+
+    @property
+    def default_backend(self) -> str:
+        """What ``backend="auto"`` means; raises if FASTLORA_BACKEND names no backend."""
+        from .backends import BACKENDS  # backends imports this module: look the names up on use
+        value, source = self._default_backend
+        allowed = ("auto", *BACKENDS)
+        if value not in allowed:
+            raise FastLoRAError(f"{source}={value!r} is not a backend; choose one of {', '.join(map(repr, allowed))}")
+        return value
+
+    @default_backend.setter
+    def default_backend(self, value: str) -> None:
+        self._default_backend = (value, "default_backend")
 
     @property
     def numba_cache_dir(self) -> Path:
@@ -76,9 +127,7 @@ settings = Settings.from_environment()
 
 def reset() -> None:
     """Restore every setting to its default (re-reading the environment)."""
-    fresh = Settings.from_environment()
-    for f in fields(Settings):
-        setattr(settings, f.name, getattr(fresh, f.name))
+    vars(settings).update(vars(Settings.from_environment()))
 
 
 def usable_cores() -> int:
@@ -87,3 +136,73 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS / Windows
         return os.cpu_count() or 1
+
+
+# cgroup (container) limits: v2, then v1; the kernel reports "no limit" as "max" or a huge number
+_CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def available_memory_bytes() -> int | None:
+    """Bytes this process may still allocate without swapping, or None where the OS does not say.
+
+    ``MemAvailable`` of ``/proc/meminfo`` (Linux), else ``os.sysconf`` free physical pages
+    times the page size; lowered to the container's cgroup limit minus its usage when
+    that is smaller.
+    """
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        available = None
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):  # pragma: no cover - platforms without sysconf
+            available = None
+    for limit_file, usage_file in _CGROUP_FILES:
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 1 << 60:
+            room = max(limit - usage, 0)
+            available = room if available is None else min(available, room)
+            break
+    return available
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} EB"  # pragma: no cover - unreachable
+
+
+ALWAYS_ALLOWED_BYTES = 64 << 20
+
+
+def require_memory(needed_bytes: float, what: str, advice: str) -> None:
+    """Raise FastLoRAError when ``what`` needs more than :func:`available_memory_bytes`.
+
+    ``needed_bytes`` is the caller's estimate of its peak allocation; ``advice`` says what
+    to change.  Where the OS reports nothing, nothing is refused; below
+    ``ALWAYS_ALLOWED_BYTES`` the OS is not asked (reading it costs ~40 µs, more than a
+    small problem's whole draw).
+    """
+    if needed_bytes <= ALWAYS_ALLOWED_BYTES:
+        return
+    available = available_memory_bytes()
+    if available is not None and needed_bytes > available:
+        raise FastLoRAError(f"{what} needs about {format_bytes(needed_bytes)} of memory, but only "
+                            f"{format_bytes(available)} is available on this machine; {advice}")

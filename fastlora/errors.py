@@ -70,21 +70,33 @@ def check_float(name: str, value: Any, *, low: float | None = None, high: float 
     return value
 
 
-def check_array(name: str, value: Any, *, ndim: int | None = None, shape: tuple | None = None) -> np.ndarray:
+def check_array(name: str, value: Any, *, ndim: int | None = None, shape: tuple | None = None,
+                allow_empty: bool = False) -> np.ndarray:
     """Return ``value`` as a finite float64 numpy array of the expected shape.
 
-    ``shape`` may hold ``None`` for free axes.
+    ``shape`` may hold ``None`` for free axes.  Complex input is refused (casting would
+    silently drop the imaginary part), and so is an array with a zero-length axis unless
+    ``allow_empty``.
     """
+    if value is None:
+        raise FastLoRAError(f"{name} must be a numeric array, got None")
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        arr = np.asarray(value)
+        if np.iscomplexobj(arr):
+            raise FastLoRAError(f"{name} must be a real array, got complex values (dtype {arr.dtype})")
+        arr = arr.astype(np.float64, copy=False)
     except (TypeError, ValueError) as exc:
+        if isinstance(exc, FastLoRAError):
+            raise
         raise FastLoRAError(f"{name} must be a numeric array: {exc}") from None
     if ndim is not None and arr.ndim != ndim:
         raise FastLoRAError(f"{name} must be a {ndim}-d array, got shape {arr.shape}")
-    if shape is not None:
-        if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
-            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-            raise FastLoRAError(f"{name} has shape {arr.shape}; expected {want}")
+    if shape is not None and (arr.ndim != len(shape)
+                              or any(s is not None and s != a for s, a in zip(shape, arr.shape))):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise FastLoRAError(f"{name} has shape {arr.shape}; expected {want}")
+    if arr.size == 0 and not allow_empty:
+        raise FastLoRAError(f"{name} is empty (shape {arr.shape}); every axis must have length >= 1")
     if arr.size and not np.isfinite(arr).all():
         raise FastLoRAError(f"{name} contains NaN or Inf values")
     return arr

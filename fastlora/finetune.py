@@ -8,10 +8,15 @@ import numpy as np
 from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
 from .errors import FastLoRAError, check_array, check_float, check_int
+from .options import check_solver_options
+from .peft.protocol import check_shape_supported, shared_names
+from .seeding import as_generator
 from .solvers.adapters import InnerGradient, choose_adapter_step
-from .solvers.common import Context
+from .solvers.common import Context, RetrainResult
 from .taskbatch import make_batch
-from .tasks import Task
+from .linop import LowRankUpdate
+from .reduction import orthonormal_basis
+from .tasks import LowRankTarget, Task
 
 
 @dataclass
@@ -28,6 +33,12 @@ class FinetuneResult:
     n_iter: int
     converged: bool
 
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self.params.items())
+        return (f"FinetuneResult(params={{{shapes}}}, delta{tuple(self.delta.shape)}, loss={self.loss:.6g}, "
+                f"excess_risk={self.excess_risk:.6g}, exact={self.exact}, n_iter={self.n_iter}, "
+                f"converged={self.converged})")
+
 
 def finetune(A, task: Task, peft="lora", rank: int = 1, n: int | None = None, seed=0, *,
              backend: str = "numpy", dtype="float64", max_iter: int = 500, tol: float = 1e-10,
@@ -42,42 +53,106 @@ def finetune(A, task: Task, peft="lora", rank: int = 1, n: int | None = None, se
     """
     if not isinstance(task, Task):
         raise FastLoRAError(f"task must be a fastlora.Task, got {type(task).__name__}")
-    A = check_array("A", A, shape=(task.d_out, task.d_in))
+    retrained = A if isinstance(A, RetrainResult) else None
+    if retrained is not None:
+        A = retrained.A
     rank = check_int("rank", rank, low=1, high=min(task.d_out, task.d_in))
     max_iter = check_int("max_iter", max_iter, low=1)
     tol = check_float("tol", tol, low=0.0)
     if n is not None:
         task = task.sample(check_int("n", n, low=1), seed=seed)
     parameterization = peft_registry.get(peft, **(peft_options or {}))
-    if getattr(parameterization, "square_only", False) and task.d_out != task.d_in:
-        raise FastLoRAError(f"peft={parameterization.name!r} needs d_out == d_in; use peft='lora'")
+    check_shape_supported(parameterization, task.d_out, task.d_in)
+    given = _shared_start(parameterization, retrained, task, rank, seed)
+    if isinstance(A, LowRankUpdate):
+        if A.shape != (task.d_out, task.d_in):
+            raise FastLoRAError(f"A has shape {A.shape}; expected ({task.d_out}, {task.d_in})")
+        fitted = _finetune_lowrank(A, task, parameterization, rank)
+        if fitted is not None:
+            return fitted
+        A = A.dense()
+    A = check_array("A", A, shape=(task.d_out, task.d_in))
     be = get_backend(backend)
     dtype = resolve_dtype(dtype)
     batch = make_batch([task], be, dtype, structured=False)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(check_int("seed", seed, low=0))
-    ctx = Context(batch=batch, backend=be, peft=parameterization, rank=rank, dtype=dtype, rng=rng,
-                  max_iter=max_iter, tol=tol, callback=None, options={})
-    A_dev = be.asarray(A, dtype)
+    options = check_solver_options("lora-ml", "als", {} if given is None else {"init_params": given})
+    ctx = Context(batch=batch, backend=be, peft=parameterization, rank=rank, dtype=dtype, rngs=[as_generator(seed)],
+                  max_iter=max_iter, tol=tol, callback=None, options=options)
+    point = batch.residual(be.asarray(A, dtype)[None])
     step = choose_adapter_step(ctx, fixed_A=True)
     if isinstance(step, InnerGradient):
-        params, n_iter, converged = _iterate(step, A_dev, batch, max_iter, tol)
+        params, n_iter, converged = _iterate(step, point, batch, max_iter, tol)
     else:
-        params, n_iter, converged = step.fit(A_dev, None), 1, True
+        params, n_iter, converged = step.fit(point, None), 1, True
     delta = be.to_numpy(step.delta_fn(params)[0]).astype(np.float64)
     W = A + delta
-    loss = float(task.loss(W))
+    loss = max(float(task.loss(W)), 0.0)  # a loss is >= 0; rounding of s − ⟨W, C⟩ + ½⟨WΣ, W⟩ can dip below
     risk = task.excess_risk(W) if task.has_ground_truth else float("nan")
-    params = {k: be.to_numpy(v) for k, v in params.items()}
+    params = {k: be.to_numpy(v) for k, v in params.items() if k not in shared_names(parameterization)}
     return FinetuneResult(params, delta, loss, risk, step.exact, n_iter, converged)
 
 
-def _iterate(step, A, batch, max_iter, tol):
+def lowrank_residual(A: LowRankUpdate, task: Task, one_basis: bool = False):
+    """(Q_out, Q_in, K) with W* − A = Q_out K Q_inᵀ, for a population task whose factored target
+    shares A's base (then W* − A = [B*, −L][C*, R]ᵀ has rank ≤ k + m); None otherwise.
+    ``one_basis``: the same basis on both sides (what a symmetric fit needs)."""
+    target = task.target
+    if not (task.is_population and isinstance(target, LowRankTarget) and A.base is not None
+            and (target.base is A.base or np.array_equal(target.base, A.base))):
+        return None
+    left = np.concatenate([target.B, -A.left], axis=1)
+    right = np.concatenate([target.C, A.right], axis=1)
+    if one_basis:
+        Q_out = Q_in = orthonormal_basis(np.concatenate([left, right], axis=1))
+    else:
+        Q_out, Q_in = orthonormal_basis(left), orthonormal_basis(right)
+    return Q_out, Q_in, (Q_out.T @ left) @ (Q_in.T @ right).T
+
+
+def _shared_start(peft, retrained, task: Task, rank: int, seed) -> dict | None:
+    """For a parameterization with shared parameters (protocol v2): the new task's starting
+    parameters — its own from ``peft.init`` and the shared ones of the retrain result, which
+    fine-tuning keeps (only the per-task parameters are trained)."""
+    names = shared_names(peft)
+    if not names:
+        return None
+    if retrained is None or getattr(retrained.peft, "name", None) != peft.name or not set(names) <= set(retrained.shared):
+        raise FastLoRAError(f"peft={peft.name!r} has shared parameters {list(names)} learned in retraining: pass the "
+                            f"retrain result (fl.finetune(res, task, peft={peft.name!r}, ...)) instead of A")
+    if retrained.rank is not None and rank != retrained.rank:
+        raise FastLoRAError(f"rank={rank} differs from the retrained shared parameters' rank {retrained.rank}")
+    start = peft.init(as_generator(seed), task.d_out, task.d_in, rank, 1)
+    start.update({k: np.asarray(retrained.shared[k]) for k in names})
+    return start
+
+
+def _finetune_lowrank(A: LowRankUpdate, task: Task, peft, rank: int) -> FinetuneResult | None:
+    """Population fine-tuning on a structured A = S + L Rᵀ whose base is the task's own shared
+    part: W* − A = [B*, −L][C*, R]ᵀ has rank ≤ k + m, so the exact best fit is the one of a
+    small matrix in orthonormal bases of its column and row spaces (psd: one basis for both),
+    lifted back — no d_out × d_in array.  None where that does not apply (the caller densifies)."""
+    family = getattr(peft, "family", None)
+    lowrank = lowrank_residual(A, task, one_basis=family == "psd") if family in ("general", "psd") else None
+    if lowrank is None:
+        return None
+    Q_out, Q_in, K = lowrank
+    small = peft.best_fit(K[None], rank)
+    B, C = peft.factors(small)
+    B_full = Q_out @ B
+    params = peft.from_factors(B_full, B_full if C is B else Q_in @ C)
+    risk = 0.5 * float(np.sum((K - np.asarray(peft.delta(small))[0]) ** 2))
+    full_B, full_C = peft.factors(params)
+    delta = LowRankUpdate(None, full_B[0], full_C[0])
+    return FinetuneResult({k: np.asarray(v) for k, v in params.items()}, delta, risk, risk, True, 1, True)
+
+
+def _iterate(step, point, batch, max_iter, tol):
     params, previous = None, None
     chunk = 10
     for done in range(chunk, max_iter + chunk, chunk):
         step.steps = min(chunk, max_iter - done + chunk)
-        params = step.fit(A, params)
-        value = batch.objective(A, step.delta_fn(params))
+        params = step.fit(point, params)
+        value = float(batch.objective(point.A, step.adapters(params))[0])
         if previous is not None and abs(previous - value) <= tol * max(abs(previous), 1e-300):
             return params, done, True
         previous = value

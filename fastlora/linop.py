@@ -8,6 +8,8 @@ and ``G.swapaxes(-1, -2)``.
 """
 from __future__ import annotations
 
+import numpy as np
+
 
 class SharedPlusLowRank:
     """``G_t = shared + P_tᵀ Q_t`` with shared (d_out, d_in) and rows P (T, m, d_out), Q (T, m, d_in).
@@ -43,3 +45,63 @@ class SharedPlusLowRank:
 
     def dense(self):
         return self.shared[None, :, :] + self.P.swapaxes(-1, -2) @ self.Q
+
+
+class LowRankUpdate:
+    """One matrix ``A = base + left @ rightᵀ`` kept in that form: base (d_out, d_in) or None
+    (zero), left (d_out, m), right (d_in, m).  What the reduced solver returns when a dense A
+    is not wanted (``dense_A=False``), and a fine-tuned update on it: products, norms and
+    fine-tuning never form the (d_out × d_in) sum.
+    """
+
+    __array_priority__ = 1000
+
+    def __init__(self, base, left, right):
+        shape = (left.shape[0], right.shape[0])
+        if left.shape[1] != right.shape[1] or (base is not None and base.shape != shape):
+            raise ValueError(f"LowRankUpdate: base {None if base is None else base.shape}, left {left.shape}, "
+                             f"right {right.shape} do not fit")
+        self.base, self.left, self.right = base, left, right
+
+    @property
+    def shape(self):
+        return (self.left.shape[0], self.right.shape[0])
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def dtype(self):
+        return self.left.dtype
+
+    @property
+    def T(self) -> LowRankUpdate:
+        return LowRankUpdate(None if self.base is None else self.base.T, self.right, self.left)
+
+    def dense(self):
+        """base + left rightᵀ as an array (one GEMM of inner dimension m)."""
+        product = self.left @ self.right.T
+        return product if self.base is None else self.base + product
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.dense()
+        return out if dtype is None else out.astype(dtype)
+
+    def __matmul__(self, X):
+        """A @ X = base X + left (rightᵀ X)."""
+        low = self.left @ (self.right.T @ X)
+        return low if self.base is None else self.base @ X + low
+
+    def __rmatmul__(self, X):
+        """X @ A = X base + (X left) rightᵀ."""
+        low = (X @ self.left) @ self.right.T
+        return low if self.base is None else X @ self.base + low
+
+    def correction_norm(self) -> float:
+        """‖left rightᵀ‖_F = ‖A − base‖_F from m×m Grams."""
+        gram = np.asarray(self.left.T @ self.left) * np.asarray(self.right.T @ self.right)
+        return float(np.sqrt(max(float(np.sum(gram)), 0.0)))
+
+    def __repr__(self) -> str:
+        return f"LowRankUpdate(shape={self.shape}, rank<={self.left.shape[1]})"

@@ -1,11 +1,21 @@
 """``fastlora.evaluate``: how adaptable a retrained A is (DESIGN.md §3)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import peft as peft_registry
-from .errors import FastLoRAError, check_float, check_int
-from .finetune import finetune
+from .errors import FastLoRAError, check_array, check_float, check_int
+from .finetune import finetune, lowrank_residual
+from .linop import LowRankUpdate
+from .peft.protocol import shared_names
+from .problems import Problem
+from .tasks import LowRankTarget, Task, dense_target
+
+# singular values of W*_new − A below this many times one task's least-squares error
+# norm are estimation noise, not rank a new task needs (see evaluate)
+NOISE_FLOOR_FACTOR = 2.0
 
 
 def numerical_rank(M, rtol: float, scale: float) -> int:
@@ -14,24 +24,101 @@ def numerical_rank(M, rtol: float, scale: float) -> int:
     return int(np.sum(s > rtol * scale))
 
 
+def estimation_noise_floor(noise: float | None, n: int | None, d_out: int, d_in: int) -> float:
+    """``NOISE_FLOOR_FACTOR · σ (√d_out + √d_in) / √n``; 0 in population mode or without noise.
+
+    σ(√d_out + √d_in)/√n is the expected spectral norm of one task's least-squares error
+    (EᵀX(XᵀX)⁻¹ ≈ σZ/√n with Z a standard normal (d_out, d_in) matrix when Σ ≈ I); a
+    retrained A pooled over T tasks errs by less.
+    """
+    if n is None or not noise:
+        return 0.0
+    return NOISE_FLOOR_FACTOR * noise * (math.sqrt(d_out) + math.sqrt(d_in)) / math.sqrt(n)
+
+
+def _relative_error(A, A_star) -> float:
+    """‖A − A*‖_F / ‖A*‖_F; for a structured A on A* itself, ‖L Rᵀ‖_F from m×m Grams."""
+    if A_star is None:
+        return float("nan")
+    if isinstance(A, LowRankUpdate) and A.base is not None and (A.base is A_star or np.array_equal(A.base, A_star)):
+        return A.correction_norm() / float(np.linalg.norm(A_star))
+    if isinstance(A, LowRankUpdate):
+        A = A.dense()
+    return float(np.linalg.norm(A - A_star) / np.linalg.norm(A_star))
+
+
+def _adaptation_rank(A, task: Task, rank_tol: float, floor: float) -> int:
+    """Numerical rank of W*_new − A above max(rank_tol·‖W*_new‖₂, floor) — without any d×d
+    array for a structured A and a factored target on the same base."""
+    lowrank = lowrank_residual(A, task) if isinstance(A, LowRankUpdate) else None
+    if lowrank is None:
+        dense = A.dense() if isinstance(A, LowRankUpdate) else A
+        W_star = task.W_star
+        return numerical_rank(W_star - dense, 1.0, max(rank_tol * np.linalg.norm(W_star, 2), floor))
+    return numerical_rank(lowrank[2], 1.0, max(rank_tol * spectral_norm(task.target), floor))
+
+
+def spectral_norm(target) -> float:
+    """‖W*‖₂ of a target; a factored one S + B Cᵀ by Lanczos on its products (no extra d×d array)."""
+    if not isinstance(target, LowRankTarget) or max(target.shape) <= 512:
+        return float(np.linalg.norm(dense_target(target), 2))
+    from scipy.sparse.linalg import LinearOperator, svds
+    op = LinearOperator(target.shape, dtype=np.float64,
+                        matvec=lambda x: target.base @ x + target.B @ (target.C.T @ x),
+                        rmatvec=lambda y: target.base.T @ y + target.C @ (target.B.T @ y))
+    return float(svds(op, k=1, return_singular_vectors=False, random_state=0)[0])
+
+
 def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora", seed: int = 0,
-             rank_tol: float = 1e-6, test_tasks=None) -> dict:
+             rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True) -> dict:
     """Metrics of a retrained model on held-out tasks.
 
-    Returns a dict with
-    ``rel_err_A``  ‖A − A*‖_F / ‖A*‖_F (NaN when the problem has no A*);
-    ``adapt_rank`` median numerical rank of W*_new − A over the test tasks (singular values
-                   above ``rank_tol``·‖W*_new‖₂);
+    ``res`` is a retrain result (or the matrix A itself), ``prob`` the :class:`Problem` it
+    was retrained on (its ``test_tasks`` are used unless ``test_tasks`` is given; with
+    ``test_tasks``, ``prob`` may be None).  Returns a dict with
+
+    ``rel_err_A``  ‖A − A*‖_F / ‖A*‖_F (NaN when there is no A*);
+    ``adapt_rank`` median over the test tasks of the numerical rank of W*_new − A: its
+                   singular values above max(``rank_tol``·‖W*_new‖₂, floor), where with
+                   ``noise_floor`` on a finite-sample problem floor =
+                   2·σ(√d_out + √d_in)/√n (:func:`estimation_noise_floor`): directions
+                   weaker than twice one task's least-squares error cannot be told from
+                   estimation noise, so they are not rank a new task needs (population
+                   problems and σ = 0: floor 0).  This gives the theory's ranks on noisy
+                   data — (T+1)k for standard retraining, k for LoRA-ML at T ≥ 3;
     ``excess_risk`` mean over test tasks of ½‖A + Δ̂ − W*_new‖²_F after fine-tuning with
                    ``ft_peft`` (asymmetric LoRA by default, as the paper does) at ``ft_rank``
                    (default: the problem's k) from ``n_ft`` samples (None: population);
     ``excess_risk_std``, ``excess_risk_per_task`` and the retraining ``objective``,
     ``n_iter``, ``seconds`` and ``converged``.
     """
-    A = np.asarray(getattr(res, "A", res), dtype=np.float64)
-    tasks = list(test_tasks if test_tasks is not None else getattr(prob, "test_tasks", []))
-    if not tasks:
-        raise FastLoRAError("evaluate needs test tasks: the problem has none (n_test_tasks=0) and test_tasks was not given")
+    if test_tasks is None:
+        if not isinstance(prob, Problem):
+            raise FastLoRAError(f"prob must be a fastlora.Problem (from make_problem), got {type(prob).__name__}; "
+                                f"for your own tasks pass test_tasks=[Task, ...]")
+        tasks = list(prob.test_tasks)
+        if not tasks:
+            raise FastLoRAError("evaluate needs test tasks: the problem has none (n_test_tasks=0) and test_tasks "
+                                "was not given")
+    else:
+        if prob is not None and not isinstance(prob, Problem):
+            raise FastLoRAError(f"prob must be a fastlora.Problem or None, got {type(prob).__name__}")
+        tasks = list(test_tasks) if isinstance(test_tasks, (list, tuple)) else None
+        if not tasks or not all(isinstance(t, Task) for t in tasks):
+            raise FastLoRAError("test_tasks must be a non-empty list of fastlora.Task with ground truth W_star")
+    for i, task in enumerate(tasks):
+        if not task.has_ground_truth:
+            raise FastLoRAError(f"test task {i} has no ground truth W_star; evaluate needs it for the excess risk")
+    d_out, d_in = tasks[0].d_out, tasks[0].d_in
+    if any((t.d_out, t.d_in) != (d_out, d_in) for t in tasks):
+        raise FastLoRAError("test_tasks must all have the same (d_out, d_in)")
+    name = "res.A" if hasattr(res, "A") else "res"
+    A = getattr(res, "A", res)
+    if not isinstance(A, LowRankUpdate):
+        A = check_array(name, A, ndim=2)
+    if A.shape != (d_out, d_in):
+        raise FastLoRAError(f"{name} has shape {A.shape} but the test tasks are ({d_out}, {d_in}): "
+                            f"the result comes from a problem of another size")
     if ft_rank is None:
         ft_rank = getattr(prob, "k", None)
         if ft_rank is None:
@@ -40,21 +127,23 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
     n_ft = check_int("n_ft", n_ft, low=1, allow_none=True)
     rank_tol = check_float("rank_tol", rank_tol, low=0.0, low_open=True)
     try:
-        peft_registry.get(ft_peft)
+        ft_parameterization = peft_registry.get(ft_peft)
     except FastLoRAError as exc:
         raise type(exc)(f"ft_peft: {exc}") from None
+    # a parameterization with shared parameters fine-tunes on the retrain result (its A and shared ones)
+    start = res if shared_names(ft_parameterization) and hasattr(res, "shared") else A
     A_star = getattr(prob, "A_star", None)
-    rel_err = float(np.linalg.norm(A - A_star) / np.linalg.norm(A_star)) if A_star is not None else float("nan")
+    rel_err = _relative_error(A, A_star)
+    floor = estimation_noise_floor(prob.noise, prob.n, d_out, d_in) if noise_floor and prob is not None else 0.0
     ranks, risks = [], []
     for i, task in enumerate(tasks):
-        W_star = task.W_star
-        ranks.append(numerical_rank(W_star - A, rank_tol, np.linalg.norm(W_star, 2)))
-        ft = finetune(A, task, peft=ft_peft, rank=ft_rank, n=n_ft, seed=seed + i)
+        ranks.append(_adaptation_rank(A, task, rank_tol, floor))
+        ft = finetune(start, task, peft=ft_peft, rank=ft_rank, n=n_ft, seed=seed + i)
         risks.append(ft.excess_risk)
     risks = np.asarray(risks)
     out = {"rel_err_A": rel_err, "adapt_rank": float(np.median(ranks)), "excess_risk": float(risks.mean()),
            "excess_risk_std": float(risks.std()), "excess_risk_per_task": risks.tolist()}
-    for name in ("objective", "n_iter", "seconds", "converged"):
-        if hasattr(res, name):
-            out[name] = getattr(res, name)
+    for key in ("objective", "n_iter", "seconds", "converged"):
+        if hasattr(res, key):
+            out[key] = getattr(res, key)
     return out

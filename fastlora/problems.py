@@ -6,7 +6,14 @@ U*_t entries ~ N(0, 1).  General: A* = G (d_out × d_in), Δ*_t = B*_t C*_tᵀ w
 
 Every draw comes from ``numpy.random.SeedSequence(seed)`` with a fixed spawn key per role
 (A*, training task t, test task t, extra task s), so a task's ground truth does not
-depend on n, σ or how many other tasks were drawn.
+depend on n, σ, the sampler or how many other tasks were drawn.
+
+Limits (checked before any work): the problem's estimated memory — A* (twice, while it is
+symmetrised), the task factors, ~1 KB of bookkeeping per task and, with finite n, each
+task's Σ_t and C_t (8·(d² + d_out·d) bytes) — must fit in the memory available on this
+machine (:func:`fastlora.config.available_memory_bytes`); the raw sampler draws at most
+``fastlora.tasks.MAX_RAW_DRAWS`` normals per problem (use ``sampler="stats"`` beyond).
+For scale: d=4096, T=1024, k=8 in population mode needs ~0.5 GB here (its solve ~1.9 GB).
 """
 from __future__ import annotations
 
@@ -14,10 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import FastLoRAError, check_float, check_int
-from .tasks import LowRankTarget, Task
+from .config import require_memory
+from .errors import FastLoRAError, check_choice, check_float, check_int
+from .tasks import SAMPLERS, LowRankTarget, Task, check_raw_draws, raw_draws, sampling_bytes
 
 _ROLE_SHARED, _ROLE_TRAIN, _ROLE_TEST, _ROLE_NEW = 0, 1, 2, 3
+_TASK_OVERHEAD_BYTES = 1024  # Python objects per task (measured ~700 bytes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,6 +35,7 @@ class Problem:
 
     ``A_star`` (d_out, d_in); ``B_star`` (T, d_out, k) and ``C_star`` (T, d_in, k) with
     Δ*_t = B*_t C*_tᵀ; ``U_star`` (T, d, k) when symmetric (then B* = C* = U*).
+    ``sampler`` ("raw" or "stats") is how its tasks' data, and later fine-tuning draws, are made.
     """
 
     A_star: np.ndarray
@@ -41,6 +51,7 @@ class Problem:
     noise: float
     symmetric: bool
     seed: int
+    sampler: str = "raw"
     _extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -62,18 +73,24 @@ class Problem:
 
     def __repr__(self) -> str:
         mode = "population" if self.n is None else f"n={self.n}"
+        sampler = "" if self.sampler == "raw" else f", sampler={self.sampler!r}"
         return (f"Problem(d={self.d}, d_out={self.d_out}, k={self.k}, T={self.T}, {mode}, "
-                f"noise={self.noise}, symmetric={self.symmetric}, seed={self.seed})")
+                f"noise={self.noise}, symmetric={self.symmetric}, seed={self.seed}{sampler})")
 
 
 def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, noise: float = 0.0,
                  seed: int = 0, d_out: int | None = None, symmetric: bool = True,
-                 n_test_tasks: int = 4) -> Problem:
+                 n_test_tasks: int = 4, sampler: str = "raw") -> Problem:
     """Draw a problem with ``T`` training tasks and ``n_test_tasks`` held-out tasks.
 
     ``n=None`` is population mode (L_t(W) = ½‖W − W*_t‖²); an integer ``n`` draws that many
     Gaussian samples per task (kept as sufficient statistics).  ``d`` is d_in; ``d_out``
     defaults to ``d``.  ``symmetric=True`` (the paper's setting) needs ``d_out == d``.
+    ``sampler="raw"`` (default; reproduces earlier results bit for bit) draws X and ε;
+    ``"stats"`` draws (Σ_t, C_t, s_t) from their exact joint law in O(d²) normals per task
+    whatever n (:func:`fastlora.tasks.exact_statistics`); the ground truth is the same
+    for both, and fine-tuning draws (``finetune(..., n=...)``) use the same sampler.
+    Sizes whose memory or raw draws would not fit are refused first (module docstring).
     """
     d = check_int("d", d, low=1)
     d_out = d if d_out is None else check_int("d_out", d_out, low=1)
@@ -83,10 +100,12 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     noise = check_float("noise", noise, low=0.0)
     seed = check_int("seed", seed, low=0)
     n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)
+    sampler = check_choice("sampler", sampler, SAMPLERS)
     if not isinstance(symmetric, (bool, np.bool_)):
         raise FastLoRAError(f"symmetric must be True or False, got {symmetric!r}")
     if symmetric and d_out != d:
         raise FastLoRAError(f"symmetric=True needs d_out == d (got d_out={d_out}, d={d}); pass symmetric=False")
+    _check_size(d, d_out, k, T, n, noise, n_test_tasks, bool(symmetric), sampler)
 
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_SHARED,)))
     G = rng.standard_normal((d_out, d))
@@ -107,7 +126,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     B_star = B_rows.swapaxes(1, 2)
     C_star = B_star if symmetric else C_rows.swapaxes(1, 2)
     factors = [(B_star[t], B_star[t] if symmetric else C_star[t]) for t in range(T)]
-    proto = Problem(A_star, B_star, C_star, [], [], d, d_out, k, T, n, noise, bool(symmetric), seed)
+    proto = Problem(A_star, B_star, C_star, [], [], d, d_out, k, T, n, noise, bool(symmetric), seed, sampler)
     proto.tasks.extend(_make_task(proto, A_star, b, c, _ROLE_TRAIN, t) for t, (b, c) in enumerate(factors))
     proto.test_tasks.extend(_draw_task(proto, _ROLE_TEST, t) for t in range(n_test_tasks))
     return proto
@@ -126,13 +145,39 @@ def _draw_task(prob: Problem, role: int, index: int) -> Task:
 
 
 def _make_task(prob: Problem, A_star, B, C, role: int, index: int) -> Task:
-    target = LowRankTarget(A_star, B, C)
+    target = LowRankTarget._trusted(A_star, B, C)
     key = (prob.seed, role, index)
-    if prob.n is None:
-        task = Task.population(target)
-    else:
+    task = Task.population(target, sampler=prob.sampler)
+    if prob.n is not None:
         data_seq = np.random.SeedSequence(prob.seed, spawn_key=(role, index, 1))
-        task = Task.population(target).sample(prob.n, seed=np.random.default_rng(data_seq), noise=prob.noise)
+        task = task.sample(prob.n, seed=np.random.default_rng(data_seq), noise=prob.noise)
     task.noise = prob.noise
     task.key = key
     return task
+
+
+def problem_bytes(d: int, d_out: int, k: int, T: int, n: int | None, n_test_tasks: int, symmetric: bool,
+                  sampler: str = "raw") -> int:
+    """Estimated peak memory of ``make_problem`` with these sizes (float64 bytes).
+
+    A* and its draw G (2·d_out·d), the factors (k·(d_out + d) per task, d_out only when
+    symmetric), ~1 KB of Python objects per task, and with finite n each task's Σ_t, C_t
+    (d² + d_out·d) plus one sampling call's temporaries (:func:`fastlora.tasks.sampling_bytes`);
+    then 10% and 1 MB of headroom for numpy's temporaries.
+    """
+    tasks = T + n_test_tasks
+    per_task = 8 * k * (d_out + (0 if symmetric else d)) + _TASK_OVERHEAD_BYTES
+    total = 16 * d_out * d + tasks * per_task
+    if n is not None:
+        total += tasks * 8 * (d * d + d_out * d) + sampling_bytes(n, d, d_out, sampler)
+    return int(1.1 * total) + (1 << 20)
+
+
+def _check_size(d, d_out, k, T, n, noise, n_test_tasks, symmetric, sampler) -> None:
+    call = f"make_problem(d={d}, d_out={d_out}, k={k}, T={T}, n={n}, n_test_tasks={n_test_tasks})"
+    advice = "use a smaller d, d_out, T or n_test_tasks"
+    if n is not None:
+        advice += ", or population mode (n=None: no per-task d×d statistics)"
+    require_memory(problem_bytes(d, d_out, k, T, n, n_test_tasks, symmetric, sampler), call, advice)
+    if n is not None and sampler == "raw":
+        check_raw_draws((T + n_test_tasks) * raw_draws(n, d, d_out, noise), call)

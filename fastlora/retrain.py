@@ -1,30 +1,30 @@
-"""``fastlora.retrain``: standard retraining, LoRA-ML (ALS or GD) and Reptile."""
+"""``fastlora.retrain``: standard retraining, LoRA-ML (ALS or gradient methods) and Reptile."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from . import options as schema
 from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
-from .errors import FastLoRAError, check_choice, check_float, check_int
+from .config import format_bytes, require_memory
+from .errors import FastLoRAError
+from .peft.protocol import check_shape_supported, shared_names
+from .seeding import as_generator
+from .reduction import Reduction, plan_reduction
 from .solvers import als, gd, reptile, standard
+from .solvers.auto import choose_solver
 from .solvers.common import Context, RetrainResult
-from .taskbatch import as_task_list, make_batch
+from .taskbatch import as_task_list, batch_kind, make_batch, stack_problems
 
-METHODS = ("standard", "lora-ml", "reptile")
-SOLVERS = ("als", "gd")
-OPTIONS = {
-    ("lora-ml", "als"): {"init_A", "adapter_step", "inner_iter", "power_iter_init"},
-    ("lora-ml", "gd"): {"init_A", "optimizer", "lr"},
-    ("reptile", None): {"init_A", "inner_lr", "inner_steps", "outer_lr"},
-    ("standard", None): set(),
-}
+_SOLVER_MODULES = {"standard": standard, "reptile": reptile, "als": als, "gd": gd}
 
 
 def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: int | None = None,
-            solver: str = "als", backend: str = "auto", max_iter: int = 1000, tol: float = 1e-10, seed=0, *,
-            dtype="float64", threads: int | None = None, callback=None, as_numpy: bool = True,
+            solver: str = "auto", backend: str = "auto", max_iter: int = 1000, tol: float = 1e-10, seed=0, *,
+            dtype="float64", threads: int | None = None, callback=None, as_numpy: bool = True, dense_A: bool = True,
             peft_options: dict | None = None, **options) -> RetrainResult:
     """Retrain a shared A on T tasks.
 
@@ -39,119 +39,307 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
         The parameterization p of LoRA-ML (a registered name, see ``fastlora.peft.available()``).
     rank : int
         Adapter rank r, 1 <= r <= min(d_out, d_in); defaults to the problem's k.
-    solver : {"als", "gd"}
-        LoRA-ML solver: alternating exact minimisation (see ``fastlora.solvers.adapters`` for
-        the adapter step used: exact best fit, reduced-rank regression, subspace iteration,
-        or — where no exact fit exists, e.g. lora_sym with Σ_t ≠ I — ``inner_iter`` inner
-        gradient steps) or joint gradient descent / Adam.
+    solver : {"auto", "als", "gd"}
+        LoRA-ML solver.  ``auto`` (default) picks per problem kind — see
+        :mod:`fastlora.solvers.auto` for the table; the choice is in ``res.info["solver"]``.
+        ``als``: alternating exact minimisation (adapter steps in ``fastlora.solvers.adapters``)
+        with safeguarded Anderson extrapolation; ``gd``: joint gradient descent / Adam / L-BFGS.
     backend : {"auto", "numpy", "numba", "cupy"}
-    max_iter, tol : iteration limit and relative tolerance (change of A for ALS, gradient
-        norm for GD; clamped below at a few ulps of ``dtype``).
+    max_iter, tol : iteration limit and relative tolerance (see the options below).
     seed : int or numpy Generator — every random draw (initialisation) comes from it.
     dtype : "float64" (default) or "float32".
-    threads : Numba threads (numba backend); default all usable cores or FASTLORA_NUM_THREADS.
+    threads : Numba threads for large kernels (numba backend; restored after the call).
+    dense_A : return ``res.A`` as a dense array (default).  ``False``: where the problem was
+        solved in the span of the task factors (:mod:`fastlora.reduction`), ``res.A`` is the
+        :class:`~fastlora.linop.LowRankUpdate` S + Q_out E Q_inᵀ — no d_out × d_in array.
     callback : called as ``callback(iteration, elapsed_seconds, objective)`` after each iteration.
     as_numpy : return numpy arrays (default) rather than the backend's.
     peft_options : keyword arguments for the parameterization class, e.g. ``{"alpha": 16}``.
-    **options : solver options — als: ``init_A`` ("standard" | "zeros" | array),
-        ``adapter_step`` ("auto" | "subspace" | "exact" | "whitened" | "inner"), ``inner_iter``
-        (10), ``power_iter_init`` (4); gd: ``init_A``, ``optimizer`` ("gd" | "adam"), ``lr``;
-        reptile: ``init_A`` ("zeros"), ``inner_lr`` (0.1), ``inner_steps`` (10), ``outer_lr`` (0.5).
+    **options : solver options (each applies to the solvers named):
+
+{options}
     """
-    started = time.perf_counter()
-    method = check_choice("method", method, METHODS)
-    if method == "lora-ml":
-        solver = check_choice("solver", solver, SOLVERS)
-    elif solver is not None:
-        check_choice("solver", solver, SOLVERS)
+    plan = _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype, threads, callback,
+                 peft_options, options, dense_A)
+    return _run(plan, [problem_or_tasks], [plan.rng], as_numpy)[0]
+
+
+def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int | None = None,
+                 solver: str = "auto", backend: str = "auto", max_iter: int = 1000, tol: float = 1e-10, seeds=0, *,
+                 dtype="float64", threads: int | None = None, as_numpy: bool = True, dense_A: bool = True,
+                 peft_options: dict | None = None, errors: str = "raise", **options) -> list:
+    """Retrain many problems of one shape in one batched solve; the same arguments as :func:`retrain`.
+
+    ``problems``: Problems (or lists of Tasks) with the same T, d_out, d_in and sample mode.
+    ``seeds``: one seed for all, or one per problem.  Small problems (d ≤ ``DENSE_MAX_DIM``;
+    dense targets and finite samples) are stacked on a leading problem axis and iterate
+    together — every operation is per problem, so each result is identical to
+    ``retrain(problem, seed=its_seed)`` whatever the batch; larger factored problems are
+    solved one after another.  ``errors="return"`` puts the exception of a problem that
+    fails (e.g. diverges) in its place in the list and goes on with the others;
+    ``errors="raise"`` raises the first.
+    """
+    if errors not in ("raise", "return"):
+        raise FastLoRAError(f"errors={errors!r} is not allowed; choose 'raise' or 'return'")
+    problems = list(problems)
+    if not problems:
+        return []
+    seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(problems)
+    if len(seeds) != len(problems):
+        raise FastLoRAError(f"seeds has {len(seeds)} entries for {len(problems)} problems; give one seed or one per problem")
+    plan = _plan(problems[0], method, peft, rank, solver, backend, max_iter, tol, seeds[0], dtype, threads, None,
+                 peft_options, options, dense_A)
+    first = as_task_list(problems[0])
+    shape = (len(first), first[0].d_out, first[0].d_in, first[0].is_population)
+    for i, problem in enumerate(problems):
+        tasks = as_task_list(problem)
+        if (len(tasks), tasks[0].d_out, tasks[0].d_in, tasks[0].is_population) != shape:
+            raise FastLoRAError(f"problems[{i}] has (T, d_out, d_in, population) = "
+                                f"{(len(tasks), tasks[0].d_out, tasks[0].d_in, tasks[0].is_population)}; "
+                                f"problems[0] has {shape}: retrain_many solves problems of one shape")
+    rngs = [as_generator(schema.OPTIONS["seed"].check(s)) for s in seeds]
+    reductions = [plan.reduction] + [plan.reduce(p) for p in problems[1:]] if plan.reduction is not None else None
+    stackable = plan.kind != "factored" and not shared_names(plan.peft) and not getattr(plan.peft, "uses_base", False) \
+        and (reductions is None or len({r.sizes if r is not None else None for r in reductions}) == 1)
+    if not stackable:  # large structured problems (or reductions of different sizes): one at a time
+        out = []
+        for problem, rng in zip(problems, rngs):
+            try:
+                out.append(_run(_plan(problem, method, peft, rank, solver, backend, max_iter, tol, rng, dtype, threads,
+                                      None, peft_options, options, dense_A), [problem], [rng], as_numpy)[0])
+            except FastLoRAError as exc:
+                if errors == "raise":
+                    raise
+                out.append(exc)
+        return out
+    results = _run(plan, problems, rngs, as_numpy, reductions)
+    if errors == "raise":
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+    return results
+
+
+@dataclass
+class _Plan:
+    """A validated solve: everything but the problems' data and generators."""
+
+    tasks: list
+    kind: str
+    structured: object
+    method: str
+    solver: str | None
+    requested: str
+    peft: object
+    rank: int | None
+    backend: object
+    dtype: object
+    threads: int | None
+    max_iter: int
+    tol: float
+    callback: object
+    options: dict
+    rng: object
+    reduction: Reduction | None = None    # of the first problem; the plan describes the reduced solve
+    dense_A: bool = True
+
+    @property
+    def T(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def d_out(self) -> int:
+        return self.tasks[0].d_out
+
+    @property
+    def d_in(self) -> int:
+        return self.tasks[0].d_in
+
+    def reduce(self, problem) -> Reduction | None:
+        return plan_reduction(problem, as_task_list(problem), self.peft, self.reduction_options)
+
+    @property
+    def reduction_options(self) -> dict:
+        return {**self.options, "reduction": "auto"}
+
+
+def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype, threads, callback,
+          peft_options, options, dense_A=True) -> _Plan:
+    method = schema.OPTIONS["method"].check(method)
+    solver = schema.OPTIONS["solver"].check(solver)
     tasks = as_task_list(problem_or_tasks)
     d_out, d_in = tasks[0].d_out, tasks[0].d_in
-    max_iter = check_int("max_iter", max_iter, low=1)
-    tol = check_float("tol", tol, low=0.0)
+    max_iter = schema.OPTIONS["max_iter"].check(max_iter)
+    tol = schema.OPTIONS["tol"].check(tol)
+    threads = schema.OPTIONS["threads"].check(threads)
     dtype = resolve_dtype(dtype)
-    rng = _rng(seed)
-    key = (method, solver if method == "lora-ml" else None)
-    unknown = set(options) - OPTIONS[key]
-    if unknown:
-        allowed = ", ".join(sorted(OPTIONS[key])) or "none"
-        raise FastLoRAError(f"unknown option(s) {', '.join(sorted(unknown))} for method={method!r}"
-                            f"{f', solver={solver!r}' if method == 'lora-ml' else ''}; allowed: {allowed}")
+    rng = as_generator(schema.OPTIONS["seed"].check(seed))
     if callback is not None and not callable(callback):
         raise FastLoRAError("callback must be callable as callback(iteration, elapsed, objective)")
-
-    parameterization = None
+    dense_A = schema.OPTIONS["dense_A"].check(dense_A)
+    structured = "always" if options.get("adapter_step") == "subspace" else True
+    be = get_backend(backend)
+    parameterization, reduction, source = None, None, problem_or_tasks
+    requested = solver
     if method == "lora-ml":
         if rank is None:
             rank = getattr(problem_or_tasks, "k", None)
             if rank is None:
                 raise FastLoRAError("rank is required when retraining on a list of tasks (no problem.k to default to)")
-        rank = check_int("rank", rank, low=1, high=min(d_out, d_in))
+        rank = schema.OPTIONS["rank"].check(rank)
+        if rank > min(d_out, d_in):
+            raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = {min(d_out, d_in)}")
         parameterization = peft_registry.get(peft, **(peft_options or {}))
-        if getattr(parameterization, "square_only", False) and d_out != d_in:
-            raise FastLoRAError(f"peft={parameterization.name!r} needs square weights but d_out={d_out} != d_in={d_in}; "
-                                f"use peft='lora'")
-    be = get_backend(backend, threads=threads)
-    _check_memory(be, tasks, method, rank, dtype)
-    try:
-        return _solve(be, make_batch(tasks, be, dtype, source=problem_or_tasks), tasks, problem_or_tasks, method, solver, parameterization, rank, dtype, rng,
-                      max_iter, tol, callback, options, as_numpy, started)
-    except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory.OutOfMemoryError
-            raise FastLoRAError(f"backend={be.name!r} ran out of device memory: {exc}; the solve needs about "
-                                f"{_estimate_bytes(tasks, method, rank, dtype) / 2**30:.2f} GiB") from None
-        raise
+        check_shape_supported(parameterization, d_out, d_in)
+        if schema.OPTIONS["reduction"].check(options.get("reduction", "auto")) == "auto":
+            reduction = plan_reduction(problem_or_tasks, tasks, parameterization, options)
+        if reduction is not None:
+            tasks, source = reduction.tasks, reduction.tasks
+    kind = batch_kind(tasks, structured=structured, source=source)
+    if method == "lora-ml":
+        if solver == "auto":
+            solver, options = _resolve_auto(kind, parameterization, be.name, options)
+    else:
+        solver = None
+    options = schema.check_solver_options(method, solver, options)
+    _check_memory(be, tasks, kind, rank, dtype)
+    return _Plan(tasks, kind, structured, method, solver, requested, parameterization, rank, be, dtype, threads,
+                 max_iter, tol, callback, options, rng, reduction, dense_A)
 
 
-def _estimate_bytes(tasks, method, rank, dtype) -> int:
+def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: list | None = None) -> list:
+    """Solve ``problems`` (one batch) under ``plan``; a list of RetrainResult (or exceptions, P > 1)."""
+    be = plan.backend
+    with be.running(plan.threads):
+        be.prepare(plan.dtype)  # loading (or compiling) kernels is not part of the solve's time
+        started = time.perf_counter()
+        if plan.reduction is not None:
+            reductions = reductions or [plan.reduction]
+            problems = [r.tasks for r in reductions]
+        try:
+            if len(problems) == 1:
+                batch = make_batch(as_task_list(problems[0]), be, plan.dtype, structured=plan.structured,
+                                   source=problems[0])
+            else:
+                batch = stack_problems([as_task_list(p) for p in problems], be, plan.dtype, plan.kind)
+            if plan.reduction is not None:
+                frames = [r.frame for r in reductions]
+                batch.set_frame(np.stack([f[0] for f in frames]), np.array([f[1] for f in frames]))
+            results = _solve(plan, batch, rngs, as_numpy, started)
+            if plan.reduction is not None:
+                results = [r if isinstance(r, Exception) else _lift(plan, red, r, started, len(problems))
+                           for r, red in zip(results, reductions)]
+            return results
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory.OutOfMemoryError
+                need = _estimate_bytes(plan.tasks, plan.kind, plan.rank, plan.dtype) * len(problems)
+                raise FastLoRAError(f"backend={be.name!r} ran out of device memory: {exc}; the solve needs about "
+                                    f"{need / 2**30:.2f} GiB") from None
+            raise
+
+
+retrain.__doc__ = retrain.__doc__.replace("{options}", schema.table(schema.SOLVER))
+
+
+def _resolve_auto(kind, peft, backend_name, options) -> tuple[str, dict]:
+    """solver="auto": options that only one solver reads choose it (``adapter_step`` means ALS,
+    ``optimizer`` gd); otherwise the table of :mod:`fastlora.solvers.auto` decides."""
+    als_only = set(schema.solver_options("lora-ml", "als")) - set(schema.solver_options("lora-ml", "gd"))
+    gd_only = set(schema.solver_options("lora-ml", "gd")) - set(schema.solver_options("lora-ml", "als"))
+    asked_als, asked_gd = sorted(set(options) & als_only), sorted(set(options) & gd_only)
+    if asked_als and asked_gd:
+        raise FastLoRAError(f"options {', '.join(asked_als)} belong to solver='als' and {', '.join(asked_gd)} to "
+                            f"solver='gd'; pass one solver explicitly")
+    if asked_als:
+        return "als", options
+    if asked_gd:
+        return "gd", options
+    solver, preferred = choose_solver(kind, peft, backend_name)
+    return solver, {**preferred, **options}
+
+
+def _estimate_bytes(tasks, kind, rank, dtype) -> int:
     """Working memory of a solve: ~8 shared (d_out × d_in) arrays plus ~6 (T, r, d) factor
     arrays for factored targets, or ~4 (T, d_out, d_in) arrays for dense / finite-sample tasks."""
     T, d_out, d_in = len(tasks), tasks[0].d_out, tasks[0].d_in
     item = np.dtype(dtype).itemsize
-    factored = all(t.is_population and hasattr(t.target, "B") for t in tasks)
-    if factored:
+    if kind == "factored":
         k = max(t.target.B.shape[1] for t in tasks)
         r = rank or k
         return item * (8 * d_out * d_in + 6 * T * max(r, k) * max(d_out, d_in))
     return item * (4 * T * d_out * d_in + 8 * d_out * d_in)
 
 
-def _check_memory(be, tasks, method, rank, dtype) -> None:
+def _check_memory(be, tasks, kind, rank, dtype) -> None:
+    need = _estimate_bytes(tasks, kind, rank, dtype)
+    advice = "use dtype='float32', fewer tasks, or factored (population) targets"
     free = be.free_bytes()
-    if free is None:
-        return
-    need = _estimate_bytes(tasks, method, rank, dtype)
-    if need > free:
-        raise FastLoRAError(f"this problem needs about {need / 2**30:.2f} GiB of {be.name} device memory but only "
-                            f"{free / 2**30:.2f} GiB is free; use dtype='float32', fewer tasks, or backend='numba'")
+    if free is None:  # the CPU: against the machine's available memory
+        require_memory(need, f"this solve on backend {be.name!r}", advice)
+    elif need > free:
+        raise FastLoRAError(f"this problem needs about {format_bytes(need)} of {be.name} device memory but only "
+                            f"{format_bytes(free)} is free; {advice}, or backend='numba'")
 
 
-def _solve(be, batch, tasks, problem_or_tasks, method, solver, parameterization, rank, dtype, rng, max_iter, tol,
-           callback, options, as_numpy, started):
-    d_out, d_in = tasks[0].d_out, tasks[0].d_in
-    ctx = Context(batch=batch, backend=be, peft=parameterization, rank=rank, dtype=dtype, rng=rng,
-                  max_iter=max_iter, tol=tol, callback=callback, options=options)
-    setup = time.perf_counter() - started
-    module = {"standard": standard, "reptile": reptile}.get(method) or {"als": als, "gd": gd}[solver]
-    A, params, monitor, n_iter, info = module.solve(ctx)
-    canonical = getattr(parameterization, "canonicalize", None)
+def _lift(plan: _Plan, reduction: Reduction, res: RetrainResult, started: float, P: int) -> RetrainResult:
+    """A reduced problem's result in the full space (:mod:`fastlora.reduction`)."""
+    be = plan.backend
+    E = be.to_numpy(res.A)
+    A = reduction.lift_A(E, dense=plan.dense_A)
+    params = reduction.lift_params(plan.peft, {k: np.asarray(be.to_numpy(v), dtype=np.float64)
+                                                for k, v in res.params.items()})
+    canonical = getattr(plan.peft, "canonicalize", None)
     if params and callable(canonical):
         params = canonical(params)
+    dtype = np.dtype(plan.dtype)
+    params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    if plan.dense_A:
+        A = np.ascontiguousarray(A, dtype=dtype)
+    res.A, res.params = A, params
+    res.info.update(reduction={"m_out": reduction.sizes[0], "m_in": reduction.sizes[1],
+                               "d_out": reduction.base.shape[0], "d_in": reduction.base.shape[1],
+                               "seconds": reduction.seconds}, d_out=reduction.base.shape[0],
+                    d_in=reduction.base.shape[1])
+    res.seconds = (time.perf_counter() - started) / P + reduction.seconds
+    return res
+
+
+def _solve(plan: _Plan, batch, rngs, as_numpy, started) -> list:
+    be, P, T = plan.backend, batch.P, batch.T
+    ctx = Context(batch=batch, backend=be, peft=plan.peft, rank=plan.rank, dtype=plan.dtype, rngs=rngs,
+                  max_iter=plan.max_iter, tol=plan.tol, callback=plan.callback, options=plan.options)
+    setup = time.perf_counter() - started
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the monitor, once
+        out = _SOLVER_MODULES[plan.solver or plan.method].solve(ctx)
+    params = out.params
+    canonical = getattr(plan.peft, "canonicalize", None)
+    if params and callable(canonical):
+        params = canonical(params)
+    shared = {**out.shared, **{k: params[k] for k in shared_names(plan.peft) if k in params}}  # P = 1 here
+    params = {k: v for k, v in params.items() if k not in shared}
     be.synchronize()
-    seconds = time.perf_counter() - started
-    info.update(setup_seconds=setup, batch=batch.kind, T=batch.T, d_out=d_out, d_in=d_in, message=monitor.message)
+    seconds = (time.perf_counter() - started) / P
+    A = out.A
     if as_numpy:
         A = np.ascontiguousarray(be.to_numpy(A))
         params = {k: np.ascontiguousarray(be.to_numpy(v)) for k, v in params.items()}
+        shared = {k: np.ascontiguousarray(be.to_numpy(v)) for k, v in shared.items()}
         del batch, ctx  # the device copies of the tasks: free them before releasing the pool
         be.release()
-    objective = monitor.history[-1] if monitor.history else float("nan")
-    return RetrainResult(A=A, params=params, objective=objective, history=np.asarray(monitor.history),
-                         n_iter=n_iter, converged=monitor.converged, seconds=seconds, method=method,
-                         solver=solver if method == "lora-ml" else None, peft=parameterization, rank=rank,
-                         backend=be.name, dtype=np.dtype(dtype).name, message=monitor.message, info=info)
-
-
-def _rng(seed) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    return np.random.default_rng(check_int("seed", seed, low=0))
+    results = []
+    for p in range(P):
+        if out.errors[p] is not None:
+            results.append(out.errors[p])
+            continue
+        info = {**out.info, "setup_seconds": setup / P, "batch": plan.kind, "T": T, "d_out": plan.d_out,
+                "d_in": plan.d_in, "message": out.messages[p], "batch_size": P}
+        if plan.method == "lora-ml":
+            info.update(solver=plan.solver, requested_solver=plan.requested)
+        history = out.histories[p]
+        results.append(RetrainResult(
+            A=A[p], params={k: v[p * T:(p + 1) * T] for k, v in params.items()},
+            objective=history[-1] if history else float("nan"), history=np.asarray(history), n_iter=out.n_iter[p],
+            converged=out.converged[p], seconds=seconds, method=plan.method, solver=plan.solver, peft=plan.peft,
+            rank=plan.rank, backend=be.name, dtype=np.dtype(plan.dtype).name, message=out.messages[p], info=info,
+            shared=shared if P == 1 else {k: v[p] for k, v in shared.items()}))
+    return results

@@ -4,64 +4,234 @@ Three kinds, chosen from the tasks (DESIGN.md §2, §5):
 
 * ``FactoredPopulation`` — W*_t = S + B*_t C*_tᵀ with one shared S: memory O(d² + T·d·k).
 * ``DensePopulation``    — W*_t dense, (T, d_out, d_in).
-* ``FiniteSample``       — sufficient statistics Σ_t (T, d_in, d_in), C_t (T, d_out, d_in), s_t.
+* ``FiniteSample``       — sufficient statistics Σ_t (T, d_in, d_in), YᵀX/n (T, d_out, d_in), s_t.
 
-Each offers the same small interface on dense adapter updates ``delta`` (T, d_out, d_in):
-``losses``, ``grad``, ``a_step`` (argmin_A Σ_t L_t(A + Δ_t)), ``standard_solution``; the
-factored kind adds the factor-form operations of the fast solvers.
+Every kind offers one interface, on the adapters' updates Δ_t given as :class:`Adapters`
+(factor rows or dense; ``None`` means Δ = 0):
+
+=====================================  ===========================================================
+``losses(A, adapters)``                per-task L_t(A + Δ_t), shape (T,)
+``objective(A, adapters)``             Σ_t L_t(A + Δ_t), accurate to rounding of the differences
+``value_and_gradient(A, adapters)``    (F, ∇_A F, G) with G_t = ∇L_t(A + Δ_t): dense (T, d_out, d_in),
+                                       or implicit (:class:`~fastlora.linop.SharedPlusLowRank`)
+``residual(A)``                        the model at A as a :class:`Point` — what adapter steps fit
+``a_step(adapters, previous)``         argmin_A Σ_t L_t(A + Δ_t), as the next :class:`Point`
+``objective_after_a_step(point, ad)``  F at an A-step point, by the cheapest identity, and whether
+                                       that value is accurate near zero
+``standard_solution()``                argmin_A Σ_t L_t(A)
+=====================================  ===========================================================
+
+The ALS, gradient and Reptile solvers, and the adapter steps, use only this interface.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
-from .arrays import batched_frobenius_sq
+from .arrays import array_module, batched_frobenius_sq, frobenius_sq
 from .errors import FastLoRAError
+from .kernels import ResidualNorms
 from .linop import SharedPlusLowRank
 from .tasks import LowRankTarget, Task, dense_target
 
 _PINV_RTOL = 1e-12  # eigenvalues of Σ below this fraction of the largest are treated as 0
 
 
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Adapters:
+    """Every task's update Δ_t: factor rows ``B`` (T, r, d_out), ``C`` (T, r, d_in) with
+    Δ_t = B_tᵀ C_t (``B is C`` for symmetric updates), or ``dense`` (T, d_out, d_in)."""
+
+    B: Any = None
+    C: Any = None
+    dense: Any = None
+
+    @classmethod
+    def from_params(cls, peft, params, delta, factored: bool = True) -> "Adapters":
+        """The updates of ``params``: factor rows when ``factored`` and ``peft.factors`` exists,
+        else ``delta(params)`` (``delta`` is the backend's, with any base bound)."""
+        factors = getattr(peft, "factors", None)
+        if factored and callable(factors) and not getattr(peft, "uses_base", False):
+            B, C = factors(params)
+            rows_B = B.swapaxes(1, 2)
+            return cls(B=rows_B, C=rows_B if C is B else C.swapaxes(1, 2))
+        return cls(dense=delta(params))
+
+    @property
+    def factored(self) -> bool:
+        return self.B is not None
+
+    def to_dense(self):
+        return self.dense if self.dense is not None else self.B.swapaxes(1, 2) @ self.C
+
+
+@dataclass(eq=False)
+class Point:
+    """The shared models at one A per problem, with what adapter steps read from them
+    (subclasses add the kind's residual).  ``A`` (P, d_out, d_in); ``step_sq`` (P,) =
+    ‖A − A_previous‖²_F (0 at a start) and ``A_sq`` (P,) = ‖A‖²_F, host float64 arrays."""
+
+    A: Any
+    step_sq: Any = None
+    A_sq: Any = None
+
+    @property
+    def relative_change(self):
+        """‖A − A_previous‖ / ‖A‖ per problem (absolute where A = 0), shape (P,)."""
+        safe = np.where(self.A_sq > 0, self.A_sq, 1.0)
+        return np.where(self.A_sq > 0, np.sqrt(self.step_sq / safe), np.sqrt(self.step_sq))
+
+
+@dataclass(eq=False)
+class SharedResidual(Point):
+    """Factored population (P = 1): D = S − A (d_out, d_in), symmetrised when ``symmetric``
+    (what the PSD fit needs), with ``norms`` (:class:`~fastlora.kernels.ResidualNorms`) from
+    the same pass."""
+
+    D: Any = None
+    symmetric: bool = False
+    norms: ResidualNorms | None = None
+
+
+@dataclass(eq=False)
+class DenseResidual(Point):
+    """Dense population: R_t = W*_t − A (P·T, d_out, d_in), formed on first use."""
+
+    batch: Any = None
+    _R: Any = None
+
+    @property
+    def R(self):
+        if self._R is None:
+            self._R = self.batch.W_star - self.batch.per_task(self.A)
+        return self._R
+
+
+@dataclass(eq=False)
+class FiniteResidual(Point):
+    """Finite samples: the negative gradient at Δ = 0, G_t = YᵀX/n − AΣ_t (P·T, d_out, d_in), on first use."""
+
+    batch: Any = None
+    _G: Any = None
+
+    @property
+    def G(self):
+        if self._G is None:
+            self._G = self.batch.cross - self.batch.per_task(self.A) @ self.batch.Sigma
+        return self._G
+
+
+def _pairings(D, B, C):
+    """Per task ⟨D, B_tᵀC_t⟩_F = Σ_l B_t[l]·(D C_t[l]) for rows B (T, r, d_out), C (T, r, d_in): one GEMM."""
+    xp = array_module(D)
+    T, r, d_in = C.shape
+    DC = (xp.ascontiguousarray(C).reshape(T * r, d_in) @ D.T).reshape(T, r, -1)
+    return xp.sum((DC * B).reshape(T, -1), axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
 class Batch:
+    """P problems of T tasks each (P = 1 for a single solve); per-task arrays have the leading
+    axis P·T (problem-major), A is (P, d_out, d_in), per-problem values are host arrays (P,).
+    Every per-problem result is computed by the same operations whatever P is, so a problem's
+    numbers do not depend on the other problems solved with it."""
+
     kind = "abstract"
     is_population = True
 
-    def __init__(self, backend, dtype, T, d_out, d_in):
+    def __init__(self, backend, dtype, P, T, d_out, d_in):
         self.backend, self.xp, self.dtype = backend, backend.xp, dtype
-        self.T, self.d_out, self.d_in = T, d_out, d_in
+        self.P, self.T, self.d_out, self.d_in = P, T, d_out, d_in
+        self.frame = None  # reduced problems: (Q_outᵀ S Q_in (P, m_out, m_in), ‖S‖² (P,)), see set_frame
 
-    def objective(self, A, delta=None) -> float:
-        return float(self.xp.sum(self.losses(A, delta)))
+    def set_frame(self, base_reduced, base_sq) -> None:
+        """This batch is the reduction of a full problem (fastlora.reduction): its A stands for the
+        full S + Q_out A Q_inᵀ, whose norm (the convergence test's scale) and null objective (the
+        scale of "objective ≈ 0") are those of the full problem."""
+        self.frame = (self.backend.asarray(base_reduced, self.dtype), np.asarray(base_sq, dtype=np.float64))
 
-    def losses(self, A, delta=None):
-        """Per-task L_t(A + Δ_t) (T,)."""
-        return self.losses_W(self._W(A, delta))
+    def full_sq(self, A):
+        """‖A‖²_F per problem, of the full-space A where this batch is a reduction."""
+        if self.frame is None:
+            return self.problem_sq(A)
+        base_reduced, base_sq = self.frame
+        inner = self.host(self.xp.sum((A * base_reduced).reshape(self.P, -1), axis=1))
+        return self.problem_sq(A) + 2 * inner + base_sq
 
-    def grad(self, A, delta=None):
-        """Per-task ∇L_t at W_t = A + Δ_t (T, d_out, d_in)."""
-        return self.grad_W(self._W(A, delta))
+    # -- layout helpers ---------------------------------------------------------------------
+    def per_task(self, A):
+        """A (P, d_out, d_in) repeated for each problem's T tasks: (P·T, d_out, d_in) (a view when P = 1)."""
+        if self.P == 1:
+            return self.xp.broadcast_to(A, (self.T, *A.shape[1:]))
+        return self.xp.repeat(A, self.T, axis=0)
 
-    def losses_and_grad(self, A, delta=None):
-        W = self._W(A, delta)
-        return self.losses_W(W), self.grad_W(W)
+    def sum_tasks(self, X):
+        """Σ over each problem's tasks of a per-task array (P·T, ...) -> (P, ...)."""
+        return self.xp.sum(X.reshape(self.P, self.T, *X.shape[1:]), axis=1)
 
-    def null_objective(self) -> float:
-        """Σ_t L_t(0): the scale against which 'objective ≈ 0' is judged."""
-        return self.objective(self.xp.zeros((self.d_out, self.d_in), self.dtype))
+    def task_mask(self, problem_mask):
+        """A per-problem boolean (P,) repeated per task (P·T,)."""
+        return np.repeat(np.asarray(problem_mask, dtype=bool), self.T)
 
-    def _W(self, A, delta):
-        return A[None] if delta is None else A[None] + delta
+    def host(self, values):
+        """Per-problem values as a host float64 array."""
+        return np.asarray(self.backend.to_numpy(values), dtype=np.float64).reshape(self.P)
+
+    def problem_sq(self, X):
+        """‖X_p‖²_F for X (P, ...) -> host (P,)."""
+        return self.host(batched_frobenius_sq(X))
+
+    # -- the dense interface (Δ_t as full matrices): every kind has it ----------------------
+    def losses(self, A, adapters=None):
+        """Per-task L_t(A + Δ_t), (P·T,)."""
+        return self.losses_W(self._W(A, adapters))
+
+    def objective(self, A, adapters=None):
+        """Σ_t L_t(A + Δ_t) per problem, host (P,)."""
+        return self.host(self.sum_tasks(self.losses(A, adapters)))
+
+    def gradient(self, A, adapters=None, implicit: bool = False):
+        """G_t = ∇L_t(A + Δ_t) for every task: dense (P·T, d_out, d_in), or implicit where the
+        kind supports it and ``implicit`` (the parameterization accepts implicit gradients)."""
+        return self.grad_W(self._W(A, adapters))
+
+    def value_and_gradient(self, A, adapters=None, implicit: bool = False):
+        """(F per problem (P,), ∇_A F = Σ_t G_t (P, d_out, d_in), G) with G as in :meth:`gradient`."""
+        W = self._W(A, adapters)
+        G = self.grad_W(W)
+        return self.host(self.sum_tasks(self.losses_W(W))), self.sum_tasks(G), G
+
+    def objective_after_a_step(self, point: Point, adapters):
+        """(F(point.A, Δ) per problem, accurate): the objective at an A-step point."""
+        return self.objective(point.A, adapters), True
+
+    def null_objective(self):
+        """Σ_t L_t(0) per problem (of the full problem where this is a reduction): the scale against
+        which 'objective ≈ 0' is judged."""
+        if self.frame is not None:
+            # Σ_t ½‖S + Q b_tc_tᵀ Qᵀ‖² = Σ_t ½‖S_red + b_tc_tᵀ‖² + ½T(‖S‖² − ‖S_red‖²), S_red = QᵀSQ
+            base_reduced, base_sq = self.frame
+            return self.objective(-base_reduced) + 0.5 * self.T * (base_sq - self.problem_sq(base_reduced))
+        return self.objective(self.xp.zeros((self.P, self.d_out, self.d_in), self.dtype))
+
+    def point(self, A, previous: Point | None = None, **fields) -> dict:
+        return {"A": A, "step_sq": self.problem_sq(A - previous.A) if previous is not None else np.zeros(self.P),
+                "A_sq": self.full_sq(A), **fields}
+
+    def _W(self, A, adapters):
+        W = self.per_task(A)
+        return W if adapters is None else W + adapters.to_dense()
 
 
 class DensePopulation(Batch):
     kind = "dense"
 
-    def __init__(self, backend, dtype, W_star):
-        super().__init__(backend, dtype, *W_star.shape)
+    def __init__(self, backend, dtype, W_star, P: int = 1):
+        super().__init__(backend, dtype, P, W_star.shape[0] // P, *W_star.shape[1:])
         self.W_star = backend.asarray(W_star, dtype)
-
-    def targets(self):
-        return self.W_star
 
     def losses_W(self, W):
         return 0.5 * batched_frobenius_sq(W - self.W_star)
@@ -69,39 +239,44 @@ class DensePopulation(Batch):
     def grad_W(self, W):
         return W - self.W_star
 
-    def losses_and_grad(self, A, delta=None):
-        R = self._W(A, delta) - self.W_star
-        return 0.5 * batched_frobenius_sq(R), R
+    def residual(self, A, previous: Point | None = None, symmetric: bool = False) -> DenseResidual:
+        return DenseResidual(**self.point(A, previous, batch=self))
 
-    def a_step(self, delta=None):
-        R = self.W_star if delta is None else self.W_star - delta
-        return self.xp.mean(R, axis=0)
+    def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> DenseResidual:
+        """A = mean_t (W*_t − Δ_t) per problem."""
+        target = self.W_star if adapters is None else self.W_star - adapters.to_dense()
+        return self.residual(self.sum_tasks(target) / self.T, previous)
 
     def standard_solution(self):
-        return self.a_step(None)
+        return self.sum_tasks(self.W_star) / self.T
 
 
 class FactoredPopulation(Batch):
-    """W*_t = S + B*_t C*_tᵀ; factors kept as (T, k, d) rows for the shared GEMMs."""
+    """One problem (P = 1) with W*_t = S + B*_t C*_tᵀ; the target factors are kept as rows
+    ``B_rows`` (T, k, d_out), ``C_rows`` (T, k, d_in) for the shared GEMMs, and
+    ``mean_target`` = mean_t W*_t.  The kernels see A as (d_out, d_in)."""
 
     kind = "factored"
 
-    def __init__(self, backend, dtype, S, B_star, C_star, symmetric: bool):
+    def __init__(self, backend, dtype, base, B_star, C_star, symmetric: bool):
         T, d_out, _ = B_star.shape
-        super().__init__(backend, dtype, T, d_out, S.shape[1])
-        xp, cast = self.xp, (lambda a: backend.asarray(a, dtype))
+        super().__init__(backend, dtype, 1, T, d_out, base.shape[1])
+
+        def cast(a):
+            return backend.asarray(a, dtype)
+
         self.symmetric = symmetric
-        self.S = cast(S)
-        self.Bs = cast(np.ascontiguousarray(np.swapaxes(B_star, 1, 2)))   # (T, k, d_out), free if already rows
-        self.Cs = self.Bs if symmetric else cast(np.ascontiguousarray(np.swapaxes(C_star, 1, 2)))  # (T, k, d_in)
-        k = self.Bs.shape[1]
-        # M = mean_t W*_t: one GEMM of width T·k, done once.
-        self.M = self.S + (self.Bs.reshape(T * k, d_out).T @ self.Cs.reshape(T * k, self.d_in)) / T
+        self.base = cast(base)
+        self.B_rows = cast(np.ascontiguousarray(np.swapaxes(B_star, 1, 2)))   # free if already rows
+        self.C_rows = self.B_rows if symmetric else cast(np.ascontiguousarray(np.swapaxes(C_star, 1, 2)))
+        self.ops = backend.kernels
+        # mean_t W*_t: one GEMM of width T·k, done once
+        self.mean_target = self.ops.shared_plus_gram(self.base, self.B_rows, self.C_rows, 1.0 / T)
         self._target_gram = None
 
     def targets(self):
         """Dense W*_t (T, d_out, d_in) — only for paths that cannot use the structure."""
-        return self.S[None] + self.Bs.swapaxes(1, 2) @ self.Cs
+        return self.base[None] + self.B_rows.swapaxes(1, 2) @ self.C_rows
 
     def losses_W(self, W):
         return 0.5 * batched_frobenius_sq(W - self.targets())
@@ -109,80 +284,125 @@ class FactoredPopulation(Batch):
     def grad_W(self, W):
         return W - self.targets()
 
-    def a_step(self, delta=None):
-        return self.M if delta is None else self.M - self.xp.mean(delta, axis=0)
-
     def standard_solution(self):
-        return self.M.copy()
+        return self.mean_target.copy()[None]
 
-    def null_objective(self) -> float:
-        xp = self.xp
-        target_sq = self.T * xp.sum(self.S * self.S) + 2 * self.T * xp.sum(self.S * (self.M - self.S)) \
-            + xp.sum(self.target_gram())
-        return 0.5 * float(target_sq)
+    def null_objective(self):
+        if self.frame is not None:
+            return super().null_objective()
+        S, M = self.base, self.mean_target
+        return np.array([0.5 * (self.T * frobenius_sq(S) + 2 * self.T * float(self.xp.sum(S * (M - S)))
+                                + float(self.xp.sum(self.target_gram())))])
 
-    # -- factor-form operations (rows: B (T, r, d_out), C (T, r, d_in); Δ_t = B_tᵀ C_t) ----
     def target_gram(self):
         """Per task ‖B*_t C*_tᵀ‖²_F (T,)."""
         if self._target_gram is None:
-            k = self.backend.kernels
-            self._target_gram = k.gram_inner(self.Bs, self.Cs, self.Bs, self.Cs)
+            self._target_gram = self.ops.gram_inner(self.B_rows, self.C_rows, self.B_rows, self.C_rows)
         return self._target_gram
 
-    def perturbation_error(self, B, C, accurate: bool = True):
+    def perturbation_error(self, adapters, accurate: bool = True):
         """Per task ‖B*_t C*_tᵀ − Δ_t‖²_F (T,), O(T·d·r²).
 
         ``accurate``: by a QR of [C*_t, C_t], with rounding error proportional to the
         difference itself (what a line search needs near the optimum).  Otherwise from r×r
         Gram matrices — cheaper, but with an error floor of ~eps·‖B*C*ᵀ‖² per task.
         """
-        k = self.backend.kernels
+        B, C = adapters.B, adapters.C
         if accurate:
-            return k.lowrank_diff_sq(self.Bs, self.Cs, B, C)
-        own = k.gram_inner(B, C, B, C)
-        return self.target_gram() - 2 * k.gram_inner(self.Bs, self.Cs, B, C) + own
+            return self.ops.lowrank_diff_sq(self.B_rows, self.C_rows, B, C)
+        own = self.ops.gram_inner(B, C, B, C)
+        return self.target_gram() - 2 * self.ops.gram_inner(self.B_rows, self.C_rows, B, C) + own
 
-    def a_step_factors_with_stats(self, B, C, A_old, symmetrize: bool, out=None):
-        """(A, D, stats): the A step A = M − (1/T) Σ_t B_tᵀ C_t plus the residual D = S − A (symmetrised if
-        asked) and [‖D‖², ‖S − A‖², ‖A − A_old‖², ‖A‖²], in one pass on fast backends.
-        ``out``: a (d_out, d_in) buffer for D that may be overwritten."""
-        return self.backend.kernels.shared_update_stats(self.M, B, C, -1.0 / self.T, self.S, A_old, symmetrize,
-                                                        out=out)
+    # -- the interface, in factor form --------------------------------------------------------
+    def losses(self, A, adapters=None):
+        """½‖D + B*_tC*_tᵀ − Δ_t‖² per task, D = S − A, from products of D with the factor rows."""
+        if adapters is None or not adapters.factored:
+            return super().losses(A, adapters)
+        D = self.base - A[0]
+        cross = _pairings(D, self.B_rows, self.C_rows) - _pairings(D, adapters.B, adapters.C)
+        return 0.5 * (frobenius_sq(D) + 2 * cross + self.perturbation_error(adapters))
 
-    def objective_after_a_step(self, B, C, dist_sq: float, accurate: bool = False) -> float:
-        """Σ_t L_t(A + Δ_t) when A is the A step of (B, C): ½[Σ_t ‖B*C*ᵀ − Δ_t‖² − T‖S − A‖²].
-
-        ``dist_sq`` = ‖S − A‖².  O(T·d·r²).  Where the optimum has A ≠ S (T ≤ 2) the terms
-        cancel, and with ``accurate=False`` the Gram floor applies: the value is then
-        accurate to ~eps·Σ_t‖B*C*ᵀ‖² only (it is floored at 0 by the monitor).
-        """
-        return 0.5 * (float(self.xp.sum(self.perturbation_error(B, C, accurate))) - self.T * dist_sq)
-
-    def objective_factors(self, A, B, C, sum_delta=None) -> float:
-        """Σ_t ½‖D + B*_tC*_tᵀ − Δ_t‖², D = S − A, for any A; O(d² + T·d·r²) given Σ_t Δ_t."""
-        xp = self.xp
+    def objective(self, A, adapters=None, sum_delta=None):
+        """Σ_t ½‖D + B*_tC*_tᵀ − Δ_t‖², D = S − A, for any A: O(d² + T·d·r²) given Σ_t Δ_t."""
+        if adapters is None or not adapters.factored:
+            return super().objective(A, adapters)
         if sum_delta is None:
-            sum_delta = self.backend.kernels.shared_plus_gram(xp.zeros_like(A), B, C, 1.0)
-        D = self.S - A
-        cross = 2 * float(xp.sum(D * (self.T * (self.M - self.S) - sum_delta)))
-        return 0.5 * (self.T * float(xp.sum(D * D)) + cross + float(xp.sum(self.perturbation_error(B, C))))
+            sum_delta = self.ops.gram_sum(adapters.B, adapters.C)
+        D = self.base - A[0]
+        cross = 2 * float(self.xp.sum(D * (self.T * (self.mean_target - self.base) - sum_delta)))
+        return np.array([0.5 * (self.T * frobenius_sq(D) + cross
+                                + float(self.xp.sum(self.perturbation_error(adapters))))])
 
-    def implicit_grad(self, A, B, C):
-        """G_t = A + Δ_t − W*_t = (A − S) + [B_t, −B*_t][C_t, C*_t]ᵀ as an implicit batch (rows B, C)."""
+    def gradient(self, A, adapters=None, implicit: bool = False):
+        """With factor adapters and ``implicit``: G_t = (A − S) + [B_t; −B*_t]ᵀ[C_t; C*_t] as an
+        implicit batch — no dense (T, d_out, d_in) array."""
+        if adapters is None or not adapters.factored or not implicit:
+            return super().gradient(A, adapters)
         xp = self.xp
-        P = xp.concatenate([B, -self.Bs], axis=1)
-        Q = xp.concatenate([C, self.Cs], axis=1)
-        return SharedPlusLowRank(A - self.S, P, Q, self.backend.kernels)
+        return SharedPlusLowRank(A[0] - self.base, xp.concatenate([adapters.B, -self.B_rows], axis=1),
+                                 xp.concatenate([adapters.C, self.C_rows], axis=1), self.ops)
+
+    def value_and_gradient(self, A, adapters=None, implicit: bool = False):
+        """As :meth:`gradient`, with ∇_A F = T(A − M) + Σ_t Δ_t from one GEMM of width T·r."""
+        if adapters is None or not adapters.factored or not implicit:
+            return super().value_and_gradient(A, adapters)
+        sum_delta = self.ops.gram_sum(adapters.B, adapters.C)
+        value = self.objective(A, adapters, sum_delta)
+        return value, (self.T * (A[0] - self.mean_target) + sum_delta)[None], self.gradient(A, adapters, implicit)
+
+    def _shared(self, A, D, norms, symmetric) -> SharedResidual:
+        A = A[None] if A.ndim == 2 else A
+        A_sq = np.array([norms.A_sq]) if self.frame is None else self.full_sq(A)
+        return SharedResidual(A, np.array([norms.step_sq]), A_sq, D=D, symmetric=symmetric, norms=norms)
+
+    def residual(self, A, previous: Point | None = None, symmetric: bool = False) -> SharedResidual:
+        D, norms = self.ops.residual_stats(self.base, A[0], (A if previous is None else previous.A)[0], symmetric)
+        return self._shared(A, D, norms, symmetric)
+
+    def a_step(self, adapters, previous: SharedResidual | None = None, symmetric: bool = False) -> SharedResidual:
+        """A = M − (1/T) Σ_t B_tᵀC_t and its residual, in one pass on fast backends.
+
+        The previous residual's memory is reused for the new one: ``previous.D`` is released
+        (set to None), so a stale residual cannot be read by mistake.
+        """
+        if adapters is None:
+            return self.residual(self.standard_solution(), previous, symmetric)
+        if not adapters.factored:
+            return self.residual((self.mean_target - self.xp.mean(adapters.dense, axis=0))[None], previous, symmetric)
+        old_A = self.mean_target if previous is None else previous.A[0]
+        out = None if previous is None else previous.D
+        A, D, norms = self.ops.shared_update_stats(self.mean_target, adapters.B, adapters.C, -1.0 / self.T, self.base,
+                                                   old_A, symmetric, out=out)
+        if previous is not None:
+            previous.D = None
+        return self._shared(A, D, norms, symmetric)
+
+    def objective_after_a_step(self, point: Point, adapters):
+        """½[Σ_t ‖B*C*ᵀ − Δ_t‖² − T‖S − A‖²] when A is the A step of these adapters: O(T·d·r²).
+
+        Where the optimum has A ≠ S (T ≤ 2) the terms cancel, and the Gram form has a rounding
+        floor of ~eps·Σ_t‖B*C*ᵀ‖²: the value is not accurate near zero (second element False).
+        """
+        if not adapters.factored or not isinstance(point, SharedResidual):
+            return super().objective_after_a_step(point, adapters)
+        value = 0.5 * (float(self.xp.sum(self.perturbation_error(adapters, accurate=False)))
+                       - self.T * point.norms.distance_sq)
+        return np.array([value]), False
 
 
 class FiniteSample(Batch):
+    """Σ_t = XᵀX/n (P·T, d_in, d_in), ``cross`` = YᵀX/n (P·T, d_out, d_in), s_t = ‖Y‖²/2n (P·T,)."""
+
     kind = "finite"
     is_population = False
 
-    def __init__(self, backend, dtype, Sigma, C, s, n):
-        super().__init__(backend, dtype, C.shape[0], C.shape[1], C.shape[2])
-        cast = (lambda a: backend.asarray(a, dtype))
-        self.Sigma, self.C, self.s = cast(Sigma), cast(C), cast(s)
+    def __init__(self, backend, dtype, Sigma, cross, s, n, P: int = 1):
+        super().__init__(backend, dtype, P, cross.shape[0] // P, cross.shape[1], cross.shape[2])
+
+        def cast(a):
+            return backend.asarray(a, dtype)
+
+        self.Sigma, self.cross, self.s = cast(Sigma), cast(cross), cast(s)
         self.n = np.asarray(n)
         self._whiteners = None
         self._gram_solver = None
@@ -197,8 +417,8 @@ class FiniteSample(Batch):
         """
         if self._least_squares is None:
             xp = self.xp
-            W_hat = self.C @ self.sigma_pinv_half()[1]
-            fit = 0.5 * xp.sum(((W_hat @ self.Sigma) * W_hat).reshape(self.T, -1), axis=1)
+            W_hat = self.cross @ self.sigma_pinv_half()[1]
+            fit = 0.5 * xp.sum(((W_hat @ self.Sigma) * W_hat).reshape(W_hat.shape[0], -1), axis=1)
             self._least_squares = (W_hat, xp.maximum(self.s - fit, 0.0))
         return self._least_squares
 
@@ -208,16 +428,16 @@ class FiniteSample(Batch):
         return self._losses(E, E @ self.Sigma, floor)
 
     def _losses(self, E, ES, floor):
-        return 0.5 * self.xp.sum((ES * E).reshape(self.T, -1), axis=1) + floor
+        return 0.5 * self.xp.sum((ES * E).reshape(E.shape[0], -1), axis=1) + floor
 
     def grad_W(self, W):
-        return W @ self.Sigma - self.C
+        return W @ self.Sigma - self.cross
 
-    def losses_and_grad(self, A, delta=None):
+    def value_and_gradient(self, A, adapters=None, implicit: bool = False):
         W_hat, floor = self.least_squares()
-        E = self._W(A, delta) - W_hat
+        E = self._W(A, adapters) - W_hat
         ES = E @ self.Sigma  # = WΣ − C, the gradient
-        return self._losses(E, ES, floor), ES
+        return self.host(self.sum_tasks(self._losses(E, ES, floor))), self.sum_tasks(ES), ES
 
     def sigma_pinv_half(self):
         """Σ_t^{+1/2} and Σ_t^+ (pseudo-inverses on the range of Σ_t), computed once."""
@@ -232,35 +452,35 @@ class FiniteSample(Batch):
             self._whiteners = (half, full)
         return self._whiteners
 
-    def a_step(self, delta=None):
-        """Solve A (Σ_t Σ_t) = Σ_t (C_t − Δ_t Σ_t) (minimum-norm where Σ_t Σ_t is singular)."""
-        xp = self.xp
-        rhs = xp.sum(self.C, axis=0)
-        if delta is not None:
-            rhs = rhs - xp.sum(delta @ self.Sigma, axis=0)
-        return rhs @ self._gram_pinv()
+    def residual(self, A, previous: Point | None = None, symmetric: bool = False) -> FiniteResidual:
+        return FiniteResidual(**self.point(A, previous, batch=self))
 
-    def a_step_factors(self, B, C):
-        """As :meth:`a_step` with Δ_t = B_tᵀ C_t (rows), never forming Δ_t."""
-        xp = self.xp
-        rhs = xp.sum(self.C, axis=0) - xp.einsum("trm,trn->mn", B, C @ self.Sigma)
-        return rhs @ self._gram_pinv()
+    def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> FiniteResidual:
+        """Solve A (Σ_t Σ_t) = Σ_t (C_t − Δ_t Σ_t) per problem (minimum-norm where Σ_t Σ_t is
+        singular); with factor adapters Δ_tΣ_t = B_tᵀ(C_tΣ_t), never forming Δ_t."""
+        rhs = self.cross
+        if adapters is not None and adapters.factored:
+            rhs = rhs - adapters.B.swapaxes(1, 2) @ (adapters.C @ self.Sigma)
+        elif adapters is not None:
+            rhs = rhs - adapters.dense @ self.Sigma
+        return self.residual(self.sum_tasks(rhs) @ self._gram_pinv(), previous)
 
     def _gram_pinv(self):
+        """(Σ_t Σ_t)⁺ per problem (P, d_in, d_in)."""
         if self._gram_solver is None:
             xp = self.xp
-            total = xp.sum(self.Sigma, axis=0)
-            lam, V = xp.linalg.eigh(total)
-            cut = _PINV_RTOL * max(float(lam[-1]), float(xp.finfo(lam.dtype).tiny))
-            inv = xp.where(lam > cut, 1.0 / xp.where(lam > cut, lam, 1.0), 0.0)
-            self._gram_solver = (V * inv[None, :]) @ V.T
+            lam, V = xp.linalg.eigh(self.sum_tasks(self.Sigma))
+            cut = _PINV_RTOL * xp.maximum(lam[:, -1:], xp.finfo(lam.dtype).tiny)
+            keep = lam > cut
+            inv = xp.where(keep, 1.0 / xp.where(keep, lam, 1.0), 0.0)
+            self._gram_solver = (V * inv[:, None, :]) @ V.swapaxes(1, 2)
         return self._gram_solver
 
     def standard_solution(self):
-        return self.a_step(None)
+        return self.a_step(None).A
 
-    def null_objective(self) -> float:
-        return float(self.xp.sum(self.s))
+    def null_objective(self):
+        return self.host(self.sum_tasks(self.s))
 
 
 def as_task_list(problem_or_tasks) -> list[Task]:
@@ -285,27 +505,69 @@ def as_task_list(problem_or_tasks) -> list[Task]:
     return tasks
 
 
-def make_batch(tasks: list[Task], backend, dtype, *, structured: bool = True, source=None) -> Batch:
-    """Batch ``tasks`` on ``backend``; factored targets sharing one base stay factored.
+# Problems up to this size are batched densely (their factored targets materialised): a
+# full eigen/singular decomposition per task is then cheaper than the many more iterations
+# of subspace ALS it saves (and makes Anderson extrapolation possible), and same-shape
+# problems can be stacked on a leading problem axis.  Above it, the factored structure wins.
+DENSE_MAX_DIM = 32
+
+
+def is_small(d_out: int, d_in: int) -> bool:
+    return max(d_out, d_in) <= DENSE_MAX_DIM
+
+
+def batch_kind(tasks: list[Task], *, structured: bool = True, source=None) -> str:
+    """The kind :func:`make_batch` builds for ``tasks``: "factored", "dense" or "finite".
+
+    ``structured=False`` (or small problems, unless ``structured="always"``) materialises
+    factored targets.
+    """
+    if not tasks[0].is_population:
+        return "finite"
+    if not structured or (structured != "always" and is_small(tasks[0].d_out, tasks[0].d_in)):
+        return "dense"
+    if _from_problem(tasks, source):
+        return "factored"
+    targets = [t.target for t in tasks]
+    if all(isinstance(g, LowRankTarget) for g in targets) \
+            and all(g.base is targets[0].base or np.array_equal(g.base, targets[0].base) for g in targets):
+        return "factored"
+    return "dense"
+
+
+def _from_problem(tasks, source) -> bool:
+    return source is not None and getattr(source, "n", 0) is None and getattr(source, "tasks", None) is tasks \
+        and hasattr(source, "B_star")
+
+
+def make_batch(tasks: list[Task], backend, dtype, *, structured=True, source=None) -> Batch:
+    """Batch one problem's ``tasks`` on ``backend``; large factored targets sharing one base
+    stay factored (``structured``: as in :func:`batch_kind`).
 
     ``source``: the Problem the tasks came from, if any; its batched factors are then used
     as they are (no copy on CPU backends in float64).
     """
-    if structured and source is not None and getattr(source, "n", 0) is None \
-            and getattr(source, "tasks", None) is tasks and hasattr(source, "B_star"):
+    kind = batch_kind(tasks, structured=structured, source=source)
+    if kind != "factored":
+        return stack_problems([tasks], backend, dtype, kind)
+    if _from_problem(tasks, source):
         return FactoredPopulation(backend, dtype, source.A_star, source.B_star, source.C_star, source.symmetric)
-    if not tasks[0].is_population:
-        return FiniteSample(backend, dtype, np.stack([t.Sigma for t in tasks]), np.stack([t.C for t in tasks]),
-                            np.array([t.s for t in tasks]), [t.n for t in tasks])
     targets = [t.target for t in tasks]
-    if structured and all(isinstance(g, LowRankTarget) for g in targets) \
-            and all(g.base is targets[0].base or np.array_equal(g.base, targets[0].base) for g in targets):
-        k = max(g.B.shape[1] for g in targets)
-        symmetric = all(g.symmetric for g in targets)
-        B = np.stack([_pad(g.B, k) for g in targets])
-        C = B if symmetric else np.stack([_pad(g.C, k) for g in targets])
-        return FactoredPopulation(backend, dtype, targets[0].base, B, C, symmetric)
-    return DensePopulation(backend, dtype, np.stack([dense_target(g) for g in targets]))
+    k = max(g.B.shape[1] for g in targets)
+    symmetric = all(g.symmetric for g in targets)
+    B = np.stack([_pad(g.B, k) for g in targets])
+    C = B if symmetric else np.stack([_pad(g.C, k) for g in targets])
+    return FactoredPopulation(backend, dtype, targets[0].base, B, C, symmetric)
+
+
+def stack_problems(problems: list[list[Task]], backend, dtype, kind: str) -> Batch:
+    """P problems of the same shape and T as one batch of kind "dense" or "finite" (problem-major)."""
+    tasks = [t for problem in problems for t in problem]
+    P = len(problems)
+    if kind == "finite":
+        return FiniteSample(backend, dtype, np.stack([t.Sigma for t in tasks]), np.stack([t.C for t in tasks]),
+                            np.array([t.s for t in tasks]), [t.n for t in tasks], P=P)
+    return DensePopulation(backend, dtype, np.stack([dense_target(t.target) for t in tasks]), P=P)
 
 
 def _pad(F, k):

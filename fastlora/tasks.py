@@ -8,17 +8,26 @@ A finite-sample task keeps only its sufficient statistics (DESIGN.md §2)::
 A population task has L(W) = ½‖W − W*‖²_F.  Its target may be dense or factored,
 W* = base + B Cᵀ (:class:`LowRankTarget`), which keeps memory at O(d² + d·k) and lets the
 solvers batch the products with the shared ``base`` over all tasks.
+
+Fresh samples (:meth:`Task.sample`) come from one of two samplers with the same law:
+``"raw"`` draws X and ε and reduces them (O(n·d) normals), ``"stats"`` draws (Σ, C, s)
+directly from their exact joint law (O(d²) normals; see :func:`exact_statistics`).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
-from .errors import FastLoRAError, check_array, check_float, check_int
+from .config import require_memory
+from .errors import FastLoRAError, check_array, check_choice, check_float, check_int
 
 _SAMPLE_CHUNK = 65536  # rows generated at a time, so memory stays O(chunk · d)
+SAMPLERS = ("raw", "stats")
+# the raw sampler refuses more normal draws than this in one call (~5 minutes at the
+# ~3e7 draws/s measured for d=64): sampler="stats" has the same law at O(d²) draws
+MAX_RAW_DRAWS = 10**10
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,6 +41,32 @@ class LowRankTarget:
     base: np.ndarray
     B: np.ndarray
     C: np.ndarray
+
+    def __post_init__(self):
+        symmetric = self.B is self.C
+        base = check_array("base", self.base, ndim=2)
+        B = check_array("B", self.B, ndim=2)
+        C = B if symmetric else check_array("C", self.C, ndim=2)
+        d_out, d_in = base.shape
+        if B.shape[0] != d_out:
+            raise FastLoRAError(f"B has shape {B.shape}; its first axis must equal base's rows d_out={d_out}")
+        if C.shape != (d_in, B.shape[1]):
+            if symmetric:
+                raise FastLoRAError(f"C = B (symmetric perturbation) needs a square base; base has shape {base.shape} "
+                                    f"and B {B.shape}: pass C of shape ({d_in}, {B.shape[1]})")
+            raise FastLoRAError(f"C has shape {C.shape}; expected (d_in, k) = ({d_in}, {B.shape[1]}) "
+                                f"for base {base.shape} and B {B.shape}")
+        for name, value in (("base", base), ("B", B), ("C", C)):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def _trusted(cls, base, B, C) -> LowRankTarget:
+        """A target from arrays already known to be finite float64 of consistent shapes
+        (make_problem's draws): skips the O(d²) checks that would otherwise repeat per task."""
+        self = object.__new__(cls)
+        for name, value in (("base", base), ("B", B), ("C", C)):
+            object.__setattr__(self, name, value)
+        return self
 
     @property
     def symmetric(self) -> bool:
@@ -48,7 +83,7 @@ class LowRankTarget:
         return self.B @ self.C.T
 
 
-Target = Union[np.ndarray, LowRankTarget]
+Target = np.ndarray | LowRankTarget
 
 
 def dense_target(target: Target) -> np.ndarray:
@@ -61,26 +96,30 @@ class Task:
     ``Task(X, Y)`` builds a finite-sample task from data (``X`` (n, d_in), ``Y`` (n, d_out));
     only (Σ, C, s) are kept.  ``Task.population(W_star)`` builds a population task.
     Optional ``W_star`` on a finite-sample task is its ground truth, used for excess risk.
+    ``sampler`` ("raw" or "stats") is how :meth:`sample` draws fresh data from the ground truth.
     """
+
+    sampler = "raw"  # how sample() draws fresh data: "raw" or "stats" (same law; see sample_statistics)
 
     def __init__(self, X, Y, *, W_star: Target | None = None, noise: float | None = None):
         X = check_array("X", X, ndim=2)
         Y = check_array("Y", Y, ndim=2)
         if X.shape[0] != Y.shape[0]:
-            raise FastLoRAError(f"X and Y must have the same number of rows (samples); got {X.shape[0]} and {Y.shape[0]}")
-        if X.shape[0] < 1:
-            raise FastLoRAError("X must hold at least one sample (row)")
+            raise FastLoRAError(f"X and Y must have the same number of rows (samples); "
+                                f"got {X.shape[0]} and {Y.shape[0]}")
         n = X.shape[0]
         self._init_statistics(X.T @ X / n, Y.T @ X / n, float(np.sum(Y * Y)) / (2 * n), n,
                               W_star=W_star, noise=noise)
 
     # -- constructors -------------------------------------------------------------------
     @classmethod
-    def population(cls, W_star: np.ndarray | LowRankTarget | None = None, *, base=None, B=None, C=None) -> "Task":
+    def population(cls, W_star: np.ndarray | LowRankTarget | None = None, *, base=None, B=None, C=None,
+                   sampler: str = "raw") -> Task:
         """A population task with target ``W_star`` (dense), or factored ``base + B Cᵀ``.
 
         Pass either ``W_star`` (an array or a :class:`LowRankTarget`) or ``base``, ``B``
-        and ``C``; ``C`` defaults to ``B`` (symmetric perturbation).
+        and ``C``; ``C`` defaults to ``B`` (symmetric perturbation).  ``sampler`` is how
+        :meth:`sample` (fine-tuning draws) generates data: ``"raw"`` or ``"stats"``.
         """
         if W_star is None:
             if base is None or B is None:
@@ -97,11 +136,12 @@ class Task:
         self.Sigma = self.C = None
         self.s = None
         self.key = None
+        self.sampler = check_choice("sampler", sampler, SAMPLERS)
         return self
 
     @classmethod
     def from_statistics(cls, Sigma, C, s: float, n: int, *, W_star: Target | None = None,
-                        noise: float | None = None) -> "Task":
+                        noise: float | None = None) -> Task:
         """A finite-sample task from its sufficient statistics Σ = XᵀX/n, C = YᵀX/n, s = ‖Y‖²/2n."""
         Sigma = check_array("Sigma", Sigma, ndim=2)
         if Sigma.shape[0] != Sigma.shape[1]:
@@ -157,17 +197,23 @@ class Task:
         W = check_array("W", W, shape=(self.d_out, self.d_in))
         return 0.5 * float(np.sum((W - self.W_star) ** 2))
 
-    def sample(self, n: int, seed=0, noise: float | None = None) -> "Task":
-        """Draw ``n`` fresh samples x ~ N(0, I), y = W* x + ε, ε ~ N(0, noise² I)."""
+    def sample(self, n: int, seed=0, noise: float | None = None, sampler: str | None = None) -> Task:
+        """Draw ``n`` fresh samples x ~ N(0, I), y = W* x + ε, ε ~ N(0, noise² I).
+
+        ``sampler`` (default: the task's own, ``self.sampler``) picks how; the new task
+        keeps the sampler, the ground truth and the key.
+        """
         if self.target is None:
             raise FastLoRAError("cannot sample from a task without ground truth W_star")
         n = check_int("n", n, low=1)
         noise = self.noise if noise is None else noise
         noise = 0.0 if noise is None else check_float("noise", noise, low=0.0)
+        sampler = self.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(_task_seed(self, seed))
-        Sigma, C, s = sample_statistics(self.target, n, noise, rng)
+        Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler)
         task = Task.from_statistics(Sigma, C, s, n, W_star=self.target, noise=noise)
         task.key = self.key
+        task.sampler = sampler
         return task
 
     def __repr__(self) -> str:
@@ -184,16 +230,12 @@ def _task_seed(task: Task, seed) -> np.random.SeedSequence:
 
 
 def make_lowrank_target(base, B, C=None) -> LowRankTarget:
-    base = check_array("base", base, ndim=2)
-    B = check_array("B", B, ndim=2)
-    if B.shape[0] != base.shape[0]:
-        raise FastLoRAError(f"B has shape {B.shape}; its first axis must equal d_out={base.shape[0]}")
+    """``base + B Cᵀ`` with ``C`` defaulting to ``B`` (symmetric); checked by :class:`LowRankTarget`."""
+    if base is None or B is None:
+        raise FastLoRAError("a low-rank target needs base (d_out, d_in) and B (d_out, k)")
     if C is None:
+        B = check_array("B", B, ndim=2)
         C = B
-    else:
-        C = check_array("C", C, ndim=2)
-        if C.shape != (base.shape[1], B.shape[1]):
-            raise FastLoRAError(f"C has shape {C.shape}; expected ({base.shape[1]}, {B.shape[1]})")
     return LowRankTarget(base, B, C)
 
 
@@ -203,8 +245,47 @@ def _check_target(name: str, target) -> Target:
     return check_array(name, target, ndim=2)
 
 
-def sample_statistics(target: Target, n: int, noise: float, rng: np.random.Generator):
-    """Sufficient statistics of n samples of y = W* x + ε, generated in chunks."""
+def raw_draws(n: int, d_in: int, d_out: int, noise: float) -> int:
+    """Normal draws the raw sampler makes for ``n`` samples (X, and ε when noise > 0)."""
+    return int(n) * (d_in + (d_out if noise > 0 else 0))
+
+
+def check_raw_draws(draws: int, what: str) -> None:
+    """Refuse raw sampling that would take minutes to hours (more than ``MAX_RAW_DRAWS`` normals)."""
+    if draws > MAX_RAW_DRAWS:
+        raise FastLoRAError(f"{what} would draw {draws:.3g} random normals with sampler='raw' (more than "
+                            f"MAX_RAW_DRAWS={MAX_RAW_DRAWS:.0e}, minutes to hours of work); pass sampler='stats' "
+                            f"(the exact law of the sufficient statistics, O(d²) draws whatever n), or a smaller n")
+
+
+def sample_statistics(target: Target, n: int, noise: float, rng: np.random.Generator, sampler: str = "raw"):
+    """(Σ, C, s) of n samples of y = W* x + ε, x ~ N(0, I), ε ~ N(0, noise² I).
+
+    ``sampler="raw"`` draws the data in chunks of rows and reduces them; ``"stats"``
+    draws the statistics from their exact joint law (:func:`exact_statistics`).
+    """
+    d_out, d_in = target.shape
+    sampler = check_choice("sampler", sampler, SAMPLERS)
+    if sampler == "raw":
+        check_raw_draws(raw_draws(n, d_in, d_out, noise), f"sampling n={n} samples of a ({d_out}, {d_in}) task")
+    require_memory(sampling_bytes(n, d_in, d_out, sampler), f"sampling a ({d_out}, {d_in}) task",
+                   "use a smaller d (each task keeps d_in² + d_out·d_in statistics)")
+    if sampler == "stats" and n >= d_in:
+        return exact_statistics(target, n, noise, rng)
+    # raw draws; also "stats" with n < d_in, where XᵀX is singular (no Bartlett factor)
+    # and drawing X itself costs n·d_in < d_in² normals
+    return _raw_statistics(target, n, noise, rng)
+
+
+def sampling_bytes(n: int, d_in: int, d_out: int, sampler: str) -> int:
+    """Bytes one :func:`sample_statistics` call allocates: the statistics Σ, C and their
+    reduction buffers (3·(d_in² + d_out·d_in)), and X, Y and the noise for a chunk of rows
+    (raw, or stats with n < d_in) or R and M (stats)."""
+    rows = min(n, _SAMPLE_CHUNK) if sampler == "raw" or n < d_in else d_in
+    return 8 * (3 * d_in * (d_in + d_out) + 3 * rows * (d_in + d_out))
+
+
+def _raw_statistics(target: Target, n: int, noise: float, rng: np.random.Generator):
     d_out, d_in = target.shape
     Sigma = np.zeros((d_in, d_in))
     C = np.zeros((d_out, d_in))
@@ -213,10 +294,7 @@ def sample_statistics(target: Target, n: int, noise: float, rng: np.random.Gener
     while done < n:
         m = min(_SAMPLE_CHUNK, n - done)
         X = rng.standard_normal((m, d_in))
-        if isinstance(target, LowRankTarget):
-            Y = X @ target.base.T + (X @ target.C) @ target.B.T
-        else:
-            Y = X @ target.T
+        Y = _apply_transposed(target, X)
         if noise > 0:
             Y += noise * rng.standard_normal((m, d_out))
         Sigma += X.T @ X
@@ -224,3 +302,71 @@ def sample_statistics(target: Target, n: int, noise: float, rng: np.random.Gener
         sq += float(np.sum(Y * Y))
         done += m
     return Sigma / n, C / n, sq / (2 * n)
+
+
+def _apply_transposed(target: Target, X):
+    """X W*ᵀ for X (m, d_in), without forming a factored W*."""
+    if isinstance(target, LowRankTarget):
+        return X @ target.base.T + (X @ target.C) @ target.B.T
+    return X @ target.T
+
+
+def bartlett_factor(d: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Upper-triangular R (d, d) with RᵀR ~ Wishart_d(n, I), for n >= d (Bartlett decomposition).
+
+    R_ii = sqrt(χ²(n − i)) (i = 0..d−1), R_ij ~ N(0, 1) for i < j, all independent: the
+    law of the R factor of the QR decomposition of an (n, d) standard normal matrix.
+    """
+    diagonal, upper, dfs = _bartlett_layout(d)
+    R = np.zeros((d, d))
+    R.flat[diagonal] = np.sqrt(rng.chisquare(float(n) - dfs))
+    R.flat[upper] = rng.standard_normal(len(upper))
+    return R
+
+
+@functools.lru_cache(maxsize=64)
+def _bartlett_layout(d: int):
+    """Flat indices of the diagonal and the strict upper triangle (row-major) of a (d, d) array, and 0..d−1."""
+    rows, cols = np.triu_indices(d, 1)
+    layout = (np.arange(d) * (d + 1), rows * d + cols, np.arange(d, dtype=np.float64))
+    for a in layout:
+        a.setflags(write=False)  # shared by every call through the cache
+    return layout
+
+
+def exact_statistics(target: Target, n: int, noise: float, rng: np.random.Generator):
+    """(Σ, C, s) of n >= d_in samples, drawn from their exact joint law in O(d²) normals.
+
+    Derivation.  Write the data as X (n, d_in) with i.i.d. N(0, 1) entries, E (n, d_out)
+    with i.i.d. N(0, σ²) entries independent of X, and Y = X W*ᵀ + E.  Let X = Q R be the
+    thin QR decomposition (Q (n, d_in) with orthonormal columns, R upper triangular with
+    positive diagonal).  Then
+
+    * R has the Bartlett law (:func:`bartlett_factor`) and is independent of Q, so
+      XᵀX = RᵀR ~ Wishart(n, I) exactly;
+    * given X, the columns of E are N(0, σ² I_n); projecting them on the orthonormal
+      columns of [Q, Q⊥] gives Z = QᵀE/σ (d_in, d_out) with i.i.d. N(0, 1) entries and
+      ‖Q⊥ᵀE‖²/σ² ~ χ²(d_out·(n − d_in)), independent of each other and of X (their law
+      does not depend on X);
+    * QᵀY = R W*ᵀ + σ Z =: M (d_in, d_out) — the data seen through the column space of X —
+      so YᵀX = Mᵀ R, i.e. EᵀX = σ Zᵀ R (matrix normal with row covariance σ² XᵀX);
+    * ‖Y‖² = ‖Q QᵀY‖² + ‖Q⊥ᵀY‖² = ‖M‖²_F + ‖Q⊥ᵀE‖² (Q⊥ᵀ X = 0), the second term
+      σ² χ²(d_out·(n − d_in)).  Expanding ‖M‖² recovers tr(W* XᵀX W*ᵀ) + 2⟨W*, EᵀX⟩ + ‖P_X E‖².
+
+    Hence Σ = RᵀR/n, C = MᵀR/n and s = (‖M‖²_F + σ² χ²(d_out(n − d_in)))/2n, with R, Z and
+    the χ² drawn independently.  Cost: d_in² /2 + d_in·d_out normals and d_in + 1
+    chi-squares, O(d_in²·(d_in + d_out)) flops, whatever n.  With σ = 0 no noise is drawn
+    (as the raw sampler).  Draw order from ``rng``: the d_in diagonal chi-squares, the
+    strict upper triangle of R row by row, then Z, then the residual chi-square.
+    """
+    d_out, d_in = target.shape
+    if n < d_in:
+        raise FastLoRAError(f"exact_statistics needs n >= d_in (XᵀX is singular otherwise); got n={n}, d_in={d_in}")
+    R = bartlett_factor(d_in, n, rng)
+    M = _apply_transposed(target, R)  # R W*ᵀ, (d_in, d_out)
+    residual = 0.0
+    if noise > 0:
+        M += noise * rng.standard_normal((d_in, d_out))
+        if n > d_in:
+            residual = noise * noise * float(rng.chisquare(float(d_out) * float(n - d_in)))
+    return R.T @ R / n, M.T @ R / n, (float(np.sum(M * M)) + residual) / (2 * n)

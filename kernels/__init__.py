@@ -1,10 +1,76 @@
-"""Hot loops of fastlora, installed as ``fastlora.kernels``.
+"""Hot loops of fastlora, installed as ``fastlora.kernels``: the kernel contract.
 
-``reference`` is the array-module-generic (numpy / cupy) reference every fast path must
-agree with; ``numba_cpu`` holds the Numba CPU kernels and ``cupy_gpu`` the CuPy GPU ones.
+``reference`` is the array-module-generic (numpy / cupy) reference; its docstrings are the
+specification every fast path must meet.  ``numba_cpu`` holds the Numba CPU kernels and
+``cupy_gpu`` the CuPy GPU ones; each overrides some reference kernels and must agree with
+them to rounding (tests/test_parity.py, tests/test_gpu.py, and tests/naive.py's oracle).
+
+A backend runs a :class:`KernelSet`: the reference **primitives**, replaced by the
+backend's own where it has one, plus the **composite** kernels (``reference.COMPOSITES``),
+which are written against the set they belong to — so a backend that overrides
+``orthonormalize_rows`` gets it inside ``psd_subspace_step`` too, without re-declaring it.
+A backend may also override a composite with a fused version (same signature, the set first).
+
+Contract, for every kernel:
+
+* arguments are never modified, except those a kernel's docstring names as **scratch**
+  (their content is undefined afterwards) or as an output buffer (``out=``);
+* results may be new arrays or the documented scratch / ``out`` memory;
+* per-task factor matrices are passed as *rows*, shape (T, r, d) — the transpose of the
+  public (T, d, r) layout — so that the products of all tasks with a shared dense matrix
+  are one GEMM of width T·r without copies.
+
 Nothing here compiles at import: the Numba module is imported only by the numba backend.
-
-Conventions: per-task factor matrices are passed as *rows*, shape (T, r, d) — the
-transpose of the public (T, d, r) layout — so that the products of all tasks with a
-shared dense matrix are one GEMM of width T·r without copies.
 """
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+
+class ResidualNorms(NamedTuple):
+    """The squared norms the ALS bookkeeping needs at a new A (DESIGN.md §5).
+
+    ``residual_sq`` ‖D‖²_F of the (possibly symmetrised) residual D = S − A — the shift of
+    the next subspace step; ``distance_sq`` ‖S − A‖²_F — the objective identity;
+    ``step_sq`` ‖A − A_previous‖²_F and ``A_sq`` ‖A‖²_F — the convergence test.
+    """
+
+    residual_sq: float
+    distance_sq: float
+    step_sq: float
+    A_sq: float
+
+    @property
+    def relative_step(self) -> float:
+        """‖A − A_previous‖ / ‖A‖ (absolute when A = 0)."""
+        return (self.step_sq / self.A_sq) ** 0.5 if self.A_sq > 0 else self.step_sq ** 0.5
+
+
+class KernelSet:
+    """The kernels of one backend, read as attributes (``ops.apply_shared_lowrank(...)``).
+
+    ``overrides``: dicts name -> function replacing reference kernels (later ones win).
+    Every composite, overridden or not, is bound to this set (called with it first).
+    """
+
+    def __init__(self, name: str, *overrides: dict):
+        from . import reference
+        self.name = name
+        table = dict(reference.PRIMITIVES)
+        for extra in overrides:
+            unknown = set(extra) - set(reference.PRIMITIVES) - set(reference.COMPOSITES)
+            if unknown:
+                raise ValueError(f"kernel set {name!r}: {sorted(unknown)} are not kernels of the contract")
+            table.update(extra)
+        for kernel_name in reference.COMPOSITES:  # composites (overridden or not) receive the set first
+            table[kernel_name] = functools.partial(table.get(kernel_name, reference.COMPOSITES[kernel_name]), self)
+        self._table = table
+        self.__dict__.update(table)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._table)
+
+    def __repr__(self) -> str:
+        return f"<KernelSet {self.name}: {', '.join(self.names)}>"

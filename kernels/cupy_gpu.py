@@ -8,14 +8,15 @@ cuBLAS GEMMs, cuSOLVER's batched eigh/svd/QR).  Each kernel here names its numpy
   squared norms) in one fused element-wise kernel instead of ~8 passes over d² memory.
 * ``orthonormalize_rows`` — CholeskyQR2 on the whole batch: two rounds of batched r×r Gram
   (cuBLAS strided-batched GEMM), batched Cholesky and triangular inverse; falls back to
-  Householder QR for tasks whose basis is numerically rank-deficient.
+  Householder QR for tasks whose basis is numerically rank-deficient.  The composite
+  ``psd_subspace_step`` picks it up through the kernel set.
 """
 from __future__ import annotations
 
 import cupy as cp
 
 from fastlora.arrays import reusable
-from fastlora.kernels import reference
+from fastlora.kernels import ResidualNorms, reference
 
 _update = cp.ElementwiseKernel(
     "raw T M, raw T G, raw T S, T alpha, int64 n, bool symmetrize",
@@ -37,11 +38,11 @@ _update = cp.ElementwiseKernel(
 )
 
 
-def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize, out=None):
+def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, out=None):
     """Twin of reference.shared_update_stats (one fused kernel for A and D)."""
     if M.shape[0] != M.shape[1]:
-        return reference.shared_update_stats(M, B, C, alpha, S, A_old, symmetrize)
-    G = reference.gram_sum(B, C)
+        return reference.shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize)
+    G = ops.gram_sum(B, C)
     m = G.shape[0]
     c = cp.ascontiguousarray
     A = cp.empty_like(G)
@@ -51,7 +52,7 @@ def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize, out=None):
     R = S - A if symmetrize else D
     step = A - A_old
     sums = cp.stack([cp.vdot(D, D), cp.vdot(R, R), cp.vdot(step, step), cp.vdot(A, A)])
-    return A, D, [float(v) for v in sums.get()]
+    return A, D, ResidualNorms(*(float(v) for v in sums.get()))
 
 
 def orthonormalize_rows(Y):
@@ -68,9 +69,4 @@ def orthonormalize_rows(Y):
     return Q
 
 
-def psd_subspace_step(Q, Y, shift):
-    """Twin of reference.psd_subspace_step."""
-    return reference.ritz_psd(Q, Y), orthonormalize_rows(Y + shift * Q)
-
-
-KERNELS = {f.__name__: f for f in (shared_update_stats, orthonormalize_rows, psd_subspace_step)}
+KERNELS = {f.__name__: f for f in (shared_update_stats, orthonormalize_rows)}

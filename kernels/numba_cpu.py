@@ -27,7 +27,7 @@ from numba import prange  # noqa: E402
 
 from fastlora.arrays import reusable  # noqa: E402
 from fastlora.config import settings  # noqa: E402
-from fastlora.kernels import reference  # noqa: E402
+from fastlora.kernels import ResidualNorms, reference  # noqa: E402
 
 
 # Reassociation lets LLVM vectorise the reductions (dot products) of the small per-task
@@ -63,6 +63,11 @@ def configure_threads(n: int) -> None:
     """The thread count for large kernels (set by the numba backend from ``threads=``)."""
     _configured_threads[0] = int(n)
     numba.set_num_threads(int(n))
+
+
+def configured_threads() -> int:
+    """The current large-kernel thread count (0: not configured yet)."""
+    return _configured_threads[0]
 
 
 def _threads_for(elements: int) -> None:
@@ -207,9 +212,9 @@ def _mgs_shifted_inplace(Y, Q, shift):
             _normalize_row(v, Y[t], i, eps)
 
 
-def psd_subspace_step(Q, Y, shift):
-    """Twin of reference.psd_subspace_step; the next basis overwrites Y (one (T, r, n) buffer
-    less: 268 MB at d=4096, T=1024, r=8)."""
+def psd_subspace_step(ops, Q, Y, shift):
+    """Fused twin of reference.psd_subspace_step; the next basis is returned in the scratch Y
+    (one (T, r, n) buffer less: 268 MB at d=4096, T=1024, r=8)."""
     c = np.ascontiguousarray
     Q, Y = c(Q), c(Y)
     _threads_for(Q.size * Q.shape[1])
@@ -317,29 +322,31 @@ _TILE = 32  # 32×32 float64 tiles: the ~12 tiles a step touches stay in L2
 
 
 def residual_stats(S, A_new, A_old, symmetrize):
-    """Twin of reference.residual_stats: the tiled pass of ``_update_stats`` with α = 0."""
+    """Twin of reference.residual_stats: the tiled pass of ``_update_stats`` with α = 0 (A not stored)."""
     if S.shape[0] != S.shape[1]:  # rectangular weights: the reference's passes
         return reference.residual_stats(S, A_new, A_old, symmetrize)
     c = np.ascontiguousarray
     A_new = c(A_new)
-    D, copy = np.empty_like(S), np.empty_like(S)
+    D = np.empty_like(S)
     _threads_for(4 * S.size)
-    stats = _update_stats(A_new, A_new, S.dtype.type(0.0), c(S), c(A_old), bool(symmetrize), copy, D)
-    return D, [float(v) for v in stats]
+    norms = _update_stats(A_new, A_new, S.dtype.type(0.0), c(S), c(A_old), bool(symmetrize), A_new, D, False)
+    return D, ResidualNorms(*(float(v) for v in norms))
 
 
 @kernel()
-def _update_entry(M, G, alpha, S, A_old, A, i, j):
-    """Write A[i, j] = M[i, j] + alpha·G[i, j]; return (A[i, j], (S − A)[i, j], (A − A_old)[i, j])."""
+def _update_entry(M, G, alpha, S, A_old, A, store, i, j):
+    """a = M[i, j] + alpha·G[i, j] (written to A[i, j] when ``store``); return (a, (S − a), (a − A_old[i, j]))."""
     a = M[i, j] + alpha * G[i, j]
-    A[i, j] = a
+    if store:
+        A[i, j] = a
     return a, S[i, j] - a, a - A_old[i, j]
 
 
 @kernel(parallel=True)
-def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
-    """A = M + alpha·G and the residual statistics of reference.residual_stats, in one
-    tiled pass over memory (tile pairs (I, J) and (J, I)).  A may be G (in place)."""
+def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D, store):
+    """A = M + alpha·G (stored in A when ``store``) and the residual statistics of
+    reference.residual_stats, in one tiled pass over memory (tile pairs (I, J) and (J, I)).
+    A may be G (in place)."""
     n = S.shape[0]
     tiles = (n + _TILE - 1) // _TILE
     acc = np.zeros((tiles, 4))
@@ -350,7 +357,7 @@ def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
             j0, j1 = bj * _TILE, min(n, (bj + 1) * _TILE)
             for i in range(i0, i1):
                 for j in range(max(j0, i) if bi == bj else j0, j1):
-                    aij, rij, sij = _update_entry(M, G, alpha, S, A_old, A, i, j)
+                    aij, rij, sij = _update_entry(M, G, alpha, S, A_old, A, store, i, j)
                     a_sq += aij * aij
                     r_sq += rij * rij
                     s_sq += sij * sij
@@ -358,7 +365,7 @@ def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
                         D[i, i] = rij
                         d_sq += rij * rij
                         continue
-                    aji, rji, sji = _update_entry(M, G, alpha, S, A_old, A, j, i)
+                    aji, rji, sji = _update_entry(M, G, alpha, S, A_old, A, store, j, i)
                     a_sq += aji * aji
                     r_sq += rji * rji
                     s_sq += sji * sji
@@ -371,24 +378,51 @@ def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D):
     return acc.sum(axis=0)
 
 
-def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize, out=None):
-    """Twin of reference.shared_update_stats.
+def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, out=None):
+    """Fused twin of reference.shared_update_stats.
 
     The Gram Σ_t B_tᵀC_t is one call of *numpy's* BLAS (``Bfᵀ @ Bf`` is a SYRK there):
     SciPy ships a second OpenBLAS with its own thread pool, and alternating the two pools
     makes each spin while the other works (measured 2x slower iterations).
     """
     if M.shape[0] != M.shape[1]:
-        return reference.shared_update_stats(M, B, C, alpha, S, A_old, symmetrize)
+        return reference.shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize)
     G = reference.gram_sum(B, C)
     c = np.ascontiguousarray
     D = reusable(out, G, A_old, S, M)
     D = np.empty_like(G) if D is None else D
     _threads_for(6 * G.size)
-    stats = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), bool(symmetrize), G, D)
-    return G, D, [float(v) for v in stats]
+    norms = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), bool(symmetrize), G, D, True)
+    return G, D, ResidualNorms(*(float(v) for v in norms))
 
 
 KERNELS = {f.__name__: f for f in (apply_shared_lowrank, orthonormalize_rows, ritz_psd, ritz_general,
                                    lowrank_diff_sq, residual_stats, shared_update_stats, psd_subspace_step,
                                    gram_inner)}
+
+
+def warm_up(dtype) -> None:
+    """Load every compiled kernel for ``dtype`` (compiling on a cold cache) on tiny inputs, so
+    a solve's timing never includes it.  One type signature per kernel and dtype."""
+    rng = np.random.default_rng(0)
+    T, r, n = 2, 2, 4
+
+    def a(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    one = dtype(1.0)
+    _add_lowrank_rows(a(T, r, n), a(T, r, n), a(T, r, n), a(T, r, n))
+    Q = _mgs_rows(a(T, r, n))
+    _ritz_psd(Q, a(T, r, n))
+    _mgs_shifted_inplace(a(T, r, n), Q, one)
+    _gram_inner(a(T, r, n), a(T, r, n), a(T, r, n), a(T, r, n), False)
+    _ritz_general(Q, a(T, r, n))
+    _lowrank_diff_sq(a(T, r, n), a(T, r, n), a(T, r, n), a(T, r, n))
+    _update_stats(a(n, n), a(n, n), one, a(n, n), a(n, n), True, a(n, n), a(n, n), True)
+
+
+def cache_is_warm() -> bool:
+    """Whether the on-disk cache already holds this module's compiled kernels."""
+    root = os.environ.get("NUMBA_CACHE_DIR") or str(settings.numba_cache_dir)
+    from pathlib import Path
+    return any(Path(root).rglob("numba_cpu.*.nbi"))

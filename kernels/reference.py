@@ -1,13 +1,15 @@
 """Reference kernels, generic over the array module (numpy in CI, cupy on GPUs).
 
-Each function states the formula it computes; ``numba_cpu`` and ``cupy_gpu`` provide
-drop-in replacements that must agree to rounding (tests/test_parity*.py).
+Each function states the formula it computes — the contract of ``fastlora.kernels`` —;
+``numba_cpu`` and ``cupy_gpu`` provide drop-in replacements that must agree to rounding
+(tests/test_parity.py, tests/test_gpu.py), and tests/naive.py checks these against slow,
+obviously correct loops.  ``PRIMITIVES`` are plain functions; ``COMPOSITES`` take the
+backend's :class:`~fastlora.kernels.KernelSet` first and call kernels through it.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from fastlora.arrays import array_module
+from fastlora.arrays import array_module, frobenius_sq
+from fastlora.kernels import ResidualNorms
 
 
 def apply_shared_lowrank(X, shared_t, L, R):
@@ -58,13 +60,14 @@ def ritz_general(P, Z):
     return B, C, Ht
 
 
-def psd_subspace_step(Q, Y, shift):
-    """One step of shifted subspace iteration with the PSD Rayleigh–Ritz fit.
+def psd_subspace_step(ops, Q, Y, shift):
+    """One step of shifted subspace iteration with the PSD Rayleigh–Ritz fit (composite).
 
     Returns (ritz_psd(Q, Y), orthonormalize_rows(Y + shift·Q)): the best PSD fit inside the
-    current basis and the next basis.  Fast backends may reuse Y's memory for the result.
+    current basis and the next basis.  ``Y`` is **scratch**: a backend may return the next
+    basis in its memory.
     """
-    return ritz_psd(Q, Y), orthonormalize_rows(Y + shift * Q)
+    return ops.ritz_psd(Q, Y), ops.orthonormalize_rows(Y + shift * Q)
 
 
 def gram_sum(B, C):
@@ -102,30 +105,28 @@ def lowrank_diff_sq(B1, C1, B2, C2):
 
 
 def residual_stats(S, A_new, A_old, symmetrize: bool):
-    """D = S − A_new (or its symmetric part) and four squared norms, for the ALS bookkeeping.
+    """D = S − A_new (or its symmetric part) and the squared norms of the ALS bookkeeping.
 
-    Returns (D, [‖D‖², ‖S − A_new‖², ‖A_new − A_old‖², ‖A_new‖²]) — the shift of the next
-    subspace step, the objective identity, and the convergence test.
+    Returns (D, ResidualNorms(‖D‖², ‖S − A_new‖², ‖A_new − A_old‖², ‖A_new‖²)) — the shift of
+    the next subspace step, the objective identity, and the convergence test.
     """
-    xp = array_module(S)
     R = S - A_new
     D = 0.5 * (R + R.T) if symmetrize else R
-    step = A_new - A_old
-    return D, [float(xp.sum(D * D)), float(xp.sum(R * R)), float(xp.sum(step * step)), float(xp.sum(A_new * A_new))]
+    return D, ResidualNorms(frobenius_sq(D), frobenius_sq(R), frobenius_sq(A_new - A_old), frobenius_sq(A_new))
 
 
-def shared_update_stats(M, B, C, alpha, S, A_old, symmetrize: bool, out=None):
-    """A = shared_plus_gram(M, B, C, alpha), then residual_stats(S, A, A_old, symmetrize).
+def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize: bool, out=None):
+    """A = shared_plus_gram(M, B, C, alpha), then residual_stats(S, A, A_old, symmetrize) (composite).
 
-    Returns (A, D, stats): the closed-form A step of factored ALS and its bookkeeping,
-    which a fast backend does in one pass over memory.  ``out`` (optional) is a buffer the
-    backend may use for D; the reference allocates.
+    Returns (A, D, norms): the closed-form A step of factored ALS and its bookkeeping,
+    which a fast backend does in one pass over memory.  ``out`` (optional) is an output
+    buffer (d_out, d_in) a backend may return D in; the reference allocates.
     """
-    A = shared_plus_gram(M, B, C, alpha)
-    D, stats = residual_stats(S, A, A_old, symmetrize)
-    return A, D, stats
+    A = ops.shared_plus_gram(M, B, C, alpha)
+    D, norms = ops.residual_stats(S, A, A_old, symmetrize)
+    return A, D, norms
 
 
-KERNELS = {f.__name__: f for f in (apply_shared_lowrank, orthonormalize_rows, ritz_psd, ritz_general,
-                                   shared_plus_gram, gram_inner, lowrank_diff_sq, residual_stats,
-                                   shared_update_stats, psd_subspace_step)}
+PRIMITIVES = {f.__name__: f for f in (apply_shared_lowrank, orthonormalize_rows, ritz_psd, ritz_general, gram_sum,
+                                      shared_plus_gram, gram_inner, lowrank_diff_sq, residual_stats)}
+COMPOSITES = {f.__name__: f for f in (psd_subspace_step, shared_update_stats)}

@@ -31,20 +31,54 @@ def test_import_and_cpu_solves_work_without_cupy():
     assert "backend='cupy' is unavailable: the cupy package is not installed" in out.stdout
 
 
-def test_threads_option_sets_numba_threads():
+def test_threads_option_applies_during_the_solve_and_is_restored_after(monkeypatch):
     import numba
-    prob = fl.make_problem(d=8, k=1, T=3)
-    fl.retrain(prob, backend="numba", threads=1)
-    assert numba.get_num_threads() == 1
-    fl.retrain(prob, backend="numba")
-    assert numba.get_num_threads() >= 1
+    from fastlora.kernels import numba_cpu
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs Numba to allow 2 threads")  # pragma: no cover - CI machines have 2 cores
+    monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_ELEMENTS", 1)  # every kernel takes the large-kernel path
+    prob = fl.make_problem(d=40, k=2, T=4, seed=0, n_test_tasks=0)
+    numba.set_num_threads(2)
+    seen = []
+    fl.retrain(prob, backend="numba", solver="als", threads=1, max_iter=3,
+               callback=lambda i, t, f: seen.append(numba.get_num_threads()))
+    assert seen and set(seen) == {1}                 # the kernels ran on the requested thread count
+    assert numba.get_num_threads() == 2              # and the caller's setting is back
+    seen.clear()
+    fl.retrain(prob, backend="numba", solver="als", threads=2, max_iter=3,
+               callback=lambda i, t, f: seen.append(numba.get_num_threads()))
+    assert set(seen) == {2} and numba.get_num_threads() == 2
 
 
 def test_oversubscription_warns_once_in_worker_processes(monkeypatch):
+    import warnings
     monkeypatch.setattr(backends, "_OVERSUBSCRIPTION_WARNED", False)
     monkeypatch.setattr(backends, "usable_cores", lambda: 2)
     monkeypatch.setattr(backends, "blas_threads", lambda: 2)
     monkeypatch.setattr(backends, "_in_worker_process", lambda: True)
     with pytest.warns(fl.PerformanceWarning, match="oversubscribe"):
         backends._warn_oversubscription(2)
-    backends._warn_oversubscription(2)  # only once
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backends._warn_oversubscription(2)
+    assert not [w for w in caught if issubclass(w.category, fl.PerformanceWarning)], "warned twice"
+
+
+def test_composite_kernels_use_the_backends_own_primitives():
+    """A backend overriding orthonormalize_rows gets it inside psd_subspace_step without re-declaring it."""
+    import numpy as np
+    from fastlora.kernels import KernelSet, reference
+    calls = []
+
+    def counting(Y):
+        calls.append(Y.shape)
+        return reference.orthonormalize_rows(Y)
+
+    ks = KernelSet("counting", {"orthonormalize_rows": counting})
+    rng = np.random.default_rng(0)
+    Q = reference.orthonormalize_rows(rng.standard_normal((3, 2, 6)))
+    ks.psd_subspace_step(Q, rng.standard_normal((3, 2, 6)), 0.5)
+    assert calls == [(3, 2, 6)]
+    with pytest.raises(ValueError, match="not kernels of the contract"):
+        KernelSet("typo", {"orthonormalise_rows": counting})
+

@@ -1,4 +1,5 @@
 """The README's promises about installation and CI."""
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def quick_start_commands():
     text = (ROOT / "README.md").read_text()
     section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     return [line for line in block.splitlines() if line.strip()]
 
 
@@ -36,3 +37,26 @@ def test_import_compiles_nothing_and_loads_no_backend():
 def test_kernels_are_the_subpackage_fastlora_kernels():
     import fastlora.kernels.reference as ref
     assert Path(ref.__file__).parent.name == "kernels"
+
+
+def test_a_source_tree_imports_its_own_kernels(tmp_path):
+    """Working from a clone: its fastlora/ shadows any installed fastlora (cwd comes first on
+    sys.path), and has no fastlora/kernels; the sibling kernels/ and bench/baselines/ serve."""
+    import shutil
+    clone = tmp_path / "clone"
+    for folder in ("fastlora", "kernels", "bench"):
+        shutil.copytree(ROOT / folder, clone / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys, fastlora as fl; "
+            "fresh = not any(m == 'numba' or m.startswith('numba.') for m in sys.modules); "
+            "res = fl.retrain(fl.make_problem(d=8, k=1, T=3), backend='numpy'); "
+            "import fastlora.kernels, fastlora.baselines; "
+            "print(fl.__file__, fastlora.kernels.__file__, fastlora.baselines.__file__, fresh, res.objective < 1e-12)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=clone, env=env, capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    package, kernels, baselines, fresh, solved = done.stdout.split()
+    assert Path(package) == clone / "fastlora" / "__init__.py"
+    assert Path(kernels) == clone / "kernels" / "__init__.py"
+    assert Path(baselines) == clone / "bench" / "baselines" / "__init__.py"
+    assert fresh == "True" and solved == "True"

@@ -29,7 +29,7 @@ def test_general_problem_is_rectangular_and_keeps_factors():
     assert prob.A_star.shape == (5, 9) and prob.B_star.shape == (3, 5, 2) and prob.C_star.shape == (3, 9, 2)
     assert prob.tasks[0].target.B.shape == (5, 2)
     with pytest.raises(fl.FastLoRAError, match="U_star"):
-        prob.U_star
+        _ = prob.U_star
 
 
 def test_population_tasks_stay_factored_and_share_A_star():
@@ -73,7 +73,12 @@ def test_retrain_accepts_user_tasks():
     res = fl.retrain(tasks, peft="lora_sym", rank=1, backend="numpy")
     assert res.info["batch"] == "dense"
     np.testing.assert_allclose(res.A, A_star, atol=1e-6)
-    factored = [fl.Task.population(base=A_star, B=u[:, None]) for u in rng.standard_normal((4, 6))]
-    res = fl.retrain(factored, peft="lora_sym", rank=1, backend="numpy")
+    # factored targets are solved factored above the size that is batched densely
+    # (taskbatch.DENSE_MAX_DIM), in the full space (reduction="none": no reduced dense problem)
+    from fastlora.taskbatch import DENSE_MAX_DIM
+    d = DENSE_MAX_DIM + 8
+    A_star = rng.standard_normal((d, d))
+    factored = [fl.Task.population(base=A_star, B=u[:, None]) for u in rng.standard_normal((4, d))]
+    res = fl.retrain(factored, peft="lora_sym", rank=1, backend="numpy", reduction="none")
     assert res.info["batch"] == "factored"
     np.testing.assert_allclose(res.A, A_star, atol=1e-6)

@@ -46,7 +46,7 @@ def test_a_broken_plugin_is_reported_and_does_not_break_others(plugin_dir):
     with pytest.warns(RuntimeWarning, match="broken.*fakeplugin-broken.*no such wheel"):
         names = fl.peft.available()
     assert "good_lora" in names and "lora" in names and "broken" not in names
-    with pytest.raises(fl.PluginError, match="broken.*fakeplugin-broken.*ImportError: no such wheel"):
+    with pytest.raises(fl.PluginError, match=r"broken.*fakeplugin-broken.*ImportError: no such wheel"):
         fl.peft.get("broken")
     prob = fl.make_problem(d=8, k=1, T=3, seed=0)
     res = fl.retrain(prob, peft="good_lora", rank=1, backend="numpy")
@@ -59,14 +59,14 @@ def test_a_broken_plugin_is_reported_and_does_not_break_others(plugin_dir):
 def test_a_plugin_violating_the_protocol_is_reported_by_name(plugin_dir):
     make_distribution(plugin_dir, "fakeplugin-bad", "fakeplugin_bad",
                       "class Bad:\n    name = 'bad'\n    api_version = 1\n", {"bad": "fakeplugin_bad:Bad"})
-    with pytest.raises(fl.PluginError, match="bad.*fakeplugin-bad.*lacks the required method delta"):
+    with pytest.raises(fl.PluginError, match=r"bad.*fakeplugin-bad.*lacks the required method delta"):
         fl.peft.get("bad")
 
 
 def test_two_distributions_claiming_one_name_is_an_error_naming_both(plugin_dir):
     make_distribution(plugin_dir, "fakeplugin-one", "fakeplugin_one", GOOD, {"good_lora": "fakeplugin_one:Good"})
     make_distribution(plugin_dir, "fakeplugin-two", "fakeplugin_two", GOOD, {"good_lora": "fakeplugin_two:Good"})
-    with pytest.raises(fl.PluginError, match="fakeplugin-one.*fakeplugin-two|fakeplugin-two.*fakeplugin-one"):
+    with pytest.raises(fl.PluginError, match=r"fakeplugin-one.*fakeplugin-two|fakeplugin-two.*fakeplugin-one"):
         fl.peft.get("good_lora")
     assert "lora" in fl.peft.available()
 
@@ -144,14 +144,14 @@ def test_the_kit_catches_a_wrong_best_fit_and_dtype_loss():
 
 
 def test_the_plugin_guide_example_works_when_copied():
-    from pathlib import Path
     import re
+    from pathlib import Path
     text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
     assert blocks, "docs/plugins.md has no python example"
     namespace = {}
     try:
-        exec(compile(blocks[0], "docs/plugins.md", "exec"), namespace)
+        exec(compile(blocks[0], "docs/plugins.md", "exec"), namespace)  # the guide's own code
     finally:
         for name in list(fl.peft.available()):
             if name == "scaled_sym":
@@ -159,7 +159,9 @@ def test_the_plugin_guide_example_works_when_copied():
 
 
 def test_installed_plugins_run_through_a_sweep(tmp_path):
-    """DoRA and VeRA (installed from plugins/ by the test command) through `fastlora sweep`."""
+    """DoRA and VeRA (installed from plugins/ by the test command) through `fastlora sweep`: each row
+    holds exactly what a direct make_problem / retrain / evaluate with the row's seed gives, and the
+    retrained objective is below standard retraining's on the same problem."""
     assert {"dora", "vera"} <= set(fl.peft.available()), "install ./plugins/dora ./plugins/vera"
     spec = tmp_path / "plugins.toml"
     spec.write_text('name = "plugins"\nrepeats = 1\n[grid]\npeft = ["dora", "vera"]\n'
@@ -171,4 +173,111 @@ def test_installed_plugins_run_through_a_sweep(tmp_path):
     from fastlora.sweep import load_results
     frame = load_results(out, status=None)
     assert sorted(frame["peft"]) == ["dora", "vera"] and set(frame["status"]) == {"ok"}
-    assert (frame["objective"] >= 0).all()
+    for row in frame.to_dict("records"):
+        seed = int(row["seed"])
+        prob = fl.make_problem(d=8, k=1, T=3, seed=seed)
+        res = fl.retrain(prob, peft=row["peft"], rank=1, solver="gd", optimizer="lbfgs", max_iter=300,
+                         backend="numpy", seed=seed)
+        metrics = fl.evaluate(res, prob, seed=seed)
+        assert row["objective"] == pytest.approx(res.objective, rel=1e-9, abs=1e-14)
+        assert row["rel_err_A"] == pytest.approx(metrics["rel_err_A"], rel=1e-6)
+        assert row["excess_risk"] == pytest.approx(metrics["excess_risk"], rel=1e-6, abs=1e-14)
+        assert row["n_iter"] == res.n_iter
+        standard = fl.retrain(prob, method="standard", backend="numpy").objective
+        # adapters can only help from standard retraining's A; a solver that left them at 0 would tie
+        assert row["objective"] < standard, (row["peft"], row["objective"], standard)
+
+
+EVIL = """
+raise ImportError("this plugin is broken")
+"""
+IMPOSTOR = """
+from fastlora.peft.builtins import SymmetricLoRA
+class Impostor(SymmetricLoRA):
+    def delta(self, params):
+        return 2 * super().delta(params)
+"""
+
+
+def test_a_plugin_claiming_a_builtin_name_never_takes_it_away(plugin_dir):
+    make_distribution(plugin_dir, "fakeplugin-evil", "fakeplugin_evil", EVIL, {"lora": "fakeplugin_evil:LoRA"})
+    make_distribution(plugin_dir, "fakeplugin-impostor", "fakeplugin_impostor", IMPOSTOR,
+                      {"lora_sym": "fakeplugin_impostor:Impostor", "full": "fakeplugin_impostor:Impostor"})
+    from fastlora.peft import builtins
+    with pytest.warns(RuntimeWarning) as caught:
+        lora = fl.peft.get("lora")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "fakeplugin-evil 1.0 (fakeplugin_evil:LoRA) registers the built-in peft name 'lora'" in messages
+    assert "fakeplugin-impostor" in messages and "ignored" in messages
+    assert type(lora) is builtins.LoRA
+    assert type(fl.peft.get("lora_sym")) is builtins.SymmetricLoRA
+    assert type(fl.peft.get("full")) is builtins.Full
+    assert "fakeplugin_impostor" not in sys.modules and "fakeplugin_evil" not in sys.modules  # never imported
+    assert {"lora", "lora_sym", "full"} <= set(fl.peft.available())
+    rows = {row["name"]: row for row in fl.peft.info()}
+    assert rows["lora"]["distribution"] == "fastlora" and rows["lora"]["error"] is None
+    assert rows["lora"]["ignored_claims"] == ["fakeplugin-evil 1.0 (fakeplugin_evil:LoRA)"]
+    assert rows["full"]["ignored_claims"] == ["fakeplugin-impostor 1.0 (fakeplugin_impostor:Impostor)"]
+    prob = fl.make_problem(d=8, k=1, T=3, seed=0)
+    assert fl.retrain(prob, peft="lora", rank=1, backend="numpy").converged
+    result = CliRunner().invoke(main, ["solve", "--d", "8", "--k", "1", "--T", "3", "--backend", "numpy",
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+
+
+def test_builtin_names_cannot_be_registered_over_or_removed():
+    class Mine(LoRA):
+        pass
+    with pytest.raises(fl.PluginError, match="cannot register 'lora': built-in names"):
+        fl.peft.register(Mine)
+    with pytest.raises(fl.PluginError, match="cannot unregister 'full'"):
+        fl.peft.unregister("full")
+    assert type(fl.peft.get("lora")) is LoRA
+
+
+class FrozenBasis:
+    """Δ_t = P_t C_tᵀ with P_t a fixed random basis (frozen, like VeRA's) and C_t trained.
+
+    best_fit: C_t = R_tᵀ P (PᵀP)⁻¹, the least-squares fit for the frozen P.
+    """
+
+    name = "frozen_basis"
+    api_version = 1
+    frozen = frozenset({"P"})
+
+    def shapes(self, d_out, d_in, rank):
+        return {"P": (d_out, rank), "C": (d_in, rank)}
+
+    @staticmethod
+    def basis(d_out, rank, T, dtype=np.float64):
+        P = np.random.default_rng(1234).standard_normal((d_out, rank)).astype(dtype)
+        return np.broadcast_to(P, (T, d_out, rank)).copy()
+
+    def init(self, rng, d_out, d_in, rank, T):
+        return {"P": self.basis(d_out, rank, T), "C": 0.1 * rng.standard_normal((T, d_in, rank))}
+
+    def delta(self, params):
+        return params["P"] @ params["C"].swapaxes(1, 2)
+
+    def pullback(self, params, G):
+        return {"C": G.swapaxes(1, 2) @ params["P"]}
+
+    def best_fit(self, R, rank):
+        T, d_out, _ = R.shape
+        P = self.basis(d_out, rank, T, R.dtype)
+        C = np.linalg.solve(P.swapaxes(1, 2) @ P, P.swapaxes(1, 2) @ R).swapaxes(1, 2)
+        return {"P": P, "C": C}
+
+
+def test_the_kit_accepts_frozen_parameters_with_a_best_fit():
+    """Its optimality check perturbs only trainable parameters (moving a frozen basis is not a fit)."""
+    passed = check_parameterization(FrozenBasis)
+    assert "best fit" in passed
+
+    class WrongFit(FrozenBasis):
+        def best_fit(self, R, rank):
+            fit = super().best_fit(R, rank)
+            return {"P": fit["P"], "C": 0.95 * fit["C"]}
+
+    with pytest.raises(ConformanceError, match="best fit"):
+        check_parameterization(WrongFit)

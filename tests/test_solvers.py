@@ -79,7 +79,7 @@ def test_full_parameterization_fits_every_task_exactly():
 
 def test_lora_sym_finite_sample_uses_documented_inner_iterations():
     prob = fl.make_problem(d=8, k=1, T=3, n=300, noise=0.05, seed=0)
-    res = fl.retrain(prob, peft="lora_sym", backend="numpy", max_iter=300, tol=1e-8)
+    res = fl.retrain(prob, peft="lora_sym", solver="als", backend="numpy", max_iter=300, tol=1e-8)
     assert res.info["adapter_step"] == "inner" and res.info["adapter_step_exact"] is False
     exact = fl.retrain(prob, peft="lora", backend="numpy", max_iter=300, tol=1e-8)
     # symmetric adapters are a subset of general ones: the optimum cannot be lower

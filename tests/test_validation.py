@@ -134,3 +134,82 @@ def test_diverging_step_size_is_an_error_not_a_nan():
     prob = fl.make_problem(d=8, k=1, T=3, seed=0)
     with pytest.raises(fl.DivergenceError, match="lower lr"):
         fl.retrain(prob, solver="gd", optimizer="adam", lr=1e300, max_iter=50, backend="numpy")
+
+
+def test_complex_arrays_are_refused_not_cut_to_their_real_part():
+    X, Y = np.ones((5, 3)), np.ones((5, 2))
+    with pytest.raises(fl.FastLoRAError, match="X must be a real array, got complex"):
+        fl.Task(X + 1j, Y)
+    with pytest.raises(fl.FastLoRAError, match="Y must be a real array"):
+        fl.Task(X, Y.astype(complex))  # even with zero imaginary part: the caller's dtype is wrong
+    with pytest.raises(fl.FastLoRAError, match="W_star must be a real array"):
+        fl.Task.population(np.eye(3) * (1 + 2j))
+    with pytest.raises(fl.FastLoRAError, match="B must be a real array"):
+        fl.Task.population(base=np.eye(3), B=np.ones((3, 1)) * 1j)
+    task = fl.make_problem(d=4, k=1, T=2).test_tasks[0]
+    with pytest.raises(fl.FastLoRAError, match="A must be a real array"):
+        fl.finetune(np.zeros((4, 4), dtype=complex), task, rank=1)
+
+
+@pytest.mark.parametrize("build,name", [
+    (lambda: fl.Task(np.empty((10, 0)), np.ones((10, 2))), "X is empty"),
+    (lambda: fl.Task(np.ones((10, 3)), np.empty((10, 0))), "Y is empty"),
+    (lambda: fl.Task(np.empty((0, 3)), np.empty((0, 2))), "X is empty"),
+    (lambda: fl.Task.population(np.zeros((0, 0))), "W_star is empty"),
+    (lambda: fl.Task.population(np.zeros((3, 0))), "W_star is empty"),
+    (lambda: fl.Task.population(base=np.eye(3), B=np.ones((3, 0))), "B is empty"),
+    (lambda: fl.Task.from_statistics(np.zeros((0, 0)), np.zeros((2, 0)), 0.0, 5), "Sigma is empty"),
+])
+def test_zero_size_tasks_are_refused(build, name):
+    with pytest.raises(fl.FastLoRAError, match=name):
+        build()
+
+
+@pytest.mark.parametrize("args,message", [
+    ((np.eye(3), np.ones((4, 1)), np.ones((3, 1))),
+     r"B has shape \(4, 1\); its first axis must equal base's rows d_out=3"),
+    ((np.eye(3), np.ones((3, 1)), np.ones((2, 1))), "C has shape \\(2, 1\\); expected \\(d_in, k\\) = \\(3, 1\\)"),
+    ((np.eye(3), np.ones((3, 2)), np.ones((3, 1))), "C has shape \\(3, 1\\); expected \\(d_in, k\\) = \\(3, 2\\)"),
+    ((np.ones((3, 4)), np.ones((3, 1)), None), "C = B \\(symmetric perturbation\\) needs a square base"),
+    ((np.ones(3), np.ones((3, 1)), None), "base must be a 2-d array"),
+    ((np.eye(3), np.ones(3), None), "B must be a 2-d array"),
+])
+def test_low_rank_targets_with_inconsistent_factors_name_the_argument(args, message):
+    base, B, C = args
+    with pytest.raises(fl.FastLoRAError, match=message):
+        fl.LowRankTarget(base, B, B if C is None else C)
+    from fastlora.tasks import make_lowrank_target
+    with pytest.raises(fl.FastLoRAError, match=message):
+        make_lowrank_target(base, B, C)
+    with pytest.raises(fl.FastLoRAError, match=message):
+        fl.Task.population(base=base, B=B, C=C)
+
+
+def test_a_directly_built_low_rank_target_is_checked_and_usable():
+    target = fl.LowRankTarget([[1.0, 0.0], [0.0, 1.0]], np.ones((2, 1)), np.ones((2, 1)))
+    np.testing.assert_array_equal(target.dense(), [[2.0, 1.0], [1.0, 2.0]])
+    with pytest.raises(fl.FastLoRAError, match="base contains NaN"):
+        fl.LowRankTarget(np.full((2, 2), np.nan), np.ones((2, 1)), np.ones((2, 1)))
+
+
+def test_evaluate_errors_name_the_argument(prob):
+    res = fl.retrain(prob, backend="numpy", max_iter=3)
+    with pytest.raises(fl.FastLoRAError, match="res must be a numeric array"):
+        fl.evaluate("not a result", prob)
+    with pytest.raises(fl.FastLoRAError, match="res must be a numeric array"):
+        fl.evaluate([["a"] * 8] * 8, prob)
+    other = fl.retrain(fl.make_problem(d=6, k=1, T=3, seed=0), backend="numpy", max_iter=3)
+    with pytest.raises(fl.FastLoRAError, match=r"res.A has shape \(6, 6\) but the test tasks are \(8, 8\)"):
+        fl.evaluate(other, prob)
+    A = res.A.copy()
+    A[2, 3] = np.nan
+    with pytest.raises(fl.FastLoRAError, match="res contains NaN"):
+        fl.evaluate(A, prob)
+    with pytest.raises(fl.FastLoRAError, match=r"prob must be a fastlora\.Problem .*got str"):
+        fl.evaluate(res, "prob")
+    with pytest.raises(fl.FastLoRAError, match=r"prob must be a fastlora\.Problem .*got list"):
+        fl.evaluate(res, prob.tasks)
+    with pytest.raises(fl.FastLoRAError, match=r"test_tasks must be a non-empty list of fastlora\.Task"):
+        fl.evaluate(res, None, test_tasks=[np.eye(8)])
+    own = fl.evaluate(res, None, test_tasks=prob.test_tasks[:2], ft_rank=1)
+    assert np.isnan(own["rel_err_A"]) and len(own["excess_risk_per_task"]) == 2

@@ -1,4 +1,4 @@
-"""The parameterization protocol (version 1) and its validation.
+"""The parameterization protocol (versions 1 and 2) and its validation.
 
 A parameterization is an object (usually a class instantiated with its hyper-parameters)
 with these members; all arrays are batched over tasks (leading axis T) and belong to
@@ -32,30 +32,44 @@ Optional members (absent or ``None`` when not provided):
         beyond the identity path of A + Δ) under the key "base".  ALS cannot use these
         (its A step is closed-form only for Δ independent of A); gd, finetune and evaluate can.
 
+Version 2 adds one optional member (version-1 plugins work unchanged):
+
+    shared: tuple[str, ...]           # task-independent trainable parameters (e.g. the factors B, C
+        of a tied LoRA Δ_t = B·diag(s_t)·Cᵀ): shapes() lists them without the task axis, init()
+        returns them once (no task axis), delta()/factors() receive them unbatched beside the
+        per-task ones, and pullback() returns their gradient summed over tasks.  Needs
+        api_version = 2; not also frozen.
+
 What the solvers make of it: ``gd`` needs only the required members; ``als`` uses
 ``best_fit`` (exact adapter step) when there is one, the ``family`` to whiten the
 finite-sample step or to run subspace iteration on factored targets, and otherwise
-falls back to inner gradient steps (not for ``uses_base``: a clear error).
+falls back to inner gradient steps (not for ``uses_base``: a clear error).  With
+``shared`` parameters ALS alternates the per-task parameters (inner gradient steps, per
+task), the shared ones (inner gradient steps on the total objective) and A (closed form);
+fine-tuning a new task keeps A and the shared parameters of a retrain result and trains
+the per-task ones.  Problems with shared parameters are solved one at a time.
 """
 from __future__ import annotations
 
 from ..errors import PluginError
 
-API_VERSION = 1
+API_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 REQUIRED_METHODS = ("shapes", "init", "delta", "pullback")
 OPTIONAL_METHODS = ("factors", "best_fit", "from_factors", "canonicalize")
 FAMILIES = (None, "general", "psd", "full")
 
 
 def protocol_errors(obj) -> list[str]:
-    """Everything ``obj`` gets wrong about protocol version 1 (empty list: conforms)."""
+    """Everything ``obj`` gets wrong about the protocol (empty list: conforms)."""
     errors = []
     name = getattr(obj, "name", None)
     if not isinstance(name, str) or not name:
         errors.append("has no string attribute 'name'")
     version = getattr(obj, "api_version", None)
-    if version != API_VERSION:
-        errors.append(f"api_version is {version!r}; this fastlora speaks version {API_VERSION}")
+    if version not in SUPPORTED_VERSIONS:
+        errors.append(f"api_version is {version!r}; this fastlora speaks versions "
+                      f"{', '.join(map(str, SUPPORTED_VERSIONS))}")
     for meth in REQUIRED_METHODS:
         if not callable(getattr(obj, meth, None)):
             errors.append(f"lacks the required method {meth}()")
@@ -71,6 +85,14 @@ def protocol_errors(obj) -> list[str]:
     for meth in needs:
         if not callable(getattr(obj, meth, None)):
             errors.append(f"family={family!r} needs the method {meth}()")
+    shared = getattr(obj, "shared", None)
+    if shared is not None:
+        if isinstance(shared, str) or not all(isinstance(n, str) for n in shared):
+            errors.append(f"shared must be a tuple of parameter names, got {shared!r}")
+        elif version != 2:
+            errors.append("shared parameters need api_version = 2")
+        elif set(shared) & set(getattr(obj, "frozen", None) or ()):
+            errors.append(f"parameters {sorted(set(shared) & set(obj.frozen))} cannot be both shared and frozen")
     fast = getattr(obj, "fast_paths", None)
     if fast is not None and not isinstance(fast, dict):
         errors.append("fast_paths must be a dict mapping backend names to objects")
@@ -95,7 +117,21 @@ def capabilities(obj) -> dict:
         "fast_paths": sorted((getattr(obj, "fast_paths", None) or {}).keys()),
         "uses_base": bool(getattr(obj, "uses_base", False)),
         "frozen": sorted(getattr(obj, "frozen", None) or ()),
+        "shared": list(shared_names(obj)),
+        "api_version": getattr(obj, "api_version", None),
     }
+
+
+def check_shape_supported(peft, d_out: int, d_in: int) -> None:
+    """Refuse a weight shape the parameterization cannot represent (``square_only`` needs d_out = d_in)."""
+    if getattr(peft, "square_only", False) and d_out != d_in:
+        from ..errors import FastLoRAError
+        raise FastLoRAError(f"peft={peft.name!r} needs square weights but d_out={d_out} != d_in={d_in}; use peft='lora'")
+
+
+def shared_names(peft) -> tuple[str, ...]:
+    """The parameterization's task-independent trainable parameters (protocol version 2)."""
+    return tuple(getattr(peft, "shared", None) or ())
 
 
 def trainable(peft, params: dict) -> list[str]:
@@ -107,13 +143,13 @@ def trainable(peft, params: dict) -> list[str]:
 def bind_base(peft, backend_name: str, base):
     """(delta(params), pullback(params, G)) for this backend, with ``base`` bound where the
     parameterization uses it; pullback's "base" entry is left in the returned dict."""
-    delta, pullback = method(peft, backend_name, "delta"), method(peft, backend_name, "pullback")
+    delta, pullback = implementation(peft, backend_name, "delta"), implementation(peft, backend_name, "pullback")
     if not getattr(peft, "uses_base", False):
         return delta, pullback
     return (lambda params: delta(params, base)), (lambda params, G: pullback(params, G, base))
 
 
-def method(peft, backend_name: str, member: str):
+def implementation(peft, backend_name: str, member: str):
     """``peft.member``, or the override registered for this backend in ``fast_paths``."""
     fast = (getattr(peft, "fast_paths", None) or {}).get(backend_name)
     impl = getattr(fast, member, None) if fast is not None else None

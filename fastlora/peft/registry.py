@@ -5,7 +5,10 @@ a plugin is imported only when it is asked for, or when every plugin is listed. 
 plugin that fails to import or violates the protocol is recorded with its error and the
 distribution it came from, and a :class:`~fastlora.errors.PluginError` is raised only
 when *that* name is requested — the built-ins and other plugins keep working.  Two
-distributions claiming one name make that name an error naming both.  Set
+distributions claiming one name make that name an error naming both.  The built-in names
+(``lora``, ``lora_sym``, ``full``) always resolve to fastlora's own classes: a third-party
+entry point claiming one is ignored, and reported by distribution (a RuntimeWarning once
+per discovery, and ``info()``'s ``ignored_claims``); ``register`` cannot replace them.  Set
 ``FASTLORA_DISABLE_PLUGIN_AUTOLOAD=1`` to ignore every entry point but fastlora's own.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Entry:
     loaded: object = None         # the class (or factory) once imported
     error: str | None = None
     claimants: list = field(default_factory=list)  # other distributions claiming this name
+    ignored_claims: list = field(default_factory=list)  # third-party claims on a built-in name
 
     @property
     def ok(self) -> bool:
@@ -54,19 +58,30 @@ class Registry:
             return self._entries
 
     def _read_entry_points(self) -> None:
+        # built-ins come from fastlora itself (also from a source tree without metadata)
+        for name, value in _BUILTINS.items():
+            self._entries[name] = Entry(name, value, "fastlora", _own_version())
         seen = set()
         for ep in metadata.entry_points(group=GROUP):
             dist = ep.dist.metadata["Name"] if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "?"
-            if dist != "fastlora" and not settings.plugin_autoload:
+            if dist == "fastlora":
+                if ep.name not in _BUILTINS:
+                    self._add(Entry(ep.name, ep.value, dist, version))
+                continue
+            if not settings.plugin_autoload:
                 continue
             if (ep.name, ep.value, dist) in seen:  # the same distribution found twice on sys.path
                 continue
             seen.add((ep.name, ep.value, dist))
+            if ep.name in _BUILTINS:
+                claim = f"{dist} {version} ({ep.value})"
+                self._entries[ep.name].ignored_claims.append(claim)
+                warnings.warn(f"distribution {claim} registers the built-in peft name {ep.name!r}; built-in names "
+                              f"always resolve to fastlora's own classes, so that entry point is ignored "
+                              f"(rename it in the plugin)", RuntimeWarning, stacklevel=4)
+                continue
             self._add(Entry(ep.name, ep.value, dist, version))
-        for name, value in _BUILTINS.items():  # running from a source tree without metadata
-            if name not in self._entries:
-                self._add(Entry(name, value, "fastlora", _own_version()))
 
     def _add(self, entry: Entry) -> None:
         current = self._entries.get(entry.name)
@@ -96,8 +111,9 @@ class Registry:
     def _entry_error(self, entry: Entry) -> PluginError:
         if entry.claimants:
             return PluginError(f"peft {entry.name!r} is claimed by two distributions: "
-                               f"{entry.distribution} {entry.version} ({entry.value}) and {', '.join(entry.claimants)}; "
-                               f"uninstall one, or register the one you want with fastlora.peft.register(..., overwrite=True)")
+                               f"{entry.distribution} {entry.version} ({entry.value}) and "
+                               f"{', '.join(entry.claimants)}; uninstall one, or register the one you want with "
+                               f"fastlora.peft.register(..., overwrite=True)")
         return PluginError(f"peft plugin {entry.name!r} from distribution {entry.distribution} {entry.version} "
                            f"failed to load: {entry.error}")
 
@@ -116,14 +132,16 @@ class Registry:
         return sorted(names)
 
     def info(self) -> list[dict]:
-        """One record per entry: name, distribution, version, capabilities, error."""
+        """One record per entry: name, distribution, version, source, capabilities, error, and
+        ``ignored_claims`` (third-party distributions that also claim a built-in name)."""
         rows = []
         for entry in sorted(self._discover().values(), key=lambda e: e.name):
             self._load(entry)
             caps = protocol.capabilities(self._defaults[entry.name]) if entry.ok else None
             error = None if entry.ok else str(self._entry_error(entry))
             rows.append({"name": entry.name, "distribution": entry.distribution, "version": entry.version,
-                         "source": entry.value, "capabilities": caps, "error": error})
+                         "source": entry.value, "capabilities": caps, "error": error,
+                         "ignored_claims": list(entry.ignored_claims)})
         return rows
 
     def get(self, peft, **options):
@@ -148,7 +166,8 @@ class Registry:
             try:
                 peft = peft(**options)
             except TypeError as exc:
-                raise FastLoRAError(f"peft options {sorted(options)} are not accepted by {peft.__name__}: {exc}") from None
+                raise FastLoRAError(f"peft options {sorted(options)} are not accepted by {peft.__name__}: "
+                                    f"{exc}") from None
         elif options:
             raise FastLoRAError("peft options can only be given with a peft name or class, not an instance")
         protocol.validate(peft)
@@ -161,15 +180,18 @@ class Registry:
         name = name or instance.name
         if name != instance.name:
             raise PluginError(f"register(name={name!r}) differs from the parameterization's name {instance.name!r}")
+        _refuse_builtin(name, "register")
         entries = self._discover()
         if name in entries and not overwrite:
             e = entries[name]
-            raise PluginError(f"peft {name!r} is already registered by {e.distribution}; pass overwrite=True to replace it")
+            raise PluginError(f"peft {name!r} is already registered by {e.distribution}; "
+                              f"pass overwrite=True to replace it")
         entries[name] = Entry(name, "<registered>", "<registered>", "", loaded=peft)
         self._defaults[name] = instance
         return peft
 
     def unregister(self, name: str) -> None:
+        _refuse_builtin(name, "unregister")
         entries = self._discover()
         if name not in entries:
             raise FastLoRAError(f"peft {name!r} is not registered")
@@ -181,6 +203,12 @@ class Registry:
         with self._lock:
             self._entries = None
             self._defaults.clear()
+
+
+def _refuse_builtin(name: str, action: str) -> None:
+    if name in _BUILTINS:
+        raise PluginError(f"cannot {action} {name!r}: built-in names ({', '.join(map(repr, _BUILTINS))}) always "
+                          f"resolve to fastlora's own classes; give your parameterization another name")
 
 
 def _own_version() -> str:

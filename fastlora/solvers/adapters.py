@@ -2,8 +2,10 @@
 
     θ_t ← argmin_θ L_t(A + Δ(θ))        for every task t, batched
 
-The ALS solver alternates one of these with the closed-form A step; :func:`fastlora.finetune`
-runs one on a single task.  Which one is used (``adapter_step="auto"``):
+The ALS solver alternates one of these with the batch's closed-form A step
+(:meth:`fastlora.taskbatch.Batch.a_step`); :func:`fastlora.finetune` runs one on a single
+task.  A step reads the model at A from the batch's :class:`~fastlora.taskbatch.Point` and
+returns parameters; the objective and the A step belong to the batch.  Which one is used (``adapter_step="auto"``):
 
 ===============  ==================================================================  ============
 step             when                                                                exact?
@@ -24,39 +26,33 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
+
 from ..errors import FastLoRAError
-from ..peft.protocol import bind_base, method
-from .common import relative_change
+from ..peft.protocol import bind_base, implementation, shared_names
+from ..taskbatch import Adapters
 
 
 class AdapterStep(abc.ABC):
     name = "abstract"
     exact = True
-    warm_start = False  # whether fit() uses the previous parameters
+    warm_start = False   # whether fit() uses the previous parameters
+    symmetric = False    # whether it reads the symmetric part of the residual (PSD fits)
+    extrapolable = True  # a fit at an extrapolated A is as good as at a plain ALS iterate (exact fits)
 
     def __init__(self, ctx):
         self.ctx, self.batch, self.peft, self.rank = ctx, ctx.batch, ctx.peft, ctx.rank
         self.xp = ctx.xp
-        self.delta_fn = method(ctx.peft, ctx.backend.name, "delta")
+        self.delta_fn = implementation(ctx.peft, ctx.backend.name, "delta")
 
     @abc.abstractmethod
-    def fit(self, A, params):
-        """New adapter parameters for every task given A (``params``: the current ones or None)."""
+    def fit(self, point, params):
+        """New adapter parameters for every task given the model at ``point.A`` (``params``:
+        the current ones, or None)."""
 
-    def a_step(self, params):
-        return self.batch.a_step(self.delta_fn(params))
-
-    def objective(self, A, params) -> float:
-        return self.batch.objective(A, self.delta_fn(params))
-
-    objective_is_accurate = True
-
-    def final_objective(self, A, params) -> float:
-        return self.objective(A, params)
-
-    def objective_and_change(self, A_new, A_old, params):
-        """(objective at A_new, ‖A_new − A_old‖ / ‖A_new‖)."""
-        return self.objective(A_new, params), relative_change(self.xp, A_new, A_old)
+    def adapters(self, params) -> Adapters:
+        """The updates Δ_t of ``params`` in the form the batch computes with fastest."""
+        return Adapters.from_params(self.peft, params, self.delta_fn)
 
 
 class DenseExact(AdapterStep):
@@ -66,18 +62,11 @@ class DenseExact(AdapterStep):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.best_fit = method(ctx.peft, ctx.backend.name, "best_fit")
-        self.targets = self.batch.targets()
+        self.best_fit = implementation(ctx.peft, ctx.backend.name, "best_fit")
 
-    def fit(self, A, params):
-        return self.best_fit(self.targets - A[None], self.rank)
-
-    def a_step(self, params):
-        return self.xp.mean(self.targets - self.delta_fn(params), axis=0)
-
-    def objective(self, A, params) -> float:
-        R = self.targets - A[None] - self.delta_fn(params)
-        return 0.5 * float(self.xp.sum(R * R))
+    def fit(self, point, params):
+        R = point.R if hasattr(point, "R") else self.batch.targets() - point.A
+        return self.best_fit(R, self.rank)
 
 
 class WhitenedFinite(AdapterStep):
@@ -91,24 +80,16 @@ class WhitenedFinite(AdapterStep):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.best_fit = method(ctx.peft, ctx.backend.name, "best_fit")
+        self.best_fit = implementation(ctx.peft, ctx.backend.name, "best_fit")
         self.general = ctx.peft.family == "general"
 
-    def fit(self, A, params):
-        b = self.batch
-        G = b.C - A[None] @ b.Sigma
-        half, full = b.sigma_pinv_half()
+    def fit(self, point, params):
+        half, full = self.batch.sigma_pinv_half()
         if not self.general:
-            return self.best_fit(G @ full, self.rank)
-        fitted = self.best_fit(G @ half, self.rank)
+            return self.best_fit(point.G @ full, self.rank)
+        fitted = self.best_fit(point.G @ half, self.rank)
         B, C = self.peft.factors(fitted)
         return self.peft.from_factors(B, half @ C)
-
-    def a_step(self, params):
-        if not self.general:
-            return super().a_step(params)
-        B, C = self.peft.factors(params)
-        return self.batch.a_step_factors(B.swapaxes(1, 2), C.swapaxes(1, 2))
 
 
 class Subspace(AdapterStep):
@@ -121,112 +102,65 @@ class Subspace(AdapterStep):
     """
 
     name = "subspace"
+    extrapolable = False  # one warm-started power step per call: poor at an extrapolated A
 
     def __init__(self, ctx):
         super().__init__(ctx)
         b, xp = self.batch, self.xp
-        self.kernels = ctx.backend.kernels
-        self.psd = ctx.peft.family == "psd"
-        if self.psd:
+        self.ops = ctx.backend.kernels
+        self.symmetric = ctx.peft.family == "psd"
+        if self.symmetric:
             if b.symmetric:
-                self.L = self.R = b.Bs
+                self.left = self.right = b.B_rows
             else:  # symmetric part of B*C*ᵀ: ½(B*C*ᵀ + C*B*ᵀ)
-                self.L = xp.concatenate([b.Cs, b.Bs], axis=1)
-                self.R = 0.5 * xp.concatenate([b.Bs, b.Cs], axis=1)
-            # sym(B*C*ᵀ) may be indefinite: bound its most negative eigenvalue by its norm.
+                self.left = xp.concatenate([b.C_rows, b.B_rows], axis=1)
+                self.right = 0.5 * xp.concatenate([b.B_rows, b.C_rows], axis=1)
+        # sym(B*C*ᵀ) may be indefinite: bound its most negative eigenvalue by its norm
         self.shift_extra = 0.0 if b.symmetric else float(xp.sqrt(xp.max(b.target_gram())))
-        self.power_iter_init = int(ctx.option("power_iter_init", 4))
+        self.power_iter_init = int(ctx.option("power_iter_init"))
         self.basis = None
-        self._residual_of = self._residual = None
-        self._stats_of = self._stats = self._previous = None
-        self._shift = 0.0
 
-    def _shifted_residual(self, A):
-        """(D, σ): D = sym(S − A) for psd (else S − A), computed once per A by the fused
-        ``residual_stats`` kernel, and σ = ‖D‖_F (+ a bound on −λ_min(sym B*C*ᵀ))."""
-        if self._residual_of is not A:
-            D, stats = self.kernels.residual_stats(self.batch.S, A, A, self.psd)
-            self._remember(A, D, stats)
-        return self._residual, self._shift
+    def _shift(self, point) -> float:
+        """σ ≥ −λ_min(sym R_t): iterating with R_t + σI converges to the algebraically largest
+        subspace the PSD fit needs, not to that of large negative eigenvalues."""
+        return point.norms.residual_sq ** 0.5 + self.shift_extra
 
-    def _remember(self, A, D, stats):
-        self._residual_of, self._residual = A, D
-        self._shift = stats[0] ** 0.5 + self.shift_extra
+    def _apply_psd(self, point, X):
+        """Rows of sym(R_t) X_t for rows X (T, r, d)."""
+        return self.ops.apply_shared_lowrank(X, point.D, self.left, self.right)
 
-    def _apply_psd(self, A, X):
-        """(rows of sym(R_t) X_t, σ).  σ ≥ −λ_min(R_t) (B*C*ᵀ's part is PSD for symmetric
-        targets), so iterating with R_t + σI converges to the algebraically largest
-        subspace the PSD fit needs, not that of large negative eigenvalues."""
-        D, shift = self._shifted_residual(A)
-        return self.kernels.apply_shared_lowrank(X, D, self.L, self.R), shift
-
-    def _apply(self, A, X):
+    def _apply(self, point, X):
         """Rows of R_t X_t (X rows (T, r, d_in)) -> (T, r, d_out)."""
-        b = self.batch
-        return self.kernels.apply_shared_lowrank(X, self._shifted_residual(A)[0].T, b.Cs, b.Bs)
+        return self.ops.apply_shared_lowrank(X, point.D.T, self.batch.C_rows, self.batch.B_rows)
 
-    def _apply_t(self, A, P):
+    def _apply_t(self, point, P):
         """Rows of R_tᵀ P_t (P rows (T, r, d_out)) -> (T, r, d_in)."""
-        b = self.batch
-        return self.kernels.apply_shared_lowrank(P, self._shifted_residual(A)[0], b.Bs, b.Cs)
+        return self.ops.apply_shared_lowrank(P, point.D, self.batch.B_rows, self.batch.C_rows)
 
-    def _start(self, A):
-        b, k = self.batch, self.kernels
+    def _start(self, point):
+        b, ops = self.batch, self.ops
         omega = self.ctx.backend.asarray(self.ctx.rng.standard_normal((b.T, self.rank, b.d_in)), self.ctx.dtype)
-        Q = k.orthonormalize_rows(omega)
+        Q = ops.orthonormalize_rows(omega)
         del omega  # (T, r, d): 268 MB at d=4096, T=1024, r=8
+        shift = self._shift(point) if self.symmetric else 0.0
         for _ in range(self.power_iter_init):
-            if self.psd:
-                Y, shift = self._apply_psd(A, Q)
-                Q = k.psd_subspace_step(Q, Y, shift)[1]
+            if self.symmetric:
+                Q = ops.psd_subspace_step(Q, self._apply_psd(point, Q), shift)[1]
             else:
-                Q = k.orthonormalize_rows(self._apply_t(A, k.orthonormalize_rows(self._apply(A, Q))))
+                Q = ops.orthonormalize_rows(self._apply_t(point, ops.orthonormalize_rows(self._apply(point, Q))))
         self.basis = Q
 
-    def fit(self, A, params):
-        k = self.kernels
+    def fit(self, point, params):
+        ops = self.ops
         if self.basis is None:
-            self._start(A)
-        if self.psd:
-            Y, shift = self._apply_psd(A, self.basis)
-            U, self.basis = k.psd_subspace_step(self.basis, Y, shift)
+            self._start(point)
+        if self.symmetric:
+            U, self.basis = ops.psd_subspace_step(self.basis, self._apply_psd(point, self.basis), self._shift(point))
             U = U.swapaxes(1, 2)
             return self.peft.from_factors(U, U)
-        P = k.orthonormalize_rows(self._apply(A, self.basis))
-        B, C, self.basis = k.ritz_general(P, self._apply_t(A, P))
+        P = ops.orthonormalize_rows(self._apply(point, self.basis))
+        B, C, self.basis = ops.ritz_general(P, self._apply_t(point, P))
         return self.peft.from_factors(B.swapaxes(1, 2), C.swapaxes(1, 2))
-
-    def _rows(self, params):
-        B, C = self.peft.factors(params)
-        return (B.swapaxes(1, 2), C.swapaxes(1, 2)) if B is not C else (B.swapaxes(1, 2),) * 2
-
-    def a_step(self, params):
-        B, C = self._rows(params)
-        # the new residual overwrites the old one's memory (it has served this iteration's GEMM)
-        A_new, D, stats = self.batch.a_step_factors_with_stats(B, C, self._residual_of, self.psd, out=self._residual)
-        self._stats_of, self._stats, self._previous = A_new, stats, id(self._residual_of)
-        self._remember(A_new, D, stats)
-        return A_new
-
-    # The per-iteration objective comes from an O(T·d·r²) identity whose rounding floor
-    # (~eps·Σ‖B*C*ᵀ‖²) is above zero's tolerance: it must not decide that the objective is
-    # zero.  final_objective() recomputes the last value with the accurate QR form.
-    objective_is_accurate = False
-
-    def objective_and_change(self, A_new, A_old, params):
-        if self._stats_of is A_new and self._previous == id(A_old):
-            stats = self._stats
-        else:
-            D, stats = self.kernels.residual_stats(self.batch.S, A_new, A_old, self.psd)
-            self._remember(A_new, D, stats)
-        self._dist_sq = stats[1]
-        B, C = self._rows(params)
-        objective = self.batch.objective_after_a_step(B, C, stats[1])
-        return objective, (stats[2] / stats[3]) ** 0.5 if stats[3] > 0 else stats[2] ** 0.5
-
-    def final_objective(self, A, params) -> float:
-        B, C = self._rows(params)
-        return max(self.batch.objective_after_a_step(B, C, self._dist_sq, accurate=True), 0.0)
 
 
 class InnerGradient(AdapterStep):
@@ -238,44 +172,78 @@ class InnerGradient(AdapterStep):
     name = "inner"
     exact = False
     warm_start = True
+    extrapolable = False
 
-    def __init__(self, ctx, steps: int | None = None):
+    def __init__(self, ctx, steps: int | None = None, train_shared: bool = True):
         super().__init__(ctx)
-        self.pullback = method(ctx.peft, ctx.backend.name, "pullback")
-        self.steps = int(steps if steps is not None else ctx.option("inner_iter", 10))
+        self.pullback = implementation(ctx.peft, ctx.backend.name, "pullback")
+        self.steps = int(steps if steps is not None else ctx.option("inner_iter"))
         self.lr = None
+        self.shared = set(shared_names(ctx.peft))
+        self.train_shared = train_shared and bool(self.shared)
+        self.shared_lr = 1.0
         self.uses_base = bool(getattr(ctx.peft, "uses_base", False))
+        self.implicit = bool(getattr(ctx.peft, "implicit_gradient", False))
+        self._grad_rel, self._grad_ref = np.ones(ctx.batch.P), None
 
-    def fit(self, A, params):
-        xp, b = self.xp, self.batch
-        if self.uses_base:  # Δ depends on A: bind it (its "base" gradient is not used here)
-            self.delta_fn, self.pullback = bind_base(self.peft, self.ctx.backend.name, A)
+    def fit(self, point, params):
+        xp, b, A = self.xp, self.batch, point.A
+        if self.uses_base:  # Δ depends on A (one problem): bind it (its "base" gradient is not used here)
+            self.delta_fn, self.pullback = bind_base(self.peft, self.ctx.backend.name, A[0])
         if params is None:
             params = self.ctx.init_params(A)
         if self.lr is None:
-            self.lr = xp.ones(b.T, dtype=self.ctx.dtype)
-        losses = b.losses(A, self.delta_fn(params))
+            self.lr = xp.ones(b.P * b.T, dtype=self.ctx.dtype)
+        losses = b.losses(A, self.adapters(params))
         for _ in range(self.steps):
             params, losses, moved = self._step(A, params, losses)
             if not moved:
                 break
+        if self.train_shared:
+            params = self._shared_steps(A, params)
         return params
 
-    def residual(self) -> float:
-        """‖∇_θ‖ at the start of the last step, relative to the first one seen: ALS may call
-        the solve converged only when this is small too (A can stall while θ still moves)."""
-        return self._grad_rel
+    def _shared_steps(self, A, params):
+        """``steps`` gradient steps on the shared parameters (protocol v2) with one Armijo line
+        search on the total objective (they couple every task); the step size persists."""
+        b = self.batch
+        value = float(b.objective(A, self.adapters(params))[0])
+        eps = float(np.finfo(self.ctx.dtype).eps)
+        for _ in range(self.steps):
+            grads = {k: v for k, v in self.pullback(params, b.gradient(A, self.adapters(params),
+                                                                          implicit=self.implicit)).items()
+                     if k in self.shared}
+            gsq = sum(float(self.xp.sum(g * g)) for g in grads.values())
+            floor = 8 * eps * abs(value)
+            if 0.5 * self.shared_lr * gsq <= floor:
+                break
+            for _ in range(40):
+                cand = {k: v - self.shared_lr * grads[k] if k in grads else v for k, v in params.items()}
+                cand_value = float(b.objective(A, self.adapters(cand))[0])
+                if cand_value <= value - 0.5 * self.shared_lr * gsq:
+                    params, value, self.shared_lr = cand, cand_value, 2 * self.shared_lr
+                    break
+                self.shared_lr *= 0.5
+            else:
+                break
+        return params
 
-    _grad_rel = 1.0
-    _grad_ref = None
+    def residual(self):
+        """‖∇_θ‖ per problem at the start of the last step, relative to the first one seen (P,):
+        ALS may call a problem converged only when this is small too (A can stall while θ moves)."""
+        return self._grad_rel
 
     def _step(self, A, params, losses):
         xp, b = self.xp, self.batch
-        grads = self.pullback(params, b.grad(A, self.delta_fn(params)))
+        grads = self.pullback(params, b.gradient(A, self.adapters(params), implicit=self.implicit))
         grads.pop("base", None)
-        gsq = sum(xp.sum(g.reshape(b.T, -1) ** 2, axis=1) for g in grads.values())
-        total = float(xp.sqrt(xp.sum(gsq)))
-        self._grad_ref = self._grad_ref or total or 1.0
+        shared_sq = sum(float(xp.sum(grads.pop(k) ** 2)) for k in list(grads) if k in self.shared)
+        grads = {k: v for k, v in grads.items() if k not in self.shared}  # per-task parameters only
+        n_tasks = b.P * b.T
+        gsq = sum(xp.sum(g.reshape(n_tasks, -1) ** 2, axis=1) for g in grads.values())
+        total = np.sqrt(b.host(b.sum_tasks(gsq)) + (shared_sq if self.train_shared else 0.0))
+        if self._grad_ref is None:
+            self._grad_ref = np.where(total > 0, total, 1.0)
         self._grad_rel = total / self._grad_ref
         # below this decrease a comparison of two losses is rounding noise: the task is
         # converged for this A (shrinking the step further would only chase noise)
@@ -287,7 +255,7 @@ class InnerGradient(AdapterStep):
                 break
             cand = {name: (p - _per_task(self.lr, p) * grads[name]) if name in grads else p
                     for name, p in params.items()}
-            cand_losses = b.losses(A, self.delta_fn(cand))
+            cand_losses = b.losses(A, self.adapters(cand))
             ok = pending & (cand_losses <= losses - 0.5 * self.lr * gsq)
             for name in grads:
                 new_params[name] = xp.where(_per_task(ok, cand[name]), cand[name], new_params[name])
@@ -302,19 +270,24 @@ def _per_task(values, like):
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
+ADAPTER_STEPS = ("auto", "subspace", "exact", "whitened", "inner")
+
+
 def choose_adapter_step(ctx, mode: str | None = None, fixed_A: bool = False) -> AdapterStep:
-    mode = mode or ctx.option("adapter_step", "auto")
-    allowed = ("auto", "subspace", "exact", "whitened", "inner")
-    if mode not in allowed:
-        raise FastLoRAError(f"adapter_step={mode!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    mode = mode or ctx.option("adapter_step")
     batch, peft = ctx.batch, ctx.peft
     family = getattr(peft, "family", None)
+    if shared_names(peft):  # exact fits refit every parameter: shared ones need the inner steps
+        if mode not in ("auto", "inner"):
+            raise FastLoRAError(f"adapter_step={mode!r} is not possible for peft {peft.name!r}: it has shared "
+                                f"parameters {list(shared_names(peft))}; use 'auto' or 'inner'")
+        return InnerGradient(ctx, train_shared=not fixed_A)
     if getattr(peft, "uses_base", False):
         if not fixed_A:
             raise FastLoRAError(f"peft {peft.name!r} depends on the shared matrix A (uses_base), so ALS has no "
                                 f"closed-form A step for it; use solver='gd'")
         return InnerGradient(ctx)
-    has_fit = callable(method(peft, ctx.backend.name, "best_fit"))
+    has_fit = callable(implementation(peft, ctx.backend.name, "best_fit"))
     if mode == "inner":
         return InnerGradient(ctx)
     if batch.kind == "factored" and family in ("psd", "general") and mode in ("auto", "subspace"):

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import DivergenceError, FastLoRAError
+from ..errors import DivergenceError, FastLoRAError, check_array
 
 
 @dataclass
@@ -16,7 +16,9 @@ class RetrainResult:
 
     ``A`` (d_out, d_in); ``params``: dict of arrays batched over tasks (leading axis T),
     e.g. {"U": (T, d, k)}; ``objective`` = Σ_t L_t(A + Δ_t) at the end; ``history`` the
-    objective after each iteration; ``n_iter``; ``converged``; ``seconds`` of wall time.
+    objective after each iteration; ``n_iter``; ``converged``; ``seconds`` of wall time;
+    ``shared``: task-independent trained parameters besides A (a parameterization's shared
+    parameters, and a model's own, e.g. the shallow network's output weights ``c``).
     Arrays are numpy unless ``as_numpy=False`` was asked for.
     """
 
@@ -35,6 +37,7 @@ class RetrainResult:
     dtype: str
     message: str = ""
     info: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict)
 
     def delta(self, t: int):
         """The dense adapter update Δ_t (d_out, d_in) of retraining task ``t``."""
@@ -44,7 +47,7 @@ class RetrainResult:
         if not -T <= t < T:
             raise FastLoRAError(f"t={t} is out of range for {T} tasks")
         t = t % T
-        one = {name: value[t:t + 1] for name, value in self.params.items()}
+        one = {**{name: value[t:t + 1] for name, value in self.params.items()}, **self.shared}
         if getattr(self.peft, "uses_base", False):
             return self.peft.delta(one, self.A)[0]
         return self.peft.delta(one)[0]
@@ -53,69 +56,225 @@ class RetrainResult:
     def peft_name(self) -> str | None:
         return getattr(self.peft, "name", None)
 
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}{tuple(np.shape(v))}" for k, v in {**self.params, **self.shared}.items())
+        what = self.method + (f"/{self.solver}" if self.solver else "") + (f", peft={self.peft_name}" if self.peft_name else "")
+        return (f"RetrainResult({what}, A{tuple(np.shape(self.A))}{', ' + shapes if shapes else ''}, "
+                f"objective={self.objective:.6g}, n_iter={self.n_iter}, converged={self.converged}, "
+                f"seconds={self.seconds:.3g}, backend={self.backend})")
+
     def summary(self) -> dict:
         return {"method": self.method, "solver": self.solver, "peft": self.peft_name, "rank": self.rank,
                 "backend": self.backend, "dtype": self.dtype, "objective": self.objective, "n_iter": self.n_iter,
                 "converged": self.converged, "seconds": self.seconds}
 
 
-class Monitor:
-    """Records the objective per iteration, calls the user's callback, judges convergence.
+@dataclass
+class SolveOutcome:
+    """What a solver returns for its P problems: ``A`` (P, d_out, d_in), ``params`` (per-task
+    arrays, leading axis P·T), and per problem the objective ``histories``, ``n_iter``,
+    ``converged``, ``messages`` and ``errors`` (an exception for a problem that failed, else None)."""
 
-    ``callback(iteration, elapsed, objective)`` is called after every iteration.
+    A: Any
+    params: dict
+    histories: list
+    n_iter: list
+    converged: list
+    messages: list
+    errors: list
+    info: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict)
+
+
+class Monitor:
+    """Records each problem's objective per iteration, calls the user's callback, judges convergence.
+
+    ``callback(iteration, elapsed, objective)`` is called after every iteration (with the
+    objective of the single problem, or the array of all P).  A problem has converged when
+
+    * its objective is zero to tolerance (≤ tol²·Σ_t L_t(0)), or
+    * the solver's step measure (relative change of A, or relative gradient norm) is
+      ≤ tol — tol is raised to 8·eps of the dtype, below which changes are rounding noise, or
+    * its objective is constant to rounding: it changed by ≤ 8·eps·|F| over the last
+      ``STALL_WINDOW`` iterations — no further progress is representable in floating point
+      (finite-sample optima have F > 0, so this is reachable where tol on A is not).
+
+    A non-finite objective, or one growing beyond ``DIVERGENCE_FACTOR`` × the larger of Σ_t L_t(0)
+    and the objective at the start (:meth:`start`), fails that problem with a :class:`~fastlora.errors.DivergenceError` (raised at once when
+    P = 1).  A problem that is done keeps the state of its last iteration: solvers read
+    ``active`` and freeze the others, so a problem's numbers never depend on the problems
+    solved beside it.
     """
 
-    def __init__(self, callback: Callable | None, tol: float, max_iter: int, reference: float, dtype):
+    STALL_WINDOW = 5
+    DIVERGENCE_FACTOR = 1e6
+
+    def __init__(self, callback: Callable | None, tol: float, max_iter: int, reference, dtype):
         self.callback = callback
-        # Below a few ulps the relative change of A is rounding noise, not progress.
-        self.tol = max(float(tol), 8 * float(np.finfo(dtype).eps))
+        self.eps = float(np.finfo(dtype).eps)
+        self.tol = max(float(tol), 8 * self.eps)
         self.max_iter = max_iter
-        self.reference = max(float(reference), float(np.finfo(np.float64).tiny))
-        self.history: list[float] = []
-        self.start = time.perf_counter()
-        self.converged = False
-        self.message = f"reached max_iter={max_iter}"
+        self.reference = np.maximum(np.atleast_1d(np.asarray(reference, dtype=np.float64)),
+                                    float(np.finfo(np.float64).tiny))
+        self.P = len(self.reference)
+        self.histories: list[list[float]] = [[] for _ in range(self.P)]
+        self.started = time.perf_counter()
+        self.done = np.zeros(self.P, dtype=bool)
+        self.converged = np.zeros(self.P, dtype=bool)
+        self.n_iter = np.full(self.P, max_iter)
+        self.messages = [f"reached max_iter={max_iter}"] * self.P
+        self.errors: list = [None] * self.P
+        self.scale = self.reference.copy()  # the divergence test's reference
+
+    def start(self, values) -> None:
+        """The objective at the starting point: raises the divergence reference to it; a problem
+        whose start is not finite fails at once."""
+        values = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        for p in np.flatnonzero(~np.isfinite(values) & self.active):
+            self._fail(p, 0, DivergenceError(f"the objective is {values[p]} at the starting point: the data or the "
+                                             f"initialisation are not finite or are ill-scaled"))
+        self.scale = np.maximum(self.scale, np.nan_to_num(values, nan=0.0, posinf=0.0))
+
+    @property
+    def active(self):
+        """Problems still iterating, (P,) bool."""
+        return ~self.done
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return time.perf_counter() - self.started
 
-    def record(self, iteration: int, objective: float, step: float | None = None, accurate: bool = True) -> bool:
-        """Store one iteration; True when the solver should stop.
+    def record(self, iteration: int, values, steps=None, accurate=True) -> bool:
+        """Store one iteration of every active problem; True when all problems are done.
 
-        ``accurate=False`` marks an objective computed by an identity with rounding error
-        above zero's tolerance: it is floored at 0 and never judged "zero".
+        ``accurate=False`` (per problem or for all) marks an objective computed by an
+        identity with rounding error above zero's tolerance: it is floored at 0 and never
+        judged "zero" or "constant".
         """
-        if not np.isfinite(objective):
-            raise DivergenceError(f"the objective became {objective} at iteration {iteration}; "
-                                     "the step size is too large for this problem (lower lr) or the data are ill-scaled")
-        objective = float(objective) if accurate else max(float(objective), 0.0)
-        self.history.append(objective)
+        values = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        steps = None if steps is None else np.broadcast_to(np.asarray(steps, dtype=np.float64), (self.P,))
+        accurate = np.broadcast_to(np.asarray(accurate, dtype=bool), (self.P,))
+        for p in np.flatnonzero(self.active):
+            self._record_one(p, iteration, float(values[p]), None if steps is None else float(steps[p]),
+                             bool(accurate[p]))
         if self.callback is not None:
-            self.callback(iteration, self.elapsed, objective)
-        if accurate and objective <= self.tol ** 2 * self.reference:
-            self.converged, self.message = True, "objective reached zero (to tolerance)"
+            self.callback(iteration, self.elapsed, float(values[0]) if self.P == 1 else values.copy())
+        return bool(self.done.all())
+
+    def _record_one(self, p, iteration, value, step, accurate) -> None:
+        history = self.histories[p]
+        if not np.isfinite(value):
+            return self._fail(p, iteration, DivergenceError(
+                f"the objective became {value} at iteration {iteration}; the step size is too large for this "
+                f"problem (lower lr) or the data are ill-scaled"))
+        value = value if accurate else max(value, 0.0)
+        if value > self.DIVERGENCE_FACTOR * self.scale[p]:
+            return self._fail(p, iteration, DivergenceError(
+                f"the objective grew to {value:.4g} at iteration {iteration}, more than "
+                f"{self.DIVERGENCE_FACTOR:.0e} times its starting scale {self.scale[p]:.4g}; the step size is too large "
+                f"for this problem (lower lr)"))
+        history.append(value)
+        message = None
+        if accurate and value <= self.tol ** 2 * self.reference[p]:
+            message = "objective reached zero (to tolerance)"
         elif step is not None and step <= self.tol:
-            self.converged, self.message = True, "relative change below tol"
-        return self.converged
+            message = "relative change below tol"
+        elif accurate and self._constant_to_rounding(history):
+            message = "objective constant to rounding"
+        if message is not None:
+            self.finish(p, iteration, message, converged=True)
+
+    def _fail(self, p, iteration, error) -> None:
+        if self.P == 1:
+            raise error
+        self.errors[p] = error
+        self.finish(p, iteration, str(error), converged=False)
+
+    def finish(self, p, iteration, message, converged) -> None:
+        """Mark problem ``p`` done at ``iteration``."""
+        self.done[p], self.converged[p], self.n_iter[p], self.messages[p] = True, converged, iteration, message
+
+    def _constant_to_rounding(self, history) -> bool:
+        window = history[-self.STALL_WINDOW - 1:]
+        if len(window) <= self.STALL_WINDOW:
+            return False
+        return max(window) - min(window) <= 8 * self.eps * abs(window[-1])
+
+    def outcome(self, A, params, iterations: int, *, final_objective=None, info: dict | None = None,
+                shared: dict | None = None) -> SolveOutcome:
+        """The solve's result; ``final_objective`` (P,) replaces each problem's last recorded value
+        (an accurate recomputation at the returned point)."""
+        histories = [list(h) for h in self.histories]
+        if final_objective is not None:
+            for p, value in enumerate(np.atleast_1d(final_objective)):
+                if self.errors[p] is None:
+                    if histories[p]:
+                        histories[p][-1] = float(value)
+                    else:
+                        histories[p].append(float(value))
+        n_iter = [int(min(n, iterations)) if not d else int(n) for n, d in zip(self.n_iter, self.done)]
+        return SolveOutcome(A=A, params=params, histories=histories, n_iter=n_iter,
+                            converged=[bool(c) for c in self.converged], messages=list(self.messages),
+                            errors=list(self.errors), info=info or {}, shared=shared or {})
 
 
-def relative_change(xp, new, old) -> float:
-    scale = float(xp.sqrt(xp.sum(new * new)))
-    diff = float(xp.sqrt(xp.sum((new - old) ** 2)))
-    return diff / scale if scale > 0 else diff
+class Frozen:
+    """The state (A and per-task parameters) of each problem at the iteration it finished.
+
+    Solvers update every problem each iteration (vectorised) and call :meth:`keep` with the
+    monitor's verdict; :meth:`result` returns, per problem, the state it finished with.
+    """
+
+    def __init__(self, batch):
+        self.batch, self.A, self.params = batch, None, None
+
+    def keep(self, A, params, newly_done) -> None:
+        if not newly_done.any():
+            return
+        xp = self.batch.xp
+        if self.A is None:
+            self.A = xp.array(A, copy=True)
+            self.params = {k: xp.array(v, copy=True) for k, v in params.items()}
+            return
+        self.A = _select(xp, newly_done, A, self.A)
+        tasks = self.batch.task_mask(newly_done)
+        self.params = {k: _select(xp, tasks, v, self.params[k]) for k, v in params.items()}
+
+    def result(self, A, params, done):
+        """Finished problems' kept state, the others' current one."""
+        if self.A is None:
+            return A, params
+        xp = self.batch.xp
+        A = _select(xp, done, self.A, A)
+        tasks = self.batch.task_mask(done)
+        return A, {k: _select(xp, tasks, self.params[k], v) for k, v in params.items()}
+
+
+def _select(xp, mask, new, old):
+    """``new`` where ``mask`` (along the leading axis), else ``old``."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.all():
+        return new
+    if not mask.any():
+        return old
+    shaped = xp.asarray(mask).reshape((-1,) + (1,) * (new.ndim - 1))
+    return xp.where(shaped, new, old)
 
 
 @dataclass
 class Context:
-    """Everything a solver needs: the batched tasks, the parameterization, options."""
+    """Everything a solver needs: the batched tasks (P problems), the parameterization, options.
+
+    ``rngs``: one numpy Generator per problem — a problem's random draws do not depend on the
+    problems solved beside it.
+    """
 
     batch: Any
     backend: Any
     peft: Any
     rank: int | None
     dtype: Any
-    rng: np.random.Generator
+    rngs: list
     max_iter: int
     tol: float
     callback: Callable | None
@@ -125,30 +284,60 @@ class Context:
     def xp(self):
         return self.backend.xp
 
-    def option(self, name: str, default):
-        return self.options.get(name, default)
+    @property
+    def rng(self) -> np.random.Generator:
+        """The generator of a single-problem solve."""
+        if len(self.rngs) != 1:
+            raise AssertionError("rng is only defined for a single problem")  # pragma: no cover
+        return self.rngs[0]
+
+    def option(self, name: str):
+        """A solver option, validated and defaulted by :mod:`fastlora.options`."""
+        return self.options[name]
 
     def monitor(self) -> Monitor:
         return Monitor(self.callback, self.tol, self.max_iter, self.batch.null_objective(), self.dtype)
 
     def init_params(self, A=None) -> dict:
+        """The adapters' starting point, (P·T, ...) per parameter: ``options["init_params"]`` if
+        given, else ``peft.init`` with each problem's own generator."""
         b = self.batch
-        if getattr(self.peft, "uses_base", False):
-            base = self.backend.to_numpy(A) if A is not None else np.zeros((b.d_out, b.d_in))
-            raw = self.peft.init(self.rng, b.d_out, b.d_in, self.rank, b.T, base)
-        else:
-            raw = self.peft.init(self.rng, b.d_out, b.d_in, self.rank, b.T)
+        given = self.options.get("init_params")  # absent for solvers without adapters
+        if given is not None:
+            return self._given_params(given, A)
+        per_problem = []
+        for p, rng in enumerate(self.rngs):
+            if getattr(self.peft, "uses_base", False):
+                base = self.backend.to_numpy(A[p]) if A is not None else np.zeros((b.d_out, b.d_in))
+                per_problem.append(self.peft.init(rng, b.d_out, b.d_in, self.rank, b.T, base))
+            else:
+                per_problem.append(self.peft.init(rng, b.d_out, b.d_in, self.rank, b.T))
+        names = per_problem[0]
+        raw = {k: (per_problem[0][k] if b.P == 1 else np.concatenate([one[k] for one in per_problem]))
+               for k in names}
         return {k: self.backend.asarray(v, self.dtype) for k, v in raw.items()}
 
-    def initial_A(self, default: str = "standard"):
-        how = self.option("init_A", default)
+    def _given_params(self, given, A) -> dict:
+        b = self.batch
+        base = (self.backend.to_numpy(A[0]),) if getattr(self.peft, "uses_base", False) else ()
+        expected = self.peft.init(np.random.default_rng(0), b.d_out, b.d_in, self.rank, b.P * b.T, *base)
+        if set(given) != set(expected):
+            raise FastLoRAError(f"init_params has keys {sorted(given)}; peft {self.peft.name!r} needs {sorted(expected)}")
+        out = {}
+        for name, want in expected.items():
+            value = check_array(f"init_params[{name!r}]", self.backend.to_numpy(given[name]), shape=np.shape(want))
+            out[name] = self.backend.asarray(value, self.dtype)
+        return out
+
+    def initial_A(self):
+        """The starting A of every problem, (P, d_out, d_in)."""
+        how = self.option("init_A")
+        b = self.batch
         if isinstance(how, str):
             if how == "standard":
-                return self.batch.standard_solution()
-            if how == "zeros":
-                return self.xp.zeros((self.batch.d_out, self.batch.d_in), self.dtype)
-            raise FastLoRAError(f"init_A={how!r} is not allowed; use 'standard', 'zeros' or an array")
-        A0 = np.asarray(self.backend.to_numpy(how), dtype=np.float64)
-        if A0.shape != (self.batch.d_out, self.batch.d_in) or not np.isfinite(A0).all():
-            raise FastLoRAError(f"init_A must be a finite ({self.batch.d_out}, {self.batch.d_in}) array, got shape {A0.shape}")
-        return self.backend.asarray(A0, self.dtype)
+                return b.standard_solution()
+            return self.xp.zeros((b.P, b.d_out, b.d_in), self.dtype)
+        A0 = np.asarray(self.backend.to_numpy(how))
+        shape = (b.d_out, b.d_in) if A0.ndim == 2 else (b.P, b.d_out, b.d_in)
+        A0 = check_array("init_A", A0, shape=shape)
+        return self.backend.asarray(np.broadcast_to(A0, (b.P, b.d_out, b.d_in)).copy(), self.dtype)

@@ -1,4 +1,4 @@
-"""Reptile (first-order meta-learning baseline, DESIGN.md §2).
+"""Reptile (first-order meta-learning baseline, DESIGN.md §2), for P problems at once.
 
     W_t ← A;  repeat s times: W_t ← W_t − α_t ∇L_t(W_t)         (full fine-tuning)
     A   ← A + β · mean_t (W_t − A)
@@ -10,17 +10,17 @@ W_t − A = (1 − (1 − α)^s)(W*_t − A).
 """
 from __future__ import annotations
 
-from ..errors import check_float, check_int
-from .common import relative_change
+import numpy as np
+
+from .common import Frozen
 
 
 def solve(ctx):
     xp, batch = ctx.xp, ctx.batch
-    inner_lr = check_float("inner_lr", ctx.option("inner_lr", 0.1), low=0.0, high=1.0, low_open=True)
-    inner_steps = check_int("inner_steps", ctx.option("inner_steps", 10), low=1)
-    outer_lr = check_float("outer_lr", ctx.option("outer_lr", 0.5), low=0.0, low_open=True)
+    inner_lr, inner_steps, outer_lr = ctx.option("inner_lr"), ctx.option("inner_steps"), ctx.option("outer_lr")
     monitor = ctx.monitor()
-    A = ctx.initial_A("zeros")
+    frozen = Frozen(batch)
+    A = ctx.initial_A()
     if batch.is_population:
         mean_target = batch.standard_solution()
         shrink = 1.0 - (1.0 - inner_lr) ** inner_steps
@@ -32,12 +32,19 @@ def solve(ctx):
         if batch.is_population:
             A_new = A + outer_lr * shrink * (mean_target - A)
         else:
-            W = xp.broadcast_to(A, (batch.T, *A.shape))
+            start = batch.per_task(A)
+            W = start
             for _ in range(inner_steps):
                 W = W - alpha * batch.grad_W(W)
-            A_new = A + outer_lr * xp.mean(W - A[None], axis=0)
-        change = relative_change(xp, A_new, A)
+            A_new = A + outer_lr * batch.sum_tasks(W - start) / batch.T
+        step_sq, scale = batch.problem_sq(A_new - A), batch.problem_sq(A_new)
+        change = np.where(scale > 0, np.sqrt(step_sq / np.where(scale > 0, scale, 1.0)), np.sqrt(step_sq))
         A = A_new
-        if monitor.record(iteration, batch.objective(A), change):
+        was_active = monitor.active.copy()
+        all_done = monitor.record(iteration, batch.objective(A), change)
+        frozen.keep(A, {}, was_active & monitor.done)
+        if all_done:
             break
-    return A, {}, monitor, iteration, {"inner_lr": inner_lr, "inner_steps": inner_steps, "outer_lr": outer_lr}
+    A, _ = frozen.result(A, {}, monitor.done)
+    info = {"inner_lr": inner_lr, "inner_steps": inner_steps, "outer_lr": outer_lr}
+    return monitor.outcome(A, {}, iteration, info=info)

@@ -1,12 +1,20 @@
-"""Figures of a results store: mean over seeds with a min–max band, as in the paper."""
+"""Figures of a results store: a statistic over seeds (mean or median) with a band, as in the paper.
+
+``stat="mean"`` with ``band="minmax"`` (the defaults) draws the mean over seeds and the
+min–max range; ``stat="median"`` with ``band="iqr"`` draws the paper's median and
+interquartile band.  The title lists the settings the selected rows share; curves of
+different hues get their own marker and line style and a slight horizontal offset, so
+curves that coincide stay visible; integer x axes (T, n, d, ...) get integer ticks.
+"""
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import FastLoRAError
+from ..errors import FastLoRAError, check_choice
 from .store import METRICS, ResultsStore, key_columns
 
 LABELS = {
@@ -27,10 +35,33 @@ LABELS = {
     "method": "method",
     "peft": "parameterization",
 }
+STATS = ("mean", "median")
+BANDS = ("minmax", "iqr", "none")
+_BAND_TEXT = {"minmax": "band: min–max", "iqr": "band: interquartile range", "none": "no band"}
+# keys that describe how a point was computed, not what was computed: left out of titles
+_EXECUTION_KEYS = {"backend", "dtype", "max_iter", "tol", "n_test_tasks", "solver", "adapter_step", "inner_iter",
+                   "power_iter_init", "optimizer", "lr"}
+_TITLE_ORDER = ("d", "d_out", "k", "T", "n", "noise", "sampler", "symmetric", "method", "peft", "rank", "ft_peft",
+                "ft_rank", "n_ft")
+_STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
 def label(name: str) -> str:
     return LABELS.get(name, name)
+
+
+def summarise_values(values, stat: str = "mean", band: str = "minmax") -> tuple[float, float, float]:
+    """(centre, low, high) of one point's values over seeds: the mean or median, and the
+    min–max range or the interquartile range (25th–75th percentile); ``band="none"``
+    gives low = high = centre."""
+    v = np.asarray(values, dtype=np.float64)
+    centre = float(np.mean(v)) if stat == "mean" else float(np.median(v))
+    if band == "minmax":
+        return centre, float(v.min()), float(v.max())
+    if band == "iqr":
+        lo, hi = np.percentile(v, [25, 75])
+        return centre, float(lo), float(hi)
+    return centre, centre, centre
 
 
 def _parse_where(where) -> dict:
@@ -54,19 +85,39 @@ def _num(text):
         return None
 
 
-def plot_results(path, x: str, y: str, hue: str | None = None, facet: str | None = None, *, logy: bool = False,
-                 logx: bool = False, where=None, out="fig.png") -> str:
-    """Plot ``y`` against ``x`` (one line per ``hue``, one panel per ``facet``) and save to ``out``."""
+def _hue_keys(hue) -> list[str]:
+    if hue is None:
+        return []
+    return [hue] if isinstance(hue, str) else list(hue)
+
+
+def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet: str | None = None, *,
+                 logy: bool = False, logx: bool = False, where=None, out="fig.png", stat: str = "mean",
+                 band: str = "minmax", title: str | None = None,
+                 reference: tuple[str, Callable] | None = None) -> str:
+    """Plot ``y`` against ``x`` (one line per ``hue``, one panel per ``facet``) and save to ``out``.
+
+    ``stat``: "mean" | "median" over seeds; ``band``: "minmax" | "iqr" | "none".  ``hue``
+    may be a list of keys (one line per combination).  ``title`` replaces the automatic
+    one (the settings all selected rows share).  ``reference=(label, f)`` draws y = f(x)
+    (f takes and returns arrays) as a thin black reference line in every panel, e.g. a
+    theoretical rate.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
+    stat = check_choice("stat", stat, STATS)
+    band = check_choice("band", band, BANDS)
+    hues = _hue_keys(hue)
     with ResultsStore(path) as store:
         columns, rows = store.rows()
     index = {c: i for i, c in enumerate(columns)}
-    for role, name in (("--x", x), ("--y", y), ("--hue", hue), ("--facet", facet)):
+    for role, name in (("--x", x), ("--y", y), *(("--hue", h) for h in hues), ("--facet", facet)):
         if name is not None and name not in index:
-            raise FastLoRAError(f"{role} {name!r} is not a column of {path}; columns: {', '.join(key_columns(columns) + list(METRICS))}")
+            raise FastLoRAError(f"{role} {name!r} is not a column of {path}; columns: "
+                                f"{', '.join(key_columns(columns) + list(METRICS))}")
     if y not in METRICS:
         raise FastLoRAError(f"--y {y!r} must be a metric: {', '.join(METRICS)}")
     filters = _parse_where(where)
@@ -76,12 +127,13 @@ def plot_results(path, x: str, y: str, hue: str | None = None, facet: str | None
     rows = [r for r in rows if r[index["status"]] == "ok" and all(_matches(r[index[k]], v) for k, v in filters.items())]
     if not rows:
         raise FastLoRAError(f"no finished rows in {path} match the selection")
-    used = {x, hue, facet, *filters}
+    used = {x, facet, *hues, *filters}
+    shared = {}
     for key in key_columns(columns):
-        if key in used:
-            continue
         values = {r[index[key]] for r in rows}
-        if len(values) > 1:
+        if len(values) == 1:
+            shared[key] = next(iter(values))
+        elif key not in used:
             shown = ", ".join(sorted(map(str, values)))
             raise FastLoRAError(f"key {key!r} varies in the selected rows ({shown}); fix it with --where {key}=VALUE "
                                 f"or show it with --hue/--facet")
@@ -91,47 +143,102 @@ def plot_results(path, x: str, y: str, hue: str | None = None, facet: str | None
         if value is None:
             continue
         panel = r[index[facet]] if facet else None
-        line = r[index[hue]] if hue else y
+        line = tuple(r[index[h]] for h in hues) if hues else (y,)
         groups[(panel, line)][r[index[x]]].append(float(value))
     panels = sorted({p for p, _ in groups}, key=_order)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False, sharey=True)
-    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--")]
-    lines = sorted({line for _, line in groups}, key=_order)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False, sharey=True)
+    lines = sorted({line for _, line in groups}, key=lambda v: tuple(_order(e) for e in v))
     for ax, panel in zip(axes[0], panels):
-        for (p, line), series in sorted(groups.items(), key=lambda kv: _order(kv[0][1])):
-            if p != panel:
+        xs_all = sorted({v for (p, _), series in groups.items() if p == panel for v in series}, key=_order)
+        numeric = all(isinstance(v, (int, float)) for v in xs_all)
+        for rank, line in enumerate(lines):
+            series = groups.get((panel, line))
+            if not series:
                 continue
-            marker, linestyle = styles[lines.index(line) % len(styles)]
+            marker, linestyle = _STYLES[rank % len(_STYLES)]
             xs = sorted(series, key=_order)
-            positions = [_position(v, xs) for v in xs]
-            mean = np.array([np.mean(series[v]) for v in xs])
-            lo = np.array([np.min(series[v]) for v in xs])
-            hi = np.array([np.max(series[v]) for v in xs])
-            ax.plot(positions, mean, marker=marker, linestyle=linestyle, label=str(line), alpha=0.9)
-            ax.fill_between(positions, lo, hi, alpha=0.2)
-            if not all(isinstance(v, (int, float)) for v in xs):
-                ax.set_xticks(positions, [str(v) for v in xs])
+            positions = _offset([_position(v, xs_all) for v in xs], rank, len(lines), xs_all, logx and numeric)
+            centre, lo, hi = np.array([summarise_values(series[v], stat, band) for v in xs]).T
+            text = _line_label(hues, line) if hues else y
+            drawn = ax.plot(positions, centre, marker=marker, linestyle=linestyle, label=text, alpha=0.85,
+                            markersize=6, markerfacecolor="none" if rank % 2 else None)
+            if band != "none":
+                ax.fill_between(positions, lo, hi, alpha=0.15, color=drawn[0].get_color(), linewidth=0)
+        if reference is not None and numeric:
+            ref_label, ref_fn = reference
+            grid = np.array(sorted(float(v) for v in xs_all))
+            if logx and len(grid) > 1:
+                grid = np.geomspace(grid[0], grid[-1], 50)
+            elif len(grid) > 1:
+                grid = np.linspace(grid[0], grid[-1], 50)
+            ax.plot(grid, np.asarray(ref_fn(grid), dtype=float), color="black", linewidth=1.0, linestyle=(0, (4, 3)),
+                    label=ref_label, zorder=1)
+        if not numeric:
+            ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
         ax.set_xlabel(label(x))
         if facet:
-            ax.set_title(f"{facet} = {panel}")
+            ax.set_title(f"{facet} = {panel}", fontsize=10)
         if logy:
             ax.set_yscale("log")
-        if logx:
-            from matplotlib.ticker import NullFormatter
+        if logx and numeric:
             ax.set_xscale("log")
-            ticks = sorted({v for (p, _), series in groups.items() if p == panel for v in series
-                            if isinstance(v, (int, float)) and v > 0})
+            ticks = [v for v in xs_all if v > 0]
             ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
             ax.xaxis.set_minor_formatter(NullFormatter())
+        elif numeric and all(isinstance(v, int) for v in xs_all):
+            if len(xs_all) <= 12:
+                ax.set_xticks(xs_all, [str(v) for v in xs_all])
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel(label(y))
-    if hue:
-        axes[0][-1].legend(title=label(hue))
-    fig.suptitle("mean over seeds; band: min–max", fontsize=9)
+    if hues or reference is not None:
+        axes[0][-1].legend(title=label(hues[0]) if hues else None, fontsize=8)
+    if title is None:
+        title = _settings_title(shared, exclude={x, facet, *hues})
+    counts = sorted({len(values) for series in groups.values() for values in series.values()})
+    seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    statement = f"{stat} over {seeds} seed(s) per point; {_BAND_TEXT[band]}"
+    fig.suptitle(f"{title}\n{statement}" if title else statement, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return str(out)
+
+
+def _line_label(hues: list[str], values: tuple) -> str:
+    """``lora-ml`` for one hue key; ``lora-ml (ft_rank=3)`` for several."""
+    rest = ", ".join(f"{h}={v}" for h, v in zip(hues[1:], values[1:]))
+    return f"{values[0]} ({rest})" if rest else str(values[0])
+
+
+def _settings_title(shared: dict, exclude: set) -> str:
+    keys = [k for k in _TITLE_ORDER if k in shared] + sorted(k for k in shared if k not in _TITLE_ORDER)
+    parts = [f"{k}={shared[k]}" for k in keys if k not in exclude and k not in _EXECUTION_KEYS
+             and not (k == "symmetric" and shared[k])]  # the paper's default: only its absence is news
+    lines, current = [], ""
+    for part in parts:  # wrap at ~70 characters: the width of one panel
+        if current and len(current) + len(part) > 70:
+            lines.append(current)
+            current = ""
+        current = f"{current}, {part}" if current else part
+    return "\n".join([*lines, current]) if current else ""
+
+
+def _offset(positions, rank: int, count: int, xs_all, log: bool) -> list[float]:
+    """Shift line ``rank`` of ``count`` sideways by up to ±1.5% of the axis span (multiplicative
+    on a log axis), so equal values of different lines do not hide each other."""
+    if count < 2 or len(xs_all) < 2:
+        return positions
+    share = (rank - (count - 1) / 2) * 0.03 / max(count - 1, 1)
+    if log:
+        lo, hi = math.log10(min(xs_all)), math.log10(max(xs_all))
+        return [p * 10 ** (share * (hi - lo)) for p in positions]
+    if all(isinstance(v, (int, float)) for v in xs_all):
+        span = float(max(xs_all)) - float(min(xs_all))
+    else:
+        span = len(xs_all) - 1
+    return [p + share * span for p in positions]
 
 
 def _order(value):

@@ -30,36 +30,25 @@ from pathlib import Path
 
 from ..errors import FastLoRAError
 
-POPULATION = "population"
+from .. import options as schema
 
+POPULATION = schema.POPULATION
 
-def _int(lo=None):
-    return ("int", lo)
-
-
-# key -> (kind, constraint); kinds: int, float, count_or_population, str(choices), bool
-KEYS: dict[str, tuple] = {
-    # make_problem
-    "d": _int(1), "k": _int(1), "T": _int(1), "d_out": _int(1), "n_test_tasks": _int(1),
-    "n": ("n", None), "noise": ("float", 0.0), "symmetric": ("bool", None),
-    # retrain
-    "method": ("choice", ("standard", "lora-ml", "reptile")), "peft": ("peft", None), "rank": _int(1),
-    "solver": ("choice", ("als", "gd")), "backend": ("choice", ("auto", "numpy", "numba", "cupy")),
-    "dtype": ("choice", ("float64", "float32")), "max_iter": _int(1), "tol": ("float", 0.0),
-    "init_A": ("choice", ("standard", "zeros")), "adapter_step": ("choice", ("auto", "subspace", "exact", "whitened", "inner")),
-    "inner_iter": _int(1), "power_iter_init": _int(0), "optimizer": ("choice", ("gd", "adam", "lbfgs")),
-    "lr": ("float", 0.0), "inner_lr": ("float", 0.0), "inner_steps": _int(1), "outer_lr": ("float", 0.0),
-    # evaluate
-    "ft_rank": _int(1), "n_ft": ("n", None), "ft_peft": ("peft", None), "rank_tol": ("float", 0.0),
-}
-PROBLEM_KEYS = ("d", "k", "T", "n", "noise", "d_out", "symmetric", "n_test_tasks")
-RETRAIN_KEYS = ("method", "peft", "rank", "solver", "backend", "dtype", "max_iter", "tol")
-OPTION_KEYS = ("init_A", "adapter_step", "inner_iter", "power_iter_init", "optimizer", "lr", "inner_lr",
-               "inner_steps", "outer_lr")
-EVALUATE_KEYS = ("ft_rank", "n_ft", "ft_peft", "rank_tol")
-DEFAULTS = {"d": 10, "k": 1, "T": 3, "n": POPULATION, "noise": 0.0, "symmetric": True, "n_test_tasks": 4,
-            "method": "lora-ml", "peft": "lora_sym", "solver": "als", "backend": "auto", "dtype": "float64",
-            "max_iter": 1000, "tol": 1e-10, "n_ft": POPULATION, "ft_peft": "lora"}
+# Sweep keys are the options of make_problem / retrain / evaluate declared in fastlora.options
+# (one schema: types, ranges and defaults agree with the Python API and the CLI).
+KEYS: dict[str, schema.Option] = schema.spec_keys()
+PROBLEM_KEYS = tuple(k for k in schema.PROBLEM if k in KEYS)
+RETRAIN_KEYS = tuple(k for k in schema.RETRAIN if k in KEYS and k != "seed")
+OPTION_KEYS = tuple(k for k in schema.SOLVER if k in KEYS)
+EVALUATE_KEYS = tuple(k for k in schema.EVALUATE if k in KEYS)
+# problem keys that change how data are drawn, not what is drawn: rows that differ only in them
+# share their seed (the two samplers draw the same ground truth from it)
+SEED_NEUTRAL = ("sampler",)
+# every row records these (the schema's defaults where the spec is silent), so stored rows are self-describing
+RECORDED = ("d", "k", "T", "n", "noise", "symmetric", "n_test_tasks", "method", "peft", "solver", "backend", "dtype",
+            "max_iter", "tol", "n_ft", "ft_peft")
+DEFAULTS = {key: (POPULATION if KEYS[key].kind == "count" and KEYS[key].default is None
+                  else KEYS[key].default_for("lora-ml")) for key in RECORDED}
 TOP_LEVEL = {"name", "repeats", "seed", "grid", "fixed", "description"}
 
 
@@ -120,7 +109,7 @@ def derive_seed(base_seed: int, point: dict, repeat: int) -> int:
     Points that differ only in method, solver, peft or fine-tuning keys share their seed,
     so they are compared on the same draws of tasks and data (common random numbers).
     """
-    problem = {k: point[k] for k in PROBLEM_KEYS if k in point}
+    problem = {k: point[k] for k in PROBLEM_KEYS if k in point and k not in SEED_NEUTRAL}
     digest = hashlib.sha256(f"seed|{base_seed}|{canonical(problem)}|{repeat}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
@@ -176,7 +165,8 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
     if both:
         raise FastLoRAError(f"{origin}: key(s) {', '.join(sorted(both))} appear in both [grid] and [fixed]")
     for key, value in list(fixed.items()):
-        if isinstance(value, (list, dict)):
+        tables_allowed = key in KEYS and KEYS[key].kind == "table"
+        if isinstance(value, list) or (isinstance(value, dict) and not tables_allowed):
             raise FastLoRAError(f"{origin}: fixed key {key!r} must be a scalar, got {value!r}")
         fixed[key] = check_value(key, value, origin)
     # make every row carry every default, so stored rows are self-describing
@@ -191,38 +181,32 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
 
 
 def check_value(key: str, value, origin: str):
+    """``value`` of spec key ``key``, checked by the option schema (TOML types: no arrays, no None)."""
     if key not in KEYS:
         raise FastLoRAError(f"{origin}: unknown key {key!r}; allowed keys: {', '.join(sorted(KEYS))}")
-    kind, rule = KEYS[key]
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise FastLoRAError(f"{origin}: {key} must be an integer, got {value!r}")
-        if rule is not None and value < rule:
-            raise FastLoRAError(f"{origin}: {key}={value} is impossible; it must be >= {rule}")
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FastLoRAError(f"{origin}: {key} must be a number, got {value!r}")
-        if value < rule or value != value or value in (float("inf"), float("-inf")):
-            raise FastLoRAError(f"{origin}: {key}={value} is impossible; it must be a finite number >= {rule}")
-        value = float(value)
-    elif kind == "n":
-        if value == POPULATION:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise FastLoRAError(f"{origin}: {key} must be a positive integer or {POPULATION!r}, got {value!r}")
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise FastLoRAError(f"{origin}: {key} must be true or false, got {value!r}")
-    elif kind == "choice":
-        if value not in rule:
-            raise FastLoRAError(f"{origin}: {key}={value!r} is not allowed; choose one of {', '.join(map(repr, rule))}")
-    elif kind == "peft":
+    option = KEYS[key]
+    if option.kind == "count" and value == POPULATION:
+        return value
+    if option.kind == "peft":
         from .. import peft
         names = peft.available()
         if value not in names:
             raise FastLoRAError(f"{origin}: {key}={value!r} is not a registered parameterization; available: "
                                 f"{', '.join(names)}")
-    return value
+        return value
+    if option.kind == "table":
+        if not isinstance(value, dict):
+            raise FastLoRAError(f"{origin}: {key} must be a table, e.g. {key} = {{ alpha = 16 }}, got {value!r}")
+        return value
+    if option.kind == "init_A" and not isinstance(value, str):
+        raise FastLoRAError(f"{origin}: {key} must be one of {', '.join(map(repr, option.choices))} in a spec")
+    try:
+        checked = option.check(value)
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: {exc}") from None
+    if checked is None and option.kind != "count":
+        raise FastLoRAError(f"{origin}: {key} must be {option.describe()}, got {value!r}")
+    return checked
 
 
 def check_point(point: dict, origin: str) -> None:
@@ -247,14 +231,16 @@ def problem_args(point: dict, seed: int) -> dict:
 
 
 def retrain_args(point: dict, seed: int) -> dict:
-    from ..retrain import OPTIONS
-    method = point.get("method", "lora-ml")
-    solver = point.get("solver", "als") if method == "lora-ml" else None
+    """Keyword arguments of ``fl.retrain`` for a point: options that do not apply to the point's
+    method (e.g. Reptile's inner_lr in a grid mixing methods) are left out."""
+    method = point.get("method", schema.OPTIONS["method"].default)
+    solver = point.get("solver", schema.OPTIONS["solver"].default) if method == "lora-ml" else None
     args = {k: point[k] for k in RETRAIN_KEYS if k in point}
     if method != "lora-ml":
         for k in ("peft", "rank", "solver"):
             args.pop(k, None)
-    allowed = OPTIONS[(method, solver)]
+    solvers = ("als", "gd") if solver == "auto" else (solver,)
+    allowed = {name for s in solvers for name in schema.solver_options(method, s)}
     args.update({k: point[k] for k in OPTION_KEYS if k in point and k in allowed})
     return {**args, "seed": seed}
 

@@ -1,0 +1,232 @@
+"""Every option of fastlora, declared once: name, type, range, default, meaning, where it applies.
+
+``retrain`` validates its arguments here, sweep specs take their keys, types and defaults
+from here, the CLI builds its options from here, and the docstrings are generated from
+here (in the spirit of scikit-learn's parameter constraints).  Checks raise
+:class:`~fastlora.errors.FastLoRAError` naming the option and what is allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import FastLoRAError, check_choice, check_float, check_int
+
+POPULATION = "population"
+
+METHODS = ("standard", "lora-ml", "reptile")
+SOLVERS = ("auto", "als", "gd")
+OPTIMIZERS = ("gd", "adam", "lbfgs")
+ADAPTER_STEPS = ("auto", "subspace", "exact", "whitened", "inner")
+ACCELERATIONS = ("anderson", "none")
+DTYPES = ("float64", "float32")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option.  ``kind``: "int", "float", "choice", "bool", "count" (positive int or
+    ``"population"`` = None), "peft" (a registered name), "init_A" ("standard" | "zeros" | array),
+    "params" (dict of arrays), "seed" (int >= 0 or a numpy Generator), "table" (a dict of
+    keyword arguments).
+
+    ``applies``: for solver options, the (method, solver) pairs that read it (empty: always).
+    ``default`` may be a dict keyed by method.  ``sweep``: usable as a sweep-spec key.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    group: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple = ()
+    allow_none: bool = False
+    applies: tuple = ()
+    sweep: bool = True
+    cli: bool = True
+
+    def default_for(self, method: str | None = None):
+        return self.default.get(method) if isinstance(self.default, dict) else self.default
+
+    def check(self, value):
+        """``value`` validated and normalised (None stays None where allowed)."""
+        name = self.name
+        if value is None and (self.allow_none or self.kind == "count"):
+            return None
+        if self.kind == "int":
+            return check_int(name, value, low=self.low, high=self.high)
+        if self.kind == "float":
+            return check_float(name, value, low=self.low, high=self.high, low_open=self.low_open)
+        if self.kind == "choice":
+            return check_choice(name, value, self.choices)
+        if self.kind == "bool":
+            if not isinstance(value, (bool, np.bool_)):
+                raise FastLoRAError(f"{name} must be True or False, got {value!r}")
+            return bool(value)
+        if self.kind == "count":
+            if isinstance(value, str) and value.strip().lower() == POPULATION:
+                return None
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise FastLoRAError(f"{name}={value!r} must be a positive integer or {POPULATION!r}")
+            return int(value)
+        if self.kind == "seed":
+            if isinstance(value, (np.random.Generator, np.random.SeedSequence)):
+                return value
+            return check_int(name, value, low=0)
+        if self.kind == "init_A":
+            if isinstance(value, str):
+                return check_choice(name, value, self.choices)
+            return value  # an array: its shape is checked against the tasks by the solver context
+        if self.kind == "params":
+            if not isinstance(value, dict):
+                raise FastLoRAError(f"{name} must be a dict of arrays keyed like peft.init(), got {type(value).__name__}")
+            return value
+        if self.kind == "peft":
+            return value  # resolved (and checked) by the registry
+        if self.kind == "table":
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise FastLoRAError(f"{name} must be a table (dict) of keyword arguments, got {value!r}")
+            return dict(value)
+        raise AssertionError(f"unknown option kind {self.kind!r}")  # pragma: no cover
+
+    def describe(self) -> str:
+        """Allowed values in words (for docs, errors and ``--help``)."""
+        if self.kind == "choice":
+            return " | ".join(self.choices)
+        if self.kind in ("int", "float"):
+            lo = "" if self.low is None else (f"> {self.low}" if self.low_open else f">= {self.low}")
+            hi = "" if self.high is None else f"<= {self.high}"
+            rng = ", ".join(filter(None, [lo, hi]))
+            return f"{self.kind}{f' {rng}' if rng else ''}{' or None' if self.allow_none else ''}"
+        return {"count": f"positive int or {POPULATION!r}", "bool": "true | false", "peft": "registered name",
+                "init_A": "standard | zeros | array", "params": "dict of arrays",
+                "seed": "int >= 0 or Generator", "table": "table of keyword arguments"}[self.kind]
+
+
+LORA_ML_ALS, LORA_ML_GD = ("lora-ml", "als"), ("lora-ml", "gd")
+REPTILE = ("reptile", None)
+
+_ALL = (
+    # make_problem (DESIGN.md §3)
+    Option("d", "int", 64, "input dimension d (= d_in)", "problem", low=1),
+    Option("k", "int", 2, "rank of each task's ground-truth perturbation", "problem", low=1),
+    Option("T", "int", 8, "number of retraining tasks", "problem", low=1),
+    Option("n", "count", None, "samples per task (None / 'population': population mode)", "problem"),
+    Option("noise", "float", 0.0, "noise standard deviation σ of the labels", "problem", low=0.0),
+    Option("d_out", "int", None, "output dimension (default: d)", "problem", low=1, allow_none=True),
+    Option("symmetric", "bool", True, "ground truth U*U*ᵀ (True, the paper's) or B*C*ᵀ", "problem"),
+    Option("n_test_tasks", "int", 4, "held-out tasks drawn with the problem", "problem", low=0),
+    Option("sampler", "choice", "raw", "how finite samples are drawn: 'raw' data reduced to statistics, or "
+           "'stats' (the statistics' exact law, O(T·d²) whatever n; fastlora.tasks.exact_statistics)", "problem",
+           choices=("raw", "stats")),
+    # retrain
+    Option("method", "choice", "lora-ml", "standard retraining, LoRA-ML (PEFT-ML) or Reptile", "retrain",
+           choices=METHODS),
+    Option("peft", "peft", "lora_sym", "the PEFT parameterization of LoRA-ML (fastlora.peft.available())", "retrain"),
+    Option("peft_options", "table", None, "keyword arguments of the parameterization's class, e.g. {alpha = 16}",
+           "retrain", allow_none=True, cli=False),
+    Option("rank", "int", None, "adapter rank r (default: the problem's k)", "retrain", low=1, allow_none=True),
+    Option("solver", "choice", "auto", "LoRA-ML solver: 'auto' picks the fastest reliable one per problem kind",
+           "retrain", choices=SOLVERS),
+    Option("backend", "choice", "auto", "array/kernel backend", "retrain",
+           choices=("auto", "numpy", "numba", "cupy")),
+    Option("dtype", "choice", "float64", "floating-point type of the solve", "retrain", choices=DTYPES),
+    Option("max_iter", "int", 1000, "iteration limit", "retrain", low=1),
+    Option("tol", "float", 1e-10, "relative tolerance (change of A for ALS, gradient norm for gd)", "retrain",
+           low=0.0),
+    Option("seed", "seed", 0, "seed of every random draw (sweeps derive it per row)", "retrain", sweep=False),
+    Option("threads", "int", None, "Numba threads for large kernels (default: all usable cores)", "retrain", low=1,
+           allow_none=True, sweep=False),
+    Option("dense_A", "bool", True, "return A as a dense array (False: as a LowRankUpdate S + Q E Qᵀ where the "
+           "reduced solver ran)", "retrain", sweep=False),
+    # solver options
+    Option("init_A", "init_A", {"lora-ml": "standard", "reptile": "zeros"},
+           "starting A: the standard retraining solution, zeros, or an array", "solver",
+           choices=("standard", "zeros"), applies=(LORA_ML_ALS, LORA_ML_GD, REPTILE)),
+    Option("init_params", "params", None, "starting adapter parameters (dict like peft.init())", "solver",
+           allow_none=True, applies=(LORA_ML_ALS, LORA_ML_GD), sweep=False, cli=False),
+    Option("reduction", "choice", "auto", "solve factored population problems in the span of the task factors "
+           "when that is smaller (fastlora.reduction); 'none': the full space", "solver", choices=("auto", "none"),
+           applies=(LORA_ML_ALS, LORA_ML_GD)),
+    Option("adapter_step", "choice", "auto", "ALS adapter step (fastlora.solvers.adapters)", "solver",
+           choices=ADAPTER_STEPS, applies=(LORA_ML_ALS,)),
+    Option("inner_iter", "int", 10, "gradient steps per ALS iteration where no exact adapter fit exists", "solver",
+           low=1, applies=(LORA_ML_ALS,)),
+    Option("power_iter_init", "int", 4, "subspace iterations that start the ALS subspace step", "solver", low=0,
+           applies=(LORA_ML_ALS,)),
+    Option("acceleration", "choice", "anderson", "ALS extrapolation (safeguarded: never increases the objective)",
+           "solver", choices=ACCELERATIONS, applies=(LORA_ML_ALS,)),
+    Option("optimizer", "choice", "gd", "first-order method of solver='gd'", "solver", choices=OPTIMIZERS,
+           applies=(LORA_ML_GD,)),
+    Option("eliminate_A", "bool", True, "L-BFGS over the adapters only, A the closed-form A step of the current "
+           "adapters (variable projection)", "solver", applies=(LORA_ML_GD,)),
+    Option("lr", "float", None, "step size of gd / adam (default: 1/T for gd with line search, 1e-2 for adam)",
+           "solver", low=0.0, low_open=True, allow_none=True, applies=(LORA_ML_GD,)),
+    Option("inner_lr", "float", 0.1, "Reptile inner step, relative to 1/λ_max(Σ_t)", "solver", low=0.0, high=1.0,
+           low_open=True, applies=(REPTILE,)),
+    Option("inner_steps", "int", 10, "Reptile inner gradient steps", "solver", low=1, applies=(REPTILE,)),
+    Option("outer_lr", "float", 0.5, "Reptile outer step β", "solver", low=0.0, low_open=True, applies=(REPTILE,)),
+    # evaluate
+    Option("ft_rank", "int", None, "fine-tuning rank (default: the problem's k)", "evaluate", low=1, allow_none=True),
+    Option("n_ft", "count", None, "fine-tuning samples (None / 'population': population fine-tuning)", "evaluate"),
+    Option("ft_peft", "peft", "lora", "fine-tuning parameterization (asymmetric LoRA, as the paper)", "evaluate"),
+    Option("rank_tol", "float", 1e-6, "relative singular-value cut of the adaptation rank (above the noise floor)",
+           "evaluate", low=0.0, low_open=True),
+    Option("noise_floor", "bool", True, "adaptation rank: ignore singular values below twice one task's "
+           "least-squares error (finite samples)", "evaluate"),
+)
+
+OPTIONS: dict[str, Option] = {o.name: o for o in _ALL}
+PROBLEM = tuple(o.name for o in _ALL if o.group == "problem")
+RETRAIN = tuple(o.name for o in _ALL if o.group == "retrain")
+SOLVER = tuple(o.name for o in _ALL if o.group == "solver")
+EVALUATE = tuple(o.name for o in _ALL if o.group == "evaluate")
+
+
+def solver_options(method: str, solver: str | None) -> tuple[str, ...]:
+    """Names of the solver options read by (method, solver)."""
+    key = (method, solver if method == "lora-ml" else None)
+    return tuple(name for name in SOLVER if key in OPTIONS[name].applies)
+
+
+def check_solver_options(method: str, solver: str | None, options: dict) -> dict:
+    """``options`` validated for (method, solver), with every default filled in."""
+    allowed = solver_options(method, solver)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        where = f"method={method!r}" + (f", solver={solver!r}" if method == "lora-ml" else "")
+        hints = []
+        for name in unknown:
+            if name in OPTIONS and OPTIONS[name].applies:
+                users = sorted({f"solver={s!r}" if m == "lora-ml" else f"method={m!r}" for m, s in OPTIONS[name].applies})
+                hints.append(f"{name} is an option of {' or '.join(users)}")
+        raise FastLoRAError(f"unknown option(s) {', '.join(unknown)} for {where}; allowed: "
+                            f"{', '.join(allowed) or 'none'}" + (f" ({'; '.join(hints)})" if hints else ""))
+    out = {name: OPTIONS[name].default_for(method) for name in allowed}
+    out.update({name: OPTIONS[name].check(value) for name, value in options.items()})
+    return out
+
+
+def table(names) -> str:
+    """A reStructuredText-ish table of ``names`` for docstrings: name, allowed values, default, meaning."""
+    rows = []
+    for name in names:
+        o = OPTIONS[name]
+        default = o.default if not isinstance(o.default, dict) else \
+            ", ".join(f"{k}: {v!r}" for k, v in o.default.items())
+        rows.append(f"    ``{name}`` : {o.describe()}, default {default if isinstance(o.default, dict) else repr(default)}"
+                    f"\n        {o.doc}" + (f" (used by {', '.join(_where(o))})" if o.applies else ""))
+    return "\n".join(rows)
+
+
+def _where(o: Option) -> list[str]:
+    return [f"{m}/{s}" if s else m for m, s in o.applies]
+
+
+def spec_keys() -> dict[str, Option]:
+    """Options usable as sweep keys."""
+    return {name: o for name, o in OPTIONS.items() if o.sweep}

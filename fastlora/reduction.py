@@ -1,0 +1,172 @@
+"""Exact reduction of factored population problems to the span of the task factors (DESIGN.md §5).
+
+For targets W*_t = S + B*_t C*_tᵀ let Q_out (d_out, m_out) and Q_in (d_in, m_in) be orthonormal
+bases of span{B*_t} and span{C*_t} over all tasks (psd parameterizations such as lora_sym use
+one basis Q of span{B*_t} ∪ span{C*_t} on both sides, m ≤ 2·T·k; symmetric targets: m ≤ T·k).
+With b_t = Q_outᵀ B*_t and c_t = Q_inᵀ C*_t,
+
+    W*_t − A = Q_out (b_t c_tᵀ − E) Q_inᵀ     whenever A − S = Q_out E Q_inᵀ,
+
+so every best fit of W*_t − A lies in the spans, the A step keeps A − S in them, and the
+standard start A₀ = mean_t W*_t has E₀ = mean_t b_t c_tᵀ: every ALS iterate stays of this
+form.  As Q_out, Q_in are orthonormal, F(A, θ) = Σ_t ½‖b_t c_tᵀ − E − δ_t‖² — the same
+objective on m-dimensional matrices with shared part 0 — and a stationary point of the
+reduced problem is one of the full problem (the gradients lift the same way).  fastlora
+solves that small problem with the same solvers and lifts it back:
+
+    A = S + Q_out E Q_inᵀ,   B_t = Q_out b̂_t,   C_t = Q_in ĉ_t.
+
+Cost: O(d·(T·k)²) for the bases and one d×d×m product for Q_outᵀ S Q_in (convergence is
+judged on the full A = S + Q_out E Q_inᵀ, and "objective ≈ 0" against the full problem's
+scale, so the reduced and full solvers stop alike), then iterations on m×m matrices instead
+of d×d, plus one d×m×d product for a dense A (none with ``dense_A=False``, which returns A
+as a :class:`~fastlora.linop.LowRankUpdate`).  Used when it shrinks the problem (m < d), the
+parameterization's family is "psd", "general" or "full", and A starts at the standard
+solution (the default); ``reduction="none"`` keeps the full space.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .linop import LowRankUpdate
+from .tasks import LowRankTarget, Task
+
+REDUCIBLE_FAMILIES = ("psd", "general", "full")
+
+
+@dataclass
+class Reduction:
+    """The bases of a reduced problem, its tasks, and the way back to the full space."""
+
+    base: np.ndarray        # S (d_out, d_in)
+    Q_out: np.ndarray       # (d_out, m_out), orthonormal columns
+    Q_in: np.ndarray        # (d_in, m_in); the same object as Q_out for a one-basis (psd) reduction
+    tasks: list             # the reduced population tasks (shared part 0)
+    seconds: float
+    base_reduced: np.ndarray  # Q_outᵀ S Q_in (m_out, m_in): with ‖S‖², norms of the full A = S + Q_out E Q_inᵀ
+    base_sq: float
+
+    @property
+    def frame(self) -> tuple:
+        """(Q_outᵀ S Q_in, ‖S‖²_F): what the reduced solve needs to judge convergence on the full A."""
+        return self.base_reduced, self.base_sq
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return self.Q_out.shape[1], self.Q_in.shape[1]
+
+    def lift_A(self, E, dense: bool = True):
+        """A = S + Q_out E Q_inᵀ: a dense array (one d×m×d product), or a LowRankUpdate."""
+        left = self.Q_out @ np.asarray(E, dtype=np.float64)
+        if not dense:
+            return LowRankUpdate(self.base, left, self.Q_in)
+        return self.base + left @ self.Q_in.T
+
+    def lift_params(self, peft, params: dict) -> dict:
+        """Adapters of the reduced problem in the full space."""
+        family = getattr(peft, "family", None)
+        if family == "full":
+            name = next(iter(params))
+            return {name: self.Q_out @ params[name] @ self.Q_in.T}
+        B, C = peft.factors(params)  # (T, m_out, r), (T, m_in, r)
+        B_full = self.Q_out @ B
+        C_full = B_full if C is B else self.Q_in @ C
+        return peft.from_factors(B_full, C_full)
+
+
+def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduction | None:
+    """The reduction of a factored population problem, or None where it does not apply or
+    would not shrink the problem."""
+    if options.get("reduction", "auto") == "none" or peft is None:
+        return None
+    family = getattr(peft, "family", None)
+    if family not in REDUCIBLE_FAMILIES or getattr(peft, "uses_base", False):
+        return None
+    if not (isinstance(options.get("init_A", "standard"), str) and options.get("init_A", "standard") == "standard"):
+        return None
+    if options.get("init_params") is not None or not tasks[0].is_population:
+        return None
+    factors = _target_factors(problem_or_tasks, tasks)
+    if factors is None:
+        return None
+    started = time.perf_counter()
+    base, B, C, symmetric = factors
+    d_out, d_in = base.shape
+    T = B.shape[0]
+    if family == "psd":
+        stacked = B.transpose(1, 0, 2).reshape(d_out, -1)
+        if not symmetric:
+            stacked = np.concatenate([stacked, C.transpose(1, 0, 2).reshape(d_in, -1)], axis=1)
+        Q_out = Q_in = orthonormal_basis(stacked)
+    else:
+        Q_out = orthonormal_basis(B.transpose(1, 0, 2).reshape(d_out, -1))
+        Q_in = Q_out if symmetric else orthonormal_basis(C.transpose(1, 0, 2).reshape(d_in, -1))
+    if Q_out.shape[1] >= d_out and Q_in.shape[1] >= d_in:
+        return None
+    b = Q_out.T @ B                                  # (T, m_out, k)
+    c = b if (symmetric and Q_in is Q_out) else Q_in.T @ C
+    zero = np.zeros((Q_out.shape[1], Q_in.shape[1]))
+    reduced = [Task.population(LowRankTarget(zero, b[t], b[t] if c is b else c[t])) for t in range(T)]
+    base_reduced = (Q_out.T @ base) @ Q_in          # one d×d×m product
+    base_sq = float(np.vdot(base, base))
+    return Reduction(base, Q_out, Q_in, reduced, time.perf_counter() - started, base_reduced, base_sq)
+
+
+# Factor sets with cond(F) below this are orthonormalised by CholeskyQR2 (two Gram + Cholesky
+# rounds: GEMM speed, orthonormal to rounding for cond(F)·√eps < 1); others by an SVD, which also
+# finds their rank.
+_CHOLESKY_MAX_COND = 1e5
+
+
+def orthonormal_basis(F, rtol: float | None = None) -> np.ndarray:
+    """Orthonormal columns spanning the columns of F (d, n).
+
+    Well-conditioned F (the usual case: random task factors): CholeskyQR2.  Otherwise the left
+    singular vectors with singular values above ``rtol`` (default max(d, n)·eps) times the largest.
+    """
+    if F.shape[1] == 0:
+        return F[:, :0].copy()
+    gram = F.T @ F
+    lam = np.linalg.eigvalsh(gram)
+    if lam[-1] > 0 and lam[0] > lam[-1] / _CHOLESKY_MAX_COND ** 2:
+        Q = F
+        for _ in range(2):
+            L = np.linalg.cholesky(Q.T @ Q if Q is not F else gram)
+            Q = Q @ np.linalg.inv(L).T  # a GEMM: n×n inverse, then (d, n)·(n, n)
+        return np.ascontiguousarray(Q)
+    with _one_blas_thread():  # threaded LAPACK SVD of a tall matrix can be 30x slower on a busy machine
+        U, s, _ = np.linalg.svd(F, full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        return U[:, :0]
+    rtol = max(F.shape) * np.finfo(np.float64).eps if rtol is None else rtol
+    return np.ascontiguousarray(U[:, s > rtol * s[0]])
+
+
+def _one_blas_thread():
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1, user_api="blas")
+
+
+def _target_factors(problem_or_tasks, tasks):
+    """(S, B* (T, d_out, k), C* (T, d_in, k), symmetric) of factored targets sharing one base, else None."""
+    source = problem_or_tasks
+    if getattr(source, "tasks", None) is tasks and getattr(source, "n", 0) is None and hasattr(source, "B_star"):
+        return np.asarray(source.A_star), np.asarray(source.B_star), np.asarray(source.C_star), source.symmetric
+    targets = [t.target for t in tasks]
+    if not all(isinstance(g, LowRankTarget) for g in targets):
+        return None
+    base = targets[0].base
+    if not all(g.base is base or np.array_equal(g.base, base) for g in targets):
+        return None
+    k = max(g.B.shape[1] for g in targets)
+
+    def pad(F):
+        return F if F.shape[1] == k else np.concatenate([F, np.zeros((F.shape[0], k - F.shape[1]))], axis=1)
+
+    symmetric = all(g.symmetric for g in targets)
+    B = np.stack([pad(g.B) for g in targets])
+    C = B if symmetric else np.stack([pad(g.C) for g in targets])
+    return np.asarray(base), B, C, symmetric

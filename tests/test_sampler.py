@@ -1,0 +1,176 @@
+"""The exact sufficient-statistics sampler (sampler="stats") against raw sampling.
+
+Both samplers must draw (Σ, C, s) from the same law: two-sample KS tests on several
+functionals over many draws agree, and the same check, at the same sample size, rejects
+deliberately wrong variants (so it has the power to see a mistake).  Seeds are fixed, so
+every test is deterministic.
+"""
+import functools
+
+import numpy as np
+import pytest
+from scipy.stats import ks_2samp
+
+import fastlora as fl
+from fastlora.tasks import exact_statistics, sample_statistics
+
+DRAWS = 2000
+AGREE_P = 1e-3    # every functional's KS p-value above this: same law
+DETECT_P = 1e-6   # some functional's KS p-value below this: a different law
+
+
+def functionals(Sigma, C, s):
+    """Scalars of one draw whose laws the KS tests compare."""
+    W_hat = np.linalg.lstsq(Sigma, C.T, rcond=None)[0].T if np.linalg.matrix_rank(Sigma) == len(Sigma) else None
+    residual = s - 0.5 * float(np.sum(W_hat * C)) if W_hat is not None else np.nan  # min_W L(W)
+    return {"Sigma[0,0]": Sigma[0, 0], "Sigma[0,1]": Sigma[0, 1], "trace(Sigma)": np.trace(Sigma),
+            "lambda_max(Sigma)": np.linalg.eigvalsh(Sigma)[-1], "C[0,0]": C[0, 0], "C[-1,1]": C[-1, 1],
+            "s": s, "least-squares residual": residual}
+
+
+def draw(sampler_fn, target, n, noise, seed, draws=DRAWS):
+    rng = np.random.default_rng(seed)
+    rows = [functionals(*sampler_fn(target, n, noise, rng)) for _ in range(draws)]
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
+def raw(target, n, noise, rng):
+    return sample_statistics(target, n, noise, rng, sampler="raw")
+
+
+@functools.cache
+def raw_reference(case):
+    """The raw sampler's draws for one case (shared by the agreement and the power tests)."""
+    d_out, d_in, n, noise = case
+    target = make_target(d_out, d_in, 1, seed=d_out * 10 + d_in)
+    return target, draw(raw, target, n, noise, seed=1)
+
+
+def ks_pvalues(a, b):
+    return {k: ks_2samp(a[k], b[k]).pvalue for k in a if not np.isnan(a[k]).any()}
+
+
+def make_target(d_out, d_in, k, seed):
+    rng = np.random.default_rng(seed)
+    return fl.LowRankTarget(rng.standard_normal((d_out, d_in)), rng.standard_normal((d_out, k)),
+                            rng.standard_normal((d_in, k)))
+
+
+class WrongChiSquare:
+    """A Generator whose chi-square draws get ``shift`` more degrees of freedom — a planted bug
+    in the Bartlett diagonal (array df) or in the residual ‖P⊥E‖² (scalar df)."""
+
+    def __init__(self, rng, shift, where):
+        self.rng, self.shift, self.where = rng, shift, where
+
+    def chisquare(self, df):
+        scalar = np.ndim(df) == 0
+        hit = (self.where == "residual") == scalar
+        return self.rng.chisquare(np.asarray(df) + (self.shift if hit else 0))
+
+    def standard_normal(self, *args, **kwargs):
+        return self.rng.standard_normal(*args, **kwargs)
+
+
+CASES = [  # (d_out, d_in, n, noise): rectangular both ways, square, n just above d_in
+    (3, 4, 6, 0.7),
+    (5, 2, 9, 0.3),
+    (4, 4, 5, 1.0),
+]
+
+
+@pytest.mark.parametrize("d_out,d_in,n,noise", CASES)
+def test_the_two_samplers_agree_in_distribution(d_out, d_in, n, noise):
+    target, a = raw_reference((d_out, d_in, n, noise))
+    b = draw(exact_statistics, target, n, noise, seed=2)
+    p = ks_pvalues(a, b)
+    assert len(p) == 8
+    assert min(p.values()) > AGREE_P, p
+
+
+@pytest.mark.parametrize("where", ["bartlett", "residual"])
+def test_the_check_detects_a_wrong_degrees_of_freedom(where):
+    """One extra degree of freedom, in the Wishart factor or in ‖P⊥E‖², fails the same check."""
+    _, _, n, noise = CASES[0]
+    target, a = raw_reference(CASES[0])
+
+    def wrong(target, n, noise, rng):
+        return exact_statistics(target, n, noise, WrongChiSquare(rng, 1, where))
+
+    b = draw(wrong, target, n, noise, seed=2)
+    p = ks_pvalues(a, b)
+    assert min(p.values()) < DETECT_P, p
+
+
+def test_noise_free_statistics_are_exact_functions_of_sigma():
+    """σ = 0: C = W*Σ and s = ½ tr(W*ΣW*ᵀ) exactly; Σ's law still matches raw sampling."""
+    target = make_target(3, 4, 2, seed=5)
+    W = target.dense()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        Sigma, C, s = exact_statistics(target, 7, 0.0, rng)
+        np.testing.assert_allclose(C, W @ Sigma, rtol=1e-12, atol=1e-12)
+        assert s == pytest.approx(0.5 * np.sum((W @ Sigma) * W), rel=1e-12)
+    a = draw(raw, target, 7, 0.0, seed=1, draws=1000)
+    b = draw(exact_statistics, target, 7, 0.0, seed=2, draws=1000)
+    p = ks_pvalues(a, b)
+    assert min(p[k] for k in ("Sigma[0,0]", "Sigma[0,1]", "lambda_max(Sigma)", "s")) > AGREE_P, p
+
+
+def test_n_equal_to_d_in_leaves_no_residual_and_n_below_d_in_draws_x():
+    target = make_target(2, 5, 1, seed=1)
+    Sigma, C, s = sample_statistics(target, 5, 0.5, np.random.default_rng(0), sampler="stats")
+    W_hat = np.linalg.solve(Sigma, C.T).T
+    assert s - 0.5 * np.sum(W_hat * C) == pytest.approx(0.0, abs=1e-12 * s)  # n = d_in: Y is fitted exactly
+    # n < d_in: XᵀX is singular (rank n) and "stats" draws X itself, the same draws as "raw"
+    stats = sample_statistics(target, 3, 0.5, np.random.default_rng(4), sampler="stats")
+    raws = sample_statistics(target, 3, 0.5, np.random.default_rng(4), sampler="raw")
+    for x, y in zip(stats, raws):
+        np.testing.assert_array_equal(x, y)
+    assert np.linalg.matrix_rank(stats[0]) == 3
+
+
+def test_make_problem_stats_is_deterministic_and_keeps_the_ground_truth():
+    kwargs = {"d": 6, "k": 1, "T": 3, "n": 40, "noise": 0.2, "seed": 11, "n_test_tasks": 2}
+    a, b = fl.make_problem(**kwargs, sampler="stats"), fl.make_problem(**kwargs, sampler="stats")
+    r = fl.make_problem(**kwargs)
+    for ta, tb in zip(a.tasks, b.tasks):
+        np.testing.assert_array_equal(ta.Sigma, tb.Sigma)
+        np.testing.assert_array_equal(ta.C, tb.C)
+        assert ta.s == tb.s
+    np.testing.assert_array_equal(a.A_star, r.A_star)
+    np.testing.assert_array_equal(a.U_star, r.U_star)
+    np.testing.assert_array_equal(a.test_tasks[1].W_star, r.test_tasks[1].W_star)
+    assert not np.allclose(a.tasks[0].Sigma, r.tasks[0].Sigma)  # a different draw of the same law
+    assert a.sampler == "stats" and r.sampler == "raw"
+    assert all(t.sampler == "stats" for t in a.tasks + a.test_tasks)
+    other = fl.make_problem(**{**kwargs, "seed": 12}, sampler="stats")
+    assert not np.allclose(other.tasks[0].C, a.tasks[0].C)
+
+
+def test_fine_tuning_draws_use_the_problems_sampler():
+    prob = fl.make_problem(d=6, k=1, T=3, n=None, noise=0.2, seed=3, sampler="stats")
+    task = prob.test_tasks[0]
+    drawn = fl.finetune(prob.A_star, task, rank=1, n=50, seed=7)
+    by_stats = fl.finetune(prob.A_star, task.sample(50, seed=7, sampler="stats"), rank=1)
+    by_raw = fl.finetune(prob.A_star, task.sample(50, seed=7, sampler="raw"), rank=1)
+    assert drawn.excess_risk == by_stats.excess_risk
+    assert drawn.excess_risk != by_raw.excess_risk
+    assert task.sample(50, seed=7).sampler == "stats"
+
+
+def test_huge_n_is_cheap_and_concentrates():
+    """n = 10¹² in O(d²) draws: Σ → I, C → W*, s → ½(‖W*‖² + d_out σ²) at the 1/√n scale."""
+    prob = fl.make_problem(d=8, k=1, T=2, n=10**12, noise=0.5, seed=0, sampler="stats", n_test_tasks=0)
+    task = prob.tasks[0]
+    np.testing.assert_allclose(task.Sigma, np.eye(8), atol=1e-5)
+    np.testing.assert_allclose(task.C, task.W_star, atol=1e-4)
+    assert task.s == pytest.approx(0.5 * (np.sum(task.W_star ** 2) + 8 * 0.25), rel=1e-5)
+
+
+def test_sampler_is_validated():
+    with pytest.raises(fl.FastLoRAError, match="sampler"):
+        fl.make_problem(d=4, k=1, T=2, n=10, sampler="wishart")
+    task = fl.make_problem(d=4, k=1, T=2).test_tasks[0]
+    with pytest.raises(fl.FastLoRAError, match="sampler"):
+        task.sample(10, sampler="exact")
