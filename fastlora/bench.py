@@ -54,6 +54,8 @@ CONFIGS = {c.name: c for c in (
            note="peak memory of 10 full-space ALS iterations"),
     Config("reduced-8192", "reduced", d=8192, T=32, k=4,
            note="the default retrain to rel. error 1e-8 in A, in GEMM-equivalents (one d×d×T·k GEMM, same run)"),
+    Config("implicit-100k", "implicit", d=100_000, T=64, k=4, backends=("numba", "numpy"),
+           note="the paper's law at d=100,000 with A* never stored: retrain + evaluate, peak memory, exact metrics"),
     Config("gpu-8192", "population", d=8192, T=2048, k=8, dtype="float32", iters=10, backends=("cupy",),
            note="GPU full-space ALS iteration vs the SGEMM rate, and vs numba"),
     Config("points", "points", d=10, T=3, k=1, n=5000, noise=0.01, iters=40,
@@ -178,6 +180,7 @@ def run_bench(names, backends, repeat: int = 3, baselines: bool = True, full_bas
             report.notes.append(f"{cfg.name}: no requested backend can run it here ({', '.join(backends)})")
             continue
         {"paper": _bench_paper, "population": _bench_population, "memory": _bench_memory, "reduced": _bench_reduced,
+         "implicit": _bench_implicit,
          "points": _bench_points}[cfg.kind](cfg, usable, repeat, baselines, full_baselines, report, echo)
     return report
 
@@ -315,6 +318,36 @@ def _bench_reduced(cfg, backends, repeat, baselines, full_baselines, report, ech
                    "reduced_to": (res.info.get("reduction") or {}).get("m_out")}
             report.add(**row)
             echo(_line(row))
+
+
+def _bench_implicit(cfg, backends, repeat, baselines, full_baselines, report, echo):
+    """``make_problem(..., implicit=True)`` at a size whose A* (8·d² bytes) is never stored:
+    retrain (in the span of the task factors) and evaluate (rel_err_A needs one exact pass over A*)
+    in a fresh process, reporting its peak memory."""
+    backend = backends[0]
+    code = ("import json, resource, time, fastlora as fl\n"
+            "t0 = time.perf_counter()\n"
+            f"p = fl.make_problem(d={cfg.d}, k={cfg.k}, T={cfg.T}, seed=0, implicit=True)\n"
+            "t1 = time.perf_counter()\n"
+            f"r = fl.retrain(p, rank={cfg.k}, backend={backend!r}, dense_A=False)\n"
+            "t2 = time.perf_counter()\n"
+            "m = fl.evaluate(r, p)\n"
+            "t3 = time.perf_counter()\n"
+            "print(json.dumps({'make_problem': t1 - t0, 'retrain': t2 - t1, 'evaluate': t3 - t2, 'n_iter': r.n_iter,"
+            " 'converged': r.converged, 'reduced_to': r.info['reduction']['m_out'], 'rel_err_A': m['rel_err_A'],"
+            " 'excess_risk': m['excess_risk'], 'adapt_rank': m['adapt_rank'],"
+            " 'maxrss_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        report.notes.append(f"{cfg.name} failed: {out.stderr.strip().splitlines()[-1:]}")
+        echo(f"  FAILED {out.stderr.strip().splitlines()[-1:]}")
+        return
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    row = {"config": cfg.name, "backend": backend, **{k: v for k, v in data.items() if k != "maxrss_kib"},
+           "peak_rss_gib": data["maxrss_kib"] / 2 ** 20, "peak_rss_gb": data["maxrss_kib"] * 1024 / 1e9,
+           "dense_A_star_gb": 8 * cfg.d ** 2 / 1e9}
+    report.add(**row)
+    echo(_line(row))
 
 
 def _bench_memory(cfg, backends, repeat, baselines, full_baselines, report, echo):

@@ -1,51 +1,93 @@
 """The ``fastlora`` command line (click): solve, demo, sweep, export, plot, bench, plugins, cache.
 
-Every error caused by the input prints one line ``Error: ...`` on stderr and exits with
-status 2; set ``FASTLORA_DEBUG=1`` to see tracebacks of unexpected errors.
+Exit status:
+
+====  ===========================================================================
+ 0    success
+ 1    runtime failure: an unexpected error (one line ``Error: TypeName: ...``), or
+      sweep rows that failed (how many, and their first distinct messages)
+ 2    bad input or usage: one line ``Error: ...`` naming the argument, or click's
+      usage message
+130   interrupted (Ctrl-C): finished sweep rows are committed, workers stopped
+143   terminated (SIGTERM): the same clean path as Ctrl-C
+====  ===========================================================================
+
+Set ``FASTLORA_DEBUG=1`` to see tracebacks of unexpected errors.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+from pathlib import Path
 
 import click
 
 from .errors import FastLoRAError
 
+EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it takes Ctrl-C's clean path."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
 
 class FastLoRAGroup(click.Group):
-    """Turns library errors into one readable line and a non-zero exit status."""
+    """Turns errors into one readable line and the documented exit status (module docstring)."""
 
     def invoke(self, ctx):
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except FastLoRAError as exc:
             click.echo(f"Error: {exc}", err=True)
-            ctx.exit(2)
+            ctx.exit(EXIT_INPUT)
+        except Terminated:
+            click.echo("Terminated.", err=True)
+            ctx.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
-            ctx.exit(130)
-        except Exception as exc:  # noqa: BLE001 - the CLI must not dump tracebacks on users
+            ctx.exit(EXIT_INTERRUPTED)
+        except Exception as exc:  # the CLI must not dump tracebacks on users
             if os.environ.get("FASTLORA_DEBUG"):
                 raise
             click.echo(f"Error: {type(exc).__name__}: {exc} (set FASTLORA_DEBUG=1 for the traceback)", err=True)
-            ctx.exit(1)
+            ctx.exit(EXIT_RUNTIME)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def parse_n(value):
-    """``population``/``none`` -> None, else a positive integer."""
+def parse_n(value, option: str = "--n"):
+    """``population``/``none`` -> None, else a positive integer; errors name ``option``."""
     if value is None or str(value).lower() in {"population", "none", "inf"}:
         return None
     try:
         n = int(value)
     except ValueError:
-        raise FastLoRAError(f"n={value!r} must be a positive integer or 'population'") from None
+        n = 0
     if n < 1:
-        raise FastLoRAError(f"n={value!r} must be a positive integer or 'population'")
+        raise FastLoRAError(f"{option}={value!r} must be a positive integer or 'population'")
     return n
+
+
+def _existing_folder(ctx, param, value):
+    """Click callback: an output file's folder must exist (a mistyped path must not create folders)."""
+    if value is not None:
+        folder = Path(value).expanduser().parent
+        if not folder.is_dir():
+            option = max(param.opts, key=len)
+            raise FastLoRAError(f"{option} {value!r}: folder {str(folder)!r} does not exist; create it first")
+    return value
 
 
 @click.group(cls=FastLoRAGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,48 +111,76 @@ def _progress(total: int, enabled: bool, desc: str):
     return bar, callback
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _schema_option(name: str, *, given_only: bool = False):
+    """A click option built from the options schema (fastlora.options): its help, allowed values
+    and default come from there.  ``given_only``: default None, passed on only when given (the
+    library then applies the schema's default).  Values are checked by the library, so a bad one
+    is one ``Error:`` line naming the option."""
+    from .options import OPTIONS
+    option = OPTIONS[name]
+    default = option.default_for("lora-ml")
+    shown = "population" if option.kind == "count" and default is None else default
+    help_text = f"{option.doc} [{option.describe()}; default: {shown}]"
+    if option.kind == "bool":
+        flag = _flag(name)
+        return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None if given_only else default,
+                            help=help_text)
+    kind = {"int": int, "float": float}.get(option.kind, str)
+    return click.option(_flag(name), name, type=kind, default=None if given_only else shown, help=help_text,
+                        show_default=False)
+
+
+def _schema_options(*names, given_only: bool = False):
+    def decorate(fn):
+        for name in reversed(names):
+            fn = _schema_option(name, given_only=given_only)(fn)
+        return fn
+    return decorate
+
+
+SOLVE_PROBLEM = ("d", "d_out", "k", "T", "n", "noise", "sampler", "n_test_tasks")
+SOLVE_RETRAIN = ("method", "peft", "rank", "solver", "backend", "dtype", "max_iter", "tol", "threads")
+SOLVE_EVALUATE = ("ft_rank", "n_ft", "ft_peft", "rank_tol", "noise_floor")
+SOLVE_SOLVER = ("init_A", "reduction", "adapter_step", "inner_iter", "power_iter_init", "acceleration", "optimizer",
+                "eliminate_A", "lr", "inner_lr", "inner_steps", "outer_lr")
+
+
 @main.command()
-@click.option("--d", "d", type=int, default=64, show_default=True, help="input dimension d (= d_in)")
-@click.option("--d-out", type=int, default=None, help="output dimension (default d)")
-@click.option("--k", "k", type=int, default=2, show_default=True, help="rank of each task's perturbation")
-@click.option("--T", "T", type=int, default=8, show_default=True, help="number of retraining tasks")
-@click.option("--n", "n", default="population", show_default=True, help="samples per task, or 'population'")
-@click.option("--noise", type=float, default=0.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@_schema_options(*SOLVE_PROBLEM)
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the problem draw and the solver")
 @click.option("--asymmetric", is_flag=True, help="general ground truth B*C*ᵀ instead of U*U*ᵀ")
-@click.option("--method", default="lora-ml", show_default=True, help="standard | lora-ml | reptile")
-@click.option("--peft", default="lora_sym", show_default=True, help="parameterization (fastlora plugins)")
-@click.option("--rank", type=int, default=None, help="adapter rank (default k)")
-@click.option("--solver", default="als", show_default=True, help="als | gd")
-@click.option("--backend", default="auto", show_default=True, help="auto | numpy | numba | cupy")
-@click.option("--dtype", default="float64", show_default=True, help="float64 | float32")
-@click.option("--max-iter", type=int, default=1000, show_default=True)
-@click.option("--tol", type=float, default=1e-10, show_default=True)
-@click.option("--threads", type=int, default=None, help="Numba threads")
-@click.option("--ft-rank", type=int, default=None, help="fine-tuning rank for evaluation (default k)")
-@click.option("--n-ft", default="population", show_default=True, help="fine-tuning samples, or 'population'")
-@click.option("--ft-peft", default="lora", show_default=True)
+@_schema_options(*SOLVE_RETRAIN)
+@_schema_options(*SOLVE_SOLVER, given_only=True)
+@_schema_options(*SOLVE_EVALUATE)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def solve(d, d_out, k, T, n, noise, seed, asymmetric, method, peft, rank, solver, backend, dtype, max_iter, tol,
-          threads, ft_rank, n_ft, ft_peft, as_json, progress):
-    """Solve one problem and print a summary table."""
+def solve(seed, asymmetric, as_json, progress, **options):
+    """Solve one problem and print a summary table (options: fastlora.options)."""
     import fastlora as fl
+
     from .tables import render
 
-    prob = fl.make_problem(d=d, k=k, T=T, n=parse_n(n), noise=noise, seed=seed, d_out=d_out,
-                           symmetric=not asymmetric)
+    options["n"], options["n_ft"] = parse_n(options["n"], "--n"), parse_n(options["n_ft"], "--n-ft")
+    problem = {k: options.pop(k) for k in SOLVE_PROBLEM}
+    retrain = {k: options.pop(k) for k in SOLVE_RETRAIN}
+    evaluate = {k: options.pop(k) for k in SOLVE_EVALUATE}
+    solver_options = {k: v for k, v in options.items() if v is not None}
+    prob = fl.make_problem(**problem, seed=seed, symmetric=not asymmetric)
+    _announce_compilation(retrain["backend"])
     show = sys.stderr.isatty() if progress is None else progress
-    bar, callback = _progress(max_iter, show and method != "standard", f"{method}")
+    bar, callback = _progress(retrain["max_iter"], show and retrain["method"] != "standard", retrain["method"])
     try:
-        res = fl.retrain(prob, method=method, peft=peft, rank=rank, solver=solver, backend=backend,
-                         max_iter=max_iter, tol=tol, seed=seed, dtype=dtype, threads=threads, callback=callback)
+        res = fl.retrain(prob, **retrain, seed=seed, callback=callback, **solver_options)
     finally:
         if bar is not None:
             bar.close()
-    metrics = fl.evaluate(res, prob, ft_rank=ft_rank, n_ft=parse_n(n_ft), ft_peft=ft_peft, seed=seed)
-    summary = {**res.summary(), "rel_err_A": metrics["rel_err_A"], "adapt_rank": metrics["adapt_rank"],
-               "excess_risk": metrics["excess_risk"], "message": res.message}
+    metrics = fl.evaluate(res, prob, **evaluate, seed=seed)
+    summary = {**res.summary(), "ran": res.info.get("solver") or "-", "rel_err_A": metrics["rel_err_A"],
+               "adapt_rank": metrics["adapt_rank"], "excess_risk": metrics["excess_risk"], "message": res.message}
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -118,36 +188,64 @@ def solve(d, d_out, k, T, n, noise, seed, asymmetric, method, peft, rank, solver
         click.echo(render([{"quantity": key, "value": value} for key, value in summary.items()]))
 
 
+def _announce_compilation(backend: str | None) -> None:
+    """Say so before the first solve on a cold Numba cache compiles every kernel (~15 s, once)."""
+    from .backends import NumbaBackend, get_backend
+    try:
+        be = get_backend(backend)
+    except FastLoRAError:
+        return  # the solve itself reports it
+    if isinstance(be, NumbaBackend) and be.needs_compiling():
+        click.echo("compiling Numba kernels (once; later runs load them from the cache)...", err=True)
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="fastlora-demo", show_default=True,
               help="folder for the results store and the figures")
-@click.option("--workers", type=int, default=None, help="worker processes (default: all cores)")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="worker processes (default: all cores)")
 @click.option("--quick", is_flag=True, help="fewer seeds (a smoke test)")
 def demo(out_dir, workers, quick):
     """Reproduce the paper's synthetic comparison at small size (table and figures)."""
     from .demo import run_demo
-    run_demo(out_dir, workers=workers, quick=quick, echo=click.echo)
+    out = run_demo(out_dir, workers=workers, quick=quick, echo=click.echo)
+    if out["summary"].failed:
+        click.echo(f"Error: {out['summary'].failure_line(out['spec'].name)}", err=True)
+        click.get_current_context().exit(EXIT_RUNTIME)
 
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="SQLite results store (created or resumed)")
-@click.option("--workers", type=int, default=None, help="local worker processes (default: all cores)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), callback=_existing_folder,
+              help="SQLite results store (created or resumed; its folder must exist)")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="local worker processes (default: all cores)")
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address, e.g. tcp://host:8786")
+@click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="seconds to wait for the Dask scheduler before giving up")
 @click.option("--retry-errors", is_flag=True, help="rerun rows stored with status='error'")
+@click.option("--append", is_flag=True,
+              help="add to a store holding rows of a changed version of this spec, or of this spec under another "
+                   "name (those rows are reused)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def sweep(spec_path, out, workers, scheduler, retry_errors, progress):
-    """Run every (point, seed) of a grid spec; rerunning resumes where it stopped."""
+def sweep(spec_path, out, workers, scheduler, scheduler_timeout, retry_errors, append, progress):
+    """Run every (point, seed) of a grid spec; rerunning resumes where it stopped.
+
+    Exits with status 1 when rows of the spec failed (stored with status='error')."""
     from .sweep import load_spec, run_sweep
     spec = load_spec(spec_path)  # every key is checked before any work starts
-    run_sweep(spec, out, workers=workers, scheduler=scheduler, retry_errors=retry_errors, progress=progress,
-              echo=click.echo)
+    summary = run_sweep(spec, out, workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
+                        retry_errors=retry_errors, append=append, progress=progress, echo=click.echo)
+    if summary.failed:
+        click.echo(f"Error: {summary.failure_line(spec.name)}", err=True)
+        click.get_current_context().exit(EXIT_RUNTIME)
 
 
 @main.command("export")
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
+              help="file format")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), callback=_existing_folder,
+              help="file to write (its folder must exist)")
 def export_cmd(store, fmt, output):
     """Write a results store's rows to CSV or Parquet."""
     from .sweep import export_results
@@ -162,23 +260,32 @@ def export_cmd(store, fmt, output):
 @click.option("--hue", default=None, help="one line per value of this key, e.g. method")
 @click.option("--facet", default=None, help="one panel per value of this key, e.g. d")
 @click.option("--where", multiple=True, help="keep rows with key=value (repeatable)")
-@click.option("--logy", is_flag=True)
-@click.option("--logx", is_flag=True)
-@click.option("-o", "--output", default="fig.png", show_default=True, type=click.Path(dir_okay=False))
-def plot(store, x, y, hue, facet, where, logy, logx, output):
-    """Plot a metric against a key: mean over seeds with a min–max band."""
+@click.option("--logy", is_flag=True, help="logarithmic y axis")
+@click.option("--logx", is_flag=True, help="logarithmic x axis (ticks at the values present)")
+@click.option("--stat", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
+              help="the line: mean or median over seeds")
+@click.option("--band", type=click.Choice(["minmax", "iqr", "none"]), default="minmax", show_default=True,
+              help="the band around it: min-max, interquartile range, or none")
+@click.option("-o", "--output", default="fig.png", show_default=True, type=click.Path(dir_okay=False),
+              callback=_existing_folder, help="image file to write (its folder must exist)")
+def plot(store, x, y, hue, facet, where, logy, logx, stat, band, output):
+    """Plot a metric against a key: the mean (or median) over seeds with a band."""
     from .sweep.plot import plot_results
-    click.echo(plot_results(store, x, y, hue=hue, facet=facet, logy=logy, logx=logx, where=where, out=output))
+    click.echo(plot_results(store, x, y, hue=hue, facet=facet, logy=logy, logx=logx, where=where, out=output,
+                            stat=stat, band=band))
 
 
 @main.command()
-@click.option("--config", "configs", multiple=True, help="configuration(s) to run (default: paper, pop-384, pop-512, pop-1024)")
+@click.option("--config", "configs", multiple=True,
+              help="configuration(s) to run (default: paper, pop-384, pop-512, pop-1024)")
 @click.option("--backend", "backends", default="numba,numpy", show_default=True,
               help="comma-separated backends (numpy is always measured as the reference)")
-@click.option("--repeat", type=int, default=3, show_default=True, help="timed repeats (median reported)")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="timed repeats (median reported)")
 @click.option("--baselines/--no-baselines", default=True, help="measure bench/baselines in the same run")
 @click.option("--full-baselines", is_flag=True, help="run slow baselines to tolerance instead of extrapolating")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report as JSON")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, callback=_existing_folder,
+              help="write the report as JSON (its folder must exist)")
 @click.option("--list", "list_configs", is_flag=True, help="list the configurations and exit")
 def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_configs):
     """Time the solvers against the numpy reference and the baselines, in one run."""
@@ -195,9 +302,10 @@ def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_
     report = run_bench(names, chosen, repeat=repeat, baselines=baselines, full_baselines=full_baselines,
                        echo=click.echo)
     from .tables import render
-    columns = ["config", "backend", "solver", "sec_per_iter", "useful_gflops", "fraction_of_gemm", "speedup_vs_numpy",
-               "time_to_1e8", "speedup_vs_dense_als", "seconds", "speedup_vs_paper_gd", "peak_rss_gib",
-               "points_per_second"]
+    columns = ["config", "backend", "solver", "ran", "sec_per_iter", "useful_gflops", "fraction_of_gemm",
+               "speedup_vs_numpy", "time_to_1e8", "speedup_vs_dense_als", "seconds", "iterations", "reached",
+               "speedup_vs_paper_gd", "gemm_equivalents", "rel_err_A", "peak_rss_gib", "rows_per_second",
+               "data_units_per_row", "points_per_second"]
     present = [c for c in columns if any(row.get(c) is not None for row in report.rows)]
     click.echo("\n" + render(report.rows, present) + "\n")
     click.echo("machine: " + ", ".join(f"{k}={v}" for k, v in report.machine.items()))
@@ -214,6 +322,7 @@ def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_
 def plugins(as_json):
     """List the registered PEFT parameterizations, their capabilities and load errors."""
     import fastlora as fl
+
     from .tables import render
 
     rows = fl.peft.info()
@@ -226,15 +335,27 @@ def plugins(as_json):
         table.append({"name": row["name"], "distribution": row["distribution"], "version": row["version"],
                       "best_fit": caps.get("best_fit") if caps else None, "family": caps.get("family") or "-",
                       "fast_paths": ",".join(caps.get("fast_paths", [])) or "-",
-                      "notes": ", ".join(filter(None, ["uses A (gd only)" if caps.get("uses_base") else "",
-                                                       "frozen: " + ",".join(caps["frozen"]) if caps.get("frozen") else "",
-                                                       "implicit gradient" if caps.get("implicit_gradient") else ""]))
-                      or "-",
+                      "notes": _plugin_notes(caps),
                       "status": "ok" if row["error"] is None else "ERROR"})
     click.echo(render(table))
     for row in rows:
         if row["error"]:
             click.echo(f"error: {row['error']}")
+
+
+def _plugin_notes(caps: dict) -> str:
+    notes = ["uses A (gd only)" if caps.get("uses_base") else "",
+             "frozen: " + ",".join(caps["frozen"]) if caps.get("frozen") else "",
+             "implicit gradient" if caps.get("implicit_gradient") else ""]
+    return ", ".join(filter(None, notes)) or "-"
+
+
+def _register_landscape() -> None:
+    from .landscape.cli import landscape_command
+    main.add_command(landscape_command)
+
+
+_register_landscape()
 
 
 @main.group()

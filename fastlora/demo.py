@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import FastLoRAError
 from .sweep.plot import plot_results
 from .sweep.runner import run_sweep
 from .sweep.spec import parse_spec
@@ -73,7 +74,13 @@ def run_demo(out_dir, workers=None, quick=False, echo=print, progress=None) -> d
     echo(f"fastlora demo: {spec.description}")
     echo(f"d={d}, k={k}, n={fixed['n']} samples per retraining task, noise={noise}; fine-tuning: rank-{k} "
          f"{fixed['ft_peft']} (and rank {3 * k} at T=2); {spec.repeats} seed(s) per point")
-    run_sweep(spec, store, workers=workers, progress=progress, echo=echo)
+    try:
+        summary = run_sweep(spec, store, workers=workers, progress=progress, echo=echo)
+    except FastLoRAError as exc:
+        if "--append" not in str(exc) and "other keys" not in str(exc):
+            raise
+        raise FastLoRAError(f"{str(out_dir)!r} holds results of another version of the demo ({exc}); remove the "
+                            f"folder or pass --out NEW_FOLDER") from None
     by_T = summarise(store, ("method", "T", "ft_rank"), {"n_ft": 100})
     by_n = summarise(store, ("method", "n_ft"), {"T": 5, "ft_rank": k})
     echo("\nExcess risk after fine-tuning (n_ft = 100) vs retraining tasks T:")
@@ -89,4 +96,5 @@ def run_demo(out_dir, workers=None, quick=False, echo=print, progress=None) -> d
                             where=["T=5", f"ft_rank={k}"], out=out_dir / "excess_risk_vs_n_ft.png",
                             reference=(f"theory σ²k(d_in+d_out−k)/2n_ft = {float(rate(1)):.3g}/n_ft", rate))]
     echo("\nfigures: " + ", ".join(figures))
-    return {"by_T": by_T, "by_n_ft": by_n, "figures": figures, "store": str(store)}
+    return {"by_T": by_T, "by_n_ft": by_n, "figures": figures, "store": str(store), "summary": summary,
+            "spec": spec}

@@ -15,7 +15,7 @@ from .solvers.adapters import InnerGradient, choose_adapter_step
 from .solvers.common import Context, RetrainResult
 from .taskbatch import make_batch
 from .linop import LowRankUpdate
-from .reduction import orthonormal_basis
+from .reduction import extend_basis, orthonormal_basis
 from .tasks import LowRankTarget, Task
 
 
@@ -100,6 +100,17 @@ def lowrank_residual(A: LowRankUpdate, task: Task, one_basis: bool = False):
     if not (task.is_population and isinstance(target, LowRankTarget) and A.base is not None
             and (target.base is A.base or np.array_equal(target.base, A.base))):
         return None
+    if A.basis is not None and (A.basis is A.right or not one_basis):
+        # A = S + Q_out E Q_inᵀ from the reduced solver: extend its orthonormal bases by the task's
+        # own k directions only, and write W* − A = (Q₁ᵀB*)(Q₂ᵀC*)ᵀ − [E 0; 0 0] in them
+        if one_basis:
+            Q_out = Q_in = extend_basis(A.basis, np.concatenate([target.B, target.C], axis=1))
+        else:
+            Q_out, Q_in = extend_basis(A.basis, target.B), extend_basis(A.right, target.C)
+        K = (Q_out.T @ target.B) @ (Q_in.T @ target.C).T
+        m_out, m_in = A.core.shape
+        K[:m_out, :m_in] -= A.core
+        return Q_out, Q_in, K
     left = np.concatenate([target.B, -A.left], axis=1)
     right = np.concatenate([target.C, A.right], axis=1)
     if one_basis:

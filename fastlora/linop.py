@@ -56,12 +56,15 @@ class LowRankUpdate:
 
     __array_priority__ = 1000
 
-    def __init__(self, base, left, right):
+    def __init__(self, base, left, right, *, basis=None, core=None):
         shape = (left.shape[0], right.shape[0])
         if left.shape[1] != right.shape[1] or (base is not None and base.shape != shape):
             raise ValueError(f"LowRankUpdate: base {None if base is None else base.shape}, left {left.shape}, "
                              f"right {right.shape} do not fit")
         self.base, self.left, self.right = base, left, right
+        # optional: left = basis @ core with orthonormal basis and right (the reduced solver's
+        # Q_out E, Q_in), which lets products with new directions stay in small coordinates
+        self.basis, self.core = basis, core
 
     @property
     def shape(self):

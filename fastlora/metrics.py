@@ -8,6 +8,7 @@ import numpy as np
 from . import peft as peft_registry
 from .errors import FastLoRAError, check_array, check_float, check_int
 from .finetune import finetune, lowrank_residual
+from .implicit import is_implicit
 from .linop import LowRankUpdate
 from .peft.protocol import shared_names
 from .problems import Problem
@@ -41,7 +42,7 @@ def _relative_error(A, A_star) -> float:
     if A_star is None:
         return float("nan")
     if isinstance(A, LowRankUpdate) and A.base is not None and (A.base is A_star or np.array_equal(A.base, A_star)):
-        return A.correction_norm() / float(np.linalg.norm(A_star))
+        return A.correction_norm() / frobenius_norm(A_star)
     if isinstance(A, LowRankUpdate):
         A = A.dense()
     return float(np.linalg.norm(A - A_star) / np.linalg.norm(A_star))
@@ -58,8 +59,19 @@ def _adaptation_rank(A, task: Task, rank_tol: float, floor: float) -> int:
     return numerical_rank(lowrank[2], 1.0, max(rank_tol * spectral_norm(task.target), floor))
 
 
+def frobenius_norm(matrix) -> float:
+    """‖M‖_F; an implicit matrix (fastlora.implicit) computes it by streaming over its tiles."""
+    return float(np.sqrt(matrix.frobenius_sq())) if is_implicit(matrix) else float(np.linalg.norm(matrix))
+
+
 def spectral_norm(target) -> float:
-    """‖W*‖₂ of a target; a factored one S + B Cᵀ by Lanczos on its products (no extra d×d array)."""
+    """‖W*‖₂ of a target; a factored one S + B Cᵀ by Lanczos on its products (no extra d×d array).
+
+    With an implicit S (fastlora.implicit) every product regenerates S, so the bound
+    ‖S‖_F + ‖B‖₂‖C‖₂ ≥ ‖W*‖₂ is used instead (an adaptation rank counted against it is
+    conservative)."""
+    if isinstance(target, LowRankTarget) and is_implicit(target.base):
+        return frobenius_norm(target.base) + float(np.linalg.norm(target.B, 2) * np.linalg.norm(target.C, 2))
     if not isinstance(target, LowRankTarget) or max(target.shape) <= 512:
         return float(np.linalg.norm(dense_target(target), 2))
     from scipy.sparse.linalg import LinearOperator, svds

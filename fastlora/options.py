@@ -180,11 +180,22 @@ _ALL = (
            "least-squares error (finite samples)", "evaluate"),
 )
 
+_ALL += (
+    # a landscape census per sweep row (fastlora.landscape.landscape_metrics)
+    Option("census_starts", "int", None, "random starts of a landscape census per row (None: no census)",
+           "landscape", low=1, allow_none=True),
+    Option("census_init", "choice", "normal", "law of the census starts", "landscape",
+           choices=("normal", "uniform", "standard")),
+    Option("init_scale", "float", 0.1, "scale of the census starts (the paper's N(0, 0.1²): 0.1)", "landscape",
+           low=0.0, low_open=True),
+)
+
 OPTIONS: dict[str, Option] = {o.name: o for o in _ALL}
 PROBLEM = tuple(o.name for o in _ALL if o.group == "problem")
 RETRAIN = tuple(o.name for o in _ALL if o.group == "retrain")
 SOLVER = tuple(o.name for o in _ALL if o.group == "solver")
 EVALUATE = tuple(o.name for o in _ALL if o.group == "evaluate")
+LANDSCAPE = tuple(o.name for o in _ALL if o.group == "landscape")
 
 
 def solver_options(method: str, solver: str | None) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import require_memory
 from .errors import FastLoRAError, check_choice, check_float, check_int
+from .implicit import SeededSymmetricGaussian
 from .tasks import SAMPLERS, LowRankTarget, Task, check_raw_draws, raw_draws, sampling_bytes
 
 _ROLE_SHARED, _ROLE_TRAIN, _ROLE_TEST, _ROLE_NEW = 0, 1, 2, 3
@@ -80,7 +81,7 @@ class Problem:
 
 def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, noise: float = 0.0,
                  seed: int = 0, d_out: int | None = None, symmetric: bool = True,
-                 n_test_tasks: int = 4, sampler: str = "raw") -> Problem:
+                 n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False) -> Problem:
     """Draw a problem with ``T`` training tasks and ``n_test_tasks`` held-out tasks.
 
     ``n=None`` is population mode (L_t(W) = ½‖W − W*_t‖²); an integer ``n`` draws that many
@@ -91,6 +92,9 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     whatever n (:func:`fastlora.tasks.exact_statistics`); the ground truth is the same
     for both, and fine-tuning draws (``finetune(..., n=...)``) use the same sampler.
     Sizes whose memory or raw draws would not fit are refused first (module docstring).
+    ``implicit=True`` (population, symmetric): A* is a :class:`~fastlora.implicit.SeededSymmetricGaussian`,
+    generated tile by tile when needed — the same law with other numbers, and no d × d array,
+    so the problem is solvable at d = 100,000 (fastlora.reduction; ``retrain(..., dense_A=False)``).
     """
     d = check_int("d", d, low=1)
     d_out = d if d_out is None else check_int("d_out", d_out, low=1)
@@ -105,12 +109,20 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
         raise FastLoRAError(f"symmetric must be True or False, got {symmetric!r}")
     if symmetric and d_out != d:
         raise FastLoRAError(f"symmetric=True needs d_out == d (got d_out={d_out}, d={d}); pass symmetric=False")
-    _check_size(d, d_out, k, T, n, noise, n_test_tasks, bool(symmetric), sampler)
+    if not isinstance(implicit, (bool, np.bool_)):
+        raise FastLoRAError(f"implicit must be True or False, got {implicit!r}")
+    if implicit and (n is not None or not symmetric):
+        raise FastLoRAError("implicit=True draws the paper's symmetric A* for population problems: it needs n=None "
+                            "(population) and symmetric=True")
+    _check_size(d, d_out, k, T, n, noise, n_test_tasks, bool(symmetric), sampler, bool(implicit))
 
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_SHARED,)))
-    G = rng.standard_normal((d_out, d))
-    A_star = 0.5 * (G + G.T) if symmetric else G
-    A_star.setflags(write=False)
+    if implicit:
+        A_star = SeededSymmetricGaussian(d, seed, role=_ROLE_SHARED)
+    else:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_SHARED,)))
+        G = rng.standard_normal((d_out, d))
+        A_star = 0.5 * (G + G.T) if symmetric else G
+        A_star.setflags(write=False)
 
     # factors live in (T, k, d) row-contiguous buffers — the layout of the solvers' shared
     # GEMMs — and B_star / C_star are (T, d, k) views of them, so solves copy nothing
@@ -157,7 +169,7 @@ def _make_task(prob: Problem, A_star, B, C, role: int, index: int) -> Task:
 
 
 def problem_bytes(d: int, d_out: int, k: int, T: int, n: int | None, n_test_tasks: int, symmetric: bool,
-                  sampler: str = "raw") -> int:
+                  sampler: str = "raw", implicit: bool = False) -> int:
     """Estimated peak memory of ``make_problem`` with these sizes (float64 bytes).
 
     A* and its draw G (2·d_out·d), the factors (k·(d_out + d) per task, d_out only when
@@ -167,17 +179,19 @@ def problem_bytes(d: int, d_out: int, k: int, T: int, n: int | None, n_test_task
     """
     tasks = T + n_test_tasks
     per_task = 8 * k * (d_out + (0 if symmetric else d)) + _TASK_OVERHEAD_BYTES
-    total = 16 * d_out * d + tasks * per_task
+    total = (0 if implicit else 16 * d_out * d) + tasks * per_task
     if n is not None:
         total += tasks * 8 * (d * d + d_out * d) + sampling_bytes(n, d, d_out, sampler)
     return int(1.1 * total) + (1 << 20)
 
 
-def _check_size(d, d_out, k, T, n, noise, n_test_tasks, symmetric, sampler) -> None:
+def _check_size(d, d_out, k, T, n, noise, n_test_tasks, symmetric, sampler, implicit=False) -> None:
     call = f"make_problem(d={d}, d_out={d_out}, k={k}, T={T}, n={n}, n_test_tasks={n_test_tasks})"
     advice = "use a smaller d, d_out, T or n_test_tasks"
     if n is not None:
         advice += ", or population mode (n=None: no per-task d×d statistics)"
-    require_memory(problem_bytes(d, d_out, k, T, n, n_test_tasks, symmetric, sampler), call, advice)
+    elif symmetric and not implicit:
+        advice += ", or implicit=True (A* generated on demand, not stored)"
+    require_memory(problem_bytes(d, d_out, k, T, n, n_test_tasks, symmetric, sampler, implicit), call, advice)
     if n is not None and sampler == "raw":
         check_raw_draws((T + n_test_tasks) * raw_draws(n, d, d_out, noise), call)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .implicit import is_implicit
 from .linop import LowRankUpdate
 from .tasks import LowRankTarget, Task
 
@@ -62,8 +63,9 @@ class Reduction:
         """A = S + Q_out E Q_inᵀ: a dense array (one d×m×d product), or a LowRankUpdate."""
         left = self.Q_out @ np.asarray(E, dtype=np.float64)
         if not dense:
-            return LowRankUpdate(self.base, left, self.Q_in)
-        return self.base + left @ self.Q_in.T
+            return LowRankUpdate(self.base, left, self.Q_in, basis=self.Q_out, core=np.asarray(E, dtype=np.float64))
+        base = self.base.dense() if is_implicit(self.base) else self.base
+        return base + left @ self.Q_in.T
 
     def lift_params(self, peft, params: dict) -> dict:
         """Adapters of the reduced problem in the full space."""
@@ -110,8 +112,13 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     c = b if (symmetric and Q_in is Q_out) else Q_in.T @ C
     zero = np.zeros((Q_out.shape[1], Q_in.shape[1]))
     reduced = [Task.population(LowRankTarget(zero, b[t], b[t] if c is b else c[t])) for t in range(T)]
-    base_reduced = (Q_out.T @ base) @ Q_in          # one d×d×m product
-    base_sq = float(np.vdot(base, base))
+    if is_implicit(base):
+        # S is generated on demand: its projection would cost a generation and d²·m flops; the
+        # convergence scale uses E‖S‖² and no cross term (a scale, not a result)
+        base_reduced, base_sq = np.zeros_like(zero), base.expected_frobenius_sq()
+    else:
+        base_reduced = (Q_out.T @ base) @ Q_in          # one d×d×m product
+        base_sq = float(np.vdot(base, base))
     return Reduction(base, Q_out, Q_in, reduced, time.perf_counter() - started, base_reduced, base_sq)
 
 
@@ -119,6 +126,19 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
 # rounds: GEMM speed, orthonormal to rounding for cond(F)·√eps < 1); others by an SVD, which also
 # finds their rank.
 _CHOLESKY_MAX_COND = 1e5
+
+
+def extend_basis(Q, F) -> np.ndarray:
+    """[Q, Q'] orthonormal, spanning the columns of Q (orthonormal, (d, m)) and of F (d, n):
+    F is projected off Q twice and only the (d, n) remainder is orthonormalised — O(d·m·n).
+    Directions of F already in span(Q) (remainder below max(d, n)·eps of F) are dropped."""
+    R = F - Q @ (Q.T @ F)
+    R = R - Q @ (Q.T @ R)
+    scale = float(np.linalg.norm(F)) or 1.0
+    if float(np.linalg.norm(R)) <= max(F.shape) * np.finfo(np.float64).eps * scale:
+        return Q
+    return np.concatenate([Q, orthonormal_basis(R, rtol=max(F.shape) * np.finfo(np.float64).eps
+                                                * scale / max(float(np.linalg.norm(R, 2)), 1e-300))], axis=1)
 
 
 def orthonormal_basis(F, rtol: float | None = None) -> np.ndarray:
@@ -154,7 +174,8 @@ def _target_factors(problem_or_tasks, tasks):
     """(S, B* (T, d_out, k), C* (T, d_in, k), symmetric) of factored targets sharing one base, else None."""
     source = problem_or_tasks
     if getattr(source, "tasks", None) is tasks and getattr(source, "n", 0) is None and hasattr(source, "B_star"):
-        return np.asarray(source.A_star), np.asarray(source.B_star), np.asarray(source.C_star), source.symmetric
+        base = source.A_star if is_implicit(source.A_star) else np.asarray(source.A_star)
+        return base, np.asarray(source.B_star), np.asarray(source.C_star), source.symmetric
     targets = [t.target for t in tasks]
     if not all(isinstance(g, LowRankTarget) for g in targets):
         return None

@@ -13,6 +13,7 @@ from .config import format_bytes, require_memory
 from .errors import FastLoRAError
 from .peft.protocol import check_shape_supported, shared_names
 from .seeding import as_generator
+from .implicit import is_implicit
 from .reduction import Reduction, plan_reduction
 from .solvers import als, gd, reptile, standard
 from .solvers.auto import choose_solver
@@ -195,6 +196,9 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
             reduction = plan_reduction(problem_or_tasks, tasks, parameterization, options)
         if reduction is not None:
             tasks, source = reduction.tasks, reduction.tasks
+            if dense_A and is_implicit(reduction.base):
+                require_memory(3 * 8 * d_out * d_in, f"a dense A for this implicit A* (d={d_in})",
+                               "pass dense_A=False (A = S + Q E Qᵀ as a LowRankUpdate)")
     kind = batch_kind(tasks, structured=structured, source=source)
     if method == "lora-ml":
         if solver == "auto":

@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import require_memory
 from .errors import FastLoRAError, check_array, check_choice, check_float, check_int
+from .seeding import as_generator
 
 _SAMPLE_CHUNK = 65536  # rows generated at a time, so memory stays O(chunk · d)
 SAMPLERS = ("raw", "stats")
@@ -209,7 +210,7 @@ class Task:
         noise = self.noise if noise is None else noise
         noise = 0.0 if noise is None else check_float("noise", noise, low=0.0)
         sampler = self.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(_task_seed(self, seed))
+        rng = as_generator(_task_seed(self, seed))
         Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler)
         task = Task.from_statistics(Sigma, C, s, n, W_star=self.target, noise=noise)
         task.key = self.key
@@ -221,8 +222,9 @@ class Task:
         return f"Task(d_out={self.d_out}, d_in={self.d_in}, {mode})"
 
 
-def _task_seed(task: Task, seed) -> np.random.SeedSequence:
-    if isinstance(seed, np.random.SeedSequence):
+def _task_seed(task: Task, seed):
+    """A Generator or SeedSequence as given; an int seed combined with the task's key."""
+    if isinstance(seed, (np.random.SeedSequence, np.random.Generator)):
         return seed
     seed = check_int("seed", seed, low=0)
     key = tuple(task.key) if task.key is not None else ()

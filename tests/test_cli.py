@@ -1,5 +1,6 @@
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -38,6 +39,7 @@ def test_solve_json(run):
     (["--peft", "nope"], "peft"),
     (["--T", "0"], "T"),
     (["--n", "lots"], "n="),
+    (["--n-ft", "-3"], "--n-ft='-3' must be a positive integer"),
     (["--d-out", "5", "--asymmetric"], "lora_sym"),
 ])
 def test_solve_bad_input_is_one_line_and_nonzero(run, args, needle):
@@ -51,8 +53,13 @@ def test_solve_bad_input_is_one_line_and_nonzero(run, args, needle):
 def test_plugins_lists_builtins(run):
     result = run("plugins")
     assert result.exit_code == 0
+    header, rule, *lines = result.output.splitlines()
+    assert header.split()[:2] == ["name", "distribution"] and header.split()[-1] == "status"
+    assert set(rule.replace(" ", "")) == {"-"}
+    rows = {line.split()[0]: line.split() for line in lines if line.strip() and not line.startswith("error:")}
     for name in ("lora", "lora_sym", "full"):
-        assert name in result.output
+        assert name in rows, result.output
+        assert rows[name][1] == "fastlora" and rows[name][-1] == "ok", rows[name]
 
 
 def test_demo_quick_writes_table_store_and_figures(run, tmp_path):
@@ -63,5 +70,71 @@ def test_demo_quick_writes_table_store_and_figures(run, tmp_path):
     assert (tmp_path / "demo" / "excess_risk_vs_T.png").stat().st_size > 1000
 
 
-def test_cache_commands(run):
-    assert run("cache", "info").exit_code == 0
+def test_cache_commands_count_and_clear_compiled_kernels(run, tmp_path, monkeypatch):
+    from fastlora.config import settings
+    from fastlora.kernels.numba_cpu import kernel
+    monkeypatch.setattr(settings, "cache_dir", tmp_path / "cache")
+    root = tmp_path / "cache" / "numba"
+    assert run("cache", "info").output.strip() == f"{root}: 0 file(s), 0.0 MB"
+
+    @kernel()  # fastlora's kernel factory: compiled code lands in the cache the commands manage
+    def twice(x):
+        return 2 * x
+
+    assert twice(21) == 42
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert len(files) >= 2  # an index and the compiled code
+    assert run("cache", "info").output.startswith(f"{root}: {len(files)} file(s), ")
+    cleared = run("cache", "clear")
+    assert cleared.exit_code == 0 and cleared.output.strip() == f"removed {len(files)} cached file(s) from {root}"
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert run("cache", "info").output.strip() == f"{root}: 0 file(s), 0.0 MB"
+
+
+def test_an_unexpected_error_exits_1_with_one_line(run, monkeypatch):
+    import fastlora as fl
+
+    def broken(**kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("FASTLORA_DEBUG", raising=False)
+    monkeypatch.setattr(fl, "make_problem", broken)
+    result = run("solve", "--d", "8", "--k", "1", "--T", "3", "--backend", "numpy", "--no-progress")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: RuntimeError: boom (set FASTLORA_DEBUG=1 for the traceback)"
+
+
+def test_bench_repeat_must_be_at_least_one(run):
+    result = run("bench", "--repeat", "0", "--list")  # checked while parsing, before anything runs
+    assert result.exit_code == 2
+    assert "Invalid value for '--repeat': 0 is not in the range x>=1" in result.output
+
+
+@pytest.mark.parametrize("args,option", [
+    (["sweep", "{tmp}/spec.toml", "--out", "{missing}/r.sqlite"], "--out"),
+    (["export", "{tmp}/store.sqlite", "-o", "{missing}/r.csv"], "--output"),
+    (["plot", "{tmp}/store.sqlite", "--x", "T", "-o", "{missing}/fig.png"], "--output"),
+    (["bench", "--list", "--json", "{missing}/bench.json"], "--json"),
+])
+def test_outputs_into_a_missing_folder_are_refused(run, tmp_path, args, option):
+    (tmp_path / "store.sqlite").touch()
+    missing = tmp_path / "no" / "such"
+    args = [a.format(tmp=tmp_path, missing=missing) for a in args]
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.output == f"Error: {option} '{args[-1]}': folder '{missing}' does not exist; create it first\n"
+    assert not (tmp_path / "no").exists()
+
+
+def test_every_option_has_a_help_text():
+    missing = []
+
+    def walk(command, path):
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.help:
+                missing.append(f"{path} {max(param.opts, key=len)}")
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(main, "fastlora")
+    assert not missing

@@ -31,7 +31,8 @@ max_iter = 200
 
 def rows(path):
     with sqlite3.connect(path) as db:
-        return db.execute("SELECT row_key, status, rel_err_A, excess_risk, objective FROM results ORDER BY row_key").fetchall()
+        return db.execute("SELECT row_key, status, rel_err_A, excess_risk, objective FROM results "
+                          "ORDER BY row_key").fetchall()
 
 
 def write(tmp_path, text, name="spec.toml"):
@@ -69,7 +70,8 @@ def test_an_erroring_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     text = SPEC.replace('method = ["standard", "lora-ml"]', 'adapter_step = ["auto", "exact"]')
     text = text.replace('[fixed]', '[fixed]\npeft = "lora_sym"')
     summary = run_sweep(parse_spec(text), tmp_path / "e.sqlite", workers=1, progress=False)
-    assert summary.done == 8 and summary.errors == 4
+    assert summary.done == 8 and summary.errors == 4 and summary.failed == 4
+    assert len(summary.error_messages) == 1 and "adapter_step='exact' is not possible" in summary.error_messages[0]
     with sqlite3.connect(tmp_path / "e.sqlite") as db:
         errors = db.execute("SELECT adapter_step, error FROM results WHERE status='error'").fetchall()
     assert {e[0] for e in errors} == {"exact"} and all("adapter_step='exact' is not possible" in e[1] for e in errors)
@@ -81,8 +83,8 @@ def test_an_erroring_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     (("k = 1", "k = 9"), "k=9 is impossible"),
     (('method = ["standard", "lora-ml"]', 'method = ["maml"]'), "method='maml' is not allowed"),
     (("repeats = 2", "repeats = 0"), "'repeats' must be an integer >= 1"),
-    (("n = 400", "n = -3"), "n must be a positive integer"),
-    (("noise = 0.05", "noise = -1.0"), "noise=-1.0 is impossible"),
+    (("n = 400", "n = -3"), "n=-3 must be a positive integer"),
+    (("noise = 0.05", "noise = -1.0"), "noise=-1.0 is out of range"),
     (("[grid]", "[grid]\nrank = [9]"), "rank=9 is impossible"),
     (("[fixed]", '[fixed]\npeft = "nope"'), "peft='nope' is not a registered parameterization"),
 ])
@@ -97,7 +99,8 @@ def test_bad_spec_fails_before_any_work_with_one_line_and_exit_2(tmp_path, chang
 
 
 def test_killed_sweep_resumes_with_every_row_exactly_once(tmp_path):
-    text = SPEC.replace("repeats = 2", "repeats = 12").replace("max_iter = 200", "max_iter = 400")
+    # rows of ~50 ms, mostly drawing their data (n = 20000): the driver is mid-run after its first commits
+    text = SPEC.replace("repeats = 2", "repeats = 12").replace("n = 400", "n = 20000")
     spec_path = write(tmp_path, text)
     out = tmp_path / "k.sqlite"
     cmd = [sys.executable, "-m", "fastlora.cli", "sweep", str(spec_path), "--out", str(out), "--workers", "2",
@@ -119,7 +122,7 @@ def test_killed_sweep_resumes_with_every_row_exactly_once(tmp_path):
     proc.wait()
     total = len(parse_spec(text).rows())
     assert 0 < done < total, "the sweep should have been killed mid-run"
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     got = rows(out)
     keys = [r[0] for r in got]
@@ -140,11 +143,18 @@ def test_dask_cluster_runs_the_same_sweep(tmp_path):
     assert rows(tmp_path / "dask.sqlite") == rows(tmp_path / "local.sqlite")
 
 
-def test_unreachable_scheduler_is_a_clear_error(tmp_path):
+def test_unreachable_scheduler_fails_fast_with_a_clear_error(tmp_path):
+    pytest.importorskip("distributed")
     spec = write(tmp_path, SPEC)
+    started = time.perf_counter()
     result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(tmp_path / "x.sqlite"),
-                                       "--scheduler", "tcp://127.0.0.1:9"])
-    assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output
+                                       "--scheduler", "tcp://127.0.0.1:1", "--scheduler-timeout", "0.5"])
+    assert result.exit_code == 2
+    assert "cannot reach the Dask scheduler at 'tcp://127.0.0.1:1' within 0.5 s" in result.output
+    assert time.perf_counter() - started < 5
+    import inspect
+    cli_default = next(p.default for p in main.commands["sweep"].params if p.name == "scheduler_timeout")
+    assert cli_default == inspect.signature(run_sweep).parameters["scheduler_timeout"].default == 5.0
 
 
 def test_export_load_and_plot(tmp_path):

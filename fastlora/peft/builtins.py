@@ -88,8 +88,8 @@ class LoRA:
 
     def best_fit(self, R, rank):
         xp = array_module(R)
-        P, S, Vt = xp.linalg.svd(R, full_matrices=False)
-        root = xp.sqrt(S[:, :rank] / self._scale(rank))[:, None, :]
+        P, sv, Vt = xp.linalg.svd(R, full_matrices=False)
+        root = xp.sqrt(sv[:, :rank] / self._scale(rank))[:, None, :]
         B = _as_row_layout(P[:, :, :rank] * root)
         C = _as_row_layout(Vt[:, :rank, :].swapaxes(1, 2) * root)
         return {"B": B, "C": C}

@@ -1,38 +1,74 @@
 """Run a sweep: every unfinished (point, seed) once, on a process pool or a Dask cluster.
 
-The driver alone writes the store, one committed row per finished (point, seed).  A
-point that raises is stored with ``status='error'`` and its message; the sweep goes on.
-Rerunning skips finished rows (``retry_errors=True`` reruns the errored ones).
+Work travels in chunks: :func:`run_rows` runs a list of consecutive rows of one point
+(its repeats: same shapes and method) and returns one outcome per row; a row that raises
+becomes one error row (``status='error'`` and its message) and the others go on.  Chunks
+are sized from each point's measured row time so each takes about ``CHUNK_SECONDS``
+(per-task overhead stays small, the progress bar still moves), and at most two per
+worker are in flight.
+
+The driver alone writes the store, committing finished rows every ``COMMIT_SECONDS`` or
+``COMMIT_ROWS`` rows in one transaction: a kill loses at most that last batch, which a
+rerun recomputes (``row_key`` is UNIQUE, so nothing is ever stored twice).  Rerunning
+skips finished rows (``retry_errors=True`` reruns the errored ones).
+
+Local workers die with the driver: on Linux the kernel kills them when it goes
+(``PR_SET_PDEATHSIG``), and everywhere a watchdog thread in each worker exits when its
+parent changes or the driver sets the stop event (Ctrl-C, SIGTERM, an error).  A Dask
+cluster releases a client's futures when it disconnects, so a dead driver leaves at most
+the chunks already executing to finish there.
 """
 from __future__ import annotations
 
 import functools
+import math
 import os
+import queue
+import signal
 import socket
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 
 from ..config import usable_cores
 from ..errors import FastLoRAError
-from .spec import Spec, evaluate_args, problem_args, retrain_args
+from .spec import Spec, canonical, evaluate_args, landscape_args, problem_args, retrain_args
 from .store import ResultsStore
+
+CHUNK_SECONDS = 0.5  # target run time of one chunk of rows
+MAX_CHUNK_ROWS = 256
+COMMIT_SECONDS = 0.5  # the most a kill can lose of finished work
+COMMIT_ROWS = 1000
+WATCHDOG_SECONDS = 0.25  # how often a worker checks that its driver is alive
+SHOWN_ERRORS = 3
 
 
 @dataclass
 class SweepSummary:
+    """Counts of one run; ``failed``: rows of the spec stored with an error (this run's and
+    earlier ones), ``error_messages``: the first few distinct of their messages."""
     total: int
     skipped: int
     done: int
     errors: int
     seconds: float
     interrupted: bool = False
+    failed: int = 0
+    error_messages: list[str] = field(default_factory=list)
 
     def line(self, name: str, out) -> str:
         state = "interrupted" if self.interrupted else "finished"
         return (f"sweep {name!r} {state}: {self.done} row(s) done ({self.errors} error(s)), "
                 f"{self.skipped} already in {out}, {self.total} in the spec; {self.seconds:.1f} s")
+
+    def failure_line(self, name: str) -> str:
+        """One line naming how many rows failed and their first distinct messages."""
+        shown = "; ".join(f"({i}) {m}" for i, m in enumerate(self.error_messages, 1))
+        return (f"{self.failed} of {self.total} row(s) of sweep {name!r} failed; first distinct error(s): {shown}; "
+                f"fix the cause and rerun with --retry-errors")
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,69 +78,148 @@ def _thread_controller():
 
 
 def run_point(point: dict, seed: int) -> dict:
-    """make_problem → retrain → evaluate for one (point, seed); never raises."""
+    """make_problem → retrain → evaluate (and a landscape census where the point asks for one)
+    for one (point, seed); never raises."""
+    return run_rows([{"point": point, "seed": seed}])[0]
+
+
+def run_rows(rows: list[dict]) -> list[dict]:
+    """The outcomes of a chunk of rows (``Spec.rows()`` entries), in order; never raises for a row.
+
+    The unit of work a worker receives.  Rows of one point (its repeats, which differ only in
+    their seeds) are retrained together by :func:`fastlora.retrain_many` — each row gets the
+    numbers it would get alone, whatever the chunk — and a row that fails becomes one error
+    row while the others go on.  Rows of different points are run point by point.
+    """
+    if not rows:
+        return []
+    point = rows[0]["point"]
+    if any(row["point"] != point for row in rows[1:]):
+        return [outcome for row in rows for outcome in run_rows([row])]
+    with _thread_controller().limit(limits=1, user_api="blas"):
+        return _run_point_rows(point, [row["seed"] for row in rows])
+
+
+def _run_point_rows(point: dict, seeds: list[int]) -> list[dict]:
     import fastlora as fl
     started = time.perf_counter()
-    try:
-        with _thread_controller().limit(limits=1, user_api="blas"):
-            prob = fl.make_problem(**problem_args(point, seed))
-            res = fl.retrain(prob, threads=1, **retrain_args(point, seed))
-            metrics = fl.evaluate(res, prob, **evaluate_args(point, seed))
-        outcome = {name: metrics.get(name) for name in ("rel_err_A", "adapt_rank", "excess_risk")}
-        outcome.update(objective=res.objective, n_iter=res.n_iter, seconds=res.seconds, converged=res.converged,
-                       status="ok")
-    except Exception as exc:  # noqa: BLE001 - an erroring point is data, not a crash
-        outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}",
-                   "seconds": time.perf_counter() - started}
-    outcome["host"] = socket.gethostname()
+    outcomes: list[dict | None] = [None] * len(seeds)
+    problems = {}
+    for i, seed in enumerate(seeds):
+        try:
+            problems[i] = fl.make_problem(**problem_args(point, seed))
+        except Exception as exc:  # noqa: BLE001 - an erroring row is data, not a crash
+            outcomes[i] = _error(exc, started)
+    indices = list(problems)
+    results: list = []
+    if indices:
+        args = retrain_args(point, 0)
+        args.pop("seed")
+        try:
+            results = fl.retrain_many([problems[i] for i in indices], threads=1, seeds=[seeds[i] for i in indices],
+                                      errors="return", **args)
+        except Exception as exc:  # noqa: BLE001 - e.g. an option the point's solver does not take
+            results = [exc] * len(indices)
+    for i, res in zip(indices, results):
+        try:
+            if isinstance(res, Exception):
+                raise res
+            outcomes[i] = _outcome(point, seeds[i], problems[i], res)
+        except Exception as exc:  # noqa: BLE001
+            outcomes[i] = _error(exc, started)
+    host = socket.gethostname()
+    for outcome in outcomes:
+        outcome["host"] = host
+    return outcomes
+
+
+def _outcome(point: dict, seed: int, prob, res) -> dict:
+    import fastlora as fl
+    metrics = fl.evaluate(res, prob, **evaluate_args(point, seed))
+    outcome = {name: metrics.get(name) for name in ("rel_err_A", "adapt_rank", "excess_risk")}
+    outcome.update(objective=res.objective, n_iter=res.n_iter, seconds=res.seconds, converged=res.converged,
+                   backend_used=res.backend, solver_used=res.info.get("solver", res.solver), status="ok")
+    census = landscape_args(point, seed)
+    if census is not None:
+        from ..landscape import landscape_metrics
+        outcome.update(landscape_metrics(prob, **census))
     return outcome
 
 
-def _init_worker() -> None:
-    # one solve per core: no nested thread pools in the workers
-    os.environ["FASTLORA_NUM_THREADS"] = "1"
-    from ..config import reset
-    reset()
+def _error(exc: BaseException, started: float) -> dict:
+    return {"status": "error", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - started}
+
+
+def _run_chunk(rows: list[dict]) -> tuple[list[dict], float]:
+    """:func:`run_rows` and its wall time, which sizes the next chunks."""
+    started = time.perf_counter()
+    outcomes = run_rows(rows)
+    return outcomes, time.perf_counter() - started
 
 
 def run_sweep(spec: Spec, out, *, workers: int | None = None, scheduler: str | None = None,
-              retry_errors: bool = False, progress: bool | None = None, echo=None) -> SweepSummary:
-    """Run every unfinished row of ``spec`` into the store at ``out``."""
+              scheduler_timeout: float = 5.0, retry_errors: bool = False, append: bool = False,
+              progress: bool | None = None, echo=None) -> SweepSummary:
+    """Run every unfinished row of ``spec`` into the store at ``out``.
+
+    Refuses (FastLoRAError) a store another sweep is writing, and, unless ``append``, a store
+    holding rows of an earlier, different version of ``spec`` or rows of ``spec`` under another
+    sweep name.  ``scheduler_timeout``: seconds to wait for a Dask scheduler.  Ctrl-C (and
+    whatever the caller maps onto KeyboardInterrupt) commits the finished rows, stops the
+    workers, echoes the summary line and re-raises.
+    """
     started = time.perf_counter()
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise FastLoRAError(f"workers={workers!r} must be a positive integer")
-    store = ResultsStore(out, spec)
-    try:
-        store.remember_spec(spec)
+    if isinstance(scheduler_timeout, bool) or not isinstance(scheduler_timeout, (int, float)) \
+            or not scheduler_timeout > 0:
+        raise FastLoRAError(f"scheduler_timeout={scheduler_timeout!r} must be a positive number of seconds")
+    interrupt = None
+    with ResultsStore(out, spec) as store:
         rows = spec.rows()
+        stored = store.stored_rows()
+        if not append:
+            store.check_spec(spec, rows, stored)
+        store.remember_spec(spec)
         if retry_errors:
-            store.drop_errors(r["row_key"] for r in rows)
-        finished = store.finished_keys()
-        pending = [r for r in rows if r["row_key"] not in finished]
+            store.drop_errors(r["row_key"] for r in rows if stored.get(r["row_key"], ("", ""))[1] == "error")
+            stored = store.stored_rows()
+        pending = [r for r in rows if r["row_key"] not in stored]
         summary = SweepSummary(total=len(rows), skipped=len(rows) - len(pending), done=0, errors=0, seconds=0.0)
         show = sys.stderr.isatty() if progress is None else progress
         bar = _bar(len(pending), spec.name, show)
+        committer = _Committer(store, spec, summary, bar)
         try:
-            for row, outcome in _execute(pending, workers, scheduler):
-                if store.add(spec, row, outcome):
-                    summary.done += 1
-                    summary.errors += outcome["status"] != "ok"
-                if bar is not None:
-                    bar.set_postfix_str(f"errors={summary.errors}", refresh=False)
-                    bar.update(1)
-        except KeyboardInterrupt:
-            summary.interrupted = True
+            if pending:
+                _drive(pending, workers, scheduler, scheduler_timeout, committer)
+        except KeyboardInterrupt as exc:  # also SIGTERM, mapped by the CLI
+            summary.interrupted, interrupt = True, exc
         finally:
+            committer.flush()
             if bar is not None:
                 bar.close()
-    finally:
-        store.close()
+        wanted = {r["row_key"] for r in rows}
+        failures = [message for key, message in store.errors().items() if key in wanted]
+    summary.failed = len(failures)
+    summary.error_messages = _distinct_first_lines(failures, SHOWN_ERRORS)
     summary.seconds = time.perf_counter() - started
     if echo is not None:
         echo(summary.line(spec.name, out))
-    if summary.interrupted:
-        raise KeyboardInterrupt
+    if interrupt is not None:
+        raise interrupt
     return summary
+
+
+def _distinct_first_lines(messages: list[str], count: int) -> list[str]:
+    """The first ``count`` distinct first lines of ``messages``, in order."""
+    distinct: list[str] = []
+    for message in messages:
+        first = (message or "").strip().split("\n", 1)[0] or "(no message)"
+        if first not in distinct:
+            distinct.append(first)
+        if len(distinct) == count:
+            break
+    return distinct
 
 
 def _bar(total: int, name: str, enabled: bool):
@@ -114,50 +229,228 @@ def _bar(total: int, name: str, enabled: bool):
     return tqdm(total=total, desc=name, unit="row", file=sys.stderr, smoothing=0.05)
 
 
-def _execute(pending, workers, scheduler):
-    """Yield (row, outcome) as rows finish, in completion order."""
-    if not pending:
-        return
+class _Committer:
+    """Buffers finished rows; commits them in one transaction every COMMIT_SECONDS or COMMIT_ROWS."""
+
+    def __init__(self, store: ResultsStore, spec: Spec, summary: SweepSummary, bar):
+        self.store, self.spec, self.summary, self.bar = store, spec, summary, bar
+        self.buffer: list[tuple[dict, dict]] = []
+        self.oldest = 0.0
+
+    def add(self, chunk: list[dict], outcomes: list[dict]) -> None:
+        if not self.buffer:
+            self.oldest = time.monotonic()
+        self.buffer.extend(zip(chunk, outcomes))
+        if self.bar is not None:
+            errors = self.summary.errors + sum(o["status"] != "ok" for o in outcomes)
+            self.bar.set_postfix_str(f"errors={errors}", refresh=False)
+            self.bar.update(len(chunk))
+        if len(self.buffer) >= COMMIT_ROWS or self.due_in() == 0:
+            self.flush()
+
+    def due_in(self) -> float | None:
+        """Seconds until the buffered rows must be committed (None: nothing buffered)."""
+        if not self.buffer:
+            return None
+        return max(0.0, self.oldest + COMMIT_SECONDS - time.monotonic())
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        stored = self.store.add_rows(self.spec, self.buffer)
+        self.summary.done += sum(stored)
+        self.summary.errors += sum(s and o["status"] != "ok" for s, (_, o) in zip(stored, self.buffer))
+        self.buffer = []
+
+
+class _Chunker:
+    """Cuts the pending rows, in order, into chunks of about CHUNK_SECONDS of work.
+
+    A chunk holds rows of one point only (same shapes and method: what a batched solver
+    solves together, and rows of equal cost).  A point's first chunk is one row, to measure
+    it; later ones follow its measured time per row.  Near the end chunks shrink so the
+    last rows spread over every worker.
+    """
+
+    def __init__(self, rows: list[dict], workers: int):
+        self.rows, self.workers, self.next = rows, workers, 0
+        self.row_seconds: dict[str, float] = {}  # point -> smoothed seconds per row
+
+    def __bool__(self) -> bool:
+        return self.next < len(self.rows)
+
+    def take(self) -> list[dict]:
+        point = self.rows[self.next]["point"]
+        key = canonical(point)
+        estimate = self.row_seconds.get(key)
+        size = 1 if estimate is None else round(CHUNK_SECONDS / max(estimate, 1e-9))
+        size = max(1, min(size, MAX_CHUNK_ROWS, math.ceil((len(self.rows) - self.next) / self.workers)))
+        end = self.next + 1
+        while end < min(self.next + size, len(self.rows)) and _same_point(self.rows[end]["point"], point, key):
+            end += 1
+        chunk = self.rows[self.next:end]
+        self.next = end
+        return chunk
+
+    def observe(self, chunk: list[dict], seconds: float) -> None:
+        key = canonical(chunk[0]["point"])
+        per_row = seconds / len(chunk)
+        before = self.row_seconds.get(key)
+        self.row_seconds[key] = per_row if before is None else 0.5 * (before + per_row)
+
+
+def _same_point(point: dict, other: dict, other_key: str) -> bool:
+    # Spec.rows() shares one dict among a point's repeats: identity settles most comparisons
+    return point is other or canonical(point) == other_key
+
+
+def _drive(pending: list[dict], workers, scheduler, scheduler_timeout, committer: _Committer) -> None:
+    """Run every pending row on the chosen executor, handing finished chunks to ``committer``."""
     if scheduler:
-        yield from _execute_dask(pending, scheduler)
-        return
-    workers = min(workers or usable_cores(), len(pending))
-    if workers == 1:
-        for row in pending:
-            yield row, run_point(row["point"], row["seed"])
-        return
-    import multiprocessing
-    ctx = multiprocessing.get_context("spawn")  # forking a process with live thread pools can deadlock
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
+        pool = _DaskPool(scheduler, scheduler_timeout)
+    else:
+        workers = min(workers or usable_cores(), len(pending))
+        pool = _InProcess() if workers == 1 else _LocalPool(workers)
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    chunker = _Chunker(pending, pool.workers)
+    in_flight = 0
+    clean = False
     try:
-        futures = {pool.submit(run_point, row["point"], row["seed"]): row for row in pending}
-        for fut in as_completed(futures):
-            yield futures[fut], fut.result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _execute_dask(pending, scheduler: str):
-    try:
-        from distributed import Client, as_completed as dask_completed
-    except ImportError:
-        raise FastLoRAError("--scheduler needs dask.distributed: pip install 'fastlora[dask]'") from None
-    try:
-        client = Client(scheduler, timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        raise FastLoRAError(f"cannot reach the Dask scheduler at {scheduler!r}: {exc}") from None
-    try:
-        futures = {}
-        for row in pending:
-            fut = client.submit(run_point, row["point"], row["seed"], key=f"fastlora-{row['row_key']}", pure=False,
-                                retries=2)
-            futures[fut] = row
-        for fut in dask_completed(list(futures)):
-            row = futures[fut]
+        while True:
+            while chunker and in_flight < pool.slots:
+                chunk = chunker.take()
+                pool.submit(chunk).add_done_callback(lambda fut, chunk=chunk: finished.put((chunk, fut)))
+                in_flight += 1
+            if not in_flight:
+                break
             try:
-                outcome = fut.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after every retry
-                outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "host": "dask"}
-            yield row, outcome
+                chunk, fut = finished.get(timeout=committer.due_in())
+            except queue.Empty:
+                committer.flush()
+                continue
+            in_flight -= 1
+            outcomes, seconds = pool.outcomes(chunk, fut)
+            if seconds is not None:
+                chunker.observe(chunk, seconds)
+            committer.add(chunk, outcomes)
+        clean = True
     finally:
-        client.close()
+        pool.close(abort=not clean)
+
+
+class _InProcess:
+    """One worker: chunks run in the driver, one at a time."""
+    workers = slots = 1
+
+    def submit(self, chunk: list[dict]) -> Future:
+        fut: Future = Future()
+        fut.set_result(_run_chunk(chunk))
+        return fut
+
+    def outcomes(self, chunk, fut):
+        return fut.result()
+
+    def close(self, abort: bool) -> None:
+        pass
+
+
+class _LocalPool:
+    """A spawn-context process pool whose workers die with the driver (see the module docstring)."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")  # forking a process with live thread pools can deadlock
+        self.stop = ctx.Event()
+        self.workers, self.slots = workers, 2 * workers
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(os.getpid(), self.stop))
+
+    def submit(self, chunk: list[dict]) -> Future:
+        return self.pool.submit(_run_chunk, chunk)
+
+    def outcomes(self, chunk, fut):
+        try:
+            return fut.result()
+        except BrokenProcessPool as exc:
+            raise RuntimeError(f"a worker process died unexpectedly (killed, or out of memory?): {exc}; the rows "
+                               f"committed so far are kept: rerun the same command to resume") from None
+
+    def close(self, abort: bool) -> None:
+        if abort:
+            self.stop.set()  # workers exit at once instead of finishing their queue
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _init_worker(driver_pid: int, stop) -> None:
+    # one solve per core: no nested thread pools in the workers
+    os.environ["FASTLORA_NUM_THREADS"] = "1"
+    from ..config import reset
+    reset()
+    # Ctrl-C reaches the whole process group; the driver alone decides when workers stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    if os.getppid() != driver_pid:  # the driver died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=_watch_driver, args=(driver_pid, stop), name="fastlora-watchdog", daemon=True).start()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies — even while a
+    compiled kernel holds the GIL and the watchdog thread cannot run."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the watchdog still covers it
+
+
+def _watch_driver(driver_pid: int, stop) -> None:
+    """Exit when the driver asks (stop event) or dies (the parent pid changes)."""
+    while not stop.wait(WATCHDOG_SECONDS):
+        if os.getppid() != driver_pid:
+            break
+    os._exit(0)  # nothing to flush: only the driver writes the store
+
+
+class _DaskPool:
+    """Chunks as Dask futures; a failed chunk (e.g. KilledWorker after every retry) becomes error rows."""
+
+    def __init__(self, scheduler: str, timeout: float):
+        try:
+            from distributed import Client
+        except ImportError:
+            raise FastLoRAError("--scheduler needs dask.distributed: pip install 'fastlora[dask]'") from None
+        try:
+            self.client = Client(scheduler, timeout=f"{timeout}s")
+        except (OSError, TimeoutError) as exc:
+            raise FastLoRAError(f"cannot reach the Dask scheduler at {scheduler!r} within {timeout:g} s: {exc}; "
+                                f"check the address or raise --scheduler-timeout") from None
+        self.workers = self._threads()
+        self._slots, self._counted = 2 * self.workers, time.monotonic()
+
+    def _threads(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
+
+    @property
+    def slots(self) -> int:
+        """Two chunks per worker thread, recounted every few seconds as workers join or leave."""
+        if time.monotonic() - self._counted > 5.0:
+            self._slots, self._counted = 2 * self._threads(), time.monotonic()
+        return self._slots
+
+    def submit(self, chunk: list[dict]):
+        return self.client.submit(_run_chunk, chunk, key=f"fastlora-{chunk[0]['row_key']}-{len(chunk)}", pure=False,
+                                  retries=2)
+
+    def outcomes(self, chunk, fut):
+        try:
+            return fut.result()
+        except Exception as exc:  # noqa: BLE001 - the chunk's rows are recorded as errors, the sweep goes on
+            error = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "host": "dask"}
+            return [dict(error) for _ in chunk], None
+
+    def close(self, abort: bool) -> None:
+        self.client.close()  # releases every future still queued on the cluster

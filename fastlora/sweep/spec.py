@@ -41,6 +41,7 @@ PROBLEM_KEYS = tuple(k for k in schema.PROBLEM if k in KEYS)
 RETRAIN_KEYS = tuple(k for k in schema.RETRAIN if k in KEYS and k != "seed")
 OPTION_KEYS = tuple(k for k in schema.SOLVER if k in KEYS)
 EVALUATE_KEYS = tuple(k for k in schema.EVALUATE if k in KEYS)
+LANDSCAPE_KEYS = tuple(k for k in schema.LANDSCAPE if k in KEYS)
 # problem keys that change how data are drawn, not what is drawn: rows that differ only in them
 # share their seed (the two samplers draw the same ground truth from it)
 SEED_NEUTRAL = ("sampler",)
@@ -243,6 +244,19 @@ def retrain_args(point: dict, seed: int) -> dict:
     allowed = {name for s in solvers for name in schema.solver_options(method, s)}
     args.update({k: point[k] for k in OPTION_KEYS if k in point and k in allowed})
     return {**args, "seed": seed}
+
+
+def landscape_args(point: dict, seed: int) -> dict | None:
+    """Keyword arguments of ``fastlora.landscape.landscape_metrics`` for a point with
+    ``census_starts`` (None without: no census)."""
+    if point.get("census_starts") is None:
+        return None
+    solver = point.get("solver", "auto")
+    args = {"n_starts": point["census_starts"], "init": point.get("census_init", "normal"),
+            "init_scale": point.get("init_scale", schema.OPTIONS["init_scale"].default), "seed": seed,
+            "peft": point.get("peft", "lora_sym"), "rank": point.get("rank"),
+            "solver": "gd" if solver == "auto" else solver, "optimizer": point.get("optimizer", "lbfgs")}
+    return args
 
 
 def evaluate_args(point: dict, seed: int) -> dict:

@@ -1,64 +1,104 @@
-"""The SQLite results store: one row per finished (point, seed), committed at once.
+"""The SQLite results store: one row per finished (point, seed).
 
-The database runs in WAL mode with ``synchronous=FULL``: a row whose commit returned
-survives Ctrl-C, SIGKILL and power loss.  ``row_key`` (a hash of the point, repeat and
-base seed) is UNIQUE, so a resumed or duplicated run can never store a row twice.
-Only the driver process writes.
+A writer (``ResultsStore(path, spec)``, the sweep driver) holds an exclusive lock on the
+sidecar file ``<store>.lock`` (``fcntl.flock``: the kernel drops it when the driver dies,
+even by SIGKILL), so two sweeps never write one store at once.  It runs the database in
+WAL mode with ``synchronous=FULL`` and commits finished rows in small batches, one
+transaction each: a batch whose commit returned survives Ctrl-C, SIGKILL and power loss.
+``row_key`` (a hash of the point, repeat and base seed) is UNIQUE, so a resumed or
+duplicated run can never store a row twice.  On close the writer switches the file back
+to a rollback journal, so a finished store is one self-contained file.
+
+A reader (``ResultsStore(path)``, used by export, plot, load_results and the demo) opens
+the database read-only through the URI ``file:...?mode=ro``: no pragma, no folder, no
+write.  On read-only media where SQLite cannot create the ``-shm`` file of a WAL store
+it falls back to ``immutable=1``.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 import socket
 import sqlite3
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 from ..errors import FastLoRAError
-from .spec import KEYS, Spec
+from .spec import KEYS, Spec, parse_spec
 
-METRICS = ("rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds", "converged")
+METRICS = ("rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds", "converged",
+           # models without ground-truth excess risk (fastlora.shallow, real data)
+           "test_loss", "test_accuracy",
+           # a landscape census per row (census_starts)
+           "spurious_fraction", "saddle_fraction", "global_fraction", "min_hessian_eig")
+# what actually ran: the backend "auto" resolved to and the solver the method chose
+RUN_COLUMNS = ("backend_used", "solver_used")
 META_COLUMNS = ("id", "row_key", "sweep", "repeat", "seed")
 TAIL_COLUMNS = ("status", "error", "finished_at", "host")
 _SQL_TYPES = {"rel_err_A": "REAL", "adapt_rank": "REAL", "excess_risk": "REAL", "objective": "REAL",
-              "n_iter": "INTEGER", "seconds": "REAL", "converged": "INTEGER"}
+              "n_iter": "INTEGER", "seconds": "REAL", "converged": "INTEGER", "backend_used": "TEXT",
+              "solver_used": "TEXT", "test_loss": "REAL", "test_accuracy": "REAL", "spurious_fraction": "REAL",
+              "saddle_fraction": "REAL", "global_fraction": "REAL", "min_hessian_eig": "REAL"}
+# SQLite errors that mean "cannot open read-only here" (e.g. a WAL store on read-only media)
+_CANNOT_OPEN = {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY}
 
 
 class ResultsStore:
-    """A results database for one spec's keys (several specs may share it if their keys agree)."""
+    """A results database.  ``ResultsStore(path)`` opens it read-only; ``ResultsStore(path, spec)``
+    opens it for writing the rows of ``spec`` (created if missing; several specs may share a
+    store if their keys agree), holding the store's writer lock until :meth:`close`."""
 
     def __init__(self, path, spec: Spec | None = None):
         self.path = Path(path)
-        if spec is None and not self.path.exists():
-            raise FastLoRAError(f"results store {str(self.path)!r} does not exist")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = spec is None
+        self._lock = None
+        if self.readonly:
+            self.db = _connect_readonly(self.path)
+            if not self._has_results():
+                self.db.close()
+                raise FastLoRAError(f"{str(self.path)!r} holds no 'results' table (not a fastlora results store)")
+            return
+        _require_folder(self.path, "out")
+        self._lock = WriterLock(self.path, spec.name)
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-        except sqlite3.DatabaseError as exc:
-            raise FastLoRAError(f"{str(self.path)!r} is not a usable SQLite results store: {exc}") from None
-        if spec is not None:
             self._ensure_schema(spec)
-        elif not self._has_results():
-            raise FastLoRAError(f"{str(self.path)!r} holds no 'results' table (not a fastlora results store)")
+        except sqlite3.DatabaseError as exc:
+            self._lock.release()
+            raise FastLoRAError(f"{str(self.path)!r} is not a usable SQLite results store: {exc}") from None
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _has_results(self) -> bool:
-        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='results'").fetchone() is not None
+        try:
+            found = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='results'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise FastLoRAError(f"{str(self.path)!r} is not a usable SQLite results store: {exc}") from None
+        return found is not None
 
     def _ensure_schema(self, spec: Spec) -> None:
         keys = spec.keys
+        recorded = (*METRICS, *RUN_COLUMNS)
         if self._has_results():
             existing = set(self.columns())
-            wanted = set(keys) | set(METRICS) | set(META_COLUMNS) | set(TAIL_COLUMNS)
-            if existing != wanted:
-                extra, missing = sorted(existing - wanted), sorted(wanted - existing)
+            stored_keys = existing - set(recorded) - set(META_COLUMNS) - set(TAIL_COLUMNS)
+            if stored_keys != set(keys):
+                extra, missing = sorted(stored_keys - set(keys)), sorted(set(keys) - stored_keys)
                 raise FastLoRAError(f"{str(self.path)!r} was written by a sweep with other keys "
                                     f"(store only: {extra or '-'}; spec only: {missing or '-'}); use another --out")
+            # a store written by an older fastlora lacks newer metric columns: add them (NULL in old rows)
+            for name in (c for c in recorded if c not in existing):
+                self.db.execute(f'ALTER TABLE results ADD COLUMN "{name}" {_SQL_TYPES[name]}')
             return
         key_cols = ", ".join(f'"{k}"' for k in keys)
-        metric_cols = ", ".join(f'"{m}" {_SQL_TYPES[m]}' for m in METRICS)
+        metric_cols = ", ".join(f'"{m}" {_SQL_TYPES[m]}' for m in recorded)
         self.db.execute("BEGIN IMMEDIATE")
         self.db.execute(f"""CREATE TABLE IF NOT EXISTS results (
             id INTEGER PRIMARY KEY, row_key TEXT NOT NULL UNIQUE, sweep TEXT, "repeat" INTEGER, seed INTEGER,
@@ -71,12 +111,57 @@ class ResultsStore:
         if not known:
             self.db.execute("INSERT INTO specs VALUES (?, ?, ?, ?)", (spec.name, spec.digest(), spec.source, _now()))
 
+    def check_spec(self, spec: Spec, rows: list[dict], stored: dict[str, tuple[str, str]]) -> None:
+        """Refuse to mix results (``--append`` skips this check).
+
+        Refused, unless this very spec ran into the store before (a resume): rows stored under
+        ``spec.name`` that ``spec`` no longer produces (the spec changed; the message names the
+        changed keys), and rows of ``spec`` stored under another sweep's name (a renamed spec).
+        A spec that only adds rows (more repeats, more grid values) resumes.
+        ``stored``: row_key -> (sweep, status), from :meth:`stored_rows`.
+        """
+        versions = self._stored_versions(spec.name)
+        if any(isinstance(v, Spec) and not spec_changes(v, spec) for v in versions):
+            return
+        wanted = {r["row_key"] for r in rows}
+        stale = sum(1 for key, (sweep, _) in stored.items() if sweep == spec.name and key not in wanted)
+        if stale:
+            raise FastLoRAError(f"{str(self.path)!r} holds {stale} row(s) of sweep {spec.name!r} that this spec no "
+                                f"longer produces ({_describe_change(versions, spec)}); pass --append to add this "
+                                f"spec's rows beside them, or use another --out")
+        others = Counter(sweep for key, (sweep, _) in stored.items() if key in wanted and sweep != spec.name)
+        if others:
+            held = ", ".join(f"{n} by sweep {name!r}" for name, n in sorted(others.items(), key=str))
+            raise FastLoRAError(f"{str(self.path)!r} already holds rows of spec {spec.name!r} under another name "
+                                f"({held}); rerun it under that name, use another --out, or pass --append to "
+                                f"reuse those rows")
+
+    def _stored_versions(self, name: str) -> list[Spec | FastLoRAError]:
+        """Every spec recorded here under ``name``, oldest first (the error where one no longer parses)."""
+        versions = []
+        for (source,) in self.db.execute("SELECT source FROM specs WHERE name=? ORDER BY rowid", (name,)):
+            try:
+                versions.append(parse_spec(source, origin=f"the stored spec {name!r}"))
+            except FastLoRAError as exc:
+                versions.append(exc)
+        return versions
+
     def columns(self) -> list[str]:
         return [row[1] for row in self.db.execute("PRAGMA table_info(results)")]
+
+    def stored_rows(self) -> dict[str, tuple[str, str]]:
+        """row_key -> (sweep, status) of every stored row (equal pairs share one tuple: stores hold millions)."""
+        pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        rows = self.db.execute("SELECT row_key, sweep, status FROM results")
+        return {key: pairs.setdefault((sweep, status), (sweep, status)) for key, sweep, status in rows}
 
     def finished_keys(self, include_errors: bool = True) -> set[str]:
         sql = "SELECT row_key FROM results" + ("" if include_errors else " WHERE status='ok'")
         return {r[0] for r in self.db.execute(sql)}
+
+    def errors(self) -> dict[str, str]:
+        """row_key -> error message of every row stored with status='error'."""
+        return dict(self.db.execute("SELECT row_key, error FROM results WHERE status='error' ORDER BY id"))
 
     def drop_errors(self, keys) -> int:
         keys = list(keys)
@@ -87,11 +172,22 @@ class ResultsStore:
         self.db.execute("COMMIT")
         return n
 
-    def add(self, spec: Spec, row: dict, outcome: dict) -> bool:
-        """Commit one finished row; False if it was already there (never a duplicate)."""
+    def add_rows(self, spec: Spec, finished: list[tuple[dict, dict]]) -> list[bool]:
+        """Commit finished (row, outcome) pairs in one transaction; per pair, whether it was
+        stored (False: it was already there — never a duplicate)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            stored = [self._insert(spec, row, outcome) for row, outcome in finished]
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return stored
+
+    def _insert(self, spec: Spec, row: dict, outcome: dict) -> bool:
         values = {"row_key": row["row_key"], "sweep": spec.name, "repeat": row["repeat"], "seed": row["seed"]}
         values.update({k: _sql_value(row["point"].get(k)) for k in spec.keys})
-        values.update({m: _sql_value(outcome.get(m)) for m in METRICS})
+        values.update({m: _sql_value(outcome.get(m)) for m in (*METRICS, *RUN_COLUMNS)})
         values.update(status=outcome["status"], error=outcome.get("error"), finished_at=_now(),
                       host=outcome.get("host") or socket.gethostname())
         cols = ", ".join(f'"{c}"' for c in values)
@@ -104,13 +200,139 @@ class ResultsStore:
         return [d[0] for d in cur.description], cur.fetchall()
 
     def close(self) -> None:
+        if not self.readonly:
+            try:
+                # a finished store becomes one self-contained file that read-only media can serve;
+                # skipped (busy) while a reader has it open
+                self.db.execute("PRAGMA busy_timeout=50")
+                self.db.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.OperationalError:
+                pass
         self.db.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``<store>.lock``, naming its holder (sweep, pid, host) in the file.
+
+    The kernel releases it when the holding process exits or is killed, so a killed driver
+    never blocks a resume.  The file sits beside the real store (symlinks resolved) and
+    stays (deleting a lock file races with its next user).  Without ``fcntl`` (not POSIX)
+    nothing is locked.
+    """
+
+    def __init__(self, store: Path, sweep: str):
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        real = Path(os.path.realpath(store))
+        self.path = real.with_name(real.name + ".lock")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FastLoRAError(f"cannot create the lock file {str(self.path)!r}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(os.read(fd, 4096))
+            os.close(fd)
+            raise FastLoRAError(f"{str(store)!r} is being written by another sweep ({holder}); wait for it to "
+                                f"finish or stop it, or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"sweep": sweep, "pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": _now()}).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def _describe_holder(raw: bytes) -> str:
+    try:
+        info = json.loads(raw)
+        return f"sweep {info['sweep']!r}, pid {info['pid']} on host {info['host']}, since {info['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that has not named itself yet"
+
+
+def _describe_change(versions: list, spec: Spec) -> str:
+    """What changed since the latest stored version of a spec, e.g. ``noise: 0.01 -> 0.05``."""
+    if not versions:
+        return "the spec they were computed with is not recorded"
+    latest = versions[-1]
+    if isinstance(latest, FastLoRAError):
+        return f"the stored spec cannot be compared: {latest}"
+    return "; ".join(spec_changes(latest, spec)) or "no key differs: fastlora's defaults changed"
+
+
+def spec_changes(before: Spec, after: Spec) -> list[str]:
+    """The keys whose values differ between two specs, as ``key: old -> new`` (``-``: absent)."""
+    def flat(spec: Spec) -> dict:
+        out = {"repeats": spec.repeats, "seed": spec.seed, **spec.fixed}
+        for i, grid in enumerate(spec.grids):
+            prefix = f"grid {i} " if len(spec.grids) > 1 else ""
+            out.update({f"{prefix}{key}": values for key, values in grid.items()})
+        return out
+
+    def shown(values: dict, key: str) -> str:
+        return repr(values[key]) if key in values else "-"
+
+    old, new = flat(before), flat(after)
+    return [f"{key}: {shown(old, key)} -> {shown(new, key)}" for key in sorted(set(old) | set(new))
+            if shown(old, key) != shown(new, key)]
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise FastLoRAError(f"results store {str(path)!r} does not exist")
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return db
+    except sqlite3.OperationalError as exc:
+        if not _cannot_open(exc):
+            raise FastLoRAError(f"results store {str(path)!r} cannot be read: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise FastLoRAError(f"{str(path)!r} is not a usable SQLite results store: {exc}") from None
+    # a WAL store on read-only media: SQLite cannot create the -shm index, so read the file as
+    # immutable (no locks); rows a killed writer left in its -wal file are then not seen
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        warnings.warn(f"{str(path)!r} is on read-only storage and its -wal file holds rows not yet merged into "
+                      f"the database; they are not shown (open the store once on writable storage to merge them)",
+                      stacklevel=3)
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return db
+    except sqlite3.DatabaseError as exc:
+        raise FastLoRAError(f"results store {str(path)!r} cannot be read: {exc}") from None
+
+
+def _cannot_open(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return (code & 0xFF) in _CANNOT_OPEN  # the primary code of an extended one
+    return "unable to open" in str(exc) or "readonly" in str(exc)
+
+
+def _require_folder(path: Path, name: str) -> None:
+    """Outputs go into existing folders: a mistyped path must not create a tree of folders."""
+    folder = path.expanduser().parent
+    if not folder.is_dir():
+        raise FastLoRAError(f"{name}={str(path)!r}: folder {str(folder)!r} does not exist; create it first")
 
 
 def _sql_value(value):
@@ -143,6 +365,9 @@ def load_results(path, status: str | None = "ok"):
 
 def export_results(path, out, fmt: str) -> int:
     """Write every row of the store to ``out`` as CSV or Parquet; returns the row count."""
+    if fmt not in ("csv", "parquet"):
+        raise FastLoRAError(f"format={fmt!r} is not allowed; choose 'csv' or 'parquet'")
+    _require_folder(Path(out), "out")
     with ResultsStore(path) as store:
         columns, rows = store.rows()
     if fmt == "csv":
@@ -150,7 +375,7 @@ def export_results(path, out, fmt: str) -> int:
             writer = csv.writer(fh)
             writer.writerow(columns)
             writer.writerows(rows)
-    elif fmt == "parquet":
+    else:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -158,8 +383,6 @@ def export_results(path, out, fmt: str) -> int:
             raise FastLoRAError("--format parquet needs pyarrow: pip install 'fastlora[io]'") from None
         data = {c: _parquet_column([r[i] for r in rows]) for i, c in enumerate(columns)}
         pq.write_table(pa.table(data), out)
-    else:
-        raise FastLoRAError(f"format={fmt!r} is not allowed; choose 'csv' or 'parquet'")
     return len(rows)
 
 

@@ -1,0 +1,125 @@
+"""Shared ground truths too large to store: A* = (G + Gᵀ)/2 generated tile by tile on demand.
+
+At d = 100,000 the paper's A* is 80 GB.  :class:`SeededSymmetricGaussian` draws the same law
+(G_ij ~ N(0, 1)) from one SeedSequence per (d_tile × d_tile) tile of G, so any block can be
+regenerated; products and the Frobenius norm stream over tile pairs in O(tile² + d·m)
+memory.  Factored population problems never need A* itself (fastlora.reduction solves in the
+span of the task factors, where the shared part cancels), so ``make_problem(...,
+implicit=True)`` problems are solved, fine-tuned and evaluated without any d × d array.
+The numbers differ from the dense draw of ``make_problem`` at the same seed (another order of
+draws), the law does not.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import format_bytes, require_memory
+
+TILE = 2048
+
+
+class SeededSymmetricGaussian:
+    """A* = (G + Gᵀ)/2 with G_ij ~ N(0, 1), d × d, never stored.
+
+    Tile (I, J) of G is ``Generator(SeedSequence(seed, spawn_key=(role, I, J))).standard_normal``.
+    ``A @ X`` and ``X @ A`` cost one generation of A* (d² normals) and 2·d²·m flops.
+    """
+
+    implicit = True
+    ndim = 2
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, d: int, seed: int, role: int = 0, tile: int = TILE):
+        self.d, self.seed, self.role, self.tile = int(d), int(seed), int(role), int(tile)
+        self._frobenius_sq = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.d, self.d)
+
+    @property
+    def T(self) -> SeededSymmetricGaussian:
+        return self
+
+    def _bounds(self, index: int) -> tuple[int, int]:
+        return index * self.tile, min(self.d, (index + 1) * self.tile)
+
+    def _G(self, I: int, J: int):
+        (i0, i1), (j0, j1) = self._bounds(I), self._bounds(J)
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.role, I, J)))
+        return rng.standard_normal((i1 - i0, j1 - j0))
+
+    def block(self, I: int, J: int):
+        """Tile (I, J) of A* (rows I·tile…, columns J·tile…)."""
+        return 0.5 * (self._G(I, J) + self._G(J, I).T)
+
+    def _pairs(self):
+        """(I, J, tile) for I ≤ J, drawn two tiles ahead on a thread pool: numpy's generators
+        release the GIL, so generation runs on every usable core."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .config import usable_cores
+        tiles = (self.d + self.tile - 1) // self.tile
+        pairs = [(I, J) for I in range(tiles) for J in range(I, tiles)]
+        workers = max(1, min(usable_cores(), len(pairs)))
+        with ThreadPoolExecutor(workers) as pool:
+            pending = [pool.submit(self.block, I, J) for I, J in pairs[:2 * workers]]
+            for index, (I, J) in enumerate(pairs):
+                tile = pending[index].result()
+                pending[index] = None  # release it once used
+                if index + 2 * workers < len(pairs):
+                    pending.append(pool.submit(self.block, *pairs[index + 2 * workers]))
+                yield I, J, tile
+
+    def __matmul__(self, X):
+        """A* @ X for X (d,) or (d, m), streaming over tile pairs."""
+        X = np.asarray(X, dtype=np.float64)
+        vector = X.ndim == 1
+        X2 = X[:, None] if vector else X
+        out = np.zeros((self.d, X2.shape[1]))
+        for I, J, tile in self._pairs():
+            (i0, i1), (j0, j1) = self._bounds(I), self._bounds(J)
+            out[i0:i1] += tile @ X2[j0:j1]
+            if I != J:
+                out[j0:j1] += tile.T @ X2[i0:i1]
+        return out[:, 0] if vector else out
+
+    def __rmatmul__(self, X):
+        """X @ A* = (A* Xᵀ)ᵀ (A* is symmetric)."""
+        X = np.asarray(X, dtype=np.float64)
+        return (self @ X.T).T
+
+    def frobenius_sq(self) -> float:
+        """‖A*‖²_F, exact (one generation of A*; cached)."""
+        if self._frobenius_sq is None:
+            total = 0.0
+            for I, J, tile in self._pairs():
+                total += (1.0 if I == J else 2.0) * float(np.vdot(tile, tile))
+            self._frobenius_sq = total
+        return self._frobenius_sq
+
+    def expected_frobenius_sq(self) -> float:
+        """E‖A*‖²_F = d + d(d−1)/2 (diagonal variance 1, off-diagonal ½): a scale known without drawing."""
+        return self.d + self.d * (self.d - 1) / 2
+
+    def dense(self):
+        """A* as an array — only where it fits in memory."""
+        require_memory(8 * self.d ** 2, f"the dense A* (d={self.d})", "keep it implicit (dense_A=False)")
+        out = np.empty(self.shape)
+        for I, J, tile in self._pairs():
+            (i0, i1), (j0, j1) = self._bounds(I), self._bounds(J)
+            out[i0:i1, j0:j1] = tile
+            out[j0:j1, i0:i1] = tile.T
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.dense()
+        return out if dtype is None else out.astype(dtype)
+
+    def __repr__(self) -> str:
+        return (f"SeededSymmetricGaussian(d={self.d}, seed={self.seed}; implicit, "
+                f"{format_bytes(8 * self.d ** 2)} if dense)")
+
+
+def is_implicit(matrix) -> bool:
+    return bool(getattr(matrix, "implicit", False))

@@ -1,0 +1,410 @@
+"""Sweeps under faults: killed drivers, read-only stores, concurrent and changed specs, failed rows."""
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fastlora.cli import main
+from fastlora.sweep import ResultsStore, export_results, load_results, parse_spec, run_rows, run_sweep
+from fastlora.sweep import runner as runner_module
+
+FAST = """
+name = "fast"
+repeats = 2
+[grid]
+method = ["standard", "lora-ml"]
+[fixed]
+d = 4
+k = 1
+T = 2
+backend = "numpy"
+max_iter = 50
+"""
+
+# rows of ~50 ms, mostly drawing their data (n = 20000, however fast the solvers get): a
+# driver with two workers is still busy seconds after its first commit
+SLOW = """
+name = "slow"
+repeats = 24
+[grid]
+T = [2, 3]
+method = ["standard", "lora-ml"]
+[fixed]
+d = 8
+k = 1
+n = 20000
+noise = 0.05
+n_ft = 50
+backend = "numpy"
+max_iter = 400
+"""
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+
+
+def stored_count(path) -> int:
+    try:
+        # closed at once: an open reader would keep the writer from tidying its WAL at close
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def process_state(pid: int) -> dict:
+    """Fields of /proc/<pid>/status ({} once the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def alive(pid: int) -> bool:
+    state = process_state(pid)
+    return bool(state) and not state["State"].startswith("Z")  # a zombie has exited
+
+
+def children(pid: int) -> dict[int, str]:
+    """pid -> command line of every live child of ``pid``."""
+    found = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        child = int(status.parent.name)
+        if process_state(child).get("PPid", "").strip() == str(pid) and alive(child):
+            try:
+                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                pass
+    return found
+
+
+def _default_sigint():
+    # a shell may start test runs with SIGINT ignored, which Python would then keep ignoring
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def sweep_process(tmp_path, text, out, *extra):
+    """A ``fastlora sweep`` driver in its own process group; whatever is left of the group is killed after."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text)
+    cmd = [sys.executable, "-m", "fastlora.cli", "sweep", str(spec), "--out", str(out), "--no-progress", *extra]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # orphaned workers keep the group alive
+        proc.communicate()
+
+
+def wait_for_rows(proc, out, timeout=60.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if stored_count(out) > 0:
+            return stored_count(out)
+        time.sleep(0.05)
+    raise AssertionError(f"no rows appeared while the driver ran (exit status {proc.poll()})")
+
+
+def driver_children(proc) -> dict[int, str]:
+    kids = children(proc.pid)
+    workers = [p for p, cmd in kids.items() if "spawn_main" in cmd]
+    assert len(workers) == 2 and any("resource_tracker" in cmd for cmd in kids.values()), kids
+    return kids
+
+
+def wait_until_dead(pids, timeout: float) -> list[int]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+# ---------------------------------------------------------------------------- processes
+@needs_proc
+def test_sigkill_of_the_driver_leaves_no_worker_or_tracker_behind(tmp_path):
+    out = tmp_path / "k.sqlite"
+    with sweep_process(tmp_path, SLOW, out, "--workers", "2") as proc:
+        wait_for_rows(proc, out)
+        kids = driver_children(proc)
+        assert proc.poll() is None, "the driver finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
+        proc.wait()
+        survivors = wait_until_dead(kids, timeout=10)
+        assert not survivors, {p: kids[p] for p in survivors}
+
+
+@needs_proc
+def test_sigterm_takes_the_ctrl_c_path(tmp_path):
+    out = tmp_path / "t.sqlite"
+    with sweep_process(tmp_path, SLOW, out, "--workers", "2") as proc:
+        wait_for_rows(proc, out)
+        kids = driver_children(proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        survivors = wait_until_dead(kids, timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # survivors would hold the driver's pipes open
+        stdout, stderr = proc.communicate()
+    assert not survivors
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "Terminated.", stderr
+    line = re.search(r"sweep 'slow' interrupted: (\d+) row\(s\) done", stdout)
+    assert line, stdout
+    assert stored_count(out) == int(line.group(1)) > 0  # every finished row was committed before exit
+    assert not (tmp_path / "t.sqlite-wal").exists()  # closed cleanly: one self-contained file
+
+
+@needs_proc
+def test_ctrl_c_commits_stops_workers_and_exits_130(tmp_path):
+    out = tmp_path / "i.sqlite"
+    with sweep_process(tmp_path, SLOW, out, "--workers", "2") as proc:
+        wait_for_rows(proc, out)
+        kids = driver_children(proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+        proc.wait(timeout=30)
+        survivors = wait_until_dead(kids, timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    assert not survivors
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == "Interrupted."  # workers ignore SIGINT: no traceback from them
+    line = re.search(r"sweep 'slow' interrupted: (\d+) row\(s\) done", stdout)
+    assert line and stored_count(out) == int(line.group(1)) > 0, stdout
+
+
+def test_dask_forgets_a_dead_drivers_work(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    out = tmp_path / "d.sqlite"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                                  dashboard_address=None) as cluster, \
+            sweep_process(tmp_path, SLOW, out, "--scheduler", cluster.scheduler_address) as proc:
+        wait_for_rows(proc, out)
+        assert cluster.scheduler.tasks, "the driver should have work queued on the cluster"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 10
+        while cluster.scheduler.tasks and time.time() < deadline:
+            time.sleep(0.1)
+        assert not cluster.scheduler.tasks, list(cluster.scheduler.tasks)[:5]
+
+
+# ----------------------------------------------------------------------------- read-only
+def snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_readers_open_the_store_read_only(tmp_path):
+    store = tmp_path / "store" / "r.sqlite"
+    store.parent.mkdir()
+    run_sweep(parse_spec(FAST), store, workers=1, progress=False)
+    before = snapshot(store.parent)
+    assert set(before) == {"r.sqlite", "r.sqlite.lock"}  # the writer left one database file
+    with ResultsStore(store) as reader:
+        assert reader.readonly and len(reader.rows()[1]) == 4
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.db.execute("DELETE FROM results")
+    assert len(load_results(store)) == 4
+    assert export_results(store, tmp_path / "r.csv", "csv") == 4
+    from fastlora.sweep.plot import plot_results
+    plot_results(store, "method", "objective", out=tmp_path / "fig.png")
+    assert snapshot(store.parent) == before  # nothing created, nothing written
+
+
+def _can_mount_read_only() -> bool:
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], check=False, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_read_only(), reason="unprivileged user+mount namespaces are not available")
+def test_a_store_on_a_read_only_mount_is_readable(tmp_path):
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    run_sweep(parse_spec(FAST), shelf / "new.sqlite", workers=1, progress=False)
+    legacy = shelf / "legacy.sqlite"  # a store left in WAL mode, as older versions closed it
+    shutil.copy(shelf / "new.sqlite", legacy)
+    with sqlite3.connect(legacy) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+    out = tmp_path / "out"
+    out.mkdir()
+    export = f"{sys.executable} -m fastlora.cli export {{store}} -o {out}/{{name}}.csv"
+    script = " && ".join([f"mount --bind {shelf} {shelf}", f"mount -o remount,ro,bind {shelf} {shelf}",
+                          f"! touch {shelf}/probe 2>/dev/null",
+                          export.format(store=shelf / "new.sqlite", name="new"),
+                          export.format(store=legacy, name="legacy")])
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], check=False, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("wrote 4 row(s)") == 2
+    assert (out / "legacy.csv").read_text() == (out / "new.csv").read_text()
+
+
+# -------------------------------------------------------------------- concurrent sweeps
+def test_a_second_sweep_on_a_busy_store_is_refused_naming_the_first(tmp_path):
+    spec = parse_spec(FAST)
+    out = tmp_path / "busy.sqlite"
+    with ResultsStore(out, spec):  # a sweep writing the store right now (this process)
+        with pytest.raises(ValueError, match=rf"being written by another sweep \(sweep 'fast', pid {os.getpid()} "):
+            run_sweep(spec, out, workers=1, progress=False)
+        spec_path = tmp_path / "fast.toml"
+        spec_path.write_text(FAST)
+        result = CliRunner().invoke(main, ["sweep", str(spec_path), "--out", str(out), "--workers", "1"])
+        assert result.exit_code == 2
+        assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+        assert "another --out" in result.output
+    assert run_sweep(spec, out, workers=1, progress=False).done == 4  # free again once the writer closed
+
+
+def test_a_killed_writer_never_blocks_a_resume(tmp_path):
+    out = tmp_path / "held.sqlite"
+    hold = (f"import sys, time; from fastlora.sweep import ResultsStore, parse_spec; "
+            f"s = ResultsStore(sys.argv[1], parse_spec({FAST!r})); print('ready', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(ValueError, match=f"pid {holder.pid} "):
+            run_sweep(parse_spec(FAST), out, workers=1, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_sweep(parse_spec(FAST), out, workers=1, progress=False).done == 4
+
+
+# ------------------------------------------------------------------------ changed specs
+def test_a_changed_spec_is_refused_naming_the_change_unless_appended(tmp_path):
+    out = tmp_path / "c.sqlite"
+    run_sweep(parse_spec(FAST), out, workers=1, progress=False)
+    noisier = parse_spec(FAST.replace("max_iter = 50", "max_iter = 50\nnoise = 0.05"))
+    with pytest.raises(ValueError, match=r"holds 4 row\(s\) of sweep 'fast' that this spec no longer produces "
+                                         r"\(noise: 0.0 -> 0.05\); pass --append"):
+        run_sweep(noisier, out, workers=1, progress=False)
+    assert stored_count(out) == 4
+    assert run_sweep(noisier, out, workers=1, progress=False, append=True).done == 4
+    assert stored_count(out) == 8
+    assert run_sweep(noisier, out, workers=1, progress=False).skipped == 4  # appended once: now a resume
+
+
+def test_more_repeats_resume_without_append(tmp_path):
+    out = tmp_path / "m.sqlite"
+    run_sweep(parse_spec(FAST), out, workers=1, progress=False)
+    more = run_sweep(parse_spec(FAST.replace("repeats = 2", "repeats = 3")), out, workers=1, progress=False)
+    assert (more.skipped, more.done) == (4, 2)  # every stored row still belongs to the spec
+
+
+def test_a_renamed_spec_does_not_silently_reuse_rows(tmp_path):
+    out = tmp_path / "n.sqlite"
+    run_sweep(parse_spec(FAST), out, workers=1, progress=False)
+    renamed_text = FAST.replace('name = "fast"', 'name = "quick"')
+    spec_path = tmp_path / "quick.toml"
+    spec_path.write_text(renamed_text)
+    result = CliRunner().invoke(main, ["sweep", str(spec_path), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 2
+    assert "already holds rows of spec 'quick' under another name (4 by sweep 'fast')" in result.output
+    for extra in (["--append"], []):  # once appended, the renamed spec resumes
+        result = CliRunner().invoke(main, ["sweep", str(spec_path), "--out", str(out), "--workers", "1", *extra])
+        assert result.exit_code == 0, result.output
+        assert "0 row(s) done (0 error(s)), 4 already in" in result.output
+
+
+# ----------------------------------------------------------------------------- failures
+def test_failed_rows_exit_1_with_their_messages(tmp_path):
+    # the exact adapter step needs population tasks: every finite-sample row fails
+    text = FAST.replace('method = ["standard", "lora-ml"]', 'adapter_step = ["exact"]')
+    text = text.replace("T = 2", "T = 2\nn = 50")
+    spec_path = tmp_path / "bad.toml"
+    spec_path.write_text(text)
+    out = tmp_path / "bad.sqlite"
+    result = CliRunner().invoke(main, ["sweep", str(spec_path), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error: 2 of 2 row(s) of sweep 'fast' failed; first distinct error(s): (1) ")
+    assert "adapter_step='exact' is not possible" in error and "(2)" not in error  # one distinct message
+    again = CliRunner().invoke(main, ["sweep", str(spec_path), "--out", str(out), "--workers", "1"])
+    assert again.exit_code == 1 and "2 of 2 row(s)" in again.output  # stored failures still count
+
+
+def test_a_clean_sweep_exits_0(tmp_path):
+    spec_path = tmp_path / "fast.toml"
+    spec_path.write_text(FAST)
+    result = CliRunner().invoke(main, ["sweep", str(spec_path), "--out", str(tmp_path / "ok.sqlite"),
+                                       "--workers", "1"])
+    assert result.exit_code == 0 and "Error" not in result.output, result.output
+
+
+def test_one_bad_row_in_a_chunk_is_one_error_row():
+    good = parse_spec(FAST).rows()[0]
+    bad = {**good, "point": {**good["point"], "method": "lora-ml", "rank": 9}}  # rank > d = 4
+    outcomes = run_rows([good, bad, good])
+    assert [o["status"] for o in outcomes] == ["ok", "error", "ok"]
+    assert "rank" in outcomes[1]["error"]
+    assert outcomes[0]["objective"] == outcomes[2]["objective"]
+
+
+# ------------------------------------------------------------------ batching and columns
+def test_rows_are_committed_in_batches(tmp_path, monkeypatch):
+    batches = []
+    add_rows = ResultsStore.add_rows
+
+    def spy(self, spec, finished):
+        batches.append(len(finished))
+        return add_rows(self, spec, finished)
+
+    monkeypatch.setattr(ResultsStore, "add_rows", spy)
+    started = time.perf_counter()
+    summary = run_sweep(parse_spec(FAST.replace("repeats = 2", "repeats = 20")), tmp_path / "b.sqlite", workers=1,
+                        progress=False)
+    seconds = time.perf_counter() - started
+    assert summary.done == sum(batches) == 40 and stored_count(tmp_path / "b.sqlite") == 40
+    assert len(batches) <= seconds / runner_module.COMMIT_SECONDS + 2 and len(batches) < 40, batches
+
+
+def test_chunks_hold_one_point_sized_by_its_measured_row_time():
+    rows = parse_spec(FAST.replace("repeats = 2", "repeats = 30")).rows()  # 30 standard, then 30 lora-ml rows
+    chunker = runner_module._Chunker(rows, workers=1)
+    probe = chunker.take()
+    assert len(probe) == 1  # nothing measured yet
+    chunker.observe(probe, seconds=runner_module.CHUNK_SECONDS / 10)
+    assert [len(chunker.take()) for _ in range(3)] == [10, 10, 9]  # the rest of the point, not beyond
+    assert len(chunker.take()) == 1 and chunker.rows[chunker.next - 1]["point"]["method"] == "lora-ml"
+    fast = runner_module._Chunker(rows, workers=4)
+    fast.observe(fast.take(), seconds=1e-7)
+    assert len(fast.take()) == 15  # ceil(59 rows left / 4 workers): the last rows spread over every worker
+    big = runner_module._Chunker(parse_spec(FAST.replace("repeats = 2", "repeats = 1000")).rows(), workers=1)
+    big.observe(big.take(), seconds=1e-7)
+    assert len(big.take()) == runner_module.MAX_CHUNK_ROWS
+
+
+def test_the_store_records_what_ran_and_upgrades_old_stores(tmp_path, monkeypatch):
+    from fastlora.config import settings
+    monkeypatch.setattr(settings, "default_backend", "numpy")  # what "auto" resolves to (no kernel compiles)
+    out = tmp_path / "u.sqlite"
+    text = FAST.replace('backend = "numpy"', 'backend = "auto"')
+    run_sweep(parse_spec(text), out, workers=1, progress=False)
+    frame = load_results(out).sort_values("method")
+    assert set(frame["backend"]) == {"auto"} and list(frame["backend_used"]) == ["numpy"] * 4
+    assert list(frame["solver_used"].fillna("-")) == ["als", "als", "-", "-"]  # lora-ml, then standard
+    with sqlite3.connect(out) as db:  # a store written before these columns existed
+        db.execute("ALTER TABLE results DROP COLUMN backend_used")
+        db.execute("ALTER TABLE results DROP COLUMN solver_used")
+    assert "backend_used" not in load_results(out).columns  # old stores stay readable
+    more = run_sweep(parse_spec(text.replace("repeats = 2", "repeats = 3")), out, workers=1, progress=False)
+    assert more.done == 2
+    frame = load_results(out)
+    assert frame["backend_used"].isna().sum() == 4 and frame["backend_used"].notna().sum() == 2
