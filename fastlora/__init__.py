@@ -16,8 +16,8 @@ from . import peft
 from .arrays import array_module
 from .backends import get_backend
 from .errors import BackendUnavailableError, DivergenceError, FastLoRAError, PerformanceWarning, PluginError
-from .finetune import FinetuneResult, finetune
-from .metrics import evaluate
+from .finetune import FinetuneResult, finetune, finetune_many
+from .metrics import evaluate, evaluate_many
 from .problems import Problem, make_problem
 from .retrain import retrain, retrain_many
 from .solvers.common import RetrainResult
@@ -30,4 +30,5 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = ["BackendUnavailableError", "DivergenceError", "FastLoRAError", "FinetuneResult", "LowRankTarget",
            "PerformanceWarning", "PluginError", "Problem", "RetrainResult", "Task", "array_module", "evaluate",
-           "finetune", "get_backend", "make_problem", "peft", "retrain", "retrain_many"]
+           "evaluate_many", "finetune", "finetune_many", "get_backend", "make_problem", "peft", "retrain",
+           "retrain_many"]

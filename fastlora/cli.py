@@ -319,12 +319,17 @@ def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
-def plugins(as_json):
+@click.option("--check", is_flag=True, help="run the conformance kit (fastlora.testing) on every registered "
+                                            "parameterization; exit 1 if one fails")
+def plugins(as_json, check):
     """List the registered PEFT parameterizations, their capabilities and load errors."""
     import fastlora as fl
 
     from .tables import render
 
+    if check:
+        _check_plugins(as_json)
+        return
     rows = fl.peft.info()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -341,13 +346,39 @@ def plugins(as_json):
     for row in rows:
         if row["error"]:
             click.echo(f"error: {row['error']}")
+        for claim in row.get("ignored_claims") or ():
+            click.echo(f"ignored: {claim}")
 
 
 def _plugin_notes(caps: dict) -> str:
     notes = ["uses A (gd only)" if caps.get("uses_base") else "",
              "frozen: " + ",".join(caps["frozen"]) if caps.get("frozen") else "",
+             "shared: " + ",".join(caps["shared"]) if caps.get("shared") else "",
              "implicit gradient" if caps.get("implicit_gradient") else ""]
     return ", ".join(filter(None, notes)) or "-"
+
+
+def _check_plugins(as_json: bool) -> None:
+    """``fastlora plugins --check``: the conformance kit on every registered parameterization;
+    exit status 1 (EXIT_RUNTIME) when one fails or does not load."""
+    from .tables import render
+    from .testing import check_installed
+
+    rows = check_installed()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(render([{"name": r["name"], "distribution": r["distribution"], "version": r["version"],
+                            "checks_passed": len(r["passed"]), "status": "ok" if r["ok"] else "FAIL"}
+                           for r in rows]))
+        for r in rows:
+            if not r["ok"]:
+                click.echo(f"FAIL {r['name']} ({r['distribution']}): {r['failure']}")
+    failed = [r["name"] for r in rows if not r["ok"]]
+    if failed:
+        click.echo(f"Error: {len(failed)} parameterization(s) failed the conformance kit: {', '.join(failed)}",
+                   err=True)
+        click.get_current_context().exit(EXIT_RUNTIME)
 
 
 def _register_landscape() -> None:

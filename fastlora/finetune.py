@@ -8,14 +8,14 @@ import numpy as np
 from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
 from .errors import FastLoRAError, check_array, check_float, check_int
+from .linop import LowRankUpdate
 from .options import check_solver_options
 from .peft.protocol import check_shape_supported, shared_names
+from .reduction import extend_basis, orthonormal_basis
 from .seeding import as_generator
 from .solvers.adapters import InnerGradient, choose_adapter_step
 from .solvers.common import Context, RetrainResult
-from .taskbatch import make_batch
-from .linop import LowRankUpdate
-from .reduction import extend_basis, orthonormal_basis
+from .taskbatch import stack_problems
 from .tasks import LowRankTarget, Task
 
 
@@ -45,51 +45,93 @@ def finetune(A, task: Task, peft="lora", rank: int = 1, n: int | None = None, se
              peft_options: dict | None = None) -> FinetuneResult:
     """Fit a rank-``rank`` adapter of ``peft`` on ``task`` starting from ``A``.
 
-    ``n=None`` fits on the task as given (its population target, or its data); an integer
-    ``n`` first draws ``n`` fresh samples from the task's law (reproducible by ``seed``).
-    The fit is exact where the parameterization allows it (truncated SVD / top-r eigen /
-    reduced-rank regression); otherwise gradient steps run until the loss stops changing
-    by more than ``tol`` (relative) or ``max_iter`` steps.
+    ``A``: the retrained matrix (an array or a :class:`~fastlora.linop.LowRankUpdate`), or the
+    :class:`~fastlora.RetrainResult` itself — needed for parameterizations with shared
+    parameters (protocol v2), whose retrained shared values are kept while the task's own
+    parameters are fitted.  ``n=None`` fits on the task as given (its population target, or its
+    data); an integer ``n`` first draws ``n`` fresh samples from the task's law (reproducible by
+    ``seed``).  The fit is exact where the parameterization allows it (truncated SVD / top-r
+    eigen / reduced-rank regression); otherwise gradient steps run until the loss stops
+    changing by more than ``tol`` (relative) or ``max_iter`` steps.
     """
-    if not isinstance(task, Task):
-        raise FastLoRAError(f"task must be a fastlora.Task, got {type(task).__name__}")
-    retrained = A if isinstance(A, RetrainResult) else None
-    if retrained is not None:
-        A = retrained.A
-    rank = check_int("rank", rank, low=1, high=min(task.d_out, task.d_in))
+    return finetune_many([A], [task], peft=peft, rank=rank, n=n, seeds=[seed], backend=backend, dtype=dtype,
+                         max_iter=max_iter, tol=tol, peft_options=peft_options)[0]
+
+
+def finetune_many(starts: list, tasks: list, peft="lora", rank: int = 1, n: int | None = None, seeds=0, *,
+                  backend: str = "numpy", dtype="float64", max_iter: int = 500, tol: float = 1e-10,
+                  peft_options: dict | None = None) -> list[FinetuneResult]:
+    """:func:`finetune` of ``starts[i]`` on ``tasks[i]`` (seed ``seeds[i]``) for every i, with the
+    exact fits of all of them in one batched call (each is what a lone finetune gives)."""
+    if len(starts) != len(tasks):
+        raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
+    seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(tasks)
+    rank = check_int("rank", rank, low=1)
     max_iter = check_int("max_iter", max_iter, low=1)
     tol = check_float("tol", tol, low=0.0)
-    if n is not None:
-        task = task.sample(check_int("n", n, low=1), seed=seed)
+    n = check_int("n", n, low=1, allow_none=True)
     parameterization = peft_registry.get(peft, **(peft_options or {}))
-    check_shape_supported(parameterization, task.d_out, task.d_in)
-    given = _shared_start(parameterization, retrained, task, rank, seed)
-    if isinstance(A, LowRankUpdate):
-        if A.shape != (task.d_out, task.d_in):
-            raise FastLoRAError(f"A has shape {A.shape}; expected ({task.d_out}, {task.d_in})")
-        fitted = _finetune_lowrank(A, task, parameterization, rank)
-        if fitted is not None:
-            return fitted
-        A = A.dense()
-    A = check_array("A", A, shape=(task.d_out, task.d_in))
-    be = get_backend(backend)
-    dtype = resolve_dtype(dtype)
-    batch = make_batch([task], be, dtype, structured=False)
+    be, dtype = get_backend(backend), resolve_dtype(dtype)
+    out: list[FinetuneResult | None] = [None] * len(tasks)
+    dense_jobs = []
+    for i, (A, task, seed) in enumerate(zip(starts, tasks, seeds)):
+        if not isinstance(task, Task):
+            raise FastLoRAError(f"task must be a fastlora.Task, got {type(task).__name__}")
+        retrained = A if isinstance(A, RetrainResult) else None
+        if retrained is not None:
+            A = retrained.A
+        if rank > min(task.d_out, task.d_in):
+            raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = "
+                                f"{min(task.d_out, task.d_in)}")
+        if n is not None:
+            task = task.sample(n, seed=seed)
+        check_shape_supported(parameterization, task.d_out, task.d_in)
+        given = _shared_start(parameterization, retrained, task, rank, seed)
+        if isinstance(A, LowRankUpdate):
+            if A.shape != (task.d_out, task.d_in):
+                raise FastLoRAError(f"A has shape {A.shape}; expected ({task.d_out}, {task.d_in})")
+            out[i] = _finetune_lowrank(A, task, parameterization, rank)
+            if out[i] is not None:
+                continue
+            A = A.dense()
+        A = check_array("A", A, shape=(task.d_out, task.d_in))
+        dense_jobs.append((i, A, task, seed, given))
+    groups: dict = {}
+    for job in dense_jobs:  # jobs that can share one batch: same shape and mode, no per-job start
+        key = (job[2].d_out, job[2].d_in, job[2].is_population, job[4] is None)
+        groups.setdefault(key if job[4] is None else ("alone", job[0]), []).append(job)
+    for jobs in groups.values():
+        for i, result in zip([j[0] for j in jobs], _fit(jobs, parameterization, rank, be, dtype, max_iter, tol)):
+            out[i] = result
+    return out
+
+
+def _fit(jobs, peft, rank, be, dtype, max_iter, tol) -> list[FinetuneResult]:
+    """Fine-tune every (index, A, task, seed, start) job of one shape in one batch (P = len(jobs), T = 1)."""
+    tasks = [j[2] for j in jobs]
+    given = jobs[0][4]
+    batch = stack_problems([[t] for t in tasks], be, dtype, "dense" if tasks[0].is_population else "finite")
     options = check_solver_options("lora-ml", "als", {} if given is None else {"init_params": given})
-    ctx = Context(batch=batch, backend=be, peft=parameterization, rank=rank, dtype=dtype, rngs=[as_generator(seed)],
-                  max_iter=max_iter, tol=tol, callback=None, options=options)
-    point = batch.residual(be.asarray(A, dtype)[None])
+    ctx = Context(batch=batch, backend=be, peft=peft, rank=rank, dtype=dtype,
+                  rngs=[as_generator(j[3]) for j in jobs], max_iter=max_iter, tol=tol, callback=None, options=options)
     step = choose_adapter_step(ctx, fixed_A=True)
+    if isinstance(step, InnerGradient) and len(jobs) > 1:  # inexact fits stop per task: one at a time
+        return [r for job in jobs for r in _fit([job], peft, rank, be, dtype, max_iter, tol)]
+    point = batch.residual(be.asarray(np.stack([j[1] for j in jobs]), dtype))
     if isinstance(step, InnerGradient):
         params, n_iter, converged = _iterate(step, point, batch, max_iter, tol)
     else:
         params, n_iter, converged = step.fit(point, None), 1, True
-    delta = be.to_numpy(step.delta_fn(params)[0]).astype(np.float64)
-    W = A + delta
-    loss = max(float(task.loss(W)), 0.0)  # a loss is >= 0; rounding of s − ⟨W, C⟩ + ½⟨WΣ, W⟩ can dip below
-    risk = task.excess_risk(W) if task.has_ground_truth else float("nan")
-    params = {k: be.to_numpy(v) for k, v in params.items() if k not in shared_names(parameterization)}
-    return FinetuneResult(params, delta, loss, risk, step.exact, n_iter, converged)
+    deltas = np.asarray(be.to_numpy(step.delta_fn(params)), dtype=np.float64)
+    own = [k for k in params if k not in shared_names(peft)]
+    results = []
+    for p, (_, A, task, _, _) in enumerate(jobs):
+        W = A + deltas[p]
+        loss = max(float(task.loss(W)), 0.0)  # a loss is >= 0; rounding of s − ⟨W, C⟩ + ½⟨WΣ, W⟩ can dip below
+        risk = task.excess_risk(W) if task.has_ground_truth else float("nan")
+        mine = {k: np.asarray(be.to_numpy(params[k][p:p + 1])) for k in own}
+        results.append(FinetuneResult(mine, deltas[p], loss, risk, step.exact, n_iter, converged))
+    return results
 
 
 def lowrank_residual(A: LowRankUpdate, task: Task, one_basis: bool = False):
@@ -127,7 +169,11 @@ def _shared_start(peft, retrained, task: Task, rank: int, seed) -> dict | None:
     names = shared_names(peft)
     if not names:
         return None
-    if retrained is None or getattr(retrained.peft, "name", None) != peft.name or not set(names) <= set(retrained.shared):
+    if retrained is not None and getattr(retrained.peft, "name", None) != peft.name:
+        raise FastLoRAError(f"peft={peft.name!r} fine-tunes with the shared parameters {list(names)} of a retrain "
+                            f"result with that peft, but this result was retrained with peft="
+                            f"{getattr(retrained.peft, 'name', None)!r}; retrain with peft={peft.name!r} first")
+    if retrained is None or not set(names) <= set(retrained.shared):
         raise FastLoRAError(f"peft={peft.name!r} has shared parameters {list(names)} learned in retraining: pass the "
                             f"retrain result (fl.finetune(res, task, peft={peft.name!r}, ...)) instead of A")
     if retrained.rank is not None and rank != retrained.rank:

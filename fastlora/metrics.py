@@ -7,7 +7,7 @@ import numpy as np
 
 from . import peft as peft_registry
 from .errors import FastLoRAError, check_array, check_float, check_int
-from .finetune import finetune, lowrank_residual
+from .finetune import finetune_many, lowrank_residual
 from .implicit import is_implicit
 from .linop import LowRankUpdate
 from .peft.protocol import shared_names
@@ -104,6 +104,65 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
     ``excess_risk_std``, ``excess_risk_per_task`` and the retraining ``objective``,
     ``n_iter``, ``seconds`` and ``converged``.
     """
+    return evaluate_many([res], [prob], ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seeds=[seed],
+                         rank_tol=rank_tol, test_tasks=None if test_tasks is None else [test_tasks],
+                         noise_floor=noise_floor)[0]
+
+
+def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora",
+                  seeds=0, rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True,
+                  errors: str = "raise") -> list:
+    """:func:`evaluate` of ``results[i]`` on ``problems[i]`` (seed ``seeds[i]``) for every i; the
+    fine-tuning of every test task of every result is one batched call (:func:`finetune_many`),
+    and each dict is what a lone evaluate gives.  ``errors="return"`` puts the exception of an
+    entry that cannot be evaluated in its place."""
+    if errors not in ("raise", "return"):
+        raise FastLoRAError(f"errors={errors!r} is not allowed; choose 'raise' or 'return'")
+    seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(results)
+    test_lists = test_tasks if test_tasks is not None else [None] * len(results)
+    try:
+        ft_parameterization = peft_registry.get(ft_peft)
+    except FastLoRAError as exc:
+        raise type(exc)(f"ft_peft: {exc}") from None
+    rank_tol = check_float("rank_tol", rank_tol, low=0.0, low_open=True)
+    n_ft = check_int("n_ft", n_ft, low=1, allow_none=True)
+    plans, jobs = [], []
+    for i, (res, prob, tasks) in enumerate(zip(results, problems, test_lists)):
+        try:
+            plan = _plan_evaluation(res, prob, tasks, ft_rank, ft_parameterization, rank_tol, noise_floor)
+        except FastLoRAError as exc:
+            if errors == "raise":
+                raise
+            plans.append(exc)
+            continue
+        plans.append(plan)
+        jobs.extend((i, j, plan["start"], task, seeds[i] + j) for j, task in enumerate(plan["tasks"]))
+    by_rank: dict = {}
+    for job in jobs:
+        by_rank.setdefault(plans[job[0]]["ft_rank"], []).append(job)
+    risks = {}
+    for rank, group in by_rank.items():
+        fitted = finetune_many([j[2] for j in group], [j[3] for j in group], peft=ft_peft, rank=rank, n=n_ft,
+                               seeds=[j[4] for j in group])
+        risks.update({(j[0], j[1]): ft.excess_risk for j, ft in zip(group, fitted)})
+    out = []
+    for i, plan in enumerate(plans):
+        if isinstance(plan, Exception):
+            out.append(plan)
+            continue
+        values = np.asarray([risks[(i, j)] for j in range(len(plan["tasks"]))])
+        metrics = {"rel_err_A": plan["rel_err_A"], "adapt_rank": plan["adapt_rank"],
+                   "excess_risk": float(values.mean()), "excess_risk_std": float(values.std()),
+                   "excess_risk_per_task": values.tolist()}
+        for key in ("objective", "n_iter", "seconds", "converged"):
+            if hasattr(results[i], key):
+                metrics[key] = getattr(results[i], key)
+        out.append(metrics)
+    return out
+
+
+def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_parameterization, rank_tol, noise_floor) -> dict:
+    """Checks of one evaluation, and what needs no fine-tuning: rel_err_A and the adaptation rank."""
     if test_tasks is None:
         if not isinstance(prob, Problem):
             raise FastLoRAError(f"prob must be a fastlora.Problem (from make_problem), got {type(prob).__name__}; "
@@ -136,26 +195,23 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
         if ft_rank is None:
             raise FastLoRAError("ft_rank is required when the problem has no k")
     ft_rank = check_int("ft_rank", ft_rank, low=1, high=min(A.shape))
-    n_ft = check_int("n_ft", n_ft, low=1, allow_none=True)
-    rank_tol = check_float("rank_tol", rank_tol, low=0.0, low_open=True)
-    try:
-        ft_parameterization = peft_registry.get(ft_peft)
-    except FastLoRAError as exc:
-        raise type(exc)(f"ft_peft: {exc}") from None
+    floor = estimation_noise_floor(prob.noise, prob.n, d_out, d_in) if noise_floor and prob is not None else 0.0
+    ranks = _adaptation_ranks(A, tasks, rank_tol, floor)
     # a parameterization with shared parameters fine-tunes on the retrain result (its A and shared ones)
     start = res if shared_names(ft_parameterization) and hasattr(res, "shared") else A
-    A_star = getattr(prob, "A_star", None)
-    rel_err = _relative_error(A, A_star)
-    floor = estimation_noise_floor(prob.noise, prob.n, d_out, d_in) if noise_floor and prob is not None else 0.0
-    ranks, risks = [], []
-    for i, task in enumerate(tasks):
-        ranks.append(_adaptation_rank(A, task, rank_tol, floor))
-        ft = finetune(start, task, peft=ft_peft, rank=ft_rank, n=n_ft, seed=seed + i)
-        risks.append(ft.excess_risk)
-    risks = np.asarray(risks)
-    out = {"rel_err_A": rel_err, "adapt_rank": float(np.median(ranks)), "excess_risk": float(risks.mean()),
-           "excess_risk_std": float(risks.std()), "excess_risk_per_task": risks.tolist()}
-    for key in ("objective", "n_iter", "seconds", "converged"):
-        if hasattr(res, key):
-            out[key] = getattr(res, key)
-    return out
+    return {"tasks": tasks, "start": start, "ft_rank": ft_rank, "adapt_rank": float(np.median(ranks)),
+            "rel_err_A": _relative_error(A, getattr(prob, "A_star", None))}
+
+
+def _adaptation_ranks(A, tasks, rank_tol: float, floor: float) -> list[int]:
+    """:func:`_adaptation_rank` of every task; small dense ones by two batched SVDs (the same
+    singular values, task by task, as one SVD each)."""
+    dense = [i for i, t in enumerate(tasks) if not isinstance(A, LowRankUpdate) and max(t.d_out, t.d_in) <= 512]
+    ranks = [None if i in dense else _adaptation_rank(A, t, rank_tol, floor) for i, t in enumerate(tasks)]
+    if dense:
+        W = np.stack([tasks[i].W_star for i in dense])
+        scales = np.linalg.svd(W, compute_uv=False)[:, 0]
+        singular = np.linalg.svd(W - A[None], compute_uv=False)
+        for i, scale, values in zip(dense, scales, singular):
+            ranks[i] = int(np.sum(values > max(rank_tol * scale, floor)))
+    return ranks

@@ -162,7 +162,11 @@ def _make_task(prob: Problem, A_star, B, C, role: int, index: int) -> Task:
     task = Task.population(target, sampler=prob.sampler)
     if prob.n is not None:
         data_seq = np.random.SeedSequence(prob.seed, spawn_key=(role, index, 1))
-        task = task.sample(prob.n, seed=np.random.default_rng(data_seq), noise=prob.noise)
+        task.key = key
+        if role == _ROLE_TRAIN:
+            task = task.sample(prob.n, seed=np.random.default_rng(data_seq), noise=prob.noise)
+        else:  # held-out tasks: their data are drawn only if read (evaluate draws its own n_ft)
+            task = Task.deferred_sample(task, prob.n, np.random.default_rng(data_seq), prob.noise, prob.sampler)
     task.noise = prob.noise
     task.key = key
     return task

@@ -170,6 +170,32 @@ class Task:
             if self.target.shape != (self.d_out, self.d_in):
                 raise FastLoRAError(f"W_star has shape {self.target.shape}; the data imply ({self.d_out}, {self.d_in})")
 
+    @classmethod
+    def deferred_sample(cls, source: Task, n: int, seed, noise: float, sampler: str) -> Task:
+        """``source.sample(n, seed, noise, sampler)``, drawn only when its statistics are first read.
+
+        Held-out tasks of a problem are used through their ground truth (fine-tuning draws
+        fresh samples), so their own data usually need never be drawn; when they are, the
+        numbers are those an immediate draw gives.
+        """
+        self = cls.__new__(cls)
+        self.n, self.noise, self.sampler, self.key = int(n), noise, sampler, source.key
+        self.target = source.target
+        self.d_out, self.d_in = source.target.shape
+        self._deferred = (source, n, seed, noise, sampler)
+        return self
+
+    def __getattr__(self, name):
+        # only reached for attributes not set: the statistics of a deferred sample
+        deferred = self.__dict__.get("_deferred")
+        if deferred is None or name not in ("Sigma", "C", "s"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        source, n, seed, noise, sampler = deferred
+        drawn = source.sample(n, seed=seed, noise=noise, sampler=sampler)
+        self.Sigma, self.C, self.s = drawn.Sigma, drawn.C, drawn.s
+        del self.__dict__["_deferred"]
+        return getattr(self, name)
+
     # -- properties ---------------------------------------------------------------------
     @property
     def is_population(self) -> bool:

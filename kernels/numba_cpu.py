@@ -70,7 +70,9 @@ def configured_threads() -> int:
     return _configured_threads[0]
 
 
-def _threads_for(elements: int) -> None:
+def threads_for(elements: int) -> None:
+    """Set Numba's thread count for a kernel touching ``elements`` values: one thread below
+    PARALLEL_MIN_ELEMENTS, else the configured count (plugins' kernels call it too)."""
     wanted = 1 if elements < PARALLEL_MIN_ELEMENTS else (_configured_threads[0] or numba.config.NUMBA_NUM_THREADS)
     if numba.get_num_threads() != wanted:
         numba.set_num_threads(wanted)
@@ -102,7 +104,7 @@ def apply_shared_lowrank(X, shared_t, L, R):
     T, r, n = X.shape
     X = np.ascontiguousarray(X)
     out = (X.reshape(T * r, n) @ shared_t).reshape(T, r, -1)
-    _threads_for(X.size * L.shape[1])
+    threads_for(X.size * L.shape[1])
     _add_lowrank_rows(out, X, np.ascontiguousarray(L), np.ascontiguousarray(R))
     return out
 
@@ -163,7 +165,7 @@ def _mgs_rows(Y):
 
 
 def orthonormalize_rows(Y):
-    _threads_for(Y.size * Y.shape[1])
+    threads_for(Y.size * Y.shape[1])
     return _mgs_rows(np.ascontiguousarray(Y))
 
 
@@ -194,7 +196,7 @@ def _ritz_psd(Q, Y):
 
 
 def ritz_psd(Q, Y):
-    _threads_for(Q.size * Q.shape[1])
+    threads_for(Q.size * Q.shape[1])
     return _ritz_psd(np.ascontiguousarray(Q), np.ascontiguousarray(Y))
 
 
@@ -217,7 +219,7 @@ def psd_subspace_step(ops, Q, Y, shift):
     (one (T, r, n) buffer less: 268 MB at d=4096, T=1024, r=8)."""
     c = np.ascontiguousarray
     Q, Y = c(Q), c(Y)
-    _threads_for(Q.size * Q.shape[1])
+    threads_for(Q.size * Q.shape[1])
     U = _ritz_psd(Q, Y)
     _mgs_shifted_inplace(Y, Q, Q.dtype.type(shift))
     return U, Y
@@ -241,7 +243,7 @@ def _gram_inner(B1, C1, B2, C2, same):
 
 
 def gram_inner(B1, C1, B2, C2):
-    _threads_for(B1.size * B2.shape[1])
+    threads_for(B1.size * B2.shape[1])
     c = np.ascontiguousarray
     same = C1 is B1 and C2 is B2
     return _gram_inner(c(B1), c(C1), c(B2), c(C2), same)
@@ -270,7 +272,7 @@ def _ritz_general(P, Z):
 
 
 def ritz_general(P, Z):
-    _threads_for(Z.size * Z.shape[1])
+    threads_for(Z.size * Z.shape[1])
     return _ritz_general(np.ascontiguousarray(P), np.ascontiguousarray(Z))
 
 
@@ -313,7 +315,7 @@ def _lowrank_diff_sq(B1, C1, B2, C2):
 
 
 def lowrank_diff_sq(B1, C1, B2, C2):
-    _threads_for((C1.size + C2.size) * (C1.shape[1] + C2.shape[1]))
+    threads_for((C1.size + C2.size) * (C1.shape[1] + C2.shape[1]))
     c = np.ascontiguousarray
     return _lowrank_diff_sq(c(B1), c(C1), c(B2), c(C2))
 
@@ -328,7 +330,7 @@ def residual_stats(S, A_new, A_old, symmetrize):
     c = np.ascontiguousarray
     A_new = c(A_new)
     D = np.empty_like(S)
-    _threads_for(4 * S.size)
+    threads_for(4 * S.size)
     norms = _update_stats(A_new, A_new, S.dtype.type(0.0), c(S), c(A_old), bool(symmetrize), A_new, D, False)
     return D, ResidualNorms(*(float(v) for v in norms))
 
@@ -391,7 +393,7 @@ def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, out=None):
     c = np.ascontiguousarray
     D = reusable(out, G, A_old, S, M)
     D = np.empty_like(G) if D is None else D
-    _threads_for(6 * G.size)
+    threads_for(6 * G.size)
     norms = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), bool(symmetrize), G, D, True)
     return G, D, ResidualNorms(*(float(v) for v in norms))
 

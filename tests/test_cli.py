@@ -62,6 +62,56 @@ def test_plugins_lists_builtins(run):
         assert rows[name][1] == "fastlora" and rows[name][-1] == "ok", rows[name]
 
 
+def test_plugins_check_runs_the_kit_and_names_a_failing_parameterization():
+    import fastlora as fl
+    from fastlora.peft.builtins import LoRA
+    runner = CliRunner()
+    result = runner.invoke(main, ["plugins", "--check"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[2:] if line.strip()}
+    assert {"lora", "lora_sym", "full"} <= set(rows) and all(r[-1] == "ok" for r in rows.values())
+
+    class WrongC(LoRA):
+        name = "wrong_c_cli"
+
+        def pullback(self, params, G):
+            grads = super().pullback(params, G)
+            grads["C"] = 1.01 * grads["C"]
+            return grads
+
+    fl.peft.register(WrongC)
+    try:
+        result = runner.invoke(main, ["plugins", "--check"])
+    finally:
+        fl.peft.unregister("wrong_c_cli")
+    assert result.exit_code == 1
+    assert "FAIL wrong_c_cli" in result.output and "pullback()['C']" in result.output
+    assert "failed the conformance kit: wrong_c_cli" in result.output
+
+
+def test_solve_takes_solver_options_from_the_schema(run):
+    result = run("solve", "--d", "10", "--k", "1", "--T", "3", "--backend", "numpy", "--json", "--acceleration", "none",
+                 "--reduction", "none", "--max-iter", "7", "--tol", "0")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["n_iter"] == 7 and data["solver"] == "als" and data["ran"] == "als"
+    result = run("solve", "--d", "8", "--k", "1", "--T", "3", "--backend", "numpy", "--acceleration", "fast")
+    assert result.exit_code == 2 and "acceleration='fast' is not allowed" in result.output
+
+
+def test_the_first_solve_on_a_cold_cache_says_it_compiles(tmp_path, monkeypatch):
+    from fastlora import cli
+    from fastlora.config import settings
+    monkeypatch.setattr(settings, "cache_dir", tmp_path / "empty-cache")
+    messages = []
+    monkeypatch.setattr(cli.click, "echo", lambda text, err=False: messages.append(text))
+    cli._announce_compilation("numba")
+    assert messages and "compiling Numba kernels (once" in messages[0]
+    messages.clear()
+    cli._announce_compilation("numpy")
+    assert messages == []
+
+
 def test_demo_quick_writes_table_store_and_figures(run, tmp_path):
     result = run("demo", "--out", str(tmp_path / "demo"), "--quick", "--workers", "1")
     assert result.exit_code == 0, result.output

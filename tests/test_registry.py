@@ -118,8 +118,19 @@ def test_the_kit_catches_a_planted_wrong_pullback():
             grads["C"] = 1.01 * grads["C"]  # a plausible-looking bug
             return grads
 
-    with pytest.raises(ConformanceError, match="pullback disagrees with finite differences"):
+    with pytest.raises(ConformanceError, match=r"\[pullback\] pullback\(\)\['C'\] disagrees with finite differences"):
         check_parameterization(WrongPullback)
+
+    class WrongB(LoRA):  # the kit checks each parameter on its own: the message names the wrong one
+        name = "wrong_b"
+
+        def pullback(self, params, G):
+            grads = super().pullback(params, G)
+            grads["B"] = grads["B"] + 1e-3 * params["B"]
+            return grads
+
+    with pytest.raises(ConformanceError, match=r"pullback\(\)\['B'\] disagrees"):
+        check_parameterization(WrongB)
 
 
 def test_the_kit_catches_a_wrong_best_fit_and_dtype_loss():
@@ -143,19 +154,32 @@ def test_the_kit_catches_a_wrong_best_fit_and_dtype_loss():
         check_parameterization(Upcasts)
 
 
-def test_the_plugin_guide_example_works_when_copied():
+def _guide_blocks():
     import re
     from pathlib import Path
     text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
-    assert blocks, "docs/plugins.md has no python example"
+    return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+
+
+@pytest.mark.parametrize("index, registers", [(0, "scaled_sym"), (1, "shared_subspace")])
+def test_the_plugin_guide_examples_work_when_copied(index, registers, capsys):
+    """Every python block of docs/plugins.md runs as written (the v1 example and the shared-parameter
+    one); each registers its class and prints an objective ≈ 0 (the shared one also a fine-tuned risk)."""
+    blocks = _guide_blocks()
+    assert len(blocks) == 2, "docs/plugins.md: every ```python block is executed here; update this test"
     namespace = {}
     try:
-        exec(compile(blocks[0], "docs/plugins.md", "exec"), namespace)  # the guide's own code
+        exec(compile(blocks[index], f"docs/plugins.md[{index}]", "exec"), namespace)  # the guide's own code
+        assert registers in fl.peft.available()
     finally:
-        for name in list(fl.peft.available()):
-            if name == "scaled_sym":
-                fl.peft.unregister(name)
+        if registers in fl.peft.available():
+            fl.peft.unregister(registers)
+    printed = capsys.readouterr().out.split()
+    assert float(printed[0]) < 1e-8
+    if registers == "shared_subspace":
+        assert namespace["res"].shared.keys() == {"B", "C"} and sorted(namespace["ft"].params) == ["M"]
+        assert namespace["ft"].excess_risk < 1e-10
+        assert check_parameterization(namespace["SharedSubspace"])[:2] == ["protocol", "shapes"]
 
 
 def test_installed_plugins_run_through_a_sweep(tmp_path):
@@ -281,3 +305,25 @@ def test_the_kit_accepts_frozen_parameters_with_a_best_fit():
 
     with pytest.raises(ConformanceError, match="best fit"):
         check_parameterization(WrongFit)
+
+    class ForgetsTheFrozenBasis(FrozenBasis):
+        def best_fit(self, R, rank):
+            return {"C": super().best_fit(R, rank)["C"]}
+
+    with pytest.raises(ConformanceError, match=r"best_fit\(\) returned \['C'\], expected every parameter "
+                                               r"\['C', 'P'\] \(frozen ones too\)"):
+        check_parameterization(ForgetsTheFrozenBasis)
+
+    class ReturnsTheFrozenGradient(FrozenBasis):
+        def pullback(self, params, G):
+            return {**super().pullback(params, G), "P": G @ params["C"]}
+
+    with pytest.raises(ConformanceError, match=r"pullback\(\) returned \['C', 'P'\], expected the trainable "
+                                               r"parameters \['C'\] \(frozen ones are not returned\)"):
+        check_parameterization(ReturnsTheFrozenGradient)
+
+    class FrozenNotDeclared(FrozenBasis):
+        frozen = frozenset({"P", "Q"})
+
+    with pytest.raises(ConformanceError, match=r"\['Q'\] are declared frozen/shared but are not in shapes"):
+        check_parameterization(FrozenNotDeclared)

@@ -120,22 +120,31 @@ def _run_point_rows(point: dict, seeds: list[int]) -> list[dict]:
                                       errors="return", **args)
         except Exception as exc:  # noqa: BLE001 - e.g. an option the point's solver does not take
             results = [exc] * len(indices)
+    solved = [(i, res) for i, res in zip(indices, results) if not isinstance(res, Exception)]
     for i, res in zip(indices, results):
+        if isinstance(res, Exception):
+            outcomes[i] = _error(res, started)
+    if solved:
         try:
-            if isinstance(res, Exception):
-                raise res
-            outcomes[i] = _outcome(point, seeds[i], problems[i], res)
-        except Exception as exc:  # noqa: BLE001
-            outcomes[i] = _error(exc, started)
+            metrics = fl.evaluate_many([res for _, res in solved], [problems[i] for i, _ in solved],
+                                       seeds=[seeds[i] for i, _ in solved], errors="return",
+                                       **{k: v for k, v in evaluate_args(point, 0).items() if k != "seed"})
+        except Exception as exc:  # noqa: BLE001 - e.g. an evaluation option no row can take
+            metrics = [exc] * len(solved)
+        for (i, res), m in zip(solved, metrics):
+            try:
+                if isinstance(m, Exception):
+                    raise m
+                outcomes[i] = _outcome(point, seeds[i], problems[i], res, m)
+            except Exception as exc:  # noqa: BLE001
+                outcomes[i] = _error(exc, started)
     host = socket.gethostname()
     for outcome in outcomes:
         outcome["host"] = host
     return outcomes
 
 
-def _outcome(point: dict, seed: int, prob, res) -> dict:
-    import fastlora as fl
-    metrics = fl.evaluate(res, prob, **evaluate_args(point, seed))
+def _outcome(point: dict, seed: int, prob, res, metrics: dict) -> dict:
     outcome = {name: metrics.get(name) for name in ("rel_err_A", "adapt_rank", "excess_risk")}
     outcome.update(objective=res.objective, n_iter=res.n_iter, seconds=res.seconds, converged=res.converged,
                    backend_used=res.backend, solver_used=res.info.get("solver", res.solver), status="ok")
