@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import fastlora as fl
-from fastlora.baselines import dense_als, meta_objective, paper_gd
 from fastlora.backends import cupy_status
+from fastlora.baselines import dense_als, meta_objective, paper_gd
 
 BACKENDS = ["numpy", "numba"] + (["cupy"] if cupy_status()[0] else [])
 SIZES = {"pop-small": dict(d=96, k=4, T=24), "pop-medium": dict(d=256, k=4, T=32)}

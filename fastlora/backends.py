@@ -110,12 +110,14 @@ class NumbaBackend(Backend):
 
     def describe(self) -> str:
         import numba
-        return f"numba {numba.__version__} ({numba.get_num_threads()} threads, {numba.threading_layer() if _numba_ran() else 'layer not yet chosen'})"
+        layer = numba.threading_layer() if _numba_ran() else "layer not yet chosen"
+        return f"numba {numba.__version__} ({numba.get_num_threads()} threads, {layer})"
 
 
 class CupyBackend(Backend):
     def __init__(self):
         import cupy
+
         from .kernels import cupy_gpu
         super().__init__("cupy", cupy, cupy_gpu.KERNELS)
 
@@ -186,7 +188,7 @@ def blas_threads() -> int:
     return max(counts, default=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cupy_status() -> tuple[bool, str]:
     """(usable, reason): whether backend="cupy" can run here, and if not, what is missing."""
     # TF32 rounds float32 GEMM inputs to 10 mantissa bits: off unless asked for (read at import)
@@ -206,7 +208,7 @@ def cupy_status() -> tuple[bool, str]:
     return True, f"{count} CUDA device(s)"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def numba_status() -> tuple[bool, str]:
     try:
         import numba  # noqa: F401
@@ -215,7 +217,7 @@ def numba_status() -> tuple[bool, str]:
     return True, "numba available"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(name: str) -> Backend:
     if name == "numpy":
         return Backend("numpy", np)

@@ -302,10 +302,10 @@ def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_
     report = run_bench(names, chosen, repeat=repeat, baselines=baselines, full_baselines=full_baselines,
                        echo=click.echo)
     from .tables import render
-    columns = ["config", "backend", "solver", "ran", "sec_per_iter", "useful_gflops", "fraction_of_gemm",
+    columns = ["config", "backend", "solver", "ran", "workers", "sec_per_iter", "useful_gflops", "fraction_of_gemm",
                "speedup_vs_numpy", "time_to_1e8", "speedup_vs_dense_als", "seconds", "iterations", "reached",
                "speedup_vs_paper_gd", "gemm_equivalents", "rel_err_A", "peak_rss_gib", "rows_per_second",
-               "data_units_per_row", "points_per_second"]
+               "ms_per_row", "data_units_per_row", "points_per_second"]
     present = [c for c in columns if any(row.get(c) is not None for row in report.rows)]
     click.echo("\n" + render(report.rows, present) + "\n")
     click.echo("machine: " + ", ".join(f"{k}={v}" for k, v in report.machine.items()))

@@ -52,8 +52,14 @@ def finetune(A, task: Task, peft="lora", rank: int = 1, n: int | None = None, se
     data); an integer ``n`` first draws ``n`` fresh samples from the task's law (reproducible by
     ``seed``).  The fit is exact where the parameterization allows it (truncated SVD / top-r
     eigen / reduced-rank regression); otherwise gradient steps run until the loss stops
-    changing by more than ``tol`` (relative) or ``max_iter`` steps.
+    changing by more than ``tol`` (relative) or ``max_iter`` steps.  A task of the shallow
+    network (``model="shallow"``) is fine-tuned by :func:`fastlora.shallow.finetune_shallow`
+    (``A``: its retrain result, whose A and c stay frozen).
     """
+    if getattr(task, "model", None) == "shallow":
+        from .shallow import finetune_shallow
+        return finetune_shallow(A, task, peft=peft, rank=rank, n=n, seed=seed, backend=backend, dtype=dtype,
+                                peft_options=peft_options)
     return finetune_many([A], [task], peft=peft, rank=rank, n=n, seeds=[seed], backend=backend, dtype=dtype,
                          max_iter=max_iter, tol=tol, peft_options=peft_options)[0]
 

@@ -44,32 +44,32 @@ class SeededSymmetricGaussian:
     def _bounds(self, index: int) -> tuple[int, int]:
         return index * self.tile, min(self.d, (index + 1) * self.tile)
 
-    def _G(self, I: int, J: int):
-        (i0, i1), (j0, j1) = self._bounds(I), self._bounds(J)
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.role, I, J)))
+    def _G(self, row: int, col: int):
+        (i0, i1), (j0, j1) = self._bounds(row), self._bounds(col)
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.role, row, col)))
         return rng.standard_normal((i1 - i0, j1 - j0))
 
-    def block(self, I: int, J: int):
-        """Tile (I, J) of A* (rows I·tile…, columns J·tile…)."""
-        return 0.5 * (self._G(I, J) + self._G(J, I).T)
+    def block(self, row: int, col: int):
+        """Tile (row, col) of A* (rows row·tile…, columns col·tile…)."""
+        return 0.5 * (self._G(row, col) + self._G(col, row).T)
 
     def _pairs(self):
-        """(I, J, tile) for I ≤ J, drawn two tiles ahead on a thread pool: numpy's generators
+        """(row, col, tile) for row ≤ col, drawn two tiles ahead on a thread pool: numpy's generators
         release the GIL, so generation runs on every usable core."""
         from concurrent.futures import ThreadPoolExecutor
 
         from .config import usable_cores
         tiles = (self.d + self.tile - 1) // self.tile
-        pairs = [(I, J) for I in range(tiles) for J in range(I, tiles)]
+        pairs = [(row, col) for row in range(tiles) for col in range(row, tiles)]
         workers = max(1, min(usable_cores(), len(pairs)))
         with ThreadPoolExecutor(workers) as pool:
-            pending = [pool.submit(self.block, I, J) for I, J in pairs[:2 * workers]]
-            for index, (I, J) in enumerate(pairs):
+            pending = [pool.submit(self.block, row, col) for row, col in pairs[:2 * workers]]
+            for index, (row, col) in enumerate(pairs):
                 tile = pending[index].result()
                 pending[index] = None  # release it once used
                 if index + 2 * workers < len(pairs):
                     pending.append(pool.submit(self.block, *pairs[index + 2 * workers]))
-                yield I, J, tile
+                yield row, col, tile
 
     def __matmul__(self, X):
         """A* @ X for X (d,) or (d, m), streaming over tile pairs."""
@@ -77,10 +77,10 @@ class SeededSymmetricGaussian:
         vector = X.ndim == 1
         X2 = X[:, None] if vector else X
         out = np.zeros((self.d, X2.shape[1]))
-        for I, J, tile in self._pairs():
-            (i0, i1), (j0, j1) = self._bounds(I), self._bounds(J)
+        for row, col, tile in self._pairs():
+            (i0, i1), (j0, j1) = self._bounds(row), self._bounds(col)
             out[i0:i1] += tile @ X2[j0:j1]
-            if I != J:
+            if row != col:
                 out[j0:j1] += tile.T @ X2[i0:i1]
         return out[:, 0] if vector else out
 
@@ -93,8 +93,8 @@ class SeededSymmetricGaussian:
         """‖A*‖²_F, exact (one generation of A*; cached)."""
         if self._frobenius_sq is None:
             total = 0.0
-            for I, J, tile in self._pairs():
-                total += (1.0 if I == J else 2.0) * float(np.vdot(tile, tile))
+            for row, col, tile in self._pairs():
+                total += (1.0 if row == col else 2.0) * float(np.vdot(tile, tile))
             self._frobenius_sq = total
         return self._frobenius_sq
 
@@ -106,8 +106,8 @@ class SeededSymmetricGaussian:
         """A* as an array — only where it fits in memory."""
         require_memory(8 * self.d ** 2, f"the dense A* (d={self.d})", "keep it implicit (dense_A=False)")
         out = np.empty(self.shape)
-        for I, J, tile in self._pairs():
-            (i0, i1), (j0, j1) = self._bounds(I), self._bounds(J)
+        for row, col, tile in self._pairs():
+            (i0, i1), (j0, j1) = self._bounds(row), self._bounds(col)
             out[i0:i1, j0:j1] = tile
             out[j0:j1, i0:i1] = tile.T
         return out

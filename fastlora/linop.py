@@ -38,7 +38,7 @@ class SharedPlusLowRank:
         rows = self.kernels.apply_shared_lowrank(X.swapaxes(-1, -2), self.shared.T, self.Q, self.P)
         return rows.swapaxes(-1, -2)
 
-    def swapaxes(self, a: int, b: int) -> "SharedPlusLowRank":
+    def swapaxes(self, a: int, b: int) -> SharedPlusLowRank:
         if {a % 3, b % 3} != {1, 2}:
             raise ValueError("only the two matrix axes of an implicit batch can be swapped")
         return SharedPlusLowRank(self.shared.T, self.Q, self.P, self.kernels)

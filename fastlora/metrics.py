@@ -103,7 +103,16 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
                    (default: the problem's k) from ``n_ft`` samples (None: population);
     ``excess_risk_std``, ``excess_risk_per_task`` and the retraining ``objective``,
     ``n_iter``, ``seconds`` and ``converged``.
+
+    For the shallow network (``model="shallow"``) the metrics are those of
+    :func:`fastlora.shallow.evaluate_shallow`: ``test_loss`` against clean labels on fresh inputs
+    (no ground-truth excess risk exists for a nonlinear model), ``train_fit``, aligned ``rel_err_A``.
     """
+    if getattr(prob, "model", None) == "shallow" or (
+            test_tasks and getattr(test_tasks[0], "model", None) == "shallow"):
+        from .shallow import evaluate_shallow
+        return evaluate_shallow(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seed,
+                                test_tasks=test_tasks)
     return evaluate_many([res], [prob], ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seeds=[seed],
                          rank_tol=rank_tol, test_tasks=None if test_tasks is None else [test_tasks],
                          noise_floor=noise_floor)[0]
@@ -119,6 +128,18 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     if errors not in ("raise", "return"):
         raise FastLoRAError(f"errors={errors!r} is not allowed; choose 'raise' or 'return'")
     seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(results)
+    if problems and getattr(problems[0], "model", None) == "shallow":  # no batched path: one at a time
+        out = []
+        for i, (res, prob) in enumerate(zip(results, problems)):
+            try:
+                out.append(evaluate(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seeds[i],
+                                    rank_tol=rank_tol, test_tasks=None if test_tasks is None else test_tasks[i],
+                                    noise_floor=noise_floor))
+            except FastLoRAError as exc:
+                if errors == "raise":
+                    raise
+                out.append(exc)
+        return out
     test_lists = test_tasks if test_tasks is not None else [None] * len(results)
     try:
         ft_parameterization = peft_registry.get(ft_peft)

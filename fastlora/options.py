@@ -83,7 +83,8 @@ class Option:
             return value  # an array: its shape is checked against the tasks by the solver context
         if self.kind == "params":
             if not isinstance(value, dict):
-                raise FastLoRAError(f"{name} must be a dict of arrays keyed like peft.init(), got {type(value).__name__}")
+                raise FastLoRAError(f"{name} must be a dict of arrays keyed like peft.init(), "
+                                    f"got {type(value).__name__}")
             return value
         if self.kind == "peft":
             return value  # resolved (and checked) by the registry
@@ -120,6 +121,8 @@ _ALL = (
     Option("d_out", "int", None, "output dimension (default: d)", "problem", low=1, allow_none=True),
     Option("symmetric", "bool", True, "ground truth U*U*ᵀ (True, the paper's) or B*C*ᵀ", "problem"),
     Option("n_test_tasks", "int", 4, "held-out tasks drawn with the problem", "problem", low=0),
+    Option("model", "choice", "linear", "the learner: 'linear' (y = W x + ε, DESIGN.md §2) or 'shallow' "
+           "(y = cᵀ·sigmoid(W x) + ε, fastlora.shallow)", "problem", choices=("linear", "shallow")),
     Option("sampler", "choice", "raw", "how finite samples are drawn: 'raw' data reduced to statistics, or "
            "'stats' (the statistics' exact law, O(T·d²) whatever n; fastlora.tasks.exact_statistics)", "problem",
            choices=("raw", "stats")),
@@ -135,9 +138,10 @@ _ALL = (
     Option("backend", "choice", "auto", "array/kernel backend", "retrain",
            choices=("auto", "numpy", "numba", "cupy")),
     Option("dtype", "choice", "float64", "floating-point type of the solve", "retrain", choices=DTYPES),
-    Option("max_iter", "int", 1000, "iteration limit", "retrain", low=1),
-    Option("tol", "float", 1e-10, "relative tolerance (change of A for ALS, gradient norm for gd)", "retrain",
-           low=0.0),
+    Option("max_iter", "int", None, "iteration limit (default: 1000 for the linear model's solvers; "
+           "fastlora.shallow's own for the shallow network)", "retrain", low=1, allow_none=True),
+    Option("tol", "float", None, "relative tolerance (change of A for ALS, gradient norm for gd; default 1e-10 "
+           "for the linear model, fastlora.shallow's own otherwise)", "retrain", low=0.0, allow_none=True),
     Option("seed", "seed", 0, "seed of every random draw (sweeps derive it per row)", "retrain", sweep=False),
     Option("threads", "int", None, "Numba threads for large kernels (default: all usable cores)", "retrain", low=1,
            allow_none=True, sweep=False),
@@ -213,7 +217,8 @@ def check_solver_options(method: str, solver: str | None, options: dict) -> dict
         hints = []
         for name in unknown:
             if name in OPTIONS and OPTIONS[name].applies:
-                users = sorted({f"solver={s!r}" if m == "lora-ml" else f"method={m!r}" for m, s in OPTIONS[name].applies})
+                users = sorted({f"solver={s!r}" if m == "lora-ml" else f"method={m!r}"
+                                for m, s in OPTIONS[name].applies})
                 hints.append(f"{name} is an option of {' or '.join(users)}")
         raise FastLoRAError(f"unknown option(s) {', '.join(unknown)} for {where}; allowed: "
                             f"{', '.join(allowed) or 'none'}" + (f" ({'; '.join(hints)})" if hints else ""))
@@ -229,7 +234,8 @@ def table(names) -> str:
         o = OPTIONS[name]
         default = o.default if not isinstance(o.default, dict) else \
             ", ".join(f"{k}: {v!r}" for k, v in o.default.items())
-        rows.append(f"    ``{name}`` : {o.describe()}, default {default if isinstance(o.default, dict) else repr(default)}"
+        shown = default if isinstance(o.default, dict) else repr(default)
+        rows.append(f"    ``{name}`` : {o.describe()}, default {shown}"
                     f"\n        {o.doc}" + (f" (used by {', '.join(_where(o))})" if o.applies else ""))
     return "\n".join(rows)
 

@@ -81,7 +81,7 @@ class Problem:
 
 def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, noise: float = 0.0,
                  seed: int = 0, d_out: int | None = None, symmetric: bool = True,
-                 n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False) -> Problem:
+                 n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False, model: str = "linear"):
     """Draw a problem with ``T`` training tasks and ``n_test_tasks`` held-out tasks.
 
     ``n=None`` is population mode (L_t(W) = ½‖W − W*_t‖²); an integer ``n`` draws that many
@@ -92,10 +92,16 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     whatever n (:func:`fastlora.tasks.exact_statistics`); the ground truth is the same
     for both, and fine-tuning draws (``finetune(..., n=...)``) use the same sampler.
     Sizes whose memory or raw draws would not fit are refused first (module docstring).
+    ``model="shallow"``: the paper's two-layer network y = c*ᵀ·sigmoid((A* + U*_tU*_tᵀ) x) + σε
+    (:func:`fastlora.shallow.make_shallow_problem`; needs a finite n, the paper's σ is 0.1).
     ``implicit=True`` (population, symmetric): A* is a :class:`~fastlora.implicit.SeededSymmetricGaussian`,
     generated tile by tile when needed — the same law with other numbers, and no d × d array,
     so the problem is solvable at d = 100,000 (fastlora.reduction; ``retrain(..., dense_A=False)``).
     """
+    model = check_choice("model", model, ("linear", "shallow"))
+    if model == "shallow":
+        return _make_shallow(d=d, k=k, T=T, n=n, noise=noise, seed=seed, d_out=d_out, symmetric=symmetric,
+                             n_test_tasks=n_test_tasks, sampler=sampler, implicit=implicit)
     d = check_int("d", d, low=1)
     d_out = d if d_out is None else check_int("d_out", d_out, low=1)
     k = check_int("k", k, low=1, high=min(d, d_out))
@@ -142,6 +148,18 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     proto.tasks.extend(_make_task(proto, A_star, b, c, _ROLE_TRAIN, t) for t, (b, c) in enumerate(factors))
     proto.test_tasks.extend(_draw_task(proto, _ROLE_TEST, t) for t in range(n_test_tasks))
     return proto
+
+
+def _make_shallow(*, d, k, T, n, noise, seed, d_out, symmetric, n_test_tasks, sampler, implicit):
+    """model="shallow": the paper's two-layer network (fastlora.shallow.make_shallow_problem)."""
+    if n is None:
+        raise FastLoRAError("model='shallow' needs a finite n (samples per task; the paper uses n=1000): the shallow "
+                            "network has no population mode")
+    if d_out not in (None, d) or symmetric is not True or sampler != "raw" or implicit:
+        raise FastLoRAError("model='shallow' draws the paper's square network from raw samples: d_out, "
+                            "symmetric=False, sampler='stats' and implicit=True do not apply")
+    from .shallow import make_shallow_problem
+    return make_shallow_problem(d=d, k=k, T=T, n=n, noise=noise, seed=seed, n_test_tasks=n_test_tasks)
 
 
 def _draw_factors(seed, role, index, d_out, d_in, k, symmetric):

@@ -11,10 +11,10 @@ from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
 from .config import format_bytes, require_memory
 from .errors import FastLoRAError
-from .peft.protocol import check_shape_supported, shared_names
-from .seeding import as_generator
 from .implicit import is_implicit
+from .peft.protocol import check_shape_supported, shared_names
 from .reduction import Reduction, plan_reduction
+from .seeding import as_generator
 from .solvers import als, gd, reptile, standard
 from .solvers.auto import choose_solver
 from .solvers.common import Context, RetrainResult
@@ -23,8 +23,12 @@ from .taskbatch import as_task_list, batch_kind, make_batch, stack_problems
 _SOLVER_MODULES = {"standard": standard, "reptile": reptile, "als": als, "gd": gd}
 
 
+LINEAR_MAX_ITER, LINEAR_TOL = 1000, 1e-10  # the linear model's defaults of max_iter and tol
+
+
 def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: int | None = None,
-            solver: str = "auto", backend: str = "auto", max_iter: int = 1000, tol: float = 1e-10, seed=0, *,
+            solver: str = "auto", backend: str = "auto", max_iter: int | None = None, tol: float | None = None,
+            seed=0, *,
             dtype="float64", threads: int | None = None, callback=None, as_numpy: bool = True, dense_A: bool = True,
             peft_options: dict | None = None, **options) -> RetrainResult:
     """Retrain a shared A on T tasks.
@@ -46,7 +50,9 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
         ``als``: alternating exact minimisation (adapter steps in ``fastlora.solvers.adapters``)
         with safeguarded Anderson extrapolation; ``gd``: joint gradient descent / Adam / L-BFGS.
     backend : {"auto", "numpy", "numba", "cupy"}
-    max_iter, tol : iteration limit and relative tolerance (see the options below).
+    max_iter, tol : iteration limit and relative tolerance (default 1000 and 1e-10; see the
+        options below).  Shallow-network problems (``make_problem(model="shallow")``) are
+        retrained by :func:`fastlora.shallow.retrain_shallow`, with its own defaults and options.
     seed : int or numpy Generator — every random draw (initialisation) comes from it.
     dtype : "float64" (default) or "float32".
     threads : Numba threads for large kernels (numba backend; restored after the call).
@@ -60,13 +66,37 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
 
 {options}
     """
+    if _is_shallow(problem_or_tasks):
+        return _retrain_shallow(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype,
+                                threads, callback, peft_options, options)
     plan = _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype, threads, callback,
                  peft_options, options, dense_A)
     return _run(plan, [problem_or_tasks], [plan.rng], as_numpy)[0]
 
 
+def _is_shallow(problem_or_tasks) -> bool:
+    if getattr(problem_or_tasks, "model", None) == "shallow":
+        return True
+    return isinstance(problem_or_tasks, (list, tuple)) and bool(problem_or_tasks) \
+        and getattr(problem_or_tasks[0], "model", None) == "shallow"
+
+
+def _retrain_shallow(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype, threads,
+                     callback, peft_options, options):
+    from .shallow import retrain_shallow
+    limits = {k: v for k, v in (("max_iter", max_iter), ("tol", tol)) if v is not None}
+    try:
+        return retrain_shallow(problem_or_tasks, method=method, peft=peft, rank=rank, solver=solver, seed=seed,
+                               backend=backend, dtype=dtype, threads=threads, callback=callback,
+                               peft_options=peft_options, **limits, **options)
+    except TypeError as exc:  # an option the shallow solvers do not take
+        raise FastLoRAError(f"{exc}; see help(fastlora.shallow.retrain_shallow) for the shallow network's options") \
+            from None
+
+
 def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int | None = None,
-                 solver: str = "auto", backend: str = "auto", max_iter: int = 1000, tol: float = 1e-10, seeds=0, *,
+                 solver: str = "auto", backend: str = "auto", max_iter: int | None = None, tol: float | None = None,
+                 seeds=0, *,
                  dtype="float64", threads: int | None = None, as_numpy: bool = True, dense_A: bool = True,
                  peft_options: dict | None = None, errors: str = "raise", **options) -> list:
     """Retrain many problems of one shape in one batched solve; the same arguments as :func:`retrain`.
@@ -87,7 +117,19 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
         return []
     seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(problems)
     if len(seeds) != len(problems):
-        raise FastLoRAError(f"seeds has {len(seeds)} entries for {len(problems)} problems; give one seed or one per problem")
+        raise FastLoRAError(f"seeds has {len(seeds)} entries for {len(problems)} problems; "
+                            f"give one seed or one per problem")
+    if _is_shallow(problems[0]):  # no batched engine for the shallow network: one at a time
+        out = []
+        for problem, seed in zip(problems, seeds):
+            try:
+                out.append(retrain(problem, method, peft, rank, solver, backend, max_iter, tol, seed, dtype=dtype,
+                                   threads=threads, peft_options=peft_options, **options))
+            except FastLoRAError as exc:
+                if errors == "raise":
+                    raise
+                out.append(exc)
+        return out
     plan = _plan(problems[0], method, peft, rank, solver, backend, max_iter, tol, seeds[0], dtype, threads, None,
                  peft_options, options, dense_A)
     first = as_task_list(problems[0])
@@ -170,8 +212,8 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     solver = schema.OPTIONS["solver"].check(solver)
     tasks = as_task_list(problem_or_tasks)
     d_out, d_in = tasks[0].d_out, tasks[0].d_in
-    max_iter = schema.OPTIONS["max_iter"].check(max_iter)
-    tol = schema.OPTIONS["tol"].check(tol)
+    max_iter = schema.OPTIONS["max_iter"].check(LINEAR_MAX_ITER if max_iter is None else max_iter)
+    tol = schema.OPTIONS["tol"].check(LINEAR_TOL if tol is None else tol)
     threads = schema.OPTIONS["threads"].check(threads)
     dtype = resolve_dtype(dtype)
     rng = as_generator(schema.OPTIONS["seed"].check(seed))

@@ -50,7 +50,7 @@ class Adapters:
     dense: Any = None
 
     @classmethod
-    def from_params(cls, peft, params, delta, factored: bool = True) -> "Adapters":
+    def from_params(cls, peft, params, delta, factored: bool = True) -> Adapters:
         """The updates of ``params``: factor rows when ``factored`` and ``peft.factors`` exists,
         else ``delta(params)`` (``delta`` is the backend's, with any base bound)."""
         factors = getattr(peft, "factors", None)

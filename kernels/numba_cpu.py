@@ -21,14 +21,13 @@ import os
 # value set by the user wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-from numba import prange  # noqa: E402
+import numba
+import numpy as np
+from numba import prange
 
-from fastlora.arrays import reusable  # noqa: E402
-from fastlora.config import settings  # noqa: E402
-from fastlora.kernels import ResidualNorms, reference  # noqa: E402
-
+from fastlora.arrays import reusable
+from fastlora.config import settings
+from fastlora.kernels import ResidualNorms, reference
 
 # Reassociation lets LLVM vectorise the reductions (dot products) of the small per-task
 # loops; it changes results only at rounding level, as BLAS does.  No nnan/ninf: NaN and
@@ -155,7 +154,7 @@ def _mgs_rows(Y):
     reference.orthonormalize_rows up to the sign of each row.  A row that vanishes after
     orthogonalisation (rank-deficient input) is replaced by the first unit vector e_j that
     survives, so the output is always orthonormal."""
-    T, r, n = Y.shape
+    T, r, _ = Y.shape
     Q = np.empty_like(Y)
     eps = np.finfo(Y.dtype).eps
     for t in prange(T):
@@ -228,7 +227,7 @@ def psd_subspace_step(ops, Q, Y, shift):
 @kernel(parallel=True)
 def _gram_inner(B1, C1, B2, C2, same):
     """Twin of reference.gram_inner; ``same``: C1 is B1 and C2 is B2 (one Gram, squared)."""
-    T, k1, m = B1.shape
+    T, k1, _ = B1.shape
     k2 = B2.shape[1]
     out = np.empty(T, dtype=B1.dtype)
     for t in prange(T):
@@ -336,47 +335,69 @@ def residual_stats(S, A_new, A_old, symmetrize):
 
 
 @kernel()
-def _update_entry(M, G, alpha, S, A_old, A, store, i, j):
-    """a = M[i, j] + alpha·G[i, j] (written to A[i, j] when ``store``); return (a, (S − a), (a − A_old[i, j]))."""
-    a = M[i, j] + alpha * G[i, j]
-    if store:
-        A[i, j] = a
-    return a, S[i, j] - a, a - A_old[i, j]
+def _update_block(M, G, alpha, S, A_old, A, store, R, i0, i1, j0, j1, sums):
+    """Rows i0:i1, columns j0:j1: a = M + alpha·G (stored in A when ``store``), R = S − a (a tile
+    buffer), and ‖a‖², ‖S − a‖², ‖a − A_old‖² added to sums[1:4] — contiguous inner loops."""
+    a_sq = r_sq = s_sq = 0.0
+    for i in range(i0, i1):
+        for j in range(j0, j1):
+            a = M[i, j] + alpha * G[i, j]
+            if store:
+                A[i, j] = a
+            r = S[i, j] - a
+            step = a - A_old[i, j]
+            R[i - i0, j - j0] = r
+            a_sq += a * a
+            r_sq += r * r
+            s_sq += step * step
+    sums[1] += r_sq
+    sums[2] += s_sq
+    sums[3] += a_sq
 
 
 @kernel(parallel=True)
 def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D, store):
     """A = M + alpha·G (stored in A when ``store``) and the residual statistics of
-    reference.residual_stats, in one tiled pass over memory (tile pairs (I, J) and (J, I)).
-    A may be G (in place)."""
+    reference.residual_stats, in one pass over memory: every tile pair (I, J), (J, I) of the
+    upper triangle is one unit of parallel work (even load), its residual tiles kept in L1 for
+    the symmetrisation.  A may be G (in place)."""
     n = S.shape[0]
     tiles = (n + _TILE - 1) // _TILE
-    acc = np.zeros((tiles, 4))
-    for bi in prange(tiles):
-        i0, i1 = bi * _TILE, min(n, (bi + 1) * _TILE)
-        d_sq = r_sq = s_sq = a_sq = 0.0
+    count = tiles * (tiles + 1) // 2
+    rows = np.empty(count, dtype=np.int64)  # the tile pairs of the upper triangle
+    cols = np.empty(count, dtype=np.int64)
+    index = 0
+    for bi in range(tiles):
         for bj in range(bi, tiles):
-            j0, j1 = bj * _TILE, min(n, (bj + 1) * _TILE)
-            for i in range(i0, i1):
-                for j in range(max(j0, i) if bi == bj else j0, j1):
-                    aij, rij, sij = _update_entry(M, G, alpha, S, A_old, A, store, i, j)
-                    a_sq += aij * aij
-                    r_sq += rij * rij
-                    s_sq += sij * sij
-                    if i == j:
-                        D[i, i] = rij
-                        d_sq += rij * rij
-                        continue
-                    aji, rji, sji = _update_entry(M, G, alpha, S, A_old, A, store, j, i)
-                    a_sq += aji * aji
-                    r_sq += rji * rji
-                    s_sq += sji * sji
+            rows[index], cols[index] = bi, bj
+            index += 1
+    acc = np.zeros((count, 4))
+    for pair in prange(count):
+        bi, bj = rows[pair], cols[pair]
+        i0, i1 = bi * _TILE, min(n, (bi + 1) * _TILE)
+        j0, j1 = bj * _TILE, min(n, (bj + 1) * _TILE)
+        sums = acc[pair]
+        Rij = np.empty((_TILE, _TILE), dtype=S.dtype)
+        Rji = np.empty((_TILE, _TILE), dtype=S.dtype)
+        _update_block(M, G, alpha, S, A_old, A, store, Rij, i0, i1, j0, j1, sums)
+        if bi != bj:
+            _update_block(M, G, alpha, S, A_old, A, store, Rji, j0, j1, i0, i1, sums)
+        d_sq = 0.0
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                if bi == bj:
+                    r = 0.5 * (Rij[i - i0, j - j0] + Rij[j - j0, i - i0]) if symmetrize else Rij[i - i0, j - j0]
+                    D[i, j] = r
+                    d_sq += r * r
+                else:
+                    r = Rij[i - i0, j - j0]
+                    q = Rji[j - j0, i - i0]
                     if symmetrize:
-                        rij = rji = 0.5 * (rij + rji)
-                    D[i, j] = rij
-                    D[j, i] = rji
-                    d_sq += rij * rij + rji * rji
-        acc[bi, 0], acc[bi, 1], acc[bi, 2], acc[bi, 3] = d_sq, r_sq, s_sq, a_sq
+                        r = q = 0.5 * (r + q)
+                    D[i, j] = r
+                    D[j, i] = q
+                    d_sq += r * r + q * q
+        sums[0] += d_sq
     return acc.sum(axis=0)
 
 

@@ -5,5 +5,6 @@ benchmark harness works from any installation.
 """
 from .dense_als import dense_als
 from .paper_gd import meta_objective, paper_gd
+from .paper_shallow import paper_shallow
 
-__all__ = ["dense_als", "meta_objective", "paper_gd"]
+__all__ = ["dense_als", "meta_objective", "paper_gd", "paper_shallow"]

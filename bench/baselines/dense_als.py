@@ -21,11 +21,11 @@ def dense_als(W_star: np.ndarray, k: int, A_star: np.ndarray | None = None, max_
 
     Returns dict(A, iterations, seconds, rel_err_A, seconds_per_iteration, reached).
     """
-    T, d, _ = W_star.shape
+    T = W_star.shape[0]
     start = time.perf_counter()
     A = W_star.mean(axis=0)
-    rel, it = float("nan"), 0
-    for it in range(1, max_iter + 1):
+    rel, iterations = float("nan"), 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         UUt = np.empty_like(W_star)
         for t in range(T):
             R = W_star[t] - A
@@ -40,5 +40,6 @@ def dense_als(W_star: np.ndarray, k: int, A_star: np.ndarray | None = None, max_
         if time_limit is not None and time.perf_counter() - start > time_limit:
             break
     seconds = time.perf_counter() - start
-    return {"A": A, "iterations": it, "seconds": seconds, "rel_err_A": rel, "seconds_per_iteration": seconds / it,
+    return {"A": A, "iterations": iterations, "seconds": seconds, "rel_err_A": rel,
+            "seconds_per_iteration": seconds / iterations,
             "reached": bool(rel <= tol_rel_A)}

@@ -210,7 +210,8 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
     tol_cls = tolerances or Tolerances()
     model = LandscapeModel(problem_or_tasks, peft, rank)
     if rank > min(model.d_out, model.d_in):
-        raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = {min(model.d_out, model.d_in)}")
+        raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = "
+                            f"{min(model.d_out, model.d_in)}")
     starts = draw_starts(model, n_starts, init, init_scale, seed)
     with one_blas_thread():
         started = time.perf_counter()

@@ -126,7 +126,8 @@ def check_shape_supported(peft, d_out: int, d_in: int) -> None:
     """Refuse a weight shape the parameterization cannot represent (``square_only`` needs d_out = d_in)."""
     if getattr(peft, "square_only", False) and d_out != d_in:
         from ..errors import FastLoRAError
-        raise FastLoRAError(f"peft={peft.name!r} needs square weights but d_out={d_out} != d_in={d_in}; use peft='lora'")
+        raise FastLoRAError(f"peft={peft.name!r} needs square weights but d_out={d_out} != d_in={d_in}; "
+                            f"use peft='lora'")
 
 
 def shared_names(peft) -> tuple[str, ...]:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,8 @@ class RetrainResult:
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{tuple(np.shape(v))}" for k, v in {**self.params, **self.shared}.items())
-        what = self.method + (f"/{self.solver}" if self.solver else "") + (f", peft={self.peft_name}" if self.peft_name else "")
+        what = self.method + (f"/{self.solver}" if self.solver else "")
+        what += f", peft={self.peft_name}" if self.peft_name else ""
         return (f"RetrainResult({what}, A{tuple(np.shape(self.A))}{', ' + shapes if shapes else ''}, "
                 f"objective={self.objective:.6g}, n_iter={self.n_iter}, converged={self.converged}, "
                 f"seconds={self.seconds:.3g}, backend={self.backend})")
@@ -100,10 +102,10 @@ class Monitor:
       (finite-sample optima have F > 0, so this is reachable where tol on A is not).
 
     A non-finite objective, or one growing beyond ``DIVERGENCE_FACTOR`` × the larger of Σ_t L_t(0)
-    and the objective at the start (:meth:`start`), fails that problem with a :class:`~fastlora.errors.DivergenceError` (raised at once when
-    P = 1).  A problem that is done keeps the state of its last iteration: solvers read
-    ``active`` and freeze the others, so a problem's numbers never depend on the problems
-    solved beside it.
+    and the objective at the start (:meth:`start`), fails that problem with a
+    :class:`~fastlora.errors.DivergenceError` (raised at once when P = 1).  A problem that is
+    done keeps the state of its last iteration: solvers read ``active`` and freeze the others,
+    so a problem's numbers never depend on the problems solved beside it.
     """
 
     STALL_WINDOW = 5
@@ -171,8 +173,8 @@ class Monitor:
         if value > self.DIVERGENCE_FACTOR * self.scale[p]:
             return self._fail(p, iteration, DivergenceError(
                 f"the objective grew to {value:.4g} at iteration {iteration}, more than "
-                f"{self.DIVERGENCE_FACTOR:.0e} times its starting scale {self.scale[p]:.4g}; the step size is too large "
-                f"for this problem (lower lr)"))
+                f"{self.DIVERGENCE_FACTOR:.0e} times its starting scale {self.scale[p]:.4g}; the step size is too "
+                f"large for this problem (lower lr)"))
         history.append(value)
         message = None
         if accurate and value <= self.tol ** 2 * self.reference[p]:
@@ -322,7 +324,8 @@ class Context:
         base = (self.backend.to_numpy(A[0]),) if getattr(self.peft, "uses_base", False) else ()
         expected = self.peft.init(np.random.default_rng(0), b.d_out, b.d_in, self.rank, b.P * b.T, *base)
         if set(given) != set(expected):
-            raise FastLoRAError(f"init_params has keys {sorted(given)}; peft {self.peft.name!r} needs {sorted(expected)}")
+            raise FastLoRAError(f"init_params has keys {sorted(given)}; peft {self.peft.name!r} needs "
+                                f"{sorted(expected)}")
         out = {}
         for name, want in expected.items():
             value = check_array(f"init_params[{name!r}]", self.backend.to_numpy(given[name]), shape=np.shape(want))

@@ -103,7 +103,7 @@ def solve(ctx):
 def _first_order(ctx, model, x, monitor, info, optimizer):
     xp, batch = ctx.xp, ctx.batch
     frozen = Frozen(batch)
-    names = ["A"] + trainable(ctx.peft, _params(x))
+    names = ["A", *trainable(ctx.peft, _params(x))]
     shared = set(shared_names(ctx.peft))
     value, grads = model.value_and_grad(x)
     monitor.start(value)
@@ -282,7 +282,7 @@ def _lbfgs(ctx, model, x, monitor, info):
     eliminate = ctx.option("eliminate_A") and not getattr(ctx.peft, "uses_base", False) and len(x) > 1 \
         and isinstance(ctx.option("init_A"), str)
     trainable_names = trainable(ctx.peft, _params(x))
-    names = trainable_names if eliminate else ["A"] + trainable_names
+    names = trainable_names if eliminate else ["A", *trainable_names]
     packing = _Packing(batch, x, names, shared_names(ctx.peft))
     host = batch.host
     current = {"A": x["A"]}

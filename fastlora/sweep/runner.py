@@ -145,7 +145,8 @@ def _run_point_rows(point: dict, seeds: list[int]) -> list[dict]:
 
 
 def _outcome(point: dict, seed: int, prob, res, metrics: dict) -> dict:
-    outcome = {name: metrics.get(name) for name in ("rel_err_A", "adapt_rank", "excess_risk")}
+    outcome = {name: metrics.get(name) for name in ("rel_err_A", "adapt_rank", "excess_risk", "test_loss",
+                                                    "test_accuracy")}
     outcome.update(objective=res.objective, n_iter=res.n_iter, seconds=res.seconds, converged=res.converged,
                    backend_used=res.backend, solver_used=res.info.get("solver", res.solver), status="ok")
     census = landscape_args(point, seed)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import FastLoRAError
+import tomllib
 
 from .. import options as schema
+from ..errors import FastLoRAError
 
 POPULATION = schema.POPULATION
 
@@ -47,7 +47,7 @@ LANDSCAPE_KEYS = tuple(k for k in schema.LANDSCAPE if k in KEYS)
 SEED_NEUTRAL = ("sampler",)
 # every row records these (the schema's defaults where the spec is silent), so stored rows are self-describing
 RECORDED = ("d", "k", "T", "n", "noise", "symmetric", "n_test_tasks", "method", "peft", "solver", "backend", "dtype",
-            "max_iter", "tol", "n_ft", "ft_peft")
+            "n_ft", "ft_peft")
 DEFAULTS = {key: (POPULATION if KEYS[key].kind == "count" and KEYS[key].default is None
                   else KEYS[key].default_for("lora-ml")) for key in RECORDED}
 TOP_LEVEL = {"name", "repeats", "seed", "grid", "fixed", "description"}
@@ -93,7 +93,8 @@ class Spec:
         return out
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps({"keys": self.keys, "seed": self.seed}, sort_keys=True).encode()).hexdigest()[:16]
+        text = json.dumps({"keys": self.keys, "seed": self.seed}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def canonical(point: dict) -> str:
@@ -223,6 +224,16 @@ def check_point(point: dict, origin: str) -> None:
         raise FastLoRAError(f"{origin}: symmetric=true needs d_out == d ({where}); set symmetric = false")
     if point.get("method") == "lora-ml" and point.get("peft") == "lora_sym" and d_out != d:
         raise FastLoRAError(f"{origin}: peft='lora_sym' needs d_out == d ({where})")
+    if point.get("model") == "shallow":
+        if point.get("n", POPULATION) == POPULATION:
+            raise FastLoRAError(f"{origin}: model='shallow' needs a finite n (the paper: n = 1000); the shallow "
+                                f"network has no population mode")
+        if point.get("solver") == "als":
+            raise FastLoRAError(f"{origin}: model='shallow' has no ALS (no closed-form steps); use solver 'auto' "
+                                f"or 'gd'")
+        if point.get("sampler", "raw") != "raw" or point.get("d_out") not in (None, d) or point.get("implicit"):
+            raise FastLoRAError(f"{origin}: model='shallow' takes raw samples of a square network: no sampler, "
+                                f"d_out or implicit keys")
 
 
 def problem_args(point: dict, seed: int) -> dict:

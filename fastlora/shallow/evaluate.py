@@ -1,0 +1,96 @@
+"""``evaluate`` for the shallow network: fine-tune held-out tasks, score against clean labels."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import peft as peft_registry
+from ..errors import FastLoRAError, check_int
+from .solve import _shared_of, finetune_shallow
+
+
+def paper_ft_rank(k: int, T: int) -> int:
+    """The paper's fine-tuning rank: k, and 3k when T = 2 (two tasks leave A* identified only
+    up to a rank-2k error, so a new task needs rank 3k, DESIGN.md §2 fact 3)."""
+    return 3 * k if T == 2 else k
+
+
+def align_hidden_units(A, c, A_star, c_star):
+    """Permute the hidden units of (A, c) to best match (A*, c*): returns (A[π], c[π], π).
+
+    The network's output c·sigmoid(A x) does not change when the rows of A and the entries of
+    c are permuted together, so A is identifiable only up to such a permutation; comparing A
+    with A* without aligning would report the labelling, not the fit.  π minimises
+    Σ_j ‖A_π(j) − A*_j‖² + (c_π(j) − c*_j)² (an assignment problem, solved exactly by
+    scipy.optimize.linear_sum_assignment).
+    """
+    from scipy.optimize import linear_sum_assignment
+    A, c = np.asarray(A, dtype=np.float64), np.asarray(c, dtype=np.float64)
+    rows = np.concatenate([A, c[:, None]], axis=1)
+    rows_star = np.concatenate([np.asarray(A_star), np.asarray(c_star)[:, None]], axis=1)
+    cost = ((rows[:, None, :] - rows_star[None, :, :]) ** 2).sum(axis=2)   # cost[i, j]: unit i as unit j
+    unit, target = linear_sum_assignment(cost)
+    perm = np.empty_like(unit)
+    perm[target] = unit
+    return A[perm], c[perm], perm
+
+
+def evaluate_shallow(res, problem, ft_rank: int | None = None, n_ft: int | None = 100, ft_peft="lora", seed: int = 0,
+                     n_eval: int = 10000, test_tasks=None, ft_solver: str = "auto", ft_optimizer: str | None = None,
+                     ft_max_iter: int | None = None, ft_restarts: int | None = None, backend: str = "auto") -> dict:
+    """Metrics of a retrained shallow network on held-out tasks.
+
+    Each test task gets a rank-``ft_rank`` ``ft_peft`` adapter fitted with A and c frozen on
+    ``n_ft`` fresh samples (None: the task's own data); then
+
+    ``test_loss``   mean over test tasks of mean (ŷ − y_clean)² on ``n_eval`` fresh inputs
+                    (``test_loss_median``, ``test_loss_per_task`` beside it);
+    ``train_fit``   mean over test tasks of mean (ŷ − y_clean)² on the fine-tuning inputs —
+                    the number the paper reports (its code has no held-out inputs);
+    ``rel_err_A``   ‖A[π] − A*‖_F / ‖A*‖_F after aligning hidden units (:func:`align_hidden_units`),
+                    ``rel_err_c`` likewise; NaN when the problem has no ground truth;
+    and the retraining ``objective``, ``n_iter``, ``seconds``, ``converged``, the ``ft_rank`` used.
+
+    ``ft_rank`` None follows the paper: the problem's k, and 3k when T = 2.  ``ft_solver``,
+    ``ft_optimizer``, ``ft_max_iter``, ``ft_restarts`` go to :func:`finetune_shallow` (default:
+    L-BFGS with 5 adapter starts; the paper's procedure: ``ft_solver="gd"``, AdamW 15,000 steps).
+    Test task i is fine-tuned with seed ``seed + i``.
+    """
+    A, c = (np.asarray(a, dtype=np.float64) for a in _shared_of(res))
+    tasks = list(test_tasks if test_tasks is not None else getattr(problem, "test_tasks", []))
+    if not tasks:
+        raise FastLoRAError("evaluate needs test tasks: the problem has none (n_test_tasks=0) and test_tasks was "
+                            "not given")
+    if ft_rank is None:
+        k, T = getattr(problem, "k", None), getattr(problem, "T", None)
+        if k is None or T is None:
+            raise FastLoRAError("ft_rank is required when the problem has no k and T")
+        ft_rank = min(paper_ft_rank(k, T), min(A.shape))
+    ft_rank = check_int("ft_rank", ft_rank, low=1, high=min(A.shape))
+    n_ft = check_int("n_ft", n_ft, low=1, allow_none=True)
+    seed = check_int("seed", seed, low=0)
+    try:
+        peft_registry.get(ft_peft)
+    except FastLoRAError as exc:
+        raise type(exc)(f"ft_peft: {exc}") from None
+    A_star, c_star = getattr(problem, "A_star", None), getattr(problem, "c_star", None)
+    if A_star is not None and c_star is not None:
+        A_aligned, c_aligned, _ = align_hidden_units(A, c, A_star, c_star)
+        rel_err_A = float(np.linalg.norm(A_aligned - A_star) / np.linalg.norm(A_star))
+        rel_err_c = float(np.linalg.norm(c_aligned - c_star) / np.linalg.norm(c_star))
+    else:
+        rel_err_A = rel_err_c = float("nan")
+    test, fit = [], []
+    for i, task in enumerate(tasks):
+        ft = finetune_shallow((A, c), task, peft=ft_peft, rank=ft_rank, n=n_ft, seed=seed + i, solver=ft_solver,
+                              optimizer=ft_optimizer, max_iter=ft_max_iter, restarts=ft_restarts, n_eval=n_eval,
+                              backend=backend)
+        test.append(ft.test_loss)
+        fit.append(ft.train_fit)
+    test = np.asarray(test)
+    out = {"test_loss": float(test.mean()), "test_loss_median": float(np.median(test)),
+           "test_loss_per_task": test.tolist(), "train_fit": float(np.mean(fit)), "train_fit_per_task": fit,
+           "rel_err_A": rel_err_A, "rel_err_c": rel_err_c, "ft_rank": ft_rank}
+    for name in ("objective", "n_iter", "seconds", "converged"):
+        if hasattr(res, name):
+            out[name] = getattr(res, name)
+    return out
