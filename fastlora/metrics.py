@@ -82,7 +82,7 @@ def spectral_norm(target) -> float:
 
 
 def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora", seed: int = 0,
-             rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True) -> dict:
+             rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True, metrics=None) -> dict:
     """Metrics of a retrained model on held-out tasks.
 
     ``res`` is a retrain result (or the matrix A itself), ``prob`` the :class:`Problem` it
@@ -106,16 +106,37 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
 
     For the shallow network (``model="shallow"``) the metrics are those of
     :func:`fastlora.shallow.evaluate_shallow`: ``test_loss`` against clean labels on fresh inputs
-    (no ground-truth excess risk exists for a nonlinear model), ``train_fit``, aligned ``rel_err_A``.
+    (no ground-truth excess risk exists for a nonlinear model) or on the held-out split of
+    labelled data (:mod:`fastlora.datasets`), ``test_accuracy`` for ±1 labels, ``train_fit``,
+    aligned ``rel_err_A``, and ``metrics_available`` / ``metrics_note`` saying which apply.
+
+    ``metrics``: names that must come out as numbers (e.g. ``("test_accuracy",)``); one that
+    cannot be computed for these tasks raises :class:`~fastlora.errors.FastLoRAError`.
     """
     if getattr(prob, "model", None) == "shallow" or (
             test_tasks and getattr(test_tasks[0], "model", None) == "shallow"):
         from .shallow import evaluate_shallow
         return evaluate_shallow(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seed,
-                                test_tasks=test_tasks)
+                                test_tasks=test_tasks, metrics=metrics)
+    wanted = _requested_metrics(metrics, LINEAR_METRICS)
+    if "rel_err_A" in wanted and prob is not None and getattr(prob, "A_star", None) is None:
+        raise FastLoRAError("metrics asks for 'rel_err_A', but this problem has no ground-truth A* to compare with")
     return evaluate_many([res], [prob], ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seeds=[seed],
                          rank_tol=rank_tol, test_tasks=None if test_tasks is None else [test_tasks],
                          noise_floor=noise_floor)[0]
+
+
+LINEAR_METRICS = ("rel_err_A", "adapt_rank", "excess_risk")
+
+
+def _requested_metrics(metrics, allowed) -> tuple:
+    if metrics is None:
+        return ()
+    names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    for name in names:
+        if name not in allowed:
+            raise FastLoRAError(f"metrics={name!r} is not allowed for the linear model; allowed: {', '.join(allowed)}")
+    return names
 
 
 def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora",

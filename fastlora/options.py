@@ -185,6 +185,15 @@ _ALL = (
 )
 
 _ALL += (
+    # real data instead of make_problem's law (fastlora.datasets): the paper's image protocol
+    Option("dataset", "choice", None, "a labelled dataset under the paper's image protocol instead of make_problem's "
+           "law: 'digits' (scikit-learn's 8×8 digits, needs the extra 'data'; fastlora.datasets)", "dataset",
+           choices=("digits",), allow_none=True),
+    Option("test_fraction", "float", 0.3, "share of each class of a dataset's tasks held out for the metrics",
+           "dataset", low=0.0, high=1.0, low_open=True),
+)
+
+_ALL += (
     # a landscape census per sweep row (fastlora.landscape.landscape_metrics)
     Option("census_starts", "int", None, "random starts of a landscape census per row (None: no census)",
            "landscape", low=1, allow_none=True),
@@ -200,6 +209,7 @@ RETRAIN = tuple(o.name for o in _ALL if o.group == "retrain")
 SOLVER = tuple(o.name for o in _ALL if o.group == "solver")
 EVALUATE = tuple(o.name for o in _ALL if o.group == "evaluate")
 LANDSCAPE = tuple(o.name for o in _ALL if o.group == "landscape")
+DATASET = tuple(o.name for o in _ALL if o.group == "dataset")
 
 
 def solver_options(method: str, solver: str | None) -> tuple[str, ...]:

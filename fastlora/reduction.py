@@ -47,13 +47,7 @@ class Reduction:
     Q_in: np.ndarray        # (d_in, m_in); the same object as Q_out for a one-basis (psd) reduction
     tasks: list             # the reduced population tasks (shared part 0)
     seconds: float
-    base_reduced: np.ndarray  # Q_outᵀ S Q_in (m_out, m_in): with ‖S‖², norms of the full A = S + Q_out E Q_inᵀ
-    base_sq: float
-
-    @property
-    def frame(self) -> tuple:
-        """(Q_outᵀ S Q_in, ‖S‖²_F): what the reduced solve needs to judge convergence on the full A."""
-        return self.base_reduced, self.base_sq
+    base_sq: float          # ‖S‖²_F: the reduced solve's scale of the full A = S + Q_out E Q_inᵀ
 
     @property
     def sizes(self) -> tuple[int, int]:
@@ -64,8 +58,9 @@ class Reduction:
         left = self.Q_out @ np.asarray(E, dtype=np.float64)
         if not dense:
             return LowRankUpdate(self.base, left, self.Q_in, basis=self.Q_out, core=np.asarray(E, dtype=np.float64))
-        base = self.base.dense() if is_implicit(self.base) else self.base
-        return base + left @ self.Q_in.T
+        A = left @ self.Q_in.T
+        A += self.base.dense() if is_implicit(self.base) else self.base  # in place: no second d×d array
+        return A
 
     def lift_params(self, peft, params: dict) -> dict:
         """Adapters of the reduced problem in the full space."""
@@ -98,6 +93,12 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     base, B, C, symmetric = factors
     d_out, d_in = base.shape
     T = B.shape[0]
+    # the spans have at most as many dimensions as there are factor columns: with as many
+    # columns as d the reduction cannot pay, and finding the span's rank would cost an SVD
+    # of a d×(T·k) matrix (minutes at d=4096, T·k=8192) — the full-space path runs instead
+    columns = B.shape[2] * T * (1 if symmetric or family != "psd" else 2)
+    if columns >= d_out and (family == "psd" or C.shape[2] * T >= d_in):
+        return None
     if family == "psd":
         stacked = B.transpose(1, 0, 2).reshape(d_out, -1)
         if not symmetric:
@@ -112,14 +113,8 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     c = b if (symmetric and Q_in is Q_out) else Q_in.T @ C
     zero = np.zeros((Q_out.shape[1], Q_in.shape[1]))
     reduced = [Task.population(LowRankTarget(zero, b[t], b[t] if c is b else c[t])) for t in range(T)]
-    if is_implicit(base):
-        # S is generated on demand: its projection would cost a generation and d²·m flops; the
-        # convergence scale uses E‖S‖² and no cross term (a scale, not a result)
-        base_reduced, base_sq = np.zeros_like(zero), base.expected_frobenius_sq()
-    else:
-        base_reduced = (Q_out.T @ base) @ Q_in          # one d×d×m product
-        base_sq = float(np.vdot(base, base))
-    return Reduction(base, Q_out, Q_in, reduced, time.perf_counter() - started, base_reduced, base_sq)
+    base_sq = base.expected_frobenius_sq() if is_implicit(base) else float(np.vdot(base, base))
+    return Reduction(base, Q_out, Q_in, reduced, time.perf_counter() - started, base_sq)
 
 
 # Factor sets with cond(F) below this are orthonormalised by CholeskyQR2 (two Gram + Cholesky

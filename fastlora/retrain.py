@@ -269,8 +269,7 @@ def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: li
             else:
                 batch = stack_problems([as_task_list(p) for p in problems], be, plan.dtype, plan.kind)
             if plan.reduction is not None:
-                frames = [r.frame for r in reductions]
-                batch.set_frame(np.stack([f[0] for f in frames]), np.array([f[1] for f in frames]))
+                batch.set_frame(np.array([r.base_sq for r in reductions]))
             results = _solve(plan, batch, rngs, as_numpy, started)
             if plan.reduction is not None:
                 results = [r if isinstance(r, Exception) else _lift(plan, red, r, started, len(problems))

@@ -25,7 +25,7 @@ The ALS, gradient and Reptile solvers, and the adapter steps, use only this inte
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,14 @@ _PINV_RTOL = 1e-12  # eigenvalues of Σ below this fraction of the largest are t
 @dataclass(frozen=True, eq=False)
 class Adapters:
     """Every task's update Δ_t: factor rows ``B`` (T, r, d_out), ``C`` (T, r, d_in) with
-    Δ_t = B_tᵀ C_t (``B is C`` for symmetric updates), or ``dense`` (T, d_out, d_in)."""
+    Δ_t = B_tᵀ C_t (``B is C`` for symmetric updates), or ``dense`` (T, d_out, d_in).
+    ``sums`` holds Σ_t Δ_t once a batch has formed it (the objective does), for the next A
+    step of these same adapters to reuse."""
 
     B: Any = None
     C: Any = None
     dense: Any = None
+    sums: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_params(cls, peft, params, delta, factored: bool = True) -> Adapters:
@@ -145,21 +148,21 @@ class Batch:
     def __init__(self, backend, dtype, P, T, d_out, d_in):
         self.backend, self.xp, self.dtype = backend, backend.xp, dtype
         self.P, self.T, self.d_out, self.d_in = P, T, d_out, d_in
-        self.frame = None  # reduced problems: (Q_outᵀ S Q_in (P, m_out, m_in), ‖S‖² (P,)), see set_frame
+        self.frame = None  # reduced problems: ‖S‖² (P,) of the full problems, see set_frame
 
-    def set_frame(self, base_reduced, base_sq) -> None:
+    def set_frame(self, base_sq) -> None:
         """This batch is the reduction of a full problem (fastlora.reduction): its A stands for the
-        full S + Q_out A Q_inᵀ, whose norm (the convergence test's scale) and null objective (the
-        scale of "objective ≈ 0") are those of the full problem."""
-        self.frame = (self.backend.asarray(base_reduced, self.dtype), np.asarray(base_sq, dtype=np.float64))
+        full S + Q_out A Q_inᵀ.  The convergence test's scales — ‖A‖ and the null objective (the
+        scale of "objective ≈ 0") — are taken as the full problem's without their cross terms
+        with S (‖S‖² + ‖A‖² and Σ_t L_t(0) + ½T‖S‖²): the cross terms need Q_outᵀ S Q_in, a
+        product as costly as the whole reduced solve, and a scale need not be exact."""
+        self.frame = np.asarray(base_sq, dtype=np.float64)
 
     def full_sq(self, A):
-        """‖A‖²_F per problem, of the full-space A where this batch is a reduction."""
+        """‖A‖²_F per problem; where this batch is a reduction, the scale ‖S‖² + ‖A‖² of the full A."""
         if self.frame is None:
             return self.problem_sq(A)
-        base_reduced, base_sq = self.frame
-        inner = self.host(self.xp.sum((A * base_reduced).reshape(self.P, -1), axis=1))
-        return self.problem_sq(A) + 2 * inner + base_sq
+        return self.problem_sq(A) + self.frame
 
     # -- layout helpers ---------------------------------------------------------------------
     def per_task(self, A):
@@ -211,11 +214,8 @@ class Batch:
     def null_objective(self):
         """Σ_t L_t(0) per problem (of the full problem where this is a reduction): the scale against
         which 'objective ≈ 0' is judged."""
-        if self.frame is not None:
-            # Σ_t ½‖S + Q b_tc_tᵀ Qᵀ‖² = Σ_t ½‖S_red + b_tc_tᵀ‖² + ½T(‖S‖² − ‖S_red‖²), S_red = QᵀSQ
-            base_reduced, base_sq = self.frame
-            return self.objective(-base_reduced) + 0.5 * self.T * (base_sq - self.problem_sq(base_reduced))
-        return self.objective(self.xp.zeros((self.P, self.d_out, self.d_in), self.dtype))
+        null = self.objective(self.xp.zeros((self.P, self.d_out, self.d_in), self.dtype))
+        return null if self.frame is None else null + 0.5 * self.T * self.frame
 
     def point(self, A, previous: Point | None = None, **fields) -> dict:
         return {"A": A, "step_sq": self.problem_sq(A - previous.A) if previous is not None else np.zeros(self.P),
@@ -267,6 +267,7 @@ class FactoredPopulation(Batch):
 
         self.symmetric = symmetric
         self.base = cast(base)
+        self.base_symmetric = base.shape[0] == base.shape[1] and bool(self.xp.array_equal(self.base, self.base.T))
         self.B_rows = cast(np.ascontiguousarray(np.swapaxes(B_star, 1, 2)))   # free if already rows
         self.C_rows = self.B_rows if symmetric else cast(np.ascontiguousarray(np.swapaxes(C_star, 1, 2)))
         self.ops = backend.kernels
@@ -327,7 +328,9 @@ class FactoredPopulation(Batch):
         if adapters is None or not adapters.factored:
             return super().objective(A, adapters)
         if sum_delta is None:
-            sum_delta = self.ops.gram_sum(adapters.B, adapters.C)
+            sum_delta = adapters.sums.get("gram")
+            if sum_delta is None:
+                sum_delta = adapters.sums["gram"] = self.ops.gram_sum(adapters.B, adapters.C)
         D = self.base - A[0]
         cross = 2 * float(self.xp.sum(D * (self.T * (self.mean_target - self.base) - sum_delta)))
         return np.array([0.5 * (self.T * frobenius_sq(D) + cross
@@ -371,8 +374,13 @@ class FactoredPopulation(Batch):
             return self.residual((self.mean_target - self.xp.mean(adapters.dense, axis=0))[None], previous, symmetric)
         old_A = self.mean_target if previous is None else previous.A[0]
         out = None if previous is None else previous.D
+        # S − A is exactly symmetric when S is, the targets are and the adapters are (B is C): the
+        # A step then adds exactly symmetric Gram sums, and the symmetrising pass can be skipped
+        symmetrize = symmetric and not (self.symmetric and self.base_symmetric and adapters.B is adapters.C)
+        # Σ_t Δ_t from the objective at these adapters (an accepted extrapolation) is reused; the
+        # kernel may overwrite it, so it leaves the cache
         A, D, norms = self.ops.shared_update_stats(self.mean_target, adapters.B, adapters.C, -1.0 / self.T, self.base,
-                                                   old_A, symmetric, out=out)
+                                                   old_A, symmetrize, out=out, gram=adapters.sums.pop("gram", None))
         if previous is not None:
             previous.D = None
         return self._shared(A, D, norms, symmetric)

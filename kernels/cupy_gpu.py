@@ -38,11 +38,11 @@ _update = cp.ElementwiseKernel(
 )
 
 
-def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, out=None):
+def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, out=None, gram=None):
     """Twin of reference.shared_update_stats (one fused kernel for A and D)."""
     if M.shape[0] != M.shape[1]:
-        return reference.shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize)
-    G = ops.gram_sum(B, C)
+        return reference.shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, gram=gram)
+    G = ops.gram_sum(B, C) if gram is None else cp.ascontiguousarray(gram)
     m = G.shape[0]
     c = cp.ascontiguousarray
     A = cp.empty_like(G)

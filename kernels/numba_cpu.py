@@ -330,7 +330,11 @@ def residual_stats(S, A_new, A_old, symmetrize):
     A_new = c(A_new)
     D = np.empty_like(S)
     threads_for(4 * S.size)
-    norms = _update_stats(A_new, A_new, S.dtype.type(0.0), c(S), c(A_old), bool(symmetrize), A_new, D, False)
+    zero = S.dtype.type(0.0)
+    if symmetrize:
+        norms = _update_stats(A_new, A_new, zero, c(S), c(A_old), True, A_new, D, False)
+    else:
+        norms = _update_rows(A_new, A_new, zero, c(S), c(A_old), A_new, D, False)
     return D, ResidualNorms(*(float(v) for v in norms))
 
 
@@ -353,6 +357,27 @@ def _update_block(M, G, alpha, S, A_old, A, store, R, i0, i1, j0, j1, sums):
     sums[1] += r_sq
     sums[2] += s_sq
     sums[3] += a_sq
+
+
+@kernel(parallel=True)
+def _update_rows(M, G, alpha, S, A_old, A, D, store):
+    """The pass of _update_stats without symmetrisation: rows in parallel, contiguous loops."""
+    n, m = S.shape
+    acc = np.zeros((n, 4))
+    for i in prange(n):
+        d_sq = s_sq = a_sq = 0.0
+        for j in range(m):
+            a = M[i, j] + alpha * G[i, j]
+            if store:
+                A[i, j] = a
+            r = S[i, j] - a
+            step = a - A_old[i, j]
+            D[i, j] = r
+            d_sq += r * r
+            s_sq += step * step
+            a_sq += a * a
+        acc[i, 0], acc[i, 1], acc[i, 2], acc[i, 3] = d_sq, d_sq, s_sq, a_sq
+    return acc.sum(axis=0)
 
 
 @kernel(parallel=True)
@@ -401,21 +426,24 @@ def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D, store):
     return acc.sum(axis=0)
 
 
-def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, out=None):
-    """Fused twin of reference.shared_update_stats.
+def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, out=None, gram=None):
+    """Fused twin of reference.shared_update_stats (A is returned in ``gram``'s memory when given).
 
     The Gram Σ_t B_tᵀC_t is one call of *numpy's* BLAS (``Bfᵀ @ Bf`` is a SYRK there):
     SciPy ships a second OpenBLAS with its own thread pool, and alternating the two pools
     makes each spin while the other works (measured 2x slower iterations).
     """
     if M.shape[0] != M.shape[1]:
-        return reference.shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize)
-    G = reference.gram_sum(B, C)
+        return reference.shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, gram=gram)
+    G = reference.gram_sum(B, C) if gram is None else np.ascontiguousarray(gram)
     c = np.ascontiguousarray
     D = reusable(out, G, A_old, S, M)
     D = np.empty_like(G) if D is None else D
     threads_for(6 * G.size)
-    norms = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), bool(symmetrize), G, D, True)
+    if symmetrize:
+        norms = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), True, G, D, True)
+    else:
+        norms = _update_rows(c(M), G, G.dtype.type(alpha), c(S), c(A_old), G, D, True)
     return G, D, ResidualNorms(*(float(v) for v in norms))
 
 
@@ -442,6 +470,7 @@ def warm_up(dtype) -> None:
     _ritz_general(Q, a(T, r, n))
     _lowrank_diff_sq(a(T, r, n), a(T, r, n), a(T, r, n), a(T, r, n))
     _update_stats(a(n, n), a(n, n), one, a(n, n), a(n, n), True, a(n, n), a(n, n), True)
+    _update_rows(a(n, n), a(n, n), one, a(n, n), a(n, n), a(n, n), a(n, n), True)
 
 
 def cache_is_warm() -> bool:

@@ -115,14 +115,16 @@ def residual_stats(S, A_new, A_old, symmetrize: bool):
     return D, ResidualNorms(frobenius_sq(D), frobenius_sq(R), frobenius_sq(A_new - A_old), frobenius_sq(A_new))
 
 
-def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize: bool, out=None):
+def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize: bool, out=None, gram=None):
     """A = shared_plus_gram(M, B, C, alpha), then residual_stats(S, A, A_old, symmetrize) (composite).
 
     Returns (A, D, norms): the closed-form A step of factored ALS and its bookkeeping,
     which a fast backend does in one pass over memory.  ``out`` (optional) is an output
-    buffer (d_out, d_in) a backend may return D in; the reference allocates.
+    buffer (d_out, d_in) a backend may return D in; the reference allocates.  ``gram``
+    (optional): gram_sum(B, C) already computed (e.g. by the objective at these adapters);
+    a backend may overwrite it (returning A in its memory).
     """
-    A = ops.shared_plus_gram(M, B, C, alpha)
+    A = ops.shared_plus_gram(M, B, C, alpha) if gram is None else M + alpha * gram
     D, norms = ops.residual_stats(S, A, A_old, symmetrize)
     return A, D, norms
 

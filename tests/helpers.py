@@ -10,5 +10,5 @@ def numerical_rank(M, rtol=1e-6):
 def procrustes_error(U, U_star):
     """min over orthogonal O of ‖U O − U*‖ / ‖U*‖, and O."""
     P, _, Qt = np.linalg.svd(U.T @ U_star)
-    O = P @ Qt
-    return np.linalg.norm(U @ O - U_star) / np.linalg.norm(U_star), O
+    rotation = P @ Qt
+    return np.linalg.norm(U @ rotation - U_star) / np.linalg.norm(U_star), rotation

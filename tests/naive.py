@@ -74,7 +74,7 @@ def als(tasks, rank, fit="psd", iters=20000, tol=1e-13):
 # --- the kernels of fastlora.kernels.reference, per task and entry by entry ------------------------
 def apply_shared_lowrank(X, shared_t, L, R):
     """out[t] = X[t] @ shared_t + (X[t] @ L[t]ᵀ) @ R[t], with explicit sums."""
-    T, r, n = X.shape
+    T, r, _ = X.shape
     m = shared_t.shape[1]
     out = np.zeros((T, r, m))
     for t in range(T):

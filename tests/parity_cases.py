@@ -1,9 +1,11 @@
 """Parity cases shared by the Numba (CPU) and CuPy (GPU) suites: every kernel against the numpy
 reference and the naive oracle (tests/naive.py), and every solver/mode/dtype against numpy."""
+import itertools
+
+import naive
 import numpy as np
 
 import fastlora as fl
-import naive
 from fastlora.kernels import KernelSet
 from fastlora.kernels import reference as ref
 
@@ -153,17 +155,17 @@ def _residual_stats(ks, i, n):
 
 def _shared_update_stats(ks, i, n):
     outs = []
-    for sym in (True, False):
-        for same in (True, False):
-            C = i["B"] if same else i["C"]
-            A, D, norms = ks.shared_update_stats(i["M"], i["B"], C, -0.3, i["S"], i["A_old"], sym)
-            Ar, Dr, normsr = ref.shared_update_stats(KernelSet("numpy"), i["M"], i["B"], C, -0.3, i["S"], i["A_old"],
-                                                     sym)
-            An = n(i["M"]) - 0.3 * naive.gram_sum(n(i["B"]), n(C))
-            Dn, normsn = naive.residual_stats(n(i["S"]), An, n(i["A_old"]), sym)
-            outs.append((np.concatenate([n(A).ravel(), n(D).ravel(), list(norms)]),
-                         np.concatenate([n(Ar).ravel(), n(Dr).ravel(), list(normsr)]),
-                         np.concatenate([An.ravel(), Dn.ravel(), normsn])))
+    for symmetrize, same, given in itertools.product((True, False), repeat=3):
+        C = i["B"] if same else i["C"]
+        gram = ks.gram_sum(i["B"], C) if given else None  # Σ_t B_tᵀC_t formed beforehand (may be overwritten)
+        A, D, norms = ks.shared_update_stats(i["M"], i["B"], C, -0.3, i["S"], i["A_old"], symmetrize, gram=gram)
+        Ar, Dr, normsr = ref.shared_update_stats(KernelSet("numpy"), i["M"], i["B"], C, -0.3, i["S"], i["A_old"],
+                                                 symmetrize)
+        An = n(i["M"]) - 0.3 * naive.gram_sum(n(i["B"]), n(C))
+        Dn, normsn = naive.residual_stats(n(i["S"]), An, n(i["A_old"]), symmetrize)
+        outs.append((np.concatenate([n(A).ravel(), n(D).ravel(), list(norms)]),
+                     np.concatenate([n(Ar).ravel(), n(Dr).ravel(), list(normsr)]),
+                     np.concatenate([An.ravel(), Dn.ravel(), normsn])))
     return tuple(np.concatenate(parts) for parts in zip(*outs))
 
 

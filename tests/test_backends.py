@@ -33,6 +33,7 @@ def test_import_and_cpu_solves_work_without_cupy():
 
 def test_threads_option_applies_during_the_solve_and_is_restored_after(monkeypatch):
     import numba
+
     from fastlora.kernels import numba_cpu
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs Numba to allow 2 threads")  # pragma: no cover - CI machines have 2 cores
@@ -67,6 +68,7 @@ def test_oversubscription_warns_once_in_worker_processes(monkeypatch):
 def test_composite_kernels_use_the_backends_own_primitives():
     """A backend overriding orthonormalize_rows gets it inside psd_subspace_step without re-declaring it."""
     import numpy as np
+
     from fastlora.kernels import KernelSet, reference
     calls = []
 

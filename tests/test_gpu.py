@@ -5,10 +5,10 @@ Run on a GPU machine with ``python -m pytest -m gpu``.
 """
 import numpy as np
 import pytest
+from parity_cases import KERNEL_CHECKS, SOLVER_CASES, check_kernel, check_solver_case
 
 import fastlora as fl
 from fastlora.backends import cupy_status
-from parity_cases import KERNEL_CHECKS, SOLVER_CASES, check_kernel, check_solver_case
 
 USABLE, WHY = cupy_status()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not USABLE, reason=f"no usable GPU: {WHY}")]

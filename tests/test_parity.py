@@ -2,10 +2,10 @@
 and every solver/mode/dtype of Numba against numpy (float64 to 1e-10, float32 to 1e-4)."""
 import numpy as np
 import pytest
+from parity_cases import KERNEL_CHECKS, SOLVER_CASES, check_kernel, check_solver_case
 
 from fastlora.backends import get_backend
 from fastlora.kernels import reference
-from parity_cases import KERNEL_CHECKS, SOLVER_CASES, check_kernel, check_solver_case
 
 
 def test_every_kernel_of_the_contract_has_a_check():

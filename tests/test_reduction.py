@@ -150,7 +150,7 @@ def test_an_implicit_A_star_gives_what_its_dense_twin_gives():
 
 
 def test_implicit_problems_refuse_what_needs_a_dense_A_star(monkeypatch):
-    with pytest.raises(ValueError, match="implicit=True .* needs n=None"):
+    with pytest.raises(ValueError, match=r"implicit=True .* needs n=None"):
         fl.make_problem(d=50, k=1, T=3, n=100, implicit=True)
     from fastlora import config
     prob = fl.make_problem(d=50, k=1, T=3, seed=0, implicit=True)

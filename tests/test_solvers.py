@@ -44,10 +44,12 @@ def test_subspace_and_exact_adapter_steps_agree(cpu_backend):
     np.testing.assert_allclose(a.params["U"], b.params["U"], atol=1e-6)  # canonical signs
 
 
-@pytest.mark.parametrize("method,solver", [("lora-ml", "als"), ("lora-ml", "gd"), ("reptile", None), ("standard", None)])
+@pytest.mark.parametrize("method,solver",
+                         [("lora-ml", "als"), ("lora-ml", "gd"), ("reptile", None), ("standard", None)])
 def test_same_call_twice_gives_the_same_numbers(method, solver):
     prob = fl.make_problem(d=10, k=1, T=3, n=300, noise=0.1, seed=4)
-    runs = [fl.retrain(prob, method=method, solver=solver or "als", backend="numpy", max_iter=50, seed=9) for _ in range(2)]
+    runs = [fl.retrain(prob, method=method, solver=solver or "als", backend="numpy", max_iter=50, seed=9)
+            for _ in range(2)]
     np.testing.assert_array_equal(runs[0].A, runs[1].A)
     np.testing.assert_array_equal(runs[0].history, runs[1].history)
     for name in runs[0].params:
@@ -150,7 +152,7 @@ def test_finite_sample_loss_has_no_cancellation_floor():
     from fastlora.backends import get_backend
     from fastlora.taskbatch import make_batch
     batch = make_batch([task], get_backend("numpy"), np.float64)
-    W_hat, floor = batch.least_squares()
+    W_hat, _ = batch.least_squares()
     # two points 1e-9 apart give a loss difference of ~1e-18 that the stable form resolves
     E = np.zeros((1, 10, 10))
     E[0, 0, 0] = 1e-9

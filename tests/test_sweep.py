@@ -185,3 +185,15 @@ def test_examples_are_valid_specs():
     for path in examples:
         spec = load_spec(path)
         assert spec.points()
+
+
+def test_a_spec_too_large_to_list_is_refused_before_any_work(tmp_path):
+    """repeats = 100000000 used to sit silent while memory grew."""
+    import time
+    spec = write(tmp_path, SPEC.replace("repeats = 2", "repeats = 100000000"))
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(tmp_path / "big.sqlite")])
+    assert time.perf_counter() - started < 5
+    assert result.exit_code == 2
+    assert "400,000,000 rows" in result.output and "use fewer repeats" in result.output, result.output
+    assert not (tmp_path / "big.sqlite").exists()

@@ -357,6 +357,32 @@ def test_one_bad_row_in_a_chunk_is_one_error_row():
     assert outcomes[0]["objective"] == outcomes[2]["objective"]
 
 
+
+def test_rows_differing_only_in_evaluation_keys_share_one_retraining(monkeypatch):
+    import fastlora as fl
+    rows = parse_spec(FAST.replace("[grid]", "[grid]\nn_ft = [20, 40]")).rows()  # 2 methods x 2 n_ft x 2 seeds
+    alone = [run_rows([row])[0] for row in rows]
+    retrained = []
+    retrain_many = fl.retrain_many
+
+    def spy(problems, **kwargs):
+        retrained.extend(kwargs["seeds"])
+        return retrain_many(problems, **kwargs)
+
+    monkeypatch.setattr(fl, "retrain_many", spy)
+    together = run_rows(rows)
+    assert len(retrained) == 4  # (method, seed) pairs, not 8 rows
+    for a, b in zip(alone, together):
+        assert b["status"] == "ok"
+        assert (a["objective"], a["excess_risk"], a["n_iter"]) == (b["objective"], b["excess_risk"], b["n_iter"])
+    by_n = {row["point"]["n_ft"]: out["excess_risk"] for row, out in zip(rows, together)
+            if row["point"]["method"] == "lora-ml" and row["repeat"] == 0}
+    assert by_n[20] != by_n[40]  # each row still fine-tunes with its own n_ft
+    chunker = runner_module._Chunker(rows, workers=1)
+    probe = chunker.take()  # the first retraining's rows, whatever the spec's point order
+    assert [r["point"]["n_ft"] for r in probe] == [20, 40] and len({r["seed"] for r in probe}) == 1
+    assert sorted(r["row_key"] for r in chunker.rows) == sorted(r["row_key"] for r in rows)
+
 # ------------------------------------------------------------------ batching and columns
 def test_rows_are_committed_in_batches(tmp_path, monkeypatch):
     batches = []

@@ -1,9 +1,9 @@
 """The facts of DESIGN.md §2, at small size, in population and finite-sample modes."""
 import numpy as np
 import pytest
+from helpers import numerical_rank, procrustes_error
 
 import fastlora as fl
-from helpers import numerical_rank, procrustes_error
 
 
 def test_standard_retraining_population_is_the_mean_and_leaves_rank_Tk(cpu_backend):
@@ -35,9 +35,9 @@ def test_symmetric_lora_ml_recovers_A_star_for_T_at_least_3(cpu_backend, adapter
     assert np.linalg.norm(res.A - prob.A_star) / np.linalg.norm(prob.A_star) < 1e-6
     assert res.objective < 1e-10 * fl.retrain(prob, method="standard", backend="numpy").objective
     for t in range(T):  # U_t equals U*_t up to a k×k orthogonal matrix
-        err, O = procrustes_error(res.params["U"][t], prob.U_star[t])
+        err, rotation = procrustes_error(res.params["U"][t], prob.U_star[t])
         assert err < 1e-5
-        np.testing.assert_allclose(O @ O.T, np.eye(2), atol=1e-12)
+        np.testing.assert_allclose(rotation @ rotation.T, np.eye(2), atol=1e-12)
     assert fl.evaluate(res, prob)["adapt_rank"] == prob.k
 
 

@@ -1,11 +1,24 @@
-"""``evaluate`` for the shallow network: fine-tune held-out tasks, score against clean labels."""
+"""``evaluate`` for the shallow network: fine-tune held-out tasks, score them against clean labels
+(tasks with ground truth) or their held-out split (labelled data, fastlora.datasets)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import peft as peft_registry
-from ..errors import FastLoRAError, check_int
+from ..errors import FastLoRAError, check_choice, check_int
+from .scores import labels_are_pm1
 from .solve import _shared_of, finetune_shallow
+
+# what each metric means for each kind of test task; a metric missing from a kind does not apply to it
+METRIC_MEANINGS = {
+    "ground truth": {"test_loss": "mean (ŷ − y_clean)² on n_eval fresh inputs",
+                     "train_fit": "mean (ŷ − y_clean)² on the fine-tuning inputs"},
+    "held-out split": {"test_loss": "mean (ŷ − y_test)² on the held-out split",
+                       "test_accuracy": "fraction of the held-out split with sign(ŷ) = y_test (labels ±1)",
+                       "train_fit": "mean (ŷ − y)² on the fine-tuning samples"},
+    "data only": {"train_fit": "mean (ŷ − y)² on the fine-tuning samples"},
+}
+TASK_METRICS = ("test_loss", "test_accuracy", "train_fit")
 
 
 def paper_ft_rank(k: int, T: int) -> int:
@@ -34,21 +47,76 @@ def align_hidden_units(A, c, A_star, c_star):
     return A[perm], c[perm], perm
 
 
+def task_kind(task) -> str:
+    """Which metrics a test task allows: "ground truth" (a law to draw clean labels from),
+    "held-out split" (labelled data with ``task.held_out``, fastlora.datasets) or "data only"."""
+    if task.has_ground_truth:
+        return "ground truth"
+    return "held-out split" if getattr(task, "held_out", None) is not None else "data only"
+
+
+def available_metrics(problem, tasks) -> tuple[list, str]:
+    """(names, note): the metrics :func:`evaluate_shallow` computes for these test tasks, and a
+    sentence saying what each means and why the others are NaN.
+
+    A per-task metric is available when it applies to every test task: ``test_loss`` needs
+    ground truth or a held-out split, ``test_accuracy`` a held-out split whose labels are all
+    ±1; ``rel_err_A``, ``rel_err_c`` need the problem's (A*, c*).
+    """
+    kinds = [task_kind(task) for task in tasks]
+    names, missing = [], []
+    for name in TASK_METRICS:
+        lacking = [i for i, kind in enumerate(kinds) if name not in METRIC_MEANINGS[kind]]
+        if name == "test_accuracy":
+            lacking += [i for i, (task, kind) in enumerate(zip(tasks, kinds))
+                        if i not in lacking and not labels_are_pm1(task.held_out[1])]
+        if lacking:
+            missing.append(f"{name}: NaN ({_why_not(kinds[min(lacking)], min(lacking))})")
+        else:
+            names.append(name)
+    if getattr(problem, "A_star", None) is not None and getattr(problem, "c_star", None) is not None:
+        names += ["rel_err_A", "rel_err_c"]
+    else:
+        missing.append("rel_err_A, rel_err_c: NaN (the problem has no ground truth A*, c*)")
+    meanings = [f"{name}: {METRIC_MEANINGS[kinds[0]][name]}" for name in names if name in TASK_METRICS]
+    return names, "; ".join(meanings + missing)
+
+
+def _why_not(kind: str, i: int) -> str:
+    if kind == "ground truth":
+        return f"test task {i} has ground truth but real-valued labels, not ±1"
+    if kind == "held-out split":
+        return f"the held-out labels of test task {i} are not all ±1"
+    return f"test task {i} has neither ground truth nor a held-out split"
+
+
 def evaluate_shallow(res, problem, ft_rank: int | None = None, n_ft: int | None = 100, ft_peft="lora", seed: int = 0,
                      n_eval: int = 10000, test_tasks=None, ft_solver: str = "auto", ft_optimizer: str | None = None,
-                     ft_max_iter: int | None = None, ft_restarts: int | None = None, backend: str = "auto") -> dict:
+                     ft_max_iter: int | None = None, ft_restarts: int | None = None, backend: str = "auto",
+                     metrics=None) -> dict:
     """Metrics of a retrained shallow network on held-out tasks.
 
     Each test task gets a rank-``ft_rank`` ``ft_peft`` adapter fitted with A and c frozen on
-    ``n_ft`` fresh samples (None: the task's own data); then
+    ``n_ft`` samples — fresh draws from its law (ground truth), or drawn without replacement
+    from its training split (labelled data, fastlora.datasets); None: the task's own data; then
 
-    ``test_loss``   mean over test tasks of mean (ŷ − y_clean)² on ``n_eval`` fresh inputs
-                    (``test_loss_median``, ``test_loss_per_task`` beside it);
-    ``train_fit``   mean over test tasks of mean (ŷ − y_clean)² on the fine-tuning inputs —
-                    the number the paper reports (its code has no held-out inputs);
-    ``rel_err_A``   ‖A[π] − A*‖_F / ‖A*‖_F after aligning hidden units (:func:`align_hidden_units`),
-                    ``rel_err_c`` likewise; NaN when the problem has no ground truth;
+    ``test_loss``     mean over test tasks of mean (ŷ − y_clean)² on ``n_eval`` fresh inputs
+                      (ground truth), or of mean (ŷ − y_test)² on the task's held-out split
+                      (labelled data); ``test_loss_median``, ``test_loss_per_task`` beside it;
+    ``test_accuracy`` mean over test tasks of the fraction of the held-out split with
+                      sign(ŷ) = y_test (labels ±1 only; ``test_accuracy_per_task`` beside it);
+    ``train_fit``     mean over test tasks of mean (ŷ − y_clean)² on the fine-tuning inputs —
+                      the number the paper reports (its code has no held-out inputs); against
+                      the given labels for tasks without ground truth;
+    ``rel_err_A``     ‖A[π] − A*‖_F / ‖A*‖_F after aligning hidden units (:func:`align_hidden_units`),
+                      ``rel_err_c`` likewise;
+    ``metrics_available``  the names above that hold numbers for these tasks, and
+    ``metrics_note``  what each means here and why the others are NaN (:func:`available_metrics`);
     and the retraining ``objective``, ``n_iter``, ``seconds``, ``converged``, the ``ft_rank`` used.
+
+    ``metrics``: names that must be computable (e.g. ``("test_accuracy",)``); one that does not
+    apply to these tasks raises :class:`~fastlora.errors.FastLoRAError` before any fine-tuning.
+    None (the default): compute what applies, NaN for the rest.
 
     ``ft_rank`` None follows the paper: the problem's k, and 3k when T = 2.  ``ft_solver``,
     ``ft_optimizer``, ``ft_max_iter``, ``ft_restarts`` go to :func:`finetune_shallow` (default:
@@ -60,6 +128,14 @@ def evaluate_shallow(res, problem, ft_rank: int | None = None, n_ft: int | None 
     if not tasks:
         raise FastLoRAError("evaluate needs test tasks: the problem has none (n_test_tasks=0) and test_tasks was "
                             "not given")
+    available, note = available_metrics(problem, tasks)
+    if metrics is not None:
+        requested = [metrics] if isinstance(metrics, str) else list(metrics)
+        known = (*TASK_METRICS, "rel_err_A", "rel_err_c")
+        for name in requested:
+            check_choice("metrics", name, known)
+            if name not in available:
+                raise FastLoRAError(f"metrics: {name!r} cannot be computed for these test tasks — {note}")
     if ft_rank is None:
         k, T = getattr(problem, "k", None), getattr(problem, "T", None)
         if k is None or T is None:
@@ -79,17 +155,20 @@ def evaluate_shallow(res, problem, ft_rank: int | None = None, n_ft: int | None 
         rel_err_c = float(np.linalg.norm(c_aligned - c_star) / np.linalg.norm(c_star))
     else:
         rel_err_A = rel_err_c = float("nan")
-    test, fit = [], []
+    test, fit, accuracy = [], [], []
     for i, task in enumerate(tasks):
         ft = finetune_shallow((A, c), task, peft=ft_peft, rank=ft_rank, n=n_ft, seed=seed + i, solver=ft_solver,
                               optimizer=ft_optimizer, max_iter=ft_max_iter, restarts=ft_restarts, n_eval=n_eval,
                               backend=backend)
         test.append(ft.test_loss)
         fit.append(ft.train_fit)
+        accuracy.append(ft.test_accuracy)
     test = np.asarray(test)
     out = {"test_loss": float(test.mean()), "test_loss_median": float(np.median(test)),
-           "test_loss_per_task": test.tolist(), "train_fit": float(np.mean(fit)), "train_fit_per_task": fit,
-           "rel_err_A": rel_err_A, "rel_err_c": rel_err_c, "ft_rank": ft_rank}
+           "test_loss_per_task": test.tolist(), "test_accuracy": float(np.mean(accuracy)),
+           "test_accuracy_per_task": accuracy, "train_fit": float(np.mean(fit)), "train_fit_per_task": fit,
+           "rel_err_A": rel_err_A, "rel_err_c": rel_err_c, "ft_rank": ft_rank, "metrics_available": available,
+           "metrics_note": note}
     for name in ("objective", "n_iter", "seconds", "converged"):
         if hasattr(res, name):
             out[name] = getattr(res, name)

@@ -213,8 +213,12 @@ def _make_task(prob: ShallowProblem, U, role: int, index: int) -> ShallowTask:
 
 
 def as_shallow_tasks(problem_or_tasks) -> list:
-    """The retraining tasks of a problem, a task or a list of tasks, checked for one shape."""
-    if isinstance(problem_or_tasks, ShallowProblem):
+    """The retraining tasks of a problem, a task or a list of tasks, checked for one shape.
+
+    A problem is any object of this model (``.model == "shallow"`` and ``.tasks``): a
+    :class:`ShallowProblem` or e.g. :class:`fastlora.datasets.LabelledProblem`."""
+    if not isinstance(problem_or_tasks, (ShallowTask, list, tuple)) \
+            and getattr(problem_or_tasks, "model", None) == MODEL and hasattr(problem_or_tasks, "tasks"):
         tasks = list(problem_or_tasks.tasks)
     elif isinstance(problem_or_tasks, ShallowTask):
         tasks = [problem_or_tasks]

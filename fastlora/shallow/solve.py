@@ -31,6 +31,7 @@ from ..solvers.common import RetrainResult
 from . import optim
 from .model import ShallowData, ShallowObjective, trainable_names
 from .problem import ShallowTask, as_shallow_tasks, predict
+from .scores import labels_are_pm1, mean_squared_error, sign_accuracy
 
 METHODS = ("standard", "lora-ml", "reptile")
 SOLVERS = ("auto", "gd")
@@ -270,9 +271,18 @@ class ShallowFinetuneResult:
     """A new task's adapter fitted with A and c frozen.
 
     ``params`` (batched over one task), ``delta`` (h, d) = Δ(θ̂), ``loss`` = L(A + Δ, c) on the
-    fine-tuning data, ``train_fit`` = mean (ŷ − y_clean)² on the fine-tuning inputs (the
-    paper's reported number), ``test_loss`` = mean (ŷ − y_clean)² on ``n_eval`` fresh inputs
-    (both NaN without ground truth), ``n_iter``, ``converged``, ``optimizer``, ``seconds``.
+    fine-tuning data, ``n_iter``, ``converged``, ``optimizer``, ``seconds``, and scores that
+    depend on what the task knows (:func:`held_out_scores`):
+
+    * a task with ground truth: ``train_fit`` = mean (ŷ − y_clean)² on the fine-tuning inputs
+      (the paper's reported number), ``test_loss`` = mean (ŷ − y_clean)² on ``n_eval`` fresh inputs;
+    * a task with a held-out split (``task.held_out`` = (X_test, y_test), fastlora.datasets):
+      ``train_fit`` = mean (ŷ − y)² on the fine-tuning samples, ``test_loss`` = mean (ŷ − y_test)²
+      on the held-out split, ``test_accuracy`` = fraction with sign(ŷ) = y_test when the held-out
+      labels are ±1;
+    * data alone: ``train_fit`` against its labels; ``test_loss`` NaN.
+
+    A score that does not apply is NaN.
     """
 
     params: dict
@@ -285,6 +295,7 @@ class ShallowFinetuneResult:
     optimizer: str
     seconds: float
     exact: bool = False
+    test_accuracy: float = float("nan")
 
 
 def _shared_of(res_or_A_and_c):
@@ -317,7 +328,9 @@ def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft="lora", rank: int =
     20%, the median task's test loss from 0.012 to 0.006), 1 for Adam/AdamW (the paper's
     procedure is one run).  With ground truth, ``test_loss`` is
     measured on ``n_eval`` fresh inputs against clean labels (drawn from ``seed``, independent
-    of the fine-tuning draw).
+    of the fine-tuning draw).  A task with a held-out split (fastlora.datasets) draws its ``n``
+    fine-tuning samples from its training split (``task.sample``) and is scored on the held-out
+    split (see :class:`ShallowFinetuneResult`).
     """
     started = time.perf_counter()
     if not isinstance(task, ShallowTask):
@@ -363,9 +376,30 @@ def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft="lora", rank: int =
         eval_seed = int(seed.integers(2**63)) if isinstance(seed, np.random.Generator) else seed
         fresh = task.sample(n_eval, seed=np.random.SeedSequence(eval_seed, spawn_key=(*(task.key or ()), _KEY_EVAL)))
         test_loss = float(np.mean((predict(fresh.X, W, c) - fresh.y_clean) ** 2))
+        test_accuracy = float("nan")
+    else:
+        train_fit, test_loss, test_accuracy = held_out_scores(task, W, c)
     return ShallowFinetuneResult(params=params, delta=W - A, loss=loss, test_loss=test_loss, train_fit=train_fit,
                                  n_iter=n_iter, converged=converged, optimizer=optimizer_name,
-                                 seconds=time.perf_counter() - started)
+                                 seconds=time.perf_counter() - started, test_accuracy=test_accuracy)
+
+
+def held_out_scores(task: ShallowTask, W, c) -> tuple[float, float, float]:
+    """(train_fit, test_loss, test_accuracy) of the network (W, c) on a task without ground truth.
+
+    ``train_fit`` = mean (ŷ − y)² on the task's own samples; ``test_loss`` = mean (ŷ − y_test)²
+    and ``test_accuracy`` = mean [sign(ŷ) = y_test] on its held-out split ``task.held_out`` =
+    (X_test (m, d), y_test (m,)).  NaN where it does not apply: no held-out split (both test
+    scores), held-out labels not all ±1 (accuracy).
+    """
+    train_fit = mean_squared_error(predict(task.X, W, c), task.y)
+    held_out = getattr(task, "held_out", None)
+    if held_out is None:
+        return train_fit, float("nan"), float("nan")
+    X_test, y_test = held_out
+    prediction = predict(X_test, W, c)
+    accuracy = sign_accuracy(prediction, y_test, "y_test") if labels_are_pm1(y_test) else float("nan")
+    return train_fit, mean_squared_error(prediction, y_test), accuracy
 
 
 def _finetune_once(data, be, dtype, parameterization, rng, A, c, rank, tol, ftol, max_iter, optimizer_name,
@@ -381,4 +415,4 @@ def _finetune_once(data, be, dtype, parameterization, rng, A, c, rank, tol, ftol
     return float(objective.value(x)), x, n_iter, mon.converged, objective
 
 
-__all__ = ["ShallowFinetuneResult", "finetune_shallow", "retrain_shallow"]
+__all__ = ["ShallowFinetuneResult", "finetune_shallow", "held_out_scores", "retrain_shallow"]

@@ -122,22 +122,27 @@ def solve(ctx):
             if has.any():
                 trial = batch.residual(candidate, previous=point, symmetric=symmetric)
                 trial_params = step.fit(trial, None)
-                trial_values = batch.objective(candidate, step.adapters(trial_params))
+                trial_adapters = step.adapters(trial_params)
+                trial_values = batch.objective(candidate, trial_adapters)
                 take = has & (trial_values <= values)
                 mixer.reset(has & ~take)
                 accepted, rejected = accepted + int(take.sum()), rejected + int((has & ~take).sum())
                 values = np.where(take, trial_values, values)
                 accurate = accurate | take
-        if take.all():
-            point, params = trial, trial_params
+        if take.all():  # the adapters keep what the objective formed (Σ_t Δ_t) for the next A step
+            point, params, adapters = trial, trial_params, trial_adapters
         else:
             if take.any():  # some problems take their extrapolated A, the others the plain step
                 plain = batch.residual(xp.where(xp.asarray(take)[:, None, None], trial.A, plain.A), previous=point,
                                        symmetric=symmetric)
             # the value recorded for a plain step is F after the A step (the adapters are refitted here)
             point = plain
-            params = step.fit(point, params if step.warm_start else None)
-        adapters = step.adapters(params)
+            warm = params if step.warm_start else None
+            # drop the previous fit (and a rejected trial) first: the new one is built beside
+            # nothing but the basis (one (T, r, d) array less at the peak)
+            params = adapters = trial = trial_params = trial_adapters = None
+            params = step.fit(point, warm)
+            adapters = step.adapters(params)
         change = point.relative_change
         if not step.exact:  # an inexact adapter step can stall A while θ still moves
             change = np.maximum(change, step.residual())

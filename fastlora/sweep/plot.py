@@ -24,7 +24,7 @@ LABELS = {
     "objective": "retraining objective  Σ_t L_t",
     "n_iter": "solver iterations",
     "seconds": "solve time [s]",
-    "test_loss": "test loss against clean labels",
+    "test_loss": "test loss (mean squared error on held-out data)",
     "test_accuracy": "test accuracy",
     "spurious_fraction": "fraction of starts ending at a spurious minimum",
     "saddle_fraction": "fraction of starts ending at a saddle",

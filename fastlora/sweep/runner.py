@@ -1,7 +1,8 @@
 """Run a sweep: every unfinished (point, seed) once, on a process pool or a Dask cluster.
 
-Work travels in chunks: :func:`run_rows` runs a list of consecutive rows of one point
-(its repeats: same shapes and method) and returns one outcome per row; a row that raises
+Work travels in chunks: :func:`run_rows` runs a list of consecutive rows of one retraining
+(one point's repeats, and the points that differ from it only in evaluation keys such as
+``n_ft``: same shapes and method) and returns one outcome per row; a row that raises
 becomes one error row (``status='error'`` and its message) and the others go on.  Chunks
 are sized from each point's measured row time so each takes about ``CHUNK_SECONDS``
 (per-task overhead stays small, the progress bar still moves), and at most two per
@@ -35,7 +36,16 @@ from dataclasses import dataclass, field
 
 from ..config import usable_cores
 from ..errors import FastLoRAError
-from .spec import Spec, canonical, evaluate_args, landscape_args, problem_args, retrain_args
+from .spec import (
+    Spec,
+    canonical,
+    dataset_args,
+    evaluate_args,
+    landscape_args,
+    problem_args,
+    retrain_args,
+    retraining_key,
+)
 from .store import ResultsStore
 
 CHUNK_SECONDS = 0.5  # target run time of one chunk of rows
@@ -86,62 +96,87 @@ def run_point(point: dict, seed: int) -> dict:
 def run_rows(rows: list[dict]) -> list[dict]:
     """The outcomes of a chunk of rows (``Spec.rows()`` entries), in order; never raises for a row.
 
-    The unit of work a worker receives.  Rows of one point (its repeats, which differ only in
-    their seeds) are retrained together by :func:`fastlora.retrain_many` — each row gets the
-    numbers it would get alone, whatever the chunk — and a row that fails becomes one error
-    row while the others go on.  Rows of different points are run point by point.
+    The unit of work a worker receives.  Rows that share a retraining (:func:`retraining_key`:
+    one point's repeats, which differ only in their seeds, and points that differ only in
+    evaluation keys) are retrained together by :func:`fastlora.retrain_many`, each distinct
+    (retraining, seed) once — each row gets the numbers it would get alone, whatever the chunk
+    — and a row that fails becomes one error row while the others go on.
     """
-    if not rows:
-        return []
-    point = rows[0]["point"]
-    if any(row["point"] != point for row in rows[1:]):
-        return [outcome for row in rows for outcome in run_rows([row])]
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(retraining_key(row["point"]), []).append(i)
+    outcomes: list[dict | None] = [None] * len(rows)
     with _thread_controller().limit(limits=1, user_api="blas"):
-        return _run_point_rows(point, [row["seed"] for row in rows])
+        for indices in groups.values():
+            for i, outcome in zip(indices, _run_retraining_rows([rows[i] for i in indices])):
+                outcomes[i] = outcome
+    return outcomes
 
 
-def _run_point_rows(point: dict, seeds: list[int]) -> list[dict]:
+def _run_retraining_rows(rows: list[dict]) -> list[dict]:
+    """Rows of one retraining key: one problem and one retraining per distinct seed, then each
+    row's evaluation (rows with the same evaluation keys evaluated together)."""
     import fastlora as fl
     started = time.perf_counter()
-    outcomes: list[dict | None] = [None] * len(seeds)
+    point = rows[0]["point"]
+    failed: dict[int, Exception] = {}
     problems = {}
-    for i, seed in enumerate(seeds):
+    for seed in dict.fromkeys(row["seed"] for row in rows):
         try:
-            problems[i] = fl.make_problem(**problem_args(point, seed))
+            problems[seed] = _make_problem(point, seed)
         except Exception as exc:  # noqa: BLE001 - an erroring row is data, not a crash
-            outcomes[i] = _error(exc, started)
-    indices = list(problems)
-    results: list = []
-    if indices:
+            failed[seed] = exc
+    results = {}
+    if problems:
         args = retrain_args(point, 0)
         args.pop("seed")
+        seeds = list(problems)
         try:
-            results = fl.retrain_many([problems[i] for i in indices], threads=1, seeds=[seeds[i] for i in indices],
-                                      errors="return", **args)
+            solved = fl.retrain_many(list(problems.values()), threads=1, seeds=seeds, errors="return", **args)
         except Exception as exc:  # noqa: BLE001 - e.g. an option the point's solver does not take
-            results = [exc] * len(indices)
-    solved = [(i, res) for i, res in zip(indices, results) if not isinstance(res, Exception)]
-    for i, res in zip(indices, results):
-        if isinstance(res, Exception):
-            outcomes[i] = _error(res, started)
-    if solved:
+            solved = [exc] * len(seeds)
+        for seed, res in zip(seeds, solved):
+            if isinstance(res, Exception):
+                failed[seed] = res
+            else:
+                results[seed] = res
+    outcomes: list[dict | None] = [None] * len(rows)
+    evaluations: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row["seed"] in failed:
+            outcomes[i] = _error(failed[row["seed"]], started)
+        else:
+            evaluations.setdefault(canonical(evaluate_args(row["point"], 0)), []).append(i)
+    for indices in evaluations.values():
+        seeds = [rows[i]["seed"] for i in indices]
         try:
-            metrics = fl.evaluate_many([res for _, res in solved], [problems[i] for i, _ in solved],
-                                       seeds=[seeds[i] for i, _ in solved], errors="return",
-                                       **{k: v for k, v in evaluate_args(point, 0).items() if k != "seed"})
+            metrics = fl.evaluate_many([results[s] for s in seeds], [problems[s] for s in seeds], seeds=seeds,
+                                       errors="return", **{k: v for k, v in evaluate_args(
+                                           rows[indices[0]]["point"], 0).items() if k != "seed"})
         except Exception as exc:  # noqa: BLE001 - e.g. an evaluation option no row can take
-            metrics = [exc] * len(solved)
-        for (i, res), m in zip(solved, metrics):
+            metrics = [exc] * len(indices)
+        for i, seed, m in zip(indices, seeds, metrics):
             try:
                 if isinstance(m, Exception):
                     raise m
-                outcomes[i] = _outcome(point, seeds[i], problems[i], res, m)
+                outcomes[i] = _outcome(rows[i]["point"], seed, problems[seed], results[seed], m)
             except Exception as exc:  # noqa: BLE001
                 outcomes[i] = _error(exc, started)
     host = socket.gethostname()
     for outcome in outcomes:
         outcome["host"] = host
     return outcomes
+
+
+def _make_problem(point: dict, seed: int):
+    """The row's problem: its dataset under the paper's protocol, split by ``seed``
+    (fastlora.datasets), or ``make_problem``'s law drawn from ``seed``."""
+    import fastlora as fl
+    args = dataset_args(point, seed)
+    if args is not None:
+        from ..datasets import load
+        return load(**args)
+    return fl.make_problem(**problem_args(point, seed))
 
 
 def _outcome(point: dict, seed: int, prob, res, metrics: dict) -> dict:
@@ -274,44 +309,55 @@ class _Committer:
 
 
 class _Chunker:
-    """Cuts the pending rows, in order, into chunks of about CHUNK_SECONDS of work.
+    """Cuts the pending rows into chunks of about CHUNK_SECONDS of work.
 
-    A chunk holds rows of one point only (same shapes and method: what a batched solver
-    solves together, and rows of equal cost).  A point's first chunk is one row, to measure
-    it; later ones follow its measured time per row.  Near the end chunks shrink so the
-    last rows spread over every worker.
+    A chunk holds rows of one retraining key only (same shapes and method: what a batched
+    solver solves together, and rows of equal cost).  Rows are taken grouped by retraining
+    key, then seed, and a chunk never ends inside a (key, seed) group, so each retraining
+    runs once.  A key's first chunk is one seed's rows, to measure it; later ones follow its
+    measured time per row.  Near the end chunks shrink so the last rows spread over every
+    worker.
     """
 
     def __init__(self, rows: list[dict], workers: int):
-        self.rows, self.workers, self.next = rows, workers, 0
-        self.row_seconds: dict[str, float] = {}  # point -> smoothed seconds per row
+        keys_of_points: dict[int, str] = {}  # Spec.rows() shares one dict among a point's repeats
+        groups: dict[str, dict[int, list[dict]]] = {}
+        for row in rows:
+            point = row["point"]
+            key = keys_of_points.get(id(point))
+            if key is None:
+                key = keys_of_points[id(point)] = retraining_key(point)
+            groups.setdefault(key, {}).setdefault(row["seed"], []).append(row)
+        self.rows, self.keys = [], []
+        for key, by_seed in groups.items():
+            for seed_rows in by_seed.values():
+                self.rows.extend(seed_rows)
+                self.keys.extend([key] * len(seed_rows))
+        self.workers, self.next = workers, 0
+        self.row_seconds: dict[str, float] = {}  # retraining key -> smoothed seconds per row
 
     def __bool__(self) -> bool:
         return self.next < len(self.rows)
 
     def take(self) -> list[dict]:
-        point = self.rows[self.next]["point"]
-        key = canonical(point)
+        key = self.keys[self.next]
         estimate = self.row_seconds.get(key)
         size = 1 if estimate is None else round(CHUNK_SECONDS / max(estimate, 1e-9))
         size = max(1, min(size, MAX_CHUNK_ROWS, math.ceil((len(self.rows) - self.next) / self.workers)))
         end = self.next + 1
-        while end < min(self.next + size, len(self.rows)) and _same_point(self.rows[end]["point"], point, key):
+        while end < min(self.next + size, len(self.rows)) and self.keys[end] == key:
             end += 1
+        while end < len(self.rows) and self.keys[end] == key and self.rows[end]["seed"] == self.rows[end - 1]["seed"]:
+            end += 1  # the rest of this retraining's rows
         chunk = self.rows[self.next:end]
         self.next = end
         return chunk
 
     def observe(self, chunk: list[dict], seconds: float) -> None:
-        key = canonical(chunk[0]["point"])
+        key = retraining_key(chunk[0]["point"])
         per_row = seconds / len(chunk)
         before = self.row_seconds.get(key)
         self.row_seconds[key] = per_row if before is None else 0.5 * (before + per_row)
-
-
-def _same_point(point: dict, other: dict, other_key: str) -> bool:
-    # Spec.rows() shares one dict among a point's repeats: identity settles most comparisons
-    return point is other or canonical(point) == other_key
 
 
 def _drive(pending: list[dict], workers, scheduler, scheduler_timeout, committer: _Committer) -> None:

@@ -15,6 +15,10 @@
     noise = 0.01
 
 Keys are arguments of ``make_problem`` / ``retrain`` / ``evaluate`` (listed in ``KEYS``).
+A spec with a ``dataset`` key (e.g. ``dataset = "digits"``) draws its tasks from that dataset
+under the paper's image protocol (``fastlora.datasets.load``, split seeded by the row's seed,
+``test_fraction`` its protocol key) instead of ``make_problem``; the dataset fixes d, T and n,
+so those problem keys are refused there, and its learner is the shallow network.
 Each row's seed is derived from the spec's base seed, the point's problem keys and the
 repeat index (SHA-256), so reruns and resumed runs give identical numbers, and methods
 are compared on the same tasks.
@@ -42,6 +46,9 @@ RETRAIN_KEYS = tuple(k for k in schema.RETRAIN if k in KEYS and k != "seed")
 OPTION_KEYS = tuple(k for k in schema.SOLVER if k in KEYS)
 EVALUATE_KEYS = tuple(k for k in schema.EVALUATE if k in KEYS)
 LANDSCAPE_KEYS = tuple(k for k in schema.LANDSCAPE if k in KEYS)
+DATASET_KEYS = tuple(k for k in schema.DATASET if k in KEYS)
+# problem keys a dataset point may carry (its data fix the others): the learner
+DATASET_PROBLEM_KEYS = ("model",)
 # problem keys that change how data are drawn, not what is drawn: rows that differ only in them
 # share their seed (the two samplers draw the same ground truth from it)
 SEED_NEUTRAL = ("sampler",)
@@ -51,6 +58,9 @@ RECORDED = ("d", "k", "T", "n", "noise", "symmetric", "n_test_tasks", "method", 
 DEFAULTS = {key: (POPULATION if KEYS[key].kind == "count" and KEYS[key].default is None
                   else KEYS[key].default_for("lora-ml")) for key in RECORDED}
 TOP_LEVEL = {"name", "repeats", "seed", "grid", "fixed", "description"}
+# memory of one row of Spec.rows() (its dict, row key and seed; measured ~370 B) plus the driver's
+# bookkeeping of it, with headroom: the budget a spec's rows are checked against before any work
+ROW_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,12 @@ def canonical(point: dict) -> str:
     return json.dumps(point, sort_keys=True, separators=(",", ":"))
 
 
+def retraining_key(point: dict) -> str:
+    """What fixes a row's retraining, apart from its seed: the point without its evaluation keys.
+    Rows that share it and their seed retrain the same model (only fine-tuning differs)."""
+    return canonical({k: v for k, v in point.items() if k not in EVALUATE_KEYS})
+
+
 def row_key(point: dict, repeat: int, base_seed: int) -> str:
     return hashlib.sha256(f"{canonical(point)}|{repeat}|{base_seed}".encode()).hexdigest()
 
@@ -111,7 +127,7 @@ def derive_seed(base_seed: int, point: dict, repeat: int) -> int:
     Points that differ only in method, solver, peft or fine-tuning keys share their seed,
     so they are compared on the same draws of tasks and data (common random numbers).
     """
-    problem = {k: point[k] for k in PROBLEM_KEYS if k in point and k not in SEED_NEUTRAL}
+    problem = {k: point[k] for k in (*PROBLEM_KEYS, *DATASET_KEYS) if k in point and k not in SEED_NEUTRAL}
     digest = hashlib.sha256(f"seed|{base_seed}|{canonical(problem)}|{repeat}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
@@ -163,6 +179,7 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
             if not isinstance(values, list) or not values:
                 raise FastLoRAError(f"{origin}: grid key {key!r} must be a non-empty list of values, got {values!r}")
             grid[key] = [check_value(key, v, origin) for v in values]
+    _check_row_count(grids, repeats, origin)
     both = first_keys & set(fixed)
     if both:
         raise FastLoRAError(f"{origin}: key(s) {', '.join(sorted(both))} appear in both [grid] and [fixed]")
@@ -171,8 +188,13 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
         if isinstance(value, list) or (isinstance(value, dict) and not tables_allowed):
             raise FastLoRAError(f"{origin}: fixed key {key!r} must be a scalar, got {value!r}")
         fixed[key] = check_value(key, value, origin)
-    # make every row carry every default, so stored rows are self-describing
+    uses_dataset = "dataset" in first_keys or "dataset" in fixed
+    _check_dataset_keys(uses_dataset, first_keys | set(fixed), origin)
+    # make every row carry every default, so stored rows are self-describing (a dataset's own
+    # problem keys are fixed by its data, not by make_problem's defaults)
     for key, value in DEFAULTS.items():
+        if uses_dataset and key in PROBLEM_KEYS:
+            continue
         if key not in first_keys and key not in fixed:
             fixed[key] = value
     spec = Spec(name=name.strip(), repeats=repeats, grids=grids, fixed=fixed, seed=seed,
@@ -180,6 +202,17 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
     for point in spec.points():
         check_point(point, origin)
     return spec
+
+
+def _check_row_count(grids: list[dict], repeats: int, origin: str) -> None:
+    """Refuse a spec whose rows could not even be listed in memory, before listing them."""
+    import math
+
+    from ..config import require_memory
+    points = sum(math.prod(len(values) for values in grid.values()) for grid in grids)
+    rows = points * repeats
+    require_memory(rows * ROW_BYTES, f"{origin}: {rows:,} rows ({points:,} grid point(s) x {repeats:,} repeats)",
+                   "use fewer repeats or grid values, or split the spec into several sweeps")
 
 
 def check_value(key: str, value, origin: str):
@@ -211,8 +244,27 @@ def check_value(key: str, value, origin: str):
     return checked
 
 
+def _check_dataset_keys(uses_dataset: bool, keys: set, origin: str) -> None:
+    """A dataset spec takes no problem keys of make_problem's law; dataset keys need a dataset."""
+    if uses_dataset:
+        fixed_by_data = sorted(k for k in keys if k in PROBLEM_KEYS and k not in DATASET_PROBLEM_KEYS)
+        if fixed_by_data:
+            raise FastLoRAError(f"{origin}: key(s) {', '.join(fixed_by_data)} do not apply with 'dataset': the "
+                                f"dataset fixes d, T and n (set the adapter rank with rank / ft_rank)")
+        if "census_starts" in keys:
+            raise FastLoRAError(f"{origin}: census_starts (a landscape census) does not apply with 'dataset'")
+        return
+    protocol = sorted(k for k in keys if k in DATASET_KEYS)
+    if protocol:
+        raise FastLoRAError(f"{origin}: key(s) {', '.join(protocol)} apply only to a spec with a 'dataset' key, "
+                            f"e.g. dataset = \"digits\"")
+
+
 def check_point(point: dict, origin: str) -> None:
     """Combinations that no single key can rule out (rank > d, ...)."""
+    if point.get("dataset") is not None:
+        _check_dataset_point(point, origin)
+        return
     d = point["d"]
     d_out = point.get("d_out") or d
     smallest = min(d, d_out)
@@ -236,10 +288,36 @@ def check_point(point: dict, origin: str) -> None:
                                 f"d_out or implicit keys")
 
 
+def _check_dataset_point(point: dict, origin: str) -> None:
+    """A dataset point: the shallow network on the dataset's d features (square, no ALS)."""
+    from ..datasets import dataset_width
+    if point.get("model", "shallow") != "shallow":
+        raise FastLoRAError(f"{origin}: dataset={point['dataset']!r} is learned by the shallow network; "
+                            f"model={point['model']!r} is not available for it (leave model out)")
+    d = dataset_width(point["dataset"])
+    for key in ("rank", "ft_rank"):
+        if point.get(key) is not None and point[key] > d:
+            raise FastLoRAError(f"{origin}: {key}={point[key]} is impossible with the {d} features of "
+                                f"dataset={point['dataset']!r}")
+    if point.get("solver") == "als":
+        raise FastLoRAError(f"{origin}: dataset={point['dataset']!r} is learned by the shallow network, which has "
+                            f"no ALS (no closed-form steps); use solver 'auto' or 'gd'")
+
+
 def problem_args(point: dict, seed: int) -> dict:
     args = {k: point[k] for k in PROBLEM_KEYS if k in point}
     args["n"] = None if args.get("n", POPULATION) == POPULATION else args["n"]
     return {**args, "seed": seed}
+
+
+def dataset_args(point: dict, seed: int) -> dict | None:
+    """Keyword arguments of ``fastlora.datasets.load`` for a point with a ``dataset`` (None without:
+    the point's problem comes from ``make_problem(**problem_args(point, seed))``)."""
+    if point.get("dataset") is None:
+        return None
+    args = {k: point[k] for k in DATASET_KEYS if k in point and k != "dataset"}
+    args.update({k: point[k] for k in DATASET_PROBLEM_KEYS if k in point})
+    return {"name": point["dataset"], **args, "seed": seed}
 
 
 def retrain_args(point: dict, seed: int) -> dict:

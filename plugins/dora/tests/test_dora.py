@@ -1,8 +1,8 @@
 import numpy as np
+from fastlora_dora import DoRA
 
 import fastlora as fl
 from fastlora.testing import check_parameterization
-from fastlora_dora import DoRA
 
 
 def test_dora_conforms():

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from fastlora_vera import VeRA
 
 import fastlora as fl
 from fastlora.testing import check_parameterization
-from fastlora_vera import VeRA
 
 
 def test_vera_conforms():

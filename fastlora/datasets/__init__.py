@@ -1,0 +1,41 @@
+"""Real data under the paper's image protocol (binary tasks from class pairs, a held-out test task).
+
+``digit_pairs(seed)``   scikit-learn's 8×8 digits (needs the extra ``data``: pip install 'fastlora[data]');
+``labelled_tasks(X, labels, pairs=..., test_pair=...)``  the same protocol on your own arrays;
+``load(name, seed, **protocol)``  a dataset by name (what sweeps with a ``dataset`` key call).
+
+Each returns a :class:`LabelledProblem` that carries its learner (the shallow network), so
+``fl.retrain(ds, method=...)`` and ``fl.evaluate(res, ds, ft_rank=1, n_ft=50)`` work as with
+``fl.make_problem``; its metrics are measured on held-out splits (``test_loss``, ``test_accuracy``).
+"""
+from __future__ import annotations
+
+from ..errors import check_choice
+from .digits import DIGITS_WIDTH, digit_pairs
+from .protocol import (
+    DEFAULT_TEST_FRACTION,
+    PAPER_PAIRS,
+    PAPER_TEST_PAIR,
+    HeldOutTask,
+    LabelledProblem,
+    labelled_tasks,
+    standardization,
+)
+
+LOADERS = {"digits": digit_pairs}
+WIDTHS = {"digits": DIGITS_WIDTH}  # features of each dataset, known without loading it (sweep spec checks)
+
+
+def load(name: str, seed: int = 0, **protocol) -> LabelledProblem:
+    """The dataset ``name`` (one of ``LOADERS``) under the paper's protocol; ``protocol``: the
+    loader's keyword arguments (test_fraction, standardize, pairs, test_pair, k, model)."""
+    return LOADERS[check_choice("dataset", name, LOADERS)](seed=seed, **protocol)
+
+
+def dataset_width(name: str) -> int:
+    """Number of features of dataset ``name``, without loading it."""
+    return WIDTHS[check_choice("dataset", name, WIDTHS)]
+
+
+__all__ = ["DEFAULT_TEST_FRACTION", "LOADERS", "PAPER_PAIRS", "PAPER_TEST_PAIR", "HeldOutTask", "LabelledProblem",
+           "dataset_width", "digit_pairs", "labelled_tasks", "load", "standardization"]
