@@ -339,17 +339,29 @@ def _bench_implicit(cfg, backends, repeat, baselines, full_baselines, report, ec
             " 'converged': r.converged, 'reduced_to': r.info['reduction']['m_out'], 'rel_err_A': m['rel_err_A'],"
             " 'excess_risk': m['excess_risk'], 'adapt_rank': m['adapt_rank'],"
             " 'maxrss_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if out.returncode != 0:
-        report.notes.append(f"{cfg.name} failed: {out.stderr.strip().splitlines()[-1:]}")
-        echo(f"  FAILED {out.stderr.strip().splitlines()[-1:]}")
+    data = _measure_in_fresh_process(code, f"{cfg.name} on {backend}", report, echo)
+    if data is None:
         return
-    data = json.loads(out.stdout.strip().splitlines()[-1])
     row = {"config": cfg.name, "backend": backend, **{k: v for k, v in data.items() if k != "maxrss_kib"},
-           "peak_rss_gib": data["maxrss_kib"] / 2 ** 20, "peak_rss_gb": data["maxrss_kib"] * 1024 / 1e9,
-           "dense_A_star_gb": 8 * cfg.d ** 2 / 1e9}
+           **_peak_rss(data), "dense_A_star_gb": 8 * cfg.d ** 2 / 1e9}
     report.add(**row)
     echo(_line(row))
+
+
+def _measure_in_fresh_process(code: str, label: str, report, echo) -> dict | None:
+    """Run ``code`` in a fresh interpreter (so its peak memory is its own) and return the JSON
+    object its last output line prints; None, with a note, where it fails."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        why = out.stderr.strip().splitlines()[-1:]
+        report.notes.append(f"{label} failed: {why}")
+        echo(f"  {label}: FAILED {why}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _peak_rss(data: dict) -> dict:
+    return {"peak_rss_gib": data["maxrss_kib"] / 2 ** 20, "peak_rss_gb": data["maxrss_kib"] * 1024 / 1e9}
 
 
 def _bench_memory(cfg, backends, repeat, baselines, full_baselines, report, echo):
@@ -364,14 +376,11 @@ def _bench_memory(cfg, backends, repeat, baselines, full_baselines, report, echo
                 "    import cupy; extra['gpu_peak_bytes'] = cupy.get_default_memory_pool().total_bytes()\n"
                 "print(json.dumps({'seconds': s, 'n_iter': r.n_iter, 'maxrss_kib': "
                 "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **extra}))\n")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if out.returncode != 0:
-            report.notes.append(f"{cfg.name} on {backend} failed: {out.stderr.strip().splitlines()[-1:]}")
-            echo(f"  {backend}: FAILED {out.stderr.strip().splitlines()[-1:]}")
+        data = _measure_in_fresh_process(code, f"{cfg.name} on {backend}", report, echo)
+        if data is None:
             continue
-        data = json.loads(out.stdout.strip().splitlines()[-1])
         row = {"config": cfg.name, "backend": backend, "seconds": data["seconds"], "iterations": data["n_iter"],
-               "peak_rss_gib": data["maxrss_kib"] / 2 ** 20, "peak_rss_gb": data["maxrss_kib"] * 1024 / 1e9}
+               **_peak_rss(data)}
         report.add(**row)
         echo(_line(row))
 

@@ -39,6 +39,22 @@ def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
     return value
 
 
+def check_choices(name: str, value: Any, allowed: Iterable[str]) -> tuple:
+    """A name or an iterable of names, each one of ``allowed`` (as a tuple)."""
+    allowed = list(allowed)
+    if isinstance(value, str):
+        values = (value,)
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise FastLoRAError(f"{name} must be a name or a list of names from {', '.join(map(repr, allowed))}; "
+                                f"got {value!r}") from None
+    for one in values:
+        check_choice(name, one, allowed)
+    return values
+
+
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
               allow_none: bool = False) -> int | None:
     if value is None and allow_none:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from . import peft as peft_registry
-from .errors import FastLoRAError, check_array, check_float, check_int
+from .errors import FastLoRAError, check_array, check_choices, check_float, check_int
 from .finetune import finetune_many, lowrank_residual
 from .implicit import is_implicit
 from .linop import LowRankUpdate
@@ -118,25 +118,15 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
         from .shallow import evaluate_shallow
         return evaluate_shallow(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seed,
                                 test_tasks=test_tasks, metrics=metrics)
-    wanted = _requested_metrics(metrics, LINEAR_METRICS)
-    if "rel_err_A" in wanted and prob is not None and getattr(prob, "A_star", None) is None:
-        raise FastLoRAError("metrics asks for 'rel_err_A', but this problem has no ground-truth A* to compare with")
+    wanted = () if metrics is None else check_choices("metrics", metrics, LINEAR_METRICS)
+    if "rel_err_A" in wanted and getattr(prob, "A_star", None) is None:
+        raise FastLoRAError("metrics: 'rel_err_A' cannot be computed: there is no ground-truth A* to compare with")
     return evaluate_many([res], [prob], ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seeds=[seed],
                          rank_tol=rank_tol, test_tasks=None if test_tasks is None else [test_tasks],
                          noise_floor=noise_floor)[0]
 
 
 LINEAR_METRICS = ("rel_err_A", "adapt_rank", "excess_risk")
-
-
-def _requested_metrics(metrics, allowed) -> tuple:
-    if metrics is None:
-        return ()
-    names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    for name in names:
-        if name not in allowed:
-            raise FastLoRAError(f"metrics={name!r} is not allowed for the linear model; allowed: {', '.join(allowed)}")
-    return names
 
 
 def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora",

@@ -257,3 +257,12 @@ def _where(o: Option) -> list[str]:
 def spec_keys() -> dict[str, Option]:
     """Options usable as sweep keys."""
     return {name: o for name, o in OPTIONS.items() if o.sweep}
+
+
+def rank_or_problem_k(rank, problem_or_tasks):
+    """``rank``, or where it is None the problem's k (a list of tasks has none: an error)."""
+    if rank is None:
+        rank = getattr(problem_or_tasks, "k", None)
+        if rank is None:
+            raise FastLoRAError("rank is required when retraining on a list of tasks (no problem.k to default to)")
+    return rank

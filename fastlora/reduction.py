@@ -59,7 +59,7 @@ class Reduction:
         if not dense:
             return LowRankUpdate(self.base, left, self.Q_in, basis=self.Q_out, core=np.asarray(E, dtype=np.float64))
         A = left @ self.Q_in.T
-        A += self.base.dense() if is_implicit(self.base) else self.base  # in place: no second d×d array
+        A += self.base.dense() if is_implicit(self.base) else self.base  # in place (an implicit S is generated once)
         return A
 
     def lift_params(self, peft, params: dict) -> dict:
@@ -93,20 +93,20 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     base, B, C, symmetric = factors
     d_out, d_in = base.shape
     T = B.shape[0]
-    # the spans have at most as many dimensions as there are factor columns: with as many
-    # columns as d the reduction cannot pay, and finding the span's rank would cost an SVD
-    # of a d×(T·k) matrix (minutes at d=4096, T·k=8192) — the full-space path runs instead
-    columns = B.shape[2] * T * (1 if symmetric or family != "psd" else 2)
-    if columns >= d_out and (family == "psd" or C.shape[2] * T >= d_in):
-        return None
     if family == "psd":
         stacked = B.transpose(1, 0, 2).reshape(d_out, -1)
         if not symmetric:
             stacked = np.concatenate([stacked, C.transpose(1, 0, 2).reshape(d_in, -1)], axis=1)
+        if spans_everything(stacked):
+            return None
         Q_out = Q_in = orthonormal_basis(stacked)
     else:
-        Q_out = orthonormal_basis(B.transpose(1, 0, 2).reshape(d_out, -1))
-        Q_in = Q_out if symmetric else orthonormal_basis(C.transpose(1, 0, 2).reshape(d_in, -1))
+        F_out = B.transpose(1, 0, 2).reshape(d_out, -1)
+        F_in = F_out if symmetric else C.transpose(1, 0, 2).reshape(d_in, -1)
+        if spans_everything(F_out) and spans_everything(F_in):
+            return None
+        Q_out = orthonormal_basis(F_out)
+        Q_in = Q_out if symmetric else orthonormal_basis(F_in)
     if Q_out.shape[1] >= d_out and Q_in.shape[1] >= d_in:
         return None
     b = Q_out.T @ B                                  # (T, m_out, k)
@@ -134,6 +134,30 @@ def extend_basis(Q, F) -> np.ndarray:
         return Q
     return np.concatenate([Q, orthonormal_basis(R, rtol=max(F.shape) * np.finfo(np.float64).eps
                                                 * scale / max(float(np.linalg.norm(R, 2)), 1e-300))], axis=1)
+
+
+# Columns whose d×d Gram minus this fraction of its trace is still positive definite span
+# all of R^d (for the reduction's purpose: a span that is not smaller than d)
+_FULL_SPAN_RTOL = 1e-10
+
+
+def spans_everything(F) -> bool:
+    """Whether the columns of F (d, n) span R^d, so a reduction to their span cannot pay.
+
+    n < d: no.  Otherwise by a Cholesky factorisation of F Fᵀ − τ·tr(F Fᵀ)·I (τ = 1e-10):
+    it succeeds iff λ_min(F Fᵀ) > τ·tr — a SYRK and d³/3 flops, where the span's orthonormal
+    basis would need an SVD of the d×n matrix (minutes at d=4096, n=8192).
+    """
+    d, n = F.shape
+    if n < d:
+        return False
+    gram = F @ F.T
+    gram[np.diag_indices(d)] -= _FULL_SPAN_RTOL * np.trace(gram)
+    try:
+        np.linalg.cholesky(gram)
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def orthonormal_basis(F, rtol: float | None = None) -> np.ndarray:

@@ -225,11 +225,7 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     parameterization, reduction, source = None, None, problem_or_tasks
     requested = solver
     if method == "lora-ml":
-        if rank is None:
-            rank = getattr(problem_or_tasks, "k", None)
-            if rank is None:
-                raise FastLoRAError("rank is required when retraining on a list of tasks (no problem.k to default to)")
-        rank = schema.OPTIONS["rank"].check(rank)
+        rank = schema.OPTIONS["rank"].check(schema.rank_or_problem_k(rank, problem_or_tasks))
         if rank > min(d_out, d_in):
             raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = {min(d_out, d_in)}")
         parameterization = peft_registry.get(peft, **(peft_options or {}))
@@ -269,7 +265,7 @@ def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: li
             else:
                 batch = stack_problems([as_task_list(p) for p in problems], be, plan.dtype, plan.kind)
             if plan.reduction is not None:
-                batch.set_frame(np.array([r.base_sq for r in reductions]))
+                batch.mark_reduction(np.array([r.base_sq for r in reductions]))
             results = _solve(plan, batch, rngs, as_numpy, started)
             if plan.reduction is not None:
                 results = [r if isinstance(r, Exception) else _lift(plan, red, r, started, len(problems))

@@ -148,21 +148,21 @@ class Batch:
     def __init__(self, backend, dtype, P, T, d_out, d_in):
         self.backend, self.xp, self.dtype = backend, backend.xp, dtype
         self.P, self.T, self.d_out, self.d_in = P, T, d_out, d_in
-        self.frame = None  # reduced problems: ‖S‖² (P,) of the full problems, see set_frame
+        self.full_base_sq = None  # reduced problems: ‖S‖² (P,) of the full problems, see mark_reduction
 
-    def set_frame(self, base_sq) -> None:
+    def mark_reduction(self, base_sq) -> None:
         """This batch is the reduction of a full problem (fastlora.reduction): its A stands for the
         full S + Q_out A Q_inᵀ.  The convergence test's scales — ‖A‖ and the null objective (the
         scale of "objective ≈ 0") — are taken as the full problem's without their cross terms
         with S (‖S‖² + ‖A‖² and Σ_t L_t(0) + ½T‖S‖²): the cross terms need Q_outᵀ S Q_in, a
         product as costly as the whole reduced solve, and a scale need not be exact."""
-        self.frame = np.asarray(base_sq, dtype=np.float64)
+        self.full_base_sq = np.asarray(base_sq, dtype=np.float64)
 
     def full_sq(self, A):
         """‖A‖²_F per problem; where this batch is a reduction, the scale ‖S‖² + ‖A‖² of the full A."""
-        if self.frame is None:
+        if self.full_base_sq is None:
             return self.problem_sq(A)
-        return self.problem_sq(A) + self.frame
+        return self.problem_sq(A) + self.full_base_sq
 
     # -- layout helpers ---------------------------------------------------------------------
     def per_task(self, A):
@@ -215,7 +215,7 @@ class Batch:
         """Σ_t L_t(0) per problem (of the full problem where this is a reduction): the scale against
         which 'objective ≈ 0' is judged."""
         null = self.objective(self.xp.zeros((self.P, self.d_out, self.d_in), self.dtype))
-        return null if self.frame is None else null + 0.5 * self.T * self.frame
+        return null if self.full_base_sq is None else null + 0.5 * self.T * self.full_base_sq
 
     def point(self, A, previous: Point | None = None, **fields) -> dict:
         return {"A": A, "step_sq": self.problem_sq(A - previous.A) if previous is not None else np.zeros(self.P),
@@ -289,11 +289,11 @@ class FactoredPopulation(Batch):
         return self.mean_target.copy()[None]
 
     def null_objective(self):
-        if self.frame is not None:
-            return super().null_objective()
+        """Σ_t ½‖S + B*_tC*_tᵀ‖² in closed form (no dense targets), plus ½T‖S_full‖² for a reduction."""
         S, M = self.base, self.mean_target
-        return np.array([0.5 * (self.T * frobenius_sq(S) + 2 * self.T * float(self.xp.sum(S * (M - S)))
-                                + float(self.xp.sum(self.target_gram())))])
+        value = np.array([0.5 * (self.T * frobenius_sq(S) + 2 * self.T * float(self.xp.sum(S * (M - S)))
+                                 + float(self.xp.sum(self.target_gram())))])
+        return value if self.full_base_sq is None else value + 0.5 * self.T * self.full_base_sq
 
     def target_gram(self):
         """Per task ‖B*_t C*_tᵀ‖²_F (T,)."""
@@ -355,7 +355,7 @@ class FactoredPopulation(Batch):
 
     def _shared(self, A, D, norms, symmetric) -> SharedResidual:
         A = A[None] if A.ndim == 2 else A
-        A_sq = np.array([norms.A_sq]) if self.frame is None else self.full_sq(A)
+        A_sq = np.array([norms.A_sq]) if self.full_base_sq is None else self.full_sq(A)
         return SharedResidual(A, np.array([norms.step_sq]), A_sq, D=D, symmetric=symmetric, norms=norms)
 
     def residual(self, A, previous: Point | None = None, symmetric: bool = False) -> SharedResidual:

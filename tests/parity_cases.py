@@ -157,11 +157,14 @@ def _shared_update_stats(ks, i, n):
     outs = []
     for symmetrize, same, given in itertools.product((True, False), repeat=3):
         C = i["B"] if same else i["C"]
-        gram = ks.gram_sum(i["B"], C) if given else None  # Σ_t B_tᵀC_t formed beforehand (may be overwritten)
+        # a given gram is used as it is (here Σ_t B_tᵀC_t + 0.25, so ignoring it shows); it may be overwritten
+        offset = 0.25 if given else 0.0
+        gram = ks.gram_sum(i["B"], C) + offset if given else None
+        gram_ref = ref.gram_sum(n(i["B"]), n(C)) + offset if given else None
         A, D, norms = ks.shared_update_stats(i["M"], i["B"], C, -0.3, i["S"], i["A_old"], symmetrize, gram=gram)
-        Ar, Dr, normsr = ref.shared_update_stats(KernelSet("numpy"), i["M"], i["B"], C, -0.3, i["S"], i["A_old"],
-                                                 symmetrize)
-        An = n(i["M"]) - 0.3 * naive.gram_sum(n(i["B"]), n(C))
+        Ar, Dr, normsr = ref.shared_update_stats(KernelSet("numpy"), n(i["M"]), n(i["B"]), n(C), -0.3, n(i["S"]),
+                                                 n(i["A_old"]), symmetrize, gram=gram_ref)
+        An = n(i["M"]) - 0.3 * (naive.gram_sum(n(i["B"]), n(C)) + offset)
         Dn, normsn = naive.residual_stats(n(i["S"]), An, n(i["A_old"]), symmetrize)
         outs.append((np.concatenate([n(A).ravel(), n(D).ravel(), list(norms)]),
                      np.concatenate([n(Ar).ravel(), n(Dr).ravel(), list(normsr)]),

@@ -70,6 +70,15 @@ def test_standardisation_uses_the_retraining_training_parts_only(digits):
     np.testing.assert_array_equal(other.tasks[2].X, digits.tasks[2].X)
 
 
+def test_a_constant_feature_keeps_scale_one_whatever_its_value():
+    from sklearn.preprocessing import StandardScaler
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    X[:, 1] = 0.1  # not exactly representable: its computed deviation is ~1e-17, not 0
+    _, scale = datasets.protocol.standardization(X)
+    np.testing.assert_allclose(scale, StandardScaler().fit(X).scale_, rtol=1e-12)
+    assert scale[1] == 1.0
+
+
 def test_retraining_never_reads_the_test_task():
     X_src, labels = _source()
     X_noise = X_src.copy()
@@ -155,8 +164,13 @@ def test_evaluate_forwards_required_metrics(digits):
     assert 0.0 <= m["test_accuracy"] <= 1.0
     linear = fl.make_problem(d=6, k=1, T=3, n=None, seed=0)
     fit = fl.retrain(linear, method="standard", backend="numpy")
-    with pytest.raises(FastLoRAError, match=r"^metrics='test_accuracy' is not allowed for the linear model"):
+    with pytest.raises(FastLoRAError, match=r"^metrics='test_accuracy' is not allowed; choose one of 'rel_err_A'"):
         fl.evaluate(fit, linear, metrics=("test_accuracy",))
+    for model_result, problem in ((res, digits), (fit, linear)):
+        with pytest.raises(FastLoRAError, match=r"^metrics must be a name or a list of names"):
+            fl.evaluate(model_result, problem, ft_rank=1, n_ft=10, metrics=5)
+    with pytest.raises(FastLoRAError, match=r"^metrics: 'rel_err_A' cannot be computed"):
+        fl.evaluate(fit, None, test_tasks=linear.test_tasks, metrics="rel_err_A")
     assert np.isfinite(fl.evaluate(fit, linear, metrics=("excess_risk",))["excess_risk"])
 
 

@@ -71,6 +71,24 @@ def test_the_full_space_is_chosen_when_the_span_is_not_smaller():
     assert fl.retrain(prob, backend="numpy").info["reduction"]["m_out"] == 8
 
 
+def test_many_factors_in_a_small_span_are_still_reduced():
+    """T·k ≥ d factor columns that span only 6 dimensions: the reduction is found (rank, not count)."""
+    from fastlora.reduction import spans_everything
+    rng = np.random.default_rng(3)
+    d, k, T = 24, 2, 16
+    basis = np.linalg.qr(rng.standard_normal((d, 6)))[0]
+    U = np.einsum("dm,tmk->tdk", basis, rng.standard_normal((T, 6, k)))
+    S = rng.standard_normal((d, d))
+    tasks = [fl.Task.population(base=S + S.T, B=U[t], C=U[t]) for t in range(T)]
+    reduced = fl.retrain(tasks, rank=k, backend="numpy")
+    full = fl.retrain(tasks, rank=k, backend="numpy", reduction="none")
+    assert reduced.info["reduction"]["m_out"] == 6
+    np.testing.assert_allclose(reduced.A, full.A, atol=1e-8 * np.abs(full.A).max())
+    assert not spans_everything(U.transpose(1, 0, 2).reshape(d, -1))
+    assert spans_everything(rng.standard_normal((d, T * k)))
+    assert not spans_everything(rng.standard_normal((d, d - 1)))
+
+
 def test_the_theory_holds_on_the_reduced_solver():
     """DESIGN.md §2, facts 2 and 3, through the default (reduced) path."""
     prob = fl.make_problem(d=60, k=2, T=3, seed=3, n_test_tasks=3)

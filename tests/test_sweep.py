@@ -195,5 +195,6 @@ def test_a_spec_too_large_to_list_is_refused_before_any_work(tmp_path):
     result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(tmp_path / "big.sqlite")])
     assert time.perf_counter() - started < 5
     assert result.exit_code == 2
-    assert "400,000,000 rows" in result.output and "use fewer repeats" in result.output, result.output
+    assert "400,000,000 rows" in result.output and "more than one spec may hold (10,000,000)" in result.output
+    assert "use fewer repeats" in result.output, result.output
     assert not (tmp_path / "big.sqlite").exists()

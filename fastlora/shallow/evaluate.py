@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import peft as peft_registry
-from ..errors import FastLoRAError, check_choice, check_int
+from ..errors import FastLoRAError, check_choices, check_int
 from .scores import labels_are_pm1
 from .solve import _shared_of, finetune_shallow
 
@@ -130,10 +130,7 @@ def evaluate_shallow(res, problem, ft_rank: int | None = None, n_ft: int | None 
                             "not given")
     available, note = available_metrics(problem, tasks)
     if metrics is not None:
-        requested = [metrics] if isinstance(metrics, str) else list(metrics)
-        known = (*TASK_METRICS, "rel_err_A", "rel_err_c")
-        for name in requested:
-            check_choice("metrics", name, known)
+        for name in check_choices("metrics", metrics, (*TASK_METRICS, "rel_err_A", "rel_err_c")):
             if name not in available:
                 raise FastLoRAError(f"metrics: {name!r} cannot be computed for these test tasks — {note}")
     if ft_rank is None:

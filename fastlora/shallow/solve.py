@@ -26,6 +26,7 @@ from .. import peft as peft_registry
 from ..backends import get_backend, numba_status, resolve_dtype
 from ..config import settings
 from ..errors import FastLoRAError, check_choice, check_float, check_int
+from ..options import rank_or_problem_k
 from ..seeding import as_generator
 from ..solvers.common import RetrainResult
 from . import optim
@@ -157,11 +158,7 @@ def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft="lora", rank
 
     parameterization = None
     if method == "lora-ml":
-        if rank is None:
-            rank = getattr(problem_or_tasks, "k", None)
-            if rank is None:
-                raise FastLoRAError("rank is required when retraining on a list of tasks (no problem.k to default to)")
-        rank = check_int("rank", rank, low=1, high=min(h, d))
+        rank = check_int("rank", rank_or_problem_k(rank, problem_or_tasks), low=1, high=min(h, d))
         parameterization = peft_registry.get(peft, **(peft_options or {}))
     be = get_backend(resolve_backend(backend))
     data = ShallowData(tasks, be, dtype)

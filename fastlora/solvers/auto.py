@@ -3,8 +3,11 @@
 =====================================  ===================================================  ===========================
 tasks                                  parameterization                                     auto runs
 =====================================  ===================================================  ===========================
-population, factored (W* = S + B*C*ᵀ)  family "psd" / "general" (lora_sym, lora)            ALS, subspace step (in the
-                                                                                            factors' span when smaller)
+population, factored (W* = S + B*C*ᵀ)  family "psd" / "general" (lora_sym, lora)            ALS in the factors' span
+                                                                                            when smaller: exact step,
+                                                                                            Anderson, up to 32
+                                                                                            dimensions; above, subspace
+                                                                                            step, not extrapolated
 population (dense or factored)         with an exact ``best_fit`` (e.g. full)               ALS, exact step, Anderson
 finite samples                         family "general" / "full" (lora, full)               ALS, reduced-rank regression
                                                                                             step, Anderson
@@ -13,10 +16,12 @@ any                                    ``uses_base`` (DoRA) or no ``best_fit`` (
 =====================================  ===================================================  ===========================
 
 Why: where each half-step of ALS is an exact minimisation, Anderson-accelerated ALS keeps
-the monotone decrease and reaches the paper-size optimum in tens of iterations.  The subspace
-step (one warm-started block power step per call, for factored targets at large d) is exact
-only at its fixed point, so it is not extrapolated: plain ALS, on m ≤ 2·T·k dimensions
-where the reduction applies (``fastlora.reduction``).  Where the
+the monotone decrease and reaches the paper-size optimum in tens of iterations.  Factored
+targets are first reduced to the span of their factors where it is smaller than d
+(``fastlora.reduction``, m ≤ 2·T·k).  Problems of at most ``taskbatch.DENSE_MAX_DIM`` = 32
+dimensions (after reduction) are then solved densely: exact eigen/SVD fits and Anderson
+extrapolation.  Larger ones use the subspace step (one warm-started block power step per
+call), exact only at its fixed point, so it is not extrapolated: plain ALS.  Where the
 adapter step has no closed form, ALS needs inner gradient iterations and converges slowly;
 L-BFGS on the joint (A, θ) problem is then superlinear near the optimum.  The choice is
 recorded in ``res.info["solver"]`` (and ``res.solver``), and in the sweep store.

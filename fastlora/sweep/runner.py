@@ -4,7 +4,7 @@ Work travels in chunks: :func:`run_rows` runs a list of consecutive rows of one 
 (one point's repeats, and the points that differ from it only in evaluation keys such as
 ``n_ft``: same shapes and method) and returns one outcome per row; a row that raises
 becomes one error row (``status='error'`` and its message) and the others go on.  Chunks
-are sized from each point's measured row time so each takes about ``CHUNK_SECONDS``
+are sized from each retraining key's measured row time so each takes about ``CHUNK_SECONDS``
 (per-task overhead stays small, the progress bar still moves), and at most two per
 worker are in flight.
 
@@ -141,6 +141,7 @@ def _run_retraining_rows(rows: list[dict]) -> list[dict]:
             else:
                 results[seed] = res
     outcomes: list[dict | None] = [None] * len(rows)
+    censuses: dict[int, dict] = {}  # a landscape census depends on the retraining key and seed only
     evaluations: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         if row["seed"] in failed:
@@ -159,7 +160,7 @@ def _run_retraining_rows(rows: list[dict]) -> list[dict]:
             try:
                 if isinstance(m, Exception):
                     raise m
-                outcomes[i] = _outcome(rows[i]["point"], seed, problems[seed], results[seed], m)
+                outcomes[i] = _outcome(rows[i]["point"], seed, problems[seed], results[seed], m, censuses)
             except Exception as exc:  # noqa: BLE001
                 outcomes[i] = _error(exc, started)
     host = socket.gethostname()
@@ -179,7 +180,7 @@ def _make_problem(point: dict, seed: int):
     return fl.make_problem(**problem_args(point, seed))
 
 
-def _outcome(point: dict, seed: int, prob, res, metrics: dict) -> dict:
+def _outcome(point: dict, seed: int, prob, res, metrics: dict, censuses: dict) -> dict:
     outcome = {name: metrics.get(name) for name in ("rel_err_A", "adapt_rank", "excess_risk", "test_loss",
                                                     "test_accuracy")}
     outcome.update(objective=res.objective, n_iter=res.n_iter, seconds=res.seconds, converged=res.converged,
@@ -187,7 +188,9 @@ def _outcome(point: dict, seed: int, prob, res, metrics: dict) -> dict:
     census = landscape_args(point, seed)
     if census is not None:
         from ..landscape import landscape_metrics
-        outcome.update(landscape_metrics(prob, **census))
+        if seed not in censuses:
+            censuses[seed] = landscape_metrics(prob, **census)
+        outcome.update(censuses[seed])
     return outcome
 
 
@@ -312,7 +315,7 @@ class _Chunker:
     """Cuts the pending rows into chunks of about CHUNK_SECONDS of work.
 
     A chunk holds rows of one retraining key only (same shapes and method: what a batched
-    solver solves together, and rows of equal cost).  Rows are taken grouped by retraining
+    solver solves together, and rows of similar cost).  Rows are taken grouped by retraining
     key, then seed, and a chunk never ends inside a (key, seed) group, so each retraining
     runs once.  A key's first chunk is one seed's rows, to measure it; later ones follow its
     measured time per row.  Near the end chunks shrink so the last rows spread over every

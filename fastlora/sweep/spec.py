@@ -61,6 +61,9 @@ TOP_LEVEL = {"name", "repeats", "seed", "grid", "fixed", "description"}
 # memory of one row of Spec.rows() (its dict, row key and seed; measured ~370 B) plus the driver's
 # bookkeeping of it, with headroom: the budget a spec's rows are checked against before any work
 ROW_BYTES = 1024
+# the most rows one spec may hold, whatever the memory: listing and checking them against a
+# store takes ~4 µs a row, so beyond this a sweep would sit silent for minutes before any work
+MAX_ROWS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,10 @@ class Spec:
         """Every (point, repeat) with its derived seed and unique key."""
         out = []
         for point in self.points():
+            point_text, problem_text = canonical(point), canonical(_seed_keys(point))  # once per point
             for repeat in range(self.repeats):
-                seed = derive_seed(self.seed, point, repeat)
-                out.append({"point": point, "repeat": repeat, "seed": seed,
-                            "row_key": row_key(point, repeat, self.seed)})
+                out.append({"point": point, "repeat": repeat, "seed": _seed_of(self.seed, problem_text, repeat),
+                            "row_key": _row_key_of(point_text, repeat, self.seed)})
         return out
 
     def digest(self) -> str:
@@ -118,7 +121,11 @@ def retraining_key(point: dict) -> str:
 
 
 def row_key(point: dict, repeat: int, base_seed: int) -> str:
-    return hashlib.sha256(f"{canonical(point)}|{repeat}|{base_seed}".encode()).hexdigest()
+    return _row_key_of(canonical(point), repeat, base_seed)
+
+
+def _row_key_of(point_text: str, repeat: int, base_seed: int) -> str:
+    return hashlib.sha256(f"{point_text}|{repeat}|{base_seed}".encode()).hexdigest()
 
 
 def derive_seed(base_seed: int, point: dict, repeat: int) -> int:
@@ -127,8 +134,15 @@ def derive_seed(base_seed: int, point: dict, repeat: int) -> int:
     Points that differ only in method, solver, peft or fine-tuning keys share their seed,
     so they are compared on the same draws of tasks and data (common random numbers).
     """
-    problem = {k: point[k] for k in (*PROBLEM_KEYS, *DATASET_KEYS) if k in point and k not in SEED_NEUTRAL}
-    digest = hashlib.sha256(f"seed|{base_seed}|{canonical(problem)}|{repeat}".encode()).digest()
+    return _seed_of(base_seed, canonical(_seed_keys(point)), repeat)
+
+
+def _seed_keys(point: dict) -> dict:
+    return {k: point[k] for k in (*PROBLEM_KEYS, *DATASET_KEYS) if k in point and k not in SEED_NEUTRAL}
+
+
+def _seed_of(base_seed: int, problem_text: str, repeat: int) -> int:
+    digest = hashlib.sha256(f"seed|{base_seed}|{problem_text}|{repeat}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
@@ -211,8 +225,11 @@ def _check_row_count(grids: list[dict], repeats: int, origin: str) -> None:
     from ..config import require_memory
     points = sum(math.prod(len(values) for values in grid.values()) for grid in grids)
     rows = points * repeats
-    require_memory(rows * ROW_BYTES, f"{origin}: {rows:,} rows ({points:,} grid point(s) x {repeats:,} repeats)",
-                   "use fewer repeats or grid values, or split the spec into several sweeps")
+    what = f"{origin}: {rows:,} rows ({points:,} grid point(s) x {repeats:,} repeats)"
+    advice = "use fewer repeats or grid values, or split the spec into several sweeps"
+    if rows > MAX_ROWS:
+        raise FastLoRAError(f"{what} is more than one spec may hold ({MAX_ROWS:,}); {advice}")
+    require_memory(rows * ROW_BYTES, what, advice)
 
 
 def check_value(key: str, value, origin: str):
