@@ -163,9 +163,11 @@ def _warn_oversubscription(numba_threads: int) -> None:
     global _OVERSUBSCRIPTION_WARNED
     if _OVERSUBSCRIPTION_WARNED:
         return
+    if numba_threads <= 1 or not _in_worker_process():  # cheap tests first: blas_threads() takes ~2 ms
+        return
     cores = usable_cores()
     blas = blas_threads()
-    if numba_threads > 1 and blas > 1 and numba_threads * blas > cores and _in_worker_process():
+    if blas > 1 and numba_threads * blas > cores:
         _OVERSUBSCRIPTION_WARNED = True
         warnings.warn(
             f"fastlora: Numba uses {numba_threads} threads and BLAS {blas} threads on {cores} cores in a worker "

@@ -145,3 +145,21 @@ def residual_stats(S, A_new, A_old, symmetrize):
             D[i, j] = 0.5 * ((S[i, j] - A_new[i, j]) + (S[j, i] - A_new[j, i])) if symmetrize else S[i, j] - A_new[i, j]
     return D, [float(np.sum(D ** 2)), float(np.sum((S - A_new) ** 2)), float(np.sum((A_new - A_old) ** 2)),
                float(np.sum(A_new ** 2))]
+
+
+def lbfgs_direction(S, Y, valid, grad, gamma):
+    """H·∇ with H built by the BFGS inverse update H ← (I − ρsyᵀ)ᵀ H (I − ρysᵀ) + ρssᵀ from
+    H₀ = γI over the valid pairs, oldest first: an explicit n×n matrix per problem."""
+    P, m, n = S.shape
+    out = np.empty((P, n))
+    for p in range(P):
+        H = gamma[p] * np.eye(n)
+        for i in range(m):
+            if not valid[p, i]:
+                continue
+            s, y = np.asarray(S[p, i], np.float64), np.asarray(Y[p, i], np.float64)
+            rho = 1.0 / (y @ s)
+            V = np.eye(n) - rho * np.outer(y, s)
+            H = V.T @ H @ V + rho * np.outer(s, s)
+        out[p] = H @ np.asarray(grad[p], np.float64)
+    return out

@@ -6,6 +6,7 @@ import naive
 import numpy as np
 
 import fastlora as fl
+from fastlora.arrays import array_module
 from fastlora.kernels import KernelSet
 from fastlora.kernels import reference as ref
 
@@ -172,11 +173,28 @@ def _shared_update_stats(ks, i, n):
     return tuple(np.concatenate(parts) for parts in zip(*outs))
 
 
+def _lbfgs_direction(ks, i, n):
+    # pairs with sᵀy > 0 (as L-BFGS keeps them), one problem with an invalid (zeroed) pair and
+    # one with none valid
+    S = i["X"]
+    Y = S + 0.3 * i["Y"]
+    valid = np.ones(S.shape[:2], dtype=bool)
+    valid[1, 1] = False
+    valid[2] = False
+    keep = array_module(S).asarray(valid[:, :, None], dtype=S.dtype)
+    S, Y = S * keep, Y * keep
+    grad, gamma = i["Z"][:, 0], np.linspace(0.5, 1.5, S.shape[0])
+    args = (S, Y, valid, grad, gamma)
+    return n(ks.lbfgs_direction(*args)), n(ref.lbfgs_direction(*args)), \
+        naive.lbfgs_direction(n(S), n(Y), valid, n(grad), gamma)
+
+
 KERNEL_CHECKS = {
     "apply_shared_lowrank": _apply_shared_lowrank, "orthonormalize_rows": _orthonormalize_rows,
     "ritz_psd": _ritz_psd, "ritz_general": _ritz_general, "psd_subspace_step": _psd_subspace_step,
     "gram_sum": _gram_sum, "shared_plus_gram": _shared_plus_gram, "gram_inner": _gram_inner,
     "lowrank_diff_sq": _lowrank_diff_sq, "residual_stats": _residual_stats, "shared_update_stats": _shared_update_stats,
+    "lbfgs_direction": _lbfgs_direction,
 }
 SCRATCH = {"psd_subspace_step": {"Y"}}  # inputs a kernel's contract lets it overwrite
 

@@ -217,18 +217,15 @@ def _rowdot(xp, a, b):
 
 
 class _Memory:
-    """The L-BFGS curvature pairs of P problems in compact form (Byrd, Nocedal & Schnabel 1994):
+    """The last m L-BFGS curvature pairs of P problems, S and Y (P, m, n), oldest first.
 
-        H∇ = γ∇ + S p + γ Y q,   q = −R⁻¹(Sᵀ∇),   p = R⁻ᵀ[(D + γYᵀY)(R⁻¹Sᵀ∇) − γYᵀ∇]
-
-    with S, Y (P, m, n) the last m pairs (oldest first), R the upper triangle of SYᵀ and D its
-    diagonal — a few batched products per iteration instead of 2m row operations.  A pair a
-    problem rejects (sᵀy ≤ 0) or forgets (restart) is stored as zeros with a unit diagonal in R,
-    which makes it contribute nothing.
+    A pair a problem rejects (sᵀy ≤ 0) or forgets (restart) is stored as zeros and marked not
+    valid; it contributes nothing to H∇ (``kernels.reference.lbfgs_direction``: the compact
+    form; the Numba twin: the two-loop recursion).
     """
 
-    def __init__(self, xp, depth: int):
-        self.xp, self.depth = xp, depth
+    def __init__(self, xp, depth: int, ops):
+        self.xp, self.depth, self.ops = xp, depth, ops
         self.S = self.Y = None
         self.valid = None  # (P, m) host bool
 
@@ -251,24 +248,10 @@ class _Memory:
         self.valid = self.valid & ~np.asarray(problems, dtype=bool)[:, None]
 
     def apply(self, grad, gamma):
-        """H∇ for every problem ((P, n) -> (P, n))."""
-        xp = self.xp
-        g = xp.asarray(gamma, dtype=grad.dtype)[:, None]
+        """H∇ for every problem ((P, n) -> (P, n)), by the backend's ``lbfgs_direction`` kernel."""
         if self.S is None or not self.valid.any():
-            return g * grad
-        S, Y = self.S, self.Y
-        m = S.shape[1]
-        SY = S @ Y.swapaxes(1, 2)                              # (P, m, m): s_iᵀ y_j
-        eye = np.eye(m, dtype=bool)
-        unit = xp.asarray(~self.valid[:, :, None] & eye[None], dtype=grad.dtype)
-        R = xp.triu(SY) + unit
-        D = SY * xp.asarray(eye, dtype=grad.dtype)[None]
-        a = (S @ grad[:, :, None])                              # Sᵀ∇ (P, m, 1)
-        b = (Y @ grad[:, :, None])
-        Ra = xp.linalg.solve(R, a)
-        inner = (D + g[:, :, None] * (Y @ Y.swapaxes(1, 2))) @ Ra - g[:, :, None] * b
-        p = xp.linalg.solve(R.swapaxes(1, 2), inner)
-        return g * grad + (S.swapaxes(1, 2) @ p)[:, :, 0] - g * (Y.swapaxes(1, 2) @ Ra)[:, :, 0]
+            return self.xp.asarray(gamma, dtype=grad.dtype)[:, None] * grad
+        return self.ops.lbfgs_direction(self.S, self.Y, self.valid, grad, gamma)
 
 
 def _lbfgs(ctx, model, x, monitor, info):
@@ -304,7 +287,7 @@ def _lbfgs(ctx, model, x, monitor, info):
     gnorm = np.sqrt(host(_rowdot(xp, grad, grad)))
     g0 = np.where(gnorm > 0, gnorm, 1.0)
     eps = float(np.finfo(ctx.dtype).eps)
-    memory = _Memory(xp, LBFGS_MEMORY)
+    memory = _Memory(xp, LBFGS_MEMORY, ctx.backend.kernels)
     gamma = 1.0 / g0                             # H₀ = γI; the first step has unit length
     done_vec, done_A, A_now = vec, current["A"], current["A"]
     iteration = 0
