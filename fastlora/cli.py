@@ -201,7 +201,8 @@ def _announce_compilation(backend: str | None) -> None:
 
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="fastlora-demo", show_default=True,
-              help="folder for the results store and the figures")
+              callback=_existing_folder, help="folder for the results store and the figures (created; its parent "
+              "must exist)")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="worker processes (default: all cores)")
 @click.option("--quick", is_flag=True, help="fewer seeds (a smoke test)")
 def demo(out_dir, workers, quick):

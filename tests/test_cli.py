@@ -165,6 +165,7 @@ def test_bench_repeat_must_be_at_least_one(run):
     (["export", "{tmp}/store.sqlite", "-o", "{missing}/r.csv"], "--output"),
     (["plot", "{tmp}/store.sqlite", "--x", "T", "-o", "{missing}/fig.png"], "--output"),
     (["bench", "--list", "--json", "{missing}/bench.json"], "--json"),
+    (["demo", "--quick", "--out", "{missing}/demo"], "--out"),
 ])
 def test_outputs_into_a_missing_folder_are_refused(run, tmp_path, args, option):
     (tmp_path / "store.sqlite").touch()

@@ -30,6 +30,18 @@ def test_problems_that_do_not_fit_in_memory_are_refused_at_once(monkeypatch, kwa
     assert time.perf_counter() - started < 1.0  # refused before drawing anything
 
 
+@pytest.mark.parametrize("method", ["standard", "lora-ml"])
+def test_a_cpu_solve_that_does_not_fit_in_memory_is_refused_before_it_starts(monkeypatch, method):
+    """Dense targets that share one array take little memory until the solve densifies them."""
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 1 * GB)
+    W = np.ones((1000, 1000))
+    tasks = [fl.Task.population(W) for _ in range(200)]  # 8 MB shared; a (T, d, d) solve needs ≥ 1.6 GB
+    started = time.perf_counter()
+    with pytest.raises(fl.FastLoRAError, match=r"needs about .* of memory, but only 1.* is available"):
+        fl.retrain(tasks, method=method, rank=1, backend="numpy")
+    assert time.perf_counter() - started < 1.0
+
+
 def test_raw_sampling_of_a_huge_n_is_refused_and_points_to_the_stats_sampler():
     started = time.perf_counter()
     with pytest.raises(fl.FastLoRAError, match=r"would draw 7.68e\+14 random normals.*sampler='stats'"):

@@ -157,6 +157,29 @@ def test_adam_with_a_huge_step_is_a_divergence_error_without_warnings():
             fl.retrain(prob, solver="gd", optimizer="adam", lr=1e6, max_iter=200, backend="numpy")
 
 
+@pytest.mark.parametrize("lr", [1e20, 1e300])
+def test_gd_with_a_huge_step_backtracks_to_a_decrease_not_a_nan(lr):
+    """Armijo's line search halves past any fixed count while F rises or overflows; it once gave up
+    after 60 halvings and reported a NaN objective as converged."""
+    prob = fl.make_problem(d=8, k=1, T=3, seed=0)
+    res = fl.retrain(prob, solver="gd", lr=lr, max_iter=30, backend="numpy")
+    start = fl.retrain(prob, solver="gd", max_iter=1, backend="numpy").history[0]
+    assert np.all(np.isfinite(res.history)) and len(res.history) == res.n_iter == 30
+    assert res.objective < 0.5 * start and np.all(np.diff(res.history) <= 0)
+
+
+def test_gd_on_badly_scaled_data_reaches_the_lbfgs_optimum():
+    rng = np.random.default_rng(0)
+    tasks = []
+    for _ in range(3):
+        X = rng.standard_normal((200, 6)) * 1e10
+        tasks.append(fl.Task(X, X @ rng.standard_normal((6, 6)).T))
+    gd = fl.retrain(tasks, rank=1, solver="gd", backend="numpy")
+    lbfgs = fl.retrain(tasks, rank=1, backend="numpy")
+    assert gd.converged and np.isfinite(gd.objective)
+    assert abs(gd.objective - lbfgs.objective) <= 1e-8 * lbfgs.objective
+
+
 def test_finite_sample_defaults_report_convergence():
     """`fastlora solve --d 30 --k 2 --T 5 --n 500 --noise 0.01` used to end at max_iter."""
     prob = fl.make_problem(d=30, k=2, T=5, n=500, noise=0.01, seed=0)

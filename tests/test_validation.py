@@ -28,6 +28,10 @@ def prob():
     ({"callback": 3}, "callback"),
     ({"solver": "gd", "optimizer": "newton"}, "optimizer"),
     ({"solver": "gd", "lr": -1.0}, "lr"),
+    ({"threads": 0}, "threads=0 is too small"),
+    ({"threads": -1}, "threads=-1 is too small"),
+    ({"solver": "als", "inner_iter": -1}, "inner_iter=-1 is too small"),
+    ({"power_iter_init": "abc"}, "power_iter_init must be an integer"),
 ])
 def test_retrain_rejects_bad_arguments(prob, kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -129,9 +129,8 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
             value, grads = model.value_and_grad(x)
         else:
             x, value, grads, lr, stuck = _armijo_step(batch, model, x, value, grads, lr, eps, names, shared)
-            for p in np.flatnonzero(stuck & monitor.active):
-                monitor.finish(p, iteration, "line search found no decrease: the objective is at its rounding floor",
-                               converged=True)
+            # every finite F accepts a small enough step: no step at all means F or ∇F is not finite
+            value = np.where(stuck, np.nan, value)
         was_active = monitor.active.copy()
         all_done = monitor.record(iteration, value, np.sqrt(grad_norm_sq(batch, grads, shared)) / g0)
         frozen.keep(x["A"], _params(x), was_active & monitor.done)
@@ -144,12 +143,13 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
 
 def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=()):
     """One backtracking step per problem; at the rounding floor of F a step that keeps F within
-    rounding is accepted.  Returns (x, F, ∇F, next step sizes, stuck (P,) bool)."""
+    rounding is accepted.  Returns (x, F, ∇F, next step sizes, stuck (P,) bool: no step was
+    accepted down to a zero step, which only a non-finite F or ∇F can cause)."""
     gsq = grad_norm_sq(batch, grads, shared)
     floor = 8 * eps * np.abs(value)
     pending = np.ones(batch.P, dtype=bool)
     new_x, new_value, new_grads, new_lr = x, value.copy(), grads, lr.copy()
-    for _ in range(60):
+    while True:
         cand = _scaled(batch, lr, x, grads, names, shared)
         cand_value, cand_grads = model.value_and_grad(cand)
         predicted = 0.5 * lr * gsq
@@ -160,12 +160,13 @@ def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=()):
             new_value = np.where(ok, cand_value, new_value)
             new_lr = np.where(ok, lr * 1.25, new_lr)
         pending &= ~ok
-        if not pending.any():
+        # halve until accepted, however long the first step was (a small enough step always is:
+        # Armijo's decrease, or at the rounding floor a step that keeps F), down to the smallest double
+        again = pending & (lr > 0)
+        if not again.any():
             break
-        lr = np.where(pending, lr * 0.5, lr)
-    stuck = pending
-    new_lr = np.where(stuck, lr * 2.0 ** 60, new_lr)
-    return new_x, new_value, new_grads, new_lr, stuck
+        lr = np.where(again, lr * 0.5, lr)
+    return new_x, new_value, new_grads, new_lr, pending
 
 
 def _merge(batch, problems, new: dict, old: dict, shared=()) -> dict:
@@ -328,12 +329,13 @@ def _lbfgs(ctx, model, x, monitor, info):
         memory.add(s, y, keep)
         gamma = np.where(keep, sy / np.where(keep, yy, 1.0), gamma)
         vec, value, grad, A_now = new_vec, new_value, new_grad, new_A
-        for p in np.flatnonzero(stuck & active):
-            monitor.finish(p, iteration, "line search found no decrease: the objective is at its rounding floor",
-                           converged=True)
         gnorm = np.sqrt(host(_rowdot(xp, grad, grad)))
         was_active = monitor.active.copy()
-        all_done = monitor.record(iteration, value, gnorm / g0)
+        monitor.record(iteration, value, gnorm / g0)
+        for p in np.flatnonzero(stuck & monitor.active):
+            monitor.finish(p, iteration, "line search found no decrease: the objective is at its rounding floor",
+                           converged=True)
+        all_done = bool(monitor.done.all())
         newly = was_active & monitor.done | (stuck & active)
         if newly.any():
             done_vec = xp.where(xp.asarray(newly)[:, None], vec, done_vec)
