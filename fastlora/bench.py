@@ -187,8 +187,13 @@ def run_bench(names, backends, repeat: int = 3, baselines: bool = True, full_bas
     return report
 
 
+def backend_status(backend: str) -> tuple[bool, str]:
+    """(usable, reason) of a backend name for the bench."""
+    return {"numpy": (True, ""), "numba": numba_status(), "cupy": cupy_status()}[backend]
+
+
 def _available(backend: str, report: Report) -> bool:
-    ok, why = {"numpy": (True, ""), "numba": numba_status(), "cupy": cupy_status()}[backend]
+    ok, why = backend_status(backend)
     if not ok and not any(why in n for n in report.notes):
         report.notes.append(f"backend {backend} skipped: {why}")
     return ok

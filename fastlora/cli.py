@@ -290,7 +290,7 @@ def plot(store, x, y, hue, facet, where, logy, logx, stat, band, output):
 @click.option("--list", "list_configs", is_flag=True, help="list the configurations and exit")
 def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_configs):
     """Time the solvers against the numpy reference and the baselines, in one run."""
-    from .bench import CONFIGS, run_bench
+    from .bench import CONFIGS, backend_status, run_bench
     if list_configs:
         for c in CONFIGS.values():
             click.echo(f"{c.name:10s} d={c.d} T={c.T} k={c.k} {c.dtype}: {c.note}")
@@ -300,6 +300,9 @@ def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_
     for b in chosen:
         if b not in ("numpy", "numba", "cupy"):
             raise FastLoRAError(f"--backend {b!r} is not allowed; choose from numpy, numba, cupy")
+    unusable = {b: why for b in chosen for ok, why in [backend_status(b)] if not ok}
+    if len(unusable) == len(chosen):  # skipping some of the chosen backends is a note; all of them an error
+        raise FastLoRAError("; ".join(f"--backend {b} cannot run here: {why}" for b, why in unusable.items()))
     report = run_bench(names, chosen, repeat=repeat, baselines=baselines, full_baselines=full_baselines,
                        echo=click.echo)
     from .tables import render

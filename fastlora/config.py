@@ -29,9 +29,18 @@ from pathlib import Path
 
 from .errors import FastLoRAError
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
+
 
 def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+    """A boolean environment variable; another value is warned about (naming it) and read as off —
+    flags are read at import, which must not fail."""
+    value = os.environ.get(name, "").strip().lower()
+    if value not in _TRUE | _FALSE:
+        import warnings
+        warnings.warn(f"{name}={os.environ[name]!r} is not a boolean; it is read as off (use 1/0, true/false, "
+                      f"yes/no or on/off)", RuntimeWarning, stacklevel=2)
+    return value in _TRUE
 
 
 def _default_cache_dir() -> Path:

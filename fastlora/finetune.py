@@ -72,6 +72,8 @@ def finetune_many(starts: list, tasks: list, peft="lora", rank: int = 1, n: int 
     if len(starts) != len(tasks):
         raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
     seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(tasks)
+    if len(seeds) != len(tasks):
+        raise FastLoRAError(f"seeds has {len(seeds)} entries for {len(tasks)} tasks; give one seed or one per task")
     rank = check_int("rank", rank, low=1)
     max_iter = check_int("max_iter", max_iter, low=1)
     tol = check_float("tol", tol, low=0.0)

@@ -129,6 +129,13 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
 LINEAR_METRICS = ("rel_err_A", "adapt_rank", "excess_risk")
 
 
+def _as_list(name: str, value) -> list:
+    """A list argument of the *_many functions (a single object is refused, not iterated)."""
+    if not isinstance(value, (list, tuple)):
+        raise FastLoRAError(f"{name} must be a list (one entry per result), got {type(value).__name__}")
+    return list(value)
+
+
 def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora",
                   seeds=0, rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True,
                   errors: str = "raise") -> list:
@@ -138,7 +145,14 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     entry that cannot be evaluated in its place."""
     if errors not in ("raise", "return"):
         raise FastLoRAError(f"errors={errors!r} is not allowed; choose 'raise' or 'return'")
+    results, problems = _as_list("results", results), _as_list("problems", problems)
     seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(results)
+    lengths = {"problems": len(problems), "seeds": len(seeds)}
+    if test_tasks is not None:
+        lengths["test_tasks"] = len(_as_list("test_tasks", test_tasks))
+    for name, length in lengths.items():
+        if length != len(results):
+            raise FastLoRAError(f"{name} has {length} entries for {len(results)} results; give one per result")
     if problems and getattr(problems[0], "model", None) == "shallow":  # no batched path: one at a time
         out = []
         for i, (res, prob) in enumerate(zip(results, problems)):

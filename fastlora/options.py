@@ -24,6 +24,9 @@ ACCELERATIONS = ("anderson", "none")
 DTYPES = ("float64", "float32")
 
 
+# the largest noise std accepted: its square (times any sample count) stays finite in float64
+MAX_NOISE = 1e100
+
 @dataclass(frozen=True)
 class Option:
     """One option.  ``kind``: "int", "float", "choice", "bool", "count" (positive int or
@@ -117,7 +120,7 @@ _ALL = (
     Option("k", "int", 2, "rank of each task's ground-truth perturbation", "problem", low=1),
     Option("T", "int", 8, "number of retraining tasks", "problem", low=1),
     Option("n", "count", None, "samples per task (None / 'population': population mode)", "problem"),
-    Option("noise", "float", 0.0, "noise standard deviation σ of the labels", "problem", low=0.0),
+    Option("noise", "float", 0.0, "noise standard deviation σ of the labels", "problem", low=0.0, high=MAX_NOISE),
     Option("d_out", "int", None, "output dimension (default: d)", "problem", low=1, allow_none=True),
     Option("symmetric", "bool", True, "ground truth U*U*ᵀ (True, the paper's) or B*C*ᵀ", "problem"),
     Option("n_test_tasks", "int", 4, "held-out tasks drawn with the problem", "problem", low=0),

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import options as schema
 from .config import require_memory
-from .errors import FastLoRAError, check_choice, check_float, check_int
+from .errors import FastLoRAError, check_choice, check_int
 from .implicit import SeededSymmetricGaussian
 from .tasks import SAMPLERS, LowRankTarget, Task, check_raw_draws, raw_draws, sampling_bytes
 
@@ -107,7 +108,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     k = check_int("k", k, low=1, high=min(d, d_out))
     T = check_int("T", T, low=1)
     n = check_int("n", n, low=1, allow_none=True)
-    noise = check_float("noise", noise, low=0.0)
+    noise = schema.OPTIONS["noise"].check(noise)
     seed = check_int("seed", seed, low=0)
     n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)
     sampler = check_choice("sampler", sampler, SAMPLERS)

@@ -112,6 +112,9 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
     """
     if errors not in ("raise", "return"):
         raise FastLoRAError(f"errors={errors!r} is not allowed; choose 'raise' or 'return'")
+    if not isinstance(problems, (list, tuple)):
+        raise FastLoRAError(f"problems must be a list of problems (Problems or lists of Tasks), got "
+                            f"{type(problems).__name__}; for one problem use fastlora.retrain")
     problems = list(problems)
     if not problems:
         return []
@@ -146,10 +149,11 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
         and (reductions is None or len({r.sizes if r is not None else None for r in reductions}) == 1)
     if not stackable:  # large structured problems (or reductions of different sizes): one at a time
         out = []
-        for problem, rng in zip(problems, rngs):
+        for i, (problem, rng) in enumerate(zip(problems, rngs)):
             try:
+                own = _starts_of_problem(options, i, len(problems), plan.T, shared_names(plan.peft))
                 out.append(_run(_plan(problem, method, peft, rank, solver, backend, max_iter, tol, rng, dtype, threads,
-                                      None, peft_options, options, dense_A), [problem], [rng], as_numpy)[0])
+                                      None, peft_options, own, dense_A), [problem], [rng], as_numpy)[0])
             except FastLoRAError as exc:
                 if errors == "raise":
                     raise
@@ -161,6 +165,25 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
             if isinstance(r, Exception):
                 raise r
     return results
+
+
+# what res.info["solver"] says for the methods without a solver choice
+METHOD_PROCEDURES = {"standard": "closed-form", "reptile": "reptile"}
+
+
+def _starts_of_problem(options: dict, i: int, P: int, T: int, shared=()) -> dict:
+    """``options`` for problem ``i`` of ``P`` solved alone: its slice of stacked starts
+    (``init_A`` (P, d_out, d_in), per-task ``init_params`` (P·T, ...)); a start shared by all,
+    and shared parameters (no task axis), stay as given."""
+    own = dict(options)
+    A0 = options.get("init_A")
+    if A0 is not None and not isinstance(A0, str) and np.ndim(A0) == 3 and P > 1:
+        own["init_A"] = A0[i:i + 1]
+    given = options.get("init_params")
+    if given is not None and P > 1:
+        own["init_params"] = {k: v if k in shared or np.shape(v)[0] != P * T else v[i * T:(i + 1) * T]
+                              for k, v in given.items()}
+    return own
 
 
 @dataclass
@@ -376,6 +399,8 @@ def _solve(plan: _Plan, batch, rngs, as_numpy, started) -> list:
                 "d_in": plan.d_in, "message": out.messages[p], "batch_size": P}
         if plan.method == "lora-ml":
             info.update(solver=plan.solver, requested_solver=plan.requested)
+        else:  # no solver choice: the method's own procedure
+            info.update(solver=METHOD_PROCEDURES[plan.method])
         history = out.histories[p]
         results.append(RetrainResult(
             A=A[p], params={k: v[p * T:(p + 1) * T] for k, v in params.items()},

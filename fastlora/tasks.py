@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import require_memory
 from .errors import FastLoRAError, check_array, check_choice, check_float, check_int
+from .options import MAX_NOISE
 from .seeding import as_generator
 
 _SAMPLE_CHUNK = 65536  # rows generated at a time, so memory stays O(chunk · d)
@@ -109,8 +110,12 @@ class Task:
             raise FastLoRAError(f"X and Y must have the same number of rows (samples); "
                                 f"got {X.shape[0]} and {Y.shape[0]}")
         n = X.shape[0]
-        self._init_statistics(X.T @ X / n, Y.T @ X / n, float(np.sum(Y * Y)) / (2 * n), n,
-                              W_star=W_star, noise=noise)
+        with np.errstate(over="ignore", invalid="ignore"):
+            Sigma, C, s = X.T @ X / n, Y.T @ X / n, float(np.sum(Y * Y)) / (2 * n)
+        if not (np.isfinite(Sigma).all() and np.isfinite(C).all() and np.isfinite(s)):
+            raise FastLoRAError(f"X and Y: their second moments overflow float64 (largest |X| = "
+                                f"{np.abs(X).max():.3g}, |Y| = {np.abs(Y).max():.3g}); rescale the data")
+        self._init_statistics(Sigma, C, s, n, W_star=W_star, noise=noise)
 
     # -- constructors -------------------------------------------------------------------
     @classmethod
@@ -162,7 +167,7 @@ class Task:
         self.s = float(s)
         self.n = int(n)
         self.d_out, self.d_in = C.shape
-        self.noise = None if noise is None else check_float("noise", noise, low=0.0)
+        self.noise = None if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE)
         self.key = None
         self.target = None
         if W_star is not None:
@@ -234,7 +239,7 @@ class Task:
             raise FastLoRAError("cannot sample from a task without ground truth W_star")
         n = check_int("n", n, low=1)
         noise = self.noise if noise is None else noise
-        noise = 0.0 if noise is None else check_float("noise", noise, low=0.0)
+        noise = 0.0 if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE)
         sampler = self.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
         rng = as_generator(_task_seed(self, seed))
         Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler)

@@ -291,3 +291,10 @@ def test_a_dataset_spec_runs_through_fastlora_sweep_with_identical_rows_for_fixe
     res = fl.retrain(ds, method=first[0][2], peft="lora", max_iter=4, seed=seed)
     m = fl.evaluate(res, ds, n_ft=10, seed=seed)
     assert (m["test_accuracy"], m["test_loss"], res.objective) == first[0][4:]
+
+
+def test_unknown_loader_arguments_and_bad_arrays_name_the_argument():
+    with pytest.raises(FastLoRAError, match="'foo' is not an argument of dataset 'digits'; allowed: pairs"):
+        datasets.load("digits", foo=1)
+    with pytest.raises(FastLoRAError, match="X must be a 2-d array"):
+        datasets.standardization(np.ones(5))

@@ -235,3 +235,11 @@ def test_plot_rejects_an_unknown_statistic_or_band(small_store, tmp_path):
         plot_results(small_store, "T", "rel_err_A", hue="method", stat="mode", out=tmp_path / "f.png")
     with pytest.raises(fl.FastLoRAError, match="band='sd' is not allowed"):
         plot_results(small_store, "T", "rel_err_A", hue="method", band="sd", out=tmp_path / "f.png")
+
+
+def test_a_boolean_variable_that_is_not_a_boolean_is_warned_about_naming_it(monkeypatch):
+    monkeypatch.setenv("FASTLORA_ALLOW_TF32", "maybe")
+    with pytest.warns(RuntimeWarning, match="FASTLORA_ALLOW_TF32='maybe' is not a boolean"):
+        assert config._flag("FASTLORA_ALLOW_TF32") is False
+    monkeypatch.setenv("FASTLORA_ALLOW_TF32", "Yes")
+    assert config._flag("FASTLORA_ALLOW_TF32") is True

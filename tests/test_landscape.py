@@ -272,3 +272,23 @@ def test_cli_bad_input_prints_one_error_line():
     result = CliRunner().invoke(_group(), ["landscape", "--d", "5", "--starts", "2", "--init", "bogus"])
     assert result.exit_code == 2
     assert result.output.strip().startswith("Error: init='bogus' is not allowed")
+
+
+def test_a_census_above_the_dense_size_solves_each_start_from_its_own_point():
+    """Above taskbatch.DENSE_MAX_DIM retrain_many solves problems one at a time; each must get its
+    own slice of the stacked starts (it was handed the whole stack and refused it)."""
+    from fastlora.taskbatch import DENSE_MAX_DIM
+    d = DENSE_MAX_DIM + 8
+    prob = fl.make_problem(d=d, k=1, T=3, seed=0, n_test_tasks=0)
+    result = census(prob, n_starts=3, seed=0, max_iter=300)
+    assert sum(result.counts.values()) == 3 and result.counts["failed"] == 0
+    rng = np.random.default_rng(1)
+    starts_A = 0.1 * rng.standard_normal((3, d, d))
+    starts_U = 0.1 * rng.standard_normal((9, d, 1))
+    many = fl.retrain_many([prob] * 3, solver="gd", init_A=starts_A, init_params={"U": starts_U}, max_iter=50,
+                           backend="numpy")
+    for i in range(3):
+        alone = fl.retrain(prob, solver="gd", init_A=starts_A[i], init_params={"U": starts_U[3 * i:3 * i + 3]},
+                           max_iter=50, backend="numpy")
+        assert np.array_equal(many[i].A, alone.A)
+    assert not np.allclose(many[0].A, many[1].A)

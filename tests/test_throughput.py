@@ -201,3 +201,10 @@ def test_classes_work_with_the_batched_engine():
     probs = [fl.make_problem(d=8, k=1, T=3, n=300, noise=0.1, seed=s, symmetric=False) for s in range(3)]
     out = fl.retrain_many(probs, peft=LoRA(alpha=2.0), rank=1, backend="numpy")
     assert all(r.converged for r in out)
+
+
+def test_every_method_records_what_ran_in_info_solver():
+    prob = fl.make_problem(d=6, k=1, T=3, seed=0)
+    ran = {m: fl.retrain(prob, method=m, backend="numpy", max_iter=5).info["solver"]
+           for m in ("standard", "reptile", "lora-ml")}
+    assert ran == {"standard": "closed-form", "reptile": "reptile", "lora-ml": "als"}

@@ -217,3 +217,27 @@ def test_evaluate_errors_name_the_argument(prob):
         fl.evaluate(res, None, test_tasks=[np.eye(8)])
     own = fl.evaluate(res, None, test_tasks=prob.test_tasks[:2], ft_rank=1)
     assert np.isnan(own["rel_err_A"]) and len(own["excess_risk_per_task"]) == 2
+
+
+def test_many_functions_refuse_mismatched_or_single_arguments(prob):
+    res = fl.retrain(prob, backend="numpy")
+    with pytest.raises(ValueError, match="problems has 1 entries for 2 results"):
+        fl.evaluate_many([res, res], [prob])
+    with pytest.raises(ValueError, match="results must be a list"):
+        fl.evaluate_many(res, prob)
+    with pytest.raises(ValueError, match="seeds has 3 entries for 2 results"):
+        fl.evaluate_many([res, res], [prob, prob], seeds=[0, 1, 2])
+    with pytest.raises(ValueError, match="problems must be a list of problems"):
+        fl.retrain_many(prob, seeds=[0])
+    with pytest.raises(ValueError, match="seeds has 2 entries for 1 tasks"):
+        fl.finetune_many([res.A], [prob.test_tasks[0]], seeds=[0, 1])
+
+
+def test_data_whose_statistics_overflow_and_absurd_noise_name_the_argument():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="X and Y: their second moments overflow float64"):
+        fl.Task(rng.standard_normal((50, 4)) * 1e200, rng.standard_normal((50, 4)))
+    with pytest.raises(ValueError, match=r"noise=1e\+200 is out of range"):
+        fl.make_problem(d=4, k=1, T=3, n=50, noise=1e200)
+    with pytest.raises(ValueError, match=r"noise=1e\+200 is out of range"):
+        fl.make_problem(d=4, k=1, T=3).test_tasks[0].sample(10, noise=1e200)

@@ -10,7 +10,9 @@ Each returns a :class:`LabelledProblem` that carries its learner (the shallow ne
 """
 from __future__ import annotations
 
-from ..errors import check_choice
+import inspect
+
+from ..errors import FastLoRAError, check_choice
 from .digits import DIGITS_WIDTH, digit_pairs
 from .protocol import (
     DEFAULT_TEST_FRACTION,
@@ -29,7 +31,12 @@ WIDTHS = {"digits": DIGITS_WIDTH}  # features of each dataset, known without loa
 def load(name: str, seed: int = 0, **protocol) -> LabelledProblem:
     """The dataset ``name`` (one of ``LOADERS``) under the paper's protocol; ``protocol``: the
     loader's keyword arguments (test_fraction, standardize, pairs, test_pair, k, model)."""
-    return LOADERS[check_choice("dataset", name, LOADERS)](seed=seed, **protocol)
+    loader = LOADERS[check_choice("dataset", name, LOADERS)]
+    allowed = [p for p in inspect.signature(loader).parameters if p != "seed"]
+    unknown = sorted(set(protocol) - set(allowed))
+    if unknown:
+        raise FastLoRAError(f"{unknown[0]!r} is not an argument of dataset {name!r}; allowed: {', '.join(allowed)}")
+    return loader(seed=seed, **protocol)
 
 
 def dataset_width(name: str) -> int:

@@ -190,6 +190,7 @@ def standardization(X) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature (mean (d,), scale (d,)) of X (n, d): scale is the standard deviation (ddof 0),
     1 where a feature is constant (as scikit-learn's StandardScaler) — judged by its values being
     equal, not by a computed deviation of 0 (a column constant at 0.1 has std ~1e-17, not 0)."""
+    X = check_array("X", X, ndim=2)
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
     scale[np.ptp(X, axis=0) == 0] = 1.0
