@@ -92,6 +92,9 @@ def finetune_many(starts: list, tasks: list, peft="lora", rank: int = 1, n: int 
             raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = "
                                 f"{min(task.d_out, task.d_in)}")
         if n is not None:
+            if task.target is None:
+                raise FastLoRAError(f"n={n}: fine-tuning samples can only be drawn from a task with ground truth "
+                                    f"(W_star); fine-tune on this task's own data with n=None")
             task = task.sample(n, seed=seed)
         check_shape_supported(parameterization, task.d_out, task.d_in)
         given = _shared_start(parameterization, retrained, task, rank, seed)

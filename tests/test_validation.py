@@ -241,3 +241,10 @@ def test_data_whose_statistics_overflow_and_absurd_noise_name_the_argument():
         fl.make_problem(d=4, k=1, T=3, n=50, noise=1e200)
     with pytest.raises(ValueError, match=r"noise=1e\+200 is out of range"):
         fl.make_problem(d=4, k=1, T=3).test_tasks[0].sample(10, noise=1e200)
+
+
+def test_fine_tuning_samples_from_a_task_without_ground_truth_name_n():
+    rng = np.random.default_rng(0)
+    task = fl.Task(rng.standard_normal((30, 4)), rng.standard_normal((30, 4)))
+    with pytest.raises(ValueError, match="n=10: fine-tuning samples can only be drawn from a task with ground truth"):
+        fl.finetune(np.zeros((4, 4)), task, n=10)
