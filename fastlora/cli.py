@@ -245,13 +245,32 @@ def sweep(spec_path, out, workers, scheduler, scheduler_timeout, retry_errors, a
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
               help="file format")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), callback=_existing_folder,
-              help="file to write (its folder must exist)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              callback=_existing_folder, help="file to write (its folder must exist), or - for standard output "
+              "(CSV only)")
 def export_cmd(store, fmt, output):
-    """Write a results store's rows to CSV or Parquet."""
+    """Write a results store's rows to CSV or Parquet (``-o -``: CSV on standard output)."""
     from .sweep import export_results
-    n = export_results(store, output, fmt)
-    click.echo(f"wrote {n} row(s) to {output}")
+    if output != "-":
+        n = export_results(store, output, fmt)
+        click.echo(f"wrote {n} row(s) to {output}")
+        return
+    if fmt != "csv":
+        raise FastLoRAError("--output - (standard output) takes CSV only; write Parquet to a file, "
+                            "e.g. -o results.parquet")
+    import shutil
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:  # export_results writes files: one CSV writer, here copied out
+        csv_path = Path(folder) / "rows.csv"
+        n = export_results(store, csv_path, fmt)
+        with open(csv_path, "rb") as fh, click.open_file("-", "wb") as stdout:  # click keeps stdout open
+            try:
+                shutil.copyfileobj(fh, stdout)
+                stdout.flush()
+            except BrokenPipeError:  # the reader stopped early (| head): as for any filter, no error
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit
+                return
+    click.echo(f"wrote {n} row(s) to standard output", err=True)  # stderr: stdout holds only the CSV
 
 
 @main.command()
@@ -261,17 +280,21 @@ def export_cmd(store, fmt, output):
 @click.option("--hue", default=None, help="one line per value of this key, e.g. method")
 @click.option("--facet", default=None, help="one panel per value of this key, e.g. d")
 @click.option("--where", multiple=True, help="keep rows with key=value (repeatable)")
-@click.option("--logy", is_flag=True, help="logarithmic y axis")
+@click.option("--logy", is_flag=True, help="logarithmic y axis (refused when a value is <= 0)")
 @click.option("--logx", is_flag=True, help="logarithmic x axis (ticks at the values present)")
 @click.option("--stat", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
               help="the line: mean or median over seeds")
 @click.option("--band", type=click.Choice(["minmax", "iqr", "none"]), default="minmax", show_default=True,
               help="the band around it: min-max, interquartile range, or none")
 @click.option("-o", "--output", default="fig.png", show_default=True, type=click.Path(dir_okay=False),
-              callback=_existing_folder, help="image file to write (its folder must exist)")
+              callback=_existing_folder, help="image file to write (its folder must exist); its extension "
+              "(png, pdf, svg, ...) sets the format")
 def plot(store, x, y, hue, facet, where, logy, logx, stat, band, output):
-    """Plot a metric against a key: the mean (or median) over seeds with a band."""
-    from .sweep.plot import plot_results
+    """Plot a metric against a key: the mean (or median) over seeds with a band.
+
+    Keys that vary with --x as functions of it (e.g. rank = k) need no --where: the title states them."""
+    from .sweep.plot import check_image_path, plot_results
+    check_image_path(output, "--output")  # before reading the store
     click.echo(plot_results(store, x, y, hue=hue, facet=facet, logy=logy, logx=logx, where=where, out=output,
                             stat=stat, band=band))
 

@@ -189,3 +189,214 @@ def test_every_option_has_a_help_text():
 
     walk(main, "fastlora")
     assert not missing
+
+
+# -- plot and export: refusals, keys that vary with x, subtitles, stdout -----------------------------------------
+COVARYING_SPEC = """name = "covarying"
+repeats = 2
+[[grid]]
+k = [1]
+rank = [1]
+ft_rank = [1]
+n_ft = [40]
+T = [2, 3]
+method = ["standard", "lora-ml"]
+[[grid]]
+k = [2]
+rank = [2]
+ft_rank = [2]
+n_ft = [60]
+T = [2, 3]
+method = ["standard", "lora-ml"]
+[fixed]
+d = 6
+n = 200
+backend = "numpy"
+max_iter = 50
+"""
+LANDSCAPE_SPEC = """name = "census"
+repeats = 2
+[grid]
+T = [2, 3]
+[fixed]
+d = 5
+k = 1
+method = "lora-ml"
+peft = "lora_sym"
+solver = "gd"
+optimizer = "lbfgs"
+census_starts = 4
+backend = "numpy"
+"""
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """A linear-model store whose rank and ft_rank equal k and whose n_ft is a function of k (T and method
+    vary independently), and a landscape-census store; both ran for real."""
+    from fastlora.sweep import parse_spec, run_sweep
+    folder = tmp_path_factory.mktemp("stores")
+    out = {}
+    for name, text in (("covarying", COVARYING_SPEC), ("landscape", LANDSCAPE_SPEC)):
+        out[name] = folder / f"{name}.sqlite"
+        summary = run_sweep(parse_spec(text), out[name], workers=1, progress=False)
+        assert summary.failed == 0
+    return out
+
+
+def _store_rows(path) -> list[dict]:
+    from fastlora.sweep.store import ResultsStore
+    with ResultsStore(path) as store:
+        columns, rows = store.rows()
+    return [dict(zip(columns, r)) for r in rows]
+
+
+@pytest.fixture
+def figure(monkeypatch):
+    """The figure plot_results draws (kept open instead of closed)."""
+    import matplotlib.pyplot as plt
+    captured = {}
+    monkeypatch.setattr(plt, "close", lambda fig: captured.setdefault("figure", fig))
+    return captured
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("store,y", [("covarying", "test_accuracy"), ("landscape", "test_loss")])
+def test_plot_of_a_metric_no_row_has_names_the_metrics_that_have_values(run, stores, tmp_path, store, y):
+    from fastlora.sweep.store import METRICS
+    rows = _store_rows(stores[store])
+    with_values = [m for m in METRICS if any(r[m] is not None for r in rows)]
+    assert y not in with_values and "excess_risk" in with_values
+    result = run("plot", str(stores[store]), "--x", "T", "--hue", "method", "--y", y, "-o", str(tmp_path / "f.png"))
+    line = _one_error_line(result)
+    assert f"no selected row of {stores[store]} has a value of --y {y!r}" in line
+    assert line.endswith(f"metrics with values: {', '.join(with_values)}")
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_plot_against_x_puts_keys_that_vary_with_x_in_the_subtitle(run, stores, tmp_path, figure):
+    import numpy as np
+    result = run("plot", str(stores["covarying"]), "--x", "k", "--y", "excess_risk", "--hue", "method", "--facet",
+                 "T", "--logy", "-o", str(tmp_path / "k.png"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "k.png").stat().st_size > 1000
+    fig = figure["figure"]
+    title = fig._suptitle.get_text()
+    assert "rank = ft_rank = k" in title and "n_ft per k: 1→40, 2→60" in title, title
+    assert "rank=" not in title and "ft_rank=" not in title and "n_ft=" not in title
+    rows = _store_rows(stores["covarying"])
+    for ax, T in zip(fig.axes, (2, 3)):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        expected = [np.mean([r["excess_risk"] for r in rows if (r["T"], r["k"], r["method"]) == (T, k, "lora-ml")])
+                    for k in (1, 2)]
+        np.testing.assert_allclose(lines["lora-ml"].get_ydata(), expected)
+
+
+@pytest.mark.parametrize("args,varying", [
+    (["--x", "k", "--hue", "method"], "T"),  # T varies within each k
+    (["--x", "method", "--facet", "T"], "k"),  # k (and rank, ft_rank) vary within each method
+])
+def test_plot_still_refuses_keys_that_vary_independently_of_x(run, stores, tmp_path, args, varying):
+    result = run("plot", str(stores["covarying"]), *args, "-o", str(tmp_path / "f.png"))
+    assert _one_error_line(result).startswith(f"Error: key {varying!r} varies in the selected rows")
+
+
+def test_plot_refuses_an_image_format_matplotlib_cannot_write_before_opening_the_store(run, tmp_path):
+    from matplotlib.backend_bases import FigureCanvasBase
+    not_a_store = tmp_path / "empty.sqlite"
+    not_a_store.touch()  # opening it would be a different error: the format is checked first
+    supported = ", ".join(sorted(FigureCanvasBase.get_supported_filetypes()))
+    for name, what in (("f.xyz", "'xyz' is not an image format matplotlib writes"),
+                       ("fig", "has no file extension")):
+        result = run("plot", str(not_a_store), "--x", "T", "-o", str(tmp_path / name))
+        line = _one_error_line(result)
+        assert line.startswith(f"Error: --output {str(tmp_path / name)!r}: {what}") and "png" in supported
+        assert line.endswith(f"supported formats: {supported}")
+        assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("args,roles", [
+    (["--x", "T", "--hue", "method", "--facet", "method"], "--hue and --facet"),
+    (["--x", "method", "--hue", "method"], "--x and --hue"),
+    (["--x", "T", "--facet", "T"], "--x and --facet"),
+])
+def test_plot_refuses_one_key_in_two_roles(run, tmp_path, args, roles):
+    not_a_store = tmp_path / "empty.sqlite"
+    not_a_store.touch()
+    key = args[args.index(roles.split()[-1]) + 1]
+    result = run("plot", str(not_a_store), *args, "-o", str(tmp_path / "f.png"))
+    assert _one_error_line(result) == f"Error: {roles} both name {key!r}; each of --x, --hue and --facet needs " \
+                                      f"its own key"
+
+
+def test_plot_logy_refuses_values_at_or_below_zero_and_says_how_many(run, stores, tmp_path):
+    rows = _store_rows(stores["landscape"])
+    values = [r["spurious_fraction"] for r in rows]
+    at_or_below_zero = sum(v <= 0 for v in values)
+    assert at_or_below_zero > 0  # a census of 4 starts on these problems finds no spurious minimum in some rows
+    result = run("plot", str(stores["landscape"]), "--x", "T", "--y", "spurious_fraction", "--logy",
+                 "-o", str(tmp_path / "f.png"))
+    line = _one_error_line(result)
+    assert f"--logy: {at_or_below_zero} of {len(values)} values of spurious_fraction are <= 0" in line
+    assert "plot without --logy" in line and not (tmp_path / "f.png").exists()
+    result = run("plot", str(stores["landscape"]), "--x", "T", "--y", "spurious_fraction",
+                 "-o", str(tmp_path / "f.png"))
+    assert result.exit_code == 0, result.output
+
+
+def test_plot_subtitle_shows_only_keys_that_bear_on_the_metric(run, stores, tmp_path, figure):
+    store = str(stores["landscape"])
+    result = run("plot", store, "--x", "T", "--y", "min_hessian_eig", "-o", str(tmp_path / "census.png"))
+    assert result.exit_code == 0, result.output
+    title = figure.pop("figure")._suptitle.get_text()
+    assert "census_starts=4" in title and "d=5" in title
+    assert "n_ft" not in title and "ft_peft" not in title  # fine-tuning does not enter a census
+    result = run("plot", store, "--x", "T", "--y", "excess_risk", "-o", str(tmp_path / "risk.png"))
+    assert result.exit_code == 0, result.output
+    title = figure.pop("figure")._suptitle.get_text()
+    assert "n_ft=population" in title and "ft_peft=lora" in title
+    assert "census_starts" not in title  # the census does not enter the excess risk
+
+
+def test_export_to_dash_writes_csv_to_stdout(stores, tmp_path, monkeypatch):
+    import csv
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    rows = _store_rows(stores["covarying"])
+    result = runner.invoke(main, ["export", str(stores["covarying"]), "-o", "-"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    header, *records = list(csv.reader(result.stdout.splitlines()))
+    assert header == list(rows[0]) and len(records) == len(rows)
+    assert [int(r[header.index("id")]) for r in records] == [r["id"] for r in rows]
+    assert result.stderr == f"wrote {len(rows)} row(s) to standard output\n"
+    assert not (tmp_path / "-").exists()
+    result = runner.invoke(main, ["export", str(stores["covarying"]), "--format", "parquet", "-o", "-"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == "Error: --output - (standard output) takes CSV only; write Parquet to a file, " \
+                            "e.g. -o results.parquet\n"
+    assert not (tmp_path / "-").exists()
+    output_help = next(p.help for p in main.commands["export"].params if p.name == "output")
+    assert "- for standard output" in output_help
+
+
+def test_bench_refuses_when_no_chosen_backend_can_run(run, monkeypatch):
+    from fastlora import bench
+    monkeypatch.setattr(bench, "cupy_status", lambda: (False, "no device here"))
+    result = run("bench", "--config", "smoke", "--backend", "cupy")
+    assert result.exit_code == 2
+    assert result.output == "Error: --backend cupy cannot run here: no device here\n"
+
+
+def test_export_to_a_reader_that_stops_early_ends_quietly(stores):
+    import subprocess
+    import sys
+    command = [sys.executable, "-m", "fastlora.cli", "export", str(stores["covarying"]), "-o", "-"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # like `| head` stopping before the rows arrive: every write meets a closed pipe
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0 and stderr == ""

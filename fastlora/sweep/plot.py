@@ -2,8 +2,10 @@
 
 ``stat="mean"`` with ``band="minmax"`` (the defaults) draws the mean over seeds and the
 min–max range; ``stat="median"`` with ``band="iqr"`` draws the paper's median and
-interquartile band.  The title lists the settings the selected rows share; curves of
-different hues get their own marker and line style and a slight horizontal offset, so
+interquartile band.  The title lists the settings the selected rows share that bear on
+the metric (no fine-tuning keys under a landscape metric, no census keys under a fine-tuning
+metric), and the keys that vary with x as functions of it (``rank = ft_rank = k``); curves
+of different hues get their own marker and line style and a slight horizontal offset, so
 curves that coincide stay visible; integer x axes (T, n, d, ...) get integer ticks.
 """
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import FastLoRAError, check_choice
+from .spec import EVALUATE_KEYS, LANDSCAPE_KEYS
 from .store import METRICS, ResultsStore, key_columns
 
 LABELS = {
@@ -51,6 +55,10 @@ _EXECUTION_KEYS = {"backend", "dtype", "max_iter", "tol", "n_test_tasks", "solve
                    "power_iter_init", "optimizer", "lr"}
 _TITLE_ORDER = ("d", "d_out", "k", "T", "n", "noise", "sampler", "symmetric", "method", "peft", "rank", "ft_peft",
                 "ft_rank", "n_ft")
+# metrics that depend on the fine-tuning (evaluate's keys) and on the landscape census (its keys);
+# a key of neither group's metrics is left out of the title (it did not enter the plotted number)
+_FINE_TUNING_METRICS = {"adapt_rank", "excess_risk", "test_loss", "test_accuracy"}
+_LANDSCAPE_METRICS = {"spurious_fraction", "saddle_fraction", "global_fraction", "min_hessian_eig"}
 _STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
@@ -70,6 +78,63 @@ def summarise_values(values, stat: str = "mean", band: str = "minmax") -> tuple[
         lo, hi = np.percentile(v, [25, 75])
         return centre, float(lo), float(hi)
     return centre, centre, centre
+
+
+def image_formats() -> list[str]:
+    """The file extensions matplotlib can write (png, pdf, svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_image_path(out, option: str = "out") -> None:
+    """Refuse a figure path whose extension matplotlib cannot write; ``option`` names it in the message."""
+    formats = image_formats()
+    extension = Path(out).suffix.lstrip(".")
+    if extension.lower() not in formats:
+        problem = f"{extension!r} is not an image format matplotlib writes" if extension else "has no file extension"
+        raise FastLoRAError(f"{option} {str(out)!r}: {problem}; supported formats: {', '.join(formats)}")
+
+
+def _check_roles(x: str, hues: list[str], facet: str | None) -> None:
+    """--x, each --hue key and --facet must be different keys (a key is one axis of the figure)."""
+    roles = [("--x", x), *(("--hue", h) for h in hues), ("--facet", facet)]
+    roles = [(role, name) for role, name in roles if name is not None]
+    for i, (role, name) in enumerate(roles):
+        for other, other_name in roles[i + 1:]:
+            if name == other_name:
+                named = f"{role} and {other} both name {name!r}" if role != other else f"{role} names {name!r} twice"
+                raise FastLoRAError(f"{named}; each of --x, --hue and --facet needs its own key")
+
+
+def _keys_off_the_metric(y: str) -> set[str]:
+    """Keys that do not enter metric ``y``: fine-tuning keys outside its metrics, census keys outside its."""
+    off = set()
+    if y not in _FINE_TUNING_METRICS:
+        off.update(EVALUATE_KEYS)
+    if y not in _LANDSCAPE_METRICS:
+        off.update(LANDSCAPE_KEYS)
+    return off
+
+
+def _function_of(rows, index: dict, key: str, x: str) -> dict | None:
+    """{x value: key value} when every x value comes with one value of ``key`` in ``rows``, else None."""
+    mapping = {}
+    for r in rows:
+        if mapping.setdefault(r[index[x]], r[index[key]]) != r[index[key]]:
+            return None
+    return mapping
+
+
+def _covarying_parts(covarying: dict[str, dict], x: str) -> list[str]:
+    """Title parts for keys that are functions of x: ``rank = ft_rank = k`` for those equal to x,
+    ``n_ft per k: 1→40, 2→60`` for the others."""
+    equal = [key for key, mapping in covarying.items() if all(v == xv for xv, v in mapping.items())]
+    parts = [" = ".join([*equal, x])] if equal else []
+    for key, mapping in covarying.items():
+        if key not in equal:
+            pairs = ", ".join(f"{xv}→{mapping[xv]}" for xv in sorted(mapping, key=_order))
+            parts.append(f"{key} per {x}: {pairs}")
+    return parts
 
 
 def _parse_where(where) -> dict:
@@ -110,6 +175,13 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
     one (the settings all selected rows share).  ``reference=(label, f)`` draws y = f(x)
     (f takes and returns arrays) as a thin black reference line in every panel, e.g. a
     theoretical rate.
+
+    Only rows with a value of ``y`` are plotted.  A key that varies in them must be shown
+    (``hue``/``facet``) or fixed (``where``), unless it is a function of ``x`` (each x value
+    comes with one value of it, e.g. ``rank = k``): the title states it.  Refused
+    (FastLoRAError) before any work: an ``out`` extension matplotlib cannot write and one key
+    in two roles; then a ``y`` no selected row has, and with ``logy`` values <= 0 (a log axis
+    cannot show them, and dropping them silently would misreport the statistic).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -119,6 +191,8 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
     stat = check_choice("stat", stat, STATS)
     band = check_choice("band", band, BANDS)
     hues = _hue_keys(hue)
+    check_image_path(out)
+    _check_roles(x, hues, facet)
     with ResultsStore(path) as store:
         columns, rows = store.rows()
     index = {c: i for i, c in enumerate(columns)}
@@ -135,21 +209,34 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
     rows = [r for r in rows if r[index["status"]] == "ok" and all(_matches(r[index[k]], v) for k, v in filters.items())]
     if not rows:
         raise FastLoRAError(f"no finished rows in {path} match the selection")
+    selected = rows
+    rows = [r for r in rows if r[index[y]] is not None]
+    if not rows:
+        with_values = [m for m in METRICS if any(r[index[m]] is not None for r in selected)]
+        raise FastLoRAError(f"no selected row of {path} has a value of --y {y!r}; metrics with values: "
+                            f"{', '.join(with_values) or 'none'}")
+    if logy:
+        at_or_below_zero = [r[index[y]] for r in rows if r[index[y]] <= 0]
+        if at_or_below_zero:
+            raise FastLoRAError(f"--logy: {len(at_or_below_zero)} of {len(rows)} values of {y} are <= 0 (smallest "
+                                f"{min(at_or_below_zero):.3g}) and a logarithmic axis cannot show them; plot without "
+                                f"--logy")
     used = {x, facet, *hues, *filters}
-    shared = {}
+    shared, covarying = {}, {}
     for key in key_columns(columns):
         values = {r[index[key]] for r in rows}
         if len(values) == 1:
             shared[key] = next(iter(values))
         elif key not in used:
-            shown = ", ".join(sorted(map(str, values)))
-            raise FastLoRAError(f"key {key!r} varies in the selected rows ({shown}); fix it with --where {key}=VALUE "
-                                f"or show it with --hue/--facet")
+            mapping = _function_of(rows, index, key, x)
+            if mapping is None:
+                shown = ", ".join(sorted(map(str, values)))
+                raise FastLoRAError(f"key {key!r} varies in the selected rows ({shown}); fix it with --where "
+                                    f"{key}=VALUE or show it with --hue/--facet")
+            covarying[key] = mapping
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         value = r[index[y]]
-        if value is None:
-            continue
         panel = r[index[facet]] if facet else None
         line = tuple(r[index[h]] for h in hues) if hues else (y,)
         groups[(panel, line)][r[index[x]]].append(float(value))
@@ -203,7 +290,10 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
     if hues or reference is not None:
         axes[0][-1].legend(title=label(hues[0]) if hues else None, fontsize=8)
     if title is None:
-        title = _settings_title(shared, exclude={x, facet, *hues})
+        off_metric = _keys_off_the_metric(y)
+        leading = _covarying_parts({k: v for k, v in covarying.items()
+                                    if k not in off_metric and k not in _EXECUTION_KEYS}, x)
+        title = _settings_title(shared, exclude={x, facet, *hues, *off_metric}, leading=leading)
     counts = sorted({len(values) for series in groups.values() for values in series.values()})
     seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     statement = f"{stat} over {seeds} seed(s) per point; {_BAND_TEXT[band]}"
@@ -220,10 +310,11 @@ def _line_label(hues: list[str], values: tuple) -> str:
     return f"{values[0]} ({rest})" if rest else str(values[0])
 
 
-def _settings_title(shared: dict, exclude: set) -> str:
+def _settings_title(shared: dict, exclude: set, leading: list[str] = ()) -> str:
+    """The shared settings as ``key=value`` parts after the ``leading`` ones, wrapped into lines."""
     keys = [k for k in _TITLE_ORDER if k in shared] + sorted(k for k in shared if k not in _TITLE_ORDER)
-    parts = [f"{k}={shared[k]}" for k in keys if k not in exclude and k not in _EXECUTION_KEYS
-             and not (k == "symmetric" and shared[k])]  # the paper's default: only its absence is news
+    parts = [*leading, *(f"{k}={shared[k]}" for k in keys if k not in exclude and k not in _EXECUTION_KEYS
+                         and not (k == "symmetric" and shared[k]))]  # the paper's default: only its absence is news
     lines, current = [], ""
     for part in parts:  # wrap at ~70 characters: the width of one panel
         if current and len(current) + len(part) > 70:
