@@ -286,7 +286,7 @@ def _bench_paper(cfg, backends, repeat, baselines, full_baselines, report, echo)
                 res = solve()
                 n_iter = res.n_iter
             else:
-                first = solve(max_iter=20000, tol=0.0)
+                first = solve(max_iter=20000, tol=1e-14)  # to its own convergence
                 hits = np.nonzero(first.history <= threshold)[0] if threshold is not None else []
                 n_iter = int(hits[0]) + 1 if len(hits) else first.n_iter
                 seconds = _median_time(lambda n_iter=n_iter: solve(max_iter=n_iter, tol=0.0), max(repeat, 5))

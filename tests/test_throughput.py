@@ -208,3 +208,18 @@ def test_every_method_records_what_ran_in_info_solver():
     ran = {m: fl.retrain(prob, method=m, backend="numpy", max_iter=5).info["solver"]
            for m in ("standard", "reptile", "lora-ml")}
     assert ran == {"standard": "closed-form", "reptile": "reptile", "lora-ml": "als"}
+
+
+def test_tol_zero_runs_max_iter_and_gets_gd_closer_than_the_rounding_stop():
+    """The default stop (objective constant to rounding) leaves gd's A ~1e-8 from the optimum;
+    tol=0 asks for every iteration."""
+    prob = fl.make_problem(d=16, k=1, T=6, n=400, noise=0.5, seed=0)
+    best = fl.retrain(prob, peft="lora", rank=1, solver="als", tol=1e-14, max_iter=5000, backend="numpy")
+    stopped = fl.retrain(prob, peft="lora", rank=1, solver="gd", max_iter=3000, backend="numpy")
+    exhaustive = fl.retrain(prob, peft="lora", rank=1, solver="gd", max_iter=3000, tol=0, backend="numpy")
+    assert stopped.converged and stopped.n_iter < 1000
+    assert exhaustive.n_iter == 3000 and not exhaustive.converged
+
+    def gap(res):
+        return np.linalg.norm(res.A - best.A) / np.linalg.norm(best.A)
+    assert gap(exhaustive) < gap(stopped) / 10 and gap(exhaustive) < 1e-9

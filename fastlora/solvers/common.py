@@ -101,6 +101,8 @@ class Monitor:
       ``STALL_WINDOW`` iterations — no further progress is representable in floating point
       (finite-sample optima have F > 0, so this is reachable where tol on A is not).
 
+    ``tol=0`` asks for ``max_iter`` iterations: only an objective of zero (to rounding) stops early.
+
     A non-finite objective, or one growing beyond ``DIVERGENCE_FACTOR`` × the larger of Σ_t L_t(0)
     and the objective at the start (:meth:`start`), fails that problem with a
     :class:`~fastlora.errors.DivergenceError` (raised at once when P = 1).  A problem that is
@@ -115,6 +117,7 @@ class Monitor:
         self.callback = callback
         self.eps = float(np.finfo(dtype).eps)
         self.tol = max(float(tol), 8 * self.eps)
+        self.to_max_iter = float(tol) == 0.0  # tol=0: no step or rounding test, only an objective of zero stops
         self.max_iter = max_iter
         self.reference = np.maximum(np.atleast_1d(np.asarray(reference, dtype=np.float64)),
                                     float(np.finfo(np.float64).tiny))
@@ -179,6 +182,8 @@ class Monitor:
         message = None
         if accurate and value <= self.tol ** 2 * self.reference[p]:
             message = "objective reached zero (to tolerance)"
+        elif self.to_max_iter:
+            pass
         elif step is not None and step <= self.tol:
             message = "relative change below tol"
         elif accurate and self._constant_to_rounding(history):
