@@ -327,3 +327,8 @@ def test_the_kit_accepts_frozen_parameters_with_a_best_fit():
 
     with pytest.raises(ConformanceError, match=r"\['Q'\] are declared frozen/shared but are not in shapes"):
         check_parameterization(FrozenNotDeclared)
+
+
+def test_a_parameterizations_refusal_of_an_option_value_is_a_fastlora_error():
+    with pytest.raises(fl.FastLoRAError, match="peft_options for LoRA: alpha must be a positive number"):
+        fl.peft.get("lora", alpha=-1)

@@ -152,6 +152,7 @@ def test_unreachable_scheduler_fails_fast_with_a_clear_error(tmp_path):
     assert result.exit_code == 2
     assert "cannot reach the Dask scheduler at 'tcp://127.0.0.1:1' within 0.5 s" in result.output
     assert time.perf_counter() - started < 5
+    assert not (tmp_path / "x.sqlite").exists()  # nothing written for a sweep that cannot start
     import inspect
     cli_default = next(p.default for p in main.commands["sweep"].params if p.name == "scheduler_timeout")
     assert cli_default == inspect.signature(run_sweep).parameters["scheduler_timeout"].default == 5.0
@@ -198,3 +199,117 @@ def test_a_spec_too_large_to_list_is_refused_before_any_work(tmp_path):
     assert "400,000,000 rows" in result.output and "more than one spec may hold (10,000,000)" in result.output
     assert "use fewer repeats" in result.output, result.output
     assert not (tmp_path / "big.sqlite").exists()
+
+
+# ------------------------------------------------- combinations the Python API refuses
+LORA_ML_ONLY = SPEC.replace('method = ["standard", "lora-ml"]', 'method = ["lora-ml"]')
+
+
+def with_method(method: str, fixed: str) -> str:
+    """SPEC with one method and ``fixed`` added to its [fixed] table."""
+    one_method = SPEC.replace('method = ["standard", "lora-ml"]', f'method = ["{method}"]')
+    return one_method.replace("[fixed]", f"[fixed]\n{fixed}")
+
+
+@pytest.mark.parametrize("text,needles", [
+    # the schema's own refusals (fastlora.options.check_solver_options), for every grid point
+    (with_method("lora-ml", 'solver = "als"\nlr = 0.1'),
+     ["unknown option(s) lr for method='lora-ml', solver='als'", "lr is an option of solver='gd'"]),
+    (with_method("standard", 'optimizer = "adam"'), ["unknown option(s) optimizer for method='standard'"]),
+    (SPEC.replace("[fixed]", '[fixed]\ninner_lr = 0.2'),  # a grid mixing methods: the standard point refuses it
+     ["unknown option(s) inner_lr for method='standard'", "inner_lr is an option of method='reptile'"]),
+    (with_method("lora-ml", 'adapter_step = "exact"').replace("[grid]", '[grid]\nsolver = ["als", "gd"]'),
+     ["unknown option(s) adapter_step for method='lora-ml', solver='gd'"]),
+    (with_method("lora-ml", 'adapter_step = "exact"\nlr = 0.1'),  # solver = "auto" runs one of them
+     ["solver='auto'", "adapter_step", "lr"]),
+    # a census is of the LoRA-ML objective, with the landscape tools' parameterizations, on the linear model
+    (with_method("reptile", "census_starts = 3"), ["census_starts", "method='reptile'"]),
+    (with_method("lora-ml", 'peft = "full"\ncensus_starts = 3'),
+     ["census_starts", "peft='full' is not supported by the landscape tools"]),
+    (with_method("lora-ml", 'model = "shallow"\npeft = "lora"\ncensus_starts = 3'),
+     ["census_starts", "model='shallow'"]),
+    (with_method("lora-ml", "init_scale = 0.5"), ["init_scale", "census_starts"]),
+    # the parameterization's own constructor decides its options
+    (with_method("lora-ml", 'peft = "lora"\npeft_options = { beta = 1 }'),
+     ["peft_options", "peft options ['beta'] are not accepted by LoRA"]),
+])
+def test_combinations_that_cannot_run_are_refused_before_any_work(tmp_path, text, needles):
+    spec = write(tmp_path, text)
+    out = tmp_path / "never.sqlite"
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out), "--workers", "1"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not out.exists()
+
+
+def test_spec_refusals_are_the_python_apis_own_words():
+    import fastlora as fl
+    prob = fl.make_problem(d=8, k=1, T=2, seed=0)
+    for options, text in [({"method": "lora-ml", "solver": "als", "lr": 0.1}, 'solver = "als"\nlr = 0.1'),
+                          ({"method": "standard", "optimizer": "adam"}, 'optimizer = "adam"')]:
+        with pytest.raises(ValueError) as from_api:
+            fl.retrain(prob, backend="numpy", **options)
+        spec = SPEC.replace('method = ["standard", "lora-ml"]', f'method = ["{options["method"]}"]')
+        with pytest.raises(ValueError) as from_spec:
+            parse_spec(spec.replace("[fixed]", f"[fixed]\n{text}"))
+        assert str(from_api.value) in str(from_spec.value)
+
+
+@pytest.mark.parametrize("text", [
+    LORA_ML_ONLY.replace("[fixed]", '[fixed]\nlr = 0.05'),  # solver = "auto": lr means gd, as in fl.retrain
+    LORA_ML_ONLY.replace("[grid]", '[grid]\nsolver = ["auto", "gd"]').replace("[fixed]", '[fixed]\noptimizer = "adam"'),
+    LORA_ML_ONLY.replace("[fixed]", '[fixed]\npeft = "lora"\npeft_options = { alpha = 2.0 }\ncensus_starts = 2'),
+    SPEC.replace('"standard", "lora-ml"', '"lora-ml", "reptile"').replace("[fixed]", '[fixed]\ninit_A = "zeros"'),
+    # the shallow network's standard retraining is a gradient solve: it takes an optimizer
+    SPEC.replace('method = ["standard", "lora-ml"]', 'method = ["standard"]').replace(
+        "[fixed]", '[fixed]\nmodel = "shallow"\noptimizer = "adam"'),
+])
+def test_combinations_the_python_api_takes_are_accepted(text):
+    assert parse_spec(text).points()
+
+
+def test_a_row_never_drops_an_option_its_method_does_not_take():
+    """Rows built by hand (not through a checked spec) reach fl.retrain with every option: refused there, never
+    silently ignored under a row key that says otherwise."""
+    from fastlora.sweep import run_rows
+    row = parse_spec(SPEC.replace('method = ["standard", "lora-ml"]', 'method = ["standard"]')).rows()[0]
+    outcome = run_rows([{**row, "point": {**row["point"], "optimizer": "adam"}}])[0]
+    assert outcome["status"] == "error" and "unknown option(s) optimizer for method='standard'" in outcome["error"]
+
+
+def test_a_census_uses_the_rows_peft_options():
+    from fastlora.sweep.spec import landscape_args
+    point = parse_spec(LORA_ML_ONLY.replace("[fixed]", '[fixed]\npeft = "lora"\npeft_options = { alpha = 4.0 }\n'
+                                            'census_starts = 2')).points()[0]
+    peft = landscape_args(point, seed=1)["peft"]
+    assert peft.name == "lora" and peft.alpha == 4.0
+
+
+def test_an_unusable_backend_is_refused_before_any_work(tmp_path, monkeypatch):
+    from fastlora import backends
+    monkeypatch.setattr(backends, "cupy_status", lambda: (False, "no GPU here (test)"))
+    backends._build.cache_clear()  # a backend built before the patch would be reused
+    spec = write(tmp_path, SPEC.replace('backend = "numpy"', 'backend = "cupy"'))
+    out = tmp_path / "never.sqlite"
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out), "--workers", "1"])
+    backends._build.cache_clear()
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and "backend='cupy' is unavailable: no GPU here (test)" in lines[0], result.output
+    assert not out.exists()
+
+
+def test_a_malformed_scheduler_address_is_bad_input(tmp_path):
+    pytest.importorskip("distributed")
+    spec = write(tmp_path, SPEC)
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(tmp_path / "x.sqlite"),
+                                       "--scheduler", "notaurl", "--scheduler-timeout", "0.5"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: --scheduler 'notaurl' cannot be used as a Dask scheduler address: missing port")
+    assert "the form is [SCHEME://]HOST:PORT, e.g. tcp://10.0.0.5:8786" in lines[0]
+    assert not (tmp_path / "x.sqlite").exists()  # checked before the store is touched

@@ -189,6 +189,40 @@ def test_ctrl_c_commits_stops_workers_and_exits_130(tmp_path):
     assert line and stored_count(out) == int(line.group(1)) > 0, stdout
 
 
+@needs_proc
+def test_a_killed_worker_ends_the_sweep_with_its_rows_kept_and_a_resume_completes_it(tmp_path):
+    """One worker SIGKILLed (as the out-of-memory killer does): the driver stops the other worker,
+    keeps every committed row, says so in one line and exits 1 within seconds (it used to wait
+    forever for the dead worker to wake on the stop event); a rerun completes the spec."""
+    out = tmp_path / "w.sqlite"
+    with sweep_process(tmp_path, SLOW, out, "--workers", "2") as proc:
+        wait_for_rows(proc, out)
+        kids = driver_children(proc)
+        assert proc.poll() is None, "the driver finished before a worker could be killed"
+        os.kill(next(p for p, cmd in kids.items() if "spawn_main" in cmd), signal.SIGKILL)
+        committed = stored_count(out)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the driver still runs 20 s after one of its workers was killed")
+        survivors = wait_until_dead(kids, timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+    assert not survivors, {p: kids[p] for p in survivors}
+    assert proc.returncode == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: RuntimeError: a worker process died unexpectedly"), stderr
+    assert "rerun the same command to resume" in lines[0]
+    kept = stored_count(out)
+    assert committed <= kept < 96  # nothing committed was lost, and the sweep did stop early
+    resumed = run_sweep(parse_spec(SLOW), out, workers=2, progress=False)
+    assert (resumed.skipped, resumed.done, resumed.failed) == (kept, 96 - kept, 0)
+    with contextlib.closing(sqlite3.connect(out)) as db:
+        keys = [key for (key,) in db.execute("SELECT row_key FROM results WHERE status = 'ok'")]
+    assert len(keys) == len(set(keys)) == 96 and set(keys) == {r["row_key"] for r in parse_spec(SLOW).rows()}
+
+
 def test_dask_forgets_a_dead_drivers_work(tmp_path):
     distributed = pytest.importorskip("distributed")
     out = tmp_path / "d.sqlite"
@@ -215,7 +249,7 @@ def test_readers_open_the_store_read_only(tmp_path):
     store.parent.mkdir()
     run_sweep(parse_spec(FAST), store, workers=1, progress=False)
     before = snapshot(store.parent)
-    assert set(before) == {"r.sqlite", "r.sqlite.lock"}  # the writer left one database file
+    assert set(before) == {"r.sqlite"}  # the writer left one database file, and no lock file
     with ResultsStore(store) as reader:
         assert reader.readonly and len(reader.rows()[1]) == 4
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
@@ -284,7 +318,38 @@ def test_a_killed_writer_never_blocks_a_resume(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+    lock = tmp_path / "held.sqlite.lock"
+    assert lock.exists()  # a killed writer cannot tidy up: its lock file stays, unlocked
     assert run_sweep(parse_spec(FAST), out, workers=1, progress=False).done == 4
+    assert not lock.exists()  # the next writer finished cleanly and removed it
+
+
+def test_a_writer_never_locks_a_lock_file_its_finishing_predecessor_removed(tmp_path, monkeypatch):
+    """A finishing writer removes the lock file while it still holds the lock; a writer that opened
+    the file just before must not lock that removed file (a third writer would then lock a new one
+    at the path and both would write the store): it locks the file at the path."""
+    import fcntl
+
+    from fastlora.sweep.store import WriterLock
+    out = tmp_path / "race.sqlite"
+    first = WriterLock(out, "first")
+    real_flock = fcntl.flock
+
+    def first_finishes_in_between(fd, operation):
+        if first.fd is not None and operation & fcntl.LOCK_EX:
+            first.release()  # between the second writer's open() and its flock()
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", first_finishes_in_between)
+    second = WriterLock(out, "second")
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    try:
+        assert second.path.exists() and os.path.samestat(os.fstat(second.fd), os.stat(second.path))
+        with pytest.raises(ValueError, match=r"being written by another sweep \(sweep 'second', "):
+            WriterLock(out, "third")
+    finally:
+        second.release()
+    assert not second.path.exists()
 
 
 # ------------------------------------------------------------------------ changed specs
@@ -425,7 +490,8 @@ def test_the_store_records_what_ran_and_upgrades_old_stores(tmp_path, monkeypatc
     run_sweep(parse_spec(text), out, workers=1, progress=False)
     frame = load_results(out).sort_values("method")
     assert set(frame["backend"]) == {"auto"} and list(frame["backend_used"]) == ["numpy"] * 4
-    assert list(frame["solver_used"].fillna("-")) == ["als", "als", "-", "-"]  # lora-ml, then standard
+    # lora-ml, then standard (res.info["solver"] names the closed form where there is no solver choice)
+    assert list(frame["solver_used"].fillna("-")) == ["als", "als", "closed-form", "closed-form"]
     with sqlite3.connect(out) as db:  # a store written before these columns existed
         db.execute("ALTER TABLE results DROP COLUMN backend_used")
         db.execute("ALTER TABLE results DROP COLUMN solver_used")

@@ -168,6 +168,10 @@ class Registry:
             except TypeError as exc:
                 raise FastLoRAError(f"peft options {sorted(options)} are not accepted by {peft.__name__}: "
                                     f"{exc}") from None
+            except ValueError as exc:  # a plugin's own refusal of a value: reported as bad input
+                if isinstance(exc, FastLoRAError):
+                    raise
+                raise FastLoRAError(f"peft_options for {peft.__name__}: {exc}") from None
         elif options:
             raise FastLoRAError("peft options can only be given with a peft name or class, not an instance")
         protocol.validate(peft)

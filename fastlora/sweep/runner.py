@@ -15,9 +15,13 @@ skips finished rows (``retry_errors=True`` reruns the errored ones).
 
 Local workers die with the driver: on Linux the kernel kills them when it goes
 (``PR_SET_PDEATHSIG``), and everywhere a watchdog thread in each worker exits when its
-parent changes or the driver sets the stop event (Ctrl-C, SIGTERM, an error).  A Dask
-cluster releases a client's futures when it disconnects, so a dead driver leaves at most
-the chunks already executing to finish there.
+parent changes or the driver's end of the stop pipe closes (Ctrl-C, SIGTERM, an error, or
+the driver's death).  The stop signal is a pipe, not a multiprocessing Event: an Event's
+``set()`` waits for every waiting process to wake, forever for a worker that was killed.
+A worker that dies (killed, out of memory) breaks the pool: the driver commits what it
+has, stops the other workers and raises (one line from the CLI, exit 1); a rerun resumes.
+A Dask cluster releases a client's futures when it disconnects, so a dead driver leaves
+at most the chunks already executing to finish there.
 """
 from __future__ import annotations
 
@@ -222,32 +226,43 @@ def run_sweep(spec: Spec, out, *, workers: int | None = None, scheduler: str | N
     if isinstance(scheduler_timeout, bool) or not isinstance(scheduler_timeout, (int, float)) \
             or not scheduler_timeout > 0:
         raise FastLoRAError(f"scheduler_timeout={scheduler_timeout!r} must be a positive number of seconds")
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise FastLoRAError(f"scheduler={scheduler!r} must be a Dask scheduler address such as tcp://host:8786, "
+                            f"or None for local workers")
+    if not scheduler:
+        _check_backends_here(spec)
+    # a cluster is connected before the store is touched: a bad address or a scheduler that is down writes nothing
+    cluster = _DaskPool(scheduler, scheduler_timeout) if scheduler else None
     interrupt = None
-    with ResultsStore(out, spec) as store:
-        rows = spec.rows()
-        stored = store.stored_rows()
-        if not append:
-            store.check_spec(spec, rows, stored)
-        store.remember_spec(spec)
-        if retry_errors:
-            store.drop_errors(r["row_key"] for r in rows if stored.get(r["row_key"], ("", ""))[1] == "error")
+    try:
+        with ResultsStore(out, spec) as store:
+            rows = spec.rows()
             stored = store.stored_rows()
-        pending = [r for r in rows if r["row_key"] not in stored]
-        summary = SweepSummary(total=len(rows), skipped=len(rows) - len(pending), done=0, errors=0, seconds=0.0)
-        show = sys.stderr.isatty() if progress is None else progress
-        bar = _bar(len(pending), spec.name, show)
-        committer = _Committer(store, spec, summary, bar)
-        try:
-            if pending:
-                _drive(pending, workers, scheduler, scheduler_timeout, committer)
-        except KeyboardInterrupt as exc:  # also SIGTERM, mapped by the CLI
-            summary.interrupted, interrupt = True, exc
-        finally:
-            committer.flush()
-            if bar is not None:
-                bar.close()
-        wanted = {r["row_key"] for r in rows}
-        failures = [message for key, message in store.errors().items() if key in wanted]
+            if not append:
+                store.check_spec(spec, rows, stored)
+            store.remember_spec(spec)
+            if retry_errors:
+                store.drop_errors(r["row_key"] for r in rows if stored.get(r["row_key"], ("", ""))[1] == "error")
+                stored = store.stored_rows()
+            pending = [r for r in rows if r["row_key"] not in stored]
+            summary = SweepSummary(total=len(rows), skipped=len(rows) - len(pending), done=0, errors=0, seconds=0.0)
+            show = sys.stderr.isatty() if progress is None else progress
+            bar = _bar(len(pending), spec.name, show)
+            committer = _Committer(store, spec, summary, bar)
+            try:
+                if pending:
+                    _drive(pending, workers, cluster, committer)
+            except KeyboardInterrupt as exc:  # also SIGTERM, mapped by the CLI
+                summary.interrupted, interrupt = True, exc
+            finally:
+                committer.flush()
+                if bar is not None:
+                    bar.close()
+            wanted = {r["row_key"] for r in rows}
+            failures = [message for key, message in store.errors().items() if key in wanted]
+    finally:
+        if cluster is not None:
+            cluster.close(abort=True)  # a no-op where the sweep ran on it (closed there)
     summary.failed = len(failures)
     summary.error_messages = _distinct_first_lines(failures, SHOWN_ERRORS)
     summary.seconds = time.perf_counter() - started
@@ -256,6 +271,19 @@ def run_sweep(spec: Spec, out, *, workers: int | None = None, scheduler: str | N
     if interrupt is not None:
         raise interrupt
     return summary
+
+
+def _check_backends_here(spec: Spec) -> None:
+    """Refuse, before any work, a backend the spec names that cannot run on this machine (every
+    row with it would fail), as ``fl.retrain`` decides it (``get_backend``).  Not for a Dask
+    sweep: the cluster's workers may have what the driver lacks."""
+    from ..backends import get_backend
+    for name in spec.values("backend"):
+        try:
+            get_backend(name)
+        except FastLoRAError as exc:
+            raise FastLoRAError(f"sweep {spec.name!r}: {exc}; every row with backend={name!r} would fail on this "
+                                f"machine (a Dask cluster whose workers have it: --scheduler)") from None
 
 
 def _distinct_first_lines(messages: list[str], count: int) -> list[str]:
@@ -363,10 +391,11 @@ class _Chunker:
         self.row_seconds[key] = per_row if before is None else 0.5 * (before + per_row)
 
 
-def _drive(pending: list[dict], workers, scheduler, scheduler_timeout, committer: _Committer) -> None:
-    """Run every pending row on the chosen executor, handing finished chunks to ``committer``."""
-    if scheduler:
-        pool = _DaskPool(scheduler, scheduler_timeout)
+def _drive(pending: list[dict], workers, cluster, committer: _Committer) -> None:
+    """Run every pending row on ``cluster`` (a connected :class:`_DaskPool`) or, where it is None,
+    on local workers, handing finished chunks to ``committer``."""
+    if cluster is not None:
+        pool = cluster
     else:
         workers = min(workers or usable_cores(), len(pending))
         pool = _InProcess() if workers == 1 else _LocalPool(workers)
@@ -419,10 +448,12 @@ class _LocalPool:
     def __init__(self, workers: int):
         import multiprocessing
         ctx = multiprocessing.get_context("spawn")  # forking a process with live thread pools can deadlock
-        self.stop = ctx.Event()
+        # the stop signal: workers get the read end, the driver alone holds the write end, so closing
+        # it (or the driver's death) wakes every worker's watchdog at once and waits for nobody
+        self.stop_reader, self.stop_writer = ctx.Pipe(duplex=False)
         self.workers, self.slots = workers, 2 * workers
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(os.getpid(), self.stop))
+                                        initargs=(os.getpid(), self.stop_reader))
 
     def submit(self, chunk: list[dict]) -> Future:
         return self.pool.submit(_run_chunk, chunk)
@@ -436,8 +467,10 @@ class _LocalPool:
 
     def close(self, abort: bool) -> None:
         if abort:
-            self.stop.set()  # workers exit at once instead of finishing their queue
+            self.stop_writer.close()  # workers exit at once instead of finishing their queue
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.stop_writer.close()
+        self.stop_reader.close()
 
 
 def _init_worker(driver_pid: int, stop) -> None:
@@ -467,8 +500,9 @@ def _die_with_parent() -> None:
 
 
 def _watch_driver(driver_pid: int, stop) -> None:
-    """Exit when the driver asks (stop event) or dies (the parent pid changes)."""
-    while not stop.wait(WATCHDOG_SECONDS):
+    """Exit when the driver closes its end of the stop pipe (``stop``: the read end; it polls
+    readable at end of file), or dies (that end closes, or the parent pid changes)."""
+    while not stop.poll(WATCHDOG_SECONDS):
         if os.getppid() != driver_pid:
             break
     os._exit(0)  # nothing to flush: only the driver writes the store
@@ -484,6 +518,10 @@ class _DaskPool:
             raise FastLoRAError("--scheduler needs dask.distributed: pip install 'fastlora[dask]'") from None
         try:
             self.client = Client(scheduler, timeout=f"{timeout}s")
+        except (ValueError, TypeError) as exc:  # distributed refuses the address: no port, an unknown scheme, ...
+            raise FastLoRAError(f"--scheduler {scheduler!r} cannot be used as a Dask scheduler address: {exc}; the "
+                                f"form is [SCHEME://]HOST:PORT, e.g. tcp://10.0.0.5:8786 (tcp when no scheme is "
+                                f"given)") from None
         except (OSError, TimeoutError) as exc:
             raise FastLoRAError(f"cannot reach the Dask scheduler at {scheduler!r} within {timeout:g} s: {exc}; "
                                 f"check the address or raise --scheduler-timeout") from None

@@ -15,6 +15,9 @@
     noise = 0.01
 
 Keys are arguments of ``make_problem`` / ``retrain`` / ``evaluate`` (listed in ``KEYS``).
+Every grid point's combination is checked as the Python API would check it: a solver option
+its method and solver do not take (the schema of fastlora.options), ``peft_options`` its
+parameterization refuses, a census (``census_starts``) the landscape tools cannot run.
 A spec with a ``dataset`` key (e.g. ``dataset = "digits"``) draws its tasks from that dataset
 under the paper's image protocol (``fastlora.datasets.load``, split seeded by the row's seed,
 ``test_fraction`` its protocol key) instead of ``make_problem``; the dataset fixes d, T and n,
@@ -52,6 +55,8 @@ DATASET_PROBLEM_KEYS = ("model",)
 # problem keys that change how data are drawn, not what is drawn: rows that differ only in them
 # share their seed (the two samplers draw the same ground truth from it)
 SEED_NEUTRAL = ("sampler",)
+# the keys check_options reads
+_OPTION_CHECK_KEYS = frozenset((*OPTION_KEYS, *LANDSCAPE_KEYS, "method", "solver", "peft", "peft_options", "model"))
 # every row records these (the schema's defaults where the spec is silent), so stored rows are self-describing
 RECORDED = ("d", "k", "T", "n", "noise", "symmetric", "n_test_tasks", "method", "peft", "solver", "backend", "dtype",
             "n_ft", "ft_peft")
@@ -104,6 +109,15 @@ class Spec:
                 out.append({"point": point, "repeat": repeat, "seed": _seed_of(self.seed, problem_text, repeat),
                             "row_key": _row_key_of(point_text, repeat, self.seed)})
         return out
+
+    def values(self, key: str) -> list:
+        """The distinct values ``key`` takes over the spec's points, in spec order (without listing them)."""
+        if key in self.fixed:
+            return [self.fixed[key]]
+        found: list = []
+        for grid in self.grids:
+            found.extend(v for v in grid.get(key, ()) if v not in found)
+        return found
 
     def digest(self) -> str:
         text = json.dumps({"keys": self.keys, "seed": self.seed}, sort_keys=True)
@@ -213,7 +227,14 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
             fixed[key] = value
     spec = Spec(name=name.strip(), repeats=repeats, grids=grids, fixed=fixed, seed=seed,
                 description=str(raw.get("description", "")), source=text)
+    # the option checks depend on a few keys only: check each combination of their grid values once
+    varying = [k for k in first_keys if k in _OPTION_CHECK_KEYS]
+    checked: set[tuple] = set()
     for point in spec.points():
+        combination = tuple(repr(point.get(k)) for k in varying)
+        if combination not in checked:
+            checked.add(combination)
+            check_options(point, origin)
         check_point(point, origin)
     return spec
 
@@ -278,7 +299,7 @@ def _check_dataset_keys(uses_dataset: bool, keys: set, origin: str) -> None:
 
 
 def check_point(point: dict, origin: str) -> None:
-    """Combinations that no single key can rule out (rank > d, ...)."""
+    """Combinations of shapes that no single key can rule out (rank > d, ...)."""
     if point.get("dataset") is not None:
         _check_dataset_point(point, origin)
         return
@@ -303,6 +324,72 @@ def check_point(point: dict, origin: str) -> None:
         if point.get("sampler", "raw") != "raw" or point.get("d_out") not in (None, d) or point.get("implicit"):
             raise FastLoRAError(f"{origin}: model='shallow' takes raw samples of a square network: no sampler, "
                                 f"d_out or implicit keys")
+
+
+def check_options(point: dict, origin: str) -> None:
+    """What ``fl.retrain`` and the landscape census would refuse for this point's options (a
+    solver option its method or solver does not take, ``peft_options`` its parameterization does
+    not take, a census the landscape tools cannot run), decided by the functions they use: the
+    option schema (fastlora.options), the registry's constructor of the parameterization, and the
+    landscape tools' own parameterization check.  Reads only ``_OPTION_CHECK_KEYS``."""
+    method = point.get("method", schema.OPTIONS["method"].default)
+    if point.get("model", "linear") == "shallow":  # its gradient solvers take other options: checked when run
+        if method == "lora-ml" and point.get("peft_options"):
+            _peft_of(point, origin)
+        _check_census(point, method, origin)
+        return
+    options = {k: point[k] for k in OPTION_KEYS if k in point}
+    solver = point.get("solver", schema.OPTIONS["solver"].default) if method == "lora-ml" else None
+    # solver="auto" runs one of the LoRA-ML solvers: one of them must take every option given
+    candidates = ("als", "gd") if solver == "auto" else (solver,)
+    refusals = []
+    for candidate in candidates:
+        try:
+            schema.check_solver_options(method, candidate, options)
+            break
+        except FastLoRAError as exc:
+            refusals.append(str(exc))
+    else:
+        if solver == "auto":
+            given = ("all of " if len(options) > 1 else "") + ", ".join(sorted(options))
+            raise FastLoRAError(f"{origin}: solver='auto' runs 'als' or 'gd', and neither takes {given}: "
+                                f"{'; '.join(refusals)}")
+        raise FastLoRAError(f"{origin}: {refusals[0]}")
+    if method == "lora-ml" and point.get("peft_options"):
+        _peft_of(point, origin)
+    _check_census(point, method, origin)
+
+
+def _peft_of(point: dict, origin: str = "<spec>"):
+    """The point's parameterization, built with its ``peft_options`` as ``fl.retrain`` builds it."""
+    from .. import peft as peft_registry
+    name = point.get("peft", schema.OPTIONS["peft"].default)
+    try:
+        return peft_registry.get(name, **(point.get("peft_options") or {}))
+    except ValueError as exc:  # FastLoRAError, or a plugin's own ValueError
+        raise FastLoRAError(f"{origin}: peft_options={point['peft_options']!r} for peft={name!r}: {exc}") from None
+
+
+def _check_census(point: dict, method: str, origin: str) -> None:
+    """A census (``census_starts``) is of the linear LoRA-ML objective, with a parameterization the
+    landscape tools support; its other keys need it."""
+    if point.get("census_starts") is None:
+        unused = sorted(k for k in LANDSCAPE_KEYS if k != "census_starts" and k in point)
+        if unused:
+            raise FastLoRAError(f"{origin}: {', '.join(unused)} set(s) the starts of a landscape census; add "
+                                f"census_starts (the number of starts) or leave {', '.join(unused)} out")
+        return
+    what = f"census_starts={point['census_starts']} (a landscape census of the LoRA-ML objective)"
+    if method != "lora-ml":
+        raise FastLoRAError(f"{origin}: {what} applies to method='lora-ml' only, not method={method!r}")
+    if point.get("model", "linear") != "linear":
+        raise FastLoRAError(f"{origin}: {what} applies to the linear model only; the landscape tools have no "
+                            f"model={point['model']!r}")
+    from ..landscape.objective import resolve_peft
+    try:
+        resolve_peft(_peft_of(point, origin))
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: {what}: {exc}") from None
 
 
 def _check_dataset_point(point: dict, origin: str) -> None:
@@ -338,17 +425,15 @@ def dataset_args(point: dict, seed: int) -> dict | None:
 
 
 def retrain_args(point: dict, seed: int) -> dict:
-    """Keyword arguments of ``fl.retrain`` for a point: options that do not apply to the point's
-    method (e.g. Reptile's inner_lr in a grid mixing methods) are left out."""
+    """Keyword arguments of ``fl.retrain`` for a point: every option it carries (a checked spec
+    holds none its method and solver refuse; ``fl.retrain`` refuses any other, never ignores it).
+    Every row records ``peft``, ``rank`` and ``solver``; they reach LoRA-ML only."""
     method = point.get("method", schema.OPTIONS["method"].default)
-    solver = point.get("solver", schema.OPTIONS["solver"].default) if method == "lora-ml" else None
     args = {k: point[k] for k in RETRAIN_KEYS if k in point}
     if method != "lora-ml":
         for k in ("peft", "rank", "solver"):
             args.pop(k, None)
-    solvers = ("als", "gd") if solver == "auto" else (solver,)
-    allowed = {name for s in solvers for name in schema.solver_options(method, s)}
-    args.update({k: point[k] for k in OPTION_KEYS if k in point and k in allowed})
+    args.update({k: point[k] for k in OPTION_KEYS if k in point})
     return {**args, "seed": seed}
 
 
@@ -360,7 +445,7 @@ def landscape_args(point: dict, seed: int) -> dict | None:
     solver = point.get("solver", "auto")
     args = {"n_starts": point["census_starts"], "init": point.get("census_init", "normal"),
             "init_scale": point.get("init_scale", schema.OPTIONS["init_scale"].default), "seed": seed,
-            "peft": point.get("peft", "lora_sym"), "rank": point.get("rank"),
+            "peft": _peft_of(point), "rank": point.get("rank"),
             "solver": "gd" if solver == "auto" else solver, "optimizer": point.get("optimizer", "lbfgs")}
     return args
 
