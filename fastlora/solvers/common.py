@@ -157,11 +157,12 @@ class Monitor:
         judged "zero" or "constant".
         """
         values = np.atleast_1d(np.asarray(values, dtype=np.float64))
-        steps = None if steps is None else np.broadcast_to(np.asarray(steps, dtype=np.float64), (self.P,))
-        accurate = np.broadcast_to(np.asarray(accurate, dtype=bool), (self.P,))
-        for p in np.flatnonzero(self.active):
-            self._record_one(p, iteration, float(values[p]), None if steps is None else float(steps[p]),
-                             bool(accurate[p]))
+        steps = None if steps is None else np.asarray(steps, dtype=np.float64)
+        accurate = np.asarray(accurate, dtype=bool)
+        for p in np.flatnonzero(self.active):  # a scalar step / accuracy holds for every problem
+            step = None if steps is None else float(steps if steps.ndim == 0 else steps[p])
+            exact = bool(accurate if accurate.ndim == 0 else accurate[p])
+            self._record_one(p, iteration, float(values[p]), step, exact)
         if self.callback is not None:
             self.callback(iteration, self.elapsed, float(values[0]) if self.P == 1 else values.copy())
         return bool(self.done.all())
