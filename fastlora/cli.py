@@ -315,8 +315,9 @@ def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_
     """Time the solvers against the numpy reference and the baselines, in one run."""
     from .bench import CONFIGS, backend_status, run_bench
     if list_configs:
+        width = max(len(name) for name in CONFIGS)
         for c in CONFIGS.values():
-            click.echo(f"{c.name:10s} d={c.d} T={c.T} k={c.k} {c.dtype}: {c.note}")
+            click.echo(f"{c.name:{width}s}  d={c.d} T={c.T} k={c.k} {c.dtype}: {c.note}")
         return
     names = list(configs) or ["paper", "pop-384", "pop-512", "pop-1024"]
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
