@@ -219,19 +219,19 @@ def numba_status() -> tuple[bool, str]:
     return True, "numba available"
 
 
+def backend_status(name: str) -> tuple[bool, str]:
+    """(usable, reason) of a backend name ("numpy", "numba" or "cupy") on this machine."""
+    return {"numpy": (True, "numpy available"), "numba": numba_status(), "cupy": cupy_status()}[name]
+
+
 @functools.cache
 def _build(name: str) -> Backend:
     if name == "numpy":
         return Backend("numpy", np)
-    if name == "numba":
-        ok, why = numba_status()
-        if not ok:
-            raise BackendUnavailableError(f"backend='numba' is unavailable: {why}")
-        return NumbaBackend()
-    ok, why = cupy_status()
+    ok, why = backend_status(name)
     if not ok:
-        raise BackendUnavailableError(f"backend='cupy' is unavailable: {why}")
-    return CupyBackend()
+        raise BackendUnavailableError(f"backend={name!r} is unavailable: {why}")
+    return NumbaBackend() if name == "numba" else CupyBackend()
 
 
 def resolve_backend_name(name: str | None) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends import blas_threads, cupy_status, get_backend, numba_status
+from .backends import backend_status, blas_threads, cupy_status, get_backend, numba_status
 from .config import usable_cores
 from .errors import FastLoRAError
 
@@ -185,11 +185,6 @@ def run_bench(names, backends, repeat: int = 3, baselines: bool = True, full_bas
          "implicit": _bench_implicit, "points": _bench_points,
          "shallow": _bench_shallow}[cfg.kind](cfg, usable, repeat, baselines, full_baselines, report, echo)
     return report
-
-
-def backend_status(backend: str) -> tuple[bool, str]:
-    """(usable, reason) of a backend name for the bench."""
-    return {"numpy": (True, ""), "numba": numba_status(), "cupy": cupy_status()}[backend]
 
 
 def _available(backend: str, report: Report) -> bool:

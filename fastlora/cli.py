@@ -313,7 +313,8 @@ def plot(store, x, y, hue, facet, where, logy, logx, stat, band, output):
 @click.option("--list", "list_configs", is_flag=True, help="list the configurations and exit")
 def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_configs):
     """Time the solvers against the numpy reference and the baselines, in one run."""
-    from .bench import CONFIGS, backend_status, run_bench
+    from .backends import backend_status
+    from .bench import CONFIGS, run_bench
     if list_configs:
         width = max(len(name) for name in CONFIGS)
         for c in CONFIGS.values():

@@ -64,10 +64,9 @@ def fine_tuning_rate(d_in: int, d_out: int, k: int, noise: float):
 
 
 def run_demo(out_dir, workers=None, quick=False, echo=print, progress=None) -> dict:
-    out_dir = Path(out_dir)
-    if not out_dir.expanduser().parent.is_dir():  # a mistyped path must not create folders
-        raise FastLoRAError(f"out_dir={str(out_dir)!r}: folder {str(out_dir.expanduser().parent)!r} does not exist; "
-                            f"create it first")
+    out_dir = Path(out_dir).expanduser()
+    if not out_dir.parent.is_dir():  # a mistyped path must not create folders
+        raise FastLoRAError(f"out_dir={str(out_dir)!r}: folder {str(out_dir.parent)!r} does not exist; create it first")
     out_dir.mkdir(exist_ok=True)
     store = out_dir / "results.sqlite"
     spec = demo_spec(quick)

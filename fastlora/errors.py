@@ -116,3 +116,11 @@ def check_array(name: str, value: Any, *, ndim: int | None = None, shape: tuple 
     if arr.size and not np.isfinite(arr).all():
         raise FastLoRAError(f"{name} contains NaN or Inf values")
     return arr
+
+
+def check_list(name: str, value, entries: str) -> list:
+    """A list argument of the ``*_many`` functions, one entry per ``entries``; a single object
+    (a problem, a result, a task) is refused rather than iterated."""
+    if not isinstance(value, (list, tuple)):
+        raise FastLoRAError(f"{name} must be a list (one entry per {entries}), got {type(value).__name__}")
+    return list(value)

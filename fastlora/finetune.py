@@ -7,7 +7,7 @@ import numpy as np
 
 from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
-from .errors import FastLoRAError, check_array, check_float, check_int
+from .errors import FastLoRAError, check_array, check_float, check_int, check_list
 from .linop import LowRankUpdate
 from .options import check_solver_options
 from .peft.protocol import check_shape_supported, shared_names
@@ -69,6 +69,9 @@ def finetune_many(starts: list, tasks: list, peft="lora", rank: int = 1, n: int 
                   peft_options: dict | None = None) -> list[FinetuneResult]:
     """:func:`finetune` of ``starts[i]`` on ``tasks[i]`` (seed ``seeds[i]``) for every i, with the
     exact fits of all of them in one batched call (each is what a lone finetune gives)."""
+    tasks = check_list("tasks", tasks, "task")
+    if not isinstance(starts, np.ndarray):  # a stacked (P, d_out, d_in) array of starts is one per task too
+        starts = check_list("starts", starts, "task")
     if len(starts) != len(tasks):
         raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
     seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(tasks)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from . import peft as peft_registry
-from .errors import FastLoRAError, check_array, check_choices, check_float, check_int
+from .errors import FastLoRAError, check_array, check_choices, check_float, check_int, check_list
 from .finetune import finetune_many, lowrank_residual
 from .implicit import is_implicit
 from .linop import LowRankUpdate
@@ -129,12 +129,6 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
 LINEAR_METRICS = ("rel_err_A", "adapt_rank", "excess_risk")
 
 
-def _as_list(name: str, value) -> list:
-    """A list argument of the *_many functions (a single object is refused, not iterated)."""
-    if not isinstance(value, (list, tuple)):
-        raise FastLoRAError(f"{name} must be a list (one entry per result), got {type(value).__name__}")
-    return list(value)
-
 
 def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora",
                   seeds=0, rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True,
@@ -145,11 +139,11 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     entry that cannot be evaluated in its place."""
     if errors not in ("raise", "return"):
         raise FastLoRAError(f"errors={errors!r} is not allowed; choose 'raise' or 'return'")
-    results, problems = _as_list("results", results), _as_list("problems", problems)
+    results, problems = check_list("results", results, "result"), check_list("problems", problems, "result")
     seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(results)
     lengths = {"problems": len(problems), "seeds": len(seeds)}
     if test_tasks is not None:
-        lengths["test_tasks"] = len(_as_list("test_tasks", test_tasks))
+        lengths["test_tasks"] = len(check_list("test_tasks", test_tasks, "result"))
     for name, length in lengths.items():
         if length != len(results):
             raise FastLoRAError(f"{name} has {length} entries for {len(results)} results; give one per result")

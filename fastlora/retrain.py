@@ -10,7 +10,7 @@ from . import options as schema
 from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
 from .config import format_bytes, require_memory
-from .errors import FastLoRAError
+from .errors import FastLoRAError, check_list
 from .implicit import is_implicit
 from .peft.protocol import check_shape_supported, shared_names
 from .reduction import Reduction, plan_reduction
@@ -112,10 +112,8 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
     """
     if errors not in ("raise", "return"):
         raise FastLoRAError(f"errors={errors!r} is not allowed; choose 'raise' or 'return'")
-    if not isinstance(problems, (list, tuple)):
-        raise FastLoRAError(f"problems must be a list of problems (Problems or lists of Tasks), got "
-                            f"{type(problems).__name__}; for one problem use fastlora.retrain")
-    problems = list(problems)
+    problems = check_list("problems", problems, "problem: a Problem or a list of Tasks; for one problem use "
+                          "fastlora.retrain")
     if not problems:
         return []
     seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(problems)
@@ -173,16 +171,20 @@ METHOD_PROCEDURES = {"standard": "closed-form", "reptile": "reptile"}
 
 def _starts_of_problem(options: dict, i: int, P: int, T: int, shared=()) -> dict:
     """``options`` for problem ``i`` of ``P`` solved alone: its slice of stacked starts
-    (``init_A`` (P, d_out, d_in), per-task ``init_params`` (P·T, ...)); a start shared by all,
-    and shared parameters (no task axis), stay as given."""
+    (``init_A`` (P, d_out, d_in) — a 2-d one is shared by all —, per-task ``init_params``
+    (P·T, ...); shared parameters (no task axis) stay as given)."""
     own = dict(options)
     A0 = options.get("init_A")
     if A0 is not None and not isinstance(A0, str) and np.ndim(A0) == 3 and P > 1:
         own["init_A"] = A0[i:i + 1]
     given = options.get("init_params")
     if given is not None and P > 1:
-        own["init_params"] = {k: v if k in shared or np.shape(v)[0] != P * T else v[i * T:(i + 1) * T]
-                              for k, v in given.items()}
+        own["init_params"] = {}
+        for k, v in given.items():
+            if k not in shared and np.shape(v)[:1] != (P * T,):  # as the stacked solve requires
+                raise FastLoRAError(f"init_params[{k!r}] has shape {np.shape(v)}; {P} problems of {T} tasks need "
+                                    f"one start per task of every problem: {P * T} along the first axis")
+            own["init_params"][k] = v if k in shared else v[i * T:(i + 1) * T]
     return own
 
 

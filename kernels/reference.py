@@ -131,11 +131,12 @@ def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize: bool, out=Non
 
 def lbfgs_direction(S, Y, valid, grad, gamma):
     """H·∇ per problem: the L-BFGS inverse-Hessian approximation built from H₀ = γI and the
-    curvature pairs (s_i, y_i), oldest first — in compact form (Byrd, Nocedal & Schnabel 1994):
+    curvature pairs (s_i, y_i), oldest first — in compact form (Byrd, Nocedal & Schnabel 1994),
+    written for pairs stored as rows (S, Y: m × n):
 
-        H∇ = γ∇ + S p − γ Yᵀ(R⁻¹Sᵀ∇),   p = R⁻ᵀ[(D + γYᵀY)(R⁻¹Sᵀ∇) − γYᵀ∇]
+        H∇ = γ∇ + Sᵀp − γ Yᵀ(R⁻¹S∇),   p = R⁻ᵀ[(D + γ Y Yᵀ)(R⁻¹S∇) − γ Y∇]
 
-    with R the upper triangle of SYᵀ and D its diagonal.  ``S``, ``Y`` (P, m, n); ``valid``
+    with R the upper triangle of S Yᵀ and D its diagonal.  ``S``, ``Y`` (P, m, n); ``valid``
     (P, m) host bool — a pair that is not valid is stored as zeros and given a unit diagonal in
     R, so it contributes nothing; ``grad`` (P, n); ``gamma`` (P,) host.  Returns (P, n).
     """

@@ -148,7 +148,7 @@ def residual_stats(S, A_new, A_old, symmetrize):
 
 
 def lbfgs_direction(S, Y, valid, grad, gamma):
-    """H·∇ with H built by the BFGS inverse update H ← (I − ρsyᵀ)ᵀ H (I − ρysᵀ) + ρssᵀ from
+    """H·∇ with H built by the BFGS inverse update H ← (I − ρsyᵀ) H (I − ρysᵀ) + ρssᵀ from
     H₀ = γI over the valid pairs, oldest first: an explicit n×n matrix per problem."""
     P, m, n = S.shape
     out = np.empty((P, n))

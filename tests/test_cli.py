@@ -385,8 +385,8 @@ def test_export_to_dash_writes_csv_to_stdout(stores, tmp_path, monkeypatch):
 
 
 def test_bench_refuses_when_no_chosen_backend_can_run(run, monkeypatch):
-    from fastlora import bench
-    monkeypatch.setattr(bench, "cupy_status", lambda: (False, "no device here"))
+    from fastlora import backends
+    monkeypatch.setattr(backends, "cupy_status", lambda: (False, "no device here"))
     result = run("bench", "--config", "smoke", "--backend", "cupy")
     assert result.exit_code == 2
     assert result.output == "Error: --backend cupy cannot run here: no device here\n"
@@ -400,3 +400,15 @@ def test_export_to_a_reader_that_stops_early_ends_quietly(stores):
     process.stdout.close()  # like `| head` stopping before the rows arrive: every write meets a closed pipe
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 0 and stderr == ""
+
+
+def test_plot_names_an_execution_setting_that_changes_with_x(run, tmp_path, figure):
+    """max_iter differs between the two d values: the figure must say so, not hide it as a setting."""
+    from fastlora.sweep import parse_spec, run_sweep
+    spec = ('name = "budget"\nrepeats = 1\n[[grid]]\nd = [4]\nmax_iter = [3]\n[[grid]]\nd = [6]\nmax_iter = [500]\n'
+            '[fixed]\nk = 1\nT = 3\nmethod = "lora-ml"\nbackend = "numpy"\n')
+    store = tmp_path / "budget.sqlite"
+    assert run_sweep(parse_spec(spec), store, workers=1, progress=False).failed == 0
+    result = run("plot", str(store), "--x", "d", "--y", "rel_err_A", "-o", str(tmp_path / "b.png"))
+    assert result.exit_code == 0, result.output
+    assert "max_iter per d: 4→3, 6→500" in figure["figure"]._suptitle.get_text()

@@ -292,3 +292,12 @@ def test_a_census_above_the_dense_size_solves_each_start_from_its_own_point():
                            max_iter=50, backend="numpy")
         assert np.array_equal(many[i].A, alone.A)
     assert not np.allclose(many[0].A, many[1].A)
+
+
+def test_retrain_many_wants_one_start_per_task_whatever_the_problem_size():
+    from fastlora.taskbatch import DENSE_MAX_DIM
+    for d in (8, DENSE_MAX_DIM + 8):  # stacked, and one at a time
+        prob = fl.make_problem(d=d, k=1, T=3, seed=0, n_test_tasks=0)
+        with pytest.raises(ValueError, match="init_params"):
+            fl.retrain_many([prob] * 2, solver="gd", init_params={"U": np.zeros((3, d, 1))}, max_iter=2,
+                            backend="numpy")

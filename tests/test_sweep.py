@@ -271,6 +271,16 @@ def test_combinations_the_python_api_takes_are_accepted(text):
     assert parse_spec(text).points()
 
 
+def test_a_dataset_point_is_checked_as_the_shallow_network_it_runs():
+    from pathlib import Path
+    text = (Path(__file__).parents[1] / "examples" / "digits.toml").read_text()
+    assert parse_spec(text.replace("[fixed]", '[fixed]\noptimizer = "adam"')).points()
+    with pytest.raises(ValueError, match="census_starts"):
+        parse_spec(text.replace("[fixed]", "[fixed]\ncensus_starts = 3"))
+
+
+
+
 def test_a_row_never_drops_an_option_its_method_does_not_take():
     """Rows built by hand (not through a checked spec) reach fl.retrain with every option: refused there, never
     silently ignored under a row key that says otherwise."""

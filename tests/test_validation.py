@@ -227,10 +227,12 @@ def test_many_functions_refuse_mismatched_or_single_arguments(prob):
         fl.evaluate_many(res, prob)
     with pytest.raises(ValueError, match="seeds has 3 entries for 2 results"):
         fl.evaluate_many([res, res], [prob, prob], seeds=[0, 1, 2])
-    with pytest.raises(ValueError, match="problems must be a list of problems"):
+    with pytest.raises(ValueError, match=r"problems must be a list \(one entry per problem"):
         fl.retrain_many(prob, seeds=[0])
     with pytest.raises(ValueError, match="seeds has 2 entries for 1 tasks"):
         fl.finetune_many([res.A], [prob.test_tasks[0]], seeds=[0, 1])
+    with pytest.raises(ValueError, match="tasks must be a list"):
+        fl.finetune_many(res.A, prob.test_tasks[0])
 
 
 def test_data_whose_statistics_overflow_and_absurd_noise_name_the_argument():

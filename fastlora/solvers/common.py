@@ -101,7 +101,8 @@ class Monitor:
       ``STALL_WINDOW`` iterations — no further progress is representable in floating point
       (finite-sample optima have F > 0, so this is reachable where tol on A is not).
 
-    ``tol=0`` asks for ``max_iter`` iterations: only an objective of zero (to rounding) stops early.
+    ``tol=0`` asks for ``max_iter`` iterations: only an objective of zero (to rounding) stops early
+    (and, in the solver, a line search that finds no step lowering F).
 
     A non-finite objective, or one growing beyond ``DIVERGENCE_FACTOR`` × the larger of Σ_t L_t(0)
     and the objective at the start (:meth:`start`), fails that problem with a
@@ -191,6 +192,10 @@ class Monitor:
             message = "objective constant to rounding"
         if message is not None:
             self.finish(p, iteration, message, converged=True)
+
+    def fail(self, p, iteration, error) -> None:
+        """Fail problem ``p`` with ``error`` (raised at once when P = 1)."""
+        self._fail(p, iteration, error)
 
     def _fail(self, p, iteration, error) -> None:
         if self.P == 1:

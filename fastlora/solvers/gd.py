@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DivergenceError
 from ..peft.protocol import bind_base, shared_names, trainable
 from ..taskbatch import Adapters
 from .common import Frozen
@@ -128,9 +129,12 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
                 x[k] = x[k] - lr * mhat / (xp.sqrt(vhat) + tiny)
             value, grads = model.value_and_grad(x)
         else:
-            x, value, grads, lr, stuck = _armijo_step(batch, model, x, value, grads, lr, eps, names, shared)
-            # every finite F accepts a small enough step: no step at all means F or ∇F is not finite
-            value = np.where(stuck, np.nan, value)
+            x, value, grads, lr, stuck = _armijo_step(batch, model, x, value, grads, lr, eps, names, shared,
+                                                      monitor.active)
+            for p in np.flatnonzero(stuck):  # every finite F takes a small enough step: here F or ∇F is not finite
+                monitor.fail(p, iteration, DivergenceError(
+                    f"the line search found no step with a finite objective at iteration {iteration}: the objective "
+                    f"or its gradient is not finite there (ill-scaled data?)"))
         was_active = monitor.active.copy()
         all_done = monitor.record(iteration, value, np.sqrt(grad_norm_sq(batch, grads, shared)) / g0)
         frozen.keep(x["A"], _params(x), was_active & monitor.done)
@@ -141,15 +145,18 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
     return monitor.outcome(A, params, iteration, info=info)
 
 
-def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=()):
-    """One backtracking step per problem; at the rounding floor of F a step that keeps F within
-    rounding is accepted.  Returns (x, F, ∇F, next step sizes, stuck (P,) bool: no step was
-    accepted down to a zero step, which only a non-finite F or ∇F can cause)."""
+def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=(), active=None):
+    """One backtracking step per ``active`` problem (default: all); at the rounding floor of F a
+    step that keeps F within rounding is accepted.  Returns (x, F, ∇F, next step sizes, stuck (P,)
+    bool: an active problem for which no step was accepted down to a zero step, which only a
+    non-finite F or ∇F can cause)."""
     gsq = grad_norm_sq(batch, grads, shared)
     floor = 8 * eps * np.abs(value)
-    pending = np.ones(batch.P, dtype=bool)
+    active = np.ones(batch.P, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    hopeless = active & ~(np.isfinite(value) & np.isfinite(gsq))
+    pending = active & ~hopeless
     new_x, new_value, new_grads, new_lr = x, value.copy(), grads, lr.copy()
-    while True:
+    while pending.any():
         cand = _scaled(batch, lr, x, grads, names, shared)
         cand_value, cand_grads = model.value_and_grad(cand)
         predicted = 0.5 * lr * gsq
@@ -162,11 +169,11 @@ def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=()):
         pending &= ~ok
         # halve until accepted, however long the first step was (a small enough step always is:
         # Armijo's decrease, or at the rounding floor a step that keeps F), down to the smallest double
-        again = pending & (lr > 0)
+        again = pending & (lr > 0) & np.isfinite(lr)
         if not again.any():
             break
         lr = np.where(again, lr * 0.5, lr)
-    return new_x, new_value, new_grads, new_lr, pending
+    return new_x, new_value, new_grads, new_lr, pending | hopeless
 
 
 def _merge(batch, problems, new: dict, old: dict, shared=()) -> dict:
@@ -323,6 +330,7 @@ def _lbfgs(ctx, model, x, monitor, info):
                 break
             step = np.where(pending, 0.5 * step, step)
         stuck = pending
+        overflowed = stuck & ~np.isfinite(trial_value)  # even the shortest trial step is not finite
         s, y = new_vec - vec, new_grad - grad
         sy, yy = host(_rowdot(xp, s, y)), host(_rowdot(xp, y, y))
         keep = ~stuck & (sy > eps * np.sqrt(host(_rowdot(xp, s, s)) * yy))
@@ -333,8 +341,13 @@ def _lbfgs(ctx, model, x, monitor, info):
         was_active = monitor.active.copy()
         monitor.record(iteration, value, gnorm / g0)
         for p in np.flatnonzero(stuck & monitor.active):
-            monitor.finish(p, iteration, "line search found no decrease: the objective is at its rounding floor",
-                           converged=True)
+            if overflowed[p]:
+                monitor.fail(p, iteration, DivergenceError(
+                    f"the line search found no step with a finite objective at iteration {iteration}: the objective "
+                    f"or its gradient is not finite there (ill-scaled data?)"))
+            else:
+                monitor.finish(p, iteration, "line search found no decrease: the objective is at its rounding floor",
+                               converged=True)
         all_done = bool(monitor.done.all())
         newly = was_active & monitor.done | (stuck & active)
         if newly.any():

@@ -291,8 +291,8 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
         axes[0][-1].legend(title=label(hues[0]) if hues else None, fontsize=8)
     if title is None:
         off_metric = _keys_off_the_metric(y)
-        leading = _covarying_parts({k: v for k, v in covarying.items()
-                                    if k not in off_metric and k not in _EXECUTION_KEYS}, x)
+        # a setting that changes along x is part of what the figure shows, execution keys included
+        leading = _covarying_parts({k: v for k, v in covarying.items() if k not in off_metric}, x)
         title = _settings_title(shared, exclude={x, facet, *hues, *off_metric}, leading=leading)
     counts = sorted({len(values) for series in groups.values() for values in series.values()})
     seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"

@@ -56,7 +56,8 @@ DATASET_PROBLEM_KEYS = ("model",)
 # share their seed (the two samplers draw the same ground truth from it)
 SEED_NEUTRAL = ("sampler",)
 # the keys check_options reads
-_OPTION_CHECK_KEYS = frozenset((*OPTION_KEYS, *LANDSCAPE_KEYS, "method", "solver", "peft", "peft_options", "model"))
+_OPTION_CHECK_KEYS = frozenset((*OPTION_KEYS, *LANDSCAPE_KEYS, "method", "solver", "peft", "peft_options", "model",
+                                "dataset"))
 # every row records these (the schema's defaults where the spec is silent), so stored rows are self-describing
 RECORDED = ("d", "k", "T", "n", "noise", "symmetric", "n_test_tasks", "method", "peft", "solver", "backend", "dtype",
             "n_ft", "ft_peft")
@@ -333,7 +334,7 @@ def check_options(point: dict, origin: str) -> None:
     option schema (fastlora.options), the registry's constructor of the parameterization, and the
     landscape tools' own parameterization check.  Reads only ``_OPTION_CHECK_KEYS``."""
     method = point.get("method", schema.OPTIONS["method"].default)
-    if point.get("model", "linear") == "shallow":  # its gradient solvers take other options: checked when run
+    if _model_of(point) == "shallow":  # its gradient solvers take other options: checked when run
         if method == "lora-ml" and point.get("peft_options"):
             _peft_of(point, origin)
         _check_census(point, method, origin)
@@ -382,14 +383,19 @@ def _check_census(point: dict, method: str, origin: str) -> None:
     what = f"census_starts={point['census_starts']} (a landscape census of the LoRA-ML objective)"
     if method != "lora-ml":
         raise FastLoRAError(f"{origin}: {what} applies to method='lora-ml' only, not method={method!r}")
-    if point.get("model", "linear") != "linear":
+    if _model_of(point) != "linear":
         raise FastLoRAError(f"{origin}: {what} applies to the linear model only; the landscape tools have no "
-                            f"model={point['model']!r}")
+                            f"model={_model_of(point)!r}")
     from ..landscape.objective import resolve_peft
     try:
         resolve_peft(_peft_of(point, origin))
     except FastLoRAError as exc:
         raise FastLoRAError(f"{origin}: {what}: {exc}") from None
+
+
+def _model_of(point: dict) -> str:
+    """The point's learner: a dataset point's is the shallow network unless it says otherwise."""
+    return point.get("model", "shallow" if point.get("dataset") else "linear")
 
 
 def _check_dataset_point(point: dict, origin: str) -> None:

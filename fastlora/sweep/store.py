@@ -16,7 +16,6 @@ it falls back to ``immutable=1``.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -224,12 +223,9 @@ class WriterLock:
     """An exclusive ``flock`` on ``<store>.lock``, naming its holder (sweep, pid, host) in the file.
 
     The kernel releases it when the holding process exits or is killed, so a killed driver
-    never blocks a resume (its file stays, unlocked, until the next writer finishes).  The
-    file sits beside the real store (symlinks resolved).  A writer that finishes removes the
-    file while it still holds the lock, and a writer holds a lock only on the file that is at
-    the path once it has the lock: one that opened the file just before it was removed finds
-    it gone and locks the next one, so two writers never hold "the" lock on different files.
-    Without ``fcntl`` (not POSIX) nothing is locked.
+    never blocks a resume.  The file sits beside the real store (symlinks resolved) and
+    stays (deleting a lock file races with its next user).  Without ``fcntl`` (not POSIX)
+    nothing is locked.
     """
 
     def __init__(self, store: Path, sweep: str):
@@ -240,42 +236,26 @@ class WriterLock:
             return
         real = Path(os.path.realpath(store))
         self.path = real.with_name(real.name + ".lock")
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise FastLoRAError(f"cannot create the lock file {str(self.path)!r}: {exc.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _describe_holder(os.read(fd, 4096))
-                os.close(fd)
-                raise FastLoRAError(f"{str(store)!r} is being written by another sweep ({holder}); wait for it to "
-                                    f"finish or stop it, or use another --out") from None
-            if _is_at(fd, self.path):
-                break
-            os.close(fd)  # its finishing writer removed this file after we opened it: lock the one at the path
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FastLoRAError(f"cannot create the lock file {str(self.path)!r}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(os.read(fd, 4096))
+            os.close(fd)
+            raise FastLoRAError(f"{str(store)!r} is being written by another sweep ({holder}); wait for it to "
+                                f"finish or stop it, or use another --out") from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"sweep": sweep, "pid": os.getpid(), "host": socket.gethostname(),
                                  "since": _now()}).encode())
         self.fd = fd
 
     def release(self) -> None:
-        """Remove the lock file (still locked, see the class docstring), then drop the lock."""
         if self.fd is not None:
-            if _is_at(self.fd, self.path):
-                with contextlib.suppress(OSError):  # e.g. a folder that became read-only: the file stays
-                    os.unlink(self.path)
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
-
-
-def _is_at(fd: int, path: Path) -> bool:
-    """Whether the open file ``fd`` is the file now at ``path``."""
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
 
 
 def _describe_holder(raw: bytes) -> str:
