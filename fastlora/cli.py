@@ -243,14 +243,19 @@ def sweep(spec_path, out, workers, scheduler, scheduler_timeout, retry_errors, a
 
 @main.command("export")
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
-              help="file format")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
+              help="file format (default: from the output's extension, .parquet or else csv)")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               callback=_existing_folder, help="file to write (its folder must exist), or - for standard output "
               "(CSV only)")
 def export_cmd(store, fmt, output):
     """Write a results store's rows to CSV or Parquet (``-o -``: CSV on standard output)."""
     from .sweep import export_results
+    suffix = Path(output).suffix.lower().lstrip(".")
+    if fmt is None:
+        fmt = "parquet" if suffix == "parquet" else "csv"
+    elif suffix in ("csv", "parquet") and suffix != fmt:
+        raise FastLoRAError(f"--output {output!r} has the extension .{suffix} but --format is {fmt}; make them agree")
     if output != "-":
         n = export_results(store, output, fmt)
         click.echo(f"wrote {n} row(s) to {output}")

@@ -146,7 +146,7 @@ _ALL = (
     Option("tol", "float", None, "relative tolerance (change of A for ALS, gradient norm for gd; default 1e-10 "
            "for the linear model, fastlora.shallow's own otherwise; linear model, 0: no convergence test, "
            "iterate to max_iter unless the objective is zero or no step can lower it)", "retrain",
-           low=0.0, allow_none=True),
+           low=0.0, high=1.0, allow_none=True),
     Option("seed", "seed", 0, "seed of every random draw (sweeps derive it per row)", "retrain", sweep=False),
     Option("threads", "int", None, "Numba threads for large kernels (default: all usable cores)", "retrain", low=1,
            allow_none=True, sweep=False),

@@ -120,6 +120,11 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
     if len(seeds) != len(problems):
         raise FastLoRAError(f"seeds has {len(seeds)} entries for {len(problems)} problems; "
                             f"give one seed or one per problem")
+    if rank is None:  # each problem's default rank is its own k: one batched solve has one rank
+        ks = sorted({getattr(p, "k", None) for p in problems}, key=str)
+        if len(ks) > 1:
+            raise FastLoRAError(f"problems have different k ({', '.join(map(str, ks))}) and rank is not given: "
+                                f"retrain_many solves at one rank; pass rank=, or call it once per k")
     if _is_shallow(problems[0]):  # no batched engine for the shallow network: one at a time
         out = []
         for problem, seed in zip(problems, seeds):

@@ -412,3 +412,25 @@ def test_plot_names_an_execution_setting_that_changes_with_x(run, tmp_path, figu
     result = run("plot", str(store), "--x", "d", "--y", "rel_err_A", "-o", str(tmp_path / "b.png"))
     assert result.exit_code == 0, result.output
     assert "max_iter per d: 4→3, 6→500" in figure["figure"]._suptitle.get_text()
+
+
+def test_plot_refuses_logx_at_zero_and_a_key_named_twice_in_where(run, tmp_path):
+    from fastlora.sweep import parse_spec, run_sweep
+    spec = ('name = "nz"\nrepeats = 1\n[grid]\nnoise = [0.0, 0.1]\nn = [200, 400]\n'
+            '[fixed]\nd = 4\nk = 1\nT = 3\nmethod = "lora-ml"\nbackend = "numpy"\n')
+    store = tmp_path / "nz.sqlite"
+    assert run_sweep(parse_spec(spec), store, workers=1, progress=False).failed == 0
+    logx = run("plot", str(store), "--x", "noise", "--hue", "n", "--logx", "-o", str(tmp_path / "a.png"))
+    assert _one_error_line(logx).startswith("Error: --logx: noise takes the value(s) 0.0") and logx.exit_code == 2
+    twice = run("plot", str(store), "--x", "noise", "--where", "n=200", "--where", "n=400",
+                "-o", str(tmp_path / "b.png"))
+    assert _one_error_line(twice).startswith("Error: --where names 'n' twice") and twice.exit_code == 2
+
+
+def test_export_takes_its_format_from_the_extension_and_refuses_a_mismatch(run, stores, tmp_path):
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "rows.parquet"
+    assert run("export", str(stores["covarying"]), "-o", str(out)).exit_code == 0
+    assert out.read_bytes()[:4] == b"PAR1"  # a Parquet file, not CSV text
+    clash = run("export", str(stores["covarying"]), "--format", "csv", "-o", str(tmp_path / "q.parquet"))
+    assert clash.exit_code == 2 and "has the extension .parquet but --format is csv" in clash.output

@@ -301,3 +301,8 @@ def test_retrain_many_wants_one_start_per_task_whatever_the_problem_size():
         with pytest.raises(ValueError, match="init_params"):
             fl.retrain_many([prob] * 2, solver="gd", init_params={"U": np.zeros((3, d, 1))}, max_iter=2,
                             backend="numpy")
+
+
+def test_a_negative_global_value_is_refused():
+    with pytest.raises(ValueError, match=r"global_value=-1\.0 is out of range"):
+        census(fl.make_problem(d=4, k=1, T=3, seed=0, n_test_tasks=0), n_starts=2, global_value=-1)

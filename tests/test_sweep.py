@@ -323,3 +323,8 @@ def test_a_malformed_scheduler_address_is_bad_input(tmp_path):
     assert lines[0].startswith("Error: --scheduler 'notaurl' cannot be used as a Dask scheduler address: missing port")
     assert "the form is [SCHEME://]HOST:PORT, e.g. tcp://10.0.0.5:8786" in lines[0]
     assert not (tmp_path / "x.sqlite").exists()  # checked before the store is touched
+
+
+def test_a_spec_without_test_tasks_is_refused_when_read():
+    with pytest.raises(ValueError, match="n_test_tasks=0 leaves nothing to evaluate"):
+        parse_spec(SPEC.replace("[fixed]", "[fixed]\nn_test_tasks = 0"))

@@ -250,3 +250,16 @@ def test_fine_tuning_samples_from_a_task_without_ground_truth_name_n():
     task = fl.Task(rng.standard_normal((30, 4)), rng.standard_normal((30, 4)))
     with pytest.raises(ValueError, match="n=10: fine-tuning samples can only be drawn from a task with ground truth"):
         fl.finetune(np.zeros((4, 4)), task, n=10)
+
+
+def test_retrain_many_refuses_problems_of_different_k_without_a_rank():
+    a = fl.make_problem(d=6, k=1, T=3, n=300, noise=0.01, seed=0)
+    b = fl.make_problem(d=6, k=2, T=3, n=300, noise=0.01, seed=1)
+    with pytest.raises(ValueError, match=r"problems have different k \(1, 2\) and rank is not given"):
+        fl.retrain_many([a, b], backend="numpy")
+    assert [r.params["U"].shape[-1] for r in fl.retrain_many([a, b], rank=2, backend="numpy")] == [2, 2]
+
+
+def test_a_tolerance_above_one_is_refused():
+    with pytest.raises(ValueError, match=r"tol=1e\+300 is out of range; it must be <= 1.0"):
+        fl.retrain(fl.make_problem(d=6, k=1, T=3), tol=1e300)

@@ -202,6 +202,7 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
     if solver == "gd":
         optimizer = check_choice("optimizer", optimizer, ("lbfgs", "gd", "adam"))
     seed = check_int("seed", seed, low=0)
+    global_value = check_float("global_value", global_value, low=0.0, allow_none=True)  # F is a sum of losses
     if rank is None:
         rank = getattr(problem_or_tasks, "k", None)
         if rank is None:

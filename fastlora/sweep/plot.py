@@ -143,6 +143,9 @@ def _parse_where(where) -> dict:
         if "=" not in item:
             raise FastLoRAError(f"--where {item!r} must look like key=value")
         key, value = item.split("=", 1)
+        if key.strip() in out:
+            raise FastLoRAError(f"--where names {key.strip()!r} twice ({key.strip()}={out[key.strip()]} and {item}); "
+                                f"keep one value per key (show several with --hue or --facet)")
         out[key.strip()] = value.strip()
     return out
 
@@ -221,6 +224,12 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
             raise FastLoRAError(f"--logy: {len(at_or_below_zero)} of {len(rows)} values of {y} are <= 0 (smallest "
                                 f"{min(at_or_below_zero):.3g}) and a logarithmic axis cannot show them; plot without "
                                 f"--logy")
+    if logx:
+        not_positive = sorted({r[index[x]] for r in rows if isinstance(r[index[x]], (int, float))
+                               and r[index[x]] <= 0})
+        if not_positive:
+            raise FastLoRAError(f"--logx: {x} takes the value(s) {', '.join(map(str, not_positive))}, which a "
+                                f"logarithmic axis cannot show; plot without --logx or leave them out with --where")
     used = {x, facet, *hues, *filters}
     shared, covarying = {}, {}
     for key in key_columns(columns):

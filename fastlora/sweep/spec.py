@@ -315,6 +315,9 @@ def check_point(point: dict, origin: str) -> None:
         raise FastLoRAError(f"{origin}: symmetric=true needs d_out == d ({where}); set symmetric = false")
     if point.get("method") == "lora-ml" and point.get("peft") == "lora_sym" and d_out != d:
         raise FastLoRAError(f"{origin}: peft='lora_sym' needs d_out == d ({where})")
+    if point.get("n_test_tasks") == 0:
+        raise FastLoRAError(f"{origin}: n_test_tasks=0 leaves nothing to evaluate: every sweep row is fine-tuned and "
+                            f"measured on held-out test tasks; use n_test_tasks >= 1 ({where})")
     if point.get("model") == "shallow":
         if point.get("n", POPULATION) == POPULATION:
             raise FastLoRAError(f"{origin}: model='shallow' needs a finite n (the paper: n = 1000); the shallow "
