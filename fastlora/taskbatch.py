@@ -207,6 +207,10 @@ class Batch:
         G = self.grad_W(W)
         return self.host(self.sum_tasks(self.losses_W(W))), self.sum_tasks(G), G
 
+    def minimizing_A(self, adapters):
+        """argmin_A F(A, Δ) per problem (P, d_out, d_in): the A step without its ALS bookkeeping."""
+        return self.a_step(adapters).A
+
     def objective_after_a_step(self, point: Point, adapters):
         """(F(point.A, Δ) per problem, accurate): the objective at an A-step point."""
         return self.objective(point.A, adapters), True
@@ -466,12 +470,15 @@ class FiniteSample(Batch):
     def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> FiniteResidual:
         """Solve A (Σ_t Σ_t) = Σ_t (C_t − Δ_t Σ_t) per problem (minimum-norm where Σ_t Σ_t is
         singular); with factor adapters Δ_tΣ_t = B_tᵀ(C_tΣ_t), never forming Δ_t."""
+        return self.residual(self.minimizing_A(adapters), previous)
+
+    def minimizing_A(self, adapters):
         rhs = self.cross
         if adapters is not None and adapters.factored:
             rhs = rhs - adapters.B.swapaxes(1, 2) @ (adapters.C @ self.Sigma)
         elif adapters is not None:
             rhs = rhs - adapters.dense @ self.Sigma
-        return self.residual(self.sum_tasks(rhs) @ self._gram_pinv(), previous)
+        return self.sum_tasks(rhs) @ self._gram_pinv()
 
     def _gram_pinv(self):
         """(Σ_t Σ_t)⁺ per problem (P, d_in, d_in)."""

@@ -107,7 +107,7 @@ def test_a_problem_that_fails_inside_a_batch_is_one_error_and_the_others_go_on(m
     bad.tasks[0].s = np.inf
     calls = []
     counted = gd.Objective.value_and_grad
-    monkeypatch.setattr(gd.Objective, "value_and_grad", lambda self, x: calls.append(1) or counted(self, x))
+    monkeypatch.setattr(gd.Objective, "value_and_grad", lambda self, *a: calls.append(1) or counted(self, *a))
     for i in (0, 2):
         fl.retrain(probs[i], **kwargs)
     solo_calls, calls[:] = len(calls), []

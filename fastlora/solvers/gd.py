@@ -48,10 +48,11 @@ class Objective:
         adapters, _ = self._bound(x["A"], _params(x))
         return self.batch.objective(x["A"], adapters)
 
-    def value_and_grad(self, x):
-        """(F (P,) host, gradients {"A": (P, d_out, d_in), name: (P·T, ...)})."""
+    def value_and_grad(self, x, bound=None):
+        """(F (P,) host, gradients {"A": (P, d_out, d_in), name: (P·T, ...)}); ``bound``: the
+        (adapters, pullback) of x's parameters where already made (Δ not depending on A)."""
         A, params = x["A"], _params(x)
-        adapters, pullback = self._bound(A, params)
+        adapters, pullback = self._bound(A, params) if bound is None else bound
         value, grad_A, G = self.batch.value_and_gradient(A, adapters, implicit=self.implicit)
         grads = pullback(params, G)
         through_delta = grads.pop("base", None)  # Δ's own dependence on A (uses_base)
@@ -280,11 +281,12 @@ def _lbfgs(ctx, model, x, monitor, info):
 
     def evaluate(vec):
         tree = packing.unpack(vec)
-        if eliminate:
-            delta = model._bound(x["A"], _params(tree))[0]
-            tree["A"] = batch.a_step(delta).A
+        bound = None
+        if eliminate:  # Δ does not depend on A here: its adapters serve the A step and the gradient
+            bound = model._bound(x["A"], _params(tree))
+            tree["A"] = batch.minimizing_A(bound[0])
         current["A"] = tree["A"]
-        value, grads = model.value_and_grad(tree)
+        value, grads = model.value_and_grad(tree, bound)
         if eliminate:
             grads.pop("A")
         return value, packing.pack(grads)
