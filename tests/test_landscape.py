@@ -306,3 +306,10 @@ def test_retrain_many_wants_one_start_per_task_whatever_the_problem_size():
 def test_a_negative_global_value_is_refused():
     with pytest.raises(ValueError, match=r"global_value=-1\.0 is out of range"):
         census(fl.make_problem(d=4, k=1, T=3, seed=0, n_test_tasks=0), n_starts=2, global_value=-1)
+
+
+def test_an_optimizer_with_the_als_solver_is_refused_not_ignored():
+    prob = fl.make_problem(d=4, k=1, T=3, seed=0, n_test_tasks=0)
+    with pytest.raises(ValueError, match="optimizer='adam' applies to solver='gd' only"):
+        census(prob, n_starts=2, solver="als", optimizer="adam")
+    assert sum(census(prob, n_starts=2, solver="als").counts.values()) == 2

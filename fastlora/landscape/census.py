@@ -181,14 +181,14 @@ def _reraise(exc):
 
 
 def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts: int = 100, init: str = "normal",
-           init_scale: float = 0.1, solver: str = "gd", optimizer: str = "lbfgs", seed: int = 0, *,
+           init_scale: float = 0.1, solver: str = "gd", optimizer: str | None = None, seed: int = 0, *,
            max_iter: int = 2000, tol: float = 1e-10, backend: str = "numpy", global_value: float | None = None,
            tolerances: Tolerances | None = None, callback: Callable | None = None) -> CensusResult:
     """Solve LoRA-ML from ``n_starts`` random starts and classify every endpoint.
 
     ``problem_or_tasks``: a Problem or list of Tasks; ``peft``: "lora_sym" | "lora";
     ``rank``: default the problem's k; ``init``/``init_scale``: the law of the starts (module
-    docstring); ``solver``: "gd" (with ``optimizer`` "lbfgs" | "gd" | "adam") or "als";
+    docstring); ``solver``: "gd" (with ``optimizer`` "lbfgs" (default) | "gd" | "adam") or "als";
     ``max_iter``, ``tol``, ``backend``: passed to :func:`fastlora.retrain`; ``global_value``:
     F at a global minimum if known (default: 0 for realisable population problems, else the
     lowest of a reference L-BFGS solve's objective and every objective the census reached);
@@ -200,7 +200,9 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
     init_scale = check_float("init_scale", init_scale, low=0.0, low_open=True)
     solver = check_choice("solver", solver, SOLVERS)
     if solver == "gd":
-        optimizer = check_choice("optimizer", optimizer, ("lbfgs", "gd", "adam"))
+        optimizer = check_choice("optimizer", "lbfgs" if optimizer is None else optimizer, ("lbfgs", "gd", "adam"))
+    elif optimizer is not None:
+        raise FastLoRAError(f"optimizer={optimizer!r} applies to solver='gd' only; solver='als' has none")
     seed = check_int("seed", seed, low=0)
     global_value = check_float("global_value", global_value, low=0.0, allow_none=True)  # F is a sum of losses
     if rank is None:
@@ -276,7 +278,7 @@ def _record(i, model, outcome, point, global_value, tol) -> dict:
 
 
 def landscape_metrics(problem, *, n_starts: int, rank: int | None = None, peft="lora_sym", init: str = "normal",
-                      init_scale: float = 0.1, seed: int = 0, solver: str = "gd", optimizer: str = "lbfgs") -> dict:
+                      init_scale: float = 0.1, seed: int = 0, solver: str = "gd", optimizer: str | None = None) -> dict:
     """Census metrics of one sweep point (a :func:`census` with these arguments).
 
     ``spurious_fraction``, ``saddle_fraction``, ``global_fraction``: fractions of the starts

@@ -25,7 +25,7 @@ import click
 @click.option("--init-scale", type=float, default=0.1, show_default=True,
               help="std (normal) or half-width (uniform) of the starts' entries")
 @click.option("--solver", default="gd", show_default=True, help="gd | als")
-@click.option("--optimizer", default="lbfgs", show_default=True, help="gd solver: lbfgs | gd | adam")
+@click.option("--optimizer", default=None, help="gd solver: lbfgs (default) | gd | adam")
 @click.option("--max-iter", type=int, default=2000, show_default=True, help="most solver iterations per start")
 @click.option("--tol", type=float, default=1e-10, show_default=True, help="relative tolerance of each solve")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the problem and of the starts")

@@ -455,7 +455,7 @@ def landscape_args(point: dict, seed: int) -> dict | None:
     args = {"n_starts": point["census_starts"], "init": point.get("census_init", "normal"),
             "init_scale": point.get("init_scale", schema.OPTIONS["init_scale"].default), "seed": seed,
             "peft": _peft_of(point), "rank": point.get("rank"),
-            "solver": "gd" if solver == "auto" else solver, "optimizer": point.get("optimizer", "lbfgs")}
+            "solver": "gd" if solver == "auto" else solver, "optimizer": point.get("optimizer")}
     return args
 
 
