@@ -147,16 +147,20 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
                                 f"{(len(tasks), tasks[0].d_out, tasks[0].d_in, tasks[0].is_population)}; "
                                 f"problems[0] has {shape}: retrain_many solves problems of one shape")
     rngs = [as_generator(schema.OPTIONS["seed"].check(s)) for s in seeds]
-    reductions = [plan.reduction] + [plan.reduce(p) for p in problems[1:]] if plan.reduction is not None else None
-    stackable = plan.kind != "factored" and not shared_names(plan.peft) and not getattr(plan.peft, "uses_base", False) \
-        and (reductions is None or len({r.sizes if r is not None else None for r in reductions}) == 1)
+    stackable = plan.kind != "factored" and not shared_names(plan.peft) and not getattr(plan.peft, "uses_base", False)
+    reductions = None
+    if stackable and plan.reduction is not None:
+        reductions = [plan.reduction] + [plan.reduce(p) for p in problems[1:]]
+        stackable = len({r.sizes if r is not None else None for r in reductions}) == 1
     if not stackable:  # large structured problems (or reductions of different sizes): one at a time
+        known = reductions or [plan.reduction] + [_UNPLANNED] * (len(problems) - 1)
         out = []
         for i, (problem, rng) in enumerate(zip(problems, rngs)):
             try:
                 own = _starts_of_problem(options, i, len(problems), plan.T, shared_names(plan.peft))
                 out.append(_run(_plan(problem, method, peft, rank, solver, backend, max_iter, tol, rng, dtype, threads,
-                                      None, peft_options, own, dense_A), [problem], [rng], as_numpy)[0])
+                                      None, peft_options, own, dense_A, reduction=known[i]),
+                                [problem], [rng], as_numpy)[0])
             except FastLoRAError as exc:
                 if errors == "raise":
                     raise
@@ -236,8 +240,12 @@ class _Plan:
         return {**self.options, "reduction": "auto"}
 
 
+_UNPLANNED = object()  # _plan's reduction argument: not decided yet
+
+
 def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype, threads, callback,
-          peft_options, options, dense_A=True) -> _Plan:
+          peft_options, options, dense_A=True, reduction=_UNPLANNED) -> _Plan:
+    """The validated solve; ``reduction``: the problem's Reduction (or None) where already planned."""
     method = schema.OPTIONS["method"].check(method)
     solver = schema.OPTIONS["solver"].check(solver)
     tasks = as_task_list(problem_or_tasks)
@@ -252,7 +260,8 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     dense_A = schema.OPTIONS["dense_A"].check(dense_A)
     structured = "always" if options.get("adapter_step") == "subspace" else True
     be = get_backend(backend)
-    parameterization, reduction, source = None, None, problem_or_tasks
+    planned, reduction = reduction is not _UNPLANNED, None if reduction is _UNPLANNED else reduction
+    parameterization, source = None, problem_or_tasks
     requested = solver
     if method == "lora-ml":
         rank = schema.OPTIONS["rank"].check(schema.rank_or_problem_k(rank, problem_or_tasks))
@@ -260,7 +269,7 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
             raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = {min(d_out, d_in)}")
         parameterization = peft_registry.get(peft, **(peft_options or {}))
         check_shape_supported(parameterization, d_out, d_in)
-        if schema.OPTIONS["reduction"].check(options.get("reduction", "auto")) == "auto":
+        if schema.OPTIONS["reduction"].check(options.get("reduction", "auto")) == "auto" and not planned:
             reduction = plan_reduction(problem_or_tasks, tasks, parameterization, options)
         if reduction is not None:
             tasks, source = reduction.tasks, reduction.tasks

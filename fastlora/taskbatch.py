@@ -140,7 +140,10 @@ class Batch:
     """P problems of T tasks each (P = 1 for a single solve); per-task arrays have the leading
     axis P·T (problem-major), A is (P, d_out, d_in), per-problem values are host arrays (P,).
     Every per-problem result is computed by the same operations whatever P is, so a problem's
-    numbers do not depend on the other problems solved with it."""
+    numbers do not depend on the other problems solved with it.
+
+    Each kind defines ``minimizing_A(adapters)`` — argmin_A F(A, Δ) per problem (P, d_out, d_in) —
+    and ``a_step(adapters, previous, symmetric)``, the same A with the ALS bookkeeping (a Point)."""
 
     kind = "abstract"
     is_population = True
@@ -207,10 +210,6 @@ class Batch:
         G = self.grad_W(W)
         return self.host(self.sum_tasks(self.losses_W(W))), self.sum_tasks(G), G
 
-    def minimizing_A(self, adapters):
-        """argmin_A F(A, Δ) per problem (P, d_out, d_in): the A step without its ALS bookkeeping."""
-        return self.a_step(adapters).A
-
     def objective_after_a_step(self, point: Point, adapters):
         """(F(point.A, Δ) per problem, accurate): the objective at an A-step point."""
         return self.objective(point.A, adapters), True
@@ -247,9 +246,12 @@ class DensePopulation(Batch):
         return DenseResidual(**self.point(A, previous, batch=self))
 
     def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> DenseResidual:
+        return self.residual(self.minimizing_A(adapters), previous)
+
+    def minimizing_A(self, adapters):
         """A = mean_t (W*_t − Δ_t) per problem."""
         target = self.W_star if adapters is None else self.W_star - adapters.to_dense()
-        return self.residual(self.sum_tasks(target) / self.T, previous)
+        return self.sum_tasks(target) / self.T
 
     def standard_solution(self):
         return self.sum_tasks(self.W_star) / self.T
@@ -353,9 +355,23 @@ class FactoredPopulation(Batch):
         """As :meth:`gradient`, with ∇_A F = T(A − M) + Σ_t Δ_t from one GEMM of width T·r."""
         if adapters is None or not adapters.factored or not implicit:
             return super().value_and_gradient(A, adapters)
-        sum_delta = self.ops.gram_sum(adapters.B, adapters.C)
+        sum_delta = adapters.sums.get("gram")
+        if sum_delta is None:
+            sum_delta = self.ops.gram_sum(adapters.B, adapters.C)
         value = self.objective(A, adapters, sum_delta)
         return value, (self.T * (A[0] - self.mean_target) + sum_delta)[None], self.gradient(A, adapters, implicit)
+
+    def minimizing_A(self, adapters):
+        """A = M − (1/T) Σ_t Δ_t, without the ALS bookkeeping of :meth:`a_step`; the Gram Σ_t B_tᵀC_t
+        stays in ``adapters.sums`` for the objective and gradient at these adapters."""
+        if adapters is None:
+            return self.standard_solution()
+        if not adapters.factored:
+            return (self.mean_target - self.xp.mean(adapters.dense, axis=0))[None]
+        gram = adapters.sums.get("gram")
+        if gram is None:
+            gram = adapters.sums["gram"] = self.ops.gram_sum(adapters.B, adapters.C)
+        return (self.mean_target + (-1.0 / self.T) * gram)[None]
 
     def _shared(self, A, D, norms, symmetric) -> SharedResidual:
         A = A[None] if A.ndim == 2 else A
