@@ -221,7 +221,7 @@ def numba_status() -> tuple[bool, str]:
 
 def backend_status(name: str) -> tuple[bool, str]:
     """(usable, reason) of a backend name ("numpy", "numba" or "cupy") on this machine."""
-    return {"numpy": (True, "numpy available"), "numba": numba_status(), "cupy": cupy_status()}[name]
+    return {"numpy": lambda: (True, "numpy available"), "numba": numba_status, "cupy": cupy_status}[name]()
 
 
 @functools.cache

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import click
 
-from .errors import FastLoRAError
+from .backends import BACKENDS
+from .errors import FastLoRAError, check_choice
 
 EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 
@@ -328,8 +329,7 @@ def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_
     names = list(configs) or ["paper", "pop-384", "pop-512", "pop-1024"]
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     for b in chosen:
-        if b not in ("numpy", "numba", "cupy"):
-            raise FastLoRAError(f"--backend {b!r} is not allowed; choose from numpy, numba, cupy")
+        check_choice("--backend", b, BACKENDS)
     unusable = {b: why for b in chosen for ok, why in [backend_status(b)] if not ok}
     if len(unusable) == len(chosen):  # skipping some of the chosen backends is a note; all of them an error
         raise FastLoRAError("; ".join(f"--backend {b} cannot run here: {why}" for b, why in unusable.items()))

@@ -115,9 +115,8 @@ class Settings:
     @property
     def default_backend(self) -> str:
         """What ``backend="auto"`` means; raises if FASTLORA_BACKEND names no backend."""
-        from .backends import BACKENDS  # backends imports this module: look the names up on use
+        from .backends import BACKEND_CHOICES as allowed  # backends imports this module: look up on use
         value, source = self._default_backend
-        allowed = ("auto", *BACKENDS)
         if value not in allowed:
             raise FastLoRAError(f"{source}={value!r} is not a backend; choose one of {', '.join(map(repr, allowed))}")
         return value

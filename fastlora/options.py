@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .backends import BACKEND_CHOICES
+from .backends import DTYPES as BACKEND_DTYPES
 from .errors import FastLoRAError, check_choice, check_float, check_int
 
 POPULATION = "population"
@@ -21,7 +23,7 @@ SOLVERS = ("auto", "als", "gd")
 OPTIMIZERS = ("gd", "adam", "lbfgs")
 ADAPTER_STEPS = ("auto", "subspace", "exact", "whitened", "inner")
 ACCELERATIONS = ("anderson", "none")
-DTYPES = ("float64", "float32")
+DTYPES = tuple(BACKEND_DTYPES)
 
 
 # the largest noise std accepted: its square (times any sample count) stays finite in float64
@@ -139,7 +141,7 @@ _ALL = (
     Option("solver", "choice", "auto", "LoRA-ML solver: 'auto' picks the fastest reliable one per problem kind",
            "retrain", choices=SOLVERS),
     Option("backend", "choice", "auto", "array/kernel backend", "retrain",
-           choices=("auto", "numpy", "numba", "cupy")),
+           choices=BACKEND_CHOICES),
     Option("dtype", "choice", "float64", "floating-point type of the solve", "retrain", choices=DTYPES),
     Option("max_iter", "int", None, "iteration limit (default: 1000 for the linear model's solvers; "
            "fastlora.shallow's own for the shallow network)", "retrain", low=1, allow_none=True),

@@ -41,11 +41,6 @@ class ResidualNorms(NamedTuple):
     step_sq: float
     A_sq: float
 
-    @property
-    def relative_step(self) -> float:
-        """‖A − A_previous‖ / ‖A‖ (absolute when A = 0)."""
-        return (self.step_sq / self.A_sq) ** 0.5 if self.A_sq > 0 else self.step_sq ** 0.5
-
 
 class KernelSet:
     """The kernels of one backend, read as attributes (``ops.apply_shared_lowrank(...)``).

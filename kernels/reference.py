@@ -8,6 +8,8 @@ backend's :class:`~fastlora.kernels.KernelSet` first and call kernels through it
 """
 from __future__ import annotations
 
+import numpy as np
+
 from fastlora.arrays import array_module, frobenius_sq
 from fastlora.kernels import ResidualNorms
 
@@ -140,7 +142,6 @@ def lbfgs_direction(S, Y, valid, grad, gamma):
     (P, m) host bool — a pair that is not valid is stored as zeros and given a unit diagonal in
     R, so it contributes nothing; ``grad`` (P, n); ``gamma`` (P,) host.  Returns (P, n).
     """
-    import numpy as np
     xp = array_module(grad)
     g = xp.asarray(gamma, dtype=grad.dtype)[:, None]
     m = S.shape[1]

@@ -61,4 +61,3 @@ def shallow_loss_grad(X, y, n_rows, W, c):
     return losses, G, gc
 
 
-KERNELS = {f.__name__: f for f in (shallow_loss_grad, shallow_predict)}

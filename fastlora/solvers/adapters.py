@@ -270,7 +270,6 @@ def _per_task(values, like):
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-ADAPTER_STEPS = ("auto", "subspace", "exact", "whitened", "inner")
 
 
 def choose_adapter_step(ctx, mode: str | None = None, fixed_A: bool = False) -> AdapterStep:

@@ -38,8 +38,8 @@ class Anderson:
     problem's count are zero, so they get zero weight, and a reset empties one problem only.
     """
 
-    def __init__(self, xp, depth: int, P: int):
-        self.xp, self.depth = xp, depth
+    def __init__(self, xp, depth: int, P: int, to_host):
+        self.xp, self.depth, self.to_host = xp, depth, to_host  # to_host: the backend's to_numpy
         self.x, self.f = [], []           # iterates x_i and residuals f_i = g(x_i) − x_i, each (P, n)
         self.count = np.zeros(P, dtype=int)
 
@@ -74,20 +74,17 @@ class Anderson:
         valid = np.arange(m)[None, :] >= (m - (self.count[:, None] - 1))
         valid_dev = xp.asarray(valid, dtype=dF.dtype)[:, :, None]
         dF, dX = dF * valid_dev, dX * valid_dev
-        gram = np.asarray(self._to_host(dF @ dF.swapaxes(1, 2)), dtype=np.float64)
-        rhs = np.asarray(self._to_host((dF @ self.f[-1][:, :, None])[:, :, 0]), dtype=np.float64)
+        gram = np.asarray(self.to_host(dF @ dF.swapaxes(1, 2)), dtype=np.float64)
+        rhs = np.asarray(self.to_host((dF @ self.f[-1][:, :, None])[:, :, 0]), dtype=np.float64)
         ridge = _ANDERSON_RIDGE * np.maximum(np.trace(gram, axis1=1, axis2=2), np.finfo(np.float64).tiny)
         gram = gram + ridge[:, None, None] * np.eye(m)[None] + np.where(valid, 0.0, 1.0)[:, :, None] * np.eye(m)[None]
         gamma = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
         gamma = xp.asarray(np.where(has[:, None], gamma, 0.0), dtype=x.dtype)
         mixed = self.x[-1] + self.f[-1] - (gamma[:, None, :] @ (dX + dF))[:, 0, :]
-        finite = np.asarray(self._to_host(xp.isfinite(mixed).all(axis=1)), dtype=bool)
+        finite = np.asarray(self.to_host(xp.isfinite(mixed).all(axis=1)), dtype=bool)
         has = has & finite
         mixed = xp.where(xp.asarray(has)[:, None], mixed, gx.reshape(P, -1))
         return mixed.reshape(x.shape), has
-
-    def _to_host(self, a):
-        return a.get() if hasattr(a, "get") else a
 
 
 def anderson_depth(shape, itemsize: int, depth: int = ANDERSON_DEPTH) -> int:
@@ -105,7 +102,7 @@ def solve(ctx):
     symmetric = step.symmetric
     depth = anderson_depth((batch.d_out, batch.d_in), np.dtype(ctx.dtype).itemsize) \
         if ctx.option("acceleration") == "anderson" and step.extrapolable else 0
-    mixer = Anderson(xp, depth, batch.P) if depth >= 1 else None
+    mixer = Anderson(xp, depth, batch.P, ctx.backend.to_numpy) if depth >= 1 else None
 
     point = batch.residual(ctx.initial_A(), symmetric=symmetric)
     params = step.fit(point, None)

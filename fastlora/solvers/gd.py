@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import DivergenceError
 from ..peft.protocol import bind_base, shared_names, trainable
 from ..taskbatch import Adapters
-from .common import Frozen
+from .common import Frozen, _select
 
 LBFGS_MEMORY = 10
 _ARMIJO_C1 = 1e-4
@@ -43,10 +43,6 @@ class Objective:
     def _bound(self, A, params):
         delta, pullback = bind_base(self.peft, self.backend_name, A[0])  # uses_base: one problem
         return Adapters.from_params(self.peft, params, delta), pullback
-
-    def value(self, x):
-        adapters, _ = self._bound(x["A"], _params(x))
-        return self.batch.objective(x["A"], adapters)
 
     def value_and_grad(self, x, bound=None):
         """(F (P,) host, gradients {"A": (P, d_out, d_in), name: (P·T, ...)}); ``bound``: the
@@ -179,7 +175,6 @@ def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=(), activ
 
 def _merge(batch, problems, new: dict, old: dict, shared=()) -> dict:
     """Per parameter: ``new`` for the problems where ``problems`` (P,) is True, else ``old``."""
-    from .common import _select
     tasks = batch.task_mask(problems)
     out = {}
     for k, v in new.items():

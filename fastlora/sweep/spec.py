@@ -135,21 +135,8 @@ def retraining_key(point: dict) -> str:
     return canonical({k: v for k, v in point.items() if k not in EVALUATE_KEYS})
 
 
-def row_key(point: dict, repeat: int, base_seed: int) -> str:
-    return _row_key_of(canonical(point), repeat, base_seed)
-
-
 def _row_key_of(point_text: str, repeat: int, base_seed: int) -> str:
     return hashlib.sha256(f"{point_text}|{repeat}|{base_seed}".encode()).hexdigest()
-
-
-def derive_seed(base_seed: int, point: dict, repeat: int) -> int:
-    """The seed of a row: a hash of the base seed, the *problem* keys and the repeat index.
-
-    Points that differ only in method, solver, peft or fine-tuning keys share their seed,
-    so they are compared on the same draws of tasks and data (common random numbers).
-    """
-    return _seed_of(base_seed, canonical(_seed_keys(point)), repeat)
 
 
 def _seed_keys(point: dict) -> dict:
@@ -157,6 +144,9 @@ def _seed_keys(point: dict) -> dict:
 
 
 def _seed_of(base_seed: int, problem_text: str, repeat: int) -> int:
+    """The seed of a row: a hash of the base seed, the *problem* keys (``_seed_keys``) and the repeat.
+    Points that differ only in method, solver, peft or fine-tuning keys share their seed, so they
+    are compared on the same draws of tasks and data (common random numbers)."""
     digest = hashlib.sha256(f"seed|{base_seed}|{problem_text}|{repeat}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 

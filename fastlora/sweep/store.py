@@ -155,10 +155,6 @@ class ResultsStore:
         rows = self.db.execute("SELECT row_key, sweep, status FROM results")
         return {key: pairs.setdefault((sweep, status), (sweep, status)) for key, sweep, status in rows}
 
-    def finished_keys(self, include_errors: bool = True) -> set[str]:
-        sql = "SELECT row_key FROM results" + ("" if include_errors else " WHERE status='ok'")
-        return {r[0] for r in self.db.execute(sql)}
-
     def errors(self) -> dict[str, str]:
         """row_key -> error message of every row stored with status='error'."""
         return dict(self.db.execute("SELECT row_key, error FROM results WHERE status='error' ORDER BY id"))
