@@ -23,7 +23,7 @@ import numpy as np
 from .config import require_memory
 from .errors import FastLoRAError, check_array, check_choice, check_float, check_int
 from .options import MAX_NOISE
-from .seeding import as_generator
+from .seeding import PURPOSE_SAMPLE, as_generator, task_seed
 
 _SAMPLE_CHUNK = 65536  # rows generated at a time, so memory stays O(chunk · d)
 SAMPLERS = ("raw", "stats")
@@ -241,7 +241,7 @@ class Task:
         noise = self.noise if noise is None else noise
         noise = 0.0 if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE)
         sampler = self.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
-        rng = as_generator(_task_seed(self, seed))
+        rng = as_generator(task_seed(seed, self.key, PURPOSE_SAMPLE))
         Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler)
         task = Task.from_statistics(Sigma, C, s, n, W_star=self.target, noise=noise)
         task.key = self.key
@@ -251,15 +251,6 @@ class Task:
     def __repr__(self) -> str:
         mode = "population" if self.is_population else f"n={self.n}"
         return f"Task(d_out={self.d_out}, d_in={self.d_in}, {mode})"
-
-
-def _task_seed(task: Task, seed):
-    """A Generator or SeedSequence as given; an int seed combined with the task's key."""
-    if isinstance(seed, (np.random.SeedSequence, np.random.Generator)):
-        return seed
-    seed = check_int("seed", seed, low=0)
-    key = tuple(task.key) if task.key is not None else ()
-    return np.random.SeedSequence(entropy=seed, spawn_key=(*key, 9))
 
 
 def make_lowrank_target(base, B, C=None) -> LowRankTarget:

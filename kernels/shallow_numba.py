@@ -127,5 +127,3 @@ def shallow_loss_grad(X, y, n_rows, W, c):
     _loss_grad_blocks(XT, y, np.ascontiguousarray(n_rows, dtype=np.int64), W, c, blocks_per_task(T, n),
                       losses, G, gc)
     return losses, G, gc
-
-

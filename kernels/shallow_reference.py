@@ -59,5 +59,3 @@ def shallow_loss_grad(X, y, n_rows, W, c):
     dZ = weighted[:, :, None] * c[:, None, :] * slope          # (T, n, h)
     G = dZ.swapaxes(1, 2) @ X
     return losses, G, gc
-
-

@@ -29,13 +29,13 @@ import numpy as np
 from .. import options as schema
 from ..errors import FastLoRAError, check_array, check_choice, check_float, check_int
 from ..problems import _ROLE_TEST, _ROLE_TRAIN
+from ..seeding import PURPOSE_SUBSAMPLE, as_generator, task_seed
 from ..shallow.problem import MODEL, ShallowTask
 
 PAPER_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7))
 PAPER_TEST_PAIR = (8, 9)
 DEFAULT_TEST_FRACTION = schema.OPTIONS["test_fraction"].default
 MODELS = (MODEL,)  # the learners a labelled problem can carry
-_KEY_SUBSAMPLE = 11  # spawn key of fine-tuning subsamples (fastlora.shallow uses 0, 1, 9, 10)
 
 
 class HeldOutTask(ShallowTask):
@@ -93,12 +93,7 @@ class HeldOutTask(ShallowTask):
 
 
 def _generator(seed, key) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if not isinstance(seed, np.random.SeedSequence):
-        seed = np.random.SeedSequence(check_int("seed", seed, low=0),
-                                      spawn_key=(*(key or ()), _KEY_SUBSAMPLE))
-    return np.random.default_rng(seed)
+    return as_generator(task_seed(seed, key, PURPOSE_SUBSAMPLE))
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,9 +18,10 @@ import numpy as np
 
 from ..errors import FastLoRAError, check_array, check_float, check_int
 from ..problems import _ROLE_NEW, _ROLE_SHARED, _ROLE_TEST, _ROLE_TRAIN
+from ..seeding import PURPOSE_SAMPLE, as_generator, task_seed
 
 MODEL = "shallow"
-_KEY_TRUTH, _KEY_DATA, _KEY_RESAMPLE = 0, 1, 9
+_KEY_TRUTH, _KEY_DATA = 0, 1  # fastlora.seeding's PURPOSE_* keys the later draws
 
 
 def predict(X, W, c) -> np.ndarray:
@@ -85,7 +86,7 @@ class ShallowTask:
         n = check_int("n", n, low=1)
         noise = self.noise if noise is None else noise
         noise = 0.0 if noise is None else check_float("noise", noise, low=0.0)
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(_resample_seed(self, seed))
+        rng = as_generator(task_seed(seed, self.key, PURPOSE_SAMPLE))
         task = _draw_data(self.W_star, self.c_star, n, noise, rng)
         task.key = self.key
         return task
@@ -104,14 +105,6 @@ def _check_labels(y, n_rows: int) -> np.ndarray:
     if y.shape[0] != n_rows:
         raise FastLoRAError(f"X and y must have the same number of samples; got {n_rows} and {y.shape[0]}")
     return y
-
-
-def _resample_seed(task: ShallowTask, seed) -> np.random.SeedSequence:
-    if isinstance(seed, np.random.SeedSequence):
-        return seed
-    seed = check_int("seed", seed, low=0)
-    key = tuple(task.key) if task.key is not None else ()
-    return np.random.SeedSequence(entropy=seed, spawn_key=(*key, _KEY_RESAMPLE))
 
 
 def _draw_data(W_star, c_star, n, noise, rng) -> ShallowTask:

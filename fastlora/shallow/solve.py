@@ -27,7 +27,8 @@ from ..backends import get_backend, numba_status, resolve_dtype
 from ..config import settings
 from ..errors import FastLoRAError, check_choice, check_float, check_int
 from ..options import rank_or_problem_k
-from ..seeding import as_generator
+from ..peft.protocol import shared_names
+from ..seeding import PURPOSE_EVAL, as_generator, task_seed
 from ..solvers.common import RetrainResult
 from . import optim
 from .model import ShallowData, ShallowObjective, trainable_names
@@ -41,7 +42,6 @@ DEFAULT_MAX_ITER = {"lbfgs": 5000, "adamw": 40000, "adam": 40000, "reptile": 200
 REPTILE_DEFAULTS = {"inner_lr": 0.1, "inner_steps": 10, "outer_lr": 0.5}
 FINETUNE_RESTARTS = 5  # default adapter starts of an L-BFGS fine-tuning (see finetune_shallow)
 PROBE_ITER = 300  # iterations each start runs before the best one is continued (restarts > 1)
-_KEY_EVAL = 10  # spawn key of the fresh evaluation inputs (problem.py uses 0, 1, 9)
 
 
 def resolve_backend(backend):
@@ -52,6 +52,17 @@ def resolve_backend(backend):
     if name == "auto":
         name = "numba" if numba_status()[0] else "numpy"
     return check_choice("backend", name, ("numpy", "numba", "cupy"))
+
+
+def _shallow_peft(peft, peft_options):
+    """The parameterization of the shallow network's adapters: per-task parameters only (the
+    shared trainable ones of protocol v2 are not carried by these solvers)."""
+    parameterization = peft_registry.get(peft, **(peft_options or {}))
+    shared = shared_names(parameterization)
+    if shared:
+        raise FastLoRAError(f"peft={parameterization.name!r} has shared parameters ({', '.join(shared)}); the shallow "
+                            f"network trains per-task adapters only: use e.g. 'lora' or 'lora_sym'")
+    return parameterization
 
 
 def _optimizer_for(solver, optimizer) -> str:
@@ -159,7 +170,7 @@ def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft="lora", rank
     parameterization = None
     if method == "lora-ml":
         rank = check_int("rank", rank_or_problem_k(rank, problem_or_tasks), low=1, high=min(h, d))
-        parameterization = peft_registry.get(peft, **(peft_options or {}))
+        parameterization = _shallow_peft(peft, peft_options)
     be = get_backend(resolve_backend(backend))
     data = ShallowData(tasks, be, dtype)
     reference = data.null_objective()
@@ -355,7 +366,7 @@ def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft="lora", rank: int =
         task = task.sample(check_int("n", n, low=1), seed=seed)
     ftol = _ftol_for(ftol, optimizer_name, task.n)
     rng = as_generator(seed)
-    parameterization = peft_registry.get(peft, **(peft_options or {}))
+    parameterization = _shallow_peft(peft, peft_options)
     dtype = resolve_dtype(dtype)
     be = get_backend(resolve_backend(backend))
     data = ShallowData([task], be, dtype)
@@ -370,8 +381,13 @@ def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft="lora", rank: int =
     train_fit = test_loss = float("nan")
     if task.has_ground_truth:
         train_fit = float(np.mean((predict(task.X, W, c) - task.clean_labels(task.X)) ** 2))
-        eval_seed = int(seed.integers(2**63)) if isinstance(seed, np.random.Generator) else seed
-        fresh = task.sample(n_eval, seed=np.random.SeedSequence(eval_seed, spawn_key=(*(task.key or ()), _KEY_EVAL)))
+        if isinstance(seed, np.random.Generator):
+            eval_seed = int(seed.integers(2**63))
+        elif isinstance(seed, np.random.SeedSequence):
+            eval_seed = int(seed.generate_state(1, np.uint64)[0] >> np.uint64(1))
+        else:
+            eval_seed = seed
+        fresh = task.sample(n_eval, seed=task_seed(eval_seed, task.key, PURPOSE_EVAL))
         test_loss = float(np.mean((predict(fresh.X, W, c) - fresh.y_clean) ** 2))
         test_accuracy = float("nan")
     else:
