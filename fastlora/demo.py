@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FastLoRAError
+from .errors import FastLoRAError, StoreConflictError
 from .sweep.plot import plot_results
 from .sweep.runner import run_sweep
 from .sweep.spec import parse_spec
@@ -78,9 +78,7 @@ def run_demo(out_dir, workers=None, quick=False, echo=print, progress=None) -> d
          f"{fixed['ft_peft']} (and rank {3 * k} at T=2); {spec.repeats} seed(s) per point")
     try:
         summary = run_sweep(spec, store, workers=workers, progress=progress, echo=echo)
-    except FastLoRAError as exc:
-        if "--append" not in str(exc) and "other keys" not in str(exc):
-            raise
+    except StoreConflictError as exc:
         raise FastLoRAError(f"{str(out_dir)!r} holds results of another version of the demo ({exc}); remove the "
                             f"folder or pass --out NEW_FOLDER") from None
     by_T = summarise(store, ("method", "T", "ft_rank"), {"n_ft": 100})

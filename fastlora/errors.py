@@ -20,6 +20,10 @@ class BackendUnavailableError(FastLoRAError):
     """The requested backend cannot run here (package, driver or device missing)."""
 
 
+class StoreConflictError(FastLoRAError):
+    """A results store holds rows of another spec (other keys, a changed or renamed spec)."""
+
+
 class PluginError(FastLoRAError):
     """A PEFT parameterization plugin failed to load or violates the protocol."""
 

@@ -434,3 +434,14 @@ def test_export_takes_its_format_from_the_extension_and_refuses_a_mismatch(run, 
     assert out.read_bytes()[:4] == b"PAR1"  # a Parquet file, not CSV text
     clash = run("export", str(stores["covarying"]), "--format", "csv", "-o", str(tmp_path / "q.parquet"))
     assert clash.exit_code == 2 and "has the extension .parquet but --format is csv" in clash.output
+
+
+def test_demo_into_a_folder_of_other_results_says_so(run, tmp_path):
+    from fastlora.sweep import parse_spec, run_sweep
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    other = 'name = "demo"\nrepeats = 1\n[grid]\nT = [2]\n[fixed]\nd = 4\nk = 1\nbackend = "numpy"\nmax_iter = 5\n'
+    run_sweep(parse_spec(other), folder / "results.sqlite", workers=1, progress=False)
+    result = run("demo", "--quick", "--out", str(folder), "--workers", "1")
+    assert result.exit_code == 2
+    assert f"Error: {str(folder)!r} holds results of another version of the demo" in result.output

@@ -27,7 +27,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from ..errors import FastLoRAError
+from ..errors import FastLoRAError, StoreConflictError
 from .spec import KEYS, Spec, parse_spec
 
 METRICS = ("rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds", "converged",
@@ -91,7 +91,7 @@ class ResultsStore:
             stored_keys = existing - set(recorded) - set(META_COLUMNS) - set(TAIL_COLUMNS)
             if stored_keys != set(keys):
                 extra, missing = sorted(stored_keys - set(keys)), sorted(set(keys) - stored_keys)
-                raise FastLoRAError(f"{str(self.path)!r} was written by a sweep with other keys "
+                raise StoreConflictError(f"{str(self.path)!r} was written by a sweep with other keys "
                                     f"(store only: {extra or '-'}; spec only: {missing or '-'}); use another --out")
             # a store written by an older fastlora lacks newer metric columns: add them (NULL in old rows)
             for name in (c for c in recorded if c not in existing):
@@ -126,15 +126,15 @@ class ResultsStore:
         wanted = {r["row_key"] for r in rows}
         stale = sum(1 for key, (sweep, _) in stored.items() if sweep == spec.name and key not in wanted)
         if stale:
-            raise FastLoRAError(f"{str(self.path)!r} holds {stale} row(s) of sweep {spec.name!r} that this spec no "
-                                f"longer produces ({_describe_change(versions, spec)}); pass --append to add this "
-                                f"spec's rows beside them, or use another --out")
+            raise StoreConflictError(f"{str(self.path)!r} holds {stale} row(s) of sweep {spec.name!r} that this spec "
+                                     f"no longer produces ({_describe_change(versions, spec)}); pass --append to add "
+                                     f"this spec's rows beside them, or use another --out")
         others = Counter(sweep for key, (sweep, _) in stored.items() if key in wanted and sweep != spec.name)
         if others:
             held = ", ".join(f"{n} by sweep {name!r}" for name, n in sorted(others.items(), key=str))
-            raise FastLoRAError(f"{str(self.path)!r} already holds rows of spec {spec.name!r} under another name "
-                                f"({held}); rerun it under that name, use another --out, or pass --append to "
-                                f"reuse those rows")
+            raise StoreConflictError(f"{str(self.path)!r} already holds rows of spec {spec.name!r} under another "
+                                     f"name ({held}); rerun it under that name, use another --out, or pass --append "
+                                     f"to reuse those rows")
 
     def _stored_versions(self, name: str) -> list[Spec | FastLoRAError]:
         """Every spec recorded here under ``name``, oldest first (the error where one no longer parses)."""
