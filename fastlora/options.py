@@ -271,5 +271,5 @@ def rank_or_problem_k(rank, problem_or_tasks):
     if rank is None:
         rank = getattr(problem_or_tasks, "k", None)
         if rank is None:
-            raise FastLoRAError("rank is required when retraining on a list of tasks (no problem.k to default to)")
+            raise FastLoRAError("rank is required with a list of tasks (no problem.k to default to)")
     return rank

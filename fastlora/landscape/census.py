@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DivergenceError, FastLoRAError, check_choice, check_float, check_int
+from ..options import rank_or_problem_k
 from ..tables import render
 from .classify import KINDS, Tolerances, classify_at, global_reference, realisable_global_value
 from .hessian import spectrum_at
@@ -205,11 +206,7 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
         raise FastLoRAError(f"optimizer={optimizer!r} applies to solver='gd' only; solver='als' has none")
     seed = check_int("seed", seed, low=0)
     global_value = check_float("global_value", global_value, low=0.0, allow_none=True)  # F is a sum of losses
-    if rank is None:
-        rank = getattr(problem_or_tasks, "k", None)
-        if rank is None:
-            raise FastLoRAError("rank is required when the census is given a list of tasks (no problem.k)")
-    rank = check_int("rank", rank, low=1)
+    rank = check_int("rank", rank_or_problem_k(rank, problem_or_tasks), low=1)
     tol_cls = tolerances or Tolerances()
     model = LandscapeModel(problem_or_tasks, peft, rank)
     if rank > min(model.d_out, model.d_in):
@@ -225,8 +222,7 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
         started = time.perf_counter()
         endpoints = [None if isinstance(o, BaseException) else Point(np.asarray(o.A), dict(o.params))
                      for o in outcomes]
-        values = [model.value(p) if p is not None else np.nan for p in endpoints]
-        global_value, source = _global_value(problem_or_tasks, model, global_value, values)
+        global_value, source = _global_value(problem_or_tasks, model, global_value, endpoints)
         reference_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -243,14 +239,14 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
                         reference_seconds=reference_seconds)
 
 
-def _global_value(problem_or_tasks, model, given, values) -> tuple[float, str]:
+def _global_value(problem_or_tasks, model, given, endpoints) -> tuple[float, str]:
     if given is not None:
-        return check_float("global_value", given), "given"
+        return given, "given"
     known = realisable_global_value(model)
     if known is not None:
         return known, "realisable: exact fit exists"
     reference = global_reference(problem_or_tasks, model.peft, model.rank, model=model)
-    reached = [v for v in values if np.isfinite(v)]
+    reached = [v for v in (model.value(p) for p in endpoints if p is not None) if np.isfinite(v)]
     if reached and min(reached) < reference:
         return float(min(reached)), "lowest objective reached by the census"
     return reference, "reference L-BFGS solve"

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import FastLoRAError, check_float
+from ..errors import check_float
+from ..options import rank_or_problem_k
 from ..tasks import LowRankTarget
 from .hessian import HessianSpectrum, landscape_at, spectrum_at
 from .objective import LandscapeModel, Point, as_point
@@ -113,9 +114,7 @@ def global_reference(problem_or_tasks, peft="lora_sym", rank: int | None = None,
     """
     import fastlora as fl
 
-    rank = getattr(problem_or_tasks, "k", None) if rank is None else rank
-    if rank is None:
-        raise FastLoRAError("rank is required when classifying on a list of tasks (no problem.k to default to)")
+    rank = rank_or_problem_k(rank, problem_or_tasks)
     model = model or LandscapeModel(problem_or_tasks, peft, rank)
     known = realisable_global_value(model)
     if known is not None:

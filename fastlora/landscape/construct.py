@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FastLoRAError, check_int
+from ..options import rank_or_problem_k
 from .census import _solve_starts, draw_starts, one_blas_thread
 from .classify import Classification, Tolerances, classify_at, global_reference
 from .hessian import complement, symmetry_basis
@@ -79,9 +80,7 @@ def find_spurious_minimum(problem_or_tasks, peft="lora_sym", rank: int | None = 
     (see the module docstring), or None when no start reached one.
     """
     n_starts = check_int("n_starts", n_starts, low=1)
-    rank = getattr(problem_or_tasks, "k", None) if rank is None else rank
-    if rank is None:
-        raise FastLoRAError("rank is required when searching on a list of tasks (no problem.k)")
+    rank = rank_or_problem_k(rank, problem_or_tasks)
     model = LandscapeModel(problem_or_tasks, peft, check_int("rank", rank, low=1))
     tol_cls = tolerances or Tolerances()
     if global_value is None:
