@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FastLoRAError, check_array, check_float, check_int
-from ..problems import _ROLE_NEW, _ROLE_SHARED, _ROLE_TEST, _ROLE_TRAIN
+from ..problems import _ROLE_NEW, _ROLE_SHARED, _ROLE_TEST, _ROLE_TRAIN, _draw_factors
 from ..seeding import PURPOSE_SAMPLE, as_generator, task_seed
 
 MODEL = "shallow"
-_KEY_TRUTH, _KEY_DATA = 0, 1  # fastlora.seeding's PURPOSE_* keys the later draws
+_KEY_DATA = 1  # a task's data (0: its ground truth, drawn as the linear model's; later draws: seeding.PURPOSE_*)
 
 
 def predict(X, W, c) -> np.ndarray:
@@ -187,8 +187,8 @@ def make_shallow_problem(d: int = 10, k: int = 1, T: int = 3, n: int | None = 10
 
 
 def _draw_factor(seed, role, index, d, k) -> np.ndarray:
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(role, index, _KEY_TRUTH)))
-    return rng.standard_normal((d, k))
+    """U*_t, drawn as the linear model's symmetric factor of the same task (same seed, role, index)."""
+    return _draw_factors(seed, role, index, d, d, k, True)[0]
 
 
 def _draw_task(prob: ShallowProblem, role: int, index: int) -> ShallowTask:
