@@ -58,7 +58,7 @@ CONFIGS = {c.name: c for c in (
            note="the paper's law at d=100,000 with A* never stored: retrain + evaluate, peak memory, exact metrics"),
     Config("gpu-8192", "population", d=8192, T=2048, k=8, dtype="float32", iters=10, backends=("cupy",),
            note="GPU full-space ALS iteration vs the SGEMM rate, and vs numba"),
-    Config("points", "points", d=10, T=3, k=1, n=5000, noise=0.01, iters=40,
+    Config("points", "points", d=10, T=3, k=1, n=5000, noise=0.01,
            note="sweep rows per second at the paper's size (make_problem + retrain + evaluate), vs drawing the data"),
     Config("smoke", "population", d=64, T=8, k=2, iters=10, note="a quick check of the harness"),
     Config("shallow-paper", "shallow", d=10, T=3, k=1, n=1000, noise=0.1, backends=("numba", "numpy"),
@@ -404,44 +404,49 @@ def _bench_points(cfg, backends, repeat, baselines, full_baselines, report, echo
     retrain + evaluate, chunks of one point's rows solved together): finite and population rows,
     raw and exact-statistics samplers, 1 and 2 workers; the row cost in units of drawing the
     point's raw data, measured in the same run."""
-    import tempfile
-
-    from .sweep import parse_spec, run_sweep
     unit = _data_unit(cfg, repeat)
     report.add(config=cfg.name, backend="data", seconds=unit,
                note=f"drawing T·n·d + T·n·d normals (T={cfg.T}, n={cfg.n}, d={cfg.d})")
     echo(f"  unit: drawing one point's raw data takes {1e3 * unit:.2f} ms")
-    rows = max(cfg.iters, 200)
+    rows = 200
     for backend in backends:
         for mode, sampler in (("finite", "raw"), ("finite", "stats"), ("population", "raw")):
             n = cfg.n if mode == "finite" else '"population"'
-            text = (f'name = "points"\nrepeats = {rows}\n[grid]\nmethod = ["lora-ml"]\n[fixed]\n'
-                    f'd = {cfg.d}\nk = {cfg.k}\nT = {cfg.T}\nn = {n}\nnoise = {cfg.noise}\nn_ft = 100\n'
-                    f'ft_rank = {cfg.k}\nsampler = "{sampler}"\nbackend = "{backend}"\n')
+
+            def spec_text(count, n=n, sampler=sampler, backend=backend):
+                return (f'name = "points"\nrepeats = {count}\n[grid]\nmethod = ["lora-ml"]\n[fixed]\n'
+                        f'd = {cfg.d}\nk = {cfg.k}\nT = {cfg.T}\nn = {n}\nnoise = {cfg.noise}\nn_ft = 100\n'
+                        f'ft_rank = {cfg.k}\nsampler = "{sampler}"\nbackend = "{backend}"\n')
             for workers in (1, 2):
-                # steady state: the difference of a run of N rows and one of 3N rows (worker start-up,
-                # ~1-3 s per spawned process to import fastlora and load the kernels, cancels out on
-                # average); spawned workers' start-up varies by seconds, so their pairs are run three
-                # times and the median taken
-                estimates, failed = [], 0
-                for _ in range(1 if workers == 1 else 3):
-                    timings = []
-                    for count in (rows, 3 * rows):
-                        spec = parse_spec(text.replace(f"repeats = {rows}", f"repeats = {count}"), origin="points")
-                        with tempfile.TemporaryDirectory() as folder:
-                            started = time.perf_counter()
-                            failed += run_sweep(spec, f"{folder}/points.sqlite", workers=workers,
-                                                progress=False).failed
-                            timings.append(time.perf_counter() - started)
-                    estimates.append(((timings[1] - timings[0]) / (2 * rows), timings[0]))
-                per_row, first = sorted(estimates)[len(estimates) // 2]
-                timings = [first]
+                # spawned workers' start-up varies by seconds: their estimate is the median of three
+                per_row, first, failed = _steady_state(spec_text, rows, workers, pairs=1 if workers == 1 else 3)
                 row = {"config": cfg.name, "backend": backend, "solver": f"{mode}/{sampler}", "workers": workers,
                        "rows_per_second": 1 / per_row, "ms_per_row": 1e3 * per_row,
-                       "data_units_per_row": per_row / unit, "startup_seconds": timings[0] - rows * per_row,
+                       "data_units_per_row": per_row / unit, "startup_seconds": first - rows * per_row,
                        "failed": failed}
                 report.add(**row)
                 echo(_line(row))
+
+
+def _steady_state(spec_text, rows: int, workers: int, pairs: int) -> tuple[float, float, int]:
+    """(seconds per row, seconds of the N-row run, failed rows) of ``fastlora sweep`` in steady
+    state: the difference of a run of N rows and one of 3N rows, in which start-up (~1-3 s per
+    spawned worker to import fastlora and load the kernels) cancels out; the median of ``pairs``."""
+    import tempfile
+
+    from .sweep import parse_spec, run_sweep
+    estimates, failed = [], 0
+    for _ in range(pairs):
+        timings = []
+        for count in (rows, 3 * rows):
+            with tempfile.TemporaryDirectory() as folder:
+                started = time.perf_counter()
+                failed += run_sweep(parse_spec(spec_text(count), origin="points"), f"{folder}/points.sqlite",
+                                    workers=workers, progress=False).failed
+                timings.append(time.perf_counter() - started)
+        estimates.append(((timings[1] - timings[0]) / (2 * rows), timings[0]))
+    per_row, first = sorted(estimates)[len(estimates) // 2]
+    return per_row, first, failed
 
 
 def _line(row: dict) -> str:

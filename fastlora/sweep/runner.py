@@ -132,8 +132,7 @@ def _run_retraining_rows(rows: list[dict]) -> list[dict]:
             failed[seed] = exc
     results = {}
     if problems:
-        args = retrain_args(point, 0)
-        args.pop("seed")
+        args = retrain_args(point)
         seeds = list(problems)
         try:
             solved = fl.retrain_many(list(problems.values()), threads=1, seeds=seeds, errors="return", **args)
@@ -151,13 +150,12 @@ def _run_retraining_rows(rows: list[dict]) -> list[dict]:
         if row["seed"] in failed:
             outcomes[i] = _error(failed[row["seed"]], started)
         else:
-            evaluations.setdefault(canonical(evaluate_args(row["point"], 0)), []).append(i)
+            evaluations.setdefault(canonical(evaluate_args(row["point"])), []).append(i)
     for indices in evaluations.values():
         seeds = [rows[i]["seed"] for i in indices]
         try:
             metrics = fl.evaluate_many([results[s] for s in seeds], [problems[s] for s in seeds], seeds=seeds,
-                                       errors="return", **{k: v for k, v in evaluate_args(
-                                           rows[indices[0]]["point"], 0).items() if k != "seed"})
+                                       errors="return", **evaluate_args(rows[indices[0]]["point"]))
         except Exception as exc:  # noqa: BLE001 - e.g. an evaluation option no row can take
             metrics = [exc] * len(indices)
         for i, seed, m in zip(indices, seeds, metrics):

@@ -423,8 +423,8 @@ def dataset_args(point: dict, seed: int) -> dict | None:
     return {"name": point["dataset"], **args, "seed": seed}
 
 
-def retrain_args(point: dict, seed: int) -> dict:
-    """Keyword arguments of ``fl.retrain`` for a point: every option it carries (a checked spec
+def retrain_args(point: dict) -> dict:
+    """Keyword arguments of ``fl.retrain`` for a point (the seed aside): every option it carries (a checked spec
     holds none its method and solver refuse; ``fl.retrain`` refuses any other, never ignores it).
     Every row records ``peft``, ``rank`` and ``solver``; they reach LoRA-ML only."""
     method = point.get("method", schema.OPTIONS["method"].default)
@@ -433,7 +433,7 @@ def retrain_args(point: dict, seed: int) -> dict:
         for k in ("peft", "rank", "solver"):
             args.pop(k, None)
     args.update({k: point[k] for k in OPTION_KEYS if k in point})
-    return {**args, "seed": seed}
+    return args
 
 
 def landscape_args(point: dict, seed: int) -> dict | None:
@@ -449,8 +449,9 @@ def landscape_args(point: dict, seed: int) -> dict | None:
     return args
 
 
-def evaluate_args(point: dict, seed: int) -> dict:
+def evaluate_args(point: dict) -> dict:
+    """Keyword arguments of ``fl.evaluate`` for a point (the seed aside)."""
     args = {k: point[k] for k in EVALUATE_KEYS if k in point}
     if "n_ft" in args:
         args["n_ft"] = None if args["n_ft"] == POPULATION else args["n_ft"]
-    return {**args, "seed": seed}
+    return args
