@@ -128,3 +128,17 @@ def check_list(name: str, value, entries: str) -> list:
     if not isinstance(value, (list, tuple)):
         raise FastLoRAError(f"{name} must be a list (one entry per {entries}), got {type(value).__name__}")
     return list(value)
+
+
+# what the *_many functions do with an entry that fails: raise it, or return it in its place
+ERRORS_CHOICES = ("raise", "return")
+
+
+def per_entry(name: str, value, count: int, entry: str) -> list:
+    """``value`` for each of ``count`` entries (``entry``: what one is, e.g. "problem"): one value
+    for all, or a list, tuple or array of one per entry."""
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * count
+    if len(values) != count:
+        raise FastLoRAError(f"{name} has {len(values)} entries for {count} {entry}s; give one for all or one per "
+                            f"{entry}")
+    return values

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
-from .errors import FastLoRAError, check_array, check_float, check_int, check_list
+from .errors import FastLoRAError, check_array, check_float, check_int, check_list, per_entry
 from .linop import LowRankUpdate
 from .options import check_solver_options
 from .peft.protocol import check_shape_supported, shared_names
@@ -74,9 +74,7 @@ def finetune_many(starts: list, tasks: list, peft="lora", rank: int = 1, n: int 
         starts = check_list("starts", starts, "task")
     if len(starts) != len(tasks):
         raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
-    seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(tasks)
-    if len(seeds) != len(tasks):
-        raise FastLoRAError(f"seeds has {len(seeds)} entries for {len(tasks)} tasks; give one seed or one per task")
+    seeds = per_entry("seeds", seeds, len(tasks), "task")
     rank = check_int("rank", rank, low=1)
     max_iter = check_int("max_iter", max_iter, low=1)
     tol = check_float("tol", tol, low=0.0)

@@ -6,7 +6,17 @@ import math
 import numpy as np
 
 from . import peft as peft_registry
-from .errors import FastLoRAError, check_array, check_choices, check_float, check_int, check_list
+from .errors import (
+    ERRORS_CHOICES,
+    FastLoRAError,
+    check_array,
+    check_choice,
+    check_choices,
+    check_float,
+    check_int,
+    check_list,
+    per_entry,
+)
 from .finetune import finetune_many, lowrank_residual
 from .implicit import is_implicit
 from .linop import LowRankUpdate
@@ -137,16 +147,12 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     fine-tuning of every test task of every result is one batched call (:func:`finetune_many`),
     and each dict is what a lone evaluate gives.  ``errors="return"`` puts the exception of an
     entry that cannot be evaluated in its place."""
-    if errors not in ("raise", "return"):
-        raise FastLoRAError(f"errors={errors!r} is not allowed; choose 'raise' or 'return'")
+    check_choice("errors", errors, ERRORS_CHOICES)
     results, problems = check_list("results", results, "result"), check_list("problems", problems, "result")
-    seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(results)
-    lengths = {"problems": len(problems), "seeds": len(seeds)}
+    per_entry("problems", problems, len(results), "result")
+    seeds = per_entry("seeds", seeds, len(results), "result")
     if test_tasks is not None:
-        lengths["test_tasks"] = len(check_list("test_tasks", test_tasks, "result"))
-    for name, length in lengths.items():
-        if length != len(results):
-            raise FastLoRAError(f"{name} has {length} entries for {len(results)} results; give one per result")
+        per_entry("test_tasks", check_list("test_tasks", test_tasks, "result"), len(results), "result")
     if problems and getattr(problems[0], "model", None) == "shallow":  # no batched path: one at a time
         out = []
         for i, (res, prob) in enumerate(zip(results, problems)):

@@ -10,7 +10,7 @@ from . import options as schema
 from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
 from .config import format_bytes, require_memory
-from .errors import FastLoRAError, check_list
+from .errors import ERRORS_CHOICES, FastLoRAError, check_choice, check_list, per_entry
 from .implicit import is_implicit
 from .peft.protocol import check_shape_supported, shared_names
 from .reduction import Reduction, plan_reduction
@@ -110,16 +110,12 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
     fails (e.g. diverges) in its place in the list and goes on with the others;
     ``errors="raise"`` raises the first.
     """
-    if errors not in ("raise", "return"):
-        raise FastLoRAError(f"errors={errors!r} is not allowed; choose 'raise' or 'return'")
+    check_choice("errors", errors, ERRORS_CHOICES)
     problems = check_list("problems", problems, "problem: a Problem or a list of Tasks; for one problem use "
                           "fastlora.retrain")
     if not problems:
         return []
-    seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * len(problems)
-    if len(seeds) != len(problems):
-        raise FastLoRAError(f"seeds has {len(seeds)} entries for {len(problems)} problems; "
-                            f"give one seed or one per problem")
+    seeds = per_entry("seeds", seeds, len(problems), "problem")
     if rank is None:  # each problem's default rank is its own k: one batched solve has one rank
         ks = sorted({getattr(p, "k", None) for p in problems}, key=str)
         if len(ks) > 1:
