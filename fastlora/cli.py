@@ -21,12 +21,11 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
 import click
 
 from .backends import BACKENDS
-from .errors import FastLoRAError, check_choice
+from .errors import FastLoRAError, check_choice, check_output_folder
 
 EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 
@@ -84,10 +83,7 @@ def parse_n(value, option: str = "--n"):
 def _existing_folder(ctx, param, value):
     """Click callback: an output file's folder must exist (a mistyped path must not create folders)."""
     if value is not None:
-        folder = Path(value).expanduser().parent
-        if not folder.is_dir():
-            option = max(param.opts, key=len)
-            raise FastLoRAError(f"{option} {value!r}: folder {str(folder)!r} does not exist; create it first")
+        check_output_folder(value, f"{max(param.opts, key=len)} {value!r}")
     return value
 
 
@@ -252,30 +248,19 @@ def sweep(spec_path, out, workers, scheduler, scheduler_timeout, retry_errors, a
 def export_cmd(store, fmt, output):
     """Write a results store's rows to CSV or Parquet (``-o -``: CSV on standard output)."""
     from .sweep import export_results
-    suffix = Path(output).suffix.lower().lstrip(".")
-    if fmt is None:
-        fmt = "parquet" if suffix == "parquet" else "csv"
-    elif suffix in ("csv", "parquet") and suffix != fmt:
-        raise FastLoRAError(f"--output {output!r} has the extension .{suffix} but --format is {fmt}; make them agree")
     if output != "-":
         n = export_results(store, output, fmt)
         click.echo(f"wrote {n} row(s) to {output}")
         return
-    if fmt != "csv":
+    if fmt == "parquet":
         raise FastLoRAError("--output - (standard output) takes CSV only; write Parquet to a file, "
                             "e.g. -o results.parquet")
-    import shutil
-    import tempfile
-    with tempfile.TemporaryDirectory() as folder:  # export_results writes files: one CSV writer, here copied out
-        csv_path = Path(folder) / "rows.csv"
-        n = export_results(store, csv_path, fmt)
-        with open(csv_path, "rb") as fh, click.open_file("-", "wb") as stdout:  # click keeps stdout open
-            try:
-                shutil.copyfileobj(fh, stdout)
-                stdout.flush()
-            except BrokenPipeError:  # the reader stopped early (| head): as for any filter, no error
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit
-                return
+    try:
+        n = export_results(store, sys.stdout, "csv")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (| head): as for any filter, no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit
+        return
     click.echo(f"wrote {n} row(s) to standard output", err=True)  # stderr: stdout holds only the CSV
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FastLoRAError, StoreConflictError
+from .errors import FastLoRAError, StoreConflictError, check_output_folder
 from .sweep.plot import plot_results
 from .sweep.runner import run_sweep
 from .sweep.spec import parse_spec
@@ -65,8 +65,7 @@ def fine_tuning_rate(d_in: int, d_out: int, k: int, noise: float):
 
 def run_demo(out_dir, workers=None, quick=False, echo=print, progress=None) -> dict:
     out_dir = Path(out_dir).expanduser()
-    if not out_dir.parent.is_dir():  # a mistyped path must not create folders
-        raise FastLoRAError(f"out_dir={str(out_dir)!r}: folder {str(out_dir.parent)!r} does not exist; create it first")
+    check_output_folder(out_dir, f"out_dir={str(out_dir)!r}")
     out_dir.mkdir(exist_ok=True)
     store = out_dir / "results.sqlite"
     spec = demo_spec(quick)

@@ -142,3 +142,12 @@ def per_entry(name: str, value, count: int, entry: str) -> list:
         raise FastLoRAError(f"{name} has {len(values)} entries for {count} {entry}s; give one for all or one per "
                             f"{entry}")
     return values
+
+
+def check_output_folder(path, label: str) -> None:
+    """Outputs go into existing folders: a mistyped path must not create a tree of folders.
+    ``label`` names the argument in the message (e.g. "out='r.sqlite'" or "--out 'r.sqlite'")."""
+    from pathlib import Path
+    folder = Path(path).expanduser().parent
+    if not folder.is_dir():
+        raise FastLoRAError(f"{label}: folder {str(folder)!r} does not exist; create it first")

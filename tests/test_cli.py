@@ -433,7 +433,7 @@ def test_export_takes_its_format_from_the_extension_and_refuses_a_mismatch(run, 
     assert run("export", str(stores["covarying"]), "-o", str(out)).exit_code == 0
     assert out.read_bytes()[:4] == b"PAR1"  # a Parquet file, not CSV text
     clash = run("export", str(stores["covarying"]), "--format", "csv", "-o", str(tmp_path / "q.parquet"))
-    assert clash.exit_code == 2 and "has the extension .parquet but --format is csv" in clash.output
+    assert clash.exit_code == 2 and "has the extension .parquet but format is csv" in clash.output
 
 
 def test_demo_into_a_folder_of_other_results_says_so(run, tmp_path):

@@ -16,6 +16,7 @@ it falls back to ``immutable=1``.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -27,7 +28,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from ..errors import FastLoRAError, StoreConflictError
+from ..errors import FastLoRAError, StoreConflictError, check_choice, check_output_folder
 from .spec import KEYS, Spec, parse_spec
 
 METRICS = ("rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds", "converged",
@@ -62,7 +63,7 @@ class ResultsStore:
                 self.db.close()
                 raise FastLoRAError(f"{str(self.path)!r} holds no 'results' table (not a fastlora results store)")
             return
-        _require_folder(self.path, "out")
+        check_output_folder(self.path, f"out={str(self.path)!r}")
         self._lock = WriterLock(self.path, spec.name)
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -324,13 +325,6 @@ def _cannot_open(exc: sqlite3.OperationalError) -> bool:
     return "unable to open" in str(exc) or "readonly" in str(exc)
 
 
-def _require_folder(path: Path, name: str) -> None:
-    """Outputs go into existing folders: a mistyped path must not create a tree of folders."""
-    folder = path.expanduser().parent
-    if not folder.is_dir():
-        raise FastLoRAError(f"{name}={str(path)!r}: folder {str(folder)!r} does not exist; create it first")
-
-
 def _sql_value(value):
     if isinstance(value, bool):
         return int(value)
@@ -359,15 +353,25 @@ def load_results(path, status: str | None = "ok"):
     return frame
 
 
-def export_results(path, out, fmt: str) -> int:
-    """Write every row of the store to ``out`` as CSV or Parquet; returns the row count."""
-    if fmt not in ("csv", "parquet"):
-        raise FastLoRAError(f"format={fmt!r} is not allowed; choose 'csv' or 'parquet'")
-    _require_folder(Path(out), "out")
+def export_results(path, out, fmt: str | None = None) -> int:
+    """Write every row of the store to ``out`` — a file path, or an open text stream (CSV only) —
+    as CSV or Parquet (``fmt``; default: from the file's extension, .parquet or else CSV); returns
+    the row count."""
+    stream = hasattr(out, "write")
+    suffix = "" if stream else Path(out).suffix.lower().lstrip(".")
+    if fmt is None:
+        fmt = "parquet" if suffix == "parquet" else "csv"
+    check_choice("format", fmt, ("csv", "parquet"))
+    if suffix in ("csv", "parquet") and suffix != fmt:
+        raise FastLoRAError(f"out={str(out)!r} has the extension .{suffix} but format is {fmt}; make them agree")
+    if stream and fmt != "csv":
+        raise FastLoRAError("a stream takes CSV only; write Parquet to a file, e.g. results.parquet")
+    if not stream:
+        check_output_folder(out, f"out={str(out)!r}")
     with ResultsStore(path) as store:
         columns, rows = store.rows()
     if fmt == "csv":
-        with open(out, "w", newline="") as fh:
+        with contextlib.nullcontext(out) if stream else open(out, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(columns)
             writer.writerows(rows)
