@@ -100,31 +100,18 @@ class SharedResidual(Point):
 
 
 @dataclass(eq=False)
-class DenseResidual(Point):
-    """Dense population: R_t = W*_t − A (P·T, d_out, d_in), formed on first use."""
+class TaskResidual(Point):
+    """A point of a dense or finite-sample batch, with −∇L_t(A) at Δ = 0 for every task (P·T,
+    d_out, d_in) formed on first use (:meth:`Batch.negative_gradient_at`)."""
 
     batch: Any = None
-    _R: Any = None
+    _negative_gradient: Any = None
 
     @property
-    def R(self):
-        if self._R is None:
-            self._R = self.batch.W_star - self.batch.per_task(self.A)
-        return self._R
-
-
-@dataclass(eq=False)
-class FiniteResidual(Point):
-    """Finite samples: the negative gradient at Δ = 0, G_t = YᵀX/n − AΣ_t (P·T, d_out, d_in), on first use."""
-
-    batch: Any = None
-    _G: Any = None
-
-    @property
-    def G(self):
-        if self._G is None:
-            self._G = self.batch.cross - self.batch.per_task(self.A) @ self.batch.Sigma
-        return self._G
+    def negative_gradient(self):
+        if self._negative_gradient is None:
+            self._negative_gradient = self.batch.negative_gradient_at(self.A)
+        return self._negative_gradient
 
 
 def _pairings(D, B, C):
@@ -220,6 +207,14 @@ class Batch:
         null = self.objective(self.xp.zeros((self.P, self.d_out, self.d_in), self.dtype))
         return null if self.full_base_sq is None else null + 0.5 * self.T * self.full_base_sq
 
+    def residual(self, A, previous: Point | None = None, symmetric: bool = False) -> Point:
+        """The point A with its ALS bookkeeping (step and scale norms)."""
+        return TaskResidual(**self.point(A, previous, batch=self))
+
+    def negative_gradient(self, point: Point):
+        """−∇L_t at (point.A, Δ = 0) for every task, as cached on the point where it can be."""
+        return point.negative_gradient
+
     def point(self, A, previous: Point | None = None, **fields) -> dict:
         return {"A": A, "step_sq": self.problem_sq(A - previous.A) if previous is not None else np.zeros(self.P),
                 "A_sq": self.full_sq(A), **fields}
@@ -242,10 +237,11 @@ class DensePopulation(Batch):
     def grad_W(self, W):
         return W - self.W_star
 
-    def residual(self, A, previous: Point | None = None, symmetric: bool = False) -> DenseResidual:
-        return DenseResidual(**self.point(A, previous, batch=self))
+    def negative_gradient_at(self, A):
+        """R_t = W*_t − A."""
+        return self.W_star - self.per_task(A)
 
-    def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> DenseResidual:
+    def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> TaskResidual:
         return self.residual(self.minimizing_A(adapters), previous)
 
     def minimizing_A(self, adapters):
@@ -284,6 +280,10 @@ class FactoredPopulation(Batch):
     def targets(self):
         """Dense W*_t (T, d_out, d_in) — only for paths that cannot use the structure."""
         return self.base[None] + self.B_rows.swapaxes(1, 2) @ self.C_rows
+
+    def negative_gradient(self, point: Point):
+        """W*_t − A, dense (for the exact adapter fit of small problems)."""
+        return self.targets() - point.A
 
     def losses_W(self, W):
         return 0.5 * batched_frobenius_sq(W - self.targets())
@@ -480,10 +480,11 @@ class FiniteSample(Batch):
             self._whiteners = (half, full)
         return self._whiteners
 
-    def residual(self, A, previous: Point | None = None, symmetric: bool = False) -> FiniteResidual:
-        return FiniteResidual(**self.point(A, previous, batch=self))
+    def negative_gradient_at(self, A):
+        """G_t = YᵀX/n − AΣ_t."""
+        return self.cross - self.per_task(A) @ self.Sigma
 
-    def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> FiniteResidual:
+    def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> TaskResidual:
         """Solve A (Σ_t Σ_t) = Σ_t (C_t − Δ_t Σ_t) per problem (minimum-norm where Σ_t Σ_t is
         singular); with factor adapters Δ_tΣ_t = B_tᵀ(C_tΣ_t), never forming Δ_t."""
         return self.residual(self.minimizing_A(adapters), previous)

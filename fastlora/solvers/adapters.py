@@ -65,8 +65,7 @@ class DenseExact(AdapterStep):
         self.best_fit = implementation(ctx.peft, ctx.backend.name, "best_fit")
 
     def fit(self, point, params):
-        R = point.R if hasattr(point, "R") else self.batch.targets() - point.A
-        return self.best_fit(R, self.rank)
+        return self.best_fit(self.batch.negative_gradient(point), self.rank)
 
 
 class WhitenedFinite(AdapterStep):
@@ -85,9 +84,10 @@ class WhitenedFinite(AdapterStep):
 
     def fit(self, point, params):
         half, full = self.batch.sigma_pinv_half()
+        G = self.batch.negative_gradient(point)
         if not self.general:
-            return self.best_fit(point.G @ full, self.rank)
-        fitted = self.best_fit(point.G @ half, self.rank)
+            return self.best_fit(G @ full, self.rank)
+        fitted = self.best_fit(G @ half, self.rank)
         B, C = self.peft.factors(fitted)
         return self.peft.from_factors(B, half @ C)
 
