@@ -254,12 +254,19 @@ def _reptile(data, x, monitor, max_iter, inner_lr=None, inner_steps=None, outer_
                            low=0.0, low_open=True)
     xp, T = data.xp, data.T
     A, c = x["A"], x["c"]
-    iteration = 0
-    for iteration in range(1, max_iter + 1):
+
+    def at_shared(A, c):
+        """Every task at the shared (A, c), with its losses and gradients there."""
         W = xp.ascontiguousarray(xp.broadcast_to(A, (T, *A.shape)))
         C = xp.ascontiguousarray(xp.broadcast_to(c, (T, *c.shape)))
-        for _ in range(inner_steps):
-            _, G, gc = data.loss_grad(W, C)
+        return W, C, data.loss_grad(W, C)
+
+    # the evaluation that records an iteration's objective is the next one's first inner step
+    W, C, evaluated = at_shared(A, c)
+    iteration = 0
+    for iteration in range(1, max_iter + 1):
+        for step in range(inner_steps):
+            _, G, gc = evaluated if step == 0 else data.loss_grad(W, C)
             W, C = W - inner_lr * G, C - inner_lr * gc
         A_new = A + outer_lr * xp.mean(W - A[None], axis=0)
         c_new = c + outer_lr * xp.mean(C - c[None], axis=0)
@@ -267,8 +274,8 @@ def _reptile(data, x, monitor, max_iter, inner_lr=None, inner_steps=None, outer_
         scale = float(xp.sqrt(xp.sum(A_new * A_new) + xp.sum(c_new * c_new))) or 1.0
         change = float(xp.sqrt(xp.sum(moved * moved))) / scale
         A, c = A_new, c_new
-        losses, _, _ = data.loss_grad(xp.ascontiguousarray(xp.broadcast_to(A, (T, *A.shape))), c)
-        if monitor.record(iteration, float(xp.sum(losses)), change):
+        W, C, evaluated = at_shared(A, c)
+        if monitor.record(iteration, float(xp.sum(evaluated[0])), change):
             break
     return {"A": A, "c": c}, iteration, {"inner_lr": inner_lr, "inner_steps": inner_steps, "outer_lr": outer_lr}
 
