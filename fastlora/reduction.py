@@ -33,6 +33,7 @@ import numpy as np
 
 from .implicit import is_implicit
 from .linop import LowRankUpdate
+from .taskbatch import factored_targets
 from .tasks import LowRankTarget, Task
 
 REDUCIBLE_FAMILIES = ("psd", "general", "full")
@@ -190,23 +191,10 @@ def _one_blas_thread():
 
 
 def _target_factors(problem_or_tasks, tasks):
-    """(S, B* (T, d_out, k), C* (T, d_in, k), symmetric) of factored targets sharing one base, else None."""
-    source = problem_or_tasks
-    if getattr(source, "tasks", None) is tasks and getattr(source, "n", 0) is None and hasattr(source, "B_star"):
-        base = source.A_star if is_implicit(source.A_star) else np.asarray(source.A_star)
-        return base, np.asarray(source.B_star), np.asarray(source.C_star), source.symmetric
-    targets = [t.target for t in tasks]
-    if not all(isinstance(g, LowRankTarget) for g in targets):
+    """(S, B*, C*, symmetric) of factored targets sharing one base (taskbatch.factored_targets) as
+    host arrays (an implicit S stays implicit), else None."""
+    factors = factored_targets(tasks, problem_or_tasks)
+    if factors is None:
         return None
-    base = targets[0].base
-    if not all(g.base is base or np.array_equal(g.base, base) for g in targets):
-        return None
-    k = max(g.B.shape[1] for g in targets)
-
-    def pad(F):
-        return F if F.shape[1] == k else np.concatenate([F, np.zeros((F.shape[0], k - F.shape[1]))], axis=1)
-
-    symmetric = all(g.symmetric for g in targets)
-    B = np.stack([pad(g.B) for g in targets])
-    C = B if symmetric else np.stack([pad(g.C) for g in targets])
-    return np.asarray(base), B, C, symmetric
+    base, B, C, symmetric = factors
+    return (base if is_implicit(base) else np.asarray(base)), np.asarray(B), np.asarray(C), symmetric

@@ -558,13 +558,32 @@ def batch_kind(tasks: list[Task], *, structured: bool = True, source=None) -> st
         return "finite"
     if not structured or (structured != "always" and is_small(tasks[0].d_out, tasks[0].d_in)):
         return "dense"
-    if _from_problem(tasks, source):
-        return "factored"
+    return "factored" if _from_problem(tasks, source) or shares_one_base(tasks) else "dense"
+
+
+def shares_one_base(tasks) -> bool:
+    """Whether every task's target is a LowRankTarget S + B*_t C*_tᵀ with one base S."""
     targets = [t.target for t in tasks]
-    if all(isinstance(g, LowRankTarget) for g in targets) \
-            and all(g.base is targets[0].base or np.array_equal(g.base, targets[0].base) for g in targets):
-        return "factored"
-    return "dense"
+    return all(isinstance(g, LowRankTarget) for g in targets) \
+        and all(g.base is targets[0].base or np.array_equal(g.base, targets[0].base) for g in targets)
+
+
+def factored_targets(tasks, source=None):
+    """(S, B* (T, d_out, k), C* (T, d_in, k), symmetric) of population targets sharing one base
+    (factors of unequal rank zero-padded to the largest), else None; a Problem's own batched
+    factors (``source``) are used as they are."""
+    if not tasks[0].is_population:
+        return None
+    if _from_problem(tasks, source):
+        return source.A_star, source.B_star, source.C_star, source.symmetric
+    if not shares_one_base(tasks):
+        return None
+    targets = [t.target for t in tasks]
+    k = max(g.B.shape[1] for g in targets)
+    symmetric = all(g.symmetric for g in targets)
+    B = np.stack([_pad(g.B, k) for g in targets])
+    C = B if symmetric else np.stack([_pad(g.C, k) for g in targets])
+    return targets[0].base, B, C, symmetric
 
 
 def _from_problem(tasks, source) -> bool:
@@ -582,14 +601,7 @@ def make_batch(tasks: list[Task], backend, dtype, *, structured=True, source=Non
     kind = batch_kind(tasks, structured=structured, source=source)
     if kind != "factored":
         return stack_problems([tasks], backend, dtype, kind)
-    if _from_problem(tasks, source):
-        return FactoredPopulation(backend, dtype, source.A_star, source.B_star, source.C_star, source.symmetric)
-    targets = [t.target for t in tasks]
-    k = max(g.B.shape[1] for g in targets)
-    symmetric = all(g.symmetric for g in targets)
-    B = np.stack([_pad(g.B, k) for g in targets])
-    C = B if symmetric else np.stack([_pad(g.C, k) for g in targets])
-    return FactoredPopulation(backend, dtype, targets[0].base, B, C, symmetric)
+    return FactoredPopulation(backend, dtype, *factored_targets(tasks, source))
 
 
 def stack_problems(problems: list[list[Task]], backend, dtype, kind: str) -> Batch:

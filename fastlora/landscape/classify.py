@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import check_float
 from ..options import rank_or_problem_k
-from ..tasks import LowRankTarget
+from ..taskbatch import shares_one_base
 from .hessian import HessianSpectrum, landscape_at, spectrum_at
 from .objective import LandscapeModel, Point, as_point
 
@@ -90,12 +90,9 @@ def realisable_global_value(model: LandscapeModel) -> float | None:
     """0.0 when the population tasks are exactly fitted by some (A, θ_t), else None (unknown)."""
     if not model.is_population:
         return None
+    if not shares_one_base(model.tasks):
+        return None
     targets = [t.target for t in model.tasks]
-    if not all(isinstance(g, LowRankTarget) for g in targets):
-        return None
-    base = targets[0].base
-    if not all(g.base is base or np.array_equal(g.base, base) for g in targets):
-        return None
     if any(g.B.shape[1] > model.rank for g in targets):
         return None
     if model.peft.name == "lora_sym" and not all(g.symmetric or np.array_equal(g.B, g.C) for g in targets):
