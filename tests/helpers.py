@@ -12,3 +12,21 @@ def procrustes_error(U, U_star):
     P, _, Qt = np.linalg.svd(U.T @ U_star)
     rotation = P @ Qt
     return np.linalg.norm(U @ rotation - U_star) / np.linalg.norm(U_star), rotation
+
+
+# a small sweep spec: 2 grid points x 2 methods x 2 repeats of quick finite-sample rows
+TINY_SPEC = """
+name = "tiny"
+repeats = 2
+[grid]
+T = [2, 3]
+method = ["standard", "lora-ml"]
+[fixed]
+d = 8
+k = 1
+n = 400
+noise = 0.05
+n_ft = 50
+backend = "numpy"
+max_iter = 200
+"""

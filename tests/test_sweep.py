@@ -8,25 +8,12 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from helpers import TINY_SPEC
 
 from fastlora.cli import main
 from fastlora.sweep import load_results, load_spec, parse_spec, run_sweep
 
-SPEC = """
-name = "tiny"
-repeats = 2
-[grid]
-T = [2, 3]
-method = ["standard", "lora-ml"]
-[fixed]
-d = 8
-k = 1
-n = 400
-noise = 0.05
-n_ft = 50
-backend = "numpy"
-max_iter = 200
-"""
+SPEC = TINY_SPEC
 
 
 def rows(path):

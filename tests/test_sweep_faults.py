@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import TINY_SPEC
 
 from fastlora.cli import main
 from fastlora.sweep import ResultsStore, export_results, load_results, parse_spec, run_rows, run_sweep
@@ -33,21 +34,8 @@ max_iter = 50
 
 # rows of ~50 ms, mostly drawing their data (n = 20000, however fast the solvers get): a
 # driver with two workers is still busy seconds after its first commit
-SLOW = """
-name = "slow"
-repeats = 24
-[grid]
-T = [2, 3]
-method = ["standard", "lora-ml"]
-[fixed]
-d = 8
-k = 1
-n = 20000
-noise = 0.05
-n_ft = 50
-backend = "numpy"
-max_iter = 400
-"""
+SLOW = (TINY_SPEC.replace('name = "tiny"', 'name = "slow"').replace("repeats = 2\n", "repeats = 24\n")
+        .replace("n = 400\n", "n = 20000\n").replace("max_iter = 200", "max_iter = 400"))
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
 
