@@ -123,6 +123,17 @@ def wait_until_dead(pids, timeout: float) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
+def driver_ended(proc, kids, timeout: float):
+    """Wait up to ``timeout`` s for the driver and 5 s more for its children, then kill what is left
+    (survivors would hold the driver's pipes open); (surviving children, stdout, stderr)."""
+    proc.wait(timeout=timeout)
+    survivors = wait_until_dead(kids, timeout=5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate()
+    return survivors, stdout, stderr
+
+
 # ---------------------------------------------------------------------------- processes
 @needs_proc
 def test_sigkill_of_the_driver_leaves_no_worker_or_tracker_behind(tmp_path):
@@ -144,11 +155,7 @@ def test_sigterm_takes_the_ctrl_c_path(tmp_path):
         wait_for_rows(proc, out)
         kids = driver_children(proc)
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        survivors = wait_until_dead(kids, timeout=5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # survivors would hold the driver's pipes open
-        stdout, stderr = proc.communicate()
+        survivors, stdout, stderr = driver_ended(proc, kids, timeout=30)
     assert not survivors
     assert proc.returncode == 143, stderr
     assert stderr.strip().splitlines()[-1] == "Terminated.", stderr
@@ -165,11 +172,7 @@ def test_ctrl_c_commits_stops_workers_and_exits_130(tmp_path):
         wait_for_rows(proc, out)
         kids = driver_children(proc)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-        proc.wait(timeout=30)
-        survivors = wait_until_dead(kids, timeout=5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+        survivors, stdout, stderr = driver_ended(proc, kids, timeout=30)
     assert not survivors
     assert proc.returncode == 130, stderr
     assert stderr.strip() == "Interrupted."  # workers ignore SIGINT: no traceback from them
@@ -190,13 +193,9 @@ def test_a_killed_worker_ends_the_sweep_with_its_rows_kept_and_a_resume_complete
         os.kill(next(p for p, cmd in kids.items() if "spawn_main" in cmd), signal.SIGKILL)
         committed = stored_count(out)
         try:
-            proc.wait(timeout=20)
+            survivors, _, stderr = driver_ended(proc, kids, timeout=20)
         except subprocess.TimeoutExpired:
             pytest.fail("the driver still runs 20 s after one of its workers was killed")
-        survivors = wait_until_dead(kids, timeout=5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
     assert not survivors, {p: kids[p] for p in survivors}
     assert proc.returncode == 1, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
