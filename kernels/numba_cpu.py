@@ -332,7 +332,7 @@ def residual_stats(S, A_new, A_old, symmetrize):
     threads_for(4 * S.size)
     zero = S.dtype.type(0.0)
     if symmetrize:
-        norms = _update_stats(A_new, A_new, zero, c(S), c(A_old), True, A_new, D, False)
+        norms = _update_stats(A_new, A_new, zero, c(S), c(A_old), A_new, D, False)
     else:
         norms = _update_rows(A_new, A_new, zero, c(S), c(A_old), A_new, D, False)
     return D, ResidualNorms(*(float(v) for v in norms))
@@ -381,11 +381,11 @@ def _update_rows(M, G, alpha, S, A_old, A, D, store):
 
 
 @kernel(parallel=True)
-def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D, store):
-    """A = M + alpha·G (stored in A when ``store``) and the residual statistics of
-    reference.residual_stats, in one pass over memory: every tile pair (I, J), (J, I) of the
-    upper triangle is one unit of parallel work (even load), its residual tiles kept in L1 for
-    the symmetrisation.  A may be G (in place)."""
+def _update_stats(M, G, alpha, S, A_old, A, D, store):
+    """A = M + alpha·G (stored in A when ``store``) and the symmetrised residual statistics of
+    reference.residual_stats (unsymmetrised: _update_rows), in one pass over memory: every tile
+    pair (I, J), (J, I) of the upper triangle is one unit of parallel work (even load), its
+    residual tiles kept in L1 for the symmetrisation.  A may be G (in place)."""
     n = S.shape[0]
     tiles = (n + _TILE - 1) // _TILE
     count = tiles * (tiles + 1) // 2
@@ -411,17 +411,13 @@ def _update_stats(M, G, alpha, S, A_old, symmetrize, A, D, store):
         for i in range(i0, i1):
             for j in range(j0, j1):
                 if bi == bj:
-                    r = 0.5 * (Rij[i - i0, j - j0] + Rij[j - j0, i - i0]) if symmetrize else Rij[i - i0, j - j0]
+                    r = 0.5 * (Rij[i - i0, j - j0] + Rij[j - j0, i - i0])
                     D[i, j] = r
                     d_sq += r * r
                 else:
-                    r = Rij[i - i0, j - j0]
-                    q = Rji[j - j0, i - i0]
-                    if symmetrize:
-                        r = q = 0.5 * (r + q)
-                    D[i, j] = r
-                    D[j, i] = q
-                    d_sq += r * r + q * q
+                    r = 0.5 * (Rij[i - i0, j - j0] + Rji[j - j0, i - i0])
+                    D[i, j] = D[j, i] = r
+                    d_sq += 2.0 * (r * r)
         sums[0] += d_sq
     return acc.sum(axis=0)
 
@@ -441,7 +437,7 @@ def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, out=None, gra
     D = np.empty_like(G) if D is None else D
     threads_for(6 * G.size)
     if symmetrize:
-        norms = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), True, G, D, True)
+        norms = _update_stats(c(M), G, G.dtype.type(alpha), c(S), c(A_old), G, D, True)
     else:
         norms = _update_rows(c(M), G, G.dtype.type(alpha), c(S), c(A_old), G, D, True)
     return G, D, ResidualNorms(*(float(v) for v in norms))
@@ -512,7 +508,7 @@ def warm_up(dtype) -> None:
     _gram_inner(a(T, r, n), a(T, r, n), a(T, r, n), a(T, r, n), False)
     _ritz_general(Q, a(T, r, n))
     _lowrank_diff_sq(a(T, r, n), a(T, r, n), a(T, r, n), a(T, r, n))
-    _update_stats(a(n, n), a(n, n), one, a(n, n), a(n, n), True, a(n, n), a(n, n), True)
+    _update_stats(a(n, n), a(n, n), one, a(n, n), a(n, n), a(n, n), a(n, n), True)
     _update_rows(a(n, n), a(n, n), one, a(n, n), a(n, n), a(n, n), a(n, n), True)
     lbfgs_direction(a(1, r, n), a(1, r, n), np.ones((1, r), dtype=np.bool_), a(1, n), np.ones(1))
 
