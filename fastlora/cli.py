@@ -87,7 +87,26 @@ def _existing_folder(ctx, param, value):
     return value
 
 
-@click.group(cls=FastLoRAGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# commands of subpackages, imported when asked for (fastlora.landscape costs ~30 ms to import,
+# which every command and every spawned sweep worker would otherwise pay)
+_LAZY_COMMANDS = {"landscape": ("fastlora.landscape.cli", "landscape_command")}
+
+
+class _MainGroup(FastLoRAGroup):
+    """``fastlora``, with the :data:`_LAZY_COMMANDS` loaded on first use."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx, name):
+        if name in _LAZY_COMMANDS and name not in self.commands:
+            import importlib
+            module, attribute = _LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attribute))
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fastlora")
 def main():
     """fastlora: fast, exact solvers for PEFT-based meta-learning (LoRA-ML)."""
@@ -399,13 +418,6 @@ def _check_plugins(as_json: bool) -> None:
                    err=True)
         click.get_current_context().exit(EXIT_RUNTIME)
 
-
-def _register_landscape() -> None:
-    from .landscape.cli import landscape_command
-    main.add_command(landscape_command)
-
-
-_register_landscape()
 
 
 @main.group()

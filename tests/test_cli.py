@@ -184,8 +184,10 @@ def test_every_option_has_a_help_text():
         for param in command.params:
             if isinstance(param, click.Option) and not param.help:
                 missing.append(f"{path} {max(param.opts, key=len)}")
-        for name, sub in getattr(command, "commands", {}).items():
-            walk(sub, f"{path} {name}")
+        if isinstance(command, click.Group):  # list_commands: lazily loaded commands too
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                walk(command.get_command(ctx, name), f"{path} {name}")
 
     walk(main, "fastlora")
     assert not missing
