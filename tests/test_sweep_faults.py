@@ -134,13 +134,19 @@ def driver_ended(proc, kids, timeout: float):
     return survivors, stdout, stderr
 
 
+@contextlib.contextmanager
+def busy_sweep(tmp_path, store_name: str):
+    """A sweep of SLOW with two workers, once its first rows are committed: (driver, store, children)."""
+    out = tmp_path / store_name
+    with sweep_process(tmp_path, SLOW, out, "--workers", "2") as proc:
+        wait_for_rows(proc, out)
+        yield proc, out, driver_children(proc)
+
+
 # ---------------------------------------------------------------------------- processes
 @needs_proc
 def test_sigkill_of_the_driver_leaves_no_worker_or_tracker_behind(tmp_path):
-    out = tmp_path / "k.sqlite"
-    with sweep_process(tmp_path, SLOW, out, "--workers", "2") as proc:
-        wait_for_rows(proc, out)
-        kids = driver_children(proc)
+    with busy_sweep(tmp_path, "k.sqlite") as (proc, _, kids):
         assert proc.poll() is None, "the driver finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
         proc.wait()
@@ -150,10 +156,7 @@ def test_sigkill_of_the_driver_leaves_no_worker_or_tracker_behind(tmp_path):
 
 @needs_proc
 def test_sigterm_takes_the_ctrl_c_path(tmp_path):
-    out = tmp_path / "t.sqlite"
-    with sweep_process(tmp_path, SLOW, out, "--workers", "2") as proc:
-        wait_for_rows(proc, out)
-        kids = driver_children(proc)
+    with busy_sweep(tmp_path, "t.sqlite") as (proc, out, kids):
         proc.send_signal(signal.SIGTERM)
         survivors, stdout, stderr = driver_ended(proc, kids, timeout=30)
     assert not survivors
@@ -167,10 +170,7 @@ def test_sigterm_takes_the_ctrl_c_path(tmp_path):
 
 @needs_proc
 def test_ctrl_c_commits_stops_workers_and_exits_130(tmp_path):
-    out = tmp_path / "i.sqlite"
-    with sweep_process(tmp_path, SLOW, out, "--workers", "2") as proc:
-        wait_for_rows(proc, out)
-        kids = driver_children(proc)
+    with busy_sweep(tmp_path, "i.sqlite") as (proc, out, kids):
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
         survivors, stdout, stderr = driver_ended(proc, kids, timeout=30)
     assert not survivors
@@ -185,10 +185,7 @@ def test_a_killed_worker_ends_the_sweep_with_its_rows_kept_and_a_resume_complete
     """One worker SIGKILLed (as the out-of-memory killer does): the driver stops the other worker,
     keeps every committed row, says so in one line and exits 1 within seconds (it used to wait
     forever for the dead worker to wake on the stop event); a rerun completes the spec."""
-    out = tmp_path / "w.sqlite"
-    with sweep_process(tmp_path, SLOW, out, "--workers", "2") as proc:
-        wait_for_rows(proc, out)
-        kids = driver_children(proc)
+    with busy_sweep(tmp_path, "w.sqlite") as (proc, out, kids):
         assert proc.poll() is None, "the driver finished before a worker could be killed"
         os.kill(next(p for p, cmd in kids.items() if "spawn_main" in cmd), signal.SIGKILL)
         committed = stored_count(out)
