@@ -17,7 +17,7 @@ share an adapter direction instead of each fitting its own perturbation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,22 +31,28 @@ from .objective import LandscapeModel, Point
 DEFAULT_SEARCH = (("normal", 3.0), ("uniform", 3.0), ("normal", 1.0))
 
 
-@dataclass
+@dataclass(repr=False)
 class SpuriousMinimum:
-    """A certified spurious local minimum: ``point`` (A, θ) of F on ``problem``, with its
-    ``objective``, ``global_value``, ``min_eig`` (smallest projected Hessian eigenvalue, > 0),
-    ``grad_norm``, the full ``classification`` and how it was found (``found_by``: init law,
-    scale, seed, start index)."""
+    """A certified spurious local minimum: ``point`` (A, θ) of F on ``problem``, its
+    ``classification`` (``objective``, ``global_value``, ``min_eig`` — the smallest projected
+    Hessian eigenvalue, > 0 —, ``max_eig``, ``grad_norm``, also readable here) and how it was
+    found (``found_by``: init law, scale, seed, start index)."""
 
-    problem: object = field(repr=False)
-    point: Point = field(repr=False)
-    objective: float
-    global_value: float
-    min_eig: float
-    max_eig: float
-    grad_norm: float
-    classification: Classification = field(repr=False)
+    problem: object
+    point: Point
+    classification: Classification
     found_by: dict
+
+    objective = property(lambda self: self.classification.objective)
+    global_value = property(lambda self: self.classification.global_value)
+    min_eig = property(lambda self: self.classification.min_eig)
+    max_eig = property(lambda self: self.classification.max_eig)
+    grad_norm = property(lambda self: self.classification.grad_norm)
+
+    def __repr__(self) -> str:
+        return (f"SpuriousMinimum(objective={self.objective!r}, global_value={self.global_value!r}, "
+                f"min_eig={self.min_eig!r}, max_eig={self.max_eig!r}, grad_norm={self.grad_norm!r}, "
+                f"found_by={self.found_by!r})")
 
 
 def polish(model: LandscapeModel, point: Point, max_steps: int = 20) -> Point:
@@ -107,9 +113,7 @@ def _try_start(problem_or_tasks, model, start, global_value, tol_cls, solver, op
     c = classify_at(model, point, global_value, tol_cls)
     if c.kind != "spurious":
         return None
-    return SpuriousMinimum(problem=problem_or_tasks, point=point, objective=c.objective, global_value=global_value,
-                           min_eig=c.min_eig, max_eig=c.max_eig, grad_norm=c.grad_norm, classification=c,
-                           found_by=found_by)
+    return SpuriousMinimum(problem=problem_or_tasks, point=point, classification=c, found_by=found_by)
 
 
 def spurious_minimum_example() -> SpuriousMinimum:
@@ -155,6 +159,5 @@ def embedded_spurious_minimum(d: int, seed: int = 0) -> SpuriousMinimum:
     c = classify_at(model, point, 0.0, Tolerances())
     if c.kind != "spurious":
         raise FastLoRAError(f"the embedded point classified as {c.kind!r}, not 'spurious'")
-    return SpuriousMinimum(problem=tasks, point=point, objective=c.objective, global_value=0.0, min_eig=c.min_eig,
-                           max_eig=c.max_eig, grad_norm=c.grad_norm, classification=c,
+    return SpuriousMinimum(problem=tasks, point=point, classification=c,
                            found_by={**small.found_by, "embedded_in_d": d, "base_seed": seed})
