@@ -16,6 +16,7 @@ from .peft.protocol import check_shape_supported, shared_names
 from .reduction import Reduction, plan_reduction
 from .seeding import as_generator
 from .solvers import als, gd, reptile, standard
+from .solvers import engine as engine_path
 from .solvers.auto import choose_solver
 from .solvers.common import Context, RetrainResult
 from .taskbatch import as_task_list, batch_kind, make_batch, stack_problems
@@ -71,7 +72,7 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
                                 threads, callback, peft_options, options)
     plan = _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype, threads, callback,
                  peft_options, options, dense_A)
-    return _run(plan, [problem_or_tasks], [plan.rng], as_numpy)[0]
+    return _raise_or_return(_run(plan, [problem_or_tasks], [plan.rng], as_numpy), "raise")[0]
 
 
 def _is_shallow(problem_or_tasks) -> bool:
@@ -162,7 +163,12 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
                     raise
                 out.append(exc)
         return out
-    results = _run(plan, problems, rngs, as_numpy, reductions)
+    return _raise_or_return(_run(plan, problems, rngs, as_numpy, reductions), errors)
+
+
+def _raise_or_return(results: list, errors: str) -> list:
+    """The one place where a failed problem's error is raised (``errors="raise"``: the first) or left
+    in its place in the list (``"return"``) — the same for one problem and for many."""
     if errors == "raise":
         for r in results:
             if isinstance(r, Exception):
@@ -215,6 +221,7 @@ class _Plan:
     rng: object
     reduction: Reduction | None = None    # of the first problem; the plan describes the reduced solve
     dense_A: bool = True
+    engine: bool = False                  # solved by fastlora.engine (fastlora.solvers.engine.covers)
 
     @property
     def T(self) -> int:
@@ -280,8 +287,10 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
         solver = None
     options = schema.check_solver_options(method, solver, options)
     _check_memory(be, tasks, kind, rank, dtype)
+    on_engine = engine_path.covers(method, solver, parameterization, kind, be.name, tasks[0].d_out, tasks[0].d_in,
+                                   callback, options)
     return _Plan(tasks, kind, structured, method, solver, requested, parameterization, rank, be, dtype, threads,
-                 max_iter, tol, callback, options, rng, reduction, dense_A)
+                 max_iter, tol, callback, options, rng, reduction, dense_A, on_engine)
 
 
 def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: list | None = None) -> list:
@@ -293,6 +302,12 @@ def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: li
         if plan.reduction is not None:
             reductions = reductions or [plan.reduction]
             problems = [r.tasks for r in reductions]
+        if plan.engine:
+            results = _solve_on_engine(plan, [as_task_list(p) for p in problems], rngs, reductions)
+            if plan.reduction is not None:
+                results = [r if isinstance(r, Exception) else _lift(plan, red, r, started, len(problems))
+                           for r, red in zip(results, reductions)]
+            return results
         try:
             if len(problems) == 1:
                 batch = make_batch(as_task_list(problems[0]), be, plan.dtype, structured=plan.structured,
@@ -358,7 +373,9 @@ def _check_memory(be, tasks, kind, rank, dtype) -> None:
 
 
 def _lift(plan: _Plan, reduction: Reduction, res: RetrainResult, started: float, P: int) -> RetrainResult:
-    """A reduced problem's result in the full space (:mod:`fastlora.reduction`)."""
+    """A reduced problem's result in the full space (:mod:`fastlora.reduction`); its seconds: the
+    reduced solve's share, the reduction and this lift."""
+    lifting = time.perf_counter()
     be = plan.backend
     E = be.to_numpy(res.A)
     A = reduction.lift_A(E, dense=plan.dense_A)
@@ -376,7 +393,7 @@ def _lift(plan: _Plan, reduction: Reduction, res: RetrainResult, started: float,
                                "d_out": reduction.base.shape[0], "d_in": reduction.base.shape[1],
                                "seconds": reduction.seconds}, d_out=reduction.base.shape[0],
                     d_in=reduction.base.shape[1])
-    res.seconds = (time.perf_counter() - started) / P + reduction.seconds
+    res.seconds += reduction.seconds + time.perf_counter() - lifting
     return res
 
 
@@ -420,4 +437,46 @@ def _solve(plan: _Plan, batch, rngs, as_numpy, started) -> list:
             converged=out.converged[p], seconds=seconds, method=plan.method, solver=plan.solver, peft=plan.peft,
             rank=plan.rank, backend=be.name, dtype=np.dtype(plan.dtype).name, message=out.messages[p], info=info,
             shared=shared if P == 1 else {k: v[p] for k, v in shared.items()}))
+    return results
+
+
+def _solve_on_engine(plan: _Plan, problems: list, rngs: list, reductions) -> list:
+    """Solve ``problems`` (lists of tasks) on the engine (fastlora.solvers.engine); RetrainResults or errors."""
+    from . import engine as E
+    base_sq = None if reductions is None else [r.base_sq for r in reductions]
+    solved, info, seconds = engine_path.solve(plan.method, plan.solver, plan.peft, plan.rank, problems, rngs,
+                                              plan.options, plan.max_iter, plan.tol, plan.dtype, plan.backend,
+                                              base_sq)
+    P, T, d_out, d_in = len(problems), len(problems[0]), problems[0][0].d_out, problems[0][0].d_in
+    params = {}
+    if plan.method == "lora-ml":
+        params = E.params_of(E.peft_code(plan.peft), solved.theta, T, plan.rank, d_out, d_in)
+        canonical = getattr(plan.peft, "canonicalize", None)
+        if callable(canonical):
+            params = canonical(params)
+    info.update(batch=plan.kind, T=T, d_out=d_out, d_in=d_in, batch_size=P, compile_seconds=solved.compile_seconds)
+    if plan.method == "lora-ml":
+        info.update(solver=plan.solver, requested_solver=plan.requested)
+    else:
+        info.update(solver=METHOD_PROCEDURES[plan.method])
+    results = []
+    for p in range(P):
+        message, converged, error = solved.outcome(p, plan.max_iter)
+        if error is not None:
+            results.append(error)
+            continue
+        history = np.array(solved.histories[p], dtype=np.float64)
+        objective = float(solved.objective[p])
+        history = np.append(history[:-1], objective)  # the last entry: F at the returned point
+        own = dict(info, message=message)
+        if info.get("acceleration", "none") != "none":
+            own.update(extrapolations_accepted=int(solved.accepted[p]),
+                       extrapolations_rejected=int(solved.rejected[p]))
+        if info.get("optimizer") == "gd":
+            own["final_lr"] = float(solved.step[p])
+        results.append(RetrainResult(
+            A=solved.A[p], params={k: v[p * T:(p + 1) * T] for k, v in params.items()}, objective=objective,
+            history=history, n_iter=int(solved.n_iter[p]), converged=converged, seconds=seconds / P,
+            method=plan.method, solver=plan.solver, peft=plan.peft, rank=plan.rank, backend=plan.backend.name,
+            dtype=np.dtype(plan.dtype).name, message=message, info=own))
     return results

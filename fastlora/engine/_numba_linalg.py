@@ -1,0 +1,154 @@
+"""Numba versions of :mod:`fastlora.engine.linalg`, registered as overloads: compiled engine
+code calling ``linalg.matmul`` runs these loops.  Imported by fastlora.engine.compiled only."""
+from __future__ import annotations
+
+import numpy as np
+from numba.extending import overload
+
+from . import linalg
+
+_FAST = {"fastmath": {"contract"}}
+
+
+@overload(linalg.matmul, jit_options=_FAST)
+def _matmul(a, b, out):
+    def impl(a, b, out):
+        n, k = a.shape
+        m = b.shape[1]
+        for i in range(n):
+            for j in range(m):
+                out[i, j] = 0.0
+            for l in range(k):
+                x = a[i, l]
+                for j in range(m):
+                    out[i, j] += x * b[l, j]
+    return impl
+
+
+@overload(linalg.matmul_add, jit_options=_FAST)
+def _matmul_add(a, b, out, alpha):
+    def impl(a, b, out, alpha):
+        n, k = a.shape
+        m = b.shape[1]
+        for i in range(n):
+            for l in range(k):
+                x = alpha * a[i, l]
+                for j in range(m):
+                    out[i, j] += x * b[l, j]
+    return impl
+
+
+def _by_ndim(x, one, two, three):
+    return {1: one, 2: two, 3: three}[x.ndim]
+
+
+@overload(linalg.inner, jit_options=_FAST)
+def _inner(a, b):
+    def impl1(a, b):
+        s = 0.0
+        for i in range(a.shape[0]):
+            s += a[i] * b[i]
+        return s
+
+    def impl2(a, b):
+        s = 0.0
+        for i in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                s += a[i, j] * b[i, j]
+        return s
+    return _by_ndim(a, impl1, impl2, None)
+
+
+@overload(linalg.axpy, jit_options=_FAST)
+def _axpy(alpha, x, y):
+    def impl1(alpha, x, y):
+        for i in range(x.shape[0]):
+            y[i] += alpha * x[i]
+
+    def impl2(alpha, x, y):
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                y[i, j] += alpha * x[i, j]
+
+    def impl3(alpha, x, y):
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                for k in range(x.shape[2]):
+                    y[i, j, k] += alpha * x[i, j, k]
+    return _by_ndim(x, impl1, impl2, impl3)
+
+
+@overload(linalg.copy)
+def _copy(src, dst):
+    def impl1(src, dst):
+        for i in range(src.shape[0]):
+            dst[i] = src[i]
+
+    def impl2(src, dst):
+        for i in range(src.shape[0]):
+            for j in range(src.shape[1]):
+                dst[i, j] = src[i, j]
+
+    def impl3(src, dst):
+        for i in range(src.shape[0]):
+            for j in range(src.shape[1]):
+                for k in range(src.shape[2]):
+                    dst[i, j, k] = src[i, j, k]
+    return _by_ndim(src, impl1, impl2, impl3)
+
+
+@overload(linalg.scale)
+def _scale(alpha, x):
+    def impl1(alpha, x):
+        for i in range(x.shape[0]):
+            x[i] *= alpha
+
+    def impl2(alpha, x):
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                x[i, j] *= alpha
+
+    def impl3(alpha, x):
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                for k in range(x.shape[2]):
+                    x[i, j, k] *= alpha
+    return _by_ndim(x, impl1, impl2, impl3)
+
+
+@overload(linalg.fill)
+def _fill(x, value):
+    def impl1(x, value):
+        for i in range(x.shape[0]):
+            x[i] = value
+
+    def impl2(x, value):
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                x[i, j] = value
+
+    def impl3(x, value):
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                for k in range(x.shape[2]):
+                    x[i, j, k] = value
+    return _by_ndim(x, impl1, impl2, impl3)
+
+
+@overload(linalg.adam_moments, jit_options=_FAST)
+def _adam_moments(grad, m, v, b1, b2):
+    def impl(grad, m, v, b1, b2):
+        g, mm, vv = grad.reshape(-1), m.reshape(-1), v.reshape(-1)
+        for i in range(g.shape[0]):
+            mm[i] = b1 * mm[i] + (1.0 - b1) * g[i]
+            vv[i] = b2 * vv[i] + (1.0 - b2) * g[i] * g[i]
+    return impl
+
+
+@overload(linalg.adam_apply, jit_options=_FAST)
+def _adam_apply(x, m, v, lr1, c2, eps):
+    def impl(x, m, v, lr1, c2, eps):
+        xx, mm, vv = x.reshape(-1), m.reshape(-1), v.reshape(-1)
+        for i in range(xx.shape[0]):
+            xx[i] -= lr1 * mm[i] / (np.sqrt(c2 * vv[i]) + eps)
+    return impl

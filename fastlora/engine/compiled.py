@@ -1,0 +1,88 @@
+"""The engine compiled by Numba: the numba backend's entry points (docs/design.md, "The compiled engine").
+
+Importing this module registers every engine function (:data:`fastlora.engine._jit.JITABLE`)
+with Numba and swaps ``prange`` in.  :func:`batch_solver` returns a solver's batch loop
+(:func:`fastlora.engine.loops.batch_solver`) compiled whole; nothing compiles at import, and a
+first call compiles (or loads from the on-disk cache) only that solver, for its dtype.
+
+Numba's cache checks only the timestamp of the file of the function it compiled, not of the
+functions it calls; the cache lives in a folder named by a hash of every engine source file,
+so a change anywhere in the engine recompiles instead of loading stale code.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba.extending import register_jitable
+
+from ..config import settings
+from . import _jit, _numba_linalg, linalg, loops, status, steps  # _numba_linalg registers the loop primitives
+
+_SOURCES = (_jit, linalg, _numba_linalg, status, steps, loops)
+
+
+@functools.cache
+def cache_folder() -> Path:
+    """The folder of the engine's compiled code: one per version of its source."""
+    digest = hashlib.sha1()
+    for module in _SOURCES:
+        digest.update(Path(module.__file__).read_bytes())
+    root = os.environ.get("NUMBA_CACHE_DIR") or str(settings.numba_cache_dir)
+    return Path(root) / f"engine-{digest.hexdigest()[:16]}"
+
+
+for _fn in _jit.JITABLE:
+    register_jitable(_fn)
+loops.prange = numba.prange
+
+
+@functools.cache
+def batch_solver(solver: int, parallel: bool):
+    """The compiled batch loop of ``solver`` (problems in parallel when ``parallel``)."""
+    fn = loops.batch_solver(loops.RUN_ONE[solver], parallel)
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = str(cache_folder())  # bound when the function is decorated
+    try:
+        return numba.njit(cache=True, parallel=parallel, error_model="numpy")(fn)
+    finally:
+        numba.config.CACHE_DIR = previous
+
+
+@functools.cache
+def _signature(dtype_name: str) -> tuple:
+    """The types of a batch entry's arguments (fastlora.engine.run) in ``dtype``: they vary with it only."""
+    from numba import types
+    real = numba.from_dtype(np.dtype(dtype_name))
+
+    def arr(ndim, kind=real):
+        return types.Array(kind, ndim, "C")
+    f64, i64 = types.float64, types.int64
+    return (types.boolean, arr(4), arr(4), arr(2), arr(3), arr(3), arr(4), arr(4), arr(2), arr(1, f64), arr(1, f64),
+            arr(1, i64), arr(1, f64), arr(3), arr(2), arr(3), arr(2), arr(2, f64), arr(2, i64), arr(2, f64))
+
+
+def ensure_compiled(dispatcher, dtype) -> float:
+    """Compile ``dispatcher`` for ``dtype`` (or load it from the cache); returns the seconds spent.
+    Where that takes more than a second a notice says what is being compiled (once per engine
+    version and dtype: later runs load it)."""
+    sig = _signature(np.dtype(dtype).name)
+    if sig in dispatcher.overloads:
+        return 0.0
+    from ..compilation import slow_work_notice
+    started = time.perf_counter()
+    with slow_work_notice(f"compiling the fastlora engine's {dispatcher.py_func.__qualname__} for "
+                          f"{np.dtype(dtype).name} (once; later runs load it from {cache_folder()})"):
+        dispatcher.compile(sig)
+    return time.perf_counter() - started
+
+
+def is_cached() -> bool:
+    """Whether this engine version's compiled code is on disk (a first call then loads, not compiles)."""
+    folder = cache_folder()
+    return folder.exists() and any(folder.rglob("*.nbi"))

@@ -1,0 +1,59 @@
+"""Small dense linear-algebra primitives of the engine, in their numpy form.
+
+These are the engine's BLAS: products, inner products, copies and updates of 1-d to 3-d
+arrays.  Here they call numpy; :mod:`fastlora.engine._numba_linalg` gives Numba loop versions
+that compiled code uses instead (no BLAS call overhead on the engine's small matrices, no
+temporaries, and no broadcasting checks, whose error messages cost seconds of compile time).
+tests/test_engine.py checks the two agree.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def matmul(a, b, out):
+    """out[:] = a @ b (2-d arrays of any layout; ``out`` must not overlap a or b)."""
+    np.matmul(a, b, out=out)
+
+
+def matmul_add(a, b, out, alpha):
+    """out += alpha · (a @ b)."""
+    out += alpha * (a @ b)
+
+
+def inner(a, b):
+    """Σ a·b over all entries of two arrays of one shape (1-d or 2-d), as a float."""
+    return float(np.vdot(a, b)) if a.flags.c_contiguous and b.flags.c_contiguous else float(np.sum(a * b))
+
+
+def axpy(alpha, x, y):
+    """y += alpha · x (arrays of one shape, 1-d to 3-d)."""
+    y += alpha * x
+
+
+def copy(src, dst):
+    """dst[...] = src (arrays of one shape, 1-d to 3-d)."""
+    dst[...] = src
+
+
+def scale(alpha, x):
+    """x *= alpha."""
+    x *= alpha
+
+
+def fill(x, value):
+    """x[...] = value."""
+    x[...] = value
+
+
+def adam_moments(grad, m, v, b1, b2):
+    """Adam's moment updates in place: m = b1·m + (1 − b1)·g, v = b2·v + (1 − b2)·g² (elementwise)."""
+    m *= b1
+    m += (1.0 - b1) * grad
+    v *= b2
+    v += (1.0 - b2) * grad * grad
+
+
+def adam_apply(x, m, v, lr1, c2, eps):
+    """x −= lr1·m / (sqrt(c2·v) + eps) elementwise (lr1, c2: the step and bias corrections)."""
+    x -= lr1 * m / (np.sqrt(c2 * v) + eps)

@@ -1,0 +1,132 @@
+"""Small problems solved by the engine (:mod:`fastlora.engine`): a whole solve per problem.
+
+Which solves run there (:func:`covers`): standard retraining, Reptile and LoRA-ML with a
+built-in parameterization (``lora``, ``lora_sym``, ``full``) on dense population targets or
+finite samples of at most ``ENGINE_MAX_DIM`` dimensions (after the span reduction), on the
+numpy backend (the engine's source run as Python) or the numba backend (compiled), without a
+callback, with ALS where its adapter step is exact and with any gd optimizer.  Everything
+else — plugins, shared parameters, callbacks, large or factored problems, the GPU — runs in
+the Python driver (fastlora.solvers.als / gd / reptile / standard), which uses the same rules
+(line search, L-BFGS, Anderson mixing, convergence test and status codes).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import engine as E
+from ..engine.steps import NONE
+from .als import anderson_depth
+
+# the largest dimension the engine takes: its products are plain loops, faster than BLAS calls on
+# matrices this small and slower beyond (docs/design.md, "The compiled engine")
+ENGINE_MAX_DIM = 32
+
+_GD_OPTIMIZERS = {"lbfgs": E.LBFGS, "gd": E.GD, "adam": E.ADAM}
+
+
+def covers(method: str, solver: str | None, peft, kind: str, backend_name: str, d_out: int, d_in: int,
+           callback, options: dict) -> bool:
+    """Whether the engine runs this solve (see the module docstring)."""
+    if backend_name not in ("numpy", "numba") or callback is not None or kind not in ("dense", "finite"):
+        return False
+    if max(d_out, d_in) > ENGINE_MAX_DIM:
+        return False
+    if method in ("standard", "reptile"):
+        return True
+    code = E.peft_code(peft)
+    if code is None:
+        return False
+    if solver == "gd":
+        return True
+    step = options.get("adapter_step", "auto")
+    if kind == "dense":
+        return step in ("auto", "exact")
+    return code in (E.LORA, E.FULL) and step in ("auto", "whitened")
+
+
+def solver_code(method: str, solver: str | None, options: dict) -> int:
+    if method == "standard":
+        return E.STANDARD
+    if method == "reptile":
+        return E.REPTILE
+    if solver == "als":
+        return E.ALS
+    return _GD_OPTIMIZERS[options["optimizer"]]
+
+
+def settings(code: int, method: str, options: dict, max_iter: int, tol: float, dtype, d_out: int, d_in: int):
+    """The engine's settings of a solve from its validated options."""
+    init_A = options.get("init_A", "standard")
+    given = not isinstance(init_A, str)
+    init = E.START_GIVEN if given else E.START_CODES[init_A]
+    if code == E.STANDARD:
+        init = E.START_STANDARD
+    depth = 0
+    if code == E.ALS and options.get("acceleration") == "anderson":
+        depth = anderson_depth((d_out, d_in), np.dtype(dtype).itemsize)
+    eliminate = E.PROJECTED if options.get("eliminate_A", True) and not given else E.JOINT
+    return E.make_settings(code, max_iter=max_iter, tol=tol, dtype=dtype, init=init, depth=depth,
+                           lr=options.get("lr"), eliminate=eliminate, inner_lr=options.get("inner_lr", 0.1),
+                           inner_steps=options.get("inner_steps", 10), outer_lr=options.get("outer_lr", 0.5))
+
+
+def starts(code: int, peft, peft_code: int, options: dict, rngs: list, T: int, rank: int, d_out: int, d_in: int,
+           dtype):
+    """(A0 (P, d_out, d_in), θ0 (P, n)): ``init_A`` and ``init_params`` where given, else zeros
+    and each problem's draw of ``peft.init`` from its own generator (gradient solvers only: an
+    ALS solve starts from the exact fit at its starting A)."""
+    P = len(rngs)
+    A0 = np.zeros((P, d_out, d_in), dtype)
+    init_A = options.get("init_A", "standard")
+    if not isinstance(init_A, str):
+        A0[:] = np.broadcast_to(np.asarray(init_A, dtype=np.float64), (P, d_out, d_in))
+    if peft_code == NONE:
+        return A0, np.zeros((P, 0), dtype)
+    given = options.get("init_params")
+    if given is None and code in (E.ALS, E.FIT_EXACT):
+        return A0, np.zeros((P, E.n_theta(peft_code, rank, T, d_out, d_in)), dtype)
+    if given is None:
+        drawn = [peft.init(rng, d_out, d_in, rank, T) for rng in rngs]
+        given = {k: np.concatenate([one[k] for one in drawn]) for k in drawn[0]}
+    return A0, E.theta_of(peft_code, given, P, T, rank, d_out, d_in, dtype)
+
+
+def solve(method: str, solver: str | None, peft, rank, problems: list, rngs: list, options: dict, max_iter: int,
+          tol: float, dtype, backend, base_sq=None):
+    """Solve ``problems`` (lists of tasks of one shape) on the engine.
+
+    Returns ``(solved, info, seconds)``: the engine's :class:`~fastlora.engine.Solved`, the
+    ``res.info`` entries common to every problem, and the wall time of preparing the data and
+    solving (compiling, or loading compiled code, excluded: ``solved.compile_seconds``).
+    """
+    T, d_out, d_in = len(problems[0]), problems[0][0].d_out, problems[0][0].d_in
+    code = solver_code(method, solver, options)
+    pcode = E.peft_code(peft) if method == "lora-ml" else NONE
+    cfg = settings(code, method, options, max_iter, tol, dtype, d_out, d_in)
+    spec = E.make_spec(pcode, rank or 1, T, d_out, d_in, peft)
+    compiled = backend.name == "numba"
+    parallel = compiled and len(problems) > 1 and backend.module.configured_threads() > 1
+    started = time.perf_counter()
+    qb = E.quad_batch(problems, dtype, base_sq,
+                      need_whiteners=code == E.ALS and not problems[0][0].is_population)
+    A0, theta0 = starts(code, peft, pcode, options, rngs, T, rank, d_out, d_in, dtype)
+    setup = time.perf_counter() - started
+    solved = E.run(qb, spec, cfg, A0, theta0, compiled=compiled, parallel=parallel)
+    return solved, _info(code, cfg, problems[0][0].is_population, compiled), setup + solved.seconds
+
+
+def _info(code: int, cfg, population: bool, compiled: bool) -> dict:
+    info = {"engine": "compiled" if compiled else "python"}
+    if code == E.ALS:
+        info.update(solver="als", adapter_step="exact" if population else "whitened", adapter_step_exact=True,
+                    acceleration=f"anderson(depth={cfg.depth})" if cfg.depth else "none")
+    elif code in (E.LBFGS, E.GD, E.ADAM):
+        optimizer = {E.LBFGS: "lbfgs", E.GD: "gd", E.ADAM: "adam"}[code]
+        info.update(solver="gd", optimizer=optimizer)
+        if code == E.LBFGS:
+            info.update(memory=cfg.memory, eliminate_A=cfg.eliminate == E.PROJECTED)
+    elif code == E.REPTILE:
+        info.update(inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, outer_lr=cfg.outer_lr)
+    return info
