@@ -60,3 +60,11 @@ def test_a_source_tree_imports_its_own_kernels(tmp_path):
     assert Path(kernels) == clone / "kernels" / "__init__.py"
     assert Path(baselines) == clone / "bench" / "baselines" / "__init__.py"
     assert fresh == "True" and solved == "True"
+
+
+def test_every_distribution_declares_the_python_its_code_needs():
+    """fastlora reads sweep specs with tomllib (Python 3.11+): no distribution may promise 3.10."""
+    import tomllib
+    for path in [ROOT / "pyproject.toml", *sorted(ROOT.glob("plugins/*/pyproject.toml"))]:
+        declared = tomllib.loads(path.read_text())["project"]["requires-python"]
+        assert declared == ">=3.11", (path, declared)

@@ -31,10 +31,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 from .. import options as schema
 from ..errors import FastLoRAError
