@@ -68,3 +68,15 @@ def test_every_distribution_declares_the_python_its_code_needs():
     for path in [ROOT / "pyproject.toml", *sorted(ROOT.glob("plugins/*/pyproject.toml"))]:
         declared = tomllib.loads(path.read_text())["project"]["requires-python"]
         assert declared == ">=3.11", (path, declared)
+
+
+def test_subpackages_load_on_first_attribute_access_and_nothing_stray_is_exported():
+    """The README uses fl.landscape, fl.datasets, fl.shallow and fl.sweep after ``import fastlora as fl``."""
+    code = ("import sys, fastlora as fl; "
+            "lazy = ('datasets', 'landscape', 'shallow', 'sweep'); "
+            "print(any(f'fastlora.{m}' in sys.modules for m in lazy)); "
+            "print(callable(fl.landscape.census), callable(fl.datasets.digit_pairs), "
+            "callable(fl.shallow.retrain_shallow), fl.load_results is fl.sweep.load_results); "
+            "print(hasattr(fl, 'annotations'), set(lazy) <= set(dir(fl)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True", "True", "True", "False", "True"]
