@@ -151,11 +151,18 @@ def _seed_of(base_seed: int, problem_text: str, repeat: int) -> int:
 
 
 def load_spec(path) -> Spec:
+    """The spec in the file at ``path``: UTF-8 text (TOML's encoding; a leading byte-order mark is allowed)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise FastLoRAError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FastLoRAError(f"spec file {str(path)!r} is not UTF-8 text (TOML's encoding): byte "
+                            f"0x{data[exc.start]:02x} at offset {exc.start} is not valid UTF-8; save the file as "
+                            f"UTF-8") from None
     return parse_spec(text, origin=str(path))
 
 
@@ -197,6 +204,10 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
             if not isinstance(values, list) or not values:
                 raise FastLoRAError(f"{origin}: grid key {key!r} must be a non-empty list of values, got {values!r}")
             grid[key] = [check_value(key, v, origin) for v in values]
+            repeated = next((v for i, v in enumerate(grid[key]) if v in grid[key][:i]), None)
+            if repeated is not None:
+                raise FastLoRAError(f"{origin}: grid key {key!r} lists {repeated!r} more than once; list each value "
+                                    f"once (more seeds per point: 'repeats')")
     _check_row_count(grids, repeats, origin)
     both = first_keys & set(fixed)
     if both:
