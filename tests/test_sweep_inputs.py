@@ -35,3 +35,63 @@ def test_a_spec_with_a_utf8_byte_order_mark_is_read(tmp_path):
 def test_repeated_grid_values_are_refused_naming_the_key():
     with pytest.raises(FastLoRAError, match=r"grid key 'T' lists 3 more than once"):
         parse_spec(TINY_SPEC.replace("T = [2, 3]", "T = [3, 2, 3]"))
+
+
+# ------------------------------------------------------------------------------ stores
+@pytest.fixture(scope="module")
+def finished_store(tmp_path_factory):
+    from fastlora.sweep import run_sweep
+    out = tmp_path_factory.mktemp("store") / "r.sqlite"
+    run_sweep(parse_spec(TINY_SPEC), out, workers=1, progress=False)
+    return out
+
+
+def damaged_copy(store, tmp_path, object_name: str):
+    """A copy of ``store`` with garbage over the root page of the table or index ``object_name``."""
+    with sqlite3.connect(store) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (object_name,)).fetchone()[0]
+    data = bytearray(store.read_bytes())
+    start = (root - 1) * page_size
+    data[start:start + page_size] = bytes((i * 97 + 13) % 256 for i in range(page_size))
+    copy = tmp_path / f"damaged-{object_name}.sqlite"
+    copy.write_bytes(bytes(data))
+    return copy
+
+
+@pytest.mark.parametrize("object_name", ["results", "sqlite_autoindex_results_1"])
+def test_a_damaged_store_is_refused_naming_it_by_every_reader_and_the_sweep(finished_store, tmp_path, object_name):
+    """Garbage over a data page used to give 'database disk image is malformed' without the file's
+    name (exit 1), and over the index page, export and plot exited 0 as if nothing were wrong."""
+    from fastlora.sweep import load_results
+    damaged = damaged_copy(finished_store, tmp_path, object_name)
+    runner = CliRunner()
+    spec = tmp_path / "spec.toml"
+    spec.write_text(TINY_SPEC)
+    for args in (["export", str(damaged), "-o", str(tmp_path / "out.csv")],
+                 ["plot", str(damaged), "--x", "T", "-o", str(tmp_path / "fig.png")],
+                 ["sweep", str(spec), "--out", str(damaged)]):
+        line = one_error_line(runner.invoke(main, args))
+        assert f"results store {str(damaged)!r} is damaged" in line, (args, line)
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "fig.png").exists()
+    with pytest.raises(FastLoRAError, match="is damaged"):
+        load_results(damaged)
+
+
+def test_a_sweep_into_another_program_s_database_is_refused(tmp_path):
+    other = tmp_path / "app.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.execute("INSERT INTO users VALUES ('ada')")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(TINY_SPEC)
+    before = other.read_bytes()
+    line = one_error_line(CliRunner().invoke(main, ["sweep", str(spec), "--out", str(other)]))
+    assert "another program (table(s) users), not a fastlora results store" in line
+    assert other.read_bytes() == before
+
+
+def test_a_new_store_is_marked_as_a_fastlora_store(finished_store):
+    from fastlora.sweep.store import APPLICATION_ID
+    with sqlite3.connect(finished_store) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID

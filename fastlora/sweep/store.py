@@ -46,6 +46,10 @@ _SQL_TYPES = {"rel_err_A": "REAL", "adapt_rank": "REAL", "excess_risk": "REAL", 
               "saddle_fraction": "REAL", "global_fraction": "REAL", "min_hessian_eig": "REAL"}
 # SQLite errors that mean "cannot open read-only here" (e.g. a WAL store on read-only media)
 _CANNOT_OPEN = {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY}
+# PRAGMA application_id of a store ("FLRS"); stores written before it was set have 0
+APPLICATION_ID = 0x464C5253
+# columns every store's results table has (what tells a store from another database's results table)
+_STORE_COLUMNS = {"row_key", "sweep", "status", "error"}
 
 
 class ResultsStore:
@@ -59,14 +63,20 @@ class ResultsStore:
         self._lock = None
         if self.readonly:
             self.db = _connect_readonly(self.path)
-            if not self._has_results():
+            try:
+                if not self._has_results():
+                    raise FastLoRAError(f"{str(self.path)!r} holds no 'results' table (not a fastlora results store)")
+                check_integrity(self.db, self.path)
+            except BaseException:
                 self.db.close()
-                raise FastLoRAError(f"{str(self.path)!r} holds no 'results' table (not a fastlora results store)")
+                raise
             return
         check_output_folder(self.path, f"out={str(self.path)!r}")
         self._lock = WriterLock(self.path, spec.name)
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            if self._has_results():
+                check_integrity(self.db, self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self._ensure_schema(spec)
@@ -78,11 +88,20 @@ class ResultsStore:
             raise
 
     def _has_results(self) -> bool:
+        """Whether this is a store (False: an empty database); another kind of database is refused."""
         try:
-            found = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='results'").fetchone()
+            tables = sorted(name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+            app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
         except sqlite3.DatabaseError as exc:
             raise FastLoRAError(f"{str(self.path)!r} is not a usable SQLite results store: {exc}") from None
-        return found is not None
+        if not tables and app_id in (0, APPLICATION_ID):
+            return False
+        if app_id not in (0, APPLICATION_ID) or not _STORE_COLUMNS <= columns:
+            held = f"table(s) {', '.join(tables)}" if tables else f"application id {app_id:#x}"
+            raise FastLoRAError(f"{str(self.path)!r} is an SQLite database of another program ({held}), not a "
+                                f"fastlora results store; use another file")
+        return True
 
     def _ensure_schema(self, spec: Spec) -> None:
         keys = spec.keys
@@ -101,6 +120,7 @@ class ResultsStore:
         key_cols = ", ".join(f'"{k}"' for k in keys)
         metric_cols = ", ".join(f'"{m}" {_SQL_TYPES[m]}' for m in recorded)
         self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         self.db.execute(f"""CREATE TABLE IF NOT EXISTS results (
             id INTEGER PRIMARY KEY, row_key TEXT NOT NULL UNIQUE, sweep TEXT, "repeat" INTEGER, seed INTEGER,
             {key_cols}, {metric_cols}, status TEXT NOT NULL, error TEXT, finished_at TEXT, host TEXT)""")
@@ -193,8 +213,11 @@ class ResultsStore:
         return cur.rowcount == 1
 
     def rows(self) -> tuple[list[str], list[tuple]]:
-        cur = self.db.execute("SELECT * FROM results ORDER BY id")
-        return [d[0] for d in cur.description], cur.fetchall()
+        try:
+            cur = self.db.execute("SELECT * FROM results ORDER BY id")
+            return [d[0] for d in cur.description], cur.fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise FastLoRAError(f"results store {str(self.path)!r} cannot be read: {exc}") from None
 
     def close(self) -> None:
         if not self.readonly:
@@ -316,6 +339,20 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         return db
     except sqlite3.DatabaseError as exc:
         raise FastLoRAError(f"results store {str(path)!r} cannot be read: {exc}") from None
+
+
+def check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a damaged store, naming it: SQLite's ``PRAGMA quick_check`` (every page's structure,
+    tables and indexes alike; one pass over the file, without the slower cross-checks of
+    ``integrity_check``)."""
+    try:
+        found = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        found = [str(exc)]
+    if found != ["ok"]:
+        first = " ".join(line.strip() for line in found[0].splitlines() if not line.startswith("***"))
+        raise FastLoRAError(f"results store {str(path)!r} is damaged (SQLite's quick_check: {first}); restore it "
+                            f"from a copy, or salvage its readable rows with: sqlite3 {path} .recover")
 
 
 def _cannot_open(exc: sqlite3.OperationalError) -> bool:
