@@ -95,3 +95,16 @@ def test_a_new_store_is_marked_as_a_fastlora_store(finished_store):
     from fastlora.sweep.store import APPLICATION_ID
     with sqlite3.connect(finished_store) as db:
         assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+def test_parquet_keeps_the_declared_type_of_a_metric_column_with_no_values(finished_store, tmp_path):
+    """test_loss, test_accuracy and the census fractions are NULL in every row of a linear sweep:
+    their Parquet columns used to be typed object (null) instead of double."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from fastlora.sweep import export_results
+    out = tmp_path / "r.parquet"
+    export_results(finished_store, out)
+    schema = pq.read_schema(out)
+    assert str(schema.field("test_loss").type) == "double" and str(schema.field("min_hessian_eig").type) == "double"
+    assert str(schema.field("n_iter").type) == "int64" and str(schema.field("error").type) == "string"
+    assert str(schema.field("rel_err_A").type) == "double" and str(schema.field("n").type) == "int64"

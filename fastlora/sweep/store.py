@@ -170,6 +170,10 @@ class ResultsStore:
     def columns(self) -> list[str]:
         return [row[1] for row in self.db.execute("PRAGMA table_info(results)")]
 
+    def declared_types(self) -> dict[str, str]:
+        """column -> its declared SQL type (REAL, INTEGER, TEXT; "" for the untyped key columns)."""
+        return {row[1]: row[2] for row in self.db.execute("PRAGMA table_info(results)")}
+
     def stored_rows(self) -> dict[str, tuple[str, str]]:
         """row_key -> (sweep, status) of every stored row (equal pairs share one tuple: stores hold millions)."""
         pairs: dict[tuple[str, str], tuple[str, str]] = {}
@@ -407,6 +411,7 @@ def export_results(path, out, fmt: str | None = None) -> int:
         check_output_folder(out, f"out={str(out)!r}")
     with ResultsStore(path) as store:
         columns, rows = store.rows()
+        declared = store.declared_types()
     if fmt == "csv":
         with contextlib.nullcontext(out) if stream else open(out, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -418,18 +423,22 @@ def export_results(path, out, fmt: str | None = None) -> int:
             import pyarrow.parquet as pq
         except ImportError:
             raise FastLoRAError("--format parquet needs pyarrow: pip install 'fastlora[io]'") from None
-        data = {c: _parquet_column([r[i] for r in rows]) for i, c in enumerate(columns)}
+        data = {c: _parquet_column(pa, [r[i] for r in rows], declared.get(c)) for i, c in enumerate(columns)}
         pq.write_table(pa.table(data), out)
     return len(rows)
 
 
-def _parquet_column(values: list) -> list:
-    """Parquet columns have one type: a key such as n that mixes integers and the word
+def _parquet_column(pa, values: list, declared: str | None):
+    """Parquet columns have one type: a column SQLite declares REAL, INTEGER or TEXT gets that
+    type even when every value is NULL; a key such as n that mixes integers and the word
     "population" is written as text."""
+    sql_type = {"REAL": pa.float64(), "INTEGER": pa.int64(), "TEXT": pa.string()}.get((declared or "").upper())
     kinds = {type(v) for v in values if v is not None}
     if str in kinds and len(kinds) > 1:
-        return [None if v is None else str(v) for v in values]
-    return values
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    if sql_type is not None and not (kinds - {int, float, str}) and (str not in kinds or sql_type == pa.string()):
+        return pa.array(values, type=sql_type)
+    return pa.array(values)
 
 
 def key_columns(columns: list[str]) -> list[str]:
