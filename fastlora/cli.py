@@ -226,7 +226,7 @@ def demo(out_dir, workers, quick):
     from .demo import run_demo
     out = run_demo(out_dir, workers=workers, quick=quick, echo=click.echo)
     if out["summary"].failed:
-        click.echo(f"Error: {out['summary'].failure_line(out['spec'].name)}", err=True)
+        click.echo(f"Error: {out['summary'].failure_line(out['spec'].name, out['store'])}", err=True)
         click.get_current_context().exit(EXIT_RUNTIME)
 
 
@@ -253,7 +253,7 @@ def sweep(spec_path, out, workers, scheduler, scheduler_timeout, retry_errors, a
     summary = run_sweep(spec, out, workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
                         retry_errors=retry_errors, append=append, progress=progress, echo=click.echo)
     if summary.failed:
-        click.echo(f"Error: {summary.failure_line(spec.name)}", err=True)
+        click.echo(f"Error: {summary.failure_line(spec.name, out)}", err=True)
         click.get_current_context().exit(EXIT_RUNTIME)
 
 
@@ -418,6 +418,38 @@ def _check_plugins(as_json: bool) -> None:
                    err=True)
         click.get_current_context().exit(EXIT_RUNTIME)
 
+
+
+@main.group()
+def store():
+    """Inspect a results store and drop rows from it."""
+
+
+@store.command("info")
+@click.argument("path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+def store_info(path):
+    """The sweeps of a store, their spec versions (numbered from 1, oldest first) and their rows."""
+    from .sweep.store import describe_store
+    from .tables import render
+    rows = [{"sweep": e["sweep"], "spec_version": e["version"] or "all", "added_at": e["added_at"] or "-",
+             "rows": "-" if e["rows"] is None else e["rows"], "errors": "-" if e["errors"] is None else e["errors"]}
+            for e in describe_store(path)]
+    click.echo(render(rows) if rows else f"{path} holds no rows")
+
+
+@store.command("prune")
+@click.argument("path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--errors", is_flag=True, help="drop the rows stored with status='error'")
+@click.option("--spec-version", type=click.IntRange(min=1), default=None,
+              help="drop the rows of this version of the sweep's spec, and its record (see fastlora store info)")
+@click.option("--sweep", "sweep_name", default=None, help="only rows of this sweep (needed with --spec-version "
+              "where the store holds several)")
+def store_prune(path, errors, spec_version, sweep_name):
+    """Drop failed rows, or an old spec version's rows, so that a fixed or changed spec runs
+    into the same store (the store's writer lock is held meanwhile)."""
+    from .sweep.store import prune_store
+    dropped = prune_store(path, errors=errors, spec_version=spec_version, sweep=sweep_name)
+    click.echo(f"dropped {dropped} row(s) from {path}")
 
 
 @main.group()

@@ -121,7 +121,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     if implicit and (n is not None or not symmetric):
         raise FastLoRAError("implicit=True draws the paper's symmetric A* for population problems: it needs n=None "
                             "(population) and symmetric=True")
-    _check_size(d, d_out, k, T, n, noise, n_test_tasks, bool(symmetric), sampler, bool(implicit))
+    check_size(d, d_out, k, T, n, noise, n_test_tasks, bool(symmetric), sampler, bool(implicit))
 
     if implicit:
         A_star = SeededSymmetricGaussian(d, seed, role=_ROLE_SHARED)
@@ -208,7 +208,8 @@ def problem_bytes(d: int, d_out: int, k: int, T: int, n: int | None, n_test_task
     return int(1.1 * total) + (1 << 20)
 
 
-def _check_size(d, d_out, k, T, n, noise, n_test_tasks, symmetric, sampler, implicit=False) -> None:
+def check_size(d, d_out, k, T, n, noise, n_test_tasks, symmetric, sampler="raw", implicit=False) -> None:
+    """What make_problem refuses for these sizes before drawing anything (module docstring)."""
     call = f"make_problem(d={d}, d_out={d_out}, k={k}, T={T}, n={n}, n_test_tasks={n_test_tasks})"
     advice = "use a smaller d, d_out, T or n_test_tasks"
     if n is not None:

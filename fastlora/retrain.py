@@ -16,9 +16,10 @@ from .peft.protocol import check_shape_supported, shared_names
 from .reduction import Reduction, plan_reduction
 from .seeding import as_generator
 from .solvers import als, gd, reptile, standard
+from .solvers.adapters import check_als_supported
 from .solvers.auto import choose_solver
 from .solvers.common import Context, RetrainResult
-from .taskbatch import as_task_list, batch_kind, make_batch, stack_problems
+from .taskbatch import as_task_list, batch_kind, is_small, make_batch, stack_problems
 
 _SOLVER_MODULES = {"standard": standard, "reptile": reptile, "als": als, "gd": gd}
 
@@ -279,6 +280,8 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     else:
         solver = None
     options = schema.check_solver_options(method, solver, options)
+    if solver == "als":
+        check_als_supported(parameterization, options["adapter_step"])
     _check_memory(be, tasks, kind, rank, dtype)
     return _Plan(tasks, kind, structured, method, solver, requested, parameterization, rank, be, dtype, threads,
                  max_iter, tol, callback, options, rng, reduction, dense_A)
@@ -335,20 +338,38 @@ def _resolve_auto(kind, peft, backend_name, options) -> tuple[str, dict]:
 
 
 def _estimate_bytes(tasks, kind, rank, dtype) -> int:
-    """Working memory of a solve: ~8 shared (d_out × d_in) arrays plus ~6 (T, r, d) factor
-    arrays for factored targets, or ~4 (T, d_out, d_in) arrays for dense / finite-sample tasks."""
     T, d_out, d_in = len(tasks), tasks[0].d_out, tasks[0].d_in
+    k = max(t.target.B.shape[1] for t in tasks) if kind == "factored" else 0
+    return solve_bytes(kind, T, d_out, d_in, k, rank, dtype)
+
+
+def solve_bytes(kind: str, T: int, d_out: int, d_in: int, k: int, rank: int | None, dtype) -> int:
+    """Working memory of a solve: ~8 shared (d_out × d_in) arrays plus ~6 (T, r, d) factor
+    arrays for factored targets (``k``: their rank), or ~4 (T, d_out, d_in) arrays for dense /
+    finite-sample tasks (``kind``: :func:`fastlora.taskbatch.batch_kind`)."""
     item = np.dtype(dtype).itemsize
     if kind == "factored":
-        k = max(t.target.B.shape[1] for t in tasks)
-        r = rank or k
-        return item * (8 * d_out * d_in + 6 * T * max(r, k) * max(d_out, d_in))
+        return item * (8 * d_out * d_in + 6 * T * max(rank or k, k) * max(d_out, d_in))
     return item * (4 * T * d_out * d_in + 8 * d_out * d_in)
+
+
+def check_solve_size(T: int, d_out: int, d_in: int, k: int, rank: int | None, population: bool, dtype) -> None:
+    """What :func:`retrain` refuses on the CPU for a problem of these sizes, known without its data
+    (a sweep spec's point): the solve's working memory (make_problem's law; a population problem's
+    factored targets solve in the span of their factors where that is smaller)."""
+    kind = "finite" if not population else ("dense" if is_small(d_out, d_in) else "factored")
+    if kind == "factored" and 2 * T * k < min(d_out, d_in):
+        return  # solved in m <= 2·T·k dimensions (fastlora.reduction): smaller than drawing the problem
+    require_memory(solve_bytes(kind, T, d_out, d_in, k, rank, resolve_dtype(dtype)),
+                   f"retraining T={T} tasks of shape ({d_out}, {d_in})", _MEMORY_ADVICE)
+
+
+_MEMORY_ADVICE = "use dtype='float32', fewer tasks, or factored (population) targets"
 
 
 def _check_memory(be, tasks, kind, rank, dtype) -> None:
     need = _estimate_bytes(tasks, kind, rank, dtype)
-    advice = "use dtype='float32', fewer tasks, or factored (population) targets"
+    advice = _MEMORY_ADVICE
     free = be.free_bytes()
     if free is None:  # the CPU: against the machine's available memory
         require_memory(need, f"this solve on backend {be.name!r}", advice)

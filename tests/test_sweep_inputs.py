@@ -108,3 +108,92 @@ def test_parquet_keeps_the_declared_type_of_a_metric_column_with_no_values(finis
     assert str(schema.field("test_loss").type) == "double" and str(schema.field("min_hessian_eig").type) == "double"
     assert str(schema.field("n_iter").type) == "int64" and str(schema.field("error").type) == "string"
     assert str(schema.field("rel_err_A").type) == "double" and str(schema.field("n").type) == "int64"
+
+
+# ------------------------------------------------------------- checks made when a spec is read
+SQUARE = TINY_SPEC.replace('method = ["standard", "lora-ml"]', 'method = ["lora-ml"]')
+
+
+@pytest.mark.parametrize("change,needle", [
+    (("[fixed]", '[fixed]\npeft = "dora"\nsolver = "als"'), "depends on the shared matrix A (uses_base), so ALS"),
+    (("d = 8", "d = 8\nd_out = 6\nsymmetric = false\npeft = \"lora\"\nft_peft = \"lora_sym\""),
+     "ft_peft: peft='lora_sym' needs square weights but d_out=6 != d_in=8"),
+    (("d = 8\nk = 1\nn = 400", "d = 100000\nk = 1\nn = \"population\""), "needs about"),
+    (("T = [2, 3]", "T = [100000000]"), "needs about"),
+    (("n = 400", "n = 10000000000"), "random normals with sampler='raw'"),
+])
+def test_what_the_api_refuses_before_a_solve_is_refused_when_the_spec_is_read(tmp_path, monkeypatch, change,
+                                                                               needle):
+    from fastlora import config
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 16 * 10**9)
+    if "dora" in change[1]:
+        pytest.importorskip("fastlora_dora")
+    with pytest.raises(FastLoRAError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        parse_spec(SQUARE.replace(*change))
+
+
+def test_a_dataset_spec_asking_more_fine_tuning_samples_than_exist_is_refused():
+    pytest.importorskip("sklearn")
+    text = ('name = "d"\n[grid]\nmethod = ["standard"]\n[fixed]\ndataset = "digits"\nft_rank = 1\nn_ft = 10000\n'
+            'max_iter = 5\n')
+    with pytest.raises(FastLoRAError, match=r"n_ft=10000 is more than the 248 samples"):
+        parse_spec(text)
+    parse_spec(text.replace("n_ft = 10000", "n_ft = 248"))
+
+
+# ------------------------------------------------------------------- fastlora store info | prune
+FAILING = TINY_SPEC.replace("[fixed]", '[fixed]\nadapter_step = "exact"').replace(
+    'method = ["standard", "lora-ml"]', 'method = ["lora-ml"]')  # finite samples: no exact adapter fit
+
+
+def test_failed_rows_point_at_store_prune_and_a_fixed_spec_then_runs(tmp_path):
+    """The advice after failed rows used to be '--retry-errors' alone, which cannot work when the
+    fix changes the spec (refused while the store holds the old version's rows)."""
+    runner = CliRunner()
+    spec, out = tmp_path / "spec.toml", tmp_path / "r.sqlite"
+    spec.write_text(FAILING)
+    failed = runner.invoke(main, ["sweep", str(spec), "--out", str(out), "--no-progress"])
+    assert failed.exit_code == 1
+    assert f"fastlora store prune {out} --errors" in failed.output.splitlines()[-1]
+    spec.write_text(FAILING.replace('adapter_step = "exact"', 'adapter_step = "inner"'))
+    refused = one_error_line(runner.invoke(main, ["sweep", str(spec), "--out", str(out), "--no-progress"]))
+    assert f"fastlora store prune {out} --sweep tiny --spec-version 1" in refused
+    info = runner.invoke(main, ["store", "info", str(out)])
+    assert info.exit_code == 0 and "tiny" in info.output and "4" in info.output, info.output
+    pruned = runner.invoke(main, ["store", "prune", str(out), "--errors"])
+    assert pruned.exit_code == 0 and pruned.output.strip() == f"dropped 4 row(s) from {out}"
+    fixed = runner.invoke(main, ["sweep", str(spec), "--out", str(out), "--no-progress"])
+    assert fixed.exit_code == 0, fixed.output
+    with sqlite3.connect(out) as db:
+        assert db.execute("SELECT status, COUNT(*) FROM results GROUP BY status").fetchall() == [("ok", 4)]
+
+
+def test_prune_by_spec_version_lets_a_changed_spec_run_without_append(tmp_path):
+    from fastlora.sweep import run_sweep
+    from fastlora.sweep.store import describe_store, prune_store
+    out = tmp_path / "r.sqlite"
+    run_sweep(parse_spec(TINY_SPEC), out, workers=1, progress=False)
+    changed = parse_spec(TINY_SPEC.replace("noise = 0.05", "noise = 0.1"))
+    with pytest.raises(FastLoRAError, match="--spec-version 1"):
+        run_sweep(changed, out, workers=1, progress=False)
+    assert [(e["version"], e["rows"]) for e in describe_store(out)] == [(1, 8), (None, 8)]
+    with pytest.raises(FastLoRAError, match="has 1 recorded version"):
+        prune_store(out, spec_version=2)
+    assert prune_store(out, spec_version=1) == 8
+    assert run_sweep(changed, out, workers=1, progress=False).done == 8
+    assert [(e["version"], e["rows"]) for e in describe_store(out)] == [(1, 8), (None, 8)]
+
+
+def test_prune_needs_something_to_prune_and_respects_the_writer_lock(tmp_path):
+    from fastlora.sweep.store import WriterLock
+    out = tmp_path / "r.sqlite"
+    from fastlora.sweep import run_sweep
+    run_sweep(parse_spec(TINY_SPEC), out, workers=1, progress=False)
+    line = one_error_line(CliRunner().invoke(main, ["store", "prune", str(out)]))
+    assert "nothing to prune" in line
+    lock = WriterLock(out, "tiny")
+    try:
+        line = one_error_line(CliRunner().invoke(main, ["store", "prune", str(out), "--errors"]))
+        assert "is being written by another sweep" in line
+    finally:
+        lock.release()

@@ -78,11 +78,12 @@ class SweepSummary:
         return (f"sweep {name!r} {state}: {self.done} row(s) done ({self.errors} error(s)), "
                 f"{self.skipped} already in {out}, {self.total} in the spec; {self.seconds:.1f} s")
 
-    def failure_line(self, name: str) -> str:
-        """One line naming how many rows failed and their first distinct messages."""
+    def failure_line(self, name: str, out) -> str:
+        """One line naming how many rows failed, their first distinct messages and the way out."""
         shown = "; ".join(f"({i}) {m}" for i, m in enumerate(self.error_messages, 1))
         return (f"{self.failed} of {self.total} row(s) of sweep {name!r} failed; first distinct error(s): {shown}; "
-                f"fix the cause and rerun with --retry-errors")
+                f"fix the cause and rerun with --retry-errors (if the fix changes the spec, first drop the failed "
+                f"rows: fastlora store prune {out} --errors)")
 
 
 @functools.lru_cache(maxsize=1)

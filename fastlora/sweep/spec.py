@@ -28,6 +28,7 @@ are compared on the same tasks.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -166,7 +167,9 @@ def load_spec(path) -> Spec:
     return parse_spec(text, origin=str(path))
 
 
-def parse_spec(text: str, origin: str = "<spec>") -> Spec:
+def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) -> Spec:
+    """The spec in ``text``, every key and value checked; ``check_points=False`` skips the checks of
+    each point's combination of options and sizes (for specs a store recorded: their rows exist)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -228,6 +231,8 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
             fixed[key] = value
     spec = Spec(name=name.strip(), repeats=repeats, grids=grids, fixed=fixed, seed=seed,
                 description=str(raw.get("description", "")), source=text)
+    if not check_points:
+        return spec
     # the option checks depend on a few keys only: check each combination of their grid values once
     varying = [k for k in first_keys if k in _OPTION_CHECK_KEYS]
     checked: set[tuple] = set()
@@ -318,6 +323,9 @@ def check_point(point: dict, origin: str) -> None:
     if point.get("n_test_tasks") == 0:
         raise FastLoRAError(f"{origin}: n_test_tasks=0 leaves nothing to evaluate: every sweep row is fine-tuned and "
                             f"measured on held-out test tasks; use n_test_tasks >= 1 ({where})")
+    if point.get("model") != "shallow":
+        _check_parameterization_shapes(point, d, d_out, where, origin)
+        _check_sizes(point, d, d_out, origin)
     if point.get("model") == "shallow":
         if point.get("n", POPULATION) == POPULATION:
             raise FastLoRAError(f"{origin}: model='shallow' needs a finite n (the paper: n = 1000); the shallow "
@@ -328,6 +336,41 @@ def check_point(point: dict, origin: str) -> None:
         if point.get("sampler", "raw") != "raw" or point.get("d_out") not in (None, d) or point.get("implicit"):
             raise FastLoRAError(f"{origin}: model='shallow' takes raw samples of a square network: no sampler, "
                                 f"d_out or implicit keys")
+
+
+def _check_parameterization_shapes(point: dict, d: int, d_out: int, where: str, origin: str) -> None:
+    """The shapes LoRA-ML's and fine-tuning's parameterizations take (``check_shape_supported``,
+    as ``fl.retrain`` and ``fl.evaluate`` check them)."""
+    from ..peft.protocol import check_shape_supported
+    try:
+        if point.get("method", schema.OPTIONS["method"].default) == "lora-ml":
+            check_shape_supported(_peft_of(point, origin), d_out, d)
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: {exc} ({where})") from None
+    try:
+        check_shape_supported(_registered(point.get("ft_peft", schema.OPTIONS["ft_peft"].default)), d_out, d)
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: ft_peft: {exc} ({where})") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _registered(name: str):
+    from .. import peft as peft_registry
+    return peft_registry.get(name)
+
+
+def _check_sizes(point: dict, d: int, d_out: int, origin: str) -> None:
+    """Sizes make_problem or fl.retrain would refuse on this machine (memory, raw draws), by their own checks."""
+    from ..problems import check_size
+    from ..retrain import check_solve_size
+    n = None if point.get("n", POPULATION) == POPULATION else point["n"]
+    k, T = point.get("k", KEYS["k"].default), point.get("T", KEYS["T"].default)
+    try:
+        check_size(d, d_out, k, T, n, point.get("noise", 0.0), point.get("n_test_tasks", KEYS["n_test_tasks"].default),
+                   point.get("symmetric", True), point.get("sampler", "raw"))
+        check_solve_size(T, d_out, d, k, point.get("rank"), n is None, point.get("dtype", "float64"))
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: {exc}") from None
 
 
 def check_options(point: dict, origin: str) -> None:
@@ -359,8 +402,14 @@ def check_options(point: dict, origin: str) -> None:
             raise FastLoRAError(f"{origin}: solver='auto' runs 'als' or 'gd', and neither takes {given}: "
                                 f"{'; '.join(refusals)}")
         raise FastLoRAError(f"{origin}: {refusals[0]}")
-    if method == "lora-ml" and point.get("peft_options"):
-        _peft_of(point, origin)
+    if method == "lora-ml" and (point.get("peft_options") or solver == "als"):
+        parameterization = _peft_of(point, origin)
+        if solver == "als":
+            from ..solvers.adapters import check_als_supported
+            try:
+                check_als_supported(parameterization, point.get("adapter_step", "auto"))
+            except FastLoRAError as exc:
+                raise FastLoRAError(f"{origin}: {exc}") from None
     _check_census(point, method, origin)
 
 
@@ -415,6 +464,21 @@ def _check_dataset_point(point: dict, origin: str) -> None:
     if point.get("solver") == "als":
         raise FastLoRAError(f"{origin}: dataset={point['dataset']!r} is learned by the shallow network, which has "
                             f"no ALS (no closed-form steps); use solver 'auto' or 'gd'")
+    n_ft = point.get("n_ft", POPULATION)
+    if n_ft != POPULATION:
+        available = _dataset_fine_tuning_samples(point["dataset"], point.get("test_fraction"))
+        if n_ft > available:
+            raise FastLoRAError(f"{origin}: n_ft={n_ft} is more than the {available} samples of the training part of "
+                                f"dataset={point['dataset']!r}'s test task; fine-tuning draws n_ft samples from it "
+                                f"without replacement")
+
+
+@functools.lru_cache(maxsize=16)
+def _dataset_fine_tuning_samples(name: str, test_fraction: float | None) -> int:
+    """Samples a test task of dataset ``name`` offers for fine-tuning (its split's sizes do not depend on the seed)."""
+    from ..datasets import load
+    protocol = {} if test_fraction is None else {"test_fraction": test_fraction}
+    return min(task.n for task in load(name, seed=0, **protocol).test_tasks)
 
 
 def problem_args(point: dict, seed: int) -> dict:

@@ -147,9 +147,11 @@ class ResultsStore:
         wanted = {r["row_key"] for r in rows}
         stale = sum(1 for key, (sweep, _) in stored.items() if sweep == spec.name and key not in wanted)
         if stale:
+            prune = f"fastlora store prune {self.path} --sweep {spec.name} --spec-version {max(len(versions), 1)}"
             raise StoreConflictError(f"{str(self.path)!r} holds {stale} row(s) of sweep {spec.name!r} that this spec "
                                      f"no longer produces ({_describe_change(versions, spec)}); pass --append to add "
-                                     f"this spec's rows beside them, or use another --out")
+                                     f"this spec's rows beside them, drop the old version's rows with: {prune} "
+                                     f"(versions: fastlora store info {self.path}), or use another --out")
         others = Counter(sweep for key, (sweep, _) in stored.items() if key in wanted and sweep != spec.name)
         if others:
             held = ", ".join(f"{n} by sweep {name!r}" for name, n in sorted(others.items(), key=str))
@@ -161,10 +163,7 @@ class ResultsStore:
         """Every spec recorded here under ``name``, oldest first (the error where one no longer parses)."""
         versions = []
         for (source,) in self.db.execute("SELECT source FROM specs WHERE name=? ORDER BY rowid", (name,)):
-            try:
-                versions.append(parse_spec(source, origin=f"the stored spec {name!r}"))
-            except FastLoRAError as exc:
-                versions.append(exc)
+            versions.append(_stored_spec(source, name))
         return versions
 
     def columns(self) -> list[str]:
@@ -343,6 +342,131 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         return db
     except sqlite3.DatabaseError as exc:
         raise FastLoRAError(f"results store {str(path)!r} cannot be read: {exc}") from None
+
+
+def _stored_spec(source: str, name: str) -> Spec | FastLoRAError:
+    """A spec the store recorded (its points ran already: they are not checked again), or the error
+    that keeps it from being read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # spelled as that fastlora did
+            return parse_spec(source, origin=f"the stored spec {name!r}", check_points=False)
+    except FastLoRAError as exc:
+        return exc
+
+
+def _open_for_maintenance(path: Path, what: str) -> tuple[sqlite3.Connection, WriterLock]:
+    """A writable connection to the existing store at ``path``, checked, and its writer lock."""
+    if not path.is_file():
+        raise FastLoRAError(f"results store {str(path)!r} does not exist")
+    lock = WriterLock(path, what)
+    try:
+        db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    except sqlite3.DatabaseError as exc:
+        lock.release()
+        raise FastLoRAError(f"{str(path)!r} is not a usable SQLite results store: {exc}") from None
+    try:
+        store = ResultsStore.__new__(ResultsStore)
+        store.path, store.db = path, db
+        if not store._has_results():
+            raise FastLoRAError(f"{str(path)!r} holds no 'results' table (not a fastlora results store)")
+        check_integrity(db, path)
+    except BaseException:
+        db.close()
+        lock.release()
+        raise
+    return db, lock
+
+
+def _versions(db: sqlite3.Connection) -> dict[str, list[tuple[int, str, Spec | FastLoRAError]]]:
+    """sweep name -> its recorded specs, oldest first: (rowid, added_at, spec or the error reading it)."""
+    out: dict[str, list] = {}
+    for rowid, name, source, added in db.execute("SELECT rowid, name, source, added_at FROM specs ORDER BY rowid"):
+        out.setdefault(name, []).append((rowid, added, _stored_spec(source, name)))
+    return out
+
+
+def describe_store(path) -> list[dict]:
+    """One dict per sweep of the store and spec version (numbered from 1, oldest first): ``sweep``,
+    ``version``, ``added_at``, ``rows`` (rows of that version stored), ``errors`` (of them, failed);
+    and per sweep a last entry with ``version`` None counting every row stored under its name."""
+    with ResultsStore(path) as store:
+        status = {}
+        for key, sweep, state in store.db.execute("SELECT row_key, sweep, status FROM results"):
+            status[(sweep, key)] = state
+        versions = _versions(store.db)
+    out = []
+    for name in sorted({sweep for sweep, _ in status} | set(versions)):
+        for number, (_, added, spec) in enumerate(versions.get(name, []), 1):
+            entry = {"sweep": name, "version": number, "added_at": added, "rows": None, "errors": None}
+            if isinstance(spec, Spec):
+                found = [status.get((name, r["row_key"])) for r in spec.rows()]
+                entry.update(rows=sum(s is not None for s in found), errors=sum(s == "error" for s in found))
+            out.append(entry)
+        stored = [state for (sweep, _), state in status.items() if sweep == name]
+        out.append({"sweep": name, "version": None, "added_at": None, "rows": len(stored),
+                    "errors": sum(s == "error" for s in stored)})
+    return out
+
+
+def prune_store(path, *, errors: bool = False, spec_version: int | None = None, sweep: str | None = None) -> int:
+    """Drop rows from a store; the number dropped.  ``errors``: rows stored with status='error';
+    ``spec_version`` N: the rows that version N of the sweep's spec produces (``describe_store``
+    numbers them) and its record, so that a changed spec runs without ``--append``.  ``sweep``:
+    the sweep they belong to (needed with ``spec_version`` where the store holds several)."""
+    path = Path(path)
+    if not errors and spec_version is None:
+        raise FastLoRAError("nothing to prune: pass --errors (rows that failed) and/or --spec-version N (the rows of "
+                            "an old version of a spec)")
+    if spec_version is not None and (isinstance(spec_version, bool) or not isinstance(spec_version, int)
+                                     or spec_version < 1):
+        raise FastLoRAError(f"spec_version={spec_version!r} must be a version number >= 1 (fastlora store info)")
+    db, lock = _open_for_maintenance(path, "fastlora store prune")
+    try:
+        versions = _versions(db)
+        names = sorted({n for (n,) in db.execute("SELECT DISTINCT sweep FROM results")} | set(versions))
+        if sweep is not None and sweep not in names:
+            raise FastLoRAError(f"sweep={sweep!r} is not in {str(path)!r}; it holds sweep(s) "
+                                f"{', '.join(map(repr, names)) or 'none'}")
+        if spec_version is not None and sweep is None:
+            if len(versions) != 1:
+                raise FastLoRAError(f"{str(path)!r} holds the specs of sweeps {', '.join(map(repr, sorted(versions)))}:"
+                                    f" name one with --sweep")
+            sweep = next(iter(versions))
+        drop: list[str] = []
+        record = None
+        if spec_version is not None:
+            known = versions.get(sweep, [])
+            if spec_version > len(known):
+                raise FastLoRAError(f"--spec-version {spec_version}: sweep {sweep!r} has {len(known)} recorded "
+                                    f"version(s) in {str(path)!r} (fastlora store info {path})")
+            record, _, spec = known[spec_version - 1]
+            if not isinstance(spec, Spec):
+                raise FastLoRAError(f"--spec-version {spec_version} of sweep {sweep!r} cannot be read ({spec}); drop "
+                                    f"its failed rows with --errors, or use another store")
+            drop = [r["row_key"] for r in spec.rows()]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            dropped = 0
+            where, args = ("", ()) if sweep is None else (" AND sweep=?", (sweep,))
+            if errors:
+                dropped += db.execute(f"DELETE FROM results WHERE status='error'{where}", args).rowcount
+            if drop:
+                db.execute("CREATE TEMP TABLE dropped_keys (row_key TEXT PRIMARY KEY)")
+                db.executemany("INSERT OR IGNORE INTO dropped_keys VALUES (?)", ((k,) for k in drop))
+                dropped += db.execute("DELETE FROM results WHERE sweep=? AND row_key IN (SELECT row_key FROM "
+                                      "dropped_keys)", (sweep,)).rowcount
+                db.execute("DROP TABLE dropped_keys")
+            if record is not None:
+                db.execute("DELETE FROM specs WHERE rowid=?", (record,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return dropped
+    finally:
+        db.close()
+        lock.release()
 
 
 def check_integrity(db: sqlite3.Connection, path: Path) -> None:
