@@ -159,7 +159,8 @@ def _schema_options(*names, given_only: bool = False):
 
 
 SOLVE_PROBLEM = ("d", "d_out", "k", "T", "n", "noise", "sampler", "n_test_tasks")
-SOLVE_RETRAIN = ("method", "peft", "rank", "solver", "backend", "dtype", "max_iter", "tol", "threads")
+SOLVE_RETRAIN = ("method", "backend", "dtype", "max_iter", "tol", "threads")
+SOLVE_LORA_ML = ("peft", "rank", "solver")  # passed on only when given: method='lora-ml' alone takes them
 SOLVE_EVALUATE = ("ft_rank", "n_ft", "ft_peft", "rank_tol", "noise_floor")
 SOLVE_SOLVER = ("init_A", "reduction", "adapter_step", "inner_iter", "power_iter_init", "acceleration", "optimizer",
                 "eliminate_A", "lr", "inner_lr", "inner_steps", "outer_lr")
@@ -170,7 +171,7 @@ SOLVE_SOLVER = ("init_A", "reduction", "adapter_step", "inner_iter", "power_iter
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the problem draw and the solver")
 @click.option("--asymmetric", is_flag=True, help="general ground truth B*C*ᵀ instead of U*U*ᵀ")
 @_schema_options(*SOLVE_RETRAIN)
-@_schema_options(*SOLVE_SOLVER, given_only=True)
+@_schema_options(*SOLVE_LORA_ML, *SOLVE_SOLVER, given_only=True)
 @_schema_options(*SOLVE_EVALUATE)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
@@ -183,6 +184,12 @@ def solve(seed, asymmetric, as_json, progress, **options):
     options["n"], options["n_ft"] = parse_n(options["n"], "--n"), parse_n(options["n_ft"], "--n-ft")
     problem = {k: options.pop(k) for k in SOLVE_PROBLEM}
     retrain = {k: options.pop(k) for k in SOLVE_RETRAIN}
+    retrain.update({k: v for k in SOLVE_LORA_ML if (v := options.pop(k)) is not None})
+    if retrain["method"] != "lora-ml" and set(retrain) & set(SOLVE_LORA_ML):
+        given = ", ".join(_flag(k) for k in SOLVE_LORA_ML if k in retrain)
+        raise FastLoRAError(f"{given} appl{'ies' if ',' not in given else 'y'} to --method lora-ml only: --method "
+                            f"{retrain['method']} retrains A alone, without adapters; leave "
+                            f"{'it' if ',' not in given else 'them'} out")
     evaluate = {k: options.pop(k) for k in SOLVE_EVALUATE}
     solver_options = {k: v for k, v in options.items() if v is not None}
     prob = fl.make_problem(**problem, seed=seed, symmetric=not asymmetric)

@@ -43,6 +43,8 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
         θ_1..θ_T of Σ_t L_t(A + Δ_p(θ_t)).  ``reptile``: first-order meta-learning baseline.
     peft : str, class or instance
         The parameterization p of LoRA-ML (a registered name, see ``fastlora.peft.available()``).
+        ``peft``, ``rank``, ``solver`` and ``peft_options`` are checked for every method; standard
+        retraining and Reptile use none of them (as in sweeps, where rows record them).
     rank : int
         Adapter rank r, 1 <= r <= min(d_out, d_in); defaults to the problem's k.
     solver : {"auto", "als", "gd"}
@@ -247,6 +249,8 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     solver = schema.OPTIONS["solver"].check(solver)
     tasks = as_task_list(problem_or_tasks)
     d_out, d_in = tasks[0].d_out, tasks[0].d_in
+    if method != "lora-ml":
+        _check_adapter_arguments(method, peft, rank, peft_options, d_out, d_in)
     max_iter = schema.OPTIONS["max_iter"].check(LINEAR_MAX_ITER if max_iter is None else max_iter)
     tol = schema.OPTIONS["tol"].check(LINEAR_TOL if tol is None else tol)
     threads = schema.OPTIONS["threads"].check(threads)
@@ -285,6 +289,18 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     _check_memory(be, tasks, kind, rank, dtype)
     return _Plan(tasks, kind, structured, method, solver, requested, parameterization, rank, be, dtype, threads,
                  max_iter, tol, callback, options, rng, reduction, dense_A)
+
+
+def _check_adapter_arguments(method: str, peft, rank, peft_options, d_out: int, d_in: int) -> None:
+    """Standard retraining and Reptile fit A alone: they check the adapter arguments as LoRA-ML
+    would (an unknown peft or an impossible rank is an error for every method) and ignore valid
+    ones, as sweeps do, so one call can loop over methods."""
+    peft_registry.get(peft, **(peft_options or {}))
+    if rank is not None:
+        rank = schema.OPTIONS["rank"].check(rank)
+        if rank > min(d_out, d_in):
+            raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = {min(d_out, d_in)} "
+                                f"(method={method!r} uses no adapters, but checks rank as LoRA-ML would)")
 
 
 def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: list | None = None) -> list:

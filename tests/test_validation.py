@@ -263,3 +263,32 @@ def test_retrain_many_refuses_problems_of_different_k_without_a_rank():
 def test_a_tolerance_above_one_is_refused():
     with pytest.raises(ValueError, match=r"tol=1e\+300 is out of range; it must be <= 1.0"):
         fl.retrain(fl.make_problem(d=6, k=1, T=3), tol=1e300)
+
+
+@pytest.mark.parametrize("method", ["standard", "reptile"])
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"peft": "nonexistent"}, "'nonexistent' is not a registered"),
+    ({"rank": 100}, "rank=100 is too large"),
+    ({"solver": "newton"}, "solver='newton' is not allowed"),
+    ({"peft": "lora", "peft_options": {"nope": 2}}, "nope"),
+])
+def test_methods_without_adapters_check_adapter_arguments_instead_of_ignoring_them(prob, method, kwargs, needle):
+    """They used to accept any peft, rank and solver; valid ones are still accepted (and unused), so
+    one call can loop over methods as sweeps do."""
+    with pytest.raises(fl.FastLoRAError, match=needle):
+        fl.retrain(prob, method=method, backend="numpy", **kwargs)
+    fl.retrain(prob, method=method, backend="numpy", peft="lora", rank=1, solver="als", max_iter=3)
+
+
+def test_solve_refuses_adapter_options_for_methods_without_adapters():
+    from click.testing import CliRunner
+
+    from fastlora.cli import main
+    result = CliRunner().invoke(main, ["solve", "--d", "10", "--k", "1", "--T", "3", "--method", "standard",
+                                       "--rank", "1", "--solver", "als", "--backend", "numpy"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("Error: --rank, --solver apply to --method lora-ml only: --method standard "
+                                     "retrains A alone, without adapters; leave them out")
+    table = CliRunner().invoke(main, ["solve", "--d", "10", "--k", "1", "--T", "3", "--method", "standard",
+                                      "--backend", "numpy"])
+    assert table.exit_code == 0, table.output
