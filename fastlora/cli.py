@@ -16,8 +16,10 @@ Set ``FASTLORA_DEBUG=1`` to see tracebacks of unexpected errors.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -45,7 +47,8 @@ class FastLoRAGroup(click.Group):
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
         try:
-            return super().invoke(ctx)
+            with _deprecations_as_notes():
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except FastLoRAError as exc:
@@ -65,6 +68,26 @@ class FastLoRAGroup(click.Group):
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def _deprecations_as_notes():
+    """Old spellings (fastlora.options.DEPRECATED_NAMES) in a spec or an argument: one ``note:`` line each."""
+    import warnings
+
+    from .options import FastLoRADeprecationWarning
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FastLoRADeprecationWarning):
+            click.echo(f"note: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FastLoRADeprecationWarning)
+        warnings.showwarning = show
+        yield
 
 
 def parse_n(value, option: str = "--n"):
@@ -140,14 +163,44 @@ def _schema_option(name: str, *, given_only: bool = False):
     option = OPTIONS[name]
     default = option.default_for("lora-ml")
     shown = "population" if option.kind == "count" and default is None else default
-    help_text = f"{option.doc} [{option.describe()}; default: {shown}]"
+    # an array start (init_A) exists only in Python
+    allowed = " | ".join(option.choices) if option.kind == "init_A" else option.describe()
+    help_text = f"{option.doc} [{allowed}; default: {shown}]"
     if option.kind == "bool":
         flag = _flag(name)
         return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None if given_only else default,
                             help=help_text)
     kind = {"int": int, "float": float}.get(option.kind, str)
+    if option.kind == "init_A":
+        kind = click.Choice(option.choices)
     return click.option(_flag(name), name, type=kind, default=None if given_only else shown, help=help_text,
                         show_default=False)
+
+
+@contextlib.contextmanager
+def speaking_flags(names):
+    """Library errors in the command's words: ``rank=100`` becomes ``--rank 100`` and ``implicit=True``
+    ``--implicit`` for the API arguments ``names`` (call reprs such as ``make_problem(d=...)`` stay)."""
+    try:
+        yield
+    except FastLoRAError as exc:
+        raise type(exc)(in_flag_words(str(exc), names)) from None
+
+
+def in_flag_words(message: str, names) -> str:
+    pattern = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True)))
+                         + r")=('[^']*'|[^\s,;:)]+)")
+
+    def flag(match):
+        name, value = match.group(1), match.group(2)
+        if value == "True":
+            return _flag(name)
+        if value == "False":
+            return "--no-" + _flag(name)[2:]
+        return f"{_flag(name)} {value.strip(chr(39))}"
+
+    pieces = re.split(r"(\b\w+\([^()]*\))", message)  # odd pieces: call reprs, kept as they are
+    return "".join(piece if i % 2 else pattern.sub(flag, piece) for i, piece in enumerate(pieces))
 
 
 def _schema_options(*names, given_only: bool = False):
@@ -170,18 +223,28 @@ SOLVE_SOLVER = ("init_A", "reduction", "adapter_step", "inner_iter", "power_iter
 @_schema_options(*SOLVE_PROBLEM)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the problem draw and the solver")
 @click.option("--asymmetric", is_flag=True, help="general ground truth B*C*ᵀ instead of U*U*ᵀ")
+@click.option("--implicit", is_flag=True, help="A* generated tile by tile, never stored (population, symmetric; "
+              "for d beyond memory: the solve keeps A as S + Q E Qᵀ)")
 @_schema_options(*SOLVE_RETRAIN)
 @_schema_options(*SOLVE_LORA_ML, *SOLVE_SOLVER, given_only=True)
 @_schema_options(*SOLVE_EVALUATE)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def solve(seed, asymmetric, as_json, progress, **options):
+def solve(seed, asymmetric, implicit, as_json, progress, **options):
     """Solve one problem and print a summary table (options: fastlora.options)."""
+    with speaking_flags({*options, "seed", "implicit", "dense_A", "symmetric"}):
+        _solve(seed, asymmetric, implicit, as_json, progress, **options)
+
+
+def _solve(seed, asymmetric, implicit, as_json, progress, **options):
     import fastlora as fl
 
     from .tables import render
 
     options["n"], options["n_ft"] = parse_n(options["n"], "--n"), parse_n(options["n_ft"], "--n-ft")
+    if options["n_test_tasks"] < 1:
+        raise FastLoRAError(f"--n-test-tasks {options['n_test_tasks']}: solve fine-tunes and measures on held-out "
+                            f"tasks; it needs --n-test-tasks >= 1")
     problem = {k: options.pop(k) for k in SOLVE_PROBLEM}
     retrain = {k: options.pop(k) for k in SOLVE_RETRAIN}
     retrain.update({k: v for k in SOLVE_LORA_ML if (v := options.pop(k)) is not None})
@@ -192,12 +255,12 @@ def solve(seed, asymmetric, as_json, progress, **options):
                             f"{'it' if ',' not in given else 'them'} out")
     evaluate = {k: options.pop(k) for k in SOLVE_EVALUATE}
     solver_options = {k: v for k, v in options.items() if v is not None}
-    prob = fl.make_problem(**problem, seed=seed, symmetric=not asymmetric)
+    prob = fl.make_problem(**problem, seed=seed, symmetric=not asymmetric, implicit=implicit)
     _announce_compilation(retrain["backend"])
     show = sys.stderr.isatty() if progress is None else progress
     bar, callback = _progress(retrain["max_iter"], show and retrain["method"] != "standard", retrain["method"])
     try:
-        res = fl.retrain(prob, **retrain, seed=seed, callback=callback, **solver_options)
+        res = fl.retrain(prob, **retrain, seed=seed, callback=callback, dense_A=not implicit, **solver_options)
     finally:
         if bar is not None:
             bar.close()

@@ -20,6 +20,7 @@ from .errors import (
 from .finetune import finetune_many, lowrank_residual
 from .implicit import is_implicit
 from .linop import LowRankUpdate
+from .options import OPTIONS
 from .peft.protocol import shared_names
 from .problems import Problem
 from .tasks import LowRankTarget, Task, dense_target
@@ -171,7 +172,7 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     except FastLoRAError as exc:
         raise type(exc)(f"ft_peft: {exc}") from None
     rank_tol = check_float("rank_tol", rank_tol, low=0.0, low_open=True)
-    n_ft = check_int("n_ft", n_ft, low=1, allow_none=True)
+    n_ft = OPTIONS["n_ft"].check(n_ft)
     plans, jobs = [], []
     for i, (res, prob, tasks) in enumerate(zip(results, problems, test_lists)):
         try:
@@ -183,13 +184,13 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
             continue
         plans.append(plan)
         jobs.extend((i, j, plan["start"], task, seeds[i] + j) for j, task in enumerate(plan["tasks"]))
-    by_rank: dict = {}
+    by_rank: dict = {}  # fine-tuning runs on the backend that retrained (arrays given as res: "auto")
     for job in jobs:
-        by_rank.setdefault(plans[job[0]]["ft_rank"], []).append(job)
+        by_rank.setdefault((plans[job[0]]["ft_rank"], getattr(results[job[0]], "backend", "auto")), []).append(job)
     risks = {}
-    for rank, group in by_rank.items():
+    for (rank, backend), group in by_rank.items():
         fitted = finetune_many([j[2] for j in group], [j[3] for j in group], peft=ft_peft, rank=rank, n=n_ft,
-                               seeds=[j[4] for j in group])
+                               seeds=[j[4] for j in group], backend=backend)
         risks.update({(j[0], j[1]): ft.excess_risk for j, ft in zip(group, fitted)})
     out = []
     for i, plan in enumerate(plans):

@@ -100,6 +100,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     so the problem is solvable at d = 100,000 (fastlora.reduction; ``retrain(..., dense_A=False)``).
     """
     model = check_choice("model", model, ("linear", "shallow"))
+    n = schema.OPTIONS["n"].check(n)  # an integer, or None / "population"
     if model == "shallow":
         return _make_shallow(d=d, k=k, T=T, n=n, noise=noise, seed=seed, d_out=d_out, symmetric=symmetric,
                              n_test_tasks=n_test_tasks, sampler=sampler, implicit=implicit)
@@ -107,7 +108,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     d_out = d if d_out is None else check_int("d_out", d_out, low=1)
     k = check_int("k", k, low=1, high=min(d, d_out))
     T = check_int("T", T, low=1)
-    n = check_int("n", n, low=1, allow_none=True)
+    n = schema.OPTIONS["n"].check(n)
     noise = schema.OPTIONS["noise"].check(noise)
     seed = check_int("seed", seed, low=0)
     n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)

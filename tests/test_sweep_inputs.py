@@ -197,3 +197,37 @@ def test_prune_needs_something_to_prune_and_respects_the_writer_lock(tmp_path):
         assert "is being written by another sweep" in line
     finally:
         lock.release()
+
+
+# --------------------------------------------------------------- one name per concept (n_starts)
+CENSUS = 'name = "c"\n[grid]\nT = [3]\n[fixed]\nd = 5\nk = 1\nbackend = "numpy"\nn_starts = 2\n'
+
+
+def test_census_starts_is_a_deprecated_spelling_of_n_starts_with_the_same_rows():
+    import hashlib
+    import json
+
+    from fastlora.options import FastLoRADeprecationWarning
+    current = parse_spec(CENSUS)
+    with pytest.warns(FastLoRADeprecationWarning, match="'census_starts' is deprecated, write 'n_starts'"):
+        old = parse_spec(CENSUS.replace("n_starts", "census_starts"))
+    assert old.rows() == current.rows()
+    # row keys hash the spelling stores were written with: stores written before the rename resume
+    point = {("census_starts" if k == "n_starts" else k): v for k, v in current.points()[0].items()}
+    text = json.dumps(point, sort_keys=True, separators=(",", ":"))
+    assert current.rows()[0]["row_key"] == hashlib.sha256(f"{text}|0|0".encode()).hexdigest()
+    with pytest.raises(FastLoRAError, match="are one key"), pytest.warns(FastLoRADeprecationWarning):
+        parse_spec(CENSUS.replace("n_starts = 2", "n_starts = 2\ncensus_starts = 2"))
+
+
+def test_a_store_written_with_census_starts_resumes_under_n_starts(tmp_path):
+    from fastlora.sweep import load_results, run_sweep
+    out = tmp_path / "c.sqlite"
+    run_sweep(parse_spec(CENSUS), out, workers=1, progress=False)
+    with sqlite3.connect(out) as db:
+        db.execute('ALTER TABLE results RENAME COLUMN "n_starts" TO "census_starts"')  # as fastlora wrote it before
+    assert "n_starts" in load_results(out).columns  # readers show the current name
+    resumed = run_sweep(parse_spec(CENSUS), out, workers=1, progress=False)
+    assert (resumed.skipped, resumed.done) == (1, 0)
+    with sqlite3.connect(out) as db:
+        assert "n_starts" in [row[1] for row in db.execute("PRAGMA table_info(results)")]

@@ -34,7 +34,7 @@ LABELS = {
     "saddle_fraction": "fraction of starts ending at a saddle",
     "global_fraction": "fraction of starts ending at a global minimum",
     "min_hessian_eig": "smallest projected Hessian eigenvalue at the minima",
-    "census_starts": "census starts",
+    "n_starts": "census starts",
     "init_scale": "scale of the starts",
     "T": "retraining tasks T",
     "n_ft": "fine-tuning samples n_ft",

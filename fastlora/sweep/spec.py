@@ -17,7 +17,7 @@
 Keys are arguments of ``make_problem`` / ``retrain`` / ``evaluate`` (listed in ``KEYS``).
 Every grid point's combination is checked as the Python API would check it: a solver option
 its method and solver do not take (the schema of fastlora.options), ``peft_options`` its
-parameterization refuses, a census (``census_starts``) the landscape tools cannot run.
+parameterization refuses, a census (``n_starts``) the landscape tools cannot run.
 A spec with a ``dataset`` key (e.g. ``dataset = "digits"``) draws its tasks from that dataset
 under the paper's image protocol (``fastlora.datasets.load``, split seeded by the row's seed,
 ``test_fraction`` its protocol key) instead of ``make_problem``; the dataset fixes d, T and n,
@@ -105,7 +105,7 @@ class Spec:
         """Every (point, repeat) with its derived seed and unique key."""
         out = []
         for point in self.points():
-            point_text, problem_text = canonical(point), canonical(_seed_keys(point))  # once per point
+            point_text, problem_text = _hashed_text(point), canonical(_seed_keys(point))  # once per point
             for repeat in range(self.repeats):
                 out.append({"point": point, "repeat": repeat, "seed": _seed_of(self.seed, problem_text, repeat),
                             "row_key": _row_key_of(point_text, repeat, self.seed)})
@@ -133,6 +133,17 @@ def retraining_key(point: dict) -> str:
     """What fixes a row's retraining, apart from its seed: the point without its evaluation keys.
     Rows that share it and their seed retrain the same model (only fine-tuning differs)."""
     return canonical({k: v for k, v in point.items() if k not in EVALUATE_KEYS})
+
+
+# row keys hash the spelling that stores were first written with, so renaming an option
+# (DEPRECATED_NAMES) leaves every stored row found by a resume: current -> stored spelling
+_STORED_SPELLING = {new: old for old, new in schema.DEPRECATED_NAMES.items()}
+
+
+def _hashed_text(point: dict) -> str:
+    if not any(key in point for key in _STORED_SPELLING):
+        return canonical(point)
+    return canonical({_STORED_SPELLING.get(k, k): v for k, v in point.items()})
 
 
 def _row_key_of(point_text: str, repeat: int, base_seed: int) -> str:
@@ -190,12 +201,14 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
     fixed = raw.get("fixed", {})
     if not isinstance(fixed, dict):
         raise FastLoRAError(f"{origin}: [fixed] must be a table of scalars")
+    fixed = _current_spelling(fixed, origin)
     grids = raw.get("grid")
     if grids is None:
         raise FastLoRAError(f"{origin}: a [grid] table is required (each key a list of values)")
     grids = [grids] if isinstance(grids, dict) else grids
     if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
         raise FastLoRAError(f"{origin}: [grid] must be a table (or [[grid]] an array of tables)")
+    grids = [_current_spelling(grid, origin) for grid in grids]
     first_keys = set(grids[0])
     for i, grid in enumerate(grids):
         if not grid:
@@ -243,6 +256,17 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
             check_options(point, origin)
         check_point(point, origin)
     return spec
+
+
+def _current_spelling(table: dict, origin: str) -> dict:
+    """``table`` with deprecated key spellings (fastlora.options.DEPRECATED_NAMES) renamed, warning once each."""
+    out = {}
+    for key, value in table.items():
+        new = schema.current_name(key, origin, stacklevel=5)
+        if new in out or (new != key and new in table):
+            raise FastLoRAError(f"{origin}: {key!r} and {new!r} are one key (the first its old spelling); keep {new!r}")
+        out[new] = value
+    return out
 
 
 def _check_row_count(grids: list[dict], repeats: int, origin: str) -> None:
@@ -295,8 +319,8 @@ def _check_dataset_keys(uses_dataset: bool, keys: set, origin: str) -> None:
         if fixed_by_data:
             raise FastLoRAError(f"{origin}: key(s) {', '.join(fixed_by_data)} do not apply with 'dataset': the "
                                 f"dataset fixes d, T and n (set the adapter rank with rank / ft_rank)")
-        if "census_starts" in keys:
-            raise FastLoRAError(f"{origin}: census_starts (a landscape census) does not apply with 'dataset'")
+        if "n_starts" in keys:
+            raise FastLoRAError(f"{origin}: n_starts (a landscape census) does not apply with 'dataset'")
         return
     protocol = sorted(k for k in keys if k in DATASET_KEYS)
     if protocol:
@@ -424,15 +448,15 @@ def _peft_of(point: dict, origin: str = "<spec>"):
 
 
 def _check_census(point: dict, method: str, origin: str) -> None:
-    """A census (``census_starts``) is of the linear LoRA-ML objective, with a parameterization the
+    """A census (``n_starts``) is of the linear LoRA-ML objective, with a parameterization the
     landscape tools support; its other keys need it."""
-    if point.get("census_starts") is None:
-        unused = sorted(k for k in LANDSCAPE_KEYS if k != "census_starts" and k in point)
+    if point.get("n_starts") is None:
+        unused = sorted(k for k in LANDSCAPE_KEYS if k != "n_starts" and k in point)
         if unused:
             raise FastLoRAError(f"{origin}: {', '.join(unused)} set(s) the starts of a landscape census; add "
-                                f"census_starts (the number of starts) or leave {', '.join(unused)} out")
+                                f"n_starts (the number of starts) or leave {', '.join(unused)} out")
         return
-    what = f"census_starts={point['census_starts']} (a landscape census of the LoRA-ML objective)"
+    what = f"n_starts={point['n_starts']} (a landscape census of the LoRA-ML objective)"
     if method != "lora-ml":
         raise FastLoRAError(f"{origin}: {what} applies to method='lora-ml' only, not method={method!r}")
     if _model_of(point) != "linear":
@@ -512,11 +536,11 @@ def retrain_args(point: dict) -> dict:
 
 def landscape_args(point: dict, seed: int) -> dict | None:
     """Keyword arguments of ``fastlora.landscape.landscape_metrics`` for a point with
-    ``census_starts`` (None without: no census)."""
-    if point.get("census_starts") is None:
+    ``n_starts`` (None without: no census)."""
+    if point.get("n_starts") is None:
         return None
     solver = point.get("solver", "auto")
-    args = {"n_starts": point["census_starts"], "init": point.get("census_init", "normal"),
+    args = {"n_starts": point["n_starts"], "init": point.get("census_init", "normal"),
             "init_scale": point.get("init_scale", schema.OPTIONS["init_scale"].default), "seed": seed,
             "peft": _peft_of(point), "rank": point.get("rank"),
             "solver": "gd" if solver == "auto" else solver, "optimizer": point.get("optimizer")}

@@ -29,12 +29,13 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import FastLoRAError, StoreConflictError, check_choice, check_output_folder
+from ..options import DEPRECATED_NAMES
 from .spec import KEYS, Spec, parse_spec
 
 METRICS = ("rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds", "converged",
            # models without ground-truth excess risk (fastlora.shallow, real data)
            "test_loss", "test_accuracy",
-           # a landscape census per row (census_starts)
+           # a landscape census per row (n_starts)
            "spurious_fraction", "saddle_fraction", "global_fraction", "min_hessian_eig")
 # what actually ran: the backend "auto" resolved to and the solver the method chose
 RUN_COLUMNS = ("backend_used", "solver_used")
@@ -108,6 +109,10 @@ class ResultsStore:
         recorded = (*METRICS, *RUN_COLUMNS)
         if self._has_results():
             existing = set(self.columns())
+            for old, new in DEPRECATED_NAMES.items():  # a store written before an option was renamed
+                if old in existing and new in keys and new not in existing:
+                    self.db.execute(f'ALTER TABLE results RENAME COLUMN "{old}" TO "{new}"')
+                    existing = set(self.columns())
             stored_keys = existing - set(recorded) - set(META_COLUMNS) - set(TAIL_COLUMNS)
             if stored_keys != set(keys):
                 extra, missing = sorted(stored_keys - set(keys)), sorted(set(keys) - stored_keys)
@@ -171,7 +176,7 @@ class ResultsStore:
 
     def declared_types(self) -> dict[str, str]:
         """column -> its declared SQL type (REAL, INTEGER, TEXT; "" for the untyped key columns)."""
-        return {row[1]: row[2] for row in self.db.execute("PRAGMA table_info(results)")}
+        return {DEPRECATED_NAMES.get(row[1], row[1]): row[2] for row in self.db.execute("PRAGMA table_info(results)")}
 
     def stored_rows(self) -> dict[str, tuple[str, str]]:
         """row_key -> (sweep, status) of every stored row (equal pairs share one tuple: stores hold millions)."""
@@ -218,7 +223,7 @@ class ResultsStore:
     def rows(self) -> tuple[list[str], list[tuple]]:
         try:
             cur = self.db.execute("SELECT * FROM results ORDER BY id")
-            return [d[0] for d in cur.description], cur.fetchall()
+            return [DEPRECATED_NAMES.get(d[0], d[0]) for d in cur.description], cur.fetchall()
         except sqlite3.DatabaseError as exc:
             raise FastLoRAError(f"results store {str(self.path)!r} cannot be read: {exc}") from None
 
