@@ -72,22 +72,29 @@ class FastLoRAGroup(click.Group):
 
 @contextlib.contextmanager
 def _deprecations_as_notes():
-    """Old spellings (fastlora.options.DEPRECATED_NAMES) in a spec or an argument: one ``note:`` line each."""
+    """Old spellings (fastlora.options.DEPRECATED_NAMES) and slow configurations (PerformanceWarning): one
+    ``note:`` line each, in the command's words."""
     import warnings
 
+    from .errors import PerformanceWarning
     from .options import FastLoRADeprecationWarning
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, FastLoRADeprecationWarning):
-            click.echo(f"note: {message}", err=True)
+        if issubclass(category, (FastLoRADeprecationWarning, PerformanceWarning)):
+            click.echo(f"note: {in_flag_words(str(message), _CLI_RUN_NAMES)}", err=True)
         else:
             shown(message, category, filename, lineno, file, line)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", FastLoRADeprecationWarning)
+        warnings.simplefilter("always", PerformanceWarning)
         warnings.showwarning = show
         yield
+
+
+# arguments of run_sweep that are the sweep command's flags (spec keys are not: they stay spec words)
+_CLI_RUN_NAMES = ("workers", "scheduler", "scheduler_timeout")
 
 
 def parse_n(value, option: str = "--n"):
@@ -320,8 +327,9 @@ def sweep(spec_path, out, workers, scheduler, scheduler_timeout, retry_errors, a
     Exits with status 1 when rows of the spec failed (stored with status='error')."""
     from .sweep import load_spec, run_sweep
     spec = load_spec(spec_path)  # every key is checked before any work starts
-    summary = run_sweep(spec, out, workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
-                        retry_errors=retry_errors, append=append, progress=progress, echo=click.echo)
+    with speaking_flags(_CLI_RUN_NAMES):
+        summary = run_sweep(spec, out, workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
+                            retry_errors=retry_errors, append=append, progress=progress, echo=click.echo)
     if summary.failed:
         click.echo(f"Error: {summary.failure_line(spec.name, out)}", err=True)
         click.get_current_context().exit(EXIT_RUNTIME)

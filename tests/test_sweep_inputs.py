@@ -231,3 +231,18 @@ def test_a_store_written_with_census_starts_resumes_under_n_starts(tmp_path):
     assert (resumed.skipped, resumed.done) == (1, 0)
     with sqlite3.connect(out) as db:
         assert "n_starts" in [row[1] for row in db.execute("PRAGMA table_info(results)")]
+
+
+# --------------------------------------------------------------------------------- --workers
+def test_more_workers_than_cores_is_noted_and_workers_with_a_scheduler_is_refused(tmp_path, monkeypatch):
+    from fastlora.sweep import runner
+    monkeypatch.setattr(runner, "usable_cores", lambda: 2)
+    spec, out = tmp_path / "spec.toml", tmp_path / "r.sqlite"
+    spec.write_text(TINY_SPEC.replace("repeats = 2", "repeats = 1"))
+    line = one_error_line(CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out), "--workers", "3",
+                                                    "--scheduler", "tcp://127.0.0.1:9"]))
+    assert line.startswith("Error: --workers 3 sets local worker processes; with --scheduler") and not out.exists()
+    many = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out), "--workers", "3", "--no-progress"])
+    assert many.exit_code == 0, many.output
+    assert ("note: --workers 3 is more than the 2 usable core(s) of this machine: the extra processes only compete "
+            "for them (slower, and more memory); use --workers 2") in many.output.splitlines()

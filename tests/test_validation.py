@@ -327,3 +327,12 @@ def test_a_census_of_more_starts_than_allowed_is_refused_at_once():
     with pytest.raises(fl.FastLoRAError, match=r"n_starts=100000000 is too large"):
         parse_spec('name = "c"\n[grid]\nT = [3]\n[fixed]\nd = 4\nk = 1\nn_starts = 100000000\n')
     assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("scale_X,scale_Y,name", [(1e-160, 1.0, "X"), (1.0, 1e-160, "Y")])
+def test_data_whose_second_moments_underflow_are_refused_like_those_that_overflow(scale_X, scale_Y, name):
+    """|X| ≈ 1e-160 used to give A = 0 (relative error 1) and objective ≈ 0 without a word."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(fl.FastLoRAError, match=rf"{name}: its second moments underflow float64.*rescale the data"):
+        fl.Task(rng.standard_normal((50, 4)) * scale_X, rng.standard_normal((50, 4)) * scale_Y)
+    fl.Task(rng.standard_normal((50, 4)) * 1e-100, np.zeros((50, 4)))  # small but representable; zeros are fine

@@ -228,6 +228,16 @@ def run_sweep(spec: Spec, out, *, workers: int | None = None, scheduler: str | N
     if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
         raise FastLoRAError(f"scheduler={scheduler!r} must be a Dask scheduler address such as tcp://host:8786, "
                             f"or None for local workers")
+    if scheduler and workers is not None:
+        raise FastLoRAError(f"workers={workers} sets local worker processes; with scheduler={scheduler!r} the "
+                            f"cluster's workers run the rows (start more Dask workers there instead)")
+    if workers is not None and workers > usable_cores():
+        import warnings
+
+        from ..errors import PerformanceWarning
+        warnings.warn(f"workers={workers} is more than the {usable_cores()} usable core(s) of this machine: the "
+                      f"extra processes only compete for them (slower, and more memory); use workers={usable_cores()}",
+                      PerformanceWarning, stacklevel=2)
     if not scheduler:
         _check_backends_here(spec)
     # a cluster is connected before the store is touched: a bad address or a scheduler that is down writes nothing
