@@ -20,6 +20,7 @@ from .solvers.adapters import check_als_supported
 from .solvers.auto import choose_solver
 from .solvers.common import Context, RetrainResult
 from .taskbatch import as_task_list, batch_kind, is_small, make_batch, stack_problems
+from .tasks import LowRankTarget
 
 _SOLVER_MODULES = {"standard": standard, "reptile": reptile, "als": als, "gd": gd}
 
@@ -264,6 +265,9 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     planned, reduction = reduction is not _UNPLANNED, None if reduction is _UNPLANNED else reduction
     parameterization, source = None, problem_or_tasks
     requested = solver
+    if dense_A and _implicit_base(problem_or_tasks, tasks) is not None:  # before any work on the problem
+        require_memory(3 * 8 * d_out * d_in, f"a dense A for this implicit A* (d={d_in})",
+                       "pass dense_A=False (A = S + Q E Qᵀ as a LowRankUpdate)")
     if method == "lora-ml":
         rank = schema.OPTIONS["rank"].check(schema.rank_or_problem_k(rank, problem_or_tasks))
         if rank > min(d_out, d_in):
@@ -274,9 +278,6 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
             reduction = plan_reduction(problem_or_tasks, tasks, parameterization, options)
         if reduction is not None:
             tasks, source = reduction.tasks, reduction.tasks
-            if dense_A and is_implicit(reduction.base):
-                require_memory(3 * 8 * d_out * d_in, f"a dense A for this implicit A* (d={d_in})",
-                               "pass dense_A=False (A = S + Q E Qᵀ as a LowRankUpdate)")
     kind = batch_kind(tasks, structured=structured, source=source)
     if method == "lora-ml":
         if solver == "auto":
@@ -289,6 +290,14 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     _check_memory(be, tasks, kind, rank, dtype)
     return _Plan(tasks, kind, structured, method, solver, requested, parameterization, rank, be, dtype, threads,
                  max_iter, tol, callback, options, rng, reduction, dense_A)
+
+
+def _implicit_base(problem_or_tasks, tasks):
+    """The implicit shared A* (fastlora.implicit) of a problem or of factored tasks, else None."""
+    base = getattr(problem_or_tasks, "A_star", None)
+    if base is None and tasks and isinstance(getattr(tasks[0], "target", None), LowRankTarget):
+        base = tasks[0].target.base
+    return base if is_implicit(base) else None
 
 
 def _check_adapter_arguments(method: str, peft, rank, peft_options, d_out: int, d_in: int) -> None:
