@@ -447,3 +447,13 @@ def test_demo_into_a_folder_of_other_results_says_so(run, tmp_path):
     result = run("demo", "--quick", "--out", str(folder), "--workers", "1")
     assert result.exit_code == 2
     assert f"Error: {str(folder)!r} holds results of another version of the demo" in result.output
+
+
+def test_plot_titles_wrap_into_even_lines_leaving_no_setting_alone():
+    """A greedy wrap at 70 characters left the last setting alone on its line."""
+    from fastlora.sweep.plot import _settings_title
+    shared = {"d": 10, "k": 1, "T": 3, "n": 5000, "noise": 0.01, "method": "lora-ml", "peft": "lora_sym",
+              "rank": 1, "ft_peft": "lora", "ft_rank": 1, "n_ft": 100, "n_starts": 100000}
+    rows = _settings_title(shared, set(), ["sampler=raw"]).split("\n")
+    assert len(rows) == 3 and all(len(r) <= 70 for r in rows), rows
+    assert all("," in r for r in rows) and min(map(len, rows)) > 0.6 * max(map(len, rows)), rows

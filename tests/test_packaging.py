@@ -80,3 +80,16 @@ def test_subpackages_load_on_first_attribute_access_and_nothing_stray_is_exporte
             "print(hasattr(fl, 'annotations'), set(lazy) <= set(dir(fl)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True", "True", "True", "True", "False", "True"]
+
+
+def test_readme_shows_what_each_install_command_gives():
+    """The first command installs no plugin: fl.peft.available() lists the built-ins there."""
+    text = (ROOT / "README.md").read_text()
+    line = next(row for row in text.splitlines() if row.startswith("fl.peft.available()"))
+    assert "# ['full', 'lora', 'lora_sym']" in line and "plugins" in text.split(line)[1][:150]
+
+
+def test_examples_readme_plots_vary_N_on_a_log_axis():
+    """LoRA-ML's excess risk is ~0 at every N: on a linear axis it is a flat line at 0."""
+    row = next(r for r in (ROOT / "examples" / "README.md").read_text().splitlines() if "`vary_N.toml`" in r)
+    assert "--logy" in row
