@@ -223,6 +223,65 @@ def test_dask_forgets_a_dead_drivers_work(tmp_path):
         assert not cluster.scheduler.tasks, list(cluster.scheduler.tasks)[:5]
 
 
+def free_port() -> int:
+    import socket
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float) -> None:
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def dask_process(*args):
+    """A ``dask`` command (scheduler or worker) in its own process group, killed after."""
+    proc = subprocess.Popen([sys.executable, "-m", "dask", *args], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_lost_dask_scheduler_leaves_the_unfinished_rows_pending_and_a_rerun_resumes(tmp_path):
+    """kill -9 of a real ``dask scheduler`` mid-sweep used to store every unfinished row as an error
+    (FutureCancelledError ... scheduler-connection-lost) that a plain rerun did not retry."""
+    pytest.importorskip("distributed")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "lost.sqlite"
+    with dask_process("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard") as scheduler, \
+            dask_process("worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard"):
+        wait_for_port(port, timeout=60)
+        with sweep_process(tmp_path, SLOW, out, "--scheduler", address) as proc:
+            wait_for_rows(proc, out, timeout=120)
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            try:
+                _, stderr = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the driver still runs 60 s after its scheduler was killed")
+    assert proc.returncode == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"Error: RuntimeError: the Dask scheduler at {address} was lost mid-sweep"), lines[0]
+    assert "rerun the same command to resume" in lines[0]
+    with contextlib.closing(sqlite3.connect(out)) as db:
+        statuses = dict(db.execute("SELECT status, COUNT(*) FROM results GROUP BY status").fetchall())
+    assert set(statuses) == {"ok"} and 0 < statuses["ok"] < 96, statuses  # nothing stored as an error
+    resumed = run_sweep(parse_spec(SLOW), out, workers=2, progress=False)
+    assert (resumed.skipped, resumed.done, resumed.failed) == (statuses["ok"], 96 - statuses["ok"], 0)
+
+
 # ----------------------------------------------------------------------------- read-only
 def snapshot(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}

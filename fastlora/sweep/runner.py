@@ -26,6 +26,7 @@ at most the chunks already executing to finish there.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import queue
@@ -518,9 +519,14 @@ def _watch_driver(driver_pid: int, stop) -> None:
 
 
 class _DaskPool:
-    """Chunks as Dask futures; a failed chunk (e.g. KilledWorker after every retry) becomes error rows."""
+    """Chunks as Dask futures; a failed chunk (e.g. KilledWorker after every retry) becomes error rows.
+
+    A lost scheduler is not a row's failure: the client cancels every future it had there, so the
+    sweep ends (RuntimeError, exit 1 from the CLI) with its unfinished rows left pending, as for a
+    dead local worker, and a rerun resumes.  distributed's own log line about it is left out."""
 
     def __init__(self, scheduler: str, timeout: float):
+        self.address = scheduler
         try:
             from distributed import Client
         except ImportError:
@@ -534,11 +540,30 @@ class _DaskPool:
         except (OSError, TimeoutError) as exc:
             raise FastLoRAError(f"cannot reach the Dask scheduler at {scheduler!r} within {timeout:g} s: {exc}; "
                                 f"check the address or raise --scheduler-timeout") from None
+        self._quiet = _DropLostSchedulerLogs()
+        logging.getLogger("distributed.client").addFilter(self._quiet)
         self.workers = self._threads()
         self._slots, self._counted = 2 * self.workers, time.monotonic()
 
     def _threads(self) -> int:
-        return max(1, sum(self.client.nthreads().values()))
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the scheduler here means it is gone
+            raise self._lost(exc) from None
+
+    def _lost(self, exc: BaseException) -> RuntimeError:
+        from concurrent.futures import CancelledError
+        self._quiet.lost = True  # distributed's own tracebacks about it are noise from here on
+        why = "its connection closed" if isinstance(exc, CancelledError) or not str(exc) else \
+            f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return RuntimeError(f"the Dask scheduler at {self.address} was lost mid-sweep ({why}); the rows committed so "
+                            f"far are kept and the unfinished ones stay pending: rerun the same command to resume")
+
+    def _is_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the connection to the scheduler is gone (futures cancelled by the
+        client, which fastlora never does while a sweep runs; a closed comm; a closed client)."""
+        from concurrent.futures import CancelledError
+        return isinstance(exc, (CancelledError, OSError)) or self.client.status not in ("running", "newly-created")
 
     @property
     def slots(self) -> int:
@@ -548,15 +573,37 @@ class _DaskPool:
         return self._slots
 
     def submit(self, chunk: list[dict]):
-        return self.client.submit(_run_chunk, chunk, key=f"fastlora-{chunk[0]['row_key']}-{len(chunk)}", pure=False,
-                                  retries=2)
+        try:
+            return self.client.submit(_run_chunk, chunk, key=f"fastlora-{chunk[0]['row_key']}-{len(chunk)}",
+                                      pure=False, retries=2)
+        except Exception as exc:  # e.g. "ConnectionPool is closed" once the scheduler is gone
+            if self._is_lost(exc):
+                raise self._lost(exc) from None
+            raise
 
     def outcomes(self, chunk, fut):
         try:
             return fut.result()
         except Exception as exc:  # noqa: BLE001 - the chunk's rows are recorded as errors, the sweep goes on
+            if self._is_lost(exc):
+                raise self._lost(exc) from None
             error = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "host": "dask"}
             return [dict(error) for _ in chunk], None
 
     def close(self, abort: bool) -> None:
-        self.client.close()  # releases every future still queued on the cluster
+        try:
+            self.client.close()  # releases every future still queued on the cluster
+        finally:
+            logging.getLogger("distributed.client").removeFilter(self._quiet)
+
+
+class _DropLostSchedulerLogs(logging.Filter):
+    """distributed's messages about the scheduler connection, and all of its client's once the
+    scheduler is known lost: the sweep reports a lost scheduler itself, in one line."""
+
+    lost = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage().lower()
+        return not (self.lost or "reconnect" in message or "connection to the scheduler" in message
+                    or "scheduler-connection-lost" in message)
