@@ -94,7 +94,7 @@ def _deprecations_as_notes():
 
 
 # arguments of run_sweep that are the sweep command's flags (spec keys are not: they stay spec words)
-_CLI_RUN_NAMES = ("workers", "scheduler", "scheduler_timeout")
+_CLI_RUN_NAMES = ("workers", "scheduler", "scheduler_timeout", "stall_timeout")
 
 
 def parse_n(value, option: str = "--n"):
@@ -316,12 +316,15 @@ def demo(out_dir, workers, quick):
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address, e.g. tcp://host:8786")
 @click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="seconds to wait for the Dask scheduler before giving up")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="seconds a local worker may run rows without getting CPU time (stopped, e.g. by SIGSTOP, or "
+                   "hung) before it is killed and the sweep ends as for a dead worker (rerun to resume)")
 @click.option("--retry-errors", is_flag=True, help="rerun rows stored with status='error'")
 @click.option("--append", is_flag=True,
               help="add to a store holding rows of a changed version of this spec, or of this spec under another "
                    "name (those rows are reused)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def sweep(spec_path, out, workers, scheduler, scheduler_timeout, retry_errors, append, progress):
+def sweep(spec_path, out, workers, scheduler, scheduler_timeout, stall_timeout, retry_errors, append, progress):
     """Run every (point, seed) of a grid spec; rerunning resumes where it stopped.
 
     Exits with status 1 when rows of the spec failed (stored with status='error')."""
@@ -329,7 +332,8 @@ def sweep(spec_path, out, workers, scheduler, scheduler_timeout, retry_errors, a
     spec = load_spec(spec_path)  # every key is checked before any work starts
     with speaking_flags(_CLI_RUN_NAMES):
         summary = run_sweep(spec, out, workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
-                            retry_errors=retry_errors, append=append, progress=progress, echo=click.echo)
+                            retry_errors=retry_errors, append=append, progress=progress, echo=click.echo,
+                            stall_timeout=stall_timeout)
     if summary.failed:
         click.echo(f"Error: {summary.failure_line(spec.name, out)}", err=True)
         click.get_current_context().exit(EXIT_RUNTIME)

@@ -152,6 +152,9 @@ def test_sigkill_of_the_driver_leaves_no_worker_or_tracker_behind(tmp_path):
         proc.wait()
         survivors = wait_until_dead(kids, timeout=10)
         assert not survivors, {p: kids[p] for p in survivors}
+        _, stderr = proc.communicate(timeout=10)  # what the tracker said on the driver's stderr, once it ended
+    # the pool holds no named semaphore: the tracker has nothing to clean up or to warn about
+    assert "leaked" not in stderr and "resource_tracker" not in stderr, stderr
 
 
 @needs_proc
@@ -205,6 +208,32 @@ def test_a_killed_worker_ends_the_sweep_with_its_rows_kept_and_a_resume_complete
     with contextlib.closing(sqlite3.connect(out)) as db:
         keys = [key for (key,) in db.execute("SELECT row_key FROM results WHERE status = 'ok'")]
     assert len(keys) == len(set(keys)) == 96 and set(keys) == {r["row_key"] for r in parse_spec(SLOW).rows()}
+
+
+@needs_proc
+def test_a_stopped_worker_ends_the_sweep_after_the_stall_timeout_and_a_rerun_resumes(tmp_path):
+    """A SIGSTOPped worker used to hang the sweep for ever: it gets no CPU time, so after
+    --stall-timeout seconds it is killed and the sweep ends as for a dead worker."""
+    out = tmp_path / "stopped.sqlite"
+    with sweep_process(tmp_path, SLOW, out, "--workers", "2", "--stall-timeout", "2") as proc:
+        wait_for_rows(proc, out)
+        kids = driver_children(proc)
+        stopped = next(p for p, cmd in kids.items() if "spawn_main" in cmd)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            survivors, _, stderr = driver_ended(proc, kids, timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(stopped, signal.SIGCONT)
+            pytest.fail("the driver still runs 30 s after one of its workers was stopped")
+    assert not survivors and not alive(stopped), {p: kids[p] for p in survivors}
+    assert proc.returncode == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: RuntimeError: worker process {stopped} got no CPU time "
+                                                   f"for 2 s"), stderr
+    assert "rerun the same command to resume" in lines[0]
+    kept = stored_count(out)
+    resumed = run_sweep(parse_spec(SLOW), out, workers=2, progress=False)
+    assert (resumed.skipped, resumed.done, resumed.failed) == (kept, 96 - kept, 0)
 
 
 def test_dask_forgets_a_dead_drivers_work(tmp_path):
