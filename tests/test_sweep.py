@@ -54,14 +54,23 @@ def test_methods_share_their_problem_draws(tmp_path):
 
 
 def test_an_erroring_point_is_recorded_and_the_sweep_goes_on(tmp_path):
-    text = SPEC.replace('method = ["standard", "lora-ml"]', 'adapter_step = ["auto", "exact"]')
-    text = text.replace('[fixed]', '[fixed]\npeft = "lora_sym"')
+    # Reptile with an outer step of 1e6 diverges: a failure only running the point can show
+    text = SPEC.replace('method = ["standard", "lora-ml"]', 'method = ["reptile"]\nouter_lr = [0.5, 1e6]')
     summary = run_sweep(parse_spec(text), tmp_path / "e.sqlite", workers=1, progress=False)
     assert summary.done == 8 and summary.errors == 4 and summary.failed == 4
-    assert len(summary.error_messages) == 1 and "adapter_step='exact' is not possible" in summary.error_messages[0]
+    assert summary.error_messages and all("DivergenceError" in m for m in summary.error_messages)
     with sqlite3.connect(tmp_path / "e.sqlite") as db:
-        errors = db.execute("SELECT adapter_step, error FROM results WHERE status='error'").fetchall()
-    assert {e[0] for e in errors} == {"exact"} and all("adapter_step='exact' is not possible" in e[1] for e in errors)
+        errors = db.execute("SELECT outer_lr, error FROM results WHERE status='error'").fetchall()
+    assert {e[0] for e in errors} == {1e6} and all("the step size is too large" in e[1] for e in errors)
+
+
+def test_an_adapter_step_the_tasks_cannot_take_is_refused_when_the_spec_is_read():
+    """The exact adapter step needs population tasks: every finite-sample row used to fail at run time."""
+    text = SPEC.replace('method = ["standard", "lora-ml"]', 'adapter_step = ["auto", "exact"]')
+    with pytest.raises(ValueError, match=r"adapter_step='exact' is not possible for peft 'lora_sym' .* on "
+                                         r"finite-sample tasks"):
+        parse_spec(text)
+    parse_spec(text.replace("n = 400", 'n = "population"'))
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -205,7 +214,8 @@ def with_method(method: str, fixed: str) -> str:
     (with_method("standard", 'optimizer = "adam"'), ["unknown option(s) optimizer for method='standard'"]),
     (SPEC.replace("[fixed]", '[fixed]\ninner_lr = 0.2'),  # a grid mixing methods: the standard point refuses it
      ["unknown option(s) inner_lr for method='standard'", "inner_lr is an option of method='reptile'"]),
-    (with_method("lora-ml", 'adapter_step = "exact"').replace("[grid]", '[grid]\nsolver = ["als", "gd"]'),
+    (with_method("lora-ml", 'adapter_step = "exact"').replace("[grid]", '[grid]\nsolver = ["als", "gd"]')
+     .replace("n = 400", 'n = "population"'),
      ["unknown option(s) adapter_step for method='lora-ml', solver='gd'"]),
     (with_method("lora-ml", 'adapter_step = "exact"\nlr = 0.1'),  # solver = "auto" runs one of them
      ["solver='auto'", "adapter_step", "lr"]),

@@ -431,9 +431,8 @@ def test_a_renamed_spec_does_not_silently_reuse_rows(tmp_path):
 
 # ----------------------------------------------------------------------------- failures
 def test_failed_rows_exit_1_with_their_messages(tmp_path):
-    # the exact adapter step needs population tasks: every finite-sample row fails
-    text = FAST.replace('method = ["standard", "lora-ml"]', 'adapter_step = ["exact"]')
-    text = text.replace("T = 2", "T = 2\nn = 50")
+    # Reptile with an outer step of 1e6 diverges: every row fails
+    text = FAST.replace('method = ["standard", "lora-ml"]', 'method = ["reptile"]\nouter_lr = [1e6]')
     spec_path = tmp_path / "bad.toml"
     spec_path.write_text(text)
     out = tmp_path / "bad.sqlite"
@@ -441,7 +440,7 @@ def test_failed_rows_exit_1_with_their_messages(tmp_path):
     assert result.exit_code == 1, result.output
     error = result.output.strip().splitlines()[-1]
     assert error.startswith("Error: 2 of 2 row(s) of sweep 'fast' failed; first distinct error(s): (1) ")
-    assert "adapter_step='exact' is not possible" in error and "(2)" not in error  # one distinct message
+    assert error.count("DivergenceError") == 2 and "(3)" not in error  # each row's message, distinct numbers
     again = CliRunner().invoke(main, ["sweep", str(spec_path), "--out", str(out), "--workers", "1"])
     assert again.exit_code == 1 and "2 of 2 row(s)" in again.output  # stored failures still count
 

@@ -142,8 +142,8 @@ def test_a_dataset_spec_asking_more_fine_tuning_samples_than_exist_is_refused():
 
 
 # ------------------------------------------------------------------- fastlora store info | prune
-FAILING = TINY_SPEC.replace("[fixed]", '[fixed]\nadapter_step = "exact"').replace(
-    'method = ["standard", "lora-ml"]', 'method = ["lora-ml"]')  # finite samples: no exact adapter fit
+FAILING = TINY_SPEC.replace("[fixed]", '[fixed]\nouter_lr = 1e6').replace(
+    'method = ["standard", "lora-ml"]', 'method = ["reptile"]')  # an outer step of 1e6 diverges
 
 
 def test_failed_rows_point_at_store_prune_and_a_fixed_spec_then_runs(tmp_path):
@@ -155,7 +155,7 @@ def test_failed_rows_point_at_store_prune_and_a_fixed_spec_then_runs(tmp_path):
     failed = runner.invoke(main, ["sweep", str(spec), "--out", str(out), "--no-progress"])
     assert failed.exit_code == 1
     assert f"fastlora store prune {out} --errors" in failed.output.splitlines()[-1]
-    spec.write_text(FAILING.replace('adapter_step = "exact"', 'adapter_step = "inner"'))
+    spec.write_text(FAILING.replace("outer_lr = 1e6", "outer_lr = 0.5"))
     refused = one_error_line(runner.invoke(main, ["sweep", str(spec), "--out", str(out), "--no-progress"]))
     assert f"fastlora store prune {out} --sweep tiny --spec-version 1" in refused
     info = runner.invoke(main, ["store", "info", str(out)])

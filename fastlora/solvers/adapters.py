@@ -283,6 +283,20 @@ def check_als_supported(peft, mode: str = "auto", fixed_A: bool = False) -> None
                             f"closed-form A step for it; use solver='gd'")
 
 
+def check_adapter_step_possible(peft, mode: str, population: bool) -> None:
+    """An explicit ALS ``adapter_step`` that :func:`choose_adapter_step` cannot give for tasks of this
+    kind (make_problem's targets: factored in population mode), whatever their sizes: refused
+    before any work (sweep specs)."""
+    family = getattr(peft, "family", None)
+    has_fit = callable(getattr(peft, "best_fit", None))
+    possible = {"exact": population and has_fit, "whitened": not population and family in ("general", "full"),
+                "subspace": population and family in ("psd", "general")}.get(mode, True)
+    if not possible:
+        kind = "population" if population else "finite-sample"
+        raise FastLoRAError(f"adapter_step={mode!r} is not possible for peft {peft.name!r} (family={family!r}, "
+                            f"best_fit={'yes' if has_fit else 'no'}) on {kind} tasks; use 'auto' or 'inner'")
+
+
 def choose_adapter_step(ctx, mode: str | None = None, fixed_A: bool = False) -> AdapterStep:
     mode = mode or ctx.option("adapter_step")
     batch, peft = ctx.batch, ctx.peft

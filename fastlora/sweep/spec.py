@@ -57,7 +57,7 @@ DATASET_PROBLEM_KEYS = ("model",)
 SEED_NEUTRAL = ("sampler",)
 # the keys check_options reads
 _OPTION_CHECK_KEYS = frozenset((*OPTION_KEYS, *LANDSCAPE_KEYS, "method", "solver", "peft", "peft_options", "model",
-                                "dataset"))
+                                "dataset", "n"))
 # every row records these (the schema's defaults where the spec is silent), so stored rows are self-describing
 RECORDED = ("d", "k", "T", "n", "noise", "symmetric", "n_test_tasks", "method", "peft", "solver", "backend", "dtype",
             "n_ft", "ft_peft")
@@ -426,12 +426,16 @@ def check_options(point: dict, origin: str) -> None:
             raise FastLoRAError(f"{origin}: solver='auto' runs 'als' or 'gd', and neither takes {given}: "
                                 f"{'; '.join(refusals)}")
         raise FastLoRAError(f"{origin}: {refusals[0]}")
-    if method == "lora-ml" and (point.get("peft_options") or solver == "als"):
+    runs_als = solver == "als" or (solver == "auto" and "adapter_step" in point)  # auto: adapter_step means ALS
+    if method == "lora-ml" and (point.get("peft_options") or runs_als):
         parameterization = _peft_of(point, origin)
-        if solver == "als":
-            from ..solvers.adapters import check_als_supported
+        if runs_als:
+            from ..solvers.adapters import check_adapter_step_possible, check_als_supported
+            mode = point.get("adapter_step", "auto")
             try:
-                check_als_supported(parameterization, point.get("adapter_step", "auto"))
+                check_als_supported(parameterization, mode)
+                if point.get("dataset") is None and _model_of(point) == "linear":
+                    check_adapter_step_possible(parameterization, mode, point.get("n", POPULATION) == POPULATION)
             except FastLoRAError as exc:
                 raise FastLoRAError(f"{origin}: {exc}") from None
     _check_census(point, method, origin)
