@@ -209,13 +209,15 @@ def problem_bytes(d: int, d_out: int, k: int, T: int, n: int | None, n_test_task
     return int(1.1 * total) + (1 << 20)
 
 
-def check_size(d, d_out, k, T, n, noise, n_test_tasks, symmetric, sampler="raw", implicit=False) -> None:
-    """What make_problem refuses for these sizes before drawing anything (module docstring)."""
+def check_size(d, d_out, k, T, n, noise, n_test_tasks, symmetric, sampler="raw", implicit=False,
+               offer_implicit=True) -> None:
+    """What make_problem refuses for these sizes before drawing anything (module docstring);
+    ``offer_implicit``: whether the advice may name implicit=True (sweep specs have no such key)."""
     call = f"make_problem(d={d}, d_out={d_out}, k={k}, T={T}, n={n}, n_test_tasks={n_test_tasks})"
     advice = "use a smaller d, d_out, T or n_test_tasks"
     if n is not None:
         advice += ", or population mode (n=None: no per-task d×d statistics)"
-    elif symmetric and not implicit:
+    elif symmetric and not implicit and offer_implicit:
         advice += ", or implicit=True (A* generated on demand, not stored)"
     require_memory(problem_bytes(d, d_out, k, T, n, n_test_tasks, symmetric, sampler, implicit), call, advice)
     if n is not None and sampler == "raw":

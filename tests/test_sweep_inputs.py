@@ -128,8 +128,9 @@ def test_what_the_api_refuses_before_a_solve_is_refused_when_the_spec_is_read(tm
     monkeypatch.setattr(config, "available_memory_bytes", lambda: 16 * 10**9)
     if "dora" in change[1]:
         pytest.importorskip("fastlora_dora")
-    with pytest.raises(FastLoRAError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(FastLoRAError, match=needle.replace("(", r"\(").replace(")", r"\)")) as info:
         parse_spec(SQUARE.replace(*change))
+    assert "implicit" not in str(info.value)  # a spec has no implicit key to offer
 
 
 def test_a_dataset_spec_asking_more_fine_tuning_samples_than_exist_is_refused():

@@ -391,7 +391,7 @@ def _check_sizes(point: dict, d: int, d_out: int, origin: str) -> None:
     k, T = point.get("k", KEYS["k"].default), point.get("T", KEYS["T"].default)
     try:
         check_size(d, d_out, k, T, n, point.get("noise", 0.0), point.get("n_test_tasks", KEYS["n_test_tasks"].default),
-                   point.get("symmetric", True), point.get("sampler", "raw"))
+                   point.get("symmetric", True), point.get("sampler", "raw"), offer_implicit=False)
         check_solve_size(T, d_out, d, k, point.get("rank"), n is None, point.get("dtype", "float64"))
     except FastLoRAError as exc:
         raise FastLoRAError(f"{origin}: {exc}") from None
