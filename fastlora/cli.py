@@ -16,8 +16,10 @@ Set ``FASTLORA_DEBUG=1`` to see tracebacks of unexpected errors.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -45,7 +47,8 @@ class FastLoRAGroup(click.Group):
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
         try:
-            return super().invoke(ctx)
+            with _deprecations_as_notes():
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except FastLoRAError as exc:
@@ -65,6 +68,33 @@ class FastLoRAGroup(click.Group):
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def _deprecations_as_notes():
+    """Old spellings (fastlora.options.DEPRECATED_NAMES) and slow configurations (PerformanceWarning): one
+    ``note:`` line each, in the command's words."""
+    import warnings
+
+    from .errors import PerformanceWarning
+    from .options import FastLoRADeprecationWarning
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (FastLoRADeprecationWarning, PerformanceWarning)):
+            click.echo(f"note: {in_flag_words(str(message), _CLI_RUN_NAMES)}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FastLoRADeprecationWarning)
+        warnings.simplefilter("always", PerformanceWarning)
+        warnings.showwarning = show
+        yield
+
+
+# arguments of run_sweep that are the sweep command's flags (spec keys are not: they stay spec words)
+_CLI_RUN_NAMES = ("workers", "scheduler", "scheduler_timeout", "stall_timeout")
 
 
 def parse_n(value, option: str = "--n"):
@@ -140,14 +170,44 @@ def _schema_option(name: str, *, given_only: bool = False):
     option = OPTIONS[name]
     default = option.default_for("lora-ml")
     shown = "population" if option.kind == "count" and default is None else default
-    help_text = f"{option.doc} [{option.describe()}; default: {shown}]"
+    # an array start (init_A) exists only in Python
+    allowed = " | ".join(option.choices) if option.kind == "init_A" else option.describe()
+    help_text = f"{option.doc} [{allowed}; default: {shown}]"
     if option.kind == "bool":
         flag = _flag(name)
         return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None if given_only else default,
                             help=help_text)
     kind = {"int": int, "float": float}.get(option.kind, str)
+    if option.kind == "init_A":
+        kind = click.Choice(option.choices)
     return click.option(_flag(name), name, type=kind, default=None if given_only else shown, help=help_text,
                         show_default=False)
+
+
+@contextlib.contextmanager
+def speaking_flags(names):
+    """Library errors in the command's words: ``rank=100`` becomes ``--rank 100`` and ``implicit=True``
+    ``--implicit`` for the API arguments ``names`` (call reprs such as ``make_problem(d=...)`` stay)."""
+    try:
+        yield
+    except FastLoRAError as exc:
+        raise type(exc)(in_flag_words(str(exc), names)) from None
+
+
+def in_flag_words(message: str, names) -> str:
+    pattern = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True)))
+                         + r")=('[^']*'|[^\s,;:)]+)")
+
+    def flag(match):
+        name, value = match.group(1), match.group(2)
+        if value == "True":
+            return _flag(name)
+        if value == "False":
+            return "--no-" + _flag(name)[2:]
+        return f"{_flag(name)} {value.strip(chr(39))}"
+
+    pieces = re.split(r"(\b\w+\([^()]*\))", message)  # odd pieces: call reprs, kept as they are
+    return "".join(piece if i % 2 else pattern.sub(flag, piece) for i, piece in enumerate(pieces))
 
 
 def _schema_options(*names, given_only: bool = False):
@@ -159,7 +219,8 @@ def _schema_options(*names, given_only: bool = False):
 
 
 SOLVE_PROBLEM = ("d", "d_out", "k", "T", "n", "noise", "sampler", "n_test_tasks")
-SOLVE_RETRAIN = ("method", "peft", "rank", "solver", "backend", "dtype", "max_iter", "tol", "threads")
+SOLVE_RETRAIN = ("method", "backend", "dtype", "max_iter", "tol", "threads")
+SOLVE_LORA_ML = ("peft", "rank", "solver")  # passed on only when given: method='lora-ml' alone takes them
 SOLVE_EVALUATE = ("ft_rank", "n_ft", "ft_peft", "rank_tol", "noise_floor")
 SOLVE_SOLVER = ("init_A", "reduction", "adapter_step", "inner_iter", "power_iter_init", "acceleration", "optimizer",
                 "eliminate_A", "lr", "inner_lr", "inner_steps", "outer_lr")
@@ -169,28 +230,44 @@ SOLVE_SOLVER = ("init_A", "reduction", "adapter_step", "inner_iter", "power_iter
 @_schema_options(*SOLVE_PROBLEM)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the problem draw and the solver")
 @click.option("--asymmetric", is_flag=True, help="general ground truth B*C*ᵀ instead of U*U*ᵀ")
+@click.option("--implicit", is_flag=True, help="A* generated tile by tile, never stored (population, symmetric; "
+              "for d beyond memory: the solve keeps A as S + Q E Qᵀ)")
 @_schema_options(*SOLVE_RETRAIN)
-@_schema_options(*SOLVE_SOLVER, given_only=True)
+@_schema_options(*SOLVE_LORA_ML, *SOLVE_SOLVER, given_only=True)
 @_schema_options(*SOLVE_EVALUATE)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def solve(seed, asymmetric, as_json, progress, **options):
+def solve(seed, asymmetric, implicit, as_json, progress, **options):
     """Solve one problem and print a summary table (options: fastlora.options)."""
+    with speaking_flags({*options, "seed", "implicit", "dense_A", "symmetric"}):
+        _solve(seed, asymmetric, implicit, as_json, progress, **options)
+
+
+def _solve(seed, asymmetric, implicit, as_json, progress, **options):
     import fastlora as fl
 
     from .tables import render
 
     options["n"], options["n_ft"] = parse_n(options["n"], "--n"), parse_n(options["n_ft"], "--n-ft")
+    if options["n_test_tasks"] < 1:
+        raise FastLoRAError(f"--n-test-tasks {options['n_test_tasks']}: solve fine-tunes and measures on held-out "
+                            f"tasks; it needs --n-test-tasks >= 1")
     problem = {k: options.pop(k) for k in SOLVE_PROBLEM}
     retrain = {k: options.pop(k) for k in SOLVE_RETRAIN}
+    retrain.update({k: v for k in SOLVE_LORA_ML if (v := options.pop(k)) is not None})
+    if retrain["method"] != "lora-ml" and set(retrain) & set(SOLVE_LORA_ML):
+        given = ", ".join(_flag(k) for k in SOLVE_LORA_ML if k in retrain)
+        raise FastLoRAError(f"{given} appl{'ies' if ',' not in given else 'y'} to --method lora-ml only: --method "
+                            f"{retrain['method']} retrains A alone, without adapters; leave "
+                            f"{'it' if ',' not in given else 'them'} out")
     evaluate = {k: options.pop(k) for k in SOLVE_EVALUATE}
     solver_options = {k: v for k, v in options.items() if v is not None}
-    prob = fl.make_problem(**problem, seed=seed, symmetric=not asymmetric)
+    prob = fl.make_problem(**problem, seed=seed, symmetric=not asymmetric, implicit=implicit)
     _announce_compilation(retrain["backend"])
     show = sys.stderr.isatty() if progress is None else progress
     bar, callback = _progress(retrain["max_iter"], show and retrain["method"] != "standard", retrain["method"])
     try:
-        res = fl.retrain(prob, **retrain, seed=seed, callback=callback, **solver_options)
+        res = fl.retrain(prob, **retrain, seed=seed, callback=callback, dense_A=not implicit, **solver_options)
     finally:
         if bar is not None:
             bar.close()
@@ -226,7 +303,7 @@ def demo(out_dir, workers, quick):
     from .demo import run_demo
     out = run_demo(out_dir, workers=workers, quick=quick, echo=click.echo)
     if out["summary"].failed:
-        click.echo(f"Error: {out['summary'].failure_line(out['spec'].name)}", err=True)
+        click.echo(f"Error: {out['summary'].failure_line(out['spec'].name, out['store'])}", err=True)
         click.get_current_context().exit(EXIT_RUNTIME)
 
 
@@ -239,21 +316,26 @@ def demo(out_dir, workers, quick):
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address, e.g. tcp://host:8786")
 @click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="seconds to wait for the Dask scheduler before giving up")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="seconds a local worker may run rows without getting CPU time (stopped, e.g. by SIGSTOP, or "
+                   "hung) before it is killed and the sweep ends as for a dead worker (rerun to resume)")
 @click.option("--retry-errors", is_flag=True, help="rerun rows stored with status='error'")
 @click.option("--append", is_flag=True,
               help="add to a store holding rows of a changed version of this spec, or of this spec under another "
                    "name (those rows are reused)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def sweep(spec_path, out, workers, scheduler, scheduler_timeout, retry_errors, append, progress):
+def sweep(spec_path, out, workers, scheduler, scheduler_timeout, stall_timeout, retry_errors, append, progress):
     """Run every (point, seed) of a grid spec; rerunning resumes where it stopped.
 
     Exits with status 1 when rows of the spec failed (stored with status='error')."""
     from .sweep import load_spec, run_sweep
     spec = load_spec(spec_path)  # every key is checked before any work starts
-    summary = run_sweep(spec, out, workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
-                        retry_errors=retry_errors, append=append, progress=progress, echo=click.echo)
+    with speaking_flags(_CLI_RUN_NAMES):
+        summary = run_sweep(spec, out, workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
+                            retry_errors=retry_errors, append=append, progress=progress, echo=click.echo,
+                            stall_timeout=stall_timeout)
     if summary.failed:
-        click.echo(f"Error: {summary.failure_line(spec.name)}", err=True)
+        click.echo(f"Error: {summary.failure_line(spec.name, out)}", err=True)
         click.get_current_context().exit(EXIT_RUNTIME)
 
 
@@ -418,6 +500,38 @@ def _check_plugins(as_json: bool) -> None:
                    err=True)
         click.get_current_context().exit(EXIT_RUNTIME)
 
+
+
+@main.group()
+def store():
+    """Inspect a results store and drop rows from it."""
+
+
+@store.command("info")
+@click.argument("path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+def store_info(path):
+    """The sweeps of a store, their spec versions (numbered from 1, oldest first) and their rows."""
+    from .sweep.store import describe_store
+    from .tables import render
+    rows = [{"sweep": e["sweep"], "spec_version": e["version"] or "all", "added_at": e["added_at"] or "-",
+             "rows": "-" if e["rows"] is None else e["rows"], "errors": "-" if e["errors"] is None else e["errors"]}
+            for e in describe_store(path)]
+    click.echo(render(rows) if rows else f"{path} holds no rows")
+
+
+@store.command("prune")
+@click.argument("path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--errors", is_flag=True, help="drop the rows stored with status='error'")
+@click.option("--spec-version", type=click.IntRange(min=1), default=None,
+              help="drop the rows of this version of the sweep's spec, and its record (see fastlora store info)")
+@click.option("--sweep", "sweep_name", default=None, help="only rows of this sweep (needed with --spec-version "
+              "where the store holds several)")
+def store_prune(path, errors, spec_version, sweep_name):
+    """Drop failed rows, or an old spec version's rows, so that a fixed or changed spec runs
+    into the same store (the store's writer lock is held meanwhile)."""
+    from .sweep.store import prune_store
+    dropped = prune_store(path, errors=errors, spec_version=spec_version, sweep=sweep_name)
+    click.echo(f"dropped {dropped} row(s) from {path}")
 
 
 @main.group()

@@ -9,7 +9,7 @@ from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
 from .errors import FastLoRAError, check_array, check_float, check_int, check_list, per_entry
 from .linop import LowRankUpdate
-from .options import check_solver_options
+from .options import OPTIONS, check_solver_options
 from .peft.protocol import check_shape_supported, shared_names
 from .reduction import extend_basis, orthonormal_basis
 from .seeding import as_generator
@@ -40,10 +40,14 @@ class FinetuneResult:
                 f"converged={self.converged})")
 
 
-def finetune(A, task: Task, peft="lora", rank: int = 1, n: int | None = None, seed=0, *,
-             backend: str = "numpy", dtype="float64", max_iter: int = 500, tol: float = 1e-10,
+def finetune(A, task: Task, peft="lora", rank: int | None = None, n: int | None = None, seed=0, *,
+             backend: str = "auto", dtype="float64", max_iter: int = 500, tol: float = 1e-10,
              peft_options: dict | None = None) -> FinetuneResult:
     """Fit a rank-``rank`` adapter of ``peft`` on ``task`` starting from ``A``.
+
+    ``rank`` defaults to the task's ground-truth rank k (as ``evaluate``'s ``ft_rank`` to the
+    problem's k); a task without a known k needs it given.  ``n`` may also be ``"population"``
+    (= None); ``backend`` as in :func:`fastlora.retrain`.
 
     ``A``: the retrained matrix (an array or a :class:`~fastlora.linop.LowRankUpdate`), or the
     :class:`~fastlora.RetrainResult` itself — needed for parameterizations with shared
@@ -58,14 +62,27 @@ def finetune(A, task: Task, peft="lora", rank: int = 1, n: int | None = None, se
     """
     if getattr(task, "model", None) == "shallow":
         from .shallow import finetune_shallow
+        rank = ground_truth_rank(task) if rank is None else rank
+        if rank is None:
+            raise FastLoRAError("rank is required: it defaults to the task's ground-truth rank k, which this task "
+                                "does not know")
         return finetune_shallow(A, task, peft=peft, rank=rank, n=n, seed=seed, backend=backend, dtype=dtype,
                                 peft_options=peft_options)
     return finetune_many([A], [task], peft=peft, rank=rank, n=n, seeds=[seed], backend=backend, dtype=dtype,
                          max_iter=max_iter, tol=tol, peft_options=peft_options)[0]
 
 
-def finetune_many(starts: list, tasks: list, peft="lora", rank: int = 1, n: int | None = None, seeds=0, *,
-                  backend: str = "numpy", dtype="float64", max_iter: int = 500, tol: float = 1e-10,
+def ground_truth_rank(task) -> int | None:
+    """The rank k of a task's ground-truth perturbation where known (a factored target's, or ``task.k``)."""
+    known = getattr(task, "k", None)
+    if known is not None:
+        return int(known)
+    target = getattr(task, "target", None)
+    return int(target.B.shape[1]) if isinstance(target, LowRankTarget) else None
+
+
+def finetune_many(starts: list, tasks: list, peft="lora", rank: int | None = None, n: int | None = None, seeds=0, *,
+                  backend: str = "auto", dtype="float64", max_iter: int = 500, tol: float = 1e-10,
                   peft_options: dict | None = None) -> list[FinetuneResult]:
     """:func:`finetune` of ``starts[i]`` on ``tasks[i]`` (seed ``seeds[i]``) for every i, with the
     exact fits of all of them in one batched call (each is what a lone finetune gives)."""
@@ -75,10 +92,16 @@ def finetune_many(starts: list, tasks: list, peft="lora", rank: int = 1, n: int 
     if len(starts) != len(tasks):
         raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
     seeds = per_entry("seeds", seeds, len(tasks), "task")
+    if rank is None:
+        known = {ground_truth_rank(task) for task in tasks}
+        if None in known or len(known) != 1:
+            raise FastLoRAError("rank is required: it defaults to the tasks' ground-truth rank k, which "
+                                + ("these tasks do not share" if None not in known else "a task here has none"))
+        rank = known.pop()
     rank = check_int("rank", rank, low=1)
     max_iter = check_int("max_iter", max_iter, low=1)
     tol = check_float("tol", tol, low=0.0)
-    n = check_int("n", n, low=1, allow_none=True)
+    n = OPTIONS["n"].check(n)
     parameterization = peft_registry.get(peft, **(peft_options or {}))
     be, dtype = get_backend(backend), resolve_dtype(dtype)
     out: list[FinetuneResult | None] = [None] * len(tasks)

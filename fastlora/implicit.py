@@ -62,6 +62,7 @@ class SeededSymmetricGaussian:
         tiles = (self.d + self.tile - 1) // self.tile
         pairs = [(row, col) for row in range(tiles) for col in range(row, tiles)]
         workers = max(1, min(usable_cores(), len(pairs)))
+        bar = _progress(len(pairs), self.d)
         with ThreadPoolExecutor(workers) as pool:
             pending = [pool.submit(self.block, row, col) for row, col in pairs[:2 * workers]]
             for index, (row, col) in enumerate(pairs):
@@ -69,7 +70,11 @@ class SeededSymmetricGaussian:
                 pending[index] = None  # release it once used
                 if index + 2 * workers < len(pairs):
                     pending.append(pool.submit(self.block, *pairs[index + 2 * workers]))
+                if bar is not None:
+                    bar.update(1)
                 yield row, col, tile
+        if bar is not None:
+            bar.close()
 
     def __matmul__(self, X):
         """A* @ X for X (d,) or (d, m), streaming over tile pairs."""
@@ -119,6 +124,18 @@ class SeededSymmetricGaussian:
     def __repr__(self) -> str:
         return (f"SeededSymmetricGaussian(d={self.d}, seed={self.seed}; implicit, "
                 f"{format_bytes(8 * self.d ** 2)} if dense)")
+
+
+# a pass over this many tile pairs or more (d ≳ 20,000: tens of seconds) shows a progress bar on a terminal
+PROGRESS_MIN_PAIRS = 50
+
+
+def _progress(pairs: int, d: int):
+    import sys
+    if pairs < PROGRESS_MIN_PAIRS or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=pairs, desc=f"generating A* (d={d})", unit="tile", leave=False, file=sys.stderr)
 
 
 def is_implicit(matrix) -> bool:

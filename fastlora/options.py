@@ -26,6 +26,11 @@ ACCELERATIONS = ("anderson", "none")
 DTYPES = tuple(BACKEND_DTYPES)
 
 
+# the most starts of one landscape census: beyond, one census takes hours
+MAX_STARTS = 100_000
+# old spellings of options, accepted for a release with a deprecation warning: old -> current
+DEPRECATED_NAMES = {"census_starts": "n_starts"}
+
 # the largest noise std accepted: its square (times any sample count) stays finite in float64
 MAX_NOISE = 1e100
 
@@ -156,7 +161,7 @@ _ALL = (
            "reduced solver ran)", "retrain", sweep=False),
     # solver options
     Option("init_A", "init_A", {"lora-ml": "standard", "reptile": "zeros"},
-           "starting A: the standard retraining solution, zeros, or an array", "solver",
+           "starting A: the standard retraining solution, zeros, or (Python API only) an array", "solver",
            choices=("standard", "zeros"), applies=(LORA_ML_ALS, LORA_ML_GD, REPTILE)),
     Option("init_params", "params", None, "starting adapter parameters (dict like peft.init())", "solver",
            allow_none=True, applies=(LORA_ML_ALS, LORA_ML_GD), sweep=False, cli=False),
@@ -202,8 +207,8 @@ _ALL += (
 
 _ALL += (
     # a landscape census per sweep row (fastlora.landscape.landscape_metrics)
-    Option("census_starts", "int", None, "random starts of a landscape census per row (None: no census)",
-           "landscape", low=1, allow_none=True),
+    Option("n_starts", "int", None, "random starts of a landscape census (in a sweep: per row; None: no census)",
+           "landscape", low=1, high=MAX_STARTS, allow_none=True),
     Option("census_init", "choice", "normal", "law of the census starts", "landscape",
            choices=("normal", "uniform", "standard")),
     Option("init_scale", "float", 0.1, "scale of the census starts (the paper's N(0, 0.1²): 0.1)", "landscape",
@@ -264,6 +269,21 @@ def _where(o: Option) -> list[str]:
 def spec_keys() -> dict[str, Option]:
     """Options usable as sweep keys."""
     return {name: o for name, o in OPTIONS.items() if o.sweep}
+
+
+class FastLoRADeprecationWarning(DeprecationWarning):
+    """An old spelling of an option (``DEPRECATED_NAMES``); the CLI shows it as a ``note:`` line."""
+
+
+def current_name(name: str, where: str, stacklevel: int = 3) -> str:
+    """``name``, or the current spelling of a deprecated one (with a warning naming ``where``)."""
+    if name not in DEPRECATED_NAMES:
+        return name
+    import warnings
+    new = DEPRECATED_NAMES[name]
+    warnings.warn(f"{where}: {name!r} is deprecated, write {new!r} (the old spelling goes in a future release)",
+                  FastLoRADeprecationWarning, stacklevel=stacklevel)
+    return new
 
 
 def rank_or_problem_k(rank, problem_or_tasks):

@@ -100,6 +100,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     so the problem is solvable at d = 100,000 (fastlora.reduction; ``retrain(..., dense_A=False)``).
     """
     model = check_choice("model", model, ("linear", "shallow"))
+    n = schema.OPTIONS["n"].check(n)  # an integer, or None / "population"
     if model == "shallow":
         return _make_shallow(d=d, k=k, T=T, n=n, noise=noise, seed=seed, d_out=d_out, symmetric=symmetric,
                              n_test_tasks=n_test_tasks, sampler=sampler, implicit=implicit)
@@ -107,7 +108,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     d_out = d if d_out is None else check_int("d_out", d_out, low=1)
     k = check_int("k", k, low=1, high=min(d, d_out))
     T = check_int("T", T, low=1)
-    n = check_int("n", n, low=1, allow_none=True)
+    n = schema.OPTIONS["n"].check(n)
     noise = schema.OPTIONS["noise"].check(noise)
     seed = check_int("seed", seed, low=0)
     n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)
@@ -121,7 +122,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     if implicit and (n is not None or not symmetric):
         raise FastLoRAError("implicit=True draws the paper's symmetric A* for population problems: it needs n=None "
                             "(population) and symmetric=True")
-    _check_size(d, d_out, k, T, n, noise, n_test_tasks, bool(symmetric), sampler, bool(implicit))
+    check_size(d, d_out, k, T, n, noise, n_test_tasks, bool(symmetric), sampler, bool(implicit))
 
     if implicit:
         A_star = SeededSymmetricGaussian(d, seed, role=_ROLE_SHARED)
@@ -208,12 +209,15 @@ def problem_bytes(d: int, d_out: int, k: int, T: int, n: int | None, n_test_task
     return int(1.1 * total) + (1 << 20)
 
 
-def _check_size(d, d_out, k, T, n, noise, n_test_tasks, symmetric, sampler, implicit=False) -> None:
+def check_size(d, d_out, k, T, n, noise, n_test_tasks, symmetric, sampler="raw", implicit=False,
+               offer_implicit=True) -> None:
+    """What make_problem refuses for these sizes before drawing anything (module docstring);
+    ``offer_implicit``: whether the advice may name implicit=True (sweep specs have no such key)."""
     call = f"make_problem(d={d}, d_out={d_out}, k={k}, T={T}, n={n}, n_test_tasks={n_test_tasks})"
     advice = "use a smaller d, d_out, T or n_test_tasks"
     if n is not None:
         advice += ", or population mode (n=None: no per-task d×d statistics)"
-    elif symmetric and not implicit:
+    elif symmetric and not implicit and offer_implicit:
         advice += ", or implicit=True (A* generated on demand, not stored)"
     require_memory(problem_bytes(d, d_out, k, T, n, n_test_tasks, symmetric, sampler, implicit), call, advice)
     if n is not None and sampler == "raw":

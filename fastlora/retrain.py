@@ -17,9 +17,11 @@ from .reduction import Reduction, plan_reduction
 from .seeding import as_generator
 from .solvers import als, gd, reptile, standard
 from .solvers import engine as engine_path
+from .solvers.adapters import check_als_supported
 from .solvers.auto import choose_solver
 from .solvers.common import Context, RetrainResult
-from .taskbatch import as_task_list, batch_kind, make_batch, stack_problems
+from .taskbatch import as_task_list, batch_kind, is_small, make_batch, stack_problems
+from .tasks import LowRankTarget
 
 _SOLVER_MODULES = {"standard": standard, "reptile": reptile, "als": als, "gd": gd}
 
@@ -43,6 +45,8 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
         θ_1..θ_T of Σ_t L_t(A + Δ_p(θ_t)).  ``reptile``: first-order meta-learning baseline.
     peft : str, class or instance
         The parameterization p of LoRA-ML (a registered name, see ``fastlora.peft.available()``).
+        ``peft``, ``rank``, ``solver`` and ``peft_options`` are checked for every method; standard
+        retraining and Reptile use none of them (as in sweeps, where rows record them).
     rank : int
         Adapter rank r, 1 <= r <= min(d_out, d_in); defaults to the problem's k.
     solver : {"auto", "als", "gd"}
@@ -253,6 +257,8 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     solver = schema.OPTIONS["solver"].check(solver)
     tasks = as_task_list(problem_or_tasks)
     d_out, d_in = tasks[0].d_out, tasks[0].d_in
+    if method != "lora-ml":
+        _check_adapter_arguments(method, peft, rank, peft_options, d_out, d_in)
     max_iter = schema.OPTIONS["max_iter"].check(LINEAR_MAX_ITER if max_iter is None else max_iter)
     tol = schema.OPTIONS["tol"].check(LINEAR_TOL if tol is None else tol)
     threads = schema.OPTIONS["threads"].check(threads)
@@ -266,6 +272,9 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     planned, reduction = reduction is not _UNPLANNED, None if reduction is _UNPLANNED else reduction
     parameterization, source = None, problem_or_tasks
     requested = solver
+    if dense_A and _implicit_base(problem_or_tasks, tasks) is not None:  # before any work on the problem
+        require_memory(3 * 8 * d_out * d_in, f"a dense A for this implicit A* (d={d_in})",
+                       "pass dense_A=False (A = S + Q E Qᵀ as a LowRankUpdate)")
     if method == "lora-ml":
         rank = schema.OPTIONS["rank"].check(schema.rank_or_problem_k(rank, problem_or_tasks))
         if rank > min(d_out, d_in):
@@ -276,9 +285,6 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
             reduction = plan_reduction(problem_or_tasks, tasks, parameterization, options)
         if reduction is not None:
             tasks, source = reduction.tasks, reduction.tasks
-            if dense_A and is_implicit(reduction.base):
-                require_memory(3 * 8 * d_out * d_in, f"a dense A for this implicit A* (d={d_in})",
-                               "pass dense_A=False (A = S + Q E Qᵀ as a LowRankUpdate)")
     kind = batch_kind(tasks, structured=structured, source=source)
     if method == "lora-ml":
         if solver == "auto":
@@ -286,11 +292,33 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     else:
         solver = None
     options = schema.check_solver_options(method, solver, options)
+    if solver == "als":
+        check_als_supported(parameterization, options["adapter_step"])
     _check_memory(be, tasks, kind, rank, dtype)
     on_engine = engine_path.covers(method, solver, parameterization, kind, be.name, tasks[0].d_out, tasks[0].d_in,
                                    callback, options)
     return _Plan(tasks, kind, structured, method, solver, requested, parameterization, rank, be, dtype, threads,
                  max_iter, tol, callback, options, rng, reduction, dense_A, on_engine)
+
+
+def _implicit_base(problem_or_tasks, tasks):
+    """The implicit shared A* (fastlora.implicit) of a problem or of factored tasks, else None."""
+    base = getattr(problem_or_tasks, "A_star", None)
+    if base is None and tasks and isinstance(getattr(tasks[0], "target", None), LowRankTarget):
+        base = tasks[0].target.base
+    return base if is_implicit(base) else None
+
+
+def _check_adapter_arguments(method: str, peft, rank, peft_options, d_out: int, d_in: int) -> None:
+    """Standard retraining and Reptile fit A alone: they check the adapter arguments as LoRA-ML
+    would (an unknown peft or an impossible rank is an error for every method) and ignore valid
+    ones, as sweeps do, so one call can loop over methods."""
+    peft_registry.get(peft, **(peft_options or {}))
+    if rank is not None:
+        rank = schema.OPTIONS["rank"].check(rank)
+        if rank > min(d_out, d_in):
+            raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = {min(d_out, d_in)} "
+                                f"(method={method!r} uses no adapters, but checks rank as LoRA-ML would)")
 
 
 def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: list | None = None) -> list:
@@ -350,20 +378,38 @@ def _resolve_auto(kind, peft, backend_name, options) -> tuple[str, dict]:
 
 
 def _estimate_bytes(tasks, kind, rank, dtype) -> int:
-    """Working memory of a solve: ~8 shared (d_out × d_in) arrays plus ~6 (T, r, d) factor
-    arrays for factored targets, or ~4 (T, d_out, d_in) arrays for dense / finite-sample tasks."""
     T, d_out, d_in = len(tasks), tasks[0].d_out, tasks[0].d_in
+    k = max(t.target.B.shape[1] for t in tasks) if kind == "factored" else 0
+    return solve_bytes(kind, T, d_out, d_in, k, rank, dtype)
+
+
+def solve_bytes(kind: str, T: int, d_out: int, d_in: int, k: int, rank: int | None, dtype) -> int:
+    """Working memory of a solve: ~8 shared (d_out × d_in) arrays plus ~6 (T, r, d) factor
+    arrays for factored targets (``k``: their rank), or ~4 (T, d_out, d_in) arrays for dense /
+    finite-sample tasks (``kind``: :func:`fastlora.taskbatch.batch_kind`)."""
     item = np.dtype(dtype).itemsize
     if kind == "factored":
-        k = max(t.target.B.shape[1] for t in tasks)
-        r = rank or k
-        return item * (8 * d_out * d_in + 6 * T * max(r, k) * max(d_out, d_in))
+        return item * (8 * d_out * d_in + 6 * T * max(rank or k, k) * max(d_out, d_in))
     return item * (4 * T * d_out * d_in + 8 * d_out * d_in)
+
+
+def check_solve_size(T: int, d_out: int, d_in: int, k: int, rank: int | None, population: bool, dtype) -> None:
+    """What :func:`retrain` refuses on the CPU for a problem of these sizes, known without its data
+    (a sweep spec's point): the solve's working memory (make_problem's law; a population problem's
+    factored targets solve in the span of their factors where that is smaller)."""
+    kind = "finite" if not population else ("dense" if is_small(d_out, d_in) else "factored")
+    if kind == "factored" and 2 * T * k < min(d_out, d_in):
+        return  # solved in m <= 2·T·k dimensions (fastlora.reduction): smaller than drawing the problem
+    require_memory(solve_bytes(kind, T, d_out, d_in, k, rank, resolve_dtype(dtype)),
+                   f"retraining T={T} tasks of shape ({d_out}, {d_in})", _MEMORY_ADVICE)
+
+
+_MEMORY_ADVICE = "use dtype='float32', fewer tasks, or factored (population) targets"
 
 
 def _check_memory(be, tasks, kind, rank, dtype) -> None:
     need = _estimate_bytes(tasks, kind, rank, dtype)
-    advice = "use dtype='float32', fewer tasks, or factored (population) targets"
+    advice = _MEMORY_ADVICE
     free = be.free_bytes()
     if free is None:  # the CPU: against the machine's available memory
         require_memory(need, f"this solve on backend {be.name!r}", advice)

@@ -92,6 +92,10 @@ def dense_target(target: Target) -> np.ndarray:
     return target.dense() if isinstance(target, LowRankTarget) else target
 
 
+# squares of data below this lose every digit to float64's underflow (tiny / eps ≈ 1e-292)
+SMALLEST_MOMENT = float(np.finfo(np.float64).tiny / np.finfo(np.float64).eps)
+
+
 class Task:
     """One task of linear regression, ``y = W* x + ε``.
 
@@ -115,6 +119,11 @@ class Task:
         if not (np.isfinite(Sigma).all() and np.isfinite(C).all() and np.isfinite(s)):
             raise FastLoRAError(f"X and Y: their second moments overflow float64 (largest |X| = "
                                 f"{np.abs(X).max():.3g}, |Y| = {np.abs(Y).max():.3g}); rescale the data")
+        for name, largest in (("X", float(np.abs(X).max())), ("Y", float(np.abs(Y).max()))):
+            if 0.0 < largest * largest < SMALLEST_MOMENT:
+                raise FastLoRAError(f"{name}: its second moments underflow float64 (largest |{name}| = {largest:.3g}, "
+                                    f"squared {largest * largest:.3g}, below {SMALLEST_MOMENT:.1e} where float64 keeps "
+                                    f"no precision); rescale the data (divide X and Y by their largest entries)")
         self._init_statistics(Sigma, C, s, n, W_star=W_star, noise=noise)
 
     # -- constructors -------------------------------------------------------------------

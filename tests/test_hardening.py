@@ -243,3 +243,34 @@ def test_a_boolean_variable_that_is_not_a_boolean_is_warned_about_naming_it(monk
         assert config._flag("FASTLORA_ALLOW_TF32") is False
     monkeypatch.setenv("FASTLORA_ALLOW_TF32", "Yes")
     assert config._flag("FASTLORA_ALLOW_TF32") is True
+
+
+def test_a_dense_A_of_an_implicit_problem_is_refused_before_any_work(monkeypatch):
+    """It used to be refused after the span reduction (~15 s at d = 100,000)."""
+    retrain_module = sys.modules["fastlora.retrain"]  # fastlora.retrain is the function
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 1 * GB)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the reduction was planned before the dense A was refused")
+
+    monkeypatch.setattr(retrain_module, "plan_reduction", never)
+    prob = fl.make_problem(d=20000, k=1, T=3, implicit=True, n_test_tasks=1)
+    with pytest.raises(fl.FastLoRAError, match=r"a dense A for this implicit A\* \(d=20000\) needs about 9.6 GB.*"
+                                               r"dense_A=False"):
+        fl.retrain(prob, backend="numpy")
+
+
+def test_evaluating_a_large_implicit_problem_never_regenerates_A_star(monkeypatch):
+    """A − A* is low-rank there; only ‖A*‖_F needed A*, now taken from its law beyond EXACT_NORM_MAX_DIM."""
+    from fastlora import implicit, metrics
+    generated = []
+    draw = implicit.SeededSymmetricGaussian._G
+    monkeypatch.setattr(implicit.SeededSymmetricGaussian, "_G",
+                        lambda self, r, c: generated.append(1) or draw(self, r, c))
+    d = metrics.EXACT_NORM_MAX_DIM + 1
+    prob = fl.make_problem(d=d, k=1, T=3, implicit=True, n_test_tasks=1)
+    res = fl.retrain(prob, backend="numpy", dense_A=False)
+    m = fl.evaluate(res, prob)
+    assert not generated
+    assert m["rel_err_A"] < 1e-8 and m["adapt_rank"] == 1
+    assert abs(metrics.frobenius_norm(prob.A_star) / np.sqrt(prob.A_star.expected_frobenius_sq()) - 1) < 1e-12

@@ -257,21 +257,31 @@ def _group():
 
 def test_cli_prints_the_census_table_and_json():
     runner = CliRunner()
-    result = runner.invoke(_group(), ["landscape", "--d", "5", "--T", "3", "--starts", "4", "--no-progress"])
+    result = runner.invoke(_group(), ["landscape", "--d", "5", "--T", "3", "--n-starts", "4", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "global value 0" in result.output
     counts = {line.split()[0]: line.split()[1] for line in result.output.splitlines()
               if line.split()[:1] in (["global"], ["spurious"], ["failed"]) and line.split()[1].isdigit()}
     assert counts == {"global": "4", "spurious": "0", "failed": "0"}
-    result = runner.invoke(_group(), ["landscape", "--d", "5", "--T", "3", "--starts", "3", "--json", "--no-progress"])
+    result = runner.invoke(_group(), ["landscape", "--d", "5", "--T", "3", "--n-starts", "3", "--json",
+                                           "--no-progress"])
     data = json.loads(result.output)
     assert data["counts"]["global"] == 3 and len(data["records"]) == 3
 
 
 def test_cli_bad_input_prints_one_error_line():
-    result = CliRunner().invoke(_group(), ["landscape", "--d", "5", "--starts", "2", "--init", "bogus"])
+    result = CliRunner().invoke(_group(), ["landscape", "--d", "5", "--n-starts", "2", "--init", "bogus"])
     assert result.exit_code == 2
-    assert result.output.strip().startswith("Error: init='bogus' is not allowed")
+    assert result.output.strip().startswith("Error: --init bogus is not allowed")
+
+
+def test_cli_errors_name_its_flags_and_the_old_spelling_of_starts_is_a_noted_alias():
+    """--starts 0 used to report n_starts, the API's name; the starts are n_starts everywhere now."""
+    result = CliRunner().invoke(_group(), ["landscape", "--d", "5", "--starts", "0"])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        "note: --starts is deprecated, write --n-starts (the old spelling goes in a future release)",
+        "Error: --n-starts 0 is too small; it must be >= 1"]
 
 
 def test_a_census_above_the_dense_size_solves_each_start_from_its_own_point():

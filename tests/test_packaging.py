@@ -60,3 +60,36 @@ def test_a_source_tree_imports_its_own_kernels(tmp_path):
     assert Path(kernels) == clone / "kernels" / "__init__.py"
     assert Path(baselines) == clone / "bench" / "baselines" / "__init__.py"
     assert fresh == "True" and solved == "True"
+
+
+def test_every_distribution_declares_the_python_its_code_needs():
+    """fastlora reads sweep specs with tomllib (Python 3.11+): no distribution may promise 3.10."""
+    import tomllib
+    for path in [ROOT / "pyproject.toml", *sorted(ROOT.glob("plugins/*/pyproject.toml"))]:
+        declared = tomllib.loads(path.read_text())["project"]["requires-python"]
+        assert declared == ">=3.11", (path, declared)
+
+
+def test_subpackages_load_on_first_attribute_access_and_nothing_stray_is_exported():
+    """The README uses fl.landscape, fl.datasets, fl.shallow and fl.sweep after ``import fastlora as fl``."""
+    code = ("import sys, fastlora as fl; "
+            "lazy = ('datasets', 'landscape', 'shallow', 'sweep'); "
+            "print(any(f'fastlora.{m}' in sys.modules for m in lazy)); "
+            "print(callable(fl.landscape.census), callable(fl.datasets.digit_pairs), "
+            "callable(fl.shallow.retrain_shallow), fl.load_results is fl.sweep.load_results); "
+            "print(hasattr(fl, 'annotations'), set(lazy) <= set(dir(fl)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True", "True", "True", "False", "True"]
+
+
+def test_readme_shows_what_each_install_command_gives():
+    """The first command installs no plugin: fl.peft.available() lists the built-ins there."""
+    text = (ROOT / "README.md").read_text()
+    line = next(row for row in text.splitlines() if row.startswith("fl.peft.available()"))
+    assert "# ['full', 'lora', 'lora_sym']" in line and "plugins" in text.split(line)[1][:150]
+
+
+def test_examples_readme_plots_vary_N_on_a_log_axis():
+    """LoRA-ML's excess risk is ~0 at every N: on a linear axis it is a flat line at 0."""
+    row = next(r for r in (ROOT / "examples" / "README.md").read_text().splitlines() if "`vary_N.toml`" in r)
+    assert "--logy" in row

@@ -333,3 +333,28 @@ def test_the_kit_accepts_frozen_parameters_with_a_best_fit():
 def test_a_parameterizations_refusal_of_an_option_value_is_a_fastlora_error():
     with pytest.raises(fl.FastLoRAError, match="peft_options for LoRA: alpha must be a positive number"):
         fl.peft.get("lora", alpha=-1)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_lbfgs_with_A_eliminated_returns_only_the_parameterization_s_parameters(count):
+    """With A eliminated, A is not packed but carried beside the frozen parameters; it used to come
+    back in res.params as a stale (P, d_out, d_in) 'A' (VeRA: r.delta(1) then failed)."""
+    problems = [fl.make_problem(d=6, k=1, T=3, n=200, noise=0.01, seed=s) for s in range(count)]
+    results = fl.retrain_many(problems, peft=FrozenBasis, rank=1, solver="gd", optimizer="lbfgs", backend="numpy",
+                              max_iter=30)
+    for res in results:
+        assert res.info["eliminate_A"] is True
+        assert set(res.params) == {"P", "C"}, {k: v.shape for k, v in res.params.items()}
+        assert all(v.shape[0] == 3 for v in res.params.values())
+        assert res.delta(2).shape == (6, 6)
+
+
+def test_vera_default_solver_returns_its_own_parameters():
+    pytest.importorskip("fastlora_vera")
+    prob = fl.make_problem(d=10, k=1, T=3, n=500, noise=0.01)
+    res = fl.retrain(prob, peft="vera")
+    assert set(res.params) == {"b", "s", "B0", "C0"} and res.A.shape == (10, 10)
+    assert repr(res).count("A(") == 1
+    assert res.delta(1).shape == (10, 10)
+    many = fl.retrain_many([prob, fl.make_problem(d=10, k=1, T=3, n=500, noise=0.01, seed=1)], peft="vera")
+    assert all(set(r.params) == {"b", "s", "B0", "C0"} for r in many)

@@ -54,14 +54,23 @@ def test_methods_share_their_problem_draws(tmp_path):
 
 
 def test_an_erroring_point_is_recorded_and_the_sweep_goes_on(tmp_path):
-    text = SPEC.replace('method = ["standard", "lora-ml"]', 'adapter_step = ["auto", "exact"]')
-    text = text.replace('[fixed]', '[fixed]\npeft = "lora_sym"')
+    # Reptile with an outer step of 1e6 diverges: a failure only running the point can show
+    text = SPEC.replace('method = ["standard", "lora-ml"]', 'method = ["reptile"]\nouter_lr = [0.5, 1e6]')
     summary = run_sweep(parse_spec(text), tmp_path / "e.sqlite", workers=1, progress=False)
     assert summary.done == 8 and summary.errors == 4 and summary.failed == 4
-    assert len(summary.error_messages) == 1 and "adapter_step='exact' is not possible" in summary.error_messages[0]
+    assert summary.error_messages and all("DivergenceError" in m for m in summary.error_messages)
     with sqlite3.connect(tmp_path / "e.sqlite") as db:
-        errors = db.execute("SELECT adapter_step, error FROM results WHERE status='error'").fetchall()
-    assert {e[0] for e in errors} == {"exact"} and all("adapter_step='exact' is not possible" in e[1] for e in errors)
+        errors = db.execute("SELECT outer_lr, error FROM results WHERE status='error'").fetchall()
+    assert {e[0] for e in errors} == {1e6} and all("the step size is too large" in e[1] for e in errors)
+
+
+def test_an_adapter_step_the_tasks_cannot_take_is_refused_when_the_spec_is_read():
+    """The exact adapter step needs population tasks: every finite-sample row used to fail at run time."""
+    text = SPEC.replace('method = ["standard", "lora-ml"]', 'adapter_step = ["auto", "exact"]')
+    with pytest.raises(ValueError, match=r"adapter_step='exact' is not possible for peft 'lora_sym' .* on "
+                                         r"finite-sample tasks"):
+        parse_spec(text)
+    parse_spec(text.replace("n = 400", 'n = "population"'))
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -205,17 +214,18 @@ def with_method(method: str, fixed: str) -> str:
     (with_method("standard", 'optimizer = "adam"'), ["unknown option(s) optimizer for method='standard'"]),
     (SPEC.replace("[fixed]", '[fixed]\ninner_lr = 0.2'),  # a grid mixing methods: the standard point refuses it
      ["unknown option(s) inner_lr for method='standard'", "inner_lr is an option of method='reptile'"]),
-    (with_method("lora-ml", 'adapter_step = "exact"').replace("[grid]", '[grid]\nsolver = ["als", "gd"]'),
+    (with_method("lora-ml", 'adapter_step = "exact"').replace("[grid]", '[grid]\nsolver = ["als", "gd"]')
+     .replace("n = 400", 'n = "population"'),
      ["unknown option(s) adapter_step for method='lora-ml', solver='gd'"]),
     (with_method("lora-ml", 'adapter_step = "exact"\nlr = 0.1'),  # solver = "auto" runs one of them
      ["solver='auto'", "adapter_step", "lr"]),
     # a census is of the LoRA-ML objective, with the landscape tools' parameterizations, on the linear model
-    (with_method("reptile", "census_starts = 3"), ["census_starts", "method='reptile'"]),
-    (with_method("lora-ml", 'peft = "full"\ncensus_starts = 3'),
-     ["census_starts", "peft='full' is not supported by the landscape tools"]),
-    (with_method("lora-ml", 'model = "shallow"\npeft = "lora"\ncensus_starts = 3'),
-     ["census_starts", "model='shallow'"]),
-    (with_method("lora-ml", "init_scale = 0.5"), ["init_scale", "census_starts"]),
+    (with_method("reptile", "n_starts = 3"), ["n_starts", "method='reptile'"]),
+    (with_method("lora-ml", 'peft = "full"\nn_starts = 3'),
+     ["n_starts", "peft='full' is not supported by the landscape tools"]),
+    (with_method("lora-ml", 'model = "shallow"\npeft = "lora"\nn_starts = 3'),
+     ["n_starts", "model='shallow'"]),
+    (with_method("lora-ml", "init_scale = 0.5"), ["init_scale", "n_starts"]),
     # the parameterization's own constructor decides its options
     (with_method("lora-ml", 'peft = "lora"\npeft_options = { beta = 1 }'),
      ["peft_options", "peft options ['beta'] are not accepted by LoRA"]),
@@ -248,7 +258,7 @@ def test_spec_refusals_are_the_python_apis_own_words():
 @pytest.mark.parametrize("text", [
     LORA_ML_ONLY.replace("[fixed]", '[fixed]\nlr = 0.05'),  # solver = "auto": lr means gd, as in fl.retrain
     LORA_ML_ONLY.replace("[grid]", '[grid]\nsolver = ["auto", "gd"]').replace("[fixed]", '[fixed]\noptimizer = "adam"'),
-    LORA_ML_ONLY.replace("[fixed]", '[fixed]\npeft = "lora"\npeft_options = { alpha = 2.0 }\ncensus_starts = 2'),
+    LORA_ML_ONLY.replace("[fixed]", '[fixed]\npeft = "lora"\npeft_options = { alpha = 2.0 }\nn_starts = 2'),
     SPEC.replace('"standard", "lora-ml"', '"lora-ml", "reptile"').replace("[fixed]", '[fixed]\ninit_A = "zeros"'),
     # the shallow network's standard retraining is a gradient solve: it takes an optimizer
     SPEC.replace('method = ["standard", "lora-ml"]', 'method = ["standard"]').replace(
@@ -262,8 +272,8 @@ def test_a_dataset_point_is_checked_as_the_shallow_network_it_runs():
     from pathlib import Path
     text = (Path(__file__).parents[1] / "examples" / "digits.toml").read_text()
     assert parse_spec(text.replace("[fixed]", '[fixed]\noptimizer = "adam"')).points()
-    with pytest.raises(ValueError, match="census_starts"):
-        parse_spec(text.replace("[fixed]", "[fixed]\ncensus_starts = 3"))
+    with pytest.raises(ValueError, match="n_starts"):
+        parse_spec(text.replace("[fixed]", "[fixed]\nn_starts = 3"))
 
 
 
@@ -280,7 +290,7 @@ def test_a_row_never_drops_an_option_its_method_does_not_take():
 def test_a_census_uses_the_rows_peft_options():
     from fastlora.sweep.spec import landscape_args
     point = parse_spec(LORA_ML_ONLY.replace("[fixed]", '[fixed]\npeft = "lora"\npeft_options = { alpha = 4.0 }\n'
-                                            'census_starts = 2')).points()[0]
+                                            'n_starts = 2')).points()[0]
     peft = landscape_args(point, seed=1)["peft"]
     assert peft.name == "lora" and peft.alpha == 4.0
 

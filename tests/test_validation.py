@@ -249,7 +249,7 @@ def test_fine_tuning_samples_from_a_task_without_ground_truth_name_n():
     rng = np.random.default_rng(0)
     task = fl.Task(rng.standard_normal((30, 4)), rng.standard_normal((30, 4)))
     with pytest.raises(ValueError, match="n=10: fine-tuning samples can only be drawn from a task with ground truth"):
-        fl.finetune(np.zeros((4, 4)), task, n=10)
+        fl.finetune(np.zeros((4, 4)), task, rank=1, n=10)
 
 
 def test_retrain_many_refuses_problems_of_different_k_without_a_rank():
@@ -263,3 +263,76 @@ def test_retrain_many_refuses_problems_of_different_k_without_a_rank():
 def test_a_tolerance_above_one_is_refused():
     with pytest.raises(ValueError, match=r"tol=1e\+300 is out of range; it must be <= 1.0"):
         fl.retrain(fl.make_problem(d=6, k=1, T=3), tol=1e300)
+
+
+@pytest.mark.parametrize("method", ["standard", "reptile"])
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"peft": "nonexistent"}, "'nonexistent' is not a registered"),
+    ({"rank": 100}, "rank=100 is too large"),
+    ({"solver": "newton"}, "solver='newton' is not allowed"),
+    ({"peft": "lora", "peft_options": {"nope": 2}}, "nope"),
+])
+def test_methods_without_adapters_check_adapter_arguments_instead_of_ignoring_them(prob, method, kwargs, needle):
+    """They used to accept any peft, rank and solver; valid ones are still accepted (and unused), so
+    one call can loop over methods as sweeps do."""
+    with pytest.raises(fl.FastLoRAError, match=needle):
+        fl.retrain(prob, method=method, backend="numpy", **kwargs)
+    fl.retrain(prob, method=method, backend="numpy", peft="lora", rank=1, solver="als", max_iter=3)
+
+
+def test_solve_refuses_adapter_options_for_methods_without_adapters():
+    from click.testing import CliRunner
+
+    from fastlora.cli import main
+    result = CliRunner().invoke(main, ["solve", "--d", "10", "--k", "1", "--T", "3", "--method", "standard",
+                                       "--rank", "1", "--solver", "als", "--backend", "numpy"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("Error: --rank, --solver apply to --method lora-ml only: --method standard "
+                                     "retrains A alone, without adapters; leave them out")
+    table = CliRunner().invoke(main, ["solve", "--d", "10", "--k", "1", "--T", "3", "--method", "standard",
+                                      "--backend", "numpy"])
+    assert table.exit_code == 0, table.output
+
+
+def test_one_default_per_concept_across_the_api():
+    """max_iter and tol default as retrain's in the census, backend 'auto' everywhere, fine-tuning's
+    rank the ground truth's k (evaluate's ft_rank does the same), n='population' accepted everywhere."""
+    import inspect
+
+    from fastlora.landscape import census
+    from fastlora.options import OPTIONS
+    for fn in (fl.retrain, fl.finetune, fl.finetune_many, census):
+        assert inspect.signature(fn).parameters["backend"].default == OPTIONS["backend"].default == "auto"
+    for name in ("max_iter", "tol"):
+        assert inspect.signature(census).parameters[name].default is None is OPTIONS[name].default
+    assert census(fl.make_problem(d=4, k=1, T=3, n_test_tasks=0), n_starts=2).settings["max_iter"] == 1000
+    prob = fl.make_problem(d=6, k=2, T=3, n="population")
+    assert prob.n is None
+    res = fl.retrain(prob, backend="numpy")
+    assert fl.finetune(res.A, prob.test_tasks[0], n="population").params["B"].shape == (1, 6, 2)  # rank k = 2
+    assert fl.evaluate(res, prob, n_ft="population")["excess_risk"] < 1e-12
+    with pytest.raises(fl.FastLoRAError, match="rank is required"):
+        fl.finetune(res.A, fl.Task.population(np.eye(6)))
+
+
+def test_a_census_of_more_starts_than_allowed_is_refused_at_once():
+    import time
+
+    from fastlora.landscape import census
+    from fastlora.options import MAX_STARTS
+    from fastlora.sweep import parse_spec
+    started = time.perf_counter()
+    with pytest.raises(fl.FastLoRAError, match=rf"n_starts=100000000 is too large; it must be <= {MAX_STARTS}"):
+        census(fl.make_problem(d=4, k=1, T=3, n_test_tasks=0), n_starts=10**8)
+    with pytest.raises(fl.FastLoRAError, match=r"n_starts=100000000 is too large"):
+        parse_spec('name = "c"\n[grid]\nT = [3]\n[fixed]\nd = 4\nk = 1\nn_starts = 100000000\n')
+    assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("scale_X,scale_Y,name", [(1e-160, 1.0, "X"), (1.0, 1e-160, "Y")])
+def test_data_whose_second_moments_underflow_are_refused_like_those_that_overflow(scale_X, scale_Y, name):
+    """|X| ≈ 1e-160 used to give A = 0 (relative error 1) and objective ≈ 0 without a word."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(fl.FastLoRAError, match=rf"{name}: its second moments underflow float64.*rescale the data"):
+        fl.Task(rng.standard_normal((50, 4)) * scale_X, rng.standard_normal((50, 4)) * scale_Y)
+    fl.Task(rng.standard_normal((50, 4)) * 1e-100, np.zeros((50, 4)))  # small but representable; zeros are fine

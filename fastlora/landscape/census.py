@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import require_memory
 from ..errors import DivergenceError, FastLoRAError, check_choice, check_float, check_int
-from ..options import rank_or_problem_k
+from ..options import OPTIONS, rank_or_problem_k
+from ..retrain import LINEAR_MAX_ITER, LINEAR_TOL
 from ..tables import render
 from .classify import KINDS, Tolerances, classify_at, global_reference, realisable_global_value
 from .hessian import spectrum_at
@@ -183,20 +185,26 @@ def _reraise(exc):
 
 def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts: int = 100, init: str = "normal",
            init_scale: float = 0.1, solver: str = "gd", optimizer: str | None = None, seed: int = 0, *,
-           max_iter: int = 2000, tol: float = 1e-10, backend: str = "numpy", global_value: float | None = None,
-           tolerances: Tolerances | None = None, callback: Callable | None = None) -> CensusResult:
+           max_iter: int | None = None, tol: float | None = None, backend: str = "auto",
+           global_value: float | None = None, tolerances: Tolerances | None = None,
+           callback: Callable | None = None) -> CensusResult:
     """Solve LoRA-ML from ``n_starts`` random starts and classify every endpoint.
 
     ``problem_or_tasks``: a Problem or list of Tasks; ``peft``: "lora_sym" | "lora";
     ``rank``: default the problem's k; ``init``/``init_scale``: the law of the starts (module
     docstring); ``solver``: "gd" (with ``optimizer`` "lbfgs" (default) | "gd" | "adam") or "als";
-    ``max_iter``, ``tol``, ``backend``: passed to :func:`fastlora.retrain`; ``global_value``:
+    ``max_iter``, ``tol``, ``backend``: passed to :func:`fastlora.retrain` (its defaults: 1000, 1e-10,
+    "auto"); ``n_starts`` at most ``fastlora.options.MAX_STARTS``; ``global_value``:
     F at a global minimum if known (default: 0 for realisable population problems, else the
     lowest of a reference L-BFGS solve's objective and every objective the census reached);
     ``tolerances``: :class:`Tolerances` of the classification; ``callback(done, total)``
     after each solved start.
     """
-    n_starts = check_int("n_starts", n_starts, low=1)
+    n_starts = OPTIONS["n_starts"].check(n_starts)
+    if n_starts is None:
+        raise FastLoRAError("n_starts must be an integer >= 1, got None")
+    max_iter = OPTIONS["max_iter"].check(LINEAR_MAX_ITER if max_iter is None else max_iter)
+    tol = OPTIONS["tol"].check(LINEAR_TOL if tol is None else tol)
     init = check_choice("init", init, INITS)
     init_scale = check_float("init_scale", init_scale, low=0.0, low_open=True)
     solver = check_choice("solver", solver, SOLVERS)
@@ -212,6 +220,9 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
     if rank > min(model.d_out, model.d_in):
         raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = "
                             f"{min(model.d_out, model.d_in)}")
+    per_start = 8 * sum(model.sizes)
+    require_memory(3 * n_starts * per_start, f"a census of n_starts={n_starts} starts",
+                   "use fewer starts (a census of a few hundred classifies the landscape)")
     starts = draw_starts(model, n_starts, init, init_scale, seed)
     with one_blas_thread():
         started = time.perf_counter()

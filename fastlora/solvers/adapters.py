@@ -272,19 +272,39 @@ def _per_task(values, like):
 
 
 
+def check_als_supported(peft, mode: str = "auto", fixed_A: bool = False) -> None:
+    """What no ALS solve of ``peft`` can do, whatever the data: refused before any work (by
+    ``fl.retrain`` and by sweep specs)."""
+    if shared_names(peft) and mode not in ("auto", "inner"):  # exact fits refit every parameter
+        raise FastLoRAError(f"adapter_step={mode!r} is not possible for peft {peft.name!r}: it has shared "
+                            f"parameters {list(shared_names(peft))}; use 'auto' or 'inner'")
+    if getattr(peft, "uses_base", False) and not fixed_A:
+        raise FastLoRAError(f"peft {peft.name!r} depends on the shared matrix A (uses_base), so ALS has no "
+                            f"closed-form A step for it; use solver='gd'")
+
+
+def check_adapter_step_possible(peft, mode: str, population: bool) -> None:
+    """An explicit ALS ``adapter_step`` that :func:`choose_adapter_step` cannot give for tasks of this
+    kind (make_problem's targets: factored in population mode), whatever their sizes: refused
+    before any work (sweep specs)."""
+    family = getattr(peft, "family", None)
+    has_fit = callable(getattr(peft, "best_fit", None))
+    possible = {"exact": population and has_fit, "whitened": not population and family in ("general", "full"),
+                "subspace": population and family in ("psd", "general")}.get(mode, True)
+    if not possible:
+        kind = "population" if population else "finite-sample"
+        raise FastLoRAError(f"adapter_step={mode!r} is not possible for peft {peft.name!r} (family={family!r}, "
+                            f"best_fit={'yes' if has_fit else 'no'}) on {kind} tasks; use 'auto' or 'inner'")
+
+
 def choose_adapter_step(ctx, mode: str | None = None, fixed_A: bool = False) -> AdapterStep:
     mode = mode or ctx.option("adapter_step")
     batch, peft = ctx.batch, ctx.peft
     family = getattr(peft, "family", None)
-    if shared_names(peft):  # exact fits refit every parameter: shared ones need the inner steps
-        if mode not in ("auto", "inner"):
-            raise FastLoRAError(f"adapter_step={mode!r} is not possible for peft {peft.name!r}: it has shared "
-                                f"parameters {list(shared_names(peft))}; use 'auto' or 'inner'")
+    check_als_supported(peft, mode, fixed_A)
+    if shared_names(peft):  # shared parameters need the inner steps
         return InnerGradient(ctx, train_shared=not fixed_A)
     if getattr(peft, "uses_base", False):
-        if not fixed_A:
-            raise FastLoRAError(f"peft {peft.name!r} depends on the shared matrix A (uses_base), so ALS has no "
-                                f"closed-form A step for it; use solver='gd'")
         return InnerGradient(ctx)
     has_fit = callable(implementation(peft, ctx.backend.name, "best_fit"))
     if mode == "inner":

@@ -355,6 +355,7 @@ def _lbfgs(ctx, model, x, monitor, info):
     finished = xp.asarray(monitor.done)
     vec = xp.where(finished[:, None], done_vec, vec)
     final = packing.unpack(vec)
-    A = final.pop("A") if not eliminate else xp.where(finished[:, None, None], done_A, A_now)
+    packed_A = final.pop("A")  # with A eliminated: the start, carried with the frozen parameters
+    A = packed_A if not eliminate else xp.where(finished[:, None, None], done_A, A_now)
     info.update(memory=LBFGS_MEMORY, eliminate_A=bool(eliminate))
     return monitor.outcome(A, final, iteration, info=info)

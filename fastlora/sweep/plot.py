@@ -34,7 +34,7 @@ LABELS = {
     "saddle_fraction": "fraction of starts ending at a saddle",
     "global_fraction": "fraction of starts ending at a global minimum",
     "min_hessian_eig": "smallest projected Hessian eigenvalue at the minima",
-    "census_starts": "census starts",
+    "n_starts": "census starts",
     "init_scale": "scale of the starts",
     "T": "retraining tasks T",
     "n_ft": "fine-tuning samples n_ft",
@@ -324,13 +324,25 @@ def _settings_title(shared: dict, exclude: set, leading: list[str] = ()) -> str:
     keys = [k for k in _TITLE_ORDER if k in shared] + sorted(k for k in shared if k not in _TITLE_ORDER)
     parts = [*leading, *(f"{k}={shared[k]}" for k in keys if k not in exclude and k not in _EXECUTION_KEYS
                          and not (k == "symmetric" and shared[k]))]  # the paper's default: only its absence is news
+    if not parts:
+        return ""
+    # the fewest lines of at most ~70 characters (the width of one panel), then the narrowest width
+    # that keeps that many: even lines, where a greedy wrap could leave one short part alone
+    longest = max(len(p) for p in parts)
+    count = len(_wrapped(parts, max(70, longest)))
+    width = next(w for w in range(longest, max(70, longest) + 1) if len(_wrapped(parts, w)) <= count)
+    return "\n".join(_wrapped(parts, width))
+
+
+def _wrapped(parts: list[str], width: int) -> list[str]:
+    """``parts`` joined by ", " into greedy lines of at most ``width`` characters (a longer part alone)."""
     lines, current = [], ""
-    for part in parts:  # wrap at ~70 characters: the width of one panel
-        if current and len(current) + len(part) > 70:
+    for part in parts:
+        if current and len(current) + 2 + len(part) > width:
             lines.append(current)
             current = ""
         current = f"{current}, {part}" if current else part
-    return "\n".join([*lines, current]) if current else ""
+    return [*lines, current]
 
 
 def _offset(positions, rank: int, count: int, xs_all, log: bool) -> list[float]:

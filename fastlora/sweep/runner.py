@@ -13,19 +13,24 @@ The driver alone writes the store, committing finished rows every ``COMMIT_SECON
 rerun recomputes (``row_key`` is UNIQUE, so nothing is ever stored twice).  Rerunning
 skips finished rows (``retry_errors=True`` reruns the errored ones).
 
-Local workers die with the driver: on Linux the kernel kills them when it goes
-(``PR_SET_PDEATHSIG``), and everywhere a watchdog thread in each worker exits when its
-parent changes or the driver's end of the stop pipe closes (Ctrl-C, SIGTERM, an error, or
-the driver's death).  The stop signal is a pipe, not a multiprocessing Event: an Event's
-``set()`` waits for every waiting process to wake, forever for a worker that was killed.
-A worker that dies (killed, out of memory) breaks the pool: the driver commits what it
-has, stops the other workers and raises (one line from the CLI, exit 1); a rerun resumes.
+Local workers are spawned processes fed through one pipe each (no multiprocessing queue, so
+no named semaphore for the resource tracker to report after a SIGKILLed driver).  They die
+with the driver: on Linux the kernel kills them when it goes (``PR_SET_PDEATHSIG``), and
+everywhere a watchdog thread in each worker exits when its parent changes or the driver's end
+of the stop pipe closes (Ctrl-C, SIGTERM, an error, or the driver's death).  The stop signal
+is a pipe, not a multiprocessing Event: an Event's ``set()`` waits for every waiting process
+to wake, forever for a worker that was killed.  A worker that dies (killed, out of memory),
+or stalls — busy with rows yet given no CPU time for ``stall_timeout`` seconds (stopped by
+SIGSTOP, deadlocked), and then killed — breaks the pool: the driver commits what it has,
+stops the other workers and raises (one line from the CLI, exit 1); a rerun resumes.
 A Dask cluster releases a client's futures when it disconnects, so a dead driver leaves
-at most the chunks already executing to finish there.
+at most the chunks already executing to finish there; a lost scheduler ends the sweep the
+same way as a dead local worker.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import queue
@@ -34,8 +39,7 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ..config import usable_cores
@@ -57,6 +61,7 @@ MAX_CHUNK_ROWS = 256
 COMMIT_SECONDS = 0.5  # the most a kill can lose of finished work
 COMMIT_ROWS = 1000
 WATCHDOG_SECONDS = 0.25  # how often a worker checks that its driver is alive
+STALL_SECONDS = 60.0  # a local worker busy with rows but given no CPU time this long is stalled (stall_timeout)
 SHOWN_ERRORS = 3
 
 
@@ -78,11 +83,12 @@ class SweepSummary:
         return (f"sweep {name!r} {state}: {self.done} row(s) done ({self.errors} error(s)), "
                 f"{self.skipped} already in {out}, {self.total} in the spec; {self.seconds:.1f} s")
 
-    def failure_line(self, name: str) -> str:
-        """One line naming how many rows failed and their first distinct messages."""
+    def failure_line(self, name: str, out) -> str:
+        """One line naming how many rows failed, their first distinct messages and the way out."""
         shown = "; ".join(f"({i}) {m}" for i, m in enumerate(self.error_messages, 1))
         return (f"{self.failed} of {self.total} row(s) of sweep {name!r} failed; first distinct error(s): {shown}; "
-                f"fix the cause and rerun with --retry-errors")
+                f"fix the cause and rerun with --retry-errors (if the fix changes the spec, first drop the failed "
+                f"rows: fastlora store prune {out} --errors)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,24 +215,36 @@ def _run_chunk(rows: list[dict]) -> tuple[list[dict], float]:
 
 def run_sweep(spec: Spec, out, *, workers: int | None = None, scheduler: str | None = None,
               scheduler_timeout: float = 5.0, retry_errors: bool = False, append: bool = False,
-              progress: bool | None = None, echo=None) -> SweepSummary:
+              progress: bool | None = None, echo=None, stall_timeout: float = STALL_SECONDS) -> SweepSummary:
     """Run every unfinished row of ``spec`` into the store at ``out``.
 
     Refuses (FastLoRAError) a store another sweep is writing, and, unless ``append``, a store
     holding rows of an earlier, different version of ``spec`` or rows of ``spec`` under another
-    sweep name.  ``scheduler_timeout``: seconds to wait for a Dask scheduler.  Ctrl-C (and
+    sweep name.  ``scheduler_timeout``: seconds to wait for a Dask scheduler.  ``stall_timeout``:
+    seconds a local worker may run rows without getting any CPU time (stopped, e.g. by SIGSTOP, or
+    deadlocked) before it is killed and the sweep ends as for a dead worker.  Ctrl-C (and
     whatever the caller maps onto KeyboardInterrupt) commits the finished rows, stops the
     workers, echoes the summary line and re-raises.
     """
     started = time.perf_counter()
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise FastLoRAError(f"workers={workers!r} must be a positive integer")
-    if isinstance(scheduler_timeout, bool) or not isinstance(scheduler_timeout, (int, float)) \
-            or not scheduler_timeout > 0:
-        raise FastLoRAError(f"scheduler_timeout={scheduler_timeout!r} must be a positive number of seconds")
+    for name, value in (("scheduler_timeout", scheduler_timeout), ("stall_timeout", stall_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise FastLoRAError(f"{name}={value!r} must be a positive number of seconds")
     if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
         raise FastLoRAError(f"scheduler={scheduler!r} must be a Dask scheduler address such as tcp://host:8786, "
                             f"or None for local workers")
+    if scheduler and workers is not None:
+        raise FastLoRAError(f"workers={workers} sets local worker processes; with scheduler={scheduler!r} the "
+                            f"cluster's workers run the rows (start more Dask workers there instead)")
+    if workers is not None and workers > usable_cores():
+        import warnings
+
+        from ..errors import PerformanceWarning
+        warnings.warn(f"workers={workers} is more than the {usable_cores()} usable core(s) of this machine: the "
+                      f"extra processes only compete for them (slower, and more memory); use workers={usable_cores()}",
+                      PerformanceWarning, stacklevel=2)
     if not scheduler:
         _check_backends_here(spec)
     # a cluster is connected before the store is touched: a bad address or a scheduler that is down writes nothing
@@ -249,7 +267,7 @@ def run_sweep(spec: Spec, out, *, workers: int | None = None, scheduler: str | N
             committer = _Committer(store, spec, summary, bar)
             try:
                 if pending:
-                    _drive(pending, workers, cluster, committer)
+                    _drive(pending, workers, cluster, committer, stall_timeout)
             except KeyboardInterrupt as exc:  # also SIGTERM, mapped by the CLI
                 summary.interrupted, interrupt = True, exc
             finally:
@@ -389,14 +407,14 @@ class _Chunker:
         self.row_seconds[key] = per_row if before is None else 0.5 * (before + per_row)
 
 
-def _drive(pending: list[dict], workers, cluster, committer: _Committer) -> None:
+def _drive(pending: list[dict], workers, cluster, committer: _Committer, stall_timeout: float = 60.0) -> None:
     """Run every pending row on ``cluster`` (a connected :class:`_DaskPool`) or, where it is None,
     on local workers, handing finished chunks to ``committer``."""
     if cluster is not None:
         pool = cluster
     else:
         workers = min(workers or usable_cores(), len(pending))
-        pool = _InProcess() if workers == 1 else _LocalPool(workers)
+        pool = _InProcess() if workers == 1 else _LocalPool(workers, stall_timeout)
     finished: queue.SimpleQueue = queue.SimpleQueue()
     chunker = _Chunker(pending, pool.workers)
     in_flight = 0
@@ -440,35 +458,192 @@ class _InProcess:
         pass
 
 
-class _LocalPool:
-    """A spawn-context process pool whose workers die with the driver (see the module docstring)."""
+class _Worker:
+    """One worker process of :class:`_LocalPool`, its end of their pipe and the chunk it runs."""
 
-    def __init__(self, workers: int):
+    def __init__(self, process, conn):
+        self.process, self.conn = process, conn
+        self.future: Future | None = None  # the chunk it runs (None: idle)
+        self.cpu, self.progressed = 0.0, 0.0  # its CPU time and when that last grew
+
+
+class _LocalPool:
+    """Spawned worker processes, each fed chunks through its own pipe, that die with the driver
+    (see the module docstring).
+
+    No multiprocessing queue, so no named semaphore: a killed driver leaves the resource tracker
+    nothing to clean up or warn about.  A collector thread receives results, starts queued chunks,
+    notices a worker that died (its sentinel) and one that stalls: busy, yet given no CPU time for
+    ``stall_timeout`` seconds (stopped by SIGSTOP, or deadlocked), which it kills.  Either breaks
+    the pool: every unfinished chunk fails with one RuntimeError, its rows stay pending."""
+
+    def __init__(self, workers: int, stall_timeout: float = 60.0):
         import multiprocessing
         ctx = multiprocessing.get_context("spawn")  # forking a process with live thread pools can deadlock
         # the stop signal: workers get the read end, the driver alone holds the write end, so closing
         # it (or the driver's death) wakes every worker's watchdog at once and waits for nobody
         self.stop_reader, self.stop_writer = ctx.Pipe(duplex=False)
-        self.workers, self.slots = workers, 2 * workers
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(os.getpid(), self.stop_reader))
+        self.workers, self.slots, self.stall_timeout = workers, 2 * workers, stall_timeout
+        self._lock = threading.Lock()
+        self._queue: list[tuple[list[dict], Future]] = []
+        self._broken: str | None = None
+        self._closing = False
+        self._wake_reader, self._wake_writer = os.pipe()
+        self._pool: list[_Worker] = []
+        for _ in range(workers):
+            here, there = ctx.Pipe(duplex=True)
+            process = ctx.Process(target=_worker_main, args=(there, os.getpid(), self.stop_reader), daemon=True,
+                                  name="fastlora-worker")
+            process.start()
+            there.close()
+            self._pool.append(_Worker(process, here))
+        self._collector = threading.Thread(target=self._collect, name="fastlora-pool", daemon=True)
+        self._collector.start()
 
     def submit(self, chunk: list[dict]) -> Future:
-        return self.pool.submit(_run_chunk, chunk)
+        fut: Future = Future()
+        with self._lock:
+            if self._broken is not None:
+                fut.set_exception(RuntimeError(self._broken))
+            else:
+                self._queue.append((chunk, fut))
+                self._dispatch()
+        return fut
 
     def outcomes(self, chunk, fut):
+        return fut.result()
+
+    def _dispatch(self) -> None:
+        """Start queued chunks on idle workers (with the lock held)."""
+        for worker in self._pool:
+            if not self._queue:
+                return
+            if worker.future is None:
+                chunk, fut = self._queue.pop(0)
+                worker.future = fut
+                worker.cpu, worker.progressed = _cpu_seconds(worker.process.pid), time.monotonic()
+                try:
+                    worker.conn.send(chunk)
+                except OSError:  # it died: its sentinel tells the collector
+                    pass
+
+    def _collect(self) -> None:
         try:
-            return fut.result()
-        except BrokenProcessPool as exc:
-            raise RuntimeError(f"a worker process died unexpectedly (killed, or out of memory?): {exc}; the rows "
-                               f"committed so far are kept: rerun the same command to resume") from None
+            self._collect_until_done()
+        except BaseException as exc:  # noqa: BLE001 - never leave the driver waiting on futures nobody will finish
+            self._fail_all(f"the worker pool's collector failed ({type(exc).__name__}: {exc})")
+
+    def _fail_all(self, why: str) -> None:
+        with self._lock:
+            self._broken = self._broken or f"{why}; the rows committed so far are kept: rerun the same command to " \
+                                           f"resume"
+            pending = [w.future for w in self._pool if w.future is not None] + [f for _, f in self._queue]
+            for worker in self._pool:
+                worker.future = None
+            self._queue.clear()
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(RuntimeError(self._broken))
+
+    def _collect_until_done(self) -> None:
+        from multiprocessing.connection import wait
+        check = min(1.0, self.stall_timeout / 4)
+        while True:
+            with self._lock:
+                if self._closing or self._broken is not None:
+                    return
+            ready = wait([w.conn for w in self._pool] + [w.process.sentinel for w in self._pool]
+                         + [self._wake_reader], timeout=check)
+            finished, broken = [], None
+            with self._lock:
+                if self._closing:
+                    return
+                for worker in self._pool:
+                    if worker.future is not None and worker.conn in ready:
+                        try:
+                            message = worker.conn.recv()
+                        except (EOFError, OSError):
+                            continue  # it died: its sentinel says so
+                        finished.append((worker.future, message))
+                        worker.future = None
+                for worker in self._pool:
+                    if worker.process.sentinel in ready and broken is None:
+                        worker.process.join(0)
+                        broken = (f"a worker process died unexpectedly (killed, or out of memory?): exit code "
+                                  f"{worker.process.exitcode}")
+                    elif worker.future is not None and broken is None:
+                        broken = self._stalled(worker)
+                if broken is None:
+                    self._dispatch()
+            for fut, (ok, value) in finished:
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(RuntimeError(f"a worker process failed outside any row: {value}"))
+            if broken is not None:
+                self._fail_all(broken)
+                return
+
+    def _stalled(self, worker: _Worker) -> str | None:
+        """Why ``worker`` (busy) counts as stalled, killing it; None while it gets CPU time."""
+        cpu = _cpu_seconds(worker.process.pid)
+        now = time.monotonic()
+        if cpu is None or worker.cpu is None or cpu > worker.cpu:
+            worker.cpu, worker.progressed = cpu, now
+            return None
+        if now - worker.progressed < self.stall_timeout:
+            return None
+        worker.process.kill()  # SIGKILL ends a stopped process too
+        return (f"worker process {worker.process.pid} got no CPU time for {self.stall_timeout:g} s while running "
+                f"rows (stopped, e.g. by SIGSTOP, or hung) and was killed (--stall-timeout)")
 
     def close(self, abort: bool) -> None:
+        with self._lock:
+            self._closing = True
+        os.write(self._wake_writer, b"x")
+        self._collector.join()
         if abort:
-            self.stop_writer.close()  # workers exit at once instead of finishing their queue
-        self.pool.shutdown(wait=True, cancel_futures=True)
+            self.stop_writer.close()  # the watchdogs end every worker at once, mid-chunk
+        for worker in self._pool:
+            worker.conn.close()  # an idle worker reads end of file and exits
+        deadline = time.monotonic() + 5.0
+        for worker in self._pool:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():  # stopped, or stuck where the watchdog cannot run
+                worker.process.kill()
+                worker.process.join()
         self.stop_writer.close()
         self.stop_reader.close()
+        os.close(self._wake_reader)
+        os.close(self._wake_writer)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of process ``pid`` (None where it cannot be read)."""
+    try:
+        import psutil
+        times = psutil.Process(pid).cpu_times()
+    except Exception:  # noqa: BLE001 - psutil missing, or the process gone: no reading, no stall verdict
+        return None
+    return times.user + times.system
+
+
+def _worker_main(conn, driver_pid: int, stop) -> None:
+    """A worker's life: chunks in, (True, (outcomes, seconds)) out, until its pipe closes."""
+    _init_worker(driver_pid, stop)
+    while True:
+        try:
+            chunk = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        try:
+            message = (True, _run_chunk(chunk))
+        except Exception as exc:  # noqa: BLE001 - rows never raise (run_rows); this is the worker's own failure
+            message = (False, f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(message)
+        except OSError:
+            os._exit(0)
 
 
 def _init_worker(driver_pid: int, stop) -> None:
@@ -507,9 +682,14 @@ def _watch_driver(driver_pid: int, stop) -> None:
 
 
 class _DaskPool:
-    """Chunks as Dask futures; a failed chunk (e.g. KilledWorker after every retry) becomes error rows."""
+    """Chunks as Dask futures; a failed chunk (e.g. KilledWorker after every retry) becomes error rows.
+
+    A lost scheduler is not a row's failure: the client cancels every future it had there, so the
+    sweep ends (RuntimeError, exit 1 from the CLI) with its unfinished rows left pending, as for a
+    dead local worker, and a rerun resumes.  distributed's own log line about it is left out."""
 
     def __init__(self, scheduler: str, timeout: float):
+        self.address = scheduler
         try:
             from distributed import Client
         except ImportError:
@@ -523,11 +703,30 @@ class _DaskPool:
         except (OSError, TimeoutError) as exc:
             raise FastLoRAError(f"cannot reach the Dask scheduler at {scheduler!r} within {timeout:g} s: {exc}; "
                                 f"check the address or raise --scheduler-timeout") from None
+        self._quiet = _DropLostSchedulerLogs()
+        logging.getLogger("distributed.client").addFilter(self._quiet)
         self.workers = self._threads()
         self._slots, self._counted = 2 * self.workers, time.monotonic()
 
     def _threads(self) -> int:
-        return max(1, sum(self.client.nthreads().values()))
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the scheduler here means it is gone
+            raise self._lost(exc) from None
+
+    def _lost(self, exc: BaseException) -> RuntimeError:
+        from concurrent.futures import CancelledError
+        self._quiet.lost = True  # distributed's own tracebacks about it are noise from here on
+        why = "its connection closed" if isinstance(exc, CancelledError) or not str(exc) else \
+            f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return RuntimeError(f"the Dask scheduler at {self.address} was lost mid-sweep ({why}); the rows committed so "
+                            f"far are kept and the unfinished ones stay pending: rerun the same command to resume")
+
+    def _is_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the connection to the scheduler is gone (futures cancelled by the
+        client, which fastlora never does while a sweep runs; a closed comm; a closed client)."""
+        from concurrent.futures import CancelledError
+        return isinstance(exc, (CancelledError, OSError)) or self.client.status not in ("running", "newly-created")
 
     @property
     def slots(self) -> int:
@@ -537,15 +736,37 @@ class _DaskPool:
         return self._slots
 
     def submit(self, chunk: list[dict]):
-        return self.client.submit(_run_chunk, chunk, key=f"fastlora-{chunk[0]['row_key']}-{len(chunk)}", pure=False,
-                                  retries=2)
+        try:
+            return self.client.submit(_run_chunk, chunk, key=f"fastlora-{chunk[0]['row_key']}-{len(chunk)}",
+                                      pure=False, retries=2)
+        except Exception as exc:  # e.g. "ConnectionPool is closed" once the scheduler is gone
+            if self._is_lost(exc):
+                raise self._lost(exc) from None
+            raise
 
     def outcomes(self, chunk, fut):
         try:
             return fut.result()
         except Exception as exc:  # noqa: BLE001 - the chunk's rows are recorded as errors, the sweep goes on
+            if self._is_lost(exc):
+                raise self._lost(exc) from None
             error = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "host": "dask"}
             return [dict(error) for _ in chunk], None
 
     def close(self, abort: bool) -> None:
-        self.client.close()  # releases every future still queued on the cluster
+        try:
+            self.client.close()  # releases every future still queued on the cluster
+        finally:
+            logging.getLogger("distributed.client").removeFilter(self._quiet)
+
+
+class _DropLostSchedulerLogs(logging.Filter):
+    """distributed's messages about the scheduler connection, and all of its client's once the
+    scheduler is known lost: the sweep reports a lost scheduler itself, in one line."""
+
+    lost = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage().lower()
+        return not (self.lost or "reconnect" in message or "connection to the scheduler" in message
+                    or "scheduler-connection-lost" in message)

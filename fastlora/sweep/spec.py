@@ -17,7 +17,7 @@
 Keys are arguments of ``make_problem`` / ``retrain`` / ``evaluate`` (listed in ``KEYS``).
 Every grid point's combination is checked as the Python API would check it: a solver option
 its method and solver do not take (the schema of fastlora.options), ``peft_options`` its
-parameterization refuses, a census (``census_starts``) the landscape tools cannot run.
+parameterization refuses, a census (``n_starts``) the landscape tools cannot run.
 A spec with a ``dataset`` key (e.g. ``dataset = "digits"``) draws its tasks from that dataset
 under the paper's image protocol (``fastlora.datasets.load``, split seeded by the row's seed,
 ``test_fraction`` its protocol key) instead of ``make_problem``; the dataset fixes d, T and n,
@@ -28,13 +28,13 @@ are compared on the same tasks.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 from .. import options as schema
 from ..errors import FastLoRAError
@@ -57,7 +57,7 @@ DATASET_PROBLEM_KEYS = ("model",)
 SEED_NEUTRAL = ("sampler",)
 # the keys check_options reads
 _OPTION_CHECK_KEYS = frozenset((*OPTION_KEYS, *LANDSCAPE_KEYS, "method", "solver", "peft", "peft_options", "model",
-                                "dataset"))
+                                "dataset", "n"))
 # every row records these (the schema's defaults where the spec is silent), so stored rows are self-describing
 RECORDED = ("d", "k", "T", "n", "noise", "symmetric", "n_test_tasks", "method", "peft", "solver", "backend", "dtype",
             "n_ft", "ft_peft")
@@ -105,7 +105,7 @@ class Spec:
         """Every (point, repeat) with its derived seed and unique key."""
         out = []
         for point in self.points():
-            point_text, problem_text = canonical(point), canonical(_seed_keys(point))  # once per point
+            point_text, problem_text = _hashed_text(point), canonical(_seed_keys(point))  # once per point
             for repeat in range(self.repeats):
                 out.append({"point": point, "repeat": repeat, "seed": _seed_of(self.seed, problem_text, repeat),
                             "row_key": _row_key_of(point_text, repeat, self.seed)})
@@ -135,6 +135,17 @@ def retraining_key(point: dict) -> str:
     return canonical({k: v for k, v in point.items() if k not in EVALUATE_KEYS})
 
 
+# row keys hash the spelling that stores were first written with, so renaming an option
+# (DEPRECATED_NAMES) leaves every stored row found by a resume: current -> stored spelling
+_STORED_SPELLING = {new: old for old, new in schema.DEPRECATED_NAMES.items()}
+
+
+def _hashed_text(point: dict) -> str:
+    if not any(key in point for key in _STORED_SPELLING):
+        return canonical(point)
+    return canonical({_STORED_SPELLING.get(k, k): v for k, v in point.items()})
+
+
 def _row_key_of(point_text: str, repeat: int, base_seed: int) -> str:
     return hashlib.sha256(f"{point_text}|{repeat}|{base_seed}".encode()).hexdigest()
 
@@ -152,15 +163,24 @@ def _seed_of(base_seed: int, problem_text: str, repeat: int) -> int:
 
 
 def load_spec(path) -> Spec:
+    """The spec in the file at ``path``: UTF-8 text (TOML's encoding; a leading byte-order mark is allowed)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise FastLoRAError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FastLoRAError(f"spec file {str(path)!r} is not UTF-8 text (TOML's encoding): byte "
+                            f"0x{data[exc.start]:02x} at offset {exc.start} is not valid UTF-8; save the file as "
+                            f"UTF-8") from None
     return parse_spec(text, origin=str(path))
 
 
-def parse_spec(text: str, origin: str = "<spec>") -> Spec:
+def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) -> Spec:
+    """The spec in ``text``, every key and value checked; ``check_points=False`` skips the checks of
+    each point's combination of options and sizes (for specs a store recorded: their rows exist)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -181,12 +201,14 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
     fixed = raw.get("fixed", {})
     if not isinstance(fixed, dict):
         raise FastLoRAError(f"{origin}: [fixed] must be a table of scalars")
+    fixed = _current_spelling(fixed, origin)
     grids = raw.get("grid")
     if grids is None:
         raise FastLoRAError(f"{origin}: a [grid] table is required (each key a list of values)")
     grids = [grids] if isinstance(grids, dict) else grids
     if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
         raise FastLoRAError(f"{origin}: [grid] must be a table (or [[grid]] an array of tables)")
+    grids = [_current_spelling(grid, origin) for grid in grids]
     first_keys = set(grids[0])
     for i, grid in enumerate(grids):
         if not grid:
@@ -198,6 +220,10 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
             if not isinstance(values, list) or not values:
                 raise FastLoRAError(f"{origin}: grid key {key!r} must be a non-empty list of values, got {values!r}")
             grid[key] = [check_value(key, v, origin) for v in values]
+            repeated = next((v for i, v in enumerate(grid[key]) if v in grid[key][:i]), None)
+            if repeated is not None:
+                raise FastLoRAError(f"{origin}: grid key {key!r} lists {repeated!r} more than once; list each value "
+                                    f"once (more seeds per point: 'repeats')")
     _check_row_count(grids, repeats, origin)
     both = first_keys & set(fixed)
     if both:
@@ -218,6 +244,8 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
             fixed[key] = value
     spec = Spec(name=name.strip(), repeats=repeats, grids=grids, fixed=fixed, seed=seed,
                 description=str(raw.get("description", "")), source=text)
+    if not check_points:
+        return spec
     # the option checks depend on a few keys only: check each combination of their grid values once
     varying = [k for k in first_keys if k in _OPTION_CHECK_KEYS]
     checked: set[tuple] = set()
@@ -228,6 +256,17 @@ def parse_spec(text: str, origin: str = "<spec>") -> Spec:
             check_options(point, origin)
         check_point(point, origin)
     return spec
+
+
+def _current_spelling(table: dict, origin: str) -> dict:
+    """``table`` with deprecated key spellings (fastlora.options.DEPRECATED_NAMES) renamed, warning once each."""
+    out = {}
+    for key, value in table.items():
+        new = schema.current_name(key, origin, stacklevel=5)
+        if new in out or (new != key and new in table):
+            raise FastLoRAError(f"{origin}: {key!r} and {new!r} are one key (the first its old spelling); keep {new!r}")
+        out[new] = value
+    return out
 
 
 def _check_row_count(grids: list[dict], repeats: int, origin: str) -> None:
@@ -280,8 +319,8 @@ def _check_dataset_keys(uses_dataset: bool, keys: set, origin: str) -> None:
         if fixed_by_data:
             raise FastLoRAError(f"{origin}: key(s) {', '.join(fixed_by_data)} do not apply with 'dataset': the "
                                 f"dataset fixes d, T and n (set the adapter rank with rank / ft_rank)")
-        if "census_starts" in keys:
-            raise FastLoRAError(f"{origin}: census_starts (a landscape census) does not apply with 'dataset'")
+        if "n_starts" in keys:
+            raise FastLoRAError(f"{origin}: n_starts (a landscape census) does not apply with 'dataset'")
         return
     protocol = sorted(k for k in keys if k in DATASET_KEYS)
     if protocol:
@@ -308,6 +347,9 @@ def check_point(point: dict, origin: str) -> None:
     if point.get("n_test_tasks") == 0:
         raise FastLoRAError(f"{origin}: n_test_tasks=0 leaves nothing to evaluate: every sweep row is fine-tuned and "
                             f"measured on held-out test tasks; use n_test_tasks >= 1 ({where})")
+    if point.get("model") != "shallow":
+        _check_parameterization_shapes(point, d, d_out, where, origin)
+        _check_sizes(point, d, d_out, origin)
     if point.get("model") == "shallow":
         if point.get("n", POPULATION) == POPULATION:
             raise FastLoRAError(f"{origin}: model='shallow' needs a finite n (the paper: n = 1000); the shallow "
@@ -318,6 +360,41 @@ def check_point(point: dict, origin: str) -> None:
         if point.get("sampler", "raw") != "raw" or point.get("d_out") not in (None, d) or point.get("implicit"):
             raise FastLoRAError(f"{origin}: model='shallow' takes raw samples of a square network: no sampler, "
                                 f"d_out or implicit keys")
+
+
+def _check_parameterization_shapes(point: dict, d: int, d_out: int, where: str, origin: str) -> None:
+    """The shapes LoRA-ML's and fine-tuning's parameterizations take (``check_shape_supported``,
+    as ``fl.retrain`` and ``fl.evaluate`` check them)."""
+    from ..peft.protocol import check_shape_supported
+    try:
+        if point.get("method", schema.OPTIONS["method"].default) == "lora-ml":
+            check_shape_supported(_peft_of(point, origin), d_out, d)
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: {exc} ({where})") from None
+    try:
+        check_shape_supported(_registered(point.get("ft_peft", schema.OPTIONS["ft_peft"].default)), d_out, d)
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: ft_peft: {exc} ({where})") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _registered(name: str):
+    from .. import peft as peft_registry
+    return peft_registry.get(name)
+
+
+def _check_sizes(point: dict, d: int, d_out: int, origin: str) -> None:
+    """Sizes make_problem or fl.retrain would refuse on this machine (memory, raw draws), by their own checks."""
+    from ..problems import check_size
+    from ..retrain import check_solve_size
+    n = None if point.get("n", POPULATION) == POPULATION else point["n"]
+    k, T = point.get("k", KEYS["k"].default), point.get("T", KEYS["T"].default)
+    try:
+        check_size(d, d_out, k, T, n, point.get("noise", 0.0), point.get("n_test_tasks", KEYS["n_test_tasks"].default),
+                   point.get("symmetric", True), point.get("sampler", "raw"), offer_implicit=False)
+        check_solve_size(T, d_out, d, k, point.get("rank"), n is None, point.get("dtype", "float64"))
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: {exc}") from None
 
 
 def check_options(point: dict, origin: str) -> None:
@@ -349,8 +426,18 @@ def check_options(point: dict, origin: str) -> None:
             raise FastLoRAError(f"{origin}: solver='auto' runs 'als' or 'gd', and neither takes {given}: "
                                 f"{'; '.join(refusals)}")
         raise FastLoRAError(f"{origin}: {refusals[0]}")
-    if method == "lora-ml" and point.get("peft_options"):
-        _peft_of(point, origin)
+    runs_als = solver == "als" or (solver == "auto" and "adapter_step" in point)  # auto: adapter_step means ALS
+    if method == "lora-ml" and (point.get("peft_options") or runs_als):
+        parameterization = _peft_of(point, origin)
+        if runs_als:
+            from ..solvers.adapters import check_adapter_step_possible, check_als_supported
+            mode = point.get("adapter_step", "auto")
+            try:
+                check_als_supported(parameterization, mode)
+                if point.get("dataset") is None and _model_of(point) == "linear":
+                    check_adapter_step_possible(parameterization, mode, point.get("n", POPULATION) == POPULATION)
+            except FastLoRAError as exc:
+                raise FastLoRAError(f"{origin}: {exc}") from None
     _check_census(point, method, origin)
 
 
@@ -365,15 +452,15 @@ def _peft_of(point: dict, origin: str = "<spec>"):
 
 
 def _check_census(point: dict, method: str, origin: str) -> None:
-    """A census (``census_starts``) is of the linear LoRA-ML objective, with a parameterization the
+    """A census (``n_starts``) is of the linear LoRA-ML objective, with a parameterization the
     landscape tools support; its other keys need it."""
-    if point.get("census_starts") is None:
-        unused = sorted(k for k in LANDSCAPE_KEYS if k != "census_starts" and k in point)
+    if point.get("n_starts") is None:
+        unused = sorted(k for k in LANDSCAPE_KEYS if k != "n_starts" and k in point)
         if unused:
             raise FastLoRAError(f"{origin}: {', '.join(unused)} set(s) the starts of a landscape census; add "
-                                f"census_starts (the number of starts) or leave {', '.join(unused)} out")
+                                f"n_starts (the number of starts) or leave {', '.join(unused)} out")
         return
-    what = f"census_starts={point['census_starts']} (a landscape census of the LoRA-ML objective)"
+    what = f"n_starts={point['n_starts']} (a landscape census of the LoRA-ML objective)"
     if method != "lora-ml":
         raise FastLoRAError(f"{origin}: {what} applies to method='lora-ml' only, not method={method!r}")
     if _model_of(point) != "linear":
@@ -405,6 +492,21 @@ def _check_dataset_point(point: dict, origin: str) -> None:
     if point.get("solver") == "als":
         raise FastLoRAError(f"{origin}: dataset={point['dataset']!r} is learned by the shallow network, which has "
                             f"no ALS (no closed-form steps); use solver 'auto' or 'gd'")
+    n_ft = point.get("n_ft", POPULATION)
+    if n_ft != POPULATION:
+        available = _dataset_fine_tuning_samples(point["dataset"], point.get("test_fraction"))
+        if n_ft > available:
+            raise FastLoRAError(f"{origin}: n_ft={n_ft} is more than the {available} samples of the training part of "
+                                f"dataset={point['dataset']!r}'s test task; fine-tuning draws n_ft samples from it "
+                                f"without replacement")
+
+
+@functools.lru_cache(maxsize=16)
+def _dataset_fine_tuning_samples(name: str, test_fraction: float | None) -> int:
+    """Samples a test task of dataset ``name`` offers for fine-tuning (its split's sizes do not depend on the seed)."""
+    from ..datasets import load
+    protocol = {} if test_fraction is None else {"test_fraction": test_fraction}
+    return min(task.n for task in load(name, seed=0, **protocol).test_tasks)
 
 
 def problem_args(point: dict, seed: int) -> dict:
@@ -438,11 +540,11 @@ def retrain_args(point: dict) -> dict:
 
 def landscape_args(point: dict, seed: int) -> dict | None:
     """Keyword arguments of ``fastlora.landscape.landscape_metrics`` for a point with
-    ``census_starts`` (None without: no census)."""
-    if point.get("census_starts") is None:
+    ``n_starts`` (None without: no census)."""
+    if point.get("n_starts") is None:
         return None
     solver = point.get("solver", "auto")
-    args = {"n_starts": point["census_starts"], "init": point.get("census_init", "normal"),
+    args = {"n_starts": point["n_starts"], "init": point.get("census_init", "normal"),
             "init_scale": point.get("init_scale", schema.OPTIONS["init_scale"].default), "seed": seed,
             "peft": _peft_of(point), "rank": point.get("rank"),
             "solver": "gd" if solver == "auto" else solver, "optimizer": point.get("optimizer")}

@@ -29,12 +29,13 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import FastLoRAError, StoreConflictError, check_choice, check_output_folder
+from ..options import DEPRECATED_NAMES
 from .spec import KEYS, Spec, parse_spec
 
 METRICS = ("rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds", "converged",
            # models without ground-truth excess risk (fastlora.shallow, real data)
            "test_loss", "test_accuracy",
-           # a landscape census per row (census_starts)
+           # a landscape census per row (n_starts)
            "spurious_fraction", "saddle_fraction", "global_fraction", "min_hessian_eig")
 # what actually ran: the backend "auto" resolved to and the solver the method chose
 RUN_COLUMNS = ("backend_used", "solver_used")
@@ -46,6 +47,10 @@ _SQL_TYPES = {"rel_err_A": "REAL", "adapt_rank": "REAL", "excess_risk": "REAL", 
               "saddle_fraction": "REAL", "global_fraction": "REAL", "min_hessian_eig": "REAL"}
 # SQLite errors that mean "cannot open read-only here" (e.g. a WAL store on read-only media)
 _CANNOT_OPEN = {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY}
+# PRAGMA application_id of a store ("FLRS"); stores written before it was set have 0
+APPLICATION_ID = 0x464C5253
+# columns every store's results table has (what tells a store from another database's results table)
+_STORE_COLUMNS = {"row_key", "sweep", "status", "error"}
 
 
 class ResultsStore:
@@ -59,14 +64,20 @@ class ResultsStore:
         self._lock = None
         if self.readonly:
             self.db = _connect_readonly(self.path)
-            if not self._has_results():
+            try:
+                if not self._has_results():
+                    raise FastLoRAError(f"{str(self.path)!r} holds no 'results' table (not a fastlora results store)")
+                check_integrity(self.db, self.path)
+            except BaseException:
                 self.db.close()
-                raise FastLoRAError(f"{str(self.path)!r} holds no 'results' table (not a fastlora results store)")
+                raise
             return
         check_output_folder(self.path, f"out={str(self.path)!r}")
         self._lock = WriterLock(self.path, spec.name)
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            if self._has_results():
+                check_integrity(self.db, self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self._ensure_schema(spec)
@@ -78,17 +89,30 @@ class ResultsStore:
             raise
 
     def _has_results(self) -> bool:
+        """Whether this is a store (False: an empty database); another kind of database is refused."""
         try:
-            found = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='results'").fetchone()
+            tables = sorted(name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+            app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
         except sqlite3.DatabaseError as exc:
             raise FastLoRAError(f"{str(self.path)!r} is not a usable SQLite results store: {exc}") from None
-        return found is not None
+        if not tables and app_id in (0, APPLICATION_ID):
+            return False
+        if app_id not in (0, APPLICATION_ID) or not _STORE_COLUMNS <= columns:
+            held = f"table(s) {', '.join(tables)}" if tables else f"application id {app_id:#x}"
+            raise FastLoRAError(f"{str(self.path)!r} is an SQLite database of another program ({held}), not a "
+                                f"fastlora results store; use another file")
+        return True
 
     def _ensure_schema(self, spec: Spec) -> None:
         keys = spec.keys
         recorded = (*METRICS, *RUN_COLUMNS)
         if self._has_results():
             existing = set(self.columns())
+            for old, new in DEPRECATED_NAMES.items():  # a store written before an option was renamed
+                if old in existing and new in keys and new not in existing:
+                    self.db.execute(f'ALTER TABLE results RENAME COLUMN "{old}" TO "{new}"')
+                    existing = set(self.columns())
             stored_keys = existing - set(recorded) - set(META_COLUMNS) - set(TAIL_COLUMNS)
             if stored_keys != set(keys):
                 extra, missing = sorted(stored_keys - set(keys)), sorted(set(keys) - stored_keys)
@@ -101,6 +125,7 @@ class ResultsStore:
         key_cols = ", ".join(f'"{k}"' for k in keys)
         metric_cols = ", ".join(f'"{m}" {_SQL_TYPES[m]}' for m in recorded)
         self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         self.db.execute(f"""CREATE TABLE IF NOT EXISTS results (
             id INTEGER PRIMARY KEY, row_key TEXT NOT NULL UNIQUE, sweep TEXT, "repeat" INTEGER, seed INTEGER,
             {key_cols}, {metric_cols}, status TEXT NOT NULL, error TEXT, finished_at TEXT, host TEXT)""")
@@ -127,9 +152,11 @@ class ResultsStore:
         wanted = {r["row_key"] for r in rows}
         stale = sum(1 for key, (sweep, _) in stored.items() if sweep == spec.name and key not in wanted)
         if stale:
+            prune = f"fastlora store prune {self.path} --sweep {spec.name} --spec-version {max(len(versions), 1)}"
             raise StoreConflictError(f"{str(self.path)!r} holds {stale} row(s) of sweep {spec.name!r} that this spec "
                                      f"no longer produces ({_describe_change(versions, spec)}); pass --append to add "
-                                     f"this spec's rows beside them, or use another --out")
+                                     f"this spec's rows beside them, drop the old version's rows with: {prune} "
+                                     f"(versions: fastlora store info {self.path}), or use another --out")
         others = Counter(sweep for key, (sweep, _) in stored.items() if key in wanted and sweep != spec.name)
         if others:
             held = ", ".join(f"{n} by sweep {name!r}" for name, n in sorted(others.items(), key=str))
@@ -141,14 +168,15 @@ class ResultsStore:
         """Every spec recorded here under ``name``, oldest first (the error where one no longer parses)."""
         versions = []
         for (source,) in self.db.execute("SELECT source FROM specs WHERE name=? ORDER BY rowid", (name,)):
-            try:
-                versions.append(parse_spec(source, origin=f"the stored spec {name!r}"))
-            except FastLoRAError as exc:
-                versions.append(exc)
+            versions.append(_stored_spec(source, name))
         return versions
 
     def columns(self) -> list[str]:
         return [row[1] for row in self.db.execute("PRAGMA table_info(results)")]
+
+    def declared_types(self) -> dict[str, str]:
+        """column -> its declared SQL type (REAL, INTEGER, TEXT; "" for the untyped key columns)."""
+        return {DEPRECATED_NAMES.get(row[1], row[1]): row[2] for row in self.db.execute("PRAGMA table_info(results)")}
 
     def stored_rows(self) -> dict[str, tuple[str, str]]:
         """row_key -> (sweep, status) of every stored row (equal pairs share one tuple: stores hold millions)."""
@@ -193,8 +221,11 @@ class ResultsStore:
         return cur.rowcount == 1
 
     def rows(self) -> tuple[list[str], list[tuple]]:
-        cur = self.db.execute("SELECT * FROM results ORDER BY id")
-        return [d[0] for d in cur.description], cur.fetchall()
+        try:
+            cur = self.db.execute("SELECT * FROM results ORDER BY id")
+            return [DEPRECATED_NAMES.get(d[0], d[0]) for d in cur.description], cur.fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise FastLoRAError(f"results store {str(self.path)!r} cannot be read: {exc}") from None
 
     def close(self) -> None:
         if not self.readonly:
@@ -318,6 +349,145 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         raise FastLoRAError(f"results store {str(path)!r} cannot be read: {exc}") from None
 
 
+def _stored_spec(source: str, name: str) -> Spec | FastLoRAError:
+    """A spec the store recorded (its points ran already: they are not checked again), or the error
+    that keeps it from being read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # spelled as that fastlora did
+            return parse_spec(source, origin=f"the stored spec {name!r}", check_points=False)
+    except FastLoRAError as exc:
+        return exc
+
+
+def _open_for_maintenance(path: Path, what: str) -> tuple[sqlite3.Connection, WriterLock]:
+    """A writable connection to the existing store at ``path``, checked, and its writer lock."""
+    if not path.is_file():
+        raise FastLoRAError(f"results store {str(path)!r} does not exist")
+    lock = WriterLock(path, what)
+    try:
+        db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    except sqlite3.DatabaseError as exc:
+        lock.release()
+        raise FastLoRAError(f"{str(path)!r} is not a usable SQLite results store: {exc}") from None
+    try:
+        store = ResultsStore.__new__(ResultsStore)
+        store.path, store.db = path, db
+        if not store._has_results():
+            raise FastLoRAError(f"{str(path)!r} holds no 'results' table (not a fastlora results store)")
+        check_integrity(db, path)
+    except BaseException:
+        db.close()
+        lock.release()
+        raise
+    return db, lock
+
+
+def _versions(db: sqlite3.Connection) -> dict[str, list[tuple[int, str, Spec | FastLoRAError]]]:
+    """sweep name -> its recorded specs, oldest first: (rowid, added_at, spec or the error reading it)."""
+    out: dict[str, list] = {}
+    for rowid, name, source, added in db.execute("SELECT rowid, name, source, added_at FROM specs ORDER BY rowid"):
+        out.setdefault(name, []).append((rowid, added, _stored_spec(source, name)))
+    return out
+
+
+def describe_store(path) -> list[dict]:
+    """One dict per sweep of the store and spec version (numbered from 1, oldest first): ``sweep``,
+    ``version``, ``added_at``, ``rows`` (rows of that version stored), ``errors`` (of them, failed);
+    and per sweep a last entry with ``version`` None counting every row stored under its name."""
+    with ResultsStore(path) as store:
+        status = {}
+        for key, sweep, state in store.db.execute("SELECT row_key, sweep, status FROM results"):
+            status[(sweep, key)] = state
+        versions = _versions(store.db)
+    out = []
+    for name in sorted({sweep for sweep, _ in status} | set(versions)):
+        for number, (_, added, spec) in enumerate(versions.get(name, []), 1):
+            entry = {"sweep": name, "version": number, "added_at": added, "rows": None, "errors": None}
+            if isinstance(spec, Spec):
+                found = [status.get((name, r["row_key"])) for r in spec.rows()]
+                entry.update(rows=sum(s is not None for s in found), errors=sum(s == "error" for s in found))
+            out.append(entry)
+        stored = [state for (sweep, _), state in status.items() if sweep == name]
+        out.append({"sweep": name, "version": None, "added_at": None, "rows": len(stored),
+                    "errors": sum(s == "error" for s in stored)})
+    return out
+
+
+def prune_store(path, *, errors: bool = False, spec_version: int | None = None, sweep: str | None = None) -> int:
+    """Drop rows from a store; the number dropped.  ``errors``: rows stored with status='error';
+    ``spec_version`` N: the rows that version N of the sweep's spec produces (``describe_store``
+    numbers them) and its record, so that a changed spec runs without ``--append``.  ``sweep``:
+    the sweep they belong to (needed with ``spec_version`` where the store holds several)."""
+    path = Path(path)
+    if not errors and spec_version is None:
+        raise FastLoRAError("nothing to prune: pass --errors (rows that failed) and/or --spec-version N (the rows of "
+                            "an old version of a spec)")
+    if spec_version is not None and (isinstance(spec_version, bool) or not isinstance(spec_version, int)
+                                     or spec_version < 1):
+        raise FastLoRAError(f"spec_version={spec_version!r} must be a version number >= 1 (fastlora store info)")
+    db, lock = _open_for_maintenance(path, "fastlora store prune")
+    try:
+        versions = _versions(db)
+        names = sorted({n for (n,) in db.execute("SELECT DISTINCT sweep FROM results")} | set(versions))
+        if sweep is not None and sweep not in names:
+            raise FastLoRAError(f"sweep={sweep!r} is not in {str(path)!r}; it holds sweep(s) "
+                                f"{', '.join(map(repr, names)) or 'none'}")
+        if spec_version is not None and sweep is None:
+            if len(versions) != 1:
+                raise FastLoRAError(f"{str(path)!r} holds the specs of sweeps {', '.join(map(repr, sorted(versions)))}:"
+                                    f" name one with --sweep")
+            sweep = next(iter(versions))
+        drop: list[str] = []
+        record = None
+        if spec_version is not None:
+            known = versions.get(sweep, [])
+            if spec_version > len(known):
+                raise FastLoRAError(f"--spec-version {spec_version}: sweep {sweep!r} has {len(known)} recorded "
+                                    f"version(s) in {str(path)!r} (fastlora store info {path})")
+            record, _, spec = known[spec_version - 1]
+            if not isinstance(spec, Spec):
+                raise FastLoRAError(f"--spec-version {spec_version} of sweep {sweep!r} cannot be read ({spec}); drop "
+                                    f"its failed rows with --errors, or use another store")
+            drop = [r["row_key"] for r in spec.rows()]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            dropped = 0
+            where, args = ("", ()) if sweep is None else (" AND sweep=?", (sweep,))
+            if errors:
+                dropped += db.execute(f"DELETE FROM results WHERE status='error'{where}", args).rowcount
+            if drop:
+                db.execute("CREATE TEMP TABLE dropped_keys (row_key TEXT PRIMARY KEY)")
+                db.executemany("INSERT OR IGNORE INTO dropped_keys VALUES (?)", ((k,) for k in drop))
+                dropped += db.execute("DELETE FROM results WHERE sweep=? AND row_key IN (SELECT row_key FROM "
+                                      "dropped_keys)", (sweep,)).rowcount
+                db.execute("DROP TABLE dropped_keys")
+            if record is not None:
+                db.execute("DELETE FROM specs WHERE rowid=?", (record,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return dropped
+    finally:
+        db.close()
+        lock.release()
+
+
+def check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a damaged store, naming it: SQLite's ``PRAGMA quick_check`` (every page's structure,
+    tables and indexes alike; one pass over the file, without the slower cross-checks of
+    ``integrity_check``)."""
+    try:
+        found = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        found = [str(exc)]
+    if found != ["ok"]:
+        first = " ".join(line.strip() for line in found[0].splitlines() if not line.startswith("***"))
+        raise FastLoRAError(f"results store {str(path)!r} is damaged (SQLite's quick_check: {first}); restore it "
+                            f"from a copy, or salvage its readable rows with: sqlite3 {path} .recover")
+
+
 def _cannot_open(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
     if code is not None:
@@ -370,6 +540,7 @@ def export_results(path, out, fmt: str | None = None) -> int:
         check_output_folder(out, f"out={str(out)!r}")
     with ResultsStore(path) as store:
         columns, rows = store.rows()
+        declared = store.declared_types()
     if fmt == "csv":
         with contextlib.nullcontext(out) if stream else open(out, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -381,18 +552,22 @@ def export_results(path, out, fmt: str | None = None) -> int:
             import pyarrow.parquet as pq
         except ImportError:
             raise FastLoRAError("--format parquet needs pyarrow: pip install 'fastlora[io]'") from None
-        data = {c: _parquet_column([r[i] for r in rows]) for i, c in enumerate(columns)}
+        data = {c: _parquet_column(pa, [r[i] for r in rows], declared.get(c)) for i, c in enumerate(columns)}
         pq.write_table(pa.table(data), out)
     return len(rows)
 
 
-def _parquet_column(values: list) -> list:
-    """Parquet columns have one type: a key such as n that mixes integers and the word
+def _parquet_column(pa, values: list, declared: str | None):
+    """Parquet columns have one type: a column SQLite declares REAL, INTEGER or TEXT gets that
+    type even when every value is NULL; a key such as n that mixes integers and the word
     "population" is written as text."""
+    sql_type = {"REAL": pa.float64(), "INTEGER": pa.int64(), "TEXT": pa.string()}.get((declared or "").upper())
     kinds = {type(v) for v in values if v is not None}
     if str in kinds and len(kinds) > 1:
-        return [None if v is None else str(v) for v in values]
-    return values
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    if sql_type is not None and not (kinds - {int, float, str}) and (str not in kinds or sql_type == pa.string()):
+        return pa.array(values, type=sql_type)
+    return pa.array(values)
 
 
 def key_columns(columns: list[str]) -> list[str]:
