@@ -36,6 +36,7 @@ class Case:
     per: str = "call"                  # what one round's seconds are for: call, iteration, row, ...
     calibrate: bool = False            # call it several times a round, as pytest-benchmark does for short calls
     iterations: int = 1                # calls per round (set by calibration)
+    warmup_call: Callable[[], Any] | None = None  # a cheaper warm-up (compile, load kernels) than ``call``
 
     @property
     def name(self) -> str:
@@ -64,26 +65,39 @@ class Measured:
 MIN_ROUND_SECONDS = 2e-3  # a calibrated round lasts at least this (timer and scheduler noise)
 
 
-def measure(case: Case, lookup: Lookup = lambda name: None) -> Measured:
-    """Warm up, then time ``case.rounds`` rounds; the figures use the median."""
+def warm_up(case: Case) -> None:
+    """The case's warm-up calls, then (``calibrate``) its calls per round."""
     for _ in range(case.warmup):
-        case.call()
+        (case.warmup_call or case.call)()
     if case.calibrate:
         started = time.perf_counter()
         case.call()
         once = time.perf_counter() - started
         case.iterations = max(1, min(10_000, int(MIN_ROUND_SECONDS / max(once, 1e-9)) + 1))
+
+
+def round_seconds(case: Case, out, wall: float) -> float:
+    """A round's figure: the case's own (per iteration, per row, ...) or the wall time of one call."""
+    return case.seconds_of(out, wall) if case.seconds_of else wall
+
+
+def finish(case: Case, data: list[float], last, lookup: Lookup) -> Measured:
+    result = Measured(case, data)
+    if case.figures is not None:
+        result.extra_info.update(case.figures(result.median, last, lookup))
+    return result
+
+
+def measure(case: Case, lookup: Lookup = lambda name: None) -> Measured:
+    """Warm up, then time ``case.rounds`` rounds; the figures use the median."""
+    warm_up(case)
     data, last = [], None
     for _ in range(case.rounds):
         started = time.perf_counter()
         for _ in range(case.iterations):
             last = case.call()
-        wall = (time.perf_counter() - started) / case.iterations
-        data.append(case.seconds_of(last, wall) if case.seconds_of else wall)
-    result = Measured(case, data)
-    if case.figures is not None:
-        result.extra_info.update(case.figures(result.median, last, lookup))
-    return result
+        data.append(round_seconds(case, last, (time.perf_counter() - started) / case.iterations))
+    return finish(case, data, last, lookup)
 
 
 def lazy(fn):

@@ -82,7 +82,7 @@ CONFIGS = {c.name: c for c in (
            baseline_steps=40000,
            note="shallow network, LoRA-ML: time to the paper procedure's final loss (AdamW, 40,000 steps), "
                 "same data and kernel",
-           quick=dict(n=200, baseline_steps=400)),
+           quick=dict(n=200, baseline_steps=100)),
 )}
 
 DEFAULT_CONFIGS = ("paper", "pop-384", "pop-512", "pop-1024")

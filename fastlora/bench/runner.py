@@ -3,6 +3,7 @@ every case, and attach the scores against the references measured in the same ru
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 from ..backends import backend_status
@@ -84,6 +85,7 @@ def run_bench(names, asked: list[str] | None, options: Options, echo=print) -> B
     for skip in run.skipped:
         echo(f"== {skip.config}: skipped: {skip.reason}")
     for cfg, backends in runnable:
+        started = time.perf_counter()
         echo(f"== {cfg.name}: {cfg.describe()} on {', '.join(backends)}"
              + (f", peft {options.peft}" if options.peft else "") + f" — {cfg.note}")
         for case in build_cases(cfg, backends, options):
@@ -96,13 +98,14 @@ def run_bench(names, asked: list[str] | None, options: Options, echo=print) -> B
                 run.skipped.append(Skipped(cfg.name, reason))
                 echo(f"  {reason}")
                 continue
-            _score(result, run)
+            score(result, run)
             run.results.append(result)
             echo(line(result))
+        echo(f"  ({cfg.name}: {time.perf_counter() - started:.1f} s)")
     return run
 
 
-def _score(result: Measured, run: BenchRun) -> None:
+def score(result: Measured, run: BenchRun) -> None:
     """The machine-independent figures: the median in units of the case's reference (same run,
     same machine), and the ratio to numpy's time for the same case."""
     case, info = result.case, result.extra_info
@@ -128,7 +131,8 @@ def format_seconds(seconds: float | None) -> str:
 
 
 SHOWN_FIGURES = ("speedup_vs_numpy", "speedup_vs_paper_gd", "speedup_vs_dense_als", "speedup_vs_paper_shallow",
-                 "fraction_of_gemm", "useful_gflops", "gemm_gflops", "rows_per_second", "startup_seconds",
+                 "fraction_of_gemm", "useful_gflops", "gemm_gflops", "rows_per_second", "data_units_per_row",
+                 "startup_seconds",
                  "iterations", "iterations_to_1e8", "reached", "rel_err_A", "peak_rss_gib", "solver")
 
 

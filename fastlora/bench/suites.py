@@ -330,13 +330,15 @@ def _points(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
     draw = draw_case(cfg.name, (cfg.T, cfg.n, cfg.d), opt.repeat, "a row's raw data")
     cases = [draw]
     modes = [("finite", "raw"), ("finite", "stats"), ("population", "raw")]
-    for b in backends[:1] if opt.quick else backends:
+    # --quick: one backend (the compiled one where there is one)
+    for b in ([b for b in backends if b != "numpy"] or backends)[:1] if opt.quick else backends:
         for workers in (1, 2):
             for mode, sampler in modes[:1] if (opt.quick and workers > 1) else modes:
                 spec = _points_spec(cfg, b, mode, sampler, opt.peft)
                 variant = f"{mode}-{sampler}-{workers}w"
                 # spawned workers' start-up varies by seconds: two workers get at least three rounds
-                rounds = max(opt.repeat, 3) if workers > 1 and not opt.quick else opt.repeat
+                # (--quick: one, and no per-row figure, which that noise would swamp at its sizes)
+                rounds = opt.repeat if workers == 1 else (1 if opt.quick else max(opt.repeat, 3))
                 startup = Case(cfg.name, b, f"{variant}-startup",
                                lambda spec=spec, w=workers: _sweep_seconds(spec, w, w), rounds,
                                params={"workers": workers, "peft": opt.peft or "lora_sym"}, warmup=0,
@@ -346,14 +348,17 @@ def _points(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
                     return _sweep_seconds(spec, cfg.rows, w), _sweep_seconds(spec, 3 * cfg.rows, w)
 
                 def figures(median, out, lookup, startup=startup.name, workers=workers):
-                    start = lookup(startup)
+                    start, unit = lookup(startup), lookup(draw.name)
                     return {"workers": workers, "rows_per_second": 1 / median, "ms_per_row": 1e3 * median,
+                            "data_units_per_row": median / unit.median if unit else None,
                             "startup_seconds": start.median if start else None,
                             "sweep_rows": [cfg.rows, 3 * cfg.rows]}
-                cases += [startup, Case(cfg.name, b, variant, pair, rounds, warmup=0, reference=draw.name,
-                                        params={"workers": workers, "peft": opt.peft or "lora_sym"},
-                                        seconds_of=lambda out, wall: (out[1] - out[0]) / (2 * cfg.rows),
-                                        figures=figures, per="row")]
+                cases.append(startup)
+                if workers == 1 or not opt.quick:
+                    cases.append(Case(cfg.name, b, variant, pair, rounds, warmup=0, reference=draw.name,
+                                      params={"workers": workers, "peft": opt.peft or "lora_sym"},
+                                      seconds_of=lambda out, wall: (out[1] - out[0]) / (2 * cfg.rows),
+                                      figures=figures, per="row"))
     return cases
 
 
@@ -432,7 +437,8 @@ def _shallow(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
                            speedup_vs_paper_full_run=paper.median / median,
                            iterations_to_baseline=int(hits[0]) + 1 if len(hits) else None)
             return row
-        cases.append(Case(cfg.name, b, "default", solve, opt.repeat, reference=draw.name, figures=figures))
+        cases.append(Case(cfg.name, b, "default", solve, opt.repeat, reference=draw.name, figures=figures,
+                          warmup_call=lambda solve=solve: solve(max_iter=5)))
         if opt.baselines:
             cases.append(_shallow_to_baseline(cfg, b, solve, baseline, baseline_name, draw.name, opt))
     return cases
