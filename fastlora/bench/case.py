@@ -61,8 +61,14 @@ class Measured:
     def median(self) -> float:
         return statistics.median(self.data)
 
+    @property
+    def unit_seconds(self) -> float:
+        """As a reference, a floor: the fastest round (robust to a shared machine's stalls)."""
+        return min(self.data)
+
 
 MIN_ROUND_SECONDS = 2e-3  # a calibrated round lasts at least this (timer and scheduler noise)
+REFERENCE_ROUNDS = 7      # at least, for a reference: its unit is the fastest round
 
 
 def warm_up(case: Case) -> None:
@@ -124,7 +130,7 @@ def gemm_case(config: str, backend, d: int, width: int, dtype: str, rounds: int)
         return out
 
     how = "" if timed == width else f" (timed at width {timed}, scaled)"
-    return Case(config, "numpy" if backend.xp is np else backend.name, "gemm", call, max(rounds, 5),
+    return Case(config, "numpy" if backend.xp is np else backend.name, "gemm", call, max(rounds, REFERENCE_ROUNDS),
                 params={"width": width}, calibrate=True, unit=f"one {d}x{d}x{width} {dtype} GEMM{how}",
                 seconds_of=lambda out, wall: wall * width / timed,
                 figures=lambda median, out, lookup: {"gemm_gflops": 2.0 * d * d * width / median / 1e9})
@@ -138,5 +144,5 @@ def draw_case(config: str, shape: tuple, rounds: int, what: str) -> Case:
     rng = np.random.default_rng(0)
     count = 2 * int(np.prod(shape))
     return Case(config, "numpy", "draw-data",
-                lambda: (rng.standard_normal(shape), rng.standard_normal(shape)), max(rounds, 5),
+                lambda: (rng.standard_normal(shape), rng.standard_normal(shape)), max(rounds, REFERENCE_ROUNDS),
                 params={"normals": count}, calibrate=True, unit=f"drawing {what} ({count:,} normals)")

@@ -130,7 +130,7 @@ def _summary(run) -> None:
     click.echo("\n" + render(rows) + "\n")
     units = {m.case.name: m.case.unit for m in run.results if m.extra_info.get("is_reference")}
     if units:
-        click.echo("score = median / the median of its reference, measured in the same run:")
+        click.echo("score = median / the fastest round of its reference, measured in the same run:")
         for name, unit in units.items():
             click.echo(f"  {name}: {unit}")
     for skip in run.skipped:

@@ -51,7 +51,9 @@ def machine_info(gpu_used: bool = False) -> dict:
     info["blas_threads"] = max((lib["threads"] for lib in info["blas"]), default=None)
     if numba_status()[0]:
         import numba
-        info["numba_threads"] = numba.config.NUMBA_NUM_THREADS
+
+        from ..config import settings
+        info["numba_threads"] = settings.num_threads or usable_cores()  # what a solve uses
         info["numba_threading_layer"] = numba.config.THREADING_LAYER
     ok, why = cupy_status()
     info["gpu"] = get_backend("cupy").describe() if ok else None

@@ -107,15 +107,15 @@ def run_bench(names, asked: list[str] | None, options: Options, echo=print) -> B
 
 def score(result: Measured, run: BenchRun) -> None:
     """The machine-independent figures: the median in units of the case's reference (same run,
-    same machine), and the ratio to numpy's time for the same case."""
+    same machine; the reference's fastest round), and the ratio to numpy's time for the same case."""
     case, info = result.case, result.extra_info
     if case.reference is None:
         info.update(is_reference=True, unit=case.unit)
     else:
         ref = run.find(case.reference)
         if ref is not None:
-            info.update(score=result.median / ref.median, score_unit=ref.case.unit, reference=ref.case.name,
-                        reference_seconds=ref.median)
+            info.update(score=result.median / ref.unit_seconds, score_unit=ref.case.unit, reference=ref.case.name,
+                        reference_seconds=ref.unit_seconds)
     twin = run.find(case_name(case.config, "numpy", case.variant))
     if case.backend != "numpy" and twin is not None:
         info["speedup_vs_numpy"] = twin.median / result.median

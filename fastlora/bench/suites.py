@@ -58,7 +58,7 @@ def _gemm_references(cfg: Config, backends: list[str], rounds: int) -> tuple[lis
 
 def _gemm_fraction(median: float, reference: str, lookup) -> dict:
     ref = lookup(reference)
-    return {} if ref is None else {"fraction_of_gemm": ref.median / median}
+    return {} if ref is None else {"fraction_of_gemm": ref.unit_seconds / median}
 
 
 def _per_iteration(stamps: list[float], res, wall: float) -> float:
@@ -350,7 +350,7 @@ def _points(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
                 def figures(median, out, lookup, startup=startup.name, workers=workers):
                     start, unit = lookup(startup), lookup(draw.name)
                     return {"workers": workers, "rows_per_second": 1 / median, "ms_per_row": 1e3 * median,
-                            "data_units_per_row": median / unit.median if unit else None,
+                            "data_units_per_row": median / unit.unit_seconds if unit else None,
                             "startup_seconds": start.median if start else None,
                             "sweep_rows": [cfg.rows, 3 * cfg.rows]}
                 cases.append(startup)
