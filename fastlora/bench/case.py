@@ -94,16 +94,21 @@ def finish(case: Case, data: list[float], last, lookup: Lookup) -> Measured:
     return result
 
 
-def measure(case: Case, lookup: Lookup = lambda name: None) -> Measured:
-    """Warm up, then time ``case.rounds`` rounds; the figures use the median."""
-    warm_up(case)
+def timed_rounds(case: Case) -> tuple[list[float], Any]:
+    """(seconds of each of ``case.rounds`` rounds, the last call's return)."""
     data, last = [], None
     for _ in range(case.rounds):
         started = time.perf_counter()
         for _ in range(case.iterations):
             last = case.call()
         data.append(round_seconds(case, last, (time.perf_counter() - started) / case.iterations))
-    return finish(case, data, last, lookup)
+    return data, last
+
+
+def measure(case: Case, lookup: Lookup = lambda name: None) -> Measured:
+    """Warm up, then time ``case.rounds`` rounds; the figures use the median."""
+    warm_up(case)
+    return finish(case, *timed_rounds(case), lookup)
 
 
 def lazy(fn):

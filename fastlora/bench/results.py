@@ -85,7 +85,8 @@ def _blas() -> list[dict]:
     from threadpoolctl import threadpool_info
     return [{"library": lib.get("internal_api"), "version": lib.get("version"), "threads": lib.get("num_threads"),
              "architecture": lib.get("architecture"), "file": os.path.basename(lib.get("filepath", ""))}
-            for lib in threadpool_info() if lib.get("user_api") == "blas"]
+            for lib in sorted(threadpool_info(), key=lambda lib: lib.get("filepath", ""))
+            if lib.get("user_api") == "blas"]
 
 
 def _versions() -> dict:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..backends import backend_status
 from ..errors import FastLoRAError
-from .case import Measured, case_name, measure
+from .case import Measured, case_name, measure, timed_rounds
 from .configs import CONFIGS, Config
 from .suites import Options, build_cases
 
@@ -88,6 +88,7 @@ def run_bench(names, asked: list[str] | None, options: Options, echo=print) -> B
         started = time.perf_counter()
         echo(f"== {cfg.name}: {cfg.describe()} on {', '.join(backends)}"
              + (f", peft {options.peft}" if options.peft else "") + f" — {cfg.note}")
+        measured = []
         for case in build_cases(cfg, backends, options):
             try:
                 result = measure(case, run.find)
@@ -98,24 +99,38 @@ def run_bench(names, asked: list[str] | None, options: Options, echo=print) -> B
                 run.skipped.append(Skipped(cfg.name, reason))
                 echo(f"  {reason}")
                 continue
-            score(result, run)
             run.results.append(result)
+            measured.append(result)
             echo(line(result))
+        for ref in (m for m in measured if m.case.reference is None):
+            ref.data += timed_rounds(ref.case)[0]
+            echo(f"  {ref.case.name}: fastest of {len(ref.data)} rounds (before and after the others) "
+                 f"{format_seconds(ref.unit_seconds)}: the unit of this config's scores")
+        for result in measured:
+            score(result, run)
         echo(f"  ({cfg.name}: {time.perf_counter() - started:.1f} s)")
     return run
 
 
 def score(result: Measured, run: BenchRun) -> None:
     """The machine-independent figures: the median in units of the case's reference (same run,
-    same machine; the reference's fastest round), and the ratio to numpy's time for the same case."""
+    same machine; the reference's fastest round) and the figures made from it, and the ratio to
+    numpy's time for the same case."""
     case, info = result.case, result.extra_info
     if case.reference is None:
         info.update(is_reference=True, unit=case.unit)
     else:
         ref = run.find(case.reference)
         if ref is not None:
-            info.update(score=result.median / ref.unit_seconds, score_unit=ref.case.unit, reference=ref.case.name,
-                        reference_seconds=ref.unit_seconds)
+            unit = ref.unit_seconds
+            info.update(score=result.median / unit, score_unit=ref.case.unit, reference=ref.case.name,
+                        reference_seconds=unit)
+            if ref.case.variant == "gemm" and case.per == "iteration":
+                info["fraction_of_gemm"] = unit / result.median
+            elif ref.case.variant == "gemm":
+                info["gemm_equivalents"] = result.median / unit
+            if case.per == "row":
+                info["data_units_per_row"] = result.median / unit
     twin = run.find(case_name(case.config, "numpy", case.variant))
     if case.backend != "numpy" and twin is not None:
         info["speedup_vs_numpy"] = twin.median / result.median

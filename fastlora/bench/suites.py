@@ -56,11 +56,6 @@ def _gemm_references(cfg: Config, backends: list[str], rounds: int) -> tuple[lis
     return cases, names
 
 
-def _gemm_fraction(median: float, reference: str, lookup) -> dict:
-    ref = lookup(reference)
-    return {} if ref is None else {"fraction_of_gemm": ref.unit_seconds / median}
-
-
 def _per_iteration(stamps: list[float], res, wall: float) -> float:
     if len(stamps) >= 2:
         return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
@@ -82,9 +77,8 @@ def _population(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
                              reduction="none", callback=lambda i, elapsed, obj: stamps.append(elapsed))
             return stamps, res
 
-        def figures(median, out, lookup, ref=refs[b]):
-            return {"solver": out[1].info.get("solver"), "useful_gflops": useful / median / 1e9,
-                    **_gemm_fraction(median, ref, lookup)}
+        def figures(median, out, lookup):
+            return {"solver": out[1].info.get("solver"), "useful_gflops": useful / median / 1e9}
         cases.append(Case(cfg.name, b, "default", run, opt.repeat, params={"peft": peft}, reference=refs[b],
                           seconds_of=lambda out, wall: _per_iteration(out[0], out[1], wall), figures=figures,
                           per="iteration"))
@@ -348,9 +342,8 @@ def _points(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
                     return _sweep_seconds(spec, cfg.rows, w), _sweep_seconds(spec, 3 * cfg.rows, w)
 
                 def figures(median, out, lookup, startup=startup.name, workers=workers):
-                    start, unit = lookup(startup), lookup(draw.name)
+                    start = lookup(startup)
                     return {"workers": workers, "rows_per_second": 1 / median, "ms_per_row": 1e3 * median,
-                            "data_units_per_row": median / unit.unit_seconds if unit else None,
                             "startup_seconds": start.median if start else None,
                             "sweep_rows": [cfg.rows, 3 * cfg.rows]}
                 cases.append(startup)
