@@ -19,9 +19,9 @@ from fastlora.bench.runner import plan, score
 
 OPTIONS = Options(quick=True)
 RUNNABLE, SKIPPED = plan(list(CONFIGS), None, quick=True)
-CASES = [case for cfg, backends in RUNNABLE for case in build_cases(cfg, backends, OPTIONS)]
-PARAMS = [pytest.param(case, id=case.name.replace("[", "-").rstrip("]")) for case in CASES] + \
-    [pytest.param(None, id=skip.config, marks=pytest.mark.skip(reason=skip.reason)) for skip in SKIPPED]
+CASES = {case.name: case for cfg, backends in RUNNABLE for case in build_cases(cfg, backends, OPTIONS)}
+PARAMS = [pytest.param(name, id=name.replace("[", "-").rstrip("]")) for name in CASES] + \
+    [pytest.param(skip.config, marks=pytest.mark.skip(reason=skip.reason)) for skip in SKIPPED]
 CHECKED_WHEN_DISABLED = "smoke"
 
 
@@ -33,7 +33,7 @@ def session_run():
     def find(name):
         found = next((m for m in run.results if m.case.name == name), None)
         if found is None:
-            case = next((c for c in CASES if c.name == name), None)
+            case = CASES.get(name)
             if case is not None:
                 found = measure(case, find)
                 run.results.append(found)
@@ -44,6 +44,7 @@ def session_run():
 
 @pytest.mark.parametrize("case", PARAMS)
 def test_case(benchmark, case, session_run):
+    case = CASES[case]
     if benchmark.disabled and case.config != CHECKED_WHEN_DISABLED:
         pytest.skip("benchmarks disabled: python -m pytest bench --benchmark-enable times every config")
     benchmark.group = case.config
@@ -61,5 +62,8 @@ def test_case(benchmark, case, session_run):
     result = finish(case, seconds, outputs[-1], session_run.find)
     score(result, session_run)
     session_run.results.append(result)
-    benchmark.extra_info.update(case=case.name, per=case.per, **result.extra_info)
+    # the fixture's statistics are per call; the score and figures per case.per, as fastlora bench's
+    benchmark.extra_info.update(case=case.name, per="call", figure_per=case.per, figure_median=result.median,
+                                params={"backend": case.backend, "variant": case.variant, **case.params},
+                                **result.extra_info)
     assert all(s >= 0 for s in seconds)

@@ -311,3 +311,22 @@ def test_paper_baseline_is_the_per_task_procedure_batched():
     np.testing.assert_allclose(out["A"], A, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(out["U"], U, rtol=1e-12, atol=1e-14)
     assert out["objective"] == pytest.approx(meta_objective(X, Y, A, U), rel=1e-12)
+
+
+def test_pytest_suite_runs_the_same_cases_in_groups_per_config(run, smoke_json, tmp_path):
+    out = tmp_path / "pytest.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench/bench_solvers.py", "-q", "-k", "smoke-numpy",
+                           "--benchmark-enable", "--benchmark-json", str(out), "-p", "no:cacheprovider"],
+                          cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:]
+    benches = json.loads(out.read_text())["benchmarks"]
+    assert {b["group"] for b in benches} == {"smoke"}
+    assert {b["extra_info"]["case"] for b in benches} == {"smoke[numpy-gemm]", "smoke[numpy-default]"}
+    result = run("bench", "compare", smoke_json[0], out)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"(within noise|faster|slower)", table_row(result.output, "smoke[numpy-gemm]"))
+    # the fixture times whole calls, fastlora bench per iteration: seconds do not compare, scores do
+    assert "per iteration vs per call: --by score" in table_row(result.output, "smoke[numpy-default]")
+    by_score = run("bench", "compare", smoke_json[0], out, "--by", "score")
+    assert re.search(r"(within noise|faster|slower)", table_row(by_score.output, "smoke[numpy-default]"))

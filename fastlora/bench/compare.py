@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import FastLoRAError
-from .results import case_key, load_run, machine_key, machine_summary
+from .results import case_key, load_run, machine_summary, same_machine
 
 NOISE_FLOOR = 0.02
 FEW_ROUNDS_BAND = 0.10
@@ -86,16 +86,16 @@ def compare(paths: list[str], fail_on: float | None = None, by: str = "auto") ->
         raise FastLoRAError("bench compare needs at least two JSON files (the first is the baseline)")
     runs = [load_run(p) for p in paths]
     labels = [_label(p) for p in paths]
-    same_machine = all(machine_key(r["machine_info"]) == machine_key(runs[0]["machine_info"]) for r in runs)
-    by_score = by == "score" or (by == "auto" and not same_machine)
+    one_machine = all(same_machine(r["machine_info"], runs[0]["machine_info"]) for r in runs)
+    by_score = by == "score" or (by == "auto" and not one_machine)
     out = [f"{chr(65 + i)}: {labels[i]} — {_describe(r)}" for i, r in enumerate(runs)]
     if by_score:
         out.append("machines differ: comparing machine-independent scores (each time in units of a reference "
                    "measured in the same run on its own machine; see 'unit'), not seconds"
-                   if not same_machine else "comparing machine-independent scores (--by score)")
+                   if not one_machine else "comparing machine-independent scores (--by score)")
     else:
         out.append("same machine: comparing medians of seconds"
-                   + ("" if same_machine else " (--by time: the machines differ, seconds may not compare)"))
+                   + ("" if one_machine else " (--by time: the machines differ, seconds may not compare)"))
     pefts = {(r.get("fastlora") or {}).get("peft") or "default" for r in runs}
     if len(pefts) > 1:
         out.append("parameterizations differ: " + " vs ".join((r.get("fastlora") or {}).get("peft") or "default"
@@ -142,7 +142,7 @@ def _tables(runs, by_score: bool, fail_on: float | None) -> tuple[list[str], lis
                 b = None if b_bench is None else summary(b_bench, by_score and not is_reference)
                 row[letter] = show(b) if b else "-"
                 row[f"{letter}/A"] = f"{b.median / a.median:.3f}" if (a and b and a.median) else "-"
-                row[f"verdict {letter}"] = _verdict_text(a_bench, b_bench, a, b, by_score and is_reference)
+                row[f"verdict {letter}"] = _verdict_text(a_bench, b_bench, a, b, by_score, is_reference)
                 if fail_on is not None and row[f"verdict {letter}"] == "slower" and b.median / a.median - 1 > fail_on:
                     regressions.append(f"{key} ({letter}: +{b.median / a.median - 1:.0%})")
             row["unit"] = ("seconds (reference)" if is_reference else info.get("score_unit", "-")) if by_score \
@@ -152,17 +152,26 @@ def _tables(runs, by_score: bool, fail_on: float | None) -> tuple[list[str], lis
     return out, regressions
 
 
-def _verdict_text(a_bench, b_bench, a, b, reference_across_machines: bool) -> str:
+def _verdict_text(a_bench, b_bench, a, b, by_score: bool, is_reference: bool) -> str:
     if b_bench is None:
         return "missing"
     if a is None or b is None:
         return "no score"
-    different = [k for k in SIZE_KEYS if (a_bench.get("params") or {}).get(k) != (b_bench.get("params") or {}).get(k)]
+    sizes = [_params(a_bench), _params(b_bench)]
+    different = [k for k in SIZE_KEYS if sizes[0].get(k) != sizes[1].get(k)]
     if different:
         return "sizes differ (" + ", ".join(different) + ")"
-    if reference_across_machines:
+    if by_score and is_reference:
         return "machine speed"
+    per = [(bench.get("extra_info") or {}).get("per", "call") for bench in (a_bench, b_bench)]
+    if not by_score and per[0] != per[1]:  # pytest's fixture times a whole call; a score is per figure in both
+        return f"per {per[0]} vs per {per[1]}: --by score"
     return verdict(a, b)
+
+
+def _params(bench: dict) -> dict:
+    """A case's parameters (pytest's runs of bench/bench_solvers.py keep them in extra_info)."""
+    return (bench.get("extra_info") or {}).get("params") or bench.get("params") or {}
 
 
 def _label(path) -> str:

@@ -20,7 +20,8 @@ def history_rows(storage_dir, config: str | None = None) -> list[dict]:
         rows.append({"run": path.stem.split("_")[0], "machine": path.parent.name,
                      "commit": str(commit.get("id", "?"))[:10] + ("+" if commit.get("dirty") else ""),
                      "date": str(data.get("datetime", "?"))[:19].replace("T", " "),
-                     "quick": "yes" if extra.get("quick") else "no", "peft": extra.get("peft") or "-",
+                     "quick": ("yes" if extra.get("quick") else "no") if extra else "-",
+                     "peft": extra.get("peft") or "-",
                      "benchmarks": len(benches), "configs": ",".join(dict.fromkeys(b.get("group") or "?"
                                                                                     for b in benches)),
                      "file": str(path), "_data": data, "_benches": benches})

@@ -113,10 +113,19 @@ def machine_summary(info: dict) -> str:
             f"{info.get('memory_gb', '?')} GB, {blas}, numba threads {info.get('numba_threads', '?')}{gpu}")
 
 
-def machine_key(info: dict) -> tuple:
-    """What makes two runs' seconds comparable: the same hardware and thread settings."""
-    return (info.get("cpu_model") or info.get("cpu", {}).get("brand_raw"), info.get("cores"),
-            info.get("usable_cores"), info.get("blas_threads"), info.get("numba_threads"), info.get("gpu"))
+def machine_traits(info: dict) -> dict:
+    """What makes two runs' seconds comparable: the same hardware and thread settings (pytest's own
+    runs of bench/bench_solvers.py record the CPU only)."""
+    cpu = info.get("cpu") or {}
+    return {"cpu": info.get("cpu_model") or cpu.get("brand_raw"), "cores": info.get("cores") or cpu.get("count"),
+            "usable_cores": info.get("usable_cores"), "blas_threads": info.get("blas_threads"),
+            "numba_threads": info.get("numba_threads"), "gpu": info.get("gpu")}
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """The traits both runs record are equal."""
+    ta, tb = machine_traits(a), machine_traits(b)
+    return all(ta[k] == tb[k] for k in ta if ta[k] is not None and tb[k] is not None)
 
 
 def commit_info() -> dict:
