@@ -136,8 +136,9 @@ def test_verdict_rule():
     assert verdict(a, Summary(0.5, 0.45, 0.55, 9)) == "faster"
     assert verdict(a, Summary(1.04, 0.99, 1.09, 9)) == "within noise"     # inside the IQR band
     assert verdict(a, Summary(1.3, 0.7, 1.9, 9)) == "within noise"       # quartiles overlap: spread too wide
-    assert verdict(Summary(1.0, 1.0, 1.0, 1), Summary(1.05, 1.05, 1.05, 1)) == "within noise"  # one round: 10% band
-    assert verdict(Summary(1.0, 1.0, 1.0, 1), Summary(1.2, 1.2, 1.2, 1)) == "slower"
+    assert verdict(Summary(1.0, 1.0, 1.0, 2), Summary(1.05, 1.05, 1.05, 2)) == "within noise"  # two rounds: 10% band
+    assert verdict(Summary(1.0, 1.0, 1.0, 2), Summary(1.2, 1.2, 1.2, 2)) == "slower"
+    assert verdict(Summary(1.0, 1.0, 1.0, 1), Summary(3.0, 3.0, 3.0, 1)) == "1 round: spread unknown"
 
 
 def test_across_machines_compare_scores_and_say_so(run, tmp_path):

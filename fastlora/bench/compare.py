@@ -5,7 +5,7 @@ The first file is the baseline; each later one is compared with it, benchmark by
 ranges iqr_A, iqr_B:
 
 * the band is the larger relative IQR, max(iqr_A/m_A, iqr_B/m_B), and at least ``NOISE_FLOOR``
-  (``FEW_ROUNDS_BAND`` where a run has fewer than 3 rounds: its spread is unknown);
+  (``FEW_ROUNDS_BAND`` where a run has 2 rounds; with one, the spread is unknown: no verdict);
 * **slower** when m_B/m_A − 1 exceeds the band and B's lower quartile is above A's upper one,
   **faster** in the mirror case, **within noise** otherwise.
 
@@ -53,6 +53,8 @@ def summary(bench: dict, by_score: bool) -> Summary | None:
 
 def verdict(a: Summary, b: Summary) -> str:
     """faster / slower / within noise: B against A (module docstring)."""
+    if min(a.rounds, b.rounds) < 2:
+        return "1 round: spread unknown"
     change = b.median / a.median - 1.0
     floor = NOISE_FLOOR if min(a.rounds, b.rounds) >= 3 else FEW_ROUNDS_BAND
     band = max(a.relative_iqr, b.relative_iqr, floor)
@@ -102,28 +104,41 @@ def compare(paths: list[str], fail_on: float | None = None, by: str = "auto") ->
                                                              for r in runs))
     tables, regressions = _tables(runs, by_score, fail_on)
     out += tables
-    for r in runs[1:]:
-        missing = sorted({case_key(b) for b in runs[0]["benchmarks"]} - {case_key(b) for b in r["benchmarks"]})
-        skipped = (r.get("fastlora") or {}).get("skipped") or []
-        for s in skipped:
-            out.append(f"skipped in {labels[runs.index(r)]}: {s['config']}: {s['reason']}")
+    for label, r in zip(labels[1:], runs[1:]):
+        for s in (r.get("fastlora") or {}).get("skipped") or []:
+            out.append(f"skipped in {label}: {s['config']}: {s['reason']}")
+        groups = [_groups(run) for run in (runs[0], r)]
+        absent = [g for g in groups[0] if g not in groups[1]]
+        if absent:
+            out.append(f"configs not in {label}: {', '.join(absent)}")
+        missing = [k for g, keys in groups[0].items() if g in groups[1] for k in keys if k not in groups[1][g]]
         if missing:
-            out.append(f"not in {labels[runs.index(r)]}: {', '.join(missing)}")
+            out.append(f"benchmarks not in {label}: {', '.join(missing)}")
     if fail_on is not None:
         out.append(f"--fail-on {fail_on:.0%}: " + (f"{len(regressions)} regression(s)" if regressions else "passed"))
     return Comparison("\n".join(out), regressions)
 
 
+def _groups(run: dict) -> dict[str, list[str]]:
+    """{config: its benchmarks' names} of a run, in its order."""
+    groups: dict[str, list[str]] = {}
+    for bench in run["benchmarks"]:
+        key = case_key(bench)
+        groups.setdefault(bench.get("group") or key.split("[")[0], []).append(key)
+    return groups
+
+
 def _tables(runs, by_score: bool, fail_on: float | None) -> tuple[list[str], list[str]]:
+    """One table per config the first run shares with another."""
     from ..tables import render
     from .runner import format_seconds
     base = {case_key(b): b for b in runs[0]["benchmarks"]}
     others = [{case_key(b): b for b in r["benchmarks"]} for r in runs[1:]]
-    groups: dict[str, list[str]] = {}
-    for key, bench in base.items():
-        groups.setdefault(bench.get("group") or key.split("[")[0], []).append(key)
+    shared = {g for r in runs[1:] for g in _groups(r)}
     out, regressions = [], []
-    for group, keys in groups.items():
+    for group, keys in _groups(runs[0]).items():
+        if group not in shared:
+            continue
         rows = []
         for key in keys:
             a_bench = base[key]

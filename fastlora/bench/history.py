@@ -37,23 +37,25 @@ def plot_history(rows: list[dict], config: str, out) -> str:
     if not rows:
         raise FastLoRAError(f"no saved run holds config {config!r}")
     names = list(dict.fromkeys(case_key(b) for row in rows for b in row["_benches"]))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
     xs = list(range(len(rows)))
-    for name in names:
+    for i, name in enumerate(names):
+        color = f"C{i % 10}"
         points = [(x, b) for x, row in zip(xs, rows) for b in row["_benches"] if case_key(b) == name]
         px = [x for x, _ in points]
-        top.plot(px, [b["stats"]["median"] for _, b in points], marker="o", label=name)
-        top.fill_between(px, [b["stats"]["q1"] for _, b in points], [b["stats"]["q3"] for _, b in points], alpha=0.2)
+        top.plot(px, [b["stats"]["median"] for _, b in points], marker="o", color=color, label=name)
+        top.fill_between(px, [b["stats"]["q1"] for _, b in points], [b["stats"]["q3"] for _, b in points],
+                         color=color, alpha=0.2)
         scored = [(x, b["extra_info"]["score"]) for x, b in points if (b.get("extra_info") or {}).get("score")]
         if scored:
-            bottom.plot([x for x, _ in scored], [s for _, s in scored], marker="o", label=name)
+            bottom.plot([x for x, _ in scored], [s for _, s in scored], marker="o", color=color)
     top.set_yscale("log")
     top.set_ylabel("median seconds (band: q1-q3)")
     bottom.set_yscale("log")
     bottom.set_ylabel("score (x its reference, same run)")
     bottom.set_xticks(xs, [f"{r['run']}\n{r['commit']}" for r in rows], fontsize=7)
     bottom.set_xlabel("saved run (number, commit)")
-    top.legend(fontsize=7, loc="best")
+    top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     machines = dict.fromkeys(machine_summary(r["_data"].get("machine_info") or {}) for r in rows)
     fig.suptitle(f"fastlora bench history: {config}\n" + "; ".join(machines), fontsize=8)
     fig.tight_layout()

@@ -128,7 +128,8 @@ def _to_tolerance(cfg, prob, backends, refs, opt) -> list[Case]:
                 return {"iterations": out["iterations"], "how": "measured to tolerance"}
             return {"iterations": exact()[1], "how": f"{out['seconds_per_iteration']:.3g} s/iteration measured over "
                                                      f"3 iterations x {exact()[1]} iterations to 1e-8"}
-        cases.append(Case(cfg.name, "numpy", "dense_als", run_dense, 1, warmup=0, reference=refs["numpy"],
+        cases.append(Case(cfg.name, "numpy", "dense_als", run_dense, 1 if opt.full_baselines else opt.repeat,
+                          warmup=0, reference=refs["numpy"],
                           seconds_of=dense_seconds, figures=dense_figures))
     for b in backends:
         tolerance = lazy(lambda b=b: _tolerance_for(prob(), b, cfg.dtype, **options))
