@@ -51,7 +51,7 @@ class Config:
 CONFIGS = {c.name: c for c in (
     Config("paper", "paper", d=10, T=3, k=1, n=5000, noise=0.01, baseline_steps=3000,
            note="the paper's point on raw data: the default fl.retrain (median of >= 25 runs) and the solvers "
-                "to the paper procedure's final objective, vs that procedure (3000x10 batched GD steps)",
+                "to the paper procedure's final objective, vs that procedure (the authors' batched GD, 10 inner steps)",
            quick=dict(baseline_steps=300)),
     Config("pop-384", "population", d=384, T=48, k=4,
            note="full-space ALS: time to rel. error 1e-8 in A, vs textbook dense ALS",
