@@ -78,6 +78,8 @@ def test_json_loads_with_pytest_benchmarks_loader(smoke_json):
         assert bench["group"] == "smoke" and bench["rounds"] >= 2 and bench["min"] <= bench["median"] <= bench["max"]
     solve = next(b for b in benches if b["name"] == "smoke[numpy-default]")
     assert solve["extra_info"]["score"] > 0 and solve["extra_info"]["reference"] == "smoke[numpy-gemm]"
+    assert solve["params"] == {"backend": "numpy", "variant": "default", "d": 64, "T": 8, "k": 2, "n": None,
+                               "dtype": "float64", "iters": 10, "peft": "lora_sym"}
     data = json.loads(smoke_json[0].read_text())
     info = data["machine_info"]
     for key in ("cpu_model", "cores", "memory_gb", "blas", "blas_threads", "numba_threads", "versions", "cpu"):

@@ -40,9 +40,13 @@ class Options:
 
 
 def build_cases(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
-    """The cases of ``cfg`` on ``backends`` (references first: the others are scored against them)."""
-    return {"paper": _paper, "population": _population, "memory": _memory, "reduced": _reduced,
-            "implicit": _implicit, "points": _points, "shallow": _shallow}[cfg.kind](cfg, backends, opt)
+    """The cases of ``cfg`` on ``backends`` (references first: the others are scored against them),
+    each with the config's sizes among its params (results compare only at equal sizes)."""
+    cases = {"paper": _paper, "population": _population, "memory": _memory, "reduced": _reduced,
+             "implicit": _implicit, "points": _points, "shallow": _shallow}[cfg.kind](cfg, backends, opt)
+    for case in cases:
+        case.params = {**cfg.sizes(), **case.params}
+    return cases
 
 
 def _gemm_references(cfg: Config, backends: list[str], rounds: int) -> tuple[list[Case], dict]:
