@@ -1,57 +1,69 @@
-"""pytest-benchmark suite over the `fastlora bench` configurations, at CI-friendly sizes.
+"""The ``fastlora bench`` configurations, at their ``--quick`` sizes, through pytest-benchmark's fixture.
 
-Run the timings with ``python -m pytest bench --benchmark-enable`` (CI runs it with
-``--benchmark-disable``, as a correctness check).  The numpy reference is benchmarked in the
-same session, so pytest-benchmark's comparison table gives the ratios; compilation is
-excluded by a warm-up call before timing.
+    python -m pytest bench --benchmark-enable                   # time every case, one group per config
+    python -m pytest bench --benchmark-enable --benchmark-autosave
+    python -m pytest bench --benchmark-enable --benchmark-compare --benchmark-compare-fail=median:10%
+
+pytest-benchmark's statistics are the wall time of one call of a case; ``extra_info`` holds the
+figures ``fastlora bench`` reports for it (per iteration, per row, the score against its
+reference measured in the same session).  The default test run passes ``--benchmark-disable``
+(pyproject): then only the smoke config runs, once, as a check of the harness.
 """
-import numpy as np
+import time
+
 import pytest
 
-import fastlora as fl
-from fastlora.backends import cupy_status
-from fastlora.baselines import dense_als, meta_objective, paper_gd
+from fastlora.bench import CONFIGS, BenchRun, Options, build_cases
+from fastlora.bench.case import finish, measure, round_seconds, warm_up
+from fastlora.bench.runner import plan, score
 
-BACKENDS = ["numpy", "numba"] + (["cupy"] if cupy_status()[0] else [])
-SIZES = {"pop-small": dict(d=96, k=4, T=24), "pop-medium": dict(d=256, k=4, T=32)}
-
-
-@pytest.mark.parametrize("size", sorted(SIZES))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_population_als_iterations(benchmark, backend, size):
-    prob = fl.make_problem(seed=0, n_test_tasks=0, **SIZES[size])
-    fl.retrain(prob, backend=backend, max_iter=2)  # compile / warm up outside the timing
-    benchmark.extra_info["useful_flops_per_iteration"] = 2 * prob.d ** 2 * prob.T * prob.k
-    res = benchmark(fl.retrain, prob, backend=backend, max_iter=10, tol=0.0)
-    assert res.n_iter == 10 and np.isfinite(res.objective)
+OPTIONS = Options(quick=True)
+RUNNABLE, SKIPPED = plan(list(CONFIGS), None, quick=True)
+CASES = {case.name: case for cfg, backends in RUNNABLE for case in build_cases(cfg, backends, OPTIONS)}
+PARAMS = [pytest.param(name, id=name.replace("[", "-").rstrip("]")) for name in CASES] + \
+    [pytest.param(skip.config, marks=pytest.mark.skip(reason=skip.reason)) for skip in SKIPPED]
+CHECKED_WHEN_DISABLED = "smoke"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_population_time_to_tolerance(benchmark, backend):
-    prob = fl.make_problem(d=96, k=4, T=24, seed=0, n_test_tasks=0)
-    fl.retrain(prob, backend=backend, max_iter=2)
-    res = benchmark(fl.retrain, prob, backend=backend, tol=1e-10)
-    assert np.linalg.norm(res.A - prob.A_star) / np.linalg.norm(prob.A_star) < 1e-8
+@pytest.fixture(scope="module")
+def session_run():
+    """The cases measured so far (references are looked up here; one not yet run is measured)."""
+    run = BenchRun(OPTIONS, list(CONFIGS))
+
+    def find(name):
+        found = next((m for m in run.results if m.case.name == name), None)
+        if found is None:
+            case = CASES.get(name)
+            if case is not None:
+                found = measure(case, find)
+                run.results.append(found)
+        return found
+    run.find = find
+    return run
 
 
-def test_dense_als_baseline(benchmark):
-    prob = fl.make_problem(d=48, k=2, T=8, seed=0, n_test_tasks=0)
-    W = np.stack([t.W_star for t in prob.tasks])
-    out = benchmark.pedantic(dense_als, args=(W, 2), kwargs={"A_star": prob.A_star}, rounds=1, iterations=1)
-    assert out["reached"]
+@pytest.mark.parametrize("case", PARAMS)
+def test_case(benchmark, case, session_run):
+    case = CASES[case]
+    if benchmark.disabled and case.config != CHECKED_WHEN_DISABLED:
+        pytest.skip("benchmarks disabled: python -m pytest bench --benchmark-enable times every config")
+    benchmark.group = case.config
+    warm_up(case)
+    seconds, outputs = [], []
 
+    def one_call():
+        started = time.perf_counter()
+        out = case.call()
+        seconds.append(round_seconds(case, out, time.perf_counter() - started))
+        outputs.append(out)
+        return out
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_paper_setting_lbfgs(benchmark, backend):
-    rng = np.random.default_rng(0)
-    prob = fl.make_problem(d=10, k=1, T=3, seed=0, n_test_tasks=0)
-    X = rng.standard_normal((3, 5000, 10))
-    Y = np.stack([X[t] @ prob.tasks[t].W_star.T for t in range(3)]) + 0.01 * rng.standard_normal(X.shape)
-
-    def solve():
-        tasks = [fl.Task(X[t], Y[t]) for t in range(3)]
-        return fl.retrain(tasks, peft="lora_sym", rank=1, solver="gd", optimizer="lbfgs", backend=backend, tol=1e-12)
-
-    res = benchmark(solve)
-    base = paper_gd(X, Y, 1, outer_steps=30)  # a short run of the baseline: the solver must beat it
-    assert meta_objective(X, Y, res.A, res.params["U"]) < base["objective"]
+    benchmark.pedantic(one_call, rounds=case.rounds, iterations=case.iterations, warmup_rounds=0)
+    result = finish(case, seconds, outputs[-1], session_run.find)
+    score(result, session_run)
+    session_run.results.append(result)
+    # the fixture's statistics are per call; the score and figures per case.per, as fastlora bench's
+    benchmark.extra_info.update(case=case.name, per="call", figure_per=case.per, figure_median=result.median,
+                                params={"backend": case.backend, "variant": case.variant, **case.params},
+                                **result.extra_info)
+    assert all(s >= 0 for s in seconds)

@@ -26,8 +26,7 @@ import threading
 
 import click
 
-from .backends import BACKENDS
-from .errors import FastLoRAError, check_choice, check_output_folder
+from .errors import FastLoRAError, check_output_folder
 
 EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 
@@ -119,7 +118,8 @@ def _existing_folder(ctx, param, value):
 
 # commands of subpackages, imported when asked for (fastlora.landscape costs ~30 ms to import,
 # which every command and every spawned sweep worker would otherwise pay)
-_LAZY_COMMANDS = {"landscape": ("fastlora.landscape.cli", "landscape_command")}
+_LAZY_COMMANDS = {"landscape": ("fastlora.landscape.cli", "landscape_command"),
+                  "bench": ("fastlora.bench.cli", "bench_command")}
 
 
 class _MainGroup(FastLoRAGroup):
@@ -389,52 +389,6 @@ def plot(store, x, y, hue, facet, where, logy, logx, stat, band, output):
     check_image_path(output, "--output")  # before reading the store
     click.echo(plot_results(store, x, y, hue=hue, facet=facet, logy=logy, logx=logx, where=where, out=output,
                             stat=stat, band=band))
-
-
-@main.command()
-@click.option("--config", "configs", multiple=True,
-              help="configuration(s) to run (default: paper, pop-384, pop-512, pop-1024)")
-@click.option("--backend", "backends", default="numba,numpy", show_default=True,
-              help="comma-separated backends (numpy is always measured as the reference)")
-@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
-              help="timed repeats (median reported)")
-@click.option("--baselines/--no-baselines", default=True, help="measure bench/baselines in the same run")
-@click.option("--full-baselines", is_flag=True, help="run slow baselines to tolerance instead of extrapolating")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, callback=_existing_folder,
-              help="write the report as JSON (its folder must exist)")
-@click.option("--list", "list_configs", is_flag=True, help="list the configurations and exit")
-def bench(configs, backends, repeat, baselines, full_baselines, json_path, list_configs):
-    """Time the solvers against the numpy reference and the baselines, in one run."""
-    from .backends import backend_status
-    from .bench import CONFIGS, run_bench
-    if list_configs:
-        width = max(len(name) for name in CONFIGS)
-        for c in CONFIGS.values():
-            click.echo(f"{c.name:{width}s}  d={c.d} T={c.T} k={c.k} {c.dtype}: {c.note}")
-        return
-    names = list(configs) or ["paper", "pop-384", "pop-512", "pop-1024"]
-    chosen = [b.strip() for b in backends.split(",") if b.strip()]
-    for b in chosen:
-        check_choice("--backend", b, BACKENDS)
-    unusable = {b: why for b in chosen for ok, why in [backend_status(b)] if not ok}
-    if len(unusable) == len(chosen):  # skipping some of the chosen backends is a note; all of them an error
-        raise FastLoRAError("; ".join(f"--backend {b} cannot run here: {why}" for b, why in unusable.items()))
-    report = run_bench(names, chosen, repeat=repeat, baselines=baselines, full_baselines=full_baselines,
-                       echo=click.echo)
-    from .tables import render
-    columns = ["config", "backend", "solver", "ran", "workers", "sec_per_iter", "useful_gflops", "fraction_of_gemm",
-               "speedup_vs_numpy", "time_to_1e8", "speedup_vs_dense_als", "seconds", "iterations", "reached",
-               "speedup_vs_paper_gd", "gemm_equivalents", "rel_err_A", "peak_rss_gib", "rows_per_second",
-               "ms_per_row", "data_units_per_row", "points_per_second"]
-    present = [c for c in columns if any(row.get(c) is not None for row in report.rows)]
-    click.echo("\n" + render(report.rows, present) + "\n")
-    click.echo("machine: " + ", ".join(f"{k}={v}" for k, v in report.machine.items()))
-    for note in report.notes:
-        click.echo(f"note: {note}")
-    if json_path:
-        with open(json_path, "w") as fh:
-            fh.write(report.to_json())
-        click.echo(f"wrote {json_path}")
 
 
 @main.command()
