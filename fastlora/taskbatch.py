@@ -34,9 +34,9 @@ from .arrays import array_module, batched_frobenius_sq, frobenius_sq
 from .errors import FastLoRAError
 from .kernels import ResidualNorms
 from .linop import SharedPlusLowRank
-from .tasks import LowRankTarget, Task, dense_target
+from .tasks import PINV_RTOL as _PINV_RTOL
+from .tasks import LowRankTarget, Task, dense_target, least_squares_fits
 
-_PINV_RTOL = 1e-12  # eigenvalues of Σ below this fraction of the largest are treated as 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +424,7 @@ class FiniteSample(Batch):
     kind = "finite"
     is_population = False
 
-    def __init__(self, backend, dtype, Sigma, cross, s, n, P: int = 1):
+    def __init__(self, backend, dtype, Sigma, cross, s, n, P: int = 1, fits=None):
         super().__init__(backend, dtype, P, cross.shape[0] // P, cross.shape[1], cross.shape[2])
 
         def cast(a):
@@ -432,22 +432,15 @@ class FiniteSample(Batch):
 
         self.Sigma, self.cross, self.s = cast(Sigma), cast(cross), cast(s)
         self.n = np.asarray(n)
+        W_hat, floor, lam, V = fits
+        self._least_squares = (cast(W_hat), cast(floor))
+        self._spectrum = (cast(lam), cast(V))
         self._whiteners = None
         self._gram_solver = None
-        self._least_squares = None
 
     def least_squares(self):
-        """(Ŵ_t = C_t Σ_t⁺, L_t(Ŵ_t)), computed once.
-
-        L_t(W) = ½⟨(W − Ŵ_t)Σ_t, W − Ŵ_t⟩ + L_t(Ŵ_t) holds exactly (C_t's rows lie in the range
-        of Σ_t); unlike ½tr(WΣWᵀ) − tr(WCᵀ) + s, whose terms are of size s_t, it has no
-        cancellation, so losses near the optimum compare to full precision.
-        """
-        if self._least_squares is None:
-            xp = self.xp
-            W_hat = self.cross @ self.sigma_pinv_half()[1]
-            fit = 0.5 * xp.sum(((W_hat @ self.Sigma) * W_hat).reshape(W_hat.shape[0], -1), axis=1)
-            self._least_squares = (W_hat, xp.maximum(self.s - fit, 0.0))
+        """(Ŵ_t = C_t Σ_t⁺, L_t(Ŵ_t)) of every task (fastlora.tasks.least_squares_fits): the stable
+        form of the loss, L_t(W) = ½⟨(W − Ŵ_t)Σ_t, W − Ŵ_t⟩ + L_t(Ŵ_t)."""
         return self._least_squares
 
     def losses_W(self, W):
@@ -471,7 +464,7 @@ class FiniteSample(Batch):
         """Σ_t^{+1/2} and Σ_t^+ (pseudo-inverses on the range of Σ_t), computed once."""
         if self._whiteners is None:
             xp = self.xp
-            lam, V = xp.linalg.eigh(self.Sigma)
+            lam, V = self._spectrum
             cut = _PINV_RTOL * xp.maximum(lam[:, -1:], xp.finfo(lam.dtype).tiny)
             keep = lam > cut
             inv_sqrt = xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, lam, 1.0)), 0.0)
@@ -610,7 +603,7 @@ def stack_problems(problems: list[list[Task]], backend, dtype, kind: str) -> Bat
     P = len(problems)
     if kind == "finite":
         return FiniteSample(backend, dtype, np.stack([t.Sigma for t in tasks]), np.stack([t.C for t in tasks]),
-                            np.array([t.s for t in tasks]), [t.n for t in tasks], P=P)
+                            np.array([t.s for t in tasks]), [t.n for t in tasks], P=P, fits=least_squares_fits(tasks))
     return DensePopulation(backend, dtype, np.stack([dense_target(t.target) for t in tasks]), P=P)
 
 

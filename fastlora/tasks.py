@@ -227,11 +227,13 @@ class Task:
         return dense_target(self.target)
 
     def loss(self, W) -> float:
-        """L(W): ½‖W − W*‖²_F (population) or ½ tr(W Σ Wᵀ) − tr(W Cᵀ) + s."""
+        """L(W): ½‖W − W*‖²_F (population) or ½ tr(W Σ Wᵀ) − tr(W Cᵀ) + s, evaluated in the stable
+        form ½⟨(W − Ŵ)Σ, W − Ŵ⟩ + L(Ŵ) (:func:`least_squares_fits`)."""
         W = check_array("W", W, shape=(self.d_out, self.d_in))
         if self.is_population:
             return 0.5 * float(np.sum((W - self.W_star) ** 2))
-        return float(0.5 * np.sum((W @ self.Sigma) * W) - np.sum(W * self.C) + self.s)
+        W_hat, floor, _, _ = least_squares_fits([self])
+        return float(quadratic_losses(W[None], self.Sigma[None], W_hat, floor)[0])
 
     def excess_risk(self, W) -> float:
         """½‖W − W*‖²_F against the task's ground truth."""
@@ -403,3 +405,47 @@ def exact_statistics(target: Target, n: int, noise: float, rng: np.random.Genera
         if n > d_in:
             residual = noise * noise * float(rng.chisquare(float(d_out) * float(n - d_in)))
     return R.T @ R / n, M.T @ R / n, (float(np.sum(M * M)) + residual) / (2 * n)
+
+
+# eigenvalues of Σ below this fraction of the largest are treated as 0 (its pseudo-inverse)
+PINV_RTOL = 1e-12
+
+
+def least_squares_fits(tasks):
+    """(Ŵ, floor, λ, V) of finite-sample tasks, stacked: the least-squares fit Ŵ_t = C_t Σ_t⁺
+    (N, d_out, d_in), its loss floor_t = L_t(Ŵ_t) (N,), and Σ_t = V_t diag(λ_t) V_tᵀ (ascending).
+
+    With them L_t(W) = ½⟨(W − Ŵ_t)Σ_t, W − Ŵ_t⟩ + floor_t holds exactly (C_t's rows lie in the
+    range of Σ_t) and, unlike ½tr(WΣWᵀ) − tr(WCᵀ) + s, has no cancellation: losses near the
+    optimum compare to full precision (:func:`quadratic_losses`).  floor_t is itself such a
+    difference of terms of the size of s_t, so it is evaluated in extended precision
+    (``np.longdouble``).  Computed once per task — for the tasks that lack it, in one batched
+    call — and kept on the task (its statistics never change).
+    """
+    missing = [t for t in tasks if t.__dict__.get("_fit") is None]
+    if missing:
+        Sigma = np.stack([t.Sigma for t in missing])
+        cross = np.stack([t.C for t in missing])
+        s = np.array([t.s for t in missing])
+        lam, V = np.linalg.eigh(Sigma)
+        keep = lam > PINV_RTOL * np.maximum(lam[:, -1:], np.finfo(np.float64).tiny)
+        inverse = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0)
+        W_hat = cross @ ((V * inverse[:, None, :]) @ V.swapaxes(1, 2))
+        ext = np.longdouble
+        W, S = W_hat.astype(ext), Sigma.astype(ext)
+        floor = 0.5 * np.einsum("tij,tjk,tik->t", W, S, W) - np.einsum("tij,tij->t", W, cross.astype(ext)) + s
+        floor = np.maximum(floor, 0).astype(np.float64)
+        for i, task in enumerate(missing):
+            for a in (W_hat[i], lam[i], V[i]):
+                a.setflags(write=False)
+            task.__dict__["_fit"] = (W_hat[i], float(floor[i]), lam[i], V[i])
+    fits = [t.__dict__["_fit"] for t in tasks]
+    return (np.stack([f[0] for f in fits]), np.array([f[1] for f in fits]), np.stack([f[2] for f in fits]),
+            np.stack([f[3] for f in fits]))
+
+
+def quadratic_losses(W, Sigma, W_hat, floor):
+    """Per task L_t(W_t) = ½⟨(W_t − Ŵ_t)Σ_t, W_t − Ŵ_t⟩ + floor_t for stacks (N, d_out, d_in): the
+    one implementation of the finite-sample loss (see :func:`least_squares_fits`)."""
+    E = W - W_hat
+    return 0.5 * np.sum(((E @ Sigma) * E).reshape(E.shape[0], -1), axis=1) + floor

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 
 from ..errors import FastLoRAError
@@ -172,7 +172,7 @@ def run_json(run) -> dict:
     """A :class:`~fastlora.bench.runner.BenchRun` as pytest-benchmark's JSON."""
     return {"machine_info": run.machine_info, "commit_info": run.commit_info,
             "benchmarks": [benchmark_json(m) for m in run.results],
-            "datetime": datetime.now(timezone.utc).isoformat(), "version": pytest_benchmark().__version__,
+            "datetime": datetime.now(UTC).isoformat(), "version": pytest_benchmark().__version__,
             "fastlora": {"configs": run.configs, "quick": run.options.quick,
                          "peft": run.options.peft, "repeat": run.options.repeat,
                          "skipped": [{"config": s.config, "reason": s.reason} for s in run.skipped],

@@ -41,8 +41,9 @@ __all__ = ["ALS", "ADAM", "FIT_EXACT", "FIT_ITERATIVE", "FIXED", "GD", "JOINT", 
            "STANDARD", "Solved", "make_settings", "make_spec", "params_of", "peft_code", "quad_batch", "run",
            "theta_of"]
 
-_PINV_RTOL = 1e-12   # eigenvalues of Σ below this fraction of the largest are treated as 0
 LBFGS_MEMORY = 10
+# problems of a batch run on Numba's threads (prange) from this many on; fewer run on the calling thread
+PARALLEL_MIN_PROBLEMS = 16
 ARMIJO_C1 = 1e-4
 MAX_BACKTRACKS = 50
 ANDERSON_DEPTH = 5
@@ -81,9 +82,8 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
     """The engine's data of P problems of one shape (lists of tasks, all population or all
     finite-sample): Ŵ_t, Σ_t, floor_t and what the solvers precompute, with a leading axis P.
 
-    floor_t = L_t(Ŵ_t) is evaluated in extended precision (``np.longdouble``): it is the
-    difference of terms of the size of ‖Y‖²/2n, so float64 would lose the digits by which
-    objectives near the optimum differ.  ``need_whiteners``: also Σ_t^{±1/2} (the whitened
+    Ŵ_t and floor_t = L_t(Ŵ_t) come from :func:`fastlora.tasks.least_squares_fits` (floor_t in
+    extended precision, computed once per task).  ``need_whiteners``: also Σ_t^{±1/2} (the whitened
     exact fits of ``lora`` and ``full`` on finite samples).  ``base_sq`` (P,): ‖S‖² of
     reduced problems (fastlora.reduction), added to the scales of the convergence test.
     """
@@ -99,17 +99,12 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
         return QuadBatch(True, empty, W.astype(dtype, copy=False), np.zeros((P, T), dtype),
                          W.sum(axis=1).astype(dtype), np.zeros((P, 0, 0), dtype), empty, empty, np.ones((P, T), dtype),
                          null, base_sq)
+    from ..tasks import PINV_RTOL, least_squares_fits
     tasks = [t for one in problems for t in one]
     Sigma = np.stack([t.Sigma for t in tasks])
-    cross = np.stack([t.C for t in tasks])
-    s = np.array([t.s for t in tasks])
-    lam, V = np.linalg.eigh(Sigma)
-    cut = _PINV_RTOL * np.maximum(lam[:, -1:], np.finfo(np.float64).tiny)
-    keep = lam > cut
-    inv = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0)
-    W_hat = cross @ ((V * inv[:, None, :]) @ V.swapaxes(1, 2))
-    floor = _floor(Sigma, cross, s, W_hat)
+    W_hat, floor, lam, V = least_squares_fits(tasks)
     if need_whiteners:
+        keep = lam > PINV_RTOL * np.maximum(lam[:, -1:], np.finfo(np.float64).tiny)
         root = np.sqrt(np.where(keep, lam, 0.0))
         inv_root = np.where(keep, 1.0 / np.where(keep, root, 1.0), 0.0)
         sqrt_S = (V * root[:, None, :]) @ V.swapaxes(1, 2)
@@ -118,10 +113,10 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
         sqrt_S = isqrt_S = np.zeros((P * T, 0, 0))
     gram = Sigma.reshape(P, T, d_in, d_in).sum(axis=1)  # Σ_t Σ_t: A (Σ_t Σ_t) = Σ_t (C_t − Δ_tΣ_t)
     g_lam, g_V = np.linalg.eigh(gram)
-    g_keep = g_lam > _PINV_RTOL * np.maximum(g_lam[:, -1:], np.finfo(np.float64).tiny)
+    g_keep = g_lam > PINV_RTOL * np.maximum(g_lam[:, -1:], np.finfo(np.float64).tiny)
     g_inv = np.where(g_keep, 1.0 / np.where(g_keep, g_lam, 1.0), 0.0)
     gram_pinv = (g_V * g_inv[:, None, :]) @ g_V.swapaxes(1, 2)
-    rhs0 = cross.reshape(P, T, d_out, d_in).sum(axis=1)
+    rhs0 = np.stack([t.C for t in tasks]).reshape(P, T, d_out, d_in).sum(axis=1)
 
     def shaped(a, *tail):
         return np.ascontiguousarray(a.reshape(P, T, *tail), dtype=dtype)
@@ -129,15 +124,7 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
     return QuadBatch(False, shaped(Sigma, d_in, d_in), shaped(W_hat, d_out, d_in), shaped(floor),
                      np.ascontiguousarray(rhs0, dtype=dtype), np.ascontiguousarray(gram_pinv, dtype=dtype),
                      shaped(sqrt_S, *sqrt_S.shape[1:]), shaped(isqrt_S, *isqrt_S.shape[1:]),
-                     shaped(lam[:, -1]), s.reshape(P, T).sum(axis=1), base_sq)
-
-
-def _floor(Sigma, cross, s, W_hat):
-    """L_t(Ŵ_t) = ½⟨Ŵ_tΣ_t, Ŵ_t⟩ − ⟨Ŵ_t, C_t⟩ + s_t per task, in extended precision, clipped at 0."""
-    ext = np.longdouble
-    W, S, C = W_hat.astype(ext), Sigma.astype(ext), cross.astype(ext)
-    value = 0.5 * np.einsum("tij,tjk,tik->t", W, S, W) - np.einsum("tij,tij->t", W, C) + s.astype(ext)
-    return np.maximum(value, 0).astype(np.float64)
+                     shaped(lam[:, -1]), np.array([t.s for t in tasks]).reshape(P, T).sum(axis=1), base_sq)
 
 
 # -- parameters --------------------------------------------------------------------------------
@@ -214,7 +201,8 @@ def run(qb: QuadBatch, spec: Spec, cfg: Settings, A0, theta0, compiled: bool, pa
         from .loops import RUN_ONE, batch_solver
         solve_batch = batch_solver(RUN_ONE[cfg.solver])
     started = time.perf_counter()
-    solve_batch(*args)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging problem ends with a status
+        solve_batch(*args)
     seconds = time.perf_counter() - started
     return Solved(A, theta, [history[p, :ints[p, COUNT]] for p in range(P)], ints[:, N_ITER], ints[:, _STATUS],
                   floats[:, FINAL], floats[:, LAST], floats[:, _SCALE], ints[:, 3], ints[:, _REJECTED], floats[:, STEP],

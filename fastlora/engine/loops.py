@@ -78,10 +78,11 @@ def batch_solver(run_one, parallel: bool = False):
 
     def solve_batch(identity, Sigma, W_hat, floor, rhs0, gram_pinv, sqrt_S, isqrt_S, lam_max, null, base_sq,
                     packed_ints, packed_floats, A0, theta0, A_out, theta_out, history, ints, floats):
-        qb = QuadBatch(identity, Sigma, W_hat, floor, rhs0, gram_pinv, sqrt_S, isqrt_S, lam_max, null, base_sq)
-        spec, cfg = unpack(packed_ints, packed_floats)
         for p in loop(A_out.shape[0]):
-            q = problem(qb, p)
+            # the named tuples are made inside the loop: Numba's parfor lowering fails on tuples made outside it
+            spec, cfg = unpack(packed_ints, packed_floats)
+            q = Quad(identity, Sigma[p], W_hat[p], floor[p], rhs0[p], gram_pinv[p], sqrt_S[p], isqrt_S[p], lam_max[p],
+                     null[p], base_sq[p])
             A, theta = A_out[p], theta_out[p]
             w = make_work(spec, A)
             start_A(q, spec, cfg.init, A0[p], A, w)

@@ -333,15 +333,8 @@ class Context:
     def _given_params(self, given, A) -> dict:
         b = self.batch
         base = (self.backend.to_numpy(A[0]),) if getattr(self.peft, "uses_base", False) else ()
-        expected = self.peft.init(np.random.default_rng(0), b.d_out, b.d_in, self.rank, b.P * b.T, *base)
-        if set(given) != set(expected):
-            raise FastLoRAError(f"init_params has keys {sorted(given)}; peft {self.peft.name!r} needs "
-                                f"{sorted(expected)}")
-        out = {}
-        for name, want in expected.items():
-            value = check_array(f"init_params[{name!r}]", self.backend.to_numpy(given[name]), shape=np.shape(want))
-            out[name] = self.backend.asarray(value, self.dtype)
-        return out
+        checked = given_params(self.peft, given, b.P * b.T, b.d_out, b.d_in, self.rank, *base)
+        return {name: self.backend.asarray(value, self.dtype) for name, value in checked.items()}
 
     def initial_A(self):
         """The starting A of every problem, (P, d_out, d_in)."""
@@ -351,7 +344,23 @@ class Context:
             if how == "standard":
                 return b.standard_solution()
             return self.xp.zeros((b.P, b.d_out, b.d_in), self.dtype)
-        A0 = np.asarray(self.backend.to_numpy(how))
-        shape = (b.d_out, b.d_in) if A0.ndim == 2 else (b.P, b.d_out, b.d_in)
-        A0 = check_array("init_A", A0, shape=shape)
-        return self.backend.asarray(np.broadcast_to(A0, (b.P, b.d_out, b.d_in)).copy(), self.dtype)
+        A0 = given_A(self.backend.to_numpy(how), b.P, b.d_out, b.d_in)
+        return self.backend.asarray(A0, self.dtype)
+
+
+def given_params(peft, given: dict, tasks: int, d_out: int, d_in: int, rank, *base) -> dict:
+    """``init_params`` checked against what ``peft.init`` makes for ``tasks`` tasks (keys and shapes);
+    numpy arrays."""
+    expected = peft.init(np.random.default_rng(0), d_out, d_in, rank, tasks, *base)
+    if set(given) != set(expected):
+        raise FastLoRAError(f"init_params has keys {sorted(given)}; peft {peft.name!r} needs {sorted(expected)}")
+    return {name: check_array(f"init_params[{name!r}]", np.asarray(given[name]), shape=np.shape(want))
+            for name, want in expected.items()}
+
+
+def given_A(A0, P: int, d_out: int, d_in: int) -> np.ndarray:
+    """``init_A`` given as an array, checked: (d_out, d_in) for every problem, or (P, d_out, d_in)."""
+    A0 = np.asarray(A0)
+    shape = (d_out, d_in) if A0.ndim == 2 else (P, d_out, d_in)
+    A0 = check_array("init_A", A0, shape=shape)
+    return np.broadcast_to(A0, (P, d_out, d_in)).copy()

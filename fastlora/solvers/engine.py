@@ -18,6 +18,7 @@ import numpy as np
 from .. import engine as E
 from ..engine.steps import NONE
 from .als import anderson_depth
+from .common import given_A, given_params
 
 # the largest dimension the engine takes: its products are plain loops, faster than BLAS calls on
 # matrices this small and slower beyond (docs/design.md, "The compiled engine")
@@ -78,16 +79,16 @@ def starts(code: int, peft, peft_code: int, options: dict, rngs: list, T: int, r
     and each problem's draw of ``peft.init`` from its own generator (gradient solvers only: an
     ALS solve starts from the exact fit at its starting A)."""
     P = len(rngs)
-    A0 = np.zeros((P, d_out, d_in), dtype)
     init_A = options.get("init_A", "standard")
-    if not isinstance(init_A, str):
-        A0[:] = np.broadcast_to(np.asarray(init_A, dtype=np.float64), (P, d_out, d_in))
+    A0 = np.zeros((P, d_out, d_in), dtype) if isinstance(init_A, str) else given_A(init_A, P, d_out, d_in)
     if peft_code == NONE:
         return A0, np.zeros((P, 0), dtype)
     given = options.get("init_params")
-    if given is None and code in (E.ALS, E.FIT_EXACT):
+    if given is not None:
+        given = given_params(peft, given, P * T, d_out, d_in, rank)
+    elif code in (E.ALS, E.FIT_EXACT):
         return A0, np.zeros((P, E.n_theta(peft_code, rank, T, d_out, d_in)), dtype)
-    if given is None:
+    else:
         drawn = [peft.init(rng, d_out, d_in, rank, T) for rng in rngs]
         given = {k: np.concatenate([one[k] for one in drawn]) for k in drawn[0]}
     return A0, E.theta_of(peft_code, given, P, T, rank, d_out, d_in, dtype)
@@ -107,7 +108,7 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, rngs: lis
     cfg = settings(code, method, options, max_iter, tol, dtype, d_out, d_in)
     spec = E.make_spec(pcode, rank or 1, T, d_out, d_in, peft)
     compiled = backend.name == "numba"
-    parallel = compiled and len(problems) > 1 and backend.module.configured_threads() > 1
+    parallel = compiled and len(problems) >= E.PARALLEL_MIN_PROBLEMS and backend.module.configured_threads() > 1
     started = time.perf_counter()
     qb = E.quad_batch(problems, dtype, base_sq,
                       need_whiteners=code == E.ALS and not problems[0][0].is_population)

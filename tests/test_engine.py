@@ -1,0 +1,284 @@
+"""The engine (fastlora.engine): one source, run as Python (numpy backend) and compiled (numba).
+
+What is checked: the compiled primitives against their numpy form; every covered path compiled
+against uncompiled (results, iteration counts, status codes); results independent of the batch;
+the L-BFGS against SciPy's L-BFGS-B and its direction against the explicit BFGS update of
+tests/naive.py; the safeguards as properties (every accepted step lowers the objective); the
+objective reported at the returned point; a failing problem inside a batch; raise-or-return
+decided the same for one problem and many.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastlora as fl
+from fastlora import engine as E
+from fastlora.engine import linalg, loops, status, steps
+
+import naive
+
+# every covered path: (problem, retrain arguments)
+PATHS = {
+    "standard population": (dict(d=8, k=1, T=3), dict(method="standard")),
+    "standard finite": (dict(d=8, k=1, T=3, n=400, noise=0.1), dict(method="standard")),
+    "reptile population": (dict(d=8, k=1, T=3), dict(method="reptile")),
+    "reptile finite": (dict(d=8, k=1, T=3, n=400, noise=0.1), dict(method="reptile", max_iter=300)),
+    "als population lora_sym": (dict(d=8, k=1, T=3), dict(peft="lora_sym", solver="als", reduction="none")),
+    "als population lora": (dict(d=6, d_out=5, k=1, T=4, symmetric=False),
+                            dict(peft="lora", solver="als", reduction="none")),
+    "als population full": (dict(d=6, k=1, T=3), dict(peft="full", solver="als")),
+    "als reduced lora_sym": (dict(d=12, k=1, T=3), dict(peft="lora_sym")),
+    "als finite lora": (dict(d=6, d_out=5, k=1, T=4, n=2000, noise=0.01, symmetric=False), dict(peft="lora")),
+    "als finite full": (dict(d=6, k=1, T=3, n=300, noise=0.1), dict(peft="full", solver="als")),
+    "lbfgs finite lora_sym": (dict(d=8, k=1, T=3, n=2000, noise=0.01), dict(peft="lora_sym")),
+    "lbfgs joint population lora": (dict(d=6, k=1, T=3, symmetric=False),
+                                    dict(peft="lora", solver="gd", optimizer="lbfgs", eliminate_A=False,
+                                         reduction="none", max_iter=400)),
+    "gd finite lora_sym": (dict(d=6, k=1, T=3, n=500, noise=0.1),
+                           dict(peft="lora_sym", solver="gd", optimizer="gd", max_iter=150)),
+    "adam finite lora": (dict(d=6, k=1, T=3, n=500, noise=0.1, symmetric=False),
+                         dict(peft="lora", solver="gd", optimizer="adam", max_iter=150)),
+}
+
+
+def _solve(path, backend, seed=0, **extra):
+    problem, kwargs = PATHS[path]
+    return fl.retrain(fl.make_problem(seed=seed, **problem), backend=backend, **{**kwargs, **extra})
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_compiled_and_uncompiled_engines_agree(path):
+    """At tol 1e-12: stopping at a relative change of 1e-10 (the default) leaves A up to a few 1e-10 from
+    the optimum, and rounding decides the last iterate of an Anderson-accelerated run."""
+    python, compiled = _solve(path, "numpy", tol=1e-12), _solve(path, "numba", tol=1e-12)
+    assert python.info["engine"] == "python" and compiled.info["engine"] == "compiled"
+    # the same kind of end (two convergence tests can trade places within an iteration by rounding)
+    assert python.converged == compiled.converged and ("max_iter" in python.message) == ("max_iter" in compiled.message)
+    assert abs(python.n_iter - compiled.n_iter) <= 2
+    scale = max(np.linalg.norm(python.A), 1.0)
+    assert np.linalg.norm(python.A - compiled.A) <= 1e-10 * scale
+    assert compiled.objective == pytest.approx(python.objective, rel=1e-9, abs=1e-14 * scale ** 2)
+    for name in python.params:
+        np.testing.assert_allclose(compiled.delta(0), python.delta(0), atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("path", ["lbfgs finite lora_sym", "als population lora_sym", "als finite lora"])
+def test_float32_runs_compiled_and_agrees_with_float64(path):
+    single, double = _solve(path, "numba", dtype="float32"), _solve(path, "numba")
+    assert single.A.dtype == np.float32 and single.converged
+    assert np.linalg.norm(single.A - double.A) <= 1e-4 * np.linalg.norm(double.A)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("path", ["lbfgs finite lora_sym", "als population lora", "reptile finite"])
+def test_a_problem_s_result_does_not_depend_on_the_batch(path, backend):
+    problem, kwargs = PATHS[path]
+    problems = [fl.make_problem(seed=s, **problem) for s in range(5)]
+    together = fl.retrain_many(problems, seeds=list(range(5)), backend=backend, threads=1, **kwargs)
+    for s, (prob, res) in enumerate(zip(problems, together)):
+        alone = fl.retrain(prob, seed=s, backend=backend, **kwargs)
+        np.testing.assert_array_equal(res.A, alone.A)
+        assert res.n_iter == alone.n_iter and res.message == alone.message
+
+
+def test_problems_on_several_threads_agree_with_one_thread():
+    problem, kwargs = PATHS["lbfgs finite lora_sym"]
+    problems = [fl.make_problem(seed=s, **problem) for s in range(2 * E.PARALLEL_MIN_PROBLEMS)]
+    one = fl.retrain_many(problems, backend="numba", threads=1, **kwargs)
+    two = fl.retrain_many(problems, backend="numba", threads=2, **kwargs)
+    for a, b in zip(one, two):
+        assert a.n_iter == b.n_iter
+        np.testing.assert_allclose(a.A, b.A, rtol=0, atol=1e-12 * np.linalg.norm(a.A))
+
+
+# -- the primitives ----------------------------------------------------------------------------
+def test_compiled_primitives_agree_with_their_numpy_form():
+    import numba
+
+    import fastlora.engine.compiled  # noqa: F401  (registers the compiled primitives)
+
+    @numba.njit
+    def compiled(a, b, out, x, y, m, v):
+        linalg.matmul(a, b, out)
+        linalg.matmul_add(a, b.T, out, 0.5)
+        linalg.axpy(-2.0, x, y)
+        linalg.scale(3.0, y)
+        linalg.adam_moments(x, m, v, 0.9, 0.999)
+        linalg.adam_apply(y, m, v, 0.1, 2.0, 1e-8)
+        return linalg.inner(out, out) + linalg.inner(x, y)
+
+    def reference(a, b, out, x, y, m, v):
+        linalg.matmul(a, b, out)
+        linalg.matmul_add(a, b.T, out, 0.5)
+        linalg.axpy(-2.0, x, y)
+        linalg.scale(3.0, y)
+        linalg.adam_moments(x, m, v, 0.9, 0.999)
+        linalg.adam_apply(y, m, v, 0.1, 2.0, 1e-8)
+        return linalg.inner(out, out) + linalg.inner(x, y)
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 5)).T, rng.standard_normal((5, 5))  # a: a transposed (F-ordered) view
+    x, y, m, v = (rng.standard_normal(9) for _ in range(4))
+    v = np.abs(v)
+    first = [np.zeros((5, 5)), y.copy(), m.copy(), v.copy()]
+    second = [np.zeros((5, 5)), y.copy(), m.copy(), v.copy()]
+    got = compiled(a, b, first[0], x, first[1], first[2], first[3])
+    want = reference(a, b, second[0], x, second[1], second[2], second[3])
+    assert got == pytest.approx(want, rel=1e-13)
+    for g, w in zip(first, second):
+        np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-14)
+
+
+def test_the_two_loop_direction_is_the_bfgs_update_of_the_kept_pairs():
+    rng = np.random.default_rng(1)
+    m, n = 4, 7
+    S, Y, rho, alpha = np.zeros((m, n)), np.zeros((m, n)), np.zeros(m), np.zeros(m)
+    pairs = head = 0
+    gamma = 1.0
+    kept = []
+    for _ in range(6):  # more pairs than memory: the oldest are dropped
+        s = rng.standard_normal(n)
+        y = s + 0.3 * rng.standard_normal(n)
+        if s @ y <= 0:
+            continue
+        pairs, head, gamma = steps.lbfgs_update(S, Y, rho, pairs, head, s, y, gamma, 1e-16)
+        kept = ([*kept, (s, y)])[-m:]
+    grad = rng.standard_normal(n)
+    out = np.empty(n)
+    steps.lbfgs_direction(S, Y, rho, alpha, pairs, head, grad, gamma, out)
+    Sk = np.array([p[0] for p in kept])[None]
+    Yk = np.array([p[1] for p in kept])[None]
+    want = -naive.lbfgs_direction(Sk, Yk, np.ones((1, len(kept)), bool), grad[None], np.array([gamma]))[0]
+    np.testing.assert_allclose(out, want, rtol=1e-10)
+
+
+def test_a_pair_with_nonpositive_curvature_is_not_kept():
+    S, Y, rho = np.zeros((3, 2)), np.zeros((3, 2)), np.zeros(3)
+    pairs, head, gamma = steps.lbfgs_update(S, Y, rho, 0, 0, np.array([1.0, 0.0]), np.array([-1.0, 0.0]), 0.7, 1e-16)
+    assert (pairs, head, gamma) == (0, 0, 0.7)
+
+
+def test_the_lbfgs_reaches_scipy_s_lbfgs_b_optimum_on_the_same_objective():
+    from scipy.optimize import minimize
+    prob = fl.make_problem(d=6, k=1, T=3, n=400, noise=0.1, seed=3)
+    ours = fl.retrain(prob, peft="lora_sym", backend="numpy")
+    qb = E.quad_batch([prob.tasks], np.float64)
+    q = loops.problem(qb, 0)
+    spec = E.make_spec(E.LORA_SYM, 1, 3, 6, 6)
+    w = steps.make_work(spec, np.zeros((6, 6)))
+    A = np.zeros((6, 6))
+
+    def f(theta):
+        grad = np.zeros_like(theta)
+        return steps.projected_value_grad(q, spec, theta, w, A, grad), grad
+
+    start = E.theta_of(E.LORA_SYM, fl.peft.get("lora_sym").init(np.random.default_rng(0), 6, 6, 1, 3), 1, 3, 1, 6,
+                       6, np.float64)[0]
+    scipy_result = minimize(f, start, jac=True, method="L-BFGS-B", options={"ftol": 0, "gtol": 1e-12,
+                                                                            "maxiter": 5000})
+    assert ours.objective == pytest.approx(scipy_result.fun, rel=1e-12)
+    f(scipy_result.x)
+    np.testing.assert_allclose(ours.A, A, atol=1e-6 * np.linalg.norm(A))
+
+
+def test_the_spd_solve_of_the_mixing_coefficients_agrees_with_lapack():
+    rng = np.random.default_rng(4)
+    M = rng.standard_normal((5, 5))
+    M = M @ M.T + 0.1 * np.eye(5)
+    b = rng.standard_normal(5)
+    np.testing.assert_allclose(steps.spd_solve(M.copy(), b), np.linalg.solve(M, b), rtol=1e-12)
+
+
+# -- the safeguards, as properties -------------------------------------------------------------
+def _non_increasing(history, eps=np.finfo(np.float64).eps):
+    steps_up = np.diff(history)
+    return bool(np.all(steps_up <= 8 * eps * np.abs(history[:-1]) + 1e-300))
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("kind", ["population", "rank > k", "finite"])
+def test_anderson_extrapolations_never_raise_the_objective(seed, kind):
+    problem = {"population": dict(d=10, k=2, T=4), "rank > k": dict(d=8, k=1, T=3),
+               "finite": dict(d=8, k=2, T=4, n=100, noise=0.5)}[kind]
+    prob = fl.make_problem(seed=seed, symmetric=False, **problem)
+    res = fl.retrain(prob, peft="lora", rank=2, solver="als", reduction="none", backend="numpy", tol=1e-14)
+    assert res.info["extrapolations_accepted"] > 0
+    assert _non_increasing(res.history)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_every_lbfgs_step_decreases_the_objective_sufficiently(seed):
+    prob = fl.make_problem(d=8, k=2, T=3, n=200, noise=0.3, seed=seed)
+    start = {"U": 3.0 * np.random.default_rng(seed).standard_normal((3, 8, 2))}
+    res = fl.retrain(prob, peft="lora_sym", backend="numpy", init_params=start)
+    assert _non_increasing(res.history)
+
+
+def test_a_rejected_extrapolation_falls_back_to_the_plain_step(monkeypatch):
+    """Force every candidate to be bad: the solve must equal plain ALS step for step."""
+    original = loops.anderson_mix
+
+    def bad(X, F, count, x, gx, out):
+        mixed, count = original(X, F, count, x, gx, out)
+        out += 10.0 * mixed
+        return mixed, count
+
+    monkeypatch.setattr(loops, "anderson_mix", bad)
+    prob = fl.make_problem(d=10, k=1, T=3, seed=1)
+    forced = fl.retrain(prob, solver="als", backend="numpy")
+    monkeypatch.undo()
+    plain = fl.retrain(prob, solver="als", acceleration="none", backend="numpy")
+    assert forced.info["extrapolations_accepted"] == 0 and forced.info["extrapolations_rejected"] > 0
+    np.testing.assert_array_equal(forced.A, plain.A)
+    np.testing.assert_array_equal(forced.history, plain.history)
+
+
+# -- what a result reports ---------------------------------------------------------------------
+def _objective_extended(prob, res) -> float:
+    """F at the returned point from the tasks' statistics, in extended precision."""
+    ext = np.longdouble
+    total = ext(0)
+    for t, task in enumerate(prob.tasks):
+        W = res.A.astype(ext) + res.delta(t).astype(ext)
+        S, C = task.Sigma.astype(ext), task.C.astype(ext)
+        total += ext(0.5) * np.sum((W @ S) * W) - np.sum(W * C) + ext(task.s)
+    return float(total)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_the_objective_is_f_at_the_returned_point(backend):
+    for seed in range(5):
+        prob = fl.make_problem(d=10, k=1, T=3, n=5000, noise=0.01, seed=seed)
+        res = fl.retrain(prob, backend=backend)
+        assert res.objective == pytest.approx(_objective_extended(prob, res), rel=1e-13)
+        assert res.history[-1] == res.objective
+
+
+def test_a_failing_problem_in_a_compiled_batch_is_one_error_and_the_others_go_on():
+    problems = [fl.make_problem(d=6, k=1, T=3, n=300, noise=0.1, seed=s) for s in range(4)]
+    starts = np.zeros((4, 6, 6))
+    starts[2] = 1e200  # its objective overflows at the start
+    out = fl.retrain_many(problems, peft="lora_sym", solver="gd", optimizer="lbfgs", eliminate_A=False,
+                          init_A=starts, backend="numba", errors="return")
+    assert isinstance(out[2], fl.errors.DivergenceError) and "starting point" in str(out[2])
+    assert all(r.converged for i, r in enumerate(out) if i != 2)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_raise_or_return_does_not_depend_on_the_batch_size(count):
+    problems = [fl.make_problem(d=6, k=1, T=3, n=300, noise=0.1, seed=0)] * count
+    out = fl.retrain_many(problems, solver="gd", optimizer="adam", lr=1e3, errors="return")
+    assert len(out) == count and all(isinstance(r, fl.errors.DivergenceError) for r in out)
+    with pytest.raises(fl.errors.DivergenceError):
+        fl.retrain_many(problems, solver="gd", optimizer="adam", lr=1e3)
+    with pytest.raises(fl.errors.DivergenceError):
+        fl.retrain(problems[0], solver="gd", optimizer="adam", lr=1e3)
+
+
+def test_every_status_code_has_one_message():
+    codes = [v for k, v in vars(status).items() if k.isupper() and isinstance(v, int)
+             and k not in ("STALL_WINDOW", "RUNNING")]
+    for code in codes:
+        message, converged, error = status.describe(code, 3, float("nan"), 1.0, 10)
+        assert message and (error is None) == (code >= 0) and converged == (code in status.CONVERGED)
