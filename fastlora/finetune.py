@@ -13,6 +13,7 @@ from .options import OPTIONS, check_solver_options
 from .peft.protocol import check_shape_supported, shared_names
 from .reduction import extend_basis, orthonormal_basis
 from .seeding import as_generator
+from .solvers import engine as engine_path
 from .solvers.adapters import InnerGradient, choose_adapter_step
 from .solvers.common import Context, RetrainResult
 from .taskbatch import stack_problems
@@ -145,6 +146,8 @@ def _fit(jobs, peft, rank, be, dtype, max_iter, tol) -> list[FinetuneResult]:
     """Fine-tune every (index, A, task, seed, start) job of one shape in one batch (P = len(jobs), T = 1)."""
     tasks = [j[2] for j in jobs]
     given = jobs[0][4]
+    if given is None and engine_path.covers_fit(peft, tasks[0], be.name):
+        return _fit_on_engine(jobs, peft, rank, be, dtype, max_iter, tol)
     batch = stack_problems([[t] for t in tasks], be, dtype, "dense" if tasks[0].is_population else "finite")
     options = check_solver_options("lora-ml", "als", {} if given is None else {"init_params": given})
     ctx = Context(batch=batch, backend=be, peft=peft, rank=rank, dtype=dtype,
@@ -166,6 +169,28 @@ def _fit(jobs, peft, rank, be, dtype, max_iter, tol) -> list[FinetuneResult]:
         risk = task.excess_risk(W) if task.has_ground_truth else float("nan")
         mine = {k: np.asarray(be.to_numpy(params[k][p:p + 1])) for k in own}
         results.append(FinetuneResult(mine, deltas[p], loss, risk, step.exact, n_iter, converged))
+    return results
+
+
+def _fit_on_engine(jobs, peft, rank, be, dtype, max_iter, tol) -> list[FinetuneResult]:
+    """:func:`_fit` on the engine (fastlora.solvers.engine): the exact fit, or L-BFGS over the adapter
+    with A fixed where none exists (``lora_sym`` on samples), every job one problem of one batch."""
+    from . import engine as E
+    tasks = [j[2] for j in jobs]
+    solved, exact = engine_path.fit(peft, rank, tasks, np.stack([j[1] for j in jobs]),
+                                    [as_generator(j[3]) for j in jobs], max_iter, tol, dtype, be)
+    params = E.params_of(E.peft_code(peft), solved.theta, 1, rank, tasks[0].d_out, tasks[0].d_in)
+    canonical = getattr(peft, "canonicalize", None)
+    if callable(canonical):
+        params = canonical(params)
+    deltas = np.asarray(peft.delta(params), dtype=np.float64)
+    results = []
+    for p, (_, A, task, _, _) in enumerate(jobs):
+        _, converged, _ = solved.outcome(p, max_iter)
+        risk = task.excess_risk(A + deltas[p]) if task.has_ground_truth else float("nan")
+        mine = {k: np.ascontiguousarray(v[p:p + 1]) for k, v in params.items()}
+        results.append(FinetuneResult(mine, deltas[p], float(solved.objective[p]), risk, exact,
+                                      int(solved.n_iter[p]), converged))
     return results
 
 

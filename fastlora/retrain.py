@@ -324,18 +324,17 @@ def _check_adapter_arguments(method: str, peft, rank, peft_options, d_out: int, 
 def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: list | None = None) -> list:
     """Solve ``problems`` (one batch) under ``plan``; a list of RetrainResult (or exceptions, P > 1)."""
     be = plan.backend
+    if plan.reduction is not None:
+        reductions = reductions or [plan.reduction]
+        problems = [r.tasks for r in reductions]
+    if plan.engine:  # the engine compiles what it needs itself, and sets threads only to run problems in parallel
+        results = _solve_on_engine(plan, [as_task_list(p) for p in problems], rngs, reductions)
+        if plan.reduction is not None:
+            results = [r if isinstance(r, Exception) else _lift(plan, red, r) for r, red in zip(results, reductions)]
+        return results
     with be.running(plan.threads):
         be.prepare(plan.dtype)  # loading (or compiling) kernels is not part of the solve's time
         started = time.perf_counter()
-        if plan.reduction is not None:
-            reductions = reductions or [plan.reduction]
-            problems = [r.tasks for r in reductions]
-        if plan.engine:
-            results = _solve_on_engine(plan, [as_task_list(p) for p in problems], rngs, reductions)
-            if plan.reduction is not None:
-                results = [r if isinstance(r, Exception) else _lift(plan, red, r, started, len(problems))
-                           for r, red in zip(results, reductions)]
-            return results
         try:
             if len(problems) == 1:
                 batch = make_batch(as_task_list(problems[0]), be, plan.dtype, structured=plan.structured,
@@ -346,8 +345,7 @@ def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: li
                 batch.mark_reduction(np.array([r.base_sq for r in reductions]))
             results = _solve(plan, batch, rngs, as_numpy, started)
             if plan.reduction is not None:
-                results = [r if isinstance(r, Exception) else _lift(plan, red, r, started, len(problems))
-                           for r, red in zip(results, reductions)]
+                results = [r if isinstance(r, Exception) else _lift(plan, red, r) for r, red in zip(results, reductions)]
             return results
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory.OutOfMemoryError
@@ -418,7 +416,7 @@ def _check_memory(be, tasks, kind, rank, dtype) -> None:
                             f"{format_bytes(free)} is free; {advice}, or backend='numba'")
 
 
-def _lift(plan: _Plan, reduction: Reduction, res: RetrainResult, started: float, P: int) -> RetrainResult:
+def _lift(plan: _Plan, reduction: Reduction, res: RetrainResult) -> RetrainResult:
     """A reduced problem's result in the full space (:mod:`fastlora.reduction`); its seconds: the
     reduced solve's share, the reduction and this lift."""
     lifting = time.perf_counter()
@@ -492,7 +490,7 @@ def _solve_on_engine(plan: _Plan, problems: list, rngs: list, reductions) -> lis
     base_sq = None if reductions is None else [r.base_sq for r in reductions]
     solved, info, seconds = engine_path.solve(plan.method, plan.solver, plan.peft, plan.rank, problems, rngs,
                                               plan.options, plan.max_iter, plan.tol, plan.dtype, plan.backend,
-                                              base_sq)
+                                              base_sq, plan.threads)
     P, T, d_out, d_in = len(problems), len(problems[0]), problems[0][0].d_out, problems[0][0].d_in
     params = {}
     if plan.method == "lora-ml":

@@ -38,7 +38,6 @@ from .tasks import PINV_RTOL as _PINV_RTOL
 from .tasks import LowRankTarget, Task, dense_target, least_squares_fits
 
 
-
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Adapters:

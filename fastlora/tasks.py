@@ -433,8 +433,10 @@ def least_squares_fits(tasks):
         W_hat = cross @ ((V * inverse[:, None, :]) @ V.swapaxes(1, 2))
         ext = np.longdouble
         W, S = W_hat.astype(ext), Sigma.astype(ext)
-        floor = 0.5 * np.einsum("tij,tjk,tik->t", W, S, W) - np.einsum("tij,tij->t", W, cross.astype(ext)) + s
-        floor = np.maximum(floor, 0).astype(np.float64)
+        # products and row sums, not einsum: each task's value must not depend on the tasks beside it
+        quadratic = ((W @ S) * W).reshape(len(missing), -1).sum(axis=1)
+        linear = (W * cross.astype(ext)).reshape(len(missing), -1).sum(axis=1)
+        floor = np.maximum(0.5 * quadratic - linear + s, 0).astype(np.float64)
         for i, task in enumerate(missing):
             for a in (W_hat[i], lam[i], V[i]):
                 a.setflags(write=False)

@@ -9,14 +9,13 @@ decided the same for one problem and many.
 """
 from __future__ import annotations
 
+import naive
 import numpy as np
 import pytest
 
 import fastlora as fl
 from fastlora import engine as E
 from fastlora.engine import linalg, loops, status, steps
-
-import naive
 
 # every covered path: (problem, retrain arguments)
 PATHS = {
@@ -59,7 +58,7 @@ def test_compiled_and_uncompiled_engines_agree(path):
     scale = max(np.linalg.norm(python.A), 1.0)
     assert np.linalg.norm(python.A - compiled.A) <= 1e-10 * scale
     assert compiled.objective == pytest.approx(python.objective, rel=1e-9, abs=1e-14 * scale ** 2)
-    for name in python.params:
+    if python.params:
         np.testing.assert_allclose(compiled.delta(0), python.delta(0), atol=1e-9 * scale)
 
 
@@ -191,7 +190,8 @@ def test_the_spd_solve_of_the_mixing_coefficients_agrees_with_lapack():
 
 
 # -- the safeguards, as properties -------------------------------------------------------------
-def _non_increasing(history, eps=np.finfo(np.float64).eps):
+def _non_increasing(history):
+    eps = np.finfo(np.float64).eps
     steps_up = np.diff(history)
     return bool(np.all(steps_up <= 8 * eps * np.abs(history[:-1]) + 1e-300))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from datetime import datetime, timezone, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import FastLoRAError

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import status
-from .loops import COUNT, FINAL, FIT_EXACT, FIT_ITERATIVE, FIXED, JOINT, LAST, N_ITER, PROJECTED, STEP, QuadBatch
+from .loops import COUNT, FINAL, FIT_EXACT, FIXED, JOINT, LAST, N_ITER, PROJECTED, STEP, QuadBatch
 from .loops import REJECTED as _REJECTED
 from .loops import SCALE as _SCALE
 from .loops import STATUS as _STATUS
@@ -37,9 +37,29 @@ from .steps import (
     theta_size,
 )
 
-__all__ = ["ALS", "ADAM", "FIT_EXACT", "FIT_ITERATIVE", "FIXED", "GD", "JOINT", "LBFGS", "PROJECTED", "REPTILE",
-           "STANDARD", "Solved", "make_settings", "make_spec", "params_of", "peft_code", "quad_batch", "run",
-           "theta_of"]
+__all__ = [
+    "ADAM",
+    "ALS",
+    "FIT_EXACT",
+    "FIXED",
+    "GD",
+    "JOINT",
+    "LBFGS",
+    "PROJECTED",
+    "REPTILE",
+    "STANDARD",
+    "START_GIVEN",
+    "START_STANDARD",
+    "START_ZEROS",
+    "Solved",
+    "make_settings",
+    "make_spec",
+    "params_of",
+    "peft_code",
+    "quad_batch",
+    "run",
+    "theta_of",
+]
 
 LBFGS_MEMORY = 10
 # problems of a batch run on Numba's threads (prange) from this many on; fewer run on the calling thread
@@ -86,6 +106,7 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
     extended precision, computed once per task).  ``need_whiteners``: also Σ_t^{±1/2} (the whitened
     exact fits of ``lora`` and ``full`` on finite samples).  ``base_sq`` (P,): ‖S‖² of
     reduced problems (fastlora.reduction), added to the scales of the convergence test.
+    ``gram_pinv`` is left for the engine to fill ((Σ_t Σ_t)⁺, one per problem).
     """
     P, T = len(problems), len(problems[0])
     first = problems[0][0]
@@ -111,18 +132,13 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
         isqrt_S = (V * inv_root[:, None, :]) @ V.swapaxes(1, 2)
     else:
         sqrt_S = isqrt_S = np.zeros((P * T, 0, 0))
-    gram = Sigma.reshape(P, T, d_in, d_in).sum(axis=1)  # Σ_t Σ_t: A (Σ_t Σ_t) = Σ_t (C_t − Δ_tΣ_t)
-    g_lam, g_V = np.linalg.eigh(gram)
-    g_keep = g_lam > PINV_RTOL * np.maximum(g_lam[:, -1:], np.finfo(np.float64).tiny)
-    g_inv = np.where(g_keep, 1.0 / np.where(g_keep, g_lam, 1.0), 0.0)
-    gram_pinv = (g_V * g_inv[:, None, :]) @ g_V.swapaxes(1, 2)
     rhs0 = np.stack([t.C for t in tasks]).reshape(P, T, d_out, d_in).sum(axis=1)
 
     def shaped(a, *tail):
         return np.ascontiguousarray(a.reshape(P, T, *tail), dtype=dtype)
 
     return QuadBatch(False, shaped(Sigma, d_in, d_in), shaped(W_hat, d_out, d_in), shaped(floor),
-                     np.ascontiguousarray(rhs0, dtype=dtype), np.ascontiguousarray(gram_pinv, dtype=dtype),
+                     np.ascontiguousarray(rhs0, dtype=dtype), np.zeros((P, d_in, d_in), dtype),
                      shaped(sqrt_S, *sqrt_S.shape[1:]), shaped(isqrt_S, *isqrt_S.shape[1:]),
                      shaped(lam[:, -1]), np.array([t.s for t in tasks]).reshape(P, T).sum(axis=1), base_sq)
 

@@ -18,10 +18,10 @@ def _matmul(a, b, out):
         for i in range(n):
             for j in range(m):
                 out[i, j] = 0.0
-            for l in range(k):
-                x = a[i, l]
+            for p in range(k):
+                x = a[i, p]
                 for j in range(m):
-                    out[i, j] += x * b[l, j]
+                    out[i, j] += x * b[p, j]
     return impl
 
 
@@ -31,10 +31,10 @@ def _matmul_add(a, b, out, alpha):
         n, k = a.shape
         m = b.shape[1]
         for i in range(n):
-            for l in range(k):
-                x = alpha * a[i, l]
+            for p in range(k):
+                x = alpha * a[i, p]
                 for j in range(m):
-                    out[i, j] += x * b[l, j]
+                    out[i, j] += x * b[p, j]
     return impl
 
 

@@ -71,15 +71,23 @@ def ensure_compiled(dispatcher, dtype) -> float:
     """Compile ``dispatcher`` for ``dtype`` (or load it from the cache); returns the seconds spent.
     Where that takes more than a second a notice says what is being compiled (once per engine
     version and dtype: later runs load it)."""
-    sig = _signature(np.dtype(dtype).name)
+    name = np.dtype(dtype).name
+    if name in _READY.setdefault(dispatcher, set()):
+        return 0.0
+    sig = _signature(name)
     if sig in dispatcher.overloads:
+        _READY[dispatcher].add(name)
         return 0.0
     from ..compilation import slow_work_notice
     started = time.perf_counter()
     with slow_work_notice(f"compiling the fastlora engine's {dispatcher.py_func.__qualname__} for "
                           f"{np.dtype(dtype).name} (once; later runs load it from {cache_folder()})"):
         dispatcher.compile(sig)
+    _READY[dispatcher].add(name)
     return time.perf_counter() - started
+
+
+_READY: dict = {}  # dispatcher -> the dtypes it is compiled for (checking .overloads hashes every type)
 
 
 def is_cached() -> bool:

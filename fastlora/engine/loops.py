@@ -18,6 +18,8 @@ from ._jit import jitable, prange
 from .linalg import axpy, copy, fill, inner, matmul, scale
 from .steps import (
     ADAM,
+    ADAM_BETAS,
+    ADAM_EPS,
     ALS,
     GD,
     LBFGS,
@@ -29,6 +31,7 @@ from .steps import (
     anderson_mix,
     deltas,
     fit_adapters,
+    gram_pseudo_inverse,
     joint_value_grad,
     lbfgs_direction,
     lbfgs_update,
@@ -45,8 +48,8 @@ from .steps import (
     unpack,
 )
 
-# fine-tuning at a fixed A: the exact fit, or L-BFGS over θ alone (FIT_ITERATIVE)
-FIT_EXACT, FIT_ITERATIVE = 6, 7
+# fine-tuning at a fixed A: the exact fit (L-BFGS over θ alone is LBFGS with cfg.eliminate = FIXED)
+FIT_EXACT = 6
 # how L-BFGS treats A: jointly with θ, eliminated by its closed form, or held fixed
 JOINT, PROJECTED, FIXED = 0, 1, 2
 
@@ -81,6 +84,8 @@ def batch_solver(run_one, parallel: bool = False):
         for p in loop(A_out.shape[0]):
             # the named tuples are made inside the loop: Numba's parfor lowering fails on tuples made outside it
             spec, cfg = unpack(packed_ints, packed_floats)
+            if not identity:
+                gram_pseudo_inverse(Sigma[p], gram_pinv[p])
             q = Quad(identity, Sigma[p], W_hat[p], floor[p], rhs0[p], gram_pinv[p], sqrt_S[p], isqrt_S[p], lam_max[p],
                      null[p], base_sq[p])
             A, theta = A_out[p], theta_out[p]
@@ -145,7 +150,8 @@ def _als(q, spec, cfg, A, theta, history, ints, floats, w):
     value = 0.0
     accepted = rejected = 0
     iteration = 0
-    for iteration in range(1, cfg.max_iter + 1):
+    while iteration < cfg.max_iter:
+        iteration += 1
         deltas(spec, theta, w.delta)
         minimizing_A(q, spec, theta, w.delta, A_plain, w)
         value = residual_losses(q, A_plain, w.delta, w)
@@ -234,7 +240,8 @@ def _lbfgs(q, spec, cfg, A, theta, history, ints, floats, w):
     pairs = head = count = 0
     status = st.RUNNING
     iteration = 0
-    for iteration in range(1, cfg.max_iter + 1):
+    while iteration < cfg.max_iter:
+        iteration += 1
         lbfgs_direction(S, Y, rho, alpha, pairs, head, grad, gamma, direction)
         slope = inner(grad, direction)
         if not slope < 0:  # not a descent direction: restart from −γ∇
@@ -306,10 +313,11 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     status = st.RUNNING
     count = 0
     iteration = 0
-    for iteration in range(1, cfg.max_iter + 1):
+    while iteration < cfg.max_iter:
+        iteration += 1
         if adam:
-            adam_update(A, grad_A, m_A, v_A, iteration, lr, 0.0)
-            adam_update(theta, grad_theta, m_th, v_th, iteration, lr, 0.0)
+            adam_update(A, grad_A, m_A, v_A, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS)
+            adam_update(theta, grad_theta, m_th, v_th, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS)
             value = joint_value_grad(q, spec, A, theta, w, grad_A, grad_theta)
         else:
             floor = 8 * cfg.eps * abs(value)
@@ -361,7 +369,8 @@ def _reptile(q, spec, cfg, A, theta, history, ints, floats, w):
     count = 0
     value = 0.0
     iteration = 0
-    for iteration in range(1, cfg.max_iter + 1):
+    while iteration < cfg.max_iter:
+        iteration += 1
         copy(A, new)
         if q.identity:
             for t in range(spec.T):
@@ -392,6 +401,6 @@ def _reptile(q, spec, cfg, A, theta, history, ints, floats, w):
 
 
 
-# the per-problem loop of each solver code (FIT_ITERATIVE is L-BFGS with A fixed: cfg.eliminate = FIXED)
+# the per-problem loop of each solver code
 RUN_ONE = {STANDARD: _standard, ALS: _als, LBFGS: _lbfgs, GD: _first_order, ADAM: _first_order, REPTILE: _reptile,
-           FIT_EXACT: _fit_exact, FIT_ITERATIVE: _lbfgs}
+           FIT_EXACT: _fit_exact}

@@ -63,8 +63,9 @@ def unpack(ints, floats):
     return spec, cfg
 
 
-ANDERSON_RIDGE = 1e-12   # relative Tikhonov term of the mixing least squares (guards collinear histories)
-ADAM_BETAS = (0.9, 0.999)
+ANDERSON_RIDGE = 1e-12
+PINV_RTOL = 1e-12        # fastlora.tasks.PINV_RTOL: eigenvalues of Σ below this fraction of the largest count as 0   # relative Tikhonov term of the mixing least squares (guards collinear histories)
+ADAM_BETAS = (0.9, 0.999)   # the linear model's Adam (fastlora.solvers.gd and the engine)
 ADAM_EPS = 1e-12
 
 
@@ -223,6 +224,22 @@ def start_A(q, spec, init, given, out, w):
     else:
         fill(w.delta, 0.0)
         minimizing_A(q, Spec(NONE, spec.r, spec.scale, spec.T, spec.d_out, spec.d_in), w.losses, w.delta, out, w)
+
+
+@jitable
+def gram_pseudo_inverse(Sigma, out):
+    """(Σ_t Σ_t)⁺ into ``out``: the finite-sample A step's solver (minimum norm where Σ_t Σ_t is
+    singular: eigenvalues below ``PINV_RTOL`` times the largest count as 0)."""
+    d = out.shape[0]
+    fill(out, 0.0)
+    for t in range(Sigma.shape[0]):
+        axpy(1.0, Sigma[t], out)
+    lam, V = np.linalg.eigh(out)
+    cut = PINV_RTOL * max(lam[d - 1], 1e-300)
+    scaled = V.copy()
+    for k in range(d):
+        scale(1.0 / lam[k] if lam[k] > cut else 0.0, scaled[:, k])
+    matmul(scaled, V.T, out)
 
 
 # -- the exact adapter step ------------------------------------------------------------------
@@ -467,11 +484,11 @@ def anderson_mix(X, F, count, x, gx, out):
 
 
 @jitable
-def adam_update(x, grad, m, v, iteration, lr, weight_decay):
-    """One Adam step (Kingma & Ba; decoupled weight decay as AdamW, Loshchilov & Hutter) on
-    ``x`` in place, with moments ``m``, ``v`` updated in place; elementwise, any shape."""
-    b1, b2 = ADAM_BETAS
+def adam_update(x, grad, m, v, iteration, lr, weight_decay, b1, b2, eps):
+    """One Adam step (Kingma & Ba; with ``weight_decay`` decoupled, as AdamW, Loshchilov & Hutter)
+    on ``x`` in place, moments ``m``, ``v`` updated in place; elementwise, any shape:
+    x ← x(1 − lr·wd); x ← x − (lr / (1 − b1ᵗ)) · m / (√(v / (1 − b2ᵗ)) + eps)."""
     adam_moments(grad, m, v, b1, b2)
     if weight_decay != 0.0:
         scale(1.0 - lr * weight_decay, x)
-    adam_apply(x, m, v, lr / (1.0 - b1 ** iteration), 1.0 / (1.0 - b2 ** iteration), ADAM_EPS)
+    adam_apply(x, m, v, lr / (1.0 - b1 ** iteration), 1.0 / (1.0 - b2 ** iteration), eps)

@@ -27,9 +27,8 @@ def canonical_signs(B, C=None):
     every backend returns the same numbers, not just the same products.
     """
     xp = array_module(B)
-    idx = xp.argmax(xp.abs(B), axis=1)  # (T, r)
-    picked = xp.take_along_axis(B, idx[:, None, :], axis=1)[:, 0, :]
-    sign = xp.where(picked < 0, -1.0, 1.0).astype(B.dtype)[:, None, :]
+    # the entry of largest magnitude of each column is the larger of its maximum and −minimum
+    sign = xp.where(-xp.min(B, axis=1) > xp.max(B, axis=1), -1.0, 1.0).astype(B.dtype)[:, None, :]
     if C is None:
         return B * sign
     return B * sign, C * sign

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DivergenceError, FastLoRAError, check_array
+from ..engine import status
+from ..engine.steps import record
+from ..errors import FastLoRAError, check_array
 
 
 @dataclass
@@ -89,30 +91,17 @@ class SolveOutcome:
 
 
 class Monitor:
-    """Records each problem's objective per iteration, calls the user's callback, judges convergence.
+    """The Python driver's record of each problem's objective per iteration: the engine's convergence
+    and divergence test (:func:`fastlora.engine.steps.record`) and status codes, for P problems;
+    calls the user's callback.
 
     ``callback(iteration, elapsed, objective)`` is called after every iteration (with the
-    objective of the single problem, or the array of all P).  A problem has converged when
-
-    * its objective is zero to tolerance (≤ tol²·Σ_t L_t(0)), or
-    * the solver's step measure (relative change of A, or relative gradient norm) is
-      ≤ tol — tol is raised to 8·eps of the dtype, below which changes are rounding noise, or
-    * its objective is constant to rounding: it changed by ≤ 8·eps·|F| over the last
-      ``STALL_WINDOW`` iterations — no further progress is representable in floating point
-      (finite-sample optima have F > 0, so this is reachable where tol on A is not).
-
-    ``tol=0`` asks for ``max_iter`` iterations: only an objective of zero (to rounding) stops early
-    (and, in the solver, a line search that finds no step lowering F).
-
-    A non-finite objective, or one growing beyond ``DIVERGENCE_FACTOR`` × the larger of Σ_t L_t(0)
-    and the objective at the start (:meth:`start`), fails that problem with a
-    :class:`~fastlora.errors.DivergenceError` (raised at once when P = 1).  A problem that is
-    done keeps the state of its last iteration: solvers read ``active`` and freeze the others,
-    so a problem's numbers never depend on the problems solved beside it.
+    objective of the single problem, or the array of all P).  A problem ends with a status code
+    (:mod:`fastlora.engine.status`, which makes its message and, for a failure, its error); it
+    never raises here — the caller decides raise-or-return, the same for one problem and many.
+    A problem that is done keeps the state of its last iteration: solvers read ``active`` and
+    freeze the others, so a problem's numbers never depend on the problems solved beside it.
     """
-
-    STALL_WINDOW = 5
-    DIVERGENCE_FACTOR = 1e6
 
     def __init__(self, callback: Callable | None, tol: float, max_iter: int, reference, dtype):
         self.callback = callback
@@ -123,13 +112,12 @@ class Monitor:
         self.reference = np.maximum(np.atleast_1d(np.asarray(reference, dtype=np.float64)),
                                     float(np.finfo(np.float64).tiny))
         self.P = len(self.reference)
-        self.histories: list[list[float]] = [[] for _ in range(self.P)]
+        self.histories = np.zeros((self.P, max_iter + 1))
+        self.counts = np.zeros(self.P, dtype=int)
         self.started = time.perf_counter()
-        self.done = np.zeros(self.P, dtype=bool)
-        self.converged = np.zeros(self.P, dtype=bool)
+        self.status = np.full(self.P, status.RUNNING)
         self.n_iter = np.full(self.P, max_iter)
-        self.messages = [f"reached max_iter={max_iter}"] * self.P
-        self.errors: list = [None] * self.P
+        self.last = np.zeros(self.P)
         self.scale = self.reference.copy()  # the divergence test's reference
 
     def start(self, values) -> None:
@@ -137,14 +125,17 @@ class Monitor:
         whose start is not finite fails at once."""
         values = np.atleast_1d(np.asarray(values, dtype=np.float64))
         for p in np.flatnonzero(~np.isfinite(values) & self.active):
-            self._fail(p, 0, DivergenceError(f"the objective is {values[p]} at the starting point: the data or the "
-                                             f"initialisation are not finite or are ill-scaled"))
+            self.end(p, 0, status.NONFINITE_START, values[p])
         self.scale = np.maximum(self.scale, np.nan_to_num(values, nan=0.0, posinf=0.0))
 
     @property
     def active(self):
         """Problems still iterating, (P,) bool."""
-        return ~self.done
+        return self.status == status.RUNNING
+
+    @property
+    def done(self):
+        return ~self.active
 
     @property
     def elapsed(self) -> float:
@@ -153,82 +144,55 @@ class Monitor:
     def record(self, iteration: int, values, steps=None, accurate=True) -> bool:
         """Store one iteration of every active problem; True when all problems are done.
 
-        ``accurate=False`` (per problem or for all) marks an objective computed by an
-        identity with rounding error above zero's tolerance: it is floored at 0 and never
-        judged "zero" or "constant".
+        ``steps``: the step measure per problem (or one for all; None: none).  ``accurate=False``
+        (per problem or for all) marks an objective computed by an identity with rounding error
+        above zero's tolerance (see :func:`fastlora.engine.steps.record`).
         """
         values = np.atleast_1d(np.asarray(values, dtype=np.float64))
         steps = None if steps is None else np.asarray(steps, dtype=np.float64)
         accurate = np.asarray(accurate, dtype=bool)
         for p in np.flatnonzero(self.active):  # a scalar step / accuracy holds for every problem
-            step = None if steps is None else float(steps if steps.ndim == 0 else steps[p])
+            step = -1.0 if steps is None else float(steps if steps.ndim == 0 else steps[p])
             exact = bool(accurate if accurate.ndim == 0 else accurate[p])
-            self._record_one(p, iteration, float(values[p]), step, exact)
+            code, self.counts[p] = record(self.histories[p], int(self.counts[p]), float(values[p]), step, exact,
+                                          self.tol, self.to_max_iter, float(self.reference[p]), float(self.scale[p]),
+                                          self.eps)
+            self.last[p] = values[p]
+            if code != status.RUNNING:
+                self.end(p, iteration, code, values[p])
         if self.callback is not None:
             self.callback(iteration, self.elapsed, float(values[0]) if self.P == 1 else values.copy())
         return bool(self.done.all())
 
-    def _record_one(self, p, iteration, value, step, accurate) -> None:
-        history = self.histories[p]
-        if not np.isfinite(value):
-            return self._fail(p, iteration, DivergenceError(
-                f"the objective became {value} at iteration {iteration}; the step size is too large for this "
-                f"problem (lower lr) or the data are ill-scaled"))
-        value = value if accurate else max(value, 0.0)
-        if value > self.DIVERGENCE_FACTOR * self.scale[p]:
-            return self._fail(p, iteration, DivergenceError(
-                f"the objective grew to {value:.4g} at iteration {iteration}, more than "
-                f"{self.DIVERGENCE_FACTOR:.0e} times its starting scale {self.scale[p]:.4g}; the step size is too "
-                f"large for this problem (lower lr)"))
-        history.append(value)
-        message = None
-        if accurate and value <= self.tol ** 2 * self.reference[p]:
-            message = "objective reached zero (to tolerance)"
-        elif self.to_max_iter:
-            pass
-        elif step is not None and step <= self.tol:
-            message = "relative change below tol"
-        elif accurate and self._constant_to_rounding(history):
-            message = "objective constant to rounding"
-        if message is not None:
-            self.finish(p, iteration, message, converged=True)
-
-    def fail(self, p, iteration, error) -> None:
-        """Fail problem ``p`` with ``error`` (raised at once when P = 1)."""
-        self._fail(p, iteration, error)
-
-    def _fail(self, p, iteration, error) -> None:
-        if self.P == 1:
-            raise error
-        self.errors[p] = error
-        self.finish(p, iteration, str(error), converged=False)
-
-    def finish(self, p, iteration, message, converged) -> None:
-        """Mark problem ``p`` done at ``iteration``."""
-        self.done[p], self.converged[p], self.n_iter[p], self.messages[p] = True, converged, iteration, message
-
-    def _constant_to_rounding(self, history) -> bool:
-        window = history[-self.STALL_WINDOW - 1:]
-        if len(window) <= self.STALL_WINDOW:
-            return False
-        return max(window) - min(window) <= 8 * self.eps * abs(window[-1])
+    def end(self, p, iteration, code: int, value=None) -> None:
+        """End problem ``p`` at ``iteration`` with status ``code``."""
+        self.status[p], self.n_iter[p] = code, iteration
+        if value is not None:
+            self.last[p] = value
 
     def outcome(self, A, params, iterations: int, *, final_objective=None, info: dict | None = None,
                 shared: dict | None = None) -> SolveOutcome:
         """The solve's result; ``final_objective`` (P,) replaces each problem's last recorded value
         (an accurate recomputation at the returned point)."""
-        histories = [list(h) for h in self.histories]
+        histories = [list(self.histories[p, :self.counts[p]]) for p in range(self.P)]
+        messages, converged, errors = [], [], []
+        for p in range(self.P):
+            code = int(self.status[p]) if self.status[p] != status.RUNNING else status.MAX_ITER
+            message, ok, error = status.describe(code, int(self.n_iter[p]), float(self.last[p]),
+                                                 float(self.scale[p]), self.max_iter)
+            messages.append(message)
+            converged.append(ok)
+            errors.append(error)
         if final_objective is not None:
             for p, value in enumerate(np.atleast_1d(final_objective)):
-                if self.errors[p] is None:
+                if errors[p] is None:
                     if histories[p]:
                         histories[p][-1] = float(value)
                     else:
                         histories[p].append(float(value))
         n_iter = [int(min(n, iterations)) if not d else int(n) for n, d in zip(self.n_iter, self.done)]
-        return SolveOutcome(A=A, params=params, histories=histories, n_iter=n_iter,
-                            converged=[bool(c) for c in self.converged], messages=list(self.messages),
-                            errors=list(self.errors), info=info or {}, shared=shared or {})
+        return SolveOutcome(A=A, params=params, histories=histories, n_iter=n_iter, converged=converged,
+                            messages=messages, errors=errors, info=info or {}, shared=shared or {})
 
 
 class Frozen:

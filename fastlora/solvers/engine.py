@@ -95,7 +95,7 @@ def starts(code: int, peft, peft_code: int, options: dict, rngs: list, T: int, r
 
 
 def solve(method: str, solver: str | None, peft, rank, problems: list, rngs: list, options: dict, max_iter: int,
-          tol: float, dtype, backend, base_sq=None):
+          tol: float, dtype, backend, base_sq=None, threads: int | None = None):
     """Solve ``problems`` (lists of tasks of one shape) on the engine.
 
     Returns ``(solved, info, seconds)``: the engine's :class:`~fastlora.engine.Solved`, the
@@ -108,13 +108,17 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, rngs: lis
     cfg = settings(code, method, options, max_iter, tol, dtype, d_out, d_in)
     spec = E.make_spec(pcode, rank or 1, T, d_out, d_in, peft)
     compiled = backend.name == "numba"
-    parallel = compiled and len(problems) >= E.PARALLEL_MIN_PROBLEMS and backend.module.configured_threads() > 1
+    parallel = compiled and len(problems) >= E.PARALLEL_MIN_PROBLEMS and backend.thread_count(threads) > 1
     started = time.perf_counter()
     qb = E.quad_batch(problems, dtype, base_sq,
                       need_whiteners=code == E.ALS and not problems[0][0].is_population)
     A0, theta0 = starts(code, peft, pcode, options, rngs, T, rank, d_out, d_in, dtype)
     setup = time.perf_counter() - started
-    solved = E.run(qb, spec, cfg, A0, theta0, compiled=compiled, parallel=parallel)
+    if parallel:
+        with backend.running(threads):
+            solved = E.run(qb, spec, cfg, A0, theta0, compiled=compiled, parallel=True)
+    else:
+        solved = E.run(qb, spec, cfg, A0, theta0, compiled=compiled)
     return solved, _info(code, cfg, problems[0][0].is_population, compiled), setup + solved.seconds
 
 
@@ -131,3 +135,30 @@ def _info(code: int, cfg, population: bool, compiled: bool) -> dict:
     elif code == E.REPTILE:
         info.update(inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, outer_lr=cfg.outer_lr)
     return info
+
+
+def covers_fit(peft, task, backend_name: str) -> bool:
+    """Whether the engine fine-tunes ``peft`` on ``task`` (a built-in parameterization, a small task)."""
+    return backend_name in ("numpy", "numba") and E.peft_code(peft) is not None \
+        and max(task.d_out, task.d_in) <= ENGINE_MAX_DIM
+
+
+def fit(peft, rank: int, tasks: list, A, rngs: list, max_iter: int, tol: float, dtype, backend):
+    """Fine-tune ``peft`` at rank ``rank`` on each task from its A (``A`` (P, d_out, d_in)): the exact
+    fit where one exists (population targets; ``lora`` and ``full`` on samples: the whitened fit),
+    else L-BFGS over the adapter with A fixed from ``peft.init``'s draw.  Returns (solved, exact)."""
+    code = E.peft_code(peft)
+    d_out, d_in = tasks[0].d_out, tasks[0].d_in
+    exact = tasks[0].is_population or code in (E.LORA, E.FULL)
+    solver = E.FIT_EXACT if exact else E.LBFGS
+    cfg = E.make_settings(solver, max_iter=max_iter, tol=tol, dtype=dtype, init=E.START_GIVEN, eliminate=E.FIXED)
+    spec = E.make_spec(code, rank, 1, d_out, d_in, peft)
+    compiled = backend.name == "numba"
+    qb = E.quad_batch([[t] for t in tasks], dtype, need_whiteners=exact and not tasks[0].is_population)
+    if exact:
+        theta0 = np.zeros((len(tasks), E.n_theta(code, rank, 1, d_out, d_in)), dtype)
+    else:
+        drawn = [peft.init(rng, d_out, d_in, rank, 1) for rng in rngs]
+        theta0 = E.theta_of(code, {k: np.concatenate([one[k] for one in drawn]) for k in drawn[0]}, len(tasks), 1,
+                            rank, d_out, d_in, dtype)
+    return E.run(qb, spec, cfg, A, theta0, compiled=compiled), exact

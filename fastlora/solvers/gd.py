@@ -9,7 +9,7 @@ iteration), so no step size needs tuning.  Where the predicted decrease is below
 rounding of F (8·eps·|F|) the test accepts any step that does not raise F beyond rounding,
 so the step does not collapse once F is at its floor (optima with F > 0).
 ``optimizer="adam"``: Adam with ``lr`` (default 1e-2), β = (0.9, 0.999).
-``optimizer="lbfgs"``: limited-memory BFGS (memory ``LBFGS_MEMORY``, compact representation,
+``optimizer="lbfgs"``: limited-memory BFGS (memory ``LBFGS_MEMORY``, two-loop recursion,
 Armijo backtracking from the unit step, a pair kept only when sᵀy > 0) on the flattened
 adapters of each problem, with A eliminated by its closed-form minimiser (variable
 projection; ``eliminate_A=False``: on the joint (A, θ)) — superlinear near the optimum; every
@@ -18,19 +18,22 @@ numbers it would get alone.  Stops when ‖∇F‖ ≤ tol·‖∇F(start)‖, F
 constant to rounding.  With factored population targets and a parameterization that has
 ``factors`` and ``implicit_gradient``, gradients are formed without any dense
 (T, d_out, d_in) array (:meth:`fastlora.taskbatch.Batch.value_and_gradient`).
+
+This is the Python driver (plugins, shared parameters, callbacks, large or factored problems,
+the GPU): its line search, L-BFGS, Adam and convergence test are the engine's
+(:mod:`fastlora.engine.steps`), which runs the same solvers whole for small problems.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DivergenceError
+from ..engine import ARMIJO_C1 as _ARMIJO_C1
+from ..engine import LBFGS_MEMORY, status
+from ..engine import MAX_BACKTRACKS as _MAX_BACKTRACKS
+from ..engine.steps import ADAM_BETAS, ADAM_EPS, adam_update, lbfgs_direction, lbfgs_update, sufficient_decrease
 from ..peft.protocol import bind_base, shared_names, trainable
 from ..taskbatch import Adapters
 from .common import Frozen, _select
-
-LBFGS_MEMORY = 10
-_ARMIJO_C1 = 1e-4
-_MAX_BACKTRACKS = 50
 
 
 class Objective:
@@ -101,6 +104,7 @@ def solve(ctx):
 def _first_order(ctx, model, x, monitor, info, optimizer):
     xp, batch = ctx.xp, ctx.batch
     frozen = Frozen(batch)
+    x = {k: xp.array(v, copy=True) for k, v in x.items()}  # updated in place below
     names = ["A", *trainable(ctx.peft, _params(x))]
     shared = set(shared_names(ctx.peft))
     value, grads = model.value_and_grad(x)
@@ -110,28 +114,22 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
     lr = ctx.option("lr")
     if optimizer == "adam":
         lr = 1e-2 if lr is None else lr
-        m = {k: xp.zeros_like(v) for k, v in grads.items()}
-        v2 = {k: xp.zeros_like(v) for k, v in grads.items()}
+        m = {k: xp.zeros_like(x[k]) for k in names}
+        v2 = {k: xp.zeros_like(x[k]) for k in names}
     else:
         lr = np.full(batch.P, 1.0 / batch.T if lr is None else lr)
     eps = float(np.finfo(ctx.dtype).eps)
     iteration = 0
     for iteration in range(1, ctx.max_iter + 1):
         if optimizer == "adam":
-            b1, b2, tiny = 0.9, 0.999, 1e-12
-            for k in grads:
-                m[k] = b1 * m[k] + (1 - b1) * grads[k]
-                v2[k] = b2 * v2[k] + (1 - b2) * grads[k] ** 2
-                mhat, vhat = m[k] / (1 - b1 ** iteration), v2[k] / (1 - b2 ** iteration)
-                x[k] = x[k] - lr * mhat / (xp.sqrt(vhat) + tiny)
+            for k in names:
+                adam_update(x[k], grads[k], m[k], v2[k], iteration, lr, 0.0, *ADAM_BETAS, ADAM_EPS)
             value, grads = model.value_and_grad(x)
         else:
             x, value, grads, lr, stuck = _armijo_step(batch, model, x, value, grads, lr, eps, names, shared,
                                                       monitor.active)
             for p in np.flatnonzero(stuck):  # every finite F takes a small enough step: here F or ∇F is not finite
-                monitor.fail(p, iteration, DivergenceError(
-                    f"the line search found no step with a finite objective at iteration {iteration}: the objective "
-                    f"or its gradient is not finite there (ill-scaled data?)"))
+                monitor.end(p, iteration, status.LINE_SEARCH_NONFINITE)
         was_active = monitor.active.copy()
         all_done = monitor.record(iteration, value, np.sqrt(grad_norm_sq(batch, grads, shared)) / g0)
         frozen.keep(x["A"], _params(x), was_active & monitor.done)
@@ -143,10 +141,11 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
 
 
 def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=(), active=None):
-    """One backtracking step per ``active`` problem (default: all); at the rounding floor of F a
-    step that keeps F within rounding is accepted.  Returns (x, F, ∇F, next step sizes, stuck (P,)
-    bool: an active problem for which no step was accepted down to a zero step, which only a
-    non-finite F or ∇F can cause)."""
+    """One backtracking step per ``active`` problem (default: all), accepted by the engine's rule
+    (:func:`fastlora.engine.steps.sufficient_decrease`: Armijo, or at the rounding floor of F a step
+    that keeps F within rounding).  Returns (x, F, ∇F, next step sizes, stuck (P,) bool: an active
+    problem for which no step was accepted down to a zero step, which only a non-finite F or ∇F
+    can cause)."""
     gsq = grad_norm_sq(batch, grads, shared)
     floor = 8 * eps * np.abs(value)
     active = np.ones(batch.P, dtype=bool) if active is None else np.asarray(active, dtype=bool)
@@ -156,8 +155,7 @@ def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=(), activ
     while pending.any():
         cand = _scaled(batch, lr, x, grads, names, shared)
         cand_value, cand_grads = model.value_and_grad(cand)
-        predicted = 0.5 * lr * gsq
-        ok = pending & ((cand_value <= value - predicted) | ((predicted <= floor) & (cand_value <= value + floor)))
+        ok = pending & sufficient_decrease(value, cand_value, 0.5 * lr * gsq, floor)
         if ok.any():
             new_x = _merge(batch, ok, cand, new_x, shared)
             new_grads = _merge(batch, ok, cand_grads, new_grads, shared)
@@ -221,41 +219,36 @@ def _rowdot(xp, a, b):
 
 
 class _Memory:
-    """The last m L-BFGS curvature pairs of P problems, S and Y (P, m, n), oldest first.
+    """The L-BFGS curvature pairs of P problems: ring buffers S, Y (P, m, n) read by the engine's
+    two-loop recursion and updated by its pair rule (:func:`fastlora.engine.steps.lbfgs_direction`,
+    :func:`~fastlora.engine.steps.lbfgs_update`), one problem at a time."""
 
-    A pair a problem rejects (sᵀy ≤ 0) or forgets (restart) is stored as zeros and marked not
-    valid; it contributes nothing to H∇ (``kernels.reference.lbfgs_direction``: the compact
-    form; the Numba twin: the two-loop recursion).
-    """
-
-    def __init__(self, xp, depth: int, ops):
-        self.xp, self.depth, self.ops = xp, depth, ops
-        self.S = self.Y = None
-        self.valid = None  # (P, m) host bool
-
-    def add(self, s, y, keep) -> None:
-        xp = self.xp
-        mask = xp.asarray(keep, dtype=s.dtype)[:, None]
-        s, y = (s * mask)[:, None, :], (y * mask)[:, None, :]
-        if self.S is None:
-            self.S, self.Y, self.valid = s, y, np.asarray(keep, dtype=bool)[:, None]
-        else:
-            self.S = xp.concatenate([self.S, s], axis=1)[:, -self.depth:]
-            self.Y = xp.concatenate([self.Y, y], axis=1)[:, -self.depth:]
-            self.valid = np.concatenate([self.valid, np.asarray(keep, dtype=bool)[:, None]], axis=1)[:, -self.depth:]
+    def __init__(self, xp, depth: int, P: int, n: int, dtype, eps: float):
+        self.S = xp.zeros((P, depth, n), dtype=dtype)
+        self.Y = xp.zeros((P, depth, n), dtype=dtype)
+        self.rho = np.zeros((P, depth))
+        self.alpha = np.zeros(depth)
+        self.pairs = np.zeros(P, dtype=int)
+        self.head = np.zeros(P, dtype=int)
+        self.eps = eps
 
     def forget(self, problems) -> None:
-        if self.S is None or not np.any(problems):
-            return
-        keep = self.xp.asarray(~np.asarray(problems, dtype=bool), dtype=self.S.dtype)[:, None, None]
-        self.S, self.Y = self.S * keep, self.Y * keep
-        self.valid = self.valid & ~np.asarray(problems, dtype=bool)[:, None]
+        self.pairs[np.asarray(problems, dtype=bool)] = 0
 
-    def apply(self, grad, gamma):
-        """H∇ for every problem ((P, n) -> (P, n)), by the backend's ``lbfgs_direction`` kernel."""
-        if self.S is None or not self.valid.any():
-            return self.xp.asarray(gamma, dtype=grad.dtype)[:, None] * grad
-        return self.ops.lbfgs_direction(self.S, self.Y, self.valid, grad, gamma)
+    def direction(self, grad, gamma, out):
+        """out = −H∇ per problem."""
+        for p in range(grad.shape[0]):
+            lbfgs_direction(self.S[p], self.Y[p], self.rho[p], self.alpha, int(self.pairs[p]), int(self.head[p]),
+                            grad[p], float(gamma[p]), out[p])
+        return out
+
+    def add(self, s, y, keep, gamma) -> np.ndarray:
+        """Offer each kept problem's pair (s, y); returns the new γ per problem."""
+        gamma = np.array(gamma, dtype=np.float64)
+        for p in np.flatnonzero(keep):
+            self.pairs[p], self.head[p], gamma[p] = lbfgs_update(self.S[p], self.Y[p], self.rho[p], int(self.pairs[p]),
+                                                                 int(self.head[p]), s[p], y[p], gamma[p], self.eps)
+        return gamma
 
 
 def _lbfgs(ctx, model, x, monitor, info):
@@ -292,13 +285,14 @@ def _lbfgs(ctx, model, x, monitor, info):
     gnorm = np.sqrt(host(_rowdot(xp, grad, grad)))
     g0 = np.where(gnorm > 0, gnorm, 1.0)
     eps = float(np.finfo(ctx.dtype).eps)
-    memory = _Memory(xp, LBFGS_MEMORY, ctx.backend.kernels)
+    memory = _Memory(xp, LBFGS_MEMORY, batch.P, vec.shape[1], vec.dtype, eps)
     gamma = 1.0 / g0                             # H₀ = γI; the first step has unit length
     done_vec, done_A, A_now = vec, current["A"], current["A"]
+    direction = xp.empty_like(vec)
     iteration = 0
     for iteration in range(1, ctx.max_iter + 1):
         active = monitor.active
-        direction = -memory.apply(grad, gamma)
+        memory.direction(grad, gamma, direction)
         slope = host(_rowdot(xp, grad, direction))
         bad = ~(slope < 0)                       # not a descent direction: restart from −γ∇F
         if bad.any():
@@ -313,9 +307,7 @@ def _lbfgs(ctx, model, x, monitor, info):
         for _ in range(_MAX_BACKTRACKS):
             trial = vec + xp.asarray(step, dtype=vec.dtype)[:, None] * direction
             trial_value, trial_grad = evaluate(trial)
-            predicted = _ARMIJO_C1 * step * slope
-            ok = pending & np.isfinite(trial_value) & ((trial_value <= value + predicted)
-                                                      | ((-predicted <= floor) & (trial_value <= value + floor)))
+            ok = pending & sufficient_decrease(value, trial_value, -_ARMIJO_C1 * step * slope, floor)
             if ok.any():
                 rows = xp.asarray(ok)[:, None]
                 new_vec = xp.where(rows, trial, new_vec)
@@ -328,23 +320,13 @@ def _lbfgs(ctx, model, x, monitor, info):
             step = np.where(pending, 0.5 * step, step)
         stuck = pending
         overflowed = stuck & ~np.isfinite(trial_value)  # even the shortest trial step is not finite
-        s, y = new_vec - vec, new_grad - grad
-        sy, yy = host(_rowdot(xp, s, y)), host(_rowdot(xp, y, y))
-        keep = ~stuck & (sy > eps * np.sqrt(host(_rowdot(xp, s, s)) * yy))
-        memory.add(s, y, keep)
-        gamma = np.where(keep, sy / np.where(keep, yy, 1.0), gamma)
+        gamma = memory.add(new_vec - vec, new_grad - grad, active & ~stuck, gamma)
         vec, value, grad, A_now = new_vec, new_value, new_grad, new_A
         gnorm = np.sqrt(host(_rowdot(xp, grad, grad)))
         was_active = monitor.active.copy()
         monitor.record(iteration, value, gnorm / g0)
         for p in np.flatnonzero(stuck & monitor.active):
-            if overflowed[p]:
-                monitor.fail(p, iteration, DivergenceError(
-                    f"the line search found no step with a finite objective at iteration {iteration}: the objective "
-                    f"or its gradient is not finite there (ill-scaled data?)"))
-            else:
-                monitor.finish(p, iteration, "line search found no decrease: the objective is at its rounding floor",
-                               converged=True)
+            monitor.end(p, iteration, status.LINE_SEARCH_NONFINITE if overflowed[p] else status.LINE_SEARCH_FLOOR)
         all_done = bool(monitor.done.all())
         newly = was_active & monitor.done | (stuck & active)
         if newly.any():
