@@ -345,7 +345,8 @@ def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: li
                 batch.mark_reduction(np.array([r.base_sq for r in reductions]))
             results = _solve(plan, batch, rngs, as_numpy, started)
             if plan.reduction is not None:
-                results = [r if isinstance(r, Exception) else _lift(plan, red, r) for r, red in zip(results, reductions)]
+                results = [r if isinstance(r, Exception) else _lift(plan, red, r)
+                           for r, red in zip(results, reductions)]
             return results
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory.OutOfMemoryError

@@ -163,7 +163,7 @@ def test_the_lbfgs_reaches_scipy_s_lbfgs_b_optimum_on_the_same_objective():
     prob = fl.make_problem(d=6, k=1, T=3, n=400, noise=0.1, seed=3)
     ours = fl.retrain(prob, peft="lora_sym", backend="numpy")
     qb = E.quad_batch([prob.tasks], np.float64)
-    q = loops.problem(qb, 0)
+    q = loops.problem(*qb, 0)
     spec = E.make_spec(E.LORA_SYM, 1, 3, 6, 6)
     w = steps.make_work(spec, np.zeros((6, 6)))
     A = np.zeros((6, 6))

@@ -63,10 +63,13 @@ FINAL, LAST, SCALE, STEP = 0, 1, 2, 3
 
 
 @jitable
-def problem(qb, p):
-    """Problem ``p`` of a batch, as a :class:`~fastlora.engine.steps.Quad` of views."""
-    return Quad(qb.identity, qb.Sigma[p], qb.W_hat[p], qb.floor[p], qb.rhs0[p], qb.gram_pinv[p], qb.sqrt_S[p],
-                qb.isqrt_S[p], qb.lam_max[p], qb.null[p], qb.base_sq[p])
+def problem(identity, Sigma, W_hat, floor, rhs0, gram_pinv, sqrt_S, isqrt_S, lam_max, null, base_sq, p):
+    """Problem ``p`` of a batch (a QuadBatch's fields) as a :class:`~fastlora.engine.steps.Quad` of
+    views, with its (Σ_t Σ_t)⁺ computed into ``gram_pinv[p]`` (finite samples)."""
+    if not identity:
+        gram_pseudo_inverse(Sigma[p], gram_pinv[p])
+    return Quad(identity, Sigma[p], W_hat[p], floor[p], rhs0[p], gram_pinv[p], sqrt_S[p], isqrt_S[p], lam_max[p],
+                null[p], base_sq[p])
 
 
 def batch_solver(run_one, parallel: bool = False):
@@ -84,10 +87,7 @@ def batch_solver(run_one, parallel: bool = False):
         for p in loop(A_out.shape[0]):
             # the named tuples are made inside the loop: Numba's parfor lowering fails on tuples made outside it
             spec, cfg = unpack(packed_ints, packed_floats)
-            if not identity:
-                gram_pseudo_inverse(Sigma[p], gram_pinv[p])
-            q = Quad(identity, Sigma[p], W_hat[p], floor[p], rhs0[p], gram_pinv[p], sqrt_S[p], isqrt_S[p], lam_max[p],
-                     null[p], base_sq[p])
+            q = problem(identity, Sigma, W_hat, floor, rhs0, gram_pinv, sqrt_S, isqrt_S, lam_max, null, base_sq, p)
             A, theta = A_out[p], theta_out[p]
             w = make_work(spec, A)
             start_A(q, spec, cfg.init, A0[p], A, w)

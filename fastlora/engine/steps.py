@@ -63,8 +63,8 @@ def unpack(ints, floats):
     return spec, cfg
 
 
-ANDERSON_RIDGE = 1e-12
-PINV_RTOL = 1e-12        # fastlora.tasks.PINV_RTOL: eigenvalues of Σ below this fraction of the largest count as 0   # relative Tikhonov term of the mixing least squares (guards collinear histories)
+ANDERSON_RIDGE = 1e-12   # relative Tikhonov term of the mixing least squares (guards collinear histories)
+PINV_RTOL = 1e-12        # fastlora.tasks.PINV_RTOL: eigenvalues of Σ below this fraction of the largest count as 0
 ADAM_BETAS = (0.9, 0.999)   # the linear model's Adam (fastlora.solvers.gd and the engine)
 ADAM_EPS = 1e-12
 

@@ -108,7 +108,8 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, rngs: lis
     cfg = settings(code, method, options, max_iter, tol, dtype, d_out, d_in)
     spec = E.make_spec(pcode, rank or 1, T, d_out, d_in, peft)
     compiled = backend.name == "numba"
-    parallel = compiled and len(problems) >= E.PARALLEL_MIN_PROBLEMS and backend.thread_count(threads) > 1
+    threads = backend.thread_count(threads) if compiled else 1  # (also: a malformed FASTLORA_NUM_THREADS fails here)
+    parallel = compiled and len(problems) >= E.PARALLEL_MIN_PROBLEMS and threads > 1
     started = time.perf_counter()
     qb = E.quad_batch(problems, dtype, base_sq,
                       need_whiteners=code == E.ALS and not problems[0][0].is_population)
