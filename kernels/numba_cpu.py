@@ -443,52 +443,9 @@ def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize, out=None, gra
     return G, D, ResidualNorms(*(float(v) for v in norms))
 
 
-@kernel()
-def _two_loop(S, Y, valid, grad, gamma, out):
-    """L-BFGS two-loop recursion (Nocedal 1980) per problem, skipping pairs that are not valid."""
-    P, m, n = S.shape
-    alpha = np.zeros(m)
-    rho = np.zeros(m)
-    for p in range(P):
-        q = grad[p].copy()
-        for i in range(m - 1, -1, -1):
-            if not valid[p, i]:
-                continue
-            sy = 0.0
-            sq = 0.0
-            for j in range(n):
-                sy += S[p, i, j] * Y[p, i, j]
-                sq += S[p, i, j] * q[j]
-            rho[i] = 1.0 / sy
-            alpha[i] = rho[i] * sq
-            for j in range(n):
-                q[j] -= alpha[i] * Y[p, i, j]
-        for j in range(n):
-            q[j] *= gamma[p]
-        for i in range(m):
-            if not valid[p, i]:
-                continue
-            yq = 0.0
-            for j in range(n):
-                yq += Y[p, i, j] * q[j]
-            beta = alpha[i] - rho[i] * yq
-            for j in range(n):
-                q[j] += beta * S[p, i, j]
-        out[p] = q
-
-
-def lbfgs_direction(S, Y, valid, grad, gamma):
-    """Twin of reference.lbfgs_direction by the two-loop recursion: O(m·n) per problem in one
-    compiled call, where the compact form's batched solves cost ~0.1 ms of numpy overhead."""
-    c = np.ascontiguousarray
-    out = np.empty_like(grad)
-    _two_loop(c(S), c(Y), c(valid, dtype=np.bool_), c(grad), c(gamma, dtype=np.float64), out)
-    return out
-
-
 KERNELS = {f.__name__: f for f in (apply_shared_lowrank, orthonormalize_rows, ritz_psd, ritz_general,
                                    lowrank_diff_sq, residual_stats, shared_update_stats, psd_subspace_step,
-                                   gram_inner, lbfgs_direction)}
+                                   gram_inner)}
 
 
 def warm_up(dtype) -> None:
@@ -510,7 +467,6 @@ def warm_up(dtype) -> None:
     _lowrank_diff_sq(a(T, r, n), a(T, r, n), a(T, r, n), a(T, r, n))
     _update_stats(a(n, n), a(n, n), one, a(n, n), a(n, n), a(n, n), a(n, n), True)
     _update_rows(a(n, n), a(n, n), one, a(n, n), a(n, n), a(n, n), a(n, n), True)
-    lbfgs_direction(a(1, r, n), a(1, r, n), np.ones((1, r), dtype=np.bool_), a(1, n), np.ones(1))
 
 
 def cache_is_warm() -> bool:

@@ -8,8 +8,6 @@ backend's :class:`~fastlora.kernels.KernelSet` first and call kernels through it
 """
 from __future__ import annotations
 
-import numpy as np
-
 from fastlora.arrays import array_module, frobenius_sq
 from fastlora.kernels import ResidualNorms
 
@@ -131,34 +129,6 @@ def shared_update_stats(ops, M, B, C, alpha, S, A_old, symmetrize: bool, out=Non
     return A, D, norms
 
 
-def lbfgs_direction(S, Y, valid, grad, gamma):
-    """H·∇ per problem: the L-BFGS inverse-Hessian approximation built from H₀ = γI and the
-    curvature pairs (s_i, y_i), oldest first — in compact form (Byrd, Nocedal & Schnabel 1994),
-    written for pairs stored as rows (S, Y: m × n):
-
-        H∇ = γ∇ + Sᵀp − γ Yᵀ(R⁻¹S∇),   p = R⁻ᵀ[(D + γ Y Yᵀ)(R⁻¹S∇) − γ Y∇]
-
-    with R the upper triangle of S Yᵀ and D its diagonal.  ``S``, ``Y`` (P, m, n); ``valid``
-    (P, m) host bool — a pair that is not valid is stored as zeros and given a unit diagonal in
-    R, so it contributes nothing; ``grad`` (P, n); ``gamma`` (P,) host.  Returns (P, n).
-    """
-    xp = array_module(grad)
-    g = xp.asarray(gamma, dtype=grad.dtype)[:, None]
-    m = S.shape[1]
-    SY = S @ Y.swapaxes(1, 2)                              # (P, m, m): s_iᵀ y_j
-    eye = np.eye(m, dtype=bool)
-    unit = xp.asarray(~np.asarray(valid, dtype=bool)[:, :, None] & eye[None], dtype=grad.dtype)
-    R = xp.triu(SY) + unit
-    D = SY * xp.asarray(eye, dtype=grad.dtype)[None]
-    a = S @ grad[:, :, None]                               # Sᵀ∇ (P, m, 1)
-    b = Y @ grad[:, :, None]
-    Ra = xp.linalg.solve(R, a)
-    inner = (D + g[:, :, None] * (Y @ Y.swapaxes(1, 2))) @ Ra - g[:, :, None] * b
-    p = xp.linalg.solve(R.swapaxes(1, 2), inner)
-    return g * grad + (S.swapaxes(1, 2) @ p)[:, :, 0] - g * (Y.swapaxes(1, 2) @ Ra)[:, :, 0]
-
-
 PRIMITIVES = {f.__name__: f for f in (apply_shared_lowrank, orthonormalize_rows, ritz_psd, ritz_general, gram_sum,
-                                      shared_plus_gram, gram_inner, lowrank_diff_sq, residual_stats,
-                                      lbfgs_direction)}
+                                      shared_plus_gram, gram_inner, lowrank_diff_sq, residual_stats)}
 COMPOSITES = {f.__name__: f for f in (psd_subspace_step, shared_update_stats)}

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..engine.steps import sufficient_decrease
 from ..errors import check_float
 from ..options import rank_or_problem_k
 from ..taskbatch import shares_one_base
@@ -182,7 +183,7 @@ def descent_step(model: LandscapeModel, point, objective: float, gradient: np.nd
     eta = max(1.0, float(np.linalg.norm(x)))
     for _ in range(60):
         value = model.value(model.point_from_vector(x + eta * v))
-        if value <= objective - 0.25 * eta * eta * abs(eig):
+        if sufficient_decrease(objective, value, 0.25 * eta * eta * abs(eig), 0.0):
             return {"step": eta, "objective": value, "decrease": objective - value, "direction": model.unflatten(v)}
         eta *= 0.5
     return None

@@ -28,6 +28,7 @@ import abc
 
 import numpy as np
 
+from ..engine.steps import sufficient_decrease
 from ..errors import FastLoRAError
 from ..peft.protocol import bind_base, implementation, shared_names
 from ..taskbatch import Adapters
@@ -220,7 +221,7 @@ class InnerGradient(AdapterStep):
             for _ in range(40):
                 cand = {k: v - self.shared_lr * grads[k] if k in grads else v for k, v in params.items()}
                 cand_value = float(b.objective(A, self.adapters(cand))[0])
-                if cand_value <= value - 0.5 * self.shared_lr * gsq:
+                if sufficient_decrease(value, cand_value, 0.5 * self.shared_lr * gsq, floor):
                     params, value, self.shared_lr = cand, cand_value, 2 * self.shared_lr
                     break
                 self.shared_lr *= 0.5
@@ -256,7 +257,7 @@ class InnerGradient(AdapterStep):
             cand = {name: (p - _per_task(self.lr, p) * grads[name]) if name in grads else p
                     for name, p in params.items()}
             cand_losses = b.losses(A, self.adapters(cand))
-            ok = pending & (cand_losses <= losses - 0.5 * self.lr * gsq)
+            ok = pending & sufficient_decrease(losses, cand_losses, 0.5 * self.lr * gsq, noise)
             for name in grads:
                 new_params[name] = xp.where(_per_task(ok, cand[name]), cand[name], new_params[name])
             new_losses = xp.where(ok, cand_losses, new_losses)

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine.steps import anderson_coefficients
 from .adapters import choose_adapter_step
 from .common import Frozen
 
 ANDERSON_DEPTH = 5
 ANDERSON_MEMORY = 256 * 2 ** 20
-_ANDERSON_RIDGE = 1e-12  # relative Tikhonov term of the mixing least squares (guards collinear histories)
 
 
 class Anderson:
@@ -76,10 +76,11 @@ class Anderson:
         dF, dX = dF * valid_dev, dX * valid_dev
         gram = np.asarray(self.to_host(dF @ dF.swapaxes(1, 2)), dtype=np.float64)
         rhs = np.asarray(self.to_host((dF @ self.f[-1][:, :, None])[:, :, 0]), dtype=np.float64)
-        ridge = _ANDERSON_RIDGE * np.maximum(np.trace(gram, axis1=1, axis2=2), np.finfo(np.float64).tiny)
-        gram = gram + ridge[:, None, None] * np.eye(m)[None] + np.where(valid, 0.0, 1.0)[:, :, None] * np.eye(m)[None]
-        gamma = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
-        gamma = xp.asarray(np.where(has[:, None], gamma, 0.0), dtype=x.dtype)
+        gamma = np.zeros((P, m))
+        for p in np.flatnonzero(has):  # the engine's coefficients, on each problem's valid differences
+            first = m - (int(self.count[p]) - 1)
+            gamma[p, first:] = anderson_coefficients(gram[p, first:, first:].copy(), rhs[p, first:].copy())
+        gamma = xp.asarray(gamma, dtype=x.dtype)
         mixed = self.x[-1] + self.f[-1] - (gamma[:, None, :] @ (dX + dF))[:, 0, :]
         finite = np.asarray(self.to_host(xp.isfinite(mixed).all(axis=1)), dtype=bool)
         has = has & finite
