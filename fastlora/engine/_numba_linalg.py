@@ -59,7 +59,7 @@ def _inner(a, b):
     return _by_ndim(a, impl1, impl2, None)
 
 
-@overload(linalg.axpy, jit_options=_FAST)
+@overload(linalg.axpy, jit_options=_FAST, inline="always")
 def _axpy(alpha, x, y):
     def impl1(alpha, x, y):
         for i in range(x.shape[0]):
@@ -78,7 +78,7 @@ def _axpy(alpha, x, y):
     return _by_ndim(x, impl1, impl2, impl3)
 
 
-@overload(linalg.copy)
+@overload(linalg.copy, inline="always")
 def _copy(src, dst):
     def impl1(src, dst):
         for i in range(src.shape[0]):
@@ -97,7 +97,7 @@ def _copy(src, dst):
     return _by_ndim(src, impl1, impl2, impl3)
 
 
-@overload(linalg.scale)
+@overload(linalg.scale, inline="always")
 def _scale(alpha, x):
     def impl1(alpha, x):
         for i in range(x.shape[0]):
@@ -116,7 +116,7 @@ def _scale(alpha, x):
     return _by_ndim(x, impl1, impl2, impl3)
 
 
-@overload(linalg.fill)
+@overload(linalg.fill, inline="always")
 def _fill(x, value):
     def impl1(x, value):
         for i in range(x.shape[0]):
