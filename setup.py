@@ -1,4 +1,4 @@
-"""Maps ``kernels/`` to ``fastlora.kernels`` (DESIGN.md §4) and ``bench/baselines/`` to ``fastlora.baselines``."""
+"""Maps ``kernels/`` to ``fastlora.kernels`` (docs/design.md §4) and ``bench/baselines/`` to ``fastlora.baselines``."""
 from setuptools import find_packages, setup
 
 packages = [*find_packages(include=["fastlora", "fastlora.*"]), "fastlora.kernels", "fastlora.baselines"]

@@ -1,7 +1,7 @@
 """Import ``fastlora.kernels`` / ``fastlora.baselines`` from a source tree (a clone).
 
 An installed fastlora has them as subpackages (setup.py maps ``kernels/`` and
-``bench/baselines/`` there, DESIGN.md §4).  A clone keeps them beside ``fastlora/``; when
+``bench/baselines/`` there, docs/design.md §4).  A clone keeps them beside ``fastlora/``; when
 this package has no ``kernels/`` of its own and the sibling folders exist, importing this
 module (``fastlora/__init__.py`` does, first) puts a meta-path finder in front that
 resolves the two names to the siblings.  It only locates modules: ``import fastlora``

@@ -1,4 +1,4 @@
-"""``fastlora.evaluate``: how adaptable a retrained A is (DESIGN.md §3)."""
+"""``fastlora.evaluate``: how adaptable a retrained A is (docs/design.md §3)."""
 from __future__ import annotations
 
 import math

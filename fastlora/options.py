@@ -122,7 +122,7 @@ LORA_ML_ALS, LORA_ML_GD = ("lora-ml", "als"), ("lora-ml", "gd")
 REPTILE = ("reptile", None)
 
 _ALL = (
-    # make_problem (DESIGN.md §3)
+    # make_problem (docs/design.md §3)
     Option("d", "int", 64, "input dimension d (= d_in)", "problem", low=1),
     Option("k", "int", 2, "rank of each task's ground-truth perturbation", "problem", low=1),
     Option("T", "int", 8, "number of retraining tasks", "problem", low=1),
@@ -131,7 +131,7 @@ _ALL = (
     Option("d_out", "int", None, "output dimension (default: d)", "problem", low=1, allow_none=True),
     Option("symmetric", "bool", True, "ground truth U*U*ᵀ (True, the paper's) or B*C*ᵀ", "problem"),
     Option("n_test_tasks", "int", 4, "held-out tasks drawn with the problem", "problem", low=0),
-    Option("model", "choice", "linear", "the learner: 'linear' (y = W x + ε, DESIGN.md §2) or 'shallow' "
+    Option("model", "choice", "linear", "the learner: 'linear' (y = W x + ε, docs/design.md §2) or 'shallow' "
            "(y = cᵀ·sigmoid(W x) + ε, fastlora.shallow)", "problem", choices=("linear", "shallow")),
     Option("sampler", "choice", "raw", "how finite samples are drawn: 'raw' data reduced to statistics, or "
            "'stats' (the statistics' exact law, O(T·d²) whatever n; fastlora.tasks.exact_statistics)", "problem",

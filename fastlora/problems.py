@@ -1,4 +1,4 @@
-"""Synthetic PEFT-ML problems drawn from the paper's law (DESIGN.md §2).
+"""Synthetic PEFT-ML problems drawn from the paper's law (docs/design.md §2).
 
 Symmetric (the paper's theory): A* = (G + Gᵀ)/2, G_ij ~ N(0, 1); Δ*_t = U*_t U*_tᵀ with
 U*_t entries ~ N(0, 1).  General: A* = G (d_out × d_in), Δ*_t = B*_t C*_tᵀ with entries

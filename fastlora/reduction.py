@@ -1,4 +1,4 @@
-"""Exact reduction of factored population problems to the span of the task factors (DESIGN.md §5).
+"""Exact reduction of factored population problems to the span of the task factors (docs/design.md §5).
 
 For targets W*_t = S + B*_t C*_tᵀ let Q_out (d_out, m_out) and Q_in (d_in, m_in) be orthonormal
 bases of span{B*_t} and span{C*_t} over all tasks (psd parameterizations such as lora_sym use

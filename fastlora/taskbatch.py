@@ -1,6 +1,6 @@
 """All tasks of one solve, batched on a backend: the objective Σ_t L_t and its pieces.
 
-Three kinds, chosen from the tasks (DESIGN.md §2, §5):
+Three kinds, chosen from the tasks (docs/design.md §2, §5):
 
 * ``FactoredPopulation`` — W*_t = S + B*_t C*_tᵀ with one shared S: memory O(d² + T·d·k).
 * ``DensePopulation``    — W*_t dense, (T, d_out, d_in).

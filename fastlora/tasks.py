@@ -1,6 +1,6 @@
 """Tasks: population targets (dense or factored) and finite samples reduced to statistics.
 
-A finite-sample task keeps only its sufficient statistics (DESIGN.md §2)::
+A finite-sample task keeps only its sufficient statistics (docs/design.md §2)::
 
     Σ = XᵀX/n  (d_in, d_in),   C = YᵀX/n  (d_out, d_in),   s = ‖Y‖²/2n
     L(W) = ½ tr(W Σ Wᵀ) − tr(W Cᵀ) + s,        ∇L(W) = W Σ − C

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 
 class ResidualNorms(NamedTuple):
-    """The squared norms the ALS bookkeeping needs at a new A (DESIGN.md §5).
+    """The squared norms the ALS bookkeeping needs at a new A (docs/design.md §5).
 
     ``residual_sq`` ‖D‖²_F of the (possibly symmetrised) residual D = S − A — the shift of
     the next subspace step; ``distance_sq`` ‖S − A‖²_F — the objective identity;

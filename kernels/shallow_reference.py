@@ -1,4 +1,4 @@
-"""Reference kernels of the shallow network (DESIGN.md §6), generic over the array module.
+"""Reference kernels of the shallow network (docs/design.md §6), generic over the array module.
 
 Model of task t: hidden pre-activations z = W_t x, hidden units s = sigmoid(z), output
 ŷ = c_t · s; task loss L_t = (1/2n_t) Σ_i (ŷ_i − y_i)².  One fused pass gives the loss and

@@ -1,7 +1,7 @@
 """Slow, obviously correct implementations (after stumpy's tests/naive.py): the oracle that the
 reference kernels *and* every backend are tested against.
 
-Plain loops over tasks, full decompositions, formulas written as in DESIGN.md §2 — and, where
+Plain loops over tasks, full decompositions, formulas written as in docs/design.md §2 — and, where
 the production code uses a trick, computed another way (a projector instead of a basis, an
 explicit matrix instead of an implicit product).  Never fast, never clever.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import scipy.linalg
 
 
-# --- the objective of DESIGN.md §2 --------------------------------------------------------------
+# --- the objective of docs/design.md §2 --------------------------------------------------------------
 def task_loss(task, W) -> float:
     """L_t(W): ½‖W − W*‖² (population) or ½ tr(W Σ Wᵀ) − tr(W Cᵀ) + s (finite sample)."""
     if task.is_population:

@@ -1,5 +1,5 @@
 """Protocol v2 (shared trainable parameters) end to end with the shipped tied LoRA, and the
-conformance kit on shared and per-task gradients (DESIGN.md §6).
+conformance kit on shared and per-task gradients (docs/design.md §4, docs/plugins.md).
 
 Tied tasks W*_t = A* + B*·diag(s*_t)·C*ᵀ: LoRA-ML with tied_lora reaches objective 0, learns
 the shared basis (B*, C*) up to column order, scale and sign, and a new task is then fitted

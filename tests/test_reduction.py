@@ -90,7 +90,7 @@ def test_many_factors_in_a_small_span_are_still_reduced():
 
 
 def test_the_theory_holds_on_the_reduced_solver():
-    """DESIGN.md §2, facts 2 and 3, through the default (reduced) path."""
+    """docs/design.md §2, facts 2 and 3, through the default (reduced) path."""
     prob = fl.make_problem(d=60, k=2, T=3, seed=3, n_test_tasks=3)
     res = fl.retrain(prob, backend="numpy")
     assert res.info["reduction"]["m_out"] == 6 and res.converged

@@ -1,4 +1,4 @@
-"""The shallow network (DESIGN.md §6): kernels, gradients, solvers, problem law, errors."""
+"""The shallow network (docs/design.md §6): kernels, gradients, solvers, problem law, errors."""
 import numpy as np
 import pytest
 from scipy.special import expit

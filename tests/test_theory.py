@@ -1,4 +1,4 @@
-"""The facts of DESIGN.md §2, at small size, in population and finite-sample modes."""
+"""The facts of docs/design.md §2, at small size, in population and finite-sample modes."""
 import numpy as np
 import pytest
 from helpers import numerical_rank, procrustes_error

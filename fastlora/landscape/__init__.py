@@ -1,4 +1,4 @@
-"""Landscape tools for the LoRA-ML objective of linear models (DESIGN.md §2).
+"""Landscape tools for the LoRA-ML objective of linear models (docs/design.md §2).
 
 * :func:`hessian_spectrum` — extreme eigenvalues of the Hessian of F(A, θ_1..θ_T) at a point,
   by exact Hessian-vector products, with the parameterization's symmetries projected out.

@@ -1,6 +1,6 @@
 """The LoRA-ML objective of linear models with its exact first and second derivatives.
 
-    F(A, θ_1..θ_T) = Σ_t L_t(W_t),   W_t = A + Δ(θ_t),   G_t = ∇L_t(W_t)       (DESIGN.md §2)
+    F(A, θ_1..θ_T) = Σ_t L_t(W_t),   W_t = A + Δ(θ_t),   G_t = ∇L_t(W_t)       (docs/design.md §2)
 
 Population: L_t(W) = ½‖W − W*_t‖²_F, ∇²L_t[V] = V.  Finite sample: L_t(W) = ½tr(WΣ_tWᵀ) −
 tr(WC_tᵀ) + s_t, ∇²L_t[V] = VΣ_t.  For a direction (dA, dθ), with dW_t = dA + DΔ_θt[dθ_t],
@@ -16,7 +16,7 @@ contracted with G_t:
 * ``lora``,     Δ = s B Cᵀ:       DΔ[dB, dC] = s(dB Cᵀ + B dCᵀ),
                                  D²Δ term = (s G dC, s Gᵀ dB).
 
-Symmetries of F (directions along which it is constant, DESIGN.md §2, fact 2):
+Symmetries of F (directions along which it is constant, docs/design.md §2, fact 2):
 ``lora_sym``: U_t → U_t O, tangents dU_t = U_t K, K skew (k(k−1)/2 per task);
 ``lora``: (B_t, C_t) → (B_t M, C_t M⁻ᵀ), tangents (B_t K, −C_t Kᵀ), any r×r K (r² per task).
 

@@ -1,4 +1,4 @@
-"""The paper's second synthetic system: LoRA-ML for a shallow network (DESIGN.md §6).
+"""The paper's second synthetic system: LoRA-ML for a shallow network (docs/design.md §6).
 
 y = c*ᵀ·sigmoid((A* + U*_t U*_tᵀ) x) + σε.  ``make_shallow_problem`` draws it (or wrap your
 own data in ``ShallowTask(X, y)``); ``retrain_shallow`` learns the shared (A, c) with

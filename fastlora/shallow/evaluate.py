@@ -23,7 +23,7 @@ TASK_METRICS = ("test_loss", "test_accuracy", "train_fit")
 
 def paper_ft_rank(k: int, T: int) -> int:
     """The paper's fine-tuning rank: k, and 3k when T = 2 (two tasks leave A* identified only
-    up to a rank-2k error, so a new task needs rank 3k, DESIGN.md §2 fact 3)."""
+    up to a rank-2k error, so a new task needs rank 3k, docs/design.md §2 fact 3)."""
     return 3 * k if T == 2 else k
 
 

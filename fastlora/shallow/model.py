@@ -1,4 +1,4 @@
-"""The shallow network's objective over named parameters, on a backend (DESIGN.md §6).
+"""The shallow network's objective over named parameters, on a backend (docs/design.md §6).
 
     F(A, c, θ_1..θ_T) = Σ_t L_t(A + Δ(θ_t), c),  L_t(W, c) = (1/2n_t) Σ_i (c·sigmoid(W x_i) − y_i)²
     ∇_A F = Σ_t G_t,   ∇_c F = Σ_t ∂L_t/∂c,   ∇_θt F = pullback(θ_t, G_t),   G_t = ∂L_t/∂W at W_t

@@ -1,4 +1,4 @@
-"""Optimizers of the shallow network over a dict of named arrays (DESIGN.md §6).
+"""Optimizers of the shallow network over a dict of named arrays (docs/design.md §6).
 
 * ``lbfgs`` (the default): SciPy's L-BFGS-B on the flattened trainable parameters in float64
   on the host, with the exact gradient.  Converged when ‖∇F‖ ≤ tol·‖∇F(start)‖, when F

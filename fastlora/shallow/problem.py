@@ -1,4 +1,4 @@
-"""Shallow-network tasks and the paper's synthetic law for them (DESIGN.md §6).
+"""Shallow-network tasks and the paper's synthetic law for them (docs/design.md §6).
 
 Task t's label: y = c*ᵀ·sigmoid(W*_t x) + σ·ε with W*_t = A* + U*_t U*_tᵀ, x ~ N(0, I_d),
 ε ~ N(0, 1); A* (d×d), c* (d,) and U*_t (d×k) have standard Gaussian entries (the

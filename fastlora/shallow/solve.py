@@ -1,4 +1,4 @@
-"""Retraining and fine-tuning of the shallow network (DESIGN.md §6).
+"""Retraining and fine-tuning of the shallow network (docs/design.md §6).
 
 Methods (one shared hidden layer A (h×d) and output weights c (h,), h = d in the paper):
 
@@ -8,7 +8,7 @@ Methods (one shared hidden layer A (h×d) and output weights c (h,), h = d in th
 * ``reptile``:  W_t, c_t ← (A, c); ``inner_steps`` gradient steps of size ``inner_lr`` on
   L_t over (W_t, c_t) (full fine-tuning of both layers); then
   (A, c) ← (A, c) + ``outer_lr``·mean_t((W_t, c_t) − (A, c)).  The authors' code has no
-  shallow-network Reptile; this is the first-order Reptile of DESIGN.md §2 applied to both layers.
+  shallow-network Reptile; this is the first-order Reptile of docs/design.md §2 applied to both layers.
 
 with L_t(W, c) = (1/2n_t) Σ_i (c·sigmoid(W x_i) − y_i)² (the paper's code uses torch's
 MSELoss, (1/n_t) Σ_i, i.e. 2·L_t; every optimizer here and the bench use L_t).

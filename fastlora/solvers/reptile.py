@@ -1,4 +1,4 @@
-"""Reptile (first-order meta-learning baseline, DESIGN.md §2), for P problems at once.
+"""Reptile (first-order meta-learning baseline, docs/design.md §2), for P problems at once.
 
     W_t ← A;  repeat s times: W_t ← W_t − α_t ∇L_t(W_t)         (full fine-tuning)
     A   ← A + β · mean_t (W_t − A)
