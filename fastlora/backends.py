@@ -16,12 +16,11 @@ import warnings
 
 import numpy as np
 
-from .config import settings, usable_cores
+from .config import BACKEND_CHOICES, DTYPE_NAMES, settings, usable_cores
+from .config import BACKENDS as BACKENDS  # re-exported: fastlora.backends.BACKENDS is where callers look
 from .errors import BackendUnavailableError, PerformanceWarning, check_choice
 
-BACKENDS = ("numpy", "numba", "cupy")   # every backend fastlora knows; specs, the CLI and bench read this
-BACKEND_CHOICES = ("auto", *BACKENDS)
-DTYPES = {"float64": np.float64, "float32": np.float32}
+DTYPES = dict(zip(DTYPE_NAMES, (np.float64, np.float32)))
 
 
 class Backend:
@@ -67,6 +66,13 @@ class Backend:
 
 class NumbaBackend(Backend):
     def __init__(self):
+        # GNU OpenMP (Numba's threading layer on Linux) keeps its threads spinning for ~300k iterations
+        # after each parallel region, starving the BLAS threads of the GEMMs between our kernels
+        # (measured: a GEMM + kernel pair 5x slower); a short spin keeps wake-ups fast.  Read when
+        # libgomp loads (Numba's first parallel region); a value the user set wins.
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+        from . import kernels
+        kernels.COMPILE.update(cache_dir=str(settings.numba_cache_dir), fastmath=settings.fastmath)
         from .kernels import numba_cpu
         super().__init__("numba", np, numba_cpu.KERNELS)
         self.module = numba_cpu

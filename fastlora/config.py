@@ -29,6 +29,11 @@ from pathlib import Path
 
 from .errors import FastLoRAError
 
+# the backends and dtypes fastlora knows (fastlora.backends builds them; options, specs, the CLI and bench list them)
+BACKENDS = ("numpy", "numba", "cupy")
+BACKEND_CHOICES = ("auto", *BACKENDS)
+DTYPE_NAMES = ("float64", "float32")
+
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
 
@@ -115,7 +120,7 @@ class Settings:
     @property
     def default_backend(self) -> str:
         """What ``backend="auto"`` means; raises if FASTLORA_BACKEND names no backend."""
-        from .backends import BACKEND_CHOICES as allowed  # backends imports this module: look up on use
+        allowed = BACKEND_CHOICES
         value, source = self._default_backend
         if value not in allowed:
             raise FastLoRAError(f"{source}={value!r} is not a backend; choose one of {', '.join(map(repr, allowed))}")

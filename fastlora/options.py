@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKEND_CHOICES
-from .backends import DTYPES as BACKEND_DTYPES
+from .config import BACKEND_CHOICES, DTYPE_NAMES
 from .errors import FastLoRAError, check_choice, check_float, check_int
 
 POPULATION = "population"
@@ -23,7 +22,7 @@ SOLVERS = ("auto", "als", "gd")
 OPTIMIZERS = ("gd", "adam", "lbfgs")
 ADAPTER_STEPS = ("auto", "subspace", "exact", "whitened", "inner")
 ACCELERATIONS = ("anderson", "none")
-DTYPES = tuple(BACKEND_DTYPES)
+DTYPES = DTYPE_NAMES
 
 
 # the most starts of one landscape census: beyond, one census takes hours

@@ -27,6 +27,10 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+# how the Numba kernels compile: set by the numba backend (from fastlora.config) before it imports
+# numba_cpu, so that kernels read nothing of fastlora but this contract
+COMPILE = {"cache_dir": None, "fastmath": False}
+
 
 class ResidualNorms(NamedTuple):
     """The squared norms the ALS bookkeeping needs at a new A (docs/design.md §5).

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import cupy as cp
 
-from fastlora.arrays import reusable
 from fastlora.kernels import ResidualNorms, reference
+from fastlora.kernels.arrays import reusable
 
 _update = cp.ElementwiseKernel(
     "raw T M, raw T G, raw T S, T alpha, int64 n, bool symmetrize",

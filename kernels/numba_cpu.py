@@ -7,27 +7,20 @@ work — low-rank corrections, orthonormalisation, Rayleigh–Ritz — and the O
 are fused here and spread over tasks or tiles with ``prange``, without calling BLAS inside
 the parallel loops (no nested thread pools).
 
-Compiled code is cached on disk in ``fastlora.config.settings.numba_cache_dir`` (or
+Compiled code is cached on disk in ``fastlora.kernels.COMPILE['cache_dir']`` (set by the numba backend
+from ``fastlora.config.settings.numba_cache_dir``; or
 ``NUMBA_CACHE_DIR`` when set); nothing compiles at import, only on first call.
 """
 from __future__ import annotations
 
 import os
 
-# GNU OpenMP (Numba's default threading layer on Linux) keeps its threads spinning for
-# ~300k iterations after each parallel region; they then starve the BLAS threads that run
-# the shared GEMMs between our kernels (measured: a GEMM + kernel pair 5x slower).  A short
-# spin keeps wake-ups fast without that.  Takes effect if libgomp is not loaded yet; a
-# value set by the user wins.
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-
 import numba
 import numpy as np
 from numba import prange
 
-from fastlora.arrays import reusable
-from fastlora.config import settings
-from fastlora.kernels import ResidualNorms, reference
+from fastlora.kernels import COMPILE, ResidualNorms, reference
+from fastlora.kernels.arrays import reusable
 
 # Reassociation lets LLVM vectorise the reductions (dot products) of the small per-task
 # loops; it changes results only at rounding level, as BLAS does.  No nnan/ninf: NaN and
@@ -39,12 +32,12 @@ def kernel(parallel: bool = False):
     """``numba.njit`` with fastlora's cache directory, fastmath flags and error model."""
     def wrap(fn):
         previous = numba.config.CACHE_DIR
-        if not os.environ.get("NUMBA_CACHE_DIR"):
+        if not os.environ.get("NUMBA_CACHE_DIR") and COMPILE["cache_dir"]:
             # the cache locator is bound when the function is decorated: point it at our
             # directory for our kernels only, leaving Numba's global setting as it was
-            numba.config.CACHE_DIR = str(settings.numba_cache_dir)
+            numba.config.CACHE_DIR = COMPILE["cache_dir"]
         try:
-            flags = True if settings.fastmath else SAFE_FASTMATH
+            flags = True if COMPILE["fastmath"] else SAFE_FASTMATH
             return numba.njit(cache=True, parallel=parallel, fastmath=flags, error_model="numpy")(fn)
         finally:
             numba.config.CACHE_DIR = previous
@@ -471,6 +464,6 @@ def warm_up(dtype) -> None:
 
 def cache_is_warm() -> bool:
     """Whether the on-disk cache already holds this module's compiled kernels."""
-    root = os.environ.get("NUMBA_CACHE_DIR") or str(settings.numba_cache_dir)
+    root = os.environ.get("NUMBA_CACHE_DIR") or COMPILE["cache_dir"]
     from pathlib import Path
     return any(Path(root).rglob("numba_cpu.*.nbi"))

@@ -8,8 +8,8 @@ backend's :class:`~fastlora.kernels.KernelSet` first and call kernels through it
 """
 from __future__ import annotations
 
-from fastlora.arrays import array_module, frobenius_sq
 from fastlora.kernels import ResidualNorms
+from fastlora.kernels.arrays import array_module, frobenius_sq
 
 
 def apply_shared_lowrank(X, shared_t, L, R):

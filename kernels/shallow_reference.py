@@ -15,7 +15,7 @@ task t are real, and padded rows are ignored (their weight is 0).  ``numba``'s t
 """
 from __future__ import annotations
 
-from fastlora.arrays import array_module
+from fastlora.kernels.arrays import array_module
 
 
 def sigmoid_and_slope(Z):
