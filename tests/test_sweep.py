@@ -265,7 +265,16 @@ def test_spec_refusals_are_the_python_apis_own_words():
         "[fixed]", '[fixed]\nmodel = "shallow"\noptimizer = "adam"'),
 ])
 def test_combinations_the_python_api_takes_are_accepted(text):
-    assert parse_spec(text).points()
+    """What a spec accepts, fl.retrain takes: every point's retrain arguments run (two iterations)."""
+    import fastlora as fl
+    from fastlora.sweep.spec import problem_args, retrain_args
+    points = parse_spec(text).points()
+    assert points
+    for point in points:
+        problem = fl.make_problem(**{**problem_args(point, 0), "n_test_tasks": 0})
+        args = {**retrain_args(point), "max_iter": 2}
+        res = fl.retrain(problem, **args)
+        assert res.method == point["method"]
 
 
 def test_a_dataset_point_is_checked_as_the_shallow_network_it_runs():

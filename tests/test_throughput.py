@@ -188,10 +188,18 @@ def test_explicit_als_on_finite_lora_sym_reports_convergence():
     assert res.converged, res.message
 
 
-def test_classes_work_with_the_batched_engine():
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_parameterization_instance_with_options_runs_batched_and_keeps_them(backend):
+    """LoRA(alpha=2) only rescales B: the same A and updates Δ_t as LoRA's default, each problem as alone."""
     probs = [fl.make_problem(d=8, k=1, T=3, n=300, noise=0.1, seed=s, symmetric=False) for s in range(3)]
-    out = fl.retrain_many(probs, peft=LoRA(alpha=2.0), rank=1, backend="numpy")
-    assert all(r.converged for r in out)
+    scaled = fl.retrain_many(probs, peft=LoRA(alpha=2.0), rank=1, backend=backend)
+    plain = fl.retrain_many(probs, peft="lora", rank=1, backend=backend)
+    for prob, a, b in zip(probs, scaled, plain):
+        assert a.converged and a.peft.alpha == 2.0
+        np.testing.assert_allclose(a.A, b.A, atol=1e-9)
+        np.testing.assert_allclose(a.delta(1), b.delta(1), atol=1e-9)
+        alone = fl.retrain(prob, peft=LoRA(alpha=2.0), rank=1, backend=backend)
+        np.testing.assert_array_equal(alone.A, a.A)
 
 
 def test_every_method_records_what_ran_in_info_solver():
