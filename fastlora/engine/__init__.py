@@ -106,7 +106,7 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
     extended precision, computed once per task).  ``need_whiteners``: also Σ_t^{±1/2} (the whitened
     exact fits of ``lora`` and ``full`` on finite samples).  ``base_sq`` (P,): ‖S‖² of
     reduced problems (fastlora.reduction), added to the scales of the convergence test.
-    ``gram_pinv`` is left for the engine to fill ((Σ_t Σ_t)⁺, one per problem).
+    The A step's operators ((Σ_t Σ_t)⁺ and its products) are made by the engine, per problem.
     """
     P, T = len(problems), len(problems[0])
     first = problems[0][0]
@@ -118,8 +118,7 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
         null = 0.5 * np.einsum("ptij,ptij->p", W, W) + 0.5 * T * base_sq
         empty = np.zeros((P, T, 0, 0), dtype)
         return QuadBatch(True, empty, W.astype(dtype, copy=False), np.zeros((P, T), dtype),
-                         W.sum(axis=1).astype(dtype), np.zeros((P, 0, 0), dtype), empty, empty, np.ones((P, T), dtype),
-                         null, base_sq)
+                         W.sum(axis=1).astype(dtype), empty, empty, np.ones((P, T), dtype), null, base_sq)
     from ..tasks import PINV_RTOL, least_squares_fits
     tasks = [t for one in problems for t in one]
     Sigma = np.stack([t.Sigma for t in tasks])
@@ -138,7 +137,7 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
         return np.ascontiguousarray(a.reshape(P, T, *tail), dtype=dtype)
 
     return QuadBatch(False, shaped(Sigma, d_in, d_in), shaped(W_hat, d_out, d_in), shaped(floor),
-                     np.ascontiguousarray(rhs0, dtype=dtype), np.zeros((P, d_in, d_in), dtype),
+                     np.ascontiguousarray(rhs0, dtype=dtype),
                      shaped(sqrt_S, *sqrt_S.shape[1:]), shaped(isqrt_S, *isqrt_S.shape[1:]),
                      shaped(lam[:, -1]), np.array([t.s for t in tasks]).reshape(P, T).sum(axis=1), base_sq)
 

@@ -152,3 +152,27 @@ def _adam_apply(x, m, v, lr1, c2, eps):
         for i in range(xx.shape[0]):
             xx[i] -= lr1 * mm[i] / (np.sqrt(c2 * vv[i]) + eps)
     return impl
+
+
+@overload(linalg.task_residual, jit_options=_FAST)
+def _task_residual(A, delta, W_hat, Sigma, E, G, identity):
+    def impl(A, delta, W_hat, Sigma, E, G, identity):
+        n, m = A.shape
+        total = 0.0
+        for i in range(n):
+            for j in range(m):
+                E[i, j] = A[i, j] + delta[i, j] - W_hat[i, j]
+            if identity:
+                for j in range(m):
+                    G[i, j] = E[i, j]
+            else:
+                for j in range(m):
+                    G[i, j] = 0.0
+                for p in range(m):
+                    e = E[i, p]
+                    for j in range(m):
+                        G[i, j] += e * Sigma[p, j]
+            for j in range(m):
+                total += G[i, j] * E[i, j]
+        return 0.5 * total
+    return impl

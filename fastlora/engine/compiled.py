@@ -63,7 +63,7 @@ def _signature(dtype_name: str) -> tuple:
     def arr(ndim, kind=real):
         return types.Array(kind, ndim, "C")
     f64, i64 = types.float64, types.int64
-    return (types.boolean, arr(4), arr(4), arr(2), arr(3), arr(3), arr(4), arr(4), arr(2), arr(1, f64), arr(1, f64),
+    return (types.boolean, arr(4), arr(4), arr(2), arr(3), arr(4), arr(4), arr(2), arr(1, f64), arr(1, f64),
             arr(1, i64), arr(1, f64), arr(3), arr(2), arr(3), arr(2), arr(2, f64), arr(2, i64), arr(2, f64))
 
 

@@ -57,3 +57,16 @@ def adam_moments(grad, m, v, b1, b2):
 def adam_apply(x, m, v, lr1, c2, eps):
     """x −= lr1·m / (sqrt(c2·v) + eps) elementwise (lr1, c2: the step and bias corrections)."""
     x -= lr1 * m / (np.sqrt(c2 * v) + eps)
+
+
+def task_residual(A, delta, W_hat, Sigma, E, G, identity):
+    """One task's residual and loss in the quadratic form (docs/design.md §2): E = A + Δ − Ŵ,
+    G = E Σ (= E where ``identity``), returns ½⟨G, E⟩."""
+    E[...] = A
+    E += delta
+    E -= W_hat
+    if identity:
+        G[...] = E
+    else:
+        np.matmul(E, Sigma, out=G)
+    return 0.5 * inner(G, E)

@@ -31,7 +31,7 @@ from .steps import (
     anderson_mix,
     deltas,
     fit_adapters,
-    gram_pseudo_inverse,
+    a_step_operators,
     joint_value_grad,
     lbfgs_direction,
     lbfgs_update,
@@ -53,8 +53,9 @@ FIT_EXACT = 6
 # how L-BFGS treats A: jointly with θ, eliminated by its closed form, or held fixed
 JOINT, PROJECTED, FIXED = 0, 1, 2
 
-# the problems of a batch: Quad's arrays with a leading problem axis (identity is one flag for all)
-QuadBatch = namedtuple("QuadBatch", Quad._fields)
+# the problems of a batch: Quad's data with a leading problem axis (identity is one flag for all;
+# K and N are made per problem, see problem())
+QuadBatch = namedtuple("QuadBatch", "identity Sigma W_hat floor rhs0 sqrt_S isqrt_S lam_max null base_sq")
 # per-problem integer outputs: iterations, status, history length, extrapolations accepted / rejected
 N_ITER, STATUS, COUNT, ACCEPTED, REJECTED = 0, 1, 2, 3, 4
 # per-problem float outputs: the objective at the returned point, the last value seen, the divergence scale,
@@ -63,13 +64,19 @@ FINAL, LAST, SCALE, STEP = 0, 1, 2, 3
 
 
 @jitable
-def problem(identity, Sigma, W_hat, floor, rhs0, gram_pinv, sqrt_S, isqrt_S, lam_max, null, base_sq, p):
+def problem(identity, Sigma, W_hat, floor, rhs0, sqrt_S, isqrt_S, lam_max, null, base_sq, p):
     """Problem ``p`` of a batch (a QuadBatch's fields) as a :class:`~fastlora.engine.steps.Quad` of
-    views, with its (Σ_t Σ_t)⁺ computed into ``gram_pinv[p]`` (finite samples)."""
-    if not identity:
-        gram_pseudo_inverse(Sigma[p], gram_pinv[p])
-    return Quad(identity, Sigma[p], W_hat[p], floor[p], rhs0[p], gram_pinv[p], sqrt_S[p], isqrt_S[p], lam_max[p],
-                null[p], base_sq[p])
+    views, with its A-step operators K, N made (finite samples)."""
+    T, d_out, d_in = W_hat.shape[1], W_hat.shape[2], W_hat.shape[3]
+    if identity:
+        K = np.zeros((0, 0), W_hat.dtype)
+        N = np.zeros((T, 0, 0), W_hat.dtype)
+    else:
+        K = np.empty((d_out, d_in), W_hat.dtype)
+        N = np.empty((T, d_in, d_in), W_hat.dtype)
+        a_step_operators(Sigma[p], rhs0[p], K, N)
+    return Quad(identity, Sigma[p], W_hat[p], floor[p], rhs0[p], K, N, sqrt_S[p], isqrt_S[p], lam_max[p], null[p],
+                base_sq[p])
 
 
 def batch_solver(run_one, parallel: bool = False):
@@ -82,12 +89,12 @@ def batch_solver(run_one, parallel: bool = False):
     first solve compiles only its own solver."""
     loop = prange if parallel else range
 
-    def solve_batch(identity, Sigma, W_hat, floor, rhs0, gram_pinv, sqrt_S, isqrt_S, lam_max, null, base_sq,
+    def solve_batch(identity, Sigma, W_hat, floor, rhs0, sqrt_S, isqrt_S, lam_max, null, base_sq,
                     packed_ints, packed_floats, A0, theta0, A_out, theta_out, history, ints, floats):
         for p in loop(A_out.shape[0]):
             # the named tuples are made inside the loop: Numba's parfor lowering fails on tuples made outside it
             spec, cfg = unpack(packed_ints, packed_floats)
-            q = problem(identity, Sigma, W_hat, floor, rhs0, gram_pinv, sqrt_S, isqrt_S, lam_max, null, base_sq, p)
+            q = problem(identity, Sigma, W_hat, floor, rhs0, sqrt_S, isqrt_S, lam_max, null, base_sq, p)
             A, theta = A_out[p], theta_out[p]
             w = make_work(spec, A)
             start_A(q, spec, cfg.init, A0[p], A, w)

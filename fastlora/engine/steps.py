@@ -21,7 +21,7 @@ import numpy as np
 
 from . import status as st
 from ._jit import jitable
-from .linalg import adam_apply, adam_moments, axpy, copy, fill, inner, matmul, matmul_add, scale
+from .linalg import adam_apply, adam_moments, axpy, copy, fill, inner, matmul, matmul_add, scale, task_residual
 
 # parameterizations the engine knows
 NONE, FULL, LORA, LORA_SYM = -1, 0, 1, 2  # NONE: no adapters (standard retraining, Reptile)
@@ -30,8 +30,10 @@ STANDARD, ALS, LBFGS, GD, ADAM, REPTILE = 0, 1, 2, 3, 4, 5
 # how A starts
 START_STANDARD, START_ZEROS, START_GIVEN = 0, 1, 2
 
-# one problem's tasks in quadratic form; arrays a kind does not use are empty (e.g. Σ when identity)
-Quad = namedtuple("Quad", "identity Sigma W_hat floor rhs0 gram_pinv sqrt_S isqrt_S lam_max null base_sq")
+# one problem's tasks in quadratic form; arrays a kind does not use are empty (e.g. Σ when identity).
+# rhs0 = Σ_t C_t (population: Σ_t W*_t); finite samples: K = rhs0 G⁺ and N_t = Σ_t G⁺ with G = Σ_t Σ_t,
+# so that the A step is K − Σ_t Δ_t N_t (no d×d×d product per evaluation)
+Quad = namedtuple("Quad", "identity Sigma W_hat floor rhs0 K N sqrt_S isqrt_S lam_max null base_sq")
 # the parameterization of a solve: code, rank, scale s, and the sizes
 Spec = namedtuple("Spec", "peft r scale T d_out d_in")
 # what a solver reads (see fastlora.options for meanings and defaults)
@@ -124,15 +126,7 @@ def residual_losses(q, A, delta, w):
     and each task's loss in ``w.losses``."""
     total = 0.0
     for t in range(delta.shape[0]):
-        E = w.E[t]
-        copy(A, E)
-        axpy(1.0, delta[t], E)
-        axpy(-1.0, q.W_hat[t], E)
-        if q.identity:
-            copy(E, w.G[t])
-        else:
-            matmul(E, q.Sigma[t], w.G[t])
-        w.losses[t] = 0.5 * inner(w.G[t], E) + q.floor[t]
+        w.losses[t] = task_residual(A, delta[t], q.W_hat[t], q.Sigma[t], w.E[t], w.G[t], q.identity) + q.floor[t]
         total += w.losses[t]
     return total
 
@@ -164,25 +158,25 @@ def minimizing_A(q, spec, theta, delta, out, w):
     """argmin_A Σ_t L_t(A + Δ_t) for the Δ_t in ``delta`` (of θ), into ``out``.
 
     Population: the mean of W*_t − Δ_t.  Finite samples: A (Σ_t Σ_t) = Σ_t (C_t − Δ_tΣ_t)
-    (minimum norm where Σ_t Σ_t is singular); factored Δ_tΣ_t = s·B_tᵀ(C_tΣ_t) never forms Δ_t Σ_t.
+    (minimum norm where Σ_t Σ_t is singular), i.e. A = K − Σ_t Δ_t N_t; factored
+    Δ_t N_t = s·B_tᵀ(C_t N_t) never forms Δ_t.
     """
-    copy(q.rhs0, out)
     if q.identity:
+        copy(q.rhs0, out)
         for t in range(spec.T):
             axpy(-1.0, delta[t], out)
         scale(1.0 / spec.T, out)
         return
+    copy(q.K, out)
     if spec.peft == FULL:
         for t in range(spec.T):
-            matmul_add(delta[t], q.Sigma[t], out, -1.0)
+            matmul_add(delta[t], q.N[t], out, -1.0)
     elif spec.peft != NONE:
         B, C = factor_rows(spec, theta)
-        CS = w.CS[:spec.r]
+        CN = w.CS[:spec.r]
         for t in range(spec.T):
-            matmul(C[t], q.Sigma[t], CS)
-            matmul_add(B[t].T, CS, out, -spec.scale)
-    copy(out, w.tmp)
-    matmul(w.tmp, q.gram_pinv, out)
+            matmul(C[t], q.N[t], CN)
+            matmul_add(B[t].T, CN, out, -spec.scale)
 
 
 @jitable
@@ -227,19 +221,22 @@ def start_A(q, spec, init, given, out, w):
 
 
 @jitable
-def gram_pseudo_inverse(Sigma, out):
-    """(Σ_t Σ_t)⁺ into ``out``: the finite-sample A step's solver (minimum norm where Σ_t Σ_t is
-    singular: eigenvalues below ``PINV_RTOL`` times the largest count as 0)."""
-    d = out.shape[0]
-    fill(out, 0.0)
+def a_step_operators(Sigma, rhs0, K, N):
+    """The finite-sample A step's K = (Σ_t C_t) G⁺ and N_t = Σ_t G⁺ (G = Σ_t Σ_t, its pseudo-inverse
+    minimum norm where G is singular: eigenvalues below ``PINV_RTOL`` times the largest count as 0)."""
+    d = Sigma.shape[1]
+    gram = np.zeros((d, d), Sigma.dtype)
     for t in range(Sigma.shape[0]):
-        axpy(1.0, Sigma[t], out)
-    lam, V = np.linalg.eigh(out)
+        axpy(1.0, Sigma[t], gram)
+    lam, V = np.linalg.eigh(gram)
     cut = PINV_RTOL * max(lam[d - 1], 1e-300)
     scaled = V.copy()
     for k in range(d):
         scale(1.0 / lam[k] if lam[k] > cut else 0.0, scaled[:, k])
-    matmul(scaled, V.T, out)
+    matmul(scaled, V.T, gram)  # now G⁺
+    matmul(rhs0, gram, K)
+    for t in range(Sigma.shape[0]):
+        matmul(Sigma[t], gram, N[t])
 
 
 # -- the exact adapter step ------------------------------------------------------------------
