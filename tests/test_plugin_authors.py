@@ -122,7 +122,7 @@ def test_specs_take_ft_peft_options_and_refuse_a_mismatch_when_read(authors, tmp
     assert spec.points()[0]["ft_peft_options"] == {"private_rank": 1}
     with pytest.raises(fl.FastLoRAError, match=r"ft_peft_options=\{'private_rank': 0\}.*\{'private_rank': 1\}"):
         parse_spec(base + "ft_peft_options = { private_rank = 0 }\n")
-    with pytest.raises(fl.FastLoRAError, match="ft_peft_options.*not accepted"):
+    with pytest.raises(fl.FastLoRAError, match=r"ft_peft_options.*not accepted"):
         parse_spec(base.replace('ft_peft = "sblora"', 'ft_peft = "lora"') + "ft_peft_options = { bogus = 1 }\n")
 
 
@@ -189,7 +189,9 @@ def test_exceptions_from_init_properties_and_fast_paths_are_wrapped_too():
 
     class BadFast(LoRA):
         name = "bad_fast"
-        fast_paths = {"numba": BrokenFast()}
+        def __init__(self):
+            super().__init__()
+            self.fast_paths = {"numba": BrokenFast()}
 
     with pytest.raises(ConformanceError, match=r"\[fast path numba\] reading fast_paths\['numba'\]\.delta raised "
                                                r"ImportError: the kernels do not compile") as err:
