@@ -21,9 +21,13 @@ generator of its own (``law=None`` is make_problem's own law).
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import FastLoRAError, PluginError
 from .peft.registry import Kind, Registry
+from .problems import Problem
 
 GROUP = "fastlora.problems"
 # what every generator receives, validated by make_problem
@@ -117,7 +121,6 @@ def make_law_problem(law, arguments: dict, given: dict, options: dict):
     ``options`` the generator's own."""
     from . import options as schema
     from .errors import check_int
-    from .problems import Problem
     generator = get(law)
     args = dict(arguments)
     args["d"] = check_int("d", args["d"], low=1)
@@ -139,6 +142,65 @@ def make_law_problem(law, arguments: dict, given: dict, options: dict):
         raise PluginError(f"problem generator {_name(law)!r} returned a {type(problem).__name__}, not a "
                           f"fastlora.Problem")
     return problem
+
+
+_ROLE_TRAIN, _ROLE_TEST, _ROLE_NEW = 1, 2, 3
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class FactorLawProblem(Problem):
+    """A :class:`~fastlora.Problem` drawn by :func:`problem_from_factors`: ``new_task(seed)`` draws
+    from the same law."""
+
+    draw_factors: object = None
+
+    def new_task(self, seed: int):
+        from .errors import check_int
+        seed = check_int("seed", seed, low=0)
+        if seed not in self._extra:
+            self._extra[seed] = _factor_task(self, _ROLE_NEW, seed)[0]
+        return self._extra[seed]
+
+
+def problem_from_factors(draw_factors, A_star, *, d: int, k: int, T: int, n: int | None, noise: float, seed: int,
+                         n_test_tasks: int, d_out: int | None = None) -> FactorLawProblem:
+    """A problem whose task t has W*_t = A_star + B_t C_tᵀ with ``(B_t, C_t) = draw_factors(rng)``
+    ((d_out, k), (d, k)): the helper a generator plugin returns through (docs/plugins.md).
+
+    Each task — training t, held-out t, or ``new_task(s)`` — draws its factors from its own
+    generator seeded by ``numpy.random.SeedSequence(seed, spawn_key=(role, t))`` and, with ``n``
+    samples, its data from the next one (x ~ N(0, I), y = W*_t x + ε, ε ~ N(0, noise²)), so a task
+    does not depend on n, σ or how many others were drawn.  Held-out tasks keep their ground
+    truth; the targets stay factored (no T dense matrices in population mode)."""
+    d_out = A_star.shape[0] if d_out is None else d_out
+    A_star = np.asarray(A_star, dtype=np.float64)
+    if A_star.shape != (d_out, d):
+        raise FastLoRAError(f"A_star has shape {A_star.shape}, expected (d_out, d) = ({d_out}, {d})")
+    A_star.setflags(write=False)
+    proto = FactorLawProblem(A_star, np.empty((T, d_out, k)), np.empty((T, d, k)), [], [], d, d_out, k, T, n,
+                             noise, False, seed, draw_factors=draw_factors)
+    for t in range(T):
+        task, B, C = _factor_task(proto, _ROLE_TRAIN, t)
+        proto.tasks.append(task)
+        proto.B_star[t], proto.C_star[t] = B, C
+    proto.test_tasks.extend(_factor_task(proto, _ROLE_TEST, t)[0] for t in range(n_test_tasks))
+    return proto
+
+
+def _factor_task(prob: FactorLawProblem, role: int, index: int):
+    from .tasks import LowRankTarget, Task
+    sequence = np.random.SeedSequence(prob.seed, spawn_key=(role, index))
+    factors_rng, data_rng = (np.random.default_rng(s) for s in sequence.spawn(2))
+    B, C = (np.asarray(f, dtype=np.float64) for f in prob.draw_factors(factors_rng))
+    if B.shape != (prob.d_out, prob.k) or C.shape != (prob.d, prob.k):
+        raise PluginError(f"draw_factors returned B {B.shape} and C {C.shape}; expected (d_out, k) = "
+                          f"({prob.d_out}, {prob.k}) and (d, k) = ({prob.d}, {prob.k})")
+    task = Task.population(LowRankTarget(prob.A_star, B, C))
+    if prob.n is not None:
+        task = task.sample(prob.n, seed=data_rng, noise=prob.noise)
+    task.noise = prob.noise
+    task.key = (prob.seed, role, index)
+    return task, B, C
 
 
 def _name(law) -> str:

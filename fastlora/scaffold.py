@@ -59,7 +59,7 @@ def write_plugin(name: str, folder=".", *, numba: bool = False, shared: bool = F
     words["fast_paths_line"] = fast_line if numba else "# fast_paths: see docs/plugins.md (--numba writes one)"
     words["fast_passed"] = ' and "fast path numba" in passed' if numba else ""
     words["numba_step"] = ("\n6. keep ``_numba.py`` computing what ``delta`` and ``pullback`` compute "
-                           "(tests/test_${name}_fast_path.py);" if numba else "")
+                           f"(tests/test_{name}_fast_path.py);" if numba else "")
     root.mkdir()
     for relative, template in files.items():
         path = root / relative

@@ -1,9 +1,12 @@
 """`fastlora plugins new NAME [--numba] [--shared]`: the package it writes installs (offline, without
 build isolation) and its own tests — the conformance kit, the entry point, a retrain, and the
-fast path's parity and use by the solvers — pass as written."""
+fast path's parity and use by the solvers — pass as written, and still pass once its files are
+replaced by the finished LoHa of docs/plugins.md ("Start from the scaffold")."""
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -30,6 +33,7 @@ def test_a_generated_package_installs_and_its_tests_pass(tmp_path):
         assert source.count("FILL IN") >= 4 and "threads_for(" in (module / "_numba.py").read_text()
         roots.append(root)
     assert "shared = (\"B\", \"C\")" in (roots[1] / "fastlora_scaffold_shared" / "__init__.py").read_text()
+    roots.append(_docs_loha(runner, tmp_path))
     site = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
                               "--quiet", "--target", str(site), *map(str, roots)], capture_output=True, text=True,
@@ -40,7 +44,21 @@ def test_a_generated_package_installs_and_its_tests_pass(tmp_path):
                             *(str(root / "tests") for root in roots)], capture_output=True, text=True, env=env,
                            cwd=tmp_path, timeout=600)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
-    assert "14 passed" in tests.stdout, tests.stdout[-2000:]
+    assert "21 passed" in tests.stdout, tests.stdout[-2000:]
+
+
+def _docs_loha(runner, folder) -> Path:
+    """`fastlora plugins new loha --numba`, its files replaced by the blocks "# file: ..." of docs/plugins.md."""
+    result = runner.invoke(main, ["plugins", "new", "loha", "--numba", "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    root = folder / "fastlora-loha"
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    files = re.findall(r"```python\n# file: (\S+)\n(.*?)```", text, re.DOTALL)
+    assert sorted(name for name, _ in files) == ["fastlora_loha/__init__.py", "fastlora_loha/_numba.py"]
+    for name, body in files:
+        assert (root / name).exists(), name
+        (root / name).write_text(body)
+    return root
 
 
 @pytest.mark.parametrize("args, needle", [
