@@ -391,10 +391,18 @@ def _check_parameterization_shapes(point: dict, d: int, d_out: int, where: str, 
             check_shape_supported(_peft_of(point, origin), d_out, d)
     except FastLoRAError as exc:
         raise FastLoRAError(f"{origin}: {exc} ({where})") from None
+    ft_peft = point.get("ft_peft", schema.OPTIONS["ft_peft"].default)
     try:
-        check_shape_supported(_registered(point.get("ft_peft", schema.OPTIONS["ft_peft"].default)), d_out, d)
+        ft_options = point.get("ft_peft_options")
+        check_shape_supported(_registered(ft_peft) if ft_options is None else _finetuning_peft(point, origin), d_out, d)
     except FastLoRAError as exc:
         raise FastLoRAError(f"{origin}: ft_peft: {exc} ({where})") from None
+
+
+def _finetuning_peft(point: dict, origin: str):
+    """The point's fine-tuning parameterization built with its ``ft_peft_options``."""
+    from .. import peft as peft_registry
+    return peft_registry.get(point.get("ft_peft", schema.OPTIONS["ft_peft"].default), **point["ft_peft_options"])
 
 
 @functools.lru_cache(maxsize=64)
