@@ -21,7 +21,7 @@ from .finetune import finetune_many, lowrank_residual
 from .implicit import is_implicit
 from .linop import LowRankUpdate
 from .options import OPTIONS
-from .peft.protocol import shared_names
+from .peft.protocol import check_shape_supported, shared_names
 from .peft.registry import finetuning_parameterization
 from .problems import Problem
 from .tasks import LowRankTarget, Task, dense_target
@@ -280,6 +280,7 @@ def _finetuning_plan(res, ft_peft, ft_rank, prob, shape) -> tuple:
     retrained_rank = getattr(res, "rank", None) if getattr(res, "shared", None) else None
     sizes = (*shape, ft_rank or retrained_rank or getattr(prob, "k", None) or 1)
     parameterization = finetuning_parameterization(name, options, retrained, "ft_peft", sizes)
+    check_shape_supported(parameterization, *shape, "ft_peft")
     names = shared_names(parameterization)
     keeps_shared = retrained_rank is not None and bool(names) and set(names) <= set(res.shared)
     if ft_rank is None:

@@ -234,6 +234,10 @@ def test_a_second_rank_is_an_option_checked_like_rank():
     prob = fl.make_problem(d=5, k=1, T=3, symmetric=False, seed=0)
     with pytest.raises(fl.FastLoRAError, match=r"peft_options\['private_rank'\]=6 is too large for peft='sblora'"):
         fl.retrain(prob, peft=SBLoRA(private_rank=6), rank=1, backend="numpy")
+    res = fl.retrain(prob, peft="lora", rank=1, backend="numpy")
+    with pytest.raises(fl.FastLoRAError, match=r"^ft_peft_options\['private_rank'\]=6 is too large for "
+                                               r"ft_peft='sblora'"):
+        fl.evaluate(res, prob, ft_peft=SBLoRA(private_rank=6))
 
     class NoReadBack(SBLoRA):
         def __init__(self, private_rank=0):
