@@ -6,7 +6,7 @@
 >>> fl.evaluate(res, prob)["rel_err_A"] < 1e-6
 True
 
-Subpackages load on first use (PEP 562): ``fl.landscape``, ``fl.datasets``, ``fl.shallow``,
+Subpackages load on first use (PEP 562): ``fl.landscape``, ``fl.datasets``, ``fl.generators``, ``fl.shallow``,
 ``fl.sweep`` (and ``fl.load_results``, from ``fastlora.sweep``).
 """
 import importlib as _importlib
@@ -31,7 +31,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+source"
 
 # loaded on first attribute access, so that ``import fastlora`` stays light (PEP 562)
-_SUBPACKAGES = ("datasets", "landscape", "shallow", "sweep")
+_SUBPACKAGES = ("datasets", "generators", "landscape", "shallow", "sweep")
 _LAZY_NAMES = {"load_results": "sweep"}
 
 

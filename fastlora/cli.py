@@ -235,19 +235,58 @@ SOLVE_SOLVER = ("init_A", "reduction", "adapter_step", "inner_iter", "power_iter
 @_schema_options(*SOLVE_RETRAIN)
 @_schema_options(*SOLVE_LORA_ML, *SOLVE_SOLVER, given_only=True)
 @_schema_options(*SOLVE_EVALUATE)
+@click.option("--peft-options", "peft_options", default=None, metavar="TABLE",
+              help="keyword arguments of the --peft class, as a JSON object or a TOML inline table, "
+                   "e.g. '{ alpha = 16 }' (as peft_options in a sweep spec)")
+@click.option("--ft-peft-options", "ft_peft_options", default=None, metavar="TABLE",
+              help="keyword arguments of the --ft-peft class, likewise (default: fine-tuning with the retrained "
+                   "class keeps its options)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
 def solve(seed, asymmetric, implicit, as_json, progress, **options):
     """Solve one problem and print a summary table (options: fastlora.options)."""
-    with speaking_flags({*options, "seed", "implicit", "dense_A", "symmetric"}):
+    with speaking_flags({*options, "seed", "implicit", "dense_A", "symmetric"} - {"peft_options", "ft_peft_options"}):
         _solve(seed, asymmetric, implicit, as_json, progress, **options)
+
+
+def parse_table(text: str | None, flag: str) -> dict | None:
+    """A JSON object or a TOML inline table given on the command line, as a dict (None: not given)."""
+    import tomllib
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = None
+    if not isinstance(value, dict):
+        raise FastLoRAError(f"{flag} must be a JSON object or a TOML inline table, e.g. '{{\"alpha\": 16}}' or "
+                            f"'{{ alpha = 16 }}'; got {text!r}")
+    return value
+
+
+def _checked_peft_options(peft, options: dict | None, flag: str):
+    """``options`` as a sweep spec checks peft_options: a table its class takes."""
+    import fastlora as fl
+    if options is None:
+        return None
+    try:
+        fl.peft.get(peft, **options)
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{flag} {json.dumps(options)} for {flag.removesuffix('-options')} {peft}: {exc}") from None
+    return options
 
 
 def _solve(seed, asymmetric, implicit, as_json, progress, **options):
     import fastlora as fl
 
+    from .options import OPTIONS
     from .tables import render
 
+    peft_options = parse_table(options.pop("peft_options"), "--peft-options")
+    ft_peft_options = parse_table(options.pop("ft_peft_options"), "--ft-peft-options")
     options["n"], options["n_ft"] = parse_n(options["n"], "--n"), parse_n(options["n_ft"], "--n-ft")
     if options["n_test_tasks"] < 1:
         raise FastLoRAError(f"--n-test-tasks {options['n_test_tasks']}: solve fine-tunes and measures on held-out "
@@ -255,12 +294,17 @@ def _solve(seed, asymmetric, implicit, as_json, progress, **options):
     problem = {k: options.pop(k) for k in SOLVE_PROBLEM}
     retrain = {k: options.pop(k) for k in SOLVE_RETRAIN}
     retrain.update({k: v for k in SOLVE_LORA_ML if (v := options.pop(k)) is not None})
-    if retrain["method"] != "lora-ml" and set(retrain) & set(SOLVE_LORA_ML):
-        given = ", ".join(_flag(k) for k in SOLVE_LORA_ML if k in retrain)
+    if peft_options is not None:
+        retrain["peft_options"] = _checked_peft_options(retrain.get("peft", OPTIONS["peft"].default), peft_options,
+                                                        "--peft-options")
+    if retrain["method"] != "lora-ml" and set(retrain) & {*SOLVE_LORA_ML, "peft_options"}:
+        given = ", ".join(_flag(k) for k in (*SOLVE_LORA_ML, "peft_options") if k in retrain)
         raise FastLoRAError(f"{given} appl{'ies' if ',' not in given else 'y'} to --method lora-ml only: --method "
                             f"{retrain['method']} retrains A alone, without adapters; leave "
                             f"{'it' if ',' not in given else 'them'} out")
     evaluate = {k: options.pop(k) for k in SOLVE_EVALUATE}
+    if ft_peft_options is not None:
+        evaluate["ft_peft_options"] = _checked_peft_options(evaluate["ft_peft"], ft_peft_options, "--ft-peft-options")
     solver_options = {k: v for k, v in options.items() if v is not None}
     prob = fl.make_problem(**problem, seed=seed, symmetric=not asymmetric, implicit=implicit)
     _announce_compilation(retrain["backend"])
@@ -391,22 +435,30 @@ def plot(store, x, y, hue, facet, where, logy, logx, stat, band, output):
                             stat=stat, band=band))
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 @click.option("--check", is_flag=True, help="run the conformance kit (fastlora.testing) on every registered "
-                                            "parameterization; exit 1 if one fails")
-def plugins(as_json, check):
-    """List the registered PEFT parameterizations, their capabilities and load errors."""
+                                            "parameterization and problem generator; exit 1 if one fails")
+@click.pass_context
+def plugins(ctx, as_json, check):
+    """List the registered PEFT parameterizations (entry-point group fastlora.peft) and problem
+    generators (fastlora.problems), their capabilities and load errors; `plugins new NAME` starts one."""
     import fastlora as fl
+    from fastlora import generators
 
     from .tables import render
 
+    if ctx.invoked_subcommand is not None:
+        if as_json or check:
+            raise click.UsageError("--json and --check belong to `fastlora plugins` itself, not to a subcommand")
+        return
     if check:
         _check_plugins(as_json)
         return
     rows = fl.peft.info()
+    laws = generators.info()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows + laws, indent=2, default=repr))
         return
     table = []
     for row in rows:
@@ -422,13 +474,45 @@ def plugins(as_json, check):
             click.echo(f"error: {row['error']}")
         for claim in row.get("ignored_claims") or ():
             click.echo(f"ignored: {claim}")
+    click.echo(f"\nproblem generators ({generators.GROUP}) for make_problem(law=NAME) and the spec key law:")
+    if not laws:
+        click.echo("(none installed)")
+        return
+    click.echo(render([{"name": row["name"], "distribution": row["distribution"], "version": row["version"],
+                        "options": ", ".join(f"{k}={v!r}" for k, v in ((row["capabilities"] or {}).get("options")
+                                                                          or {}).items()) or "-",
+                        "status": "ok" if row["error"] is None else "ERROR"} for row in laws]))
+    for row in laws:
+        if row["error"]:
+            click.echo(f"error: {row['error']}")
+
+
+@plugins.command("new")
+@click.argument("name")
+@click.option("--numba", is_flag=True, help="add a Numba fast path (fast_paths['numba']) with its kernels and tests")
+@click.option("--shared", is_flag=True, help="protocol version 2: a basis shared by all tasks (shared = ('B', 'C'))")
+@click.option("--out", "folder", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="folder in which the package's folder fastlora-NAME is written")
+def plugins_new(name, numba, shared, folder):
+    """Write a pip-installable plugin package for the parameterization NAME: pyproject.toml with its
+    entry point, the class (docstrings say what to fill in), a conformance-kit test, a fast-path
+    test (--numba) and a README.  It works as written (a plain LoRA); docs/plugins.md has the steps."""
+    from .scaffold import write_plugin
+    root = write_plugin(name, folder, numba=numba, shared=shared)
+    click.echo(f"wrote {root}")
+    click.echo(f"next: pip install -e {root} && python -m pytest {root / 'tests'} && fastlora plugins --check")
 
 
 def _plugin_notes(caps: dict) -> str:
     notes = ["uses A (gd only)" if caps.get("uses_base") else "",
              "frozen: " + ",".join(caps["frozen"]) if caps.get("frozen") else "",
              "shared: " + ",".join(caps["shared"]) if caps.get("shared") else "",
-             "implicit gradient" if caps.get("implicit_gradient") else ""]
+             "implicit gradient" if caps.get("implicit_gradient") else "",
+             "fit given shared" if caps.get("best_fit_given_shared") else "",
+             "init from residuals" if caps.get("init_from_residuals") else "",
+             "ranks: " + ",".join(f"{k}={v}" for k, v in caps["rank_options"].items()) if caps.get("rank_options")
+             else "",
+             f"equivariant: {caps['basis_equivariance']}" if caps.get("basis_equivariance") else ""]
     return ", ".join(filter(None, notes)) or "-"
 
 
@@ -442,15 +526,17 @@ def _check_plugins(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        click.echo(render([{"name": r["name"], "distribution": r["distribution"], "version": r["version"],
-                            "checks_passed": len(r["passed"]), "status": "ok" if r["ok"] else "FAIL"}
-                           for r in rows]))
+        click.echo(render([{"name": r["name"], "group": r["group"], "distribution": r["distribution"],
+                            "version": r["version"], "checks_passed": len(r["passed"]),
+                            "status": "ok" if r["ok"] else "FAIL"} for r in rows]))
         for r in rows:
             if not r["ok"]:
                 click.echo(f"FAIL {r['name']} ({r['distribution']}): {r['failure']}")
+            for warning in r["warnings"]:
+                click.echo(f"warning {r['name']} ({r['distribution']}): {warning}")
     failed = [r["name"] for r in rows if not r["ok"]]
     if failed:
-        click.echo(f"Error: {len(failed)} parameterization(s) failed the conformance kit: {', '.join(failed)}",
+        click.echo(f"Error: {len(failed)} plugin(s) failed the conformance kit: {', '.join(failed)}",
                    err=True)
         click.get_current_context().exit(EXIT_RUNTIME)
 

@@ -11,6 +11,7 @@ from .errors import FastLoRAError, check_array, check_float, check_int, check_li
 from .linop import LowRankUpdate
 from .options import OPTIONS, check_solver_options
 from .peft.protocol import check_shape_supported, shared_names
+from .peft.registry import finetuning_parameterization
 from .reduction import extend_basis, orthonormal_basis
 from .seeding import as_generator
 from .solvers import engine as engine_path
@@ -53,12 +54,15 @@ def finetune(A, task: Task, peft="lora", rank: int | None = None, n: int | None 
     ``A``: the retrained matrix (an array or a :class:`~fastlora.linop.LowRankUpdate`), or the
     :class:`~fastlora.RetrainResult` itself — needed for parameterizations with shared
     parameters (protocol v2), whose retrained shared values are kept while the task's own
-    parameters are fitted.  ``n=None`` fits on the task as given (its population target, or its
-    data); an integer ``n`` first draws ``n`` fresh samples from the task's law (reproducible by
-    ``seed``).  The fit is exact where the parameterization allows it (truncated SVD / top-r
-    eigen / reduced-rank regression); otherwise gradient steps run until the loss stops
-    changing by more than ``tol`` (relative) or ``max_iter`` steps.  A task of the shallow
-    network (``model="shallow"``) is fine-tuned by :func:`fastlora.shallow.finetune_shallow`
+    parameters are fitted (``rank`` then defaults to the retrained rank).  With a retrain result,
+    ``peft`` named like its parameterization is the retrained instance, options and all;
+    ``peft_options`` that differ from those are refused where shared parameters are kept.
+    ``n=None`` fits on the task as given (its population target, or its data); an integer ``n``
+    first draws ``n`` fresh samples from the task's law (reproducible by ``seed``).  The fit is
+    exact where the parameterization allows it (truncated SVD / top-r eigen / reduced-rank
+    regression); otherwise gradient steps run until the loss stops changing by more than ``tol``
+    (relative) or ``max_iter`` steps.  A task of the shallow network (``model="shallow"``) is
+    fine-tuned by :func:`fastlora.shallow.finetune_shallow`
     (``A``: its retrain result, whose A and c stay frozen).
     """
     if getattr(task, "model", None) == "shallow":
@@ -93,6 +97,11 @@ def finetune_many(starts: list, tasks: list, peft="lora", rank: int | None = Non
     if len(starts) != len(tasks):
         raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
     seeds = per_entry("seeds", seeds, len(tasks), "task")
+    peft_options = OPTIONS["peft_options"].check(peft_options)
+    resolved = _finetuning_parameterizations(starts, tasks, peft, peft_options, rank)
+    if rank is None and all(isinstance(A, RetrainResult) and A.shared and shared_names(p)
+                            for A, p in zip(starts, resolved)) and len({A.rank for A in starts}) == 1:
+        rank = starts[0].rank  # the shared parameters' rank: fine-tuning keeps them
     if rank is None:
         known = {ground_truth_rank(task) for task in tasks}
         if None in known or len(known) != 1:
@@ -103,11 +112,11 @@ def finetune_many(starts: list, tasks: list, peft="lora", rank: int | None = Non
     max_iter = check_int("max_iter", max_iter, low=1)
     tol = check_float("tol", tol, low=0.0)
     n = OPTIONS["n"].check(n)
-    parameterization = peft_registry.get(peft, **(peft_options or {}))
     be, dtype = get_backend(backend), resolve_dtype(dtype)
     out: list[FinetuneResult | None] = [None] * len(tasks)
     dense_jobs = []
     for i, (A, task, seed) in enumerate(zip(starts, tasks, seeds)):
+        parameterization = resolved[i]
         if not isinstance(task, Task):
             raise FastLoRAError(f"task must be a fastlora.Task, got {type(task).__name__}")
         retrained = A if isinstance(A, RetrainResult) else None
@@ -133,12 +142,29 @@ def finetune_many(starts: list, tasks: list, peft="lora", rank: int | None = Non
         A = check_array("A", A, shape=(task.d_out, task.d_in))
         dense_jobs.append((i, A, task, seed, given))
     groups: dict = {}
-    for job in dense_jobs:  # jobs that can share one batch: same shape and mode, no per-job start
-        key = (job[2].d_out, job[2].d_in, job[2].is_population, job[4] is None)
+    for job in dense_jobs:  # jobs that can share one batch: same shape, mode and parameterization, no per-job start
+        key = (job[2].d_out, job[2].d_in, job[2].is_population, job[4] is None, id(resolved[job[0]]))
         groups.setdefault(key if job[4] is None else ("alone", job[0]), []).append(job)
     for jobs in groups.values():
-        for i, result in zip([j[0] for j in jobs], _fit(jobs, parameterization, rank, be, dtype, max_iter, tol)):
+        fitted = _fit(jobs, resolved[jobs[0][0]], rank, be, dtype, max_iter, tol)
+        for i, result in zip([j[0] for j in jobs], fitted):
             out[i] = result
+    return out
+
+
+def _finetuning_parameterizations(starts, tasks, peft, peft_options, rank) -> list:
+    """Each start's parameterization: ``peft`` resolved against the retrained instance of a retrain
+    result (fastlora.peft.registry.finetuning_parameterization), built once where no result is given."""
+    plain = None
+    out = []
+    for A, task in zip(starts, tasks):
+        retrained = getattr(A, "peft", None) if isinstance(A, RetrainResult) else None
+        if retrained is None:
+            plain = plain or peft_registry.get(peft, **(peft_options or {}))
+            out.append(plain)
+            continue
+        sizes = (getattr(task, "d_out", 1), getattr(task, "d_in", 1), rank or A.rank or 1)
+        out.append(finetuning_parameterization(peft, peft_options, retrained, "peft", sizes))
     return out
 
 

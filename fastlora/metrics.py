@@ -21,7 +21,8 @@ from .finetune import finetune_many, lowrank_residual
 from .implicit import is_implicit
 from .linop import LowRankUpdate
 from .options import OPTIONS
-from .peft.protocol import shared_names
+from .peft.protocol import check_shape_supported, shared_names
+from .peft.registry import finetuning_parameterization
 from .problems import Problem
 from .tasks import LowRankTarget, Task, dense_target
 
@@ -103,7 +104,8 @@ def spectral_norm(target) -> float:
 
 
 def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora", seed: int = 0,
-             rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True, metrics=None) -> dict:
+             rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True, metrics=None,
+             ft_peft_options: dict | None = None) -> dict:
     """Metrics of a retrained model on held-out tasks.
 
     ``res`` is a retrain result (or the matrix A itself), ``prob`` the :class:`Problem` it
@@ -123,7 +125,11 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
                    data — (T+1)k for standard retraining, k for LoRA-ML at T ≥ 3;
     ``excess_risk`` mean over test tasks of ½‖A + Δ̂ − W*_new‖²_F after fine-tuning with
                    ``ft_peft`` (asymmetric LoRA by default, as the paper does) at ``ft_rank``
-                   (default: the problem's k) from ``n_ft`` samples (None: population);
+                   (default: the problem's k; with shared parameters kept, the retrained rank)
+                   from ``n_ft`` samples (None: population).  ``ft_peft`` named like the
+                   retrained parameterization is the retrained instance, its options kept;
+                   ``ft_peft_options`` builds another (refused, naming both, where it differs
+                   from the retrained options and shared parameters are kept);
     ``excess_risk_std``, ``excess_risk_per_task`` and the retraining ``objective``,
     ``n_iter``, ``seconds`` and ``converged``.
 
@@ -139,6 +145,9 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
     if getattr(prob, "model", None) == "shallow" or (
             test_tasks and getattr(test_tasks[0], "model", None) == "shallow"):
         from .shallow import evaluate_shallow
+        if ft_peft_options is not None:
+            ft_peft = finetuning_parameterization(ft_peft, OPTIONS["ft_peft_options"].check(ft_peft_options),
+                                                  getattr(res, "peft", None), "ft_peft")
         return evaluate_shallow(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seed,
                                 test_tasks=test_tasks, metrics=metrics)
     wanted = () if metrics is None else check_choices("metrics", metrics, LINEAR_METRICS)
@@ -146,7 +155,7 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
         raise FastLoRAError("metrics: 'rel_err_A' cannot be computed: there is no ground-truth A* to compare with")
     return evaluate_many([res], [prob], ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seeds=[seed],
                          rank_tol=rank_tol, test_tasks=None if test_tasks is None else [test_tasks],
-                         noise_floor=noise_floor)[0]
+                         noise_floor=noise_floor, ft_peft_options=ft_peft_options)[0]
 
 
 LINEAR_METRICS = ("rel_err_A", "adapt_rank", "excess_risk")
@@ -155,7 +164,7 @@ LINEAR_METRICS = ("rel_err_A", "adapt_rank", "excess_risk")
 
 def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora",
                   seeds=0, rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True,
-                  errors: str = "raise") -> list:
+                  errors: str = "raise", ft_peft_options: dict | None = None) -> list:
     """:func:`evaluate` of ``results[i]`` on ``problems[i]`` (seed ``seeds[i]``) for every i; the
     fine-tuning of every test task of every result is one batched call (:func:`finetune_many`),
     and each dict is what a lone evaluate gives.  ``errors="return"`` puts the exception of an
@@ -172,23 +181,24 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
             try:
                 out.append(evaluate(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seeds[i],
                                     rank_tol=rank_tol, test_tasks=None if test_tasks is None else test_tasks[i],
-                                    noise_floor=noise_floor))
+                                    noise_floor=noise_floor, ft_peft_options=ft_peft_options))
             except FastLoRAError as exc:
                 if errors == "raise":
                     raise
                 out.append(exc)
         return out
     test_lists = test_tasks if test_tasks is not None else [None] * len(results)
+    ft_peft_options = OPTIONS["ft_peft_options"].check(ft_peft_options)
     try:
-        ft_parameterization = peft_registry.get(ft_peft)
+        peft_registry.get(ft_peft, **(ft_peft_options or {}))
     except FastLoRAError as exc:
-        raise type(exc)(f"ft_peft: {exc}") from None
+        raise type(exc)(f"ft_peft: {exc}".replace("peft options ", "ft_peft_options ")) from None
     rank_tol = check_float("rank_tol", rank_tol, low=0.0, low_open=True)
     n_ft = OPTIONS["n_ft"].check(n_ft)
     plans, jobs = [], []
     for i, (res, prob, tasks) in enumerate(zip(results, problems, test_lists)):
         try:
-            plan = _plan_evaluation(res, prob, tasks, ft_rank, ft_parameterization, rank_tol, noise_floor)
+            plan = _plan_evaluation(res, prob, tasks, ft_rank, (ft_peft, ft_peft_options), rank_tol, noise_floor)
         except FastLoRAError as exc:
             if errors == "raise":
                 raise
@@ -198,11 +208,13 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         jobs.extend((i, j, plan["start"], task, seeds[i] + j) for j, task in enumerate(plan["tasks"]))
     by_rank: dict = {}  # fine-tuning runs on the backend that retrained (arrays given as res: "auto")
     for job in jobs:
-        by_rank.setdefault((plans[job[0]]["ft_rank"], getattr(results[job[0]], "backend", "auto")), []).append(job)
+        plan = plans[job[0]]
+        key = (plan["ft_rank"], getattr(results[job[0]], "backend", "auto"), id(plan["ft_peft"]))
+        by_rank.setdefault(key, []).append(job)
     risks = {}
-    for (rank, backend), group in by_rank.items():
-        fitted = finetune_many([j[2] for j in group], [j[3] for j in group], peft=ft_peft, rank=rank, n=n_ft,
-                               seeds=[j[4] for j in group], backend=backend)
+    for (rank, backend, _), group in by_rank.items():
+        fitted = finetune_many([j[2] for j in group], [j[3] for j in group], peft=plans[group[0][0]]["ft_peft"],
+                               rank=rank, n=n_ft, seeds=[j[4] for j in group], backend=backend)
         risks.update({(j[0], j[1]): ft.excess_risk for j, ft in zip(group, fitted)})
     out = []
     for i, plan in enumerate(plans):
@@ -220,8 +232,9 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     return out
 
 
-def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_parameterization, rank_tol, noise_floor) -> dict:
-    """Checks of one evaluation, and what needs no fine-tuning: rel_err_A and the adaptation rank."""
+def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_peft, rank_tol, noise_floor) -> dict:
+    """Checks of one evaluation, and what needs no fine-tuning: rel_err_A and the adaptation rank.
+    ``ft_peft``: (ft_peft, ft_peft_options) as given, resolved here against the retrained instance."""
     if test_tasks is None:
         if not isinstance(prob, Problem):
             raise FastLoRAError(f"prob must be a fastlora.Problem (from make_problem), got {type(prob).__name__}; "
@@ -249,17 +262,37 @@ def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_parameterization, rank_t
     if A.shape != (d_out, d_in):
         raise FastLoRAError(f"{name} has shape {A.shape} but the test tasks are ({d_out}, {d_in}): "
                             f"the result comes from a problem of another size")
-    if ft_rank is None:
-        ft_rank = getattr(prob, "k", None)
-        if ft_rank is None:
-            raise FastLoRAError("ft_rank is required when the problem has no k")
-    ft_rank = check_int("ft_rank", ft_rank, low=1, high=min(A.shape))
+    ft_parameterization, ft_rank = _finetuning_plan(res, ft_peft, ft_rank, prob, A.shape)
     floor = estimation_noise_floor(prob.noise, prob.n, d_out, d_in) if noise_floor and prob is not None else 0.0
     ranks = _adaptation_ranks(A, tasks, rank_tol, floor)
     # a parameterization with shared parameters fine-tunes on the retrain result (its A and shared ones)
     start = res if shared_names(ft_parameterization) and hasattr(res, "shared") else A
     return {"tasks": tasks, "start": start, "ft_rank": ft_rank, "adapt_rank": float(np.median(ranks)),
-            "rel_err_A": _relative_error(A, getattr(prob, "A_star", None))}
+            "rel_err_A": _relative_error(A, getattr(prob, "A_star", None)), "ft_peft": ft_parameterization}
+
+
+def _finetuning_plan(res, ft_peft, ft_rank, prob, shape) -> tuple:
+    """(the fine-tuning parameterization, ft_rank): ``ft_peft`` named like the retrained one is the
+    retrained instance (fastlora.peft.registry.finetuning_parameterization); where fine-tuning keeps
+    the retrained shared parameters, ft_rank defaults to their rank and must equal it."""
+    name, options = ft_peft
+    retrained = getattr(res, "peft", None)
+    retrained_rank = getattr(res, "rank", None) if getattr(res, "shared", None) else None
+    sizes = (*shape, ft_rank or retrained_rank or getattr(prob, "k", None) or 1)
+    parameterization = finetuning_parameterization(name, options, retrained, "ft_peft", sizes)
+    check_shape_supported(parameterization, *shape, "ft_peft")
+    names = shared_names(parameterization)
+    keeps_shared = retrained_rank is not None and bool(names) and set(names) <= set(res.shared)
+    if ft_rank is None:
+        ft_rank = res.rank if keeps_shared else getattr(prob, "k", None)
+        if ft_rank is None:
+            raise FastLoRAError("ft_rank is required when the problem has no k")
+    ft_rank = check_int("ft_rank", ft_rank, low=1, high=min(shape))
+    if keeps_shared and ft_rank != res.rank:
+        raise FastLoRAError(f"ft_rank={ft_rank} differs from the rank {res.rank} the shared parameters "
+                            f"{list(shared_names(parameterization))} of ft_peft={parameterization.name!r} were "
+                            f"retrained with; fine-tuning keeps them: use ft_rank={res.rank} (its default here)")
+    return parameterization, ft_rank
 
 
 def _adaptation_ranks(A, tasks, rank_tol: float, floor: float) -> list[int]:

@@ -41,6 +41,7 @@ class Option:
     keyword arguments).
 
     ``applies``: for solver options, the (method, solver) pairs that read it (empty: always).
+    "law" (a registered problem generator, fastlora.generators).
     ``default`` may be a dict keyed by method.  ``sweep``: usable as a sweep-spec key.
     """
 
@@ -95,7 +96,7 @@ class Option:
                 raise FastLoRAError(f"{name} must be a dict of arrays keyed like peft.init(), "
                                     f"got {type(value).__name__}")
             return value
-        if self.kind == "peft":
+        if self.kind in ("peft", "law"):
             return value  # resolved (and checked) by the registry
         if self.kind == "table":
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -113,6 +114,7 @@ class Option:
             rng = ", ".join(filter(None, [lo, hi]))
             return f"{self.kind}{f' {rng}' if rng else ''}{' or None' if self.allow_none else ''}"
         return {"count": f"positive int or {POPULATION!r}", "bool": "true | false", "peft": "registered name",
+                "law": "registered problem generator",
                 "init_A": "standard | zeros | array", "params": "dict of arrays",
                 "seed": "int >= 0 or Generator", "table": "table of keyword arguments"}[self.kind]
 
@@ -135,6 +137,10 @@ _ALL = (
     Option("sampler", "choice", "raw", "how finite samples are drawn: 'raw' data reduced to statistics, or "
            "'stats' (the statistics' exact law, O(T·d²) whatever n; fastlora.tasks.exact_statistics)", "problem",
            choices=("raw", "stats")),
+    Option("law", "law", None, "a problem-generator plugin drawing the tasks instead of make_problem's own law "
+           "(entry-point group fastlora.problems; fastlora.generators)", "problem", allow_none=True),
+    Option("law_options", "table", None, "keyword options of the problem generator named by law, e.g. "
+           "{private_rank = 1}", "problem", allow_none=True, cli=False),
     # retrain
     Option("method", "choice", "lora-ml", "standard retraining, LoRA-ML (PEFT-ML) or Reptile", "retrain",
            choices=METHODS),
@@ -189,6 +195,9 @@ _ALL = (
     Option("ft_rank", "int", None, "fine-tuning rank (default: the problem's k)", "evaluate", low=1, allow_none=True),
     Option("n_ft", "count", None, "fine-tuning samples (None / 'population': population fine-tuning)", "evaluate"),
     Option("ft_peft", "peft", "lora", "fine-tuning parameterization (asymmetric LoRA, as the paper)", "evaluate"),
+    Option("ft_peft_options", "table", None, "keyword arguments of ft_peft's class (by default, ft_peft named "
+           "like the retrained peft fine-tunes with the retrained instance and its options)", "evaluate",
+           allow_none=True, cli=False),
     Option("rank_tol", "float", 1e-6, "relative singular-value cut of the adaptation rank (above the noise floor)",
            "evaluate", low=0.0, low_open=True),
     Option("noise_floor", "bool", True, "adaptation rank: ignore singular values below twice one task's "

@@ -82,7 +82,8 @@ class Problem:
 
 def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, noise: float = 0.0,
                  seed: int = 0, d_out: int | None = None, symmetric: bool = True,
-                 n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False, model: str = "linear"):
+                 n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False, model: str = "linear",
+                 law=None, **law_options):
     """Draw a problem with ``T`` training tasks and ``n_test_tasks`` held-out tasks.
 
     ``n=None`` is population mode (L_t(W) = ½‖W − W*_t‖²); an integer ``n`` draws that many
@@ -98,7 +99,14 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     ``implicit=True`` (population, symmetric): A* is a :class:`~fastlora.implicit.SeededSymmetricGaussian`,
     generated tile by tile when needed — the same law with other numbers, and no d × d array,
     so the problem is solvable at d = 100,000 (fastlora.reduction; ``retrain(..., dense_A=False)``).
+    ``law="name"``: the tasks come from that problem-generator plugin (entry-point group
+    ``fastlora.problems``, :mod:`fastlora.generators`; docs/plugins.md), called with d, k, T, n,
+    noise, seed, d_out, n_test_tasks and ``**law_options``, its own keyword options.
     """
+    if law is not None or law_options:  # a problem-generator plugin (fastlora.generators)
+        return _make_law_problem(law, law_options, d=d, k=k, T=T, n=n, noise=noise, seed=seed, d_out=d_out,
+                                 n_test_tasks=n_test_tasks, symmetric=symmetric, sampler=sampler,
+                                 implicit=implicit, model=model)
     model = check_choice("model", model, ("linear", "shallow"))
     n = schema.OPTIONS["n"].check(n)  # an integer, or None / "population"
     if model == "shallow":
@@ -150,6 +158,17 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     proto.tasks.extend(_make_task(proto, A_star, b, c, _ROLE_TRAIN, t) for t, (b, c) in enumerate(factors))
     proto.test_tasks.extend(_draw_task(proto, _ROLE_TEST, t) for t in range(n_test_tasks))
     return proto
+
+
+def _make_law_problem(law, law_options: dict, **arguments):
+    """make_problem(law=...): the generator plugin's problem (fastlora.generators.make_law_problem)."""
+    from .generators import OPTIONAL_ARGUMENTS, STANDARD_ARGUMENTS, make_law_problem
+    if law is None:
+        raise FastLoRAError(f"make_problem() has no argument(s) {', '.join(sorted(law_options))}; keyword options "
+                            f"beyond its own go to a problem generator: pass law='name' (fastlora.generators)")
+    standard = {k: arguments[k] for k in STANDARD_ARGUMENTS}
+    given = {k: arguments[k] for k in OPTIONAL_ARGUMENTS}
+    return make_law_problem(law, standard, given, law_options)
 
 
 def _make_shallow(*, d, k, T, n, noise, seed, d_out, symmetric, n_test_tasks, sampler, implicit):

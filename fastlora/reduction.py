@@ -21,8 +21,10 @@ judged on the full A = S + Q_out E Q_inᵀ, and "objective ≈ 0" against the fu
 scale, so the reduced and full solvers stop alike), then iterations on m×m matrices instead
 of d×d, plus one d×m×d product for a dense A (none with ``dense_A=False``, which returns A
 as a :class:`~fastlora.linop.LowRankUpdate`).  Used when it shrinks the problem (m < d), the
-parameterization's family is "psd", "general" or "full", and A starts at the standard
-solution (the default); ``reduction="none"`` keeps the full space.
+parameterization is equivariant under a change of basis (``basis_equivariance``, declared or
+implied by the family "psd", "general" or "full": :func:`fastlora.peft.protocol.is_basis_equivariant`)
+and has no shared parameters, and A starts at the standard solution (the default);
+``reduction="none"`` keeps the full space.
 """
 from __future__ import annotations
 
@@ -33,10 +35,9 @@ import numpy as np
 
 from .implicit import is_implicit
 from .linop import LowRankUpdate
+from .peft.protocol import change_basis, is_basis_equivariant, shared_names
 from .taskbatch import factored_targets
 from .tasks import LowRankTarget, Task
-
-REDUCIBLE_FAMILIES = ("psd", "general", "full")
 
 
 @dataclass
@@ -64,15 +65,8 @@ class Reduction:
         return A
 
     def lift_params(self, peft, params: dict) -> dict:
-        """Adapters of the reduced problem in the full space."""
-        family = getattr(peft, "family", None)
-        if family == "full":
-            name = next(iter(params))
-            return {name: self.Q_out @ params[name] @ self.Q_in.T}
-        B, C = peft.factors(params)  # (T, m_out, r), (T, m_in, r)
-        B_full = self.Q_out @ B
-        C_full = B_full if C is B else self.Q_in @ C
-        return peft.from_factors(B_full, C_full)
+        """Adapters of the reduced problem in the full space (Δ = Q_out Δ̂ Q_inᵀ)."""
+        return change_basis(peft, params, self.Q_out, self.Q_in)
 
 
 def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduction | None:
@@ -80,8 +74,8 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     would not shrink the problem."""
     if options.get("reduction", "auto") == "none" or peft is None:
         return None
-    family = getattr(peft, "family", None)
-    if family not in REDUCIBLE_FAMILIES or getattr(peft, "uses_base", False):
+    equivariance = is_basis_equivariant(peft)  # docs/plugins.md, "Basis equivariance"
+    if equivariance is None or shared_names(peft):
         return None
     if not (isinstance(options.get("init_A", "standard"), str) and options.get("init_A", "standard") == "standard"):
         return None
@@ -94,7 +88,7 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     base, B, C, symmetric = factors
     d_out, d_in = base.shape
     T = B.shape[0]
-    if family == "psd":
+    if equivariance == "same_basis":
         stacked = B.transpose(1, 0, 2).reshape(d_out, -1)
         if not symmetric:
             stacked = np.concatenate([stacked, C.transpose(1, 0, 2).reshape(d_in, -1)], axis=1)

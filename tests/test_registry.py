@@ -156,31 +156,43 @@ def test_the_kit_catches_a_wrong_best_fit_and_dtype_loss():
 
 
 def _guide_blocks():
+    """The python blocks of docs/plugins.md: notebook cells, and files of a package ("# file: ...")."""
     import re
     from pathlib import Path
     text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
     return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
 
 
-@pytest.mark.parametrize("index, registers", [(0, "scaled_sym"), (1, "shared_subspace")])
-def test_the_plugin_guide_examples_work_when_copied(index, registers, capsys):
-    """Every python block of docs/plugins.md runs as written (the v1 example and the shared-parameter
-    one); each registers its class and prints an objective ≈ 0 (the shared one also a fine-tuned risk)."""
-    blocks = _guide_blocks()
-    assert len(blocks) == 2, "docs/plugins.md: every ```python block is executed here; update this test"
-    namespace = {}
+def test_the_plugin_guide_examples_work_when_copied(capsys):
+    """Every notebook block of docs/plugins.md runs as written, in order in one namespace (each builds
+    on the ones before), and prints what its comments say; the package files are built and tested
+    by tests/test_scaffold.py."""
+    from fastlora import generators
+    cells = [b for b in _guide_blocks() if not b.startswith("# file:")]
+    assert len(cells) == 7, "docs/plugins.md: every ```python block is executed here; update this test"
+    namespace, printed = {}, []
     try:
-        exec(compile(blocks[index], f"docs/plugins.md[{index}]", "exec"), namespace)  # the guide's own code
-        assert registers in fl.peft.available()
+        for i, cell in enumerate(cells):
+            exec(compile(cell, f"docs/plugins.md[{i}]", "exec"), namespace)  # the guide's own code
+            printed.append(capsys.readouterr().out.split("\n"))
+        assert {"scaled_sym", "shared_subspace", "shared_private"} <= set(fl.peft.available())
+        assert "shared_basis" in generators.available()
     finally:
-        if registers in fl.peft.available():
-            fl.peft.unregister(registers)
-    printed = capsys.readouterr().out.split()
-    assert float(printed[0]) < 1e-8
-    if registers == "shared_subspace":
-        assert namespace["res"].shared.keys() == {"B", "C"} and sorted(namespace["ft"].params) == ["M"]
-        assert namespace["ft"].excess_risk < 1e-10
-        assert check_parameterization(namespace["SharedSubspace"])[:2] == ["protocol", "shapes"]
+        for name in ("scaled_sym", "shared_subspace", "shared_private"):
+            if name in fl.peft.available():
+                fl.peft.unregister(name)
+        if "shared_basis" in generators.available():
+            generators.unregister("shared_basis")
+    scaled, shared, fit, spectral, equivariant, law, private = printed
+    assert float(scaled[0].split()[0]) < 1e-8
+    assert float(shared[0].split()[0]) < 1e-8
+    assert namespace["ft"].excess_risk < 1e-10 and sorted(namespace["ft"].params) == ["M"]
+    assert fit[0] == "best fit given shared" and int(fit[1].split()[0]) < int(fit[1].split()[1])
+    assert spectral[0] == "init from residuals" and float(spectral[1].split()[0]) < 1e-8
+    assert equivariant[0] == "basis equivariance" and equivariant[1].split()[0] == "4"
+    assert float(equivariant[1].split()[1]) < 1e-6
+    assert "finite samples" in law[0] and law[1].startswith("Problem(d=10, d_out=10, k=3, T=6")
+    assert private[0] == "rank options" and float(private[1]) < 1e-6
 
 
 def test_installed_plugins_run_through_a_sweep(tmp_path):

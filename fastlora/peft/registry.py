@@ -10,11 +10,15 @@ distributions claiming one name make that name an error naming both.  The built-
 entry point claiming one is ignored, and reported by distribution (a RuntimeWarning once
 per discovery, and ``info()``'s ``ignored_claims``); ``register`` cannot replace them.  Set
 ``FASTLORA_DISABLE_PLUGIN_AUTOLOAD=1`` to ignore every entry point but fastlora's own.
+
+The same :class:`Registry`, given another :class:`Kind`, holds the problem generators of the
+group ``fastlora.problems`` (:mod:`fastlora.generators`).
 """
 from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -43,11 +47,34 @@ class Entry:
         return self.error is None and not self.claimants
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What one registry holds: its entry-point ``group``, the ``builtins`` (name -> "module:attr")
+    that always resolve to fastlora's own objects, the ``noun`` and the ``argument`` its errors use,
+    ``validate(obj, origin)`` (raises :class:`PluginError`), ``named``: whether the object
+    carries its registry name in ``obj.name``, the public ``module`` that wraps the registry, and
+    ``describe(obj)``: what ``info()`` shows of a loaded entry."""
+
+    group: str
+    builtins: dict
+    noun: str
+    argument: str
+    validate: object
+    named: bool = True
+    module: str = "fastlora.peft"
+    describe: object = protocol.capabilities   # obj -> the dict info() shows as "capabilities"
+
+
+PEFT = Kind(GROUP, _BUILTINS, "parameterization", "peft", protocol.validate)
+
+
 class Registry:
-    def __init__(self):
+    def __init__(self, kind: Kind = PEFT):
+        self.kind = kind
         self._entries: dict[str, Entry] | None = None
         self._defaults: dict[str, object] = {}
         self._lock = threading.RLock()
+        self._options = weakref.WeakKeyDictionary()  # instance -> the options get() built it with
 
     # -- discovery --------------------------------------------------------------------
     def _discover(self) -> dict[str, Entry]:
@@ -59,14 +86,15 @@ class Registry:
 
     def _read_entry_points(self) -> None:
         # built-ins come from fastlora itself (also from a source tree without metadata)
-        for name, value in _BUILTINS.items():
+        builtins = self.kind.builtins
+        for name, value in builtins.items():
             self._entries[name] = Entry(name, value, "fastlora", _own_version())
         seen = set()
-        for ep in metadata.entry_points(group=GROUP):
+        for ep in metadata.entry_points(group=self.kind.group):
             dist = ep.dist.metadata["Name"] if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "?"
             if dist == "fastlora":
-                if ep.name not in _BUILTINS:
+                if ep.name not in builtins:
                     self._add(Entry(ep.name, ep.value, dist, version))
                 continue
             if not settings.plugin_autoload:
@@ -74,12 +102,12 @@ class Registry:
             if (ep.name, ep.value, dist) in seen:  # the same distribution found twice on sys.path
                 continue
             seen.add((ep.name, ep.value, dist))
-            if ep.name in _BUILTINS:
+            if ep.name in builtins:
                 claim = f"{dist} {version} ({ep.value})"
                 self._entries[ep.name].ignored_claims.append(claim)
-                warnings.warn(f"distribution {claim} registers the built-in peft name {ep.name!r}; built-in names "
-                              f"always resolve to fastlora's own classes, so that entry point is ignored "
-                              f"(rename it in the plugin)", RuntimeWarning, stacklevel=4)
+                warnings.warn(f"distribution {claim} registers the built-in {self.kind.argument} name {ep.name!r}; "
+                              f"built-in names always resolve to fastlora's own classes, so that entry point is "
+                              f"ignored (rename it in the plugin)", RuntimeWarning, stacklevel=4)
                 continue
             self._add(Entry(ep.name, ep.value, dist, version))
 
@@ -100,26 +128,27 @@ class Registry:
             for part in attr.split("."):
                 obj = getattr(obj, part)
             instance = obj() if isinstance(obj, type) else obj
-            protocol.validate(instance, origin=f"distribution {entry.distribution}")
-            if instance.name != entry.name:
+            self.kind.validate(instance, origin=f"distribution {entry.distribution}")
+            if self.kind.named and instance.name != entry.name:
                 raise PluginError(f"its class says name={instance.name!r} but the entry point is {entry.name!r}")
             entry.loaded = obj
             self._defaults[entry.name] = instance
+            self._remember(instance, {})
         except Exception as exc:  # noqa: BLE001 - a broken plugin must never break the host
             entry.error = f"{type(exc).__name__}: {exc}"
 
     def _entry_error(self, entry: Entry) -> PluginError:
         if entry.claimants:
-            return PluginError(f"peft {entry.name!r} is claimed by two distributions: "
+            return PluginError(f"{self.kind.argument} {entry.name!r} is claimed by two distributions: "
                                f"{entry.distribution} {entry.version} ({entry.value}) and "
                                f"{', '.join(entry.claimants)}; uninstall one, or register the one you want with "
-                               f"fastlora.peft.register(..., overwrite=True)")
-        return PluginError(f"peft plugin {entry.name!r} from distribution {entry.distribution} {entry.version} "
-                           f"failed to load: {entry.error}")
+                               f"{self.kind.module}.register(..., overwrite=True)")
+        return PluginError(f"{self.kind.argument} plugin {entry.name!r} from distribution {entry.distribution} "
+                           f"{entry.version} failed to load: {entry.error}")
 
     # -- public -----------------------------------------------------------------------
     def available(self) -> list[str]:
-        """Names of every parameterization that loads and conforms (broken ones warn once)."""
+        """Names of every entry that loads and conforms (broken ones warn once)."""
         entries = self._discover()
         names = []
         for entry in list(entries.values()):
@@ -137,10 +166,10 @@ class Registry:
         rows = []
         for entry in sorted(self._discover().values(), key=lambda e: e.name):
             self._load(entry)
-            caps = protocol.capabilities(self._defaults[entry.name]) if entry.ok else None
+            caps = self._capabilities(self._defaults[entry.name]) if entry.ok else None
             error = None if entry.ok else str(self._entry_error(entry))
-            rows.append({"name": entry.name, "distribution": entry.distribution, "version": entry.version,
-                         "source": entry.value, "capabilities": caps, "error": error,
+            rows.append({"name": entry.name, "group": self.kind.group, "distribution": entry.distribution,
+                         "version": entry.version, "source": entry.value, "capabilities": caps, "error": error,
                          "ignored_claims": list(entry.ignored_claims)})
         return rows
 
@@ -154,8 +183,9 @@ class Registry:
             entries = self._discover()
             entry = entries.get(peft)
             if entry is None:
-                known = ", ".join(repr(n) for n in sorted(entries))
-                raise FastLoRAError(f"peft={peft!r} is not a registered parameterization; available: {known}")
+                known = ", ".join(repr(n) for n in sorted(entries)) or "none installed"
+                raise FastLoRAError(f"{self.kind.argument}={peft!r} is not a registered {self.kind.noun}; "
+                                    f"available: {known}")
             self._load(entry)
             if not entry.ok:
                 raise self._entry_error(entry)
@@ -172,33 +202,57 @@ class Registry:
                 if isinstance(exc, FastLoRAError):
                     raise
                 raise FastLoRAError(f"peft_options for {peft.__name__}: {exc}") from None
+            self._remember(peft, options)
         elif options:
             raise FastLoRAError("peft options can only be given with a peft name or class, not an instance")
-        protocol.validate(peft)
+        self.kind.validate(peft)
         return peft
+
+    def options_of(self, instance) -> dict | None:
+        """The options :meth:`get` built ``instance`` with ({} for a default instance), or None for an
+        instance made elsewhere (its options are unknown)."""
+        try:
+            known = self._options.get(instance)
+        except TypeError:  # not weak-referenceable
+            return None
+        return None if known is None else dict(known)
+
+    def _remember(self, instance, options: dict) -> None:
+        try:
+            self._options[instance] = dict(options)
+        except TypeError:  # not weak-referenceable: its options stay unknown
+            pass
+
+    def _capabilities(self, instance) -> dict:
+        return self.kind.describe(instance)
 
     def register(self, peft, name: str | None = None, *, overwrite: bool = False):
         """Register a parameterization class or instance without packaging (e.g. in a notebook)."""
         instance = peft() if isinstance(peft, type) else peft
-        protocol.validate(instance, origin="fastlora.peft.register")
-        name = name or instance.name
-        if name != instance.name:
-            raise PluginError(f"register(name={name!r}) differs from the parameterization's name {instance.name!r}")
-        _refuse_builtin(name, "register")
+        self.kind.validate(instance, origin="register")
+        if self.kind.named:
+            name = name or instance.name
+            if name != instance.name:
+                raise PluginError(f"register(name={name!r}) differs from the {self.kind.noun}'s name "
+                                  f"{instance.name!r}")
+        elif not isinstance(name, str) or not name:
+            raise PluginError(f"register() needs the {self.kind.noun}'s name: register(obj, name='...')")
+        self._refuse_builtin(name, "register")
         entries = self._discover()
         if name in entries and not overwrite:
             e = entries[name]
-            raise PluginError(f"peft {name!r} is already registered by {e.distribution}; "
+            raise PluginError(f"{self.kind.argument} {name!r} is already registered by {e.distribution}; "
                               f"pass overwrite=True to replace it")
         entries[name] = Entry(name, "<registered>", "<registered>", "", loaded=peft)
         self._defaults[name] = instance
+        self._remember(instance, {})
         return peft
 
     def unregister(self, name: str) -> None:
-        _refuse_builtin(name, "unregister")
+        self._refuse_builtin(name, "unregister")
         entries = self._discover()
         if name not in entries:
-            raise FastLoRAError(f"peft {name!r} is not registered")
+            raise FastLoRAError(f"{self.kind.argument} {name!r} is not registered")
         del entries[name]
         self._defaults.pop(name, None)
 
@@ -208,11 +262,11 @@ class Registry:
             self._entries = None
             self._defaults.clear()
 
-
-def _refuse_builtin(name: str, action: str) -> None:
-    if name in _BUILTINS:
-        raise PluginError(f"cannot {action} {name!r}: built-in names ({', '.join(map(repr, _BUILTINS))}) always "
-                          f"resolve to fastlora's own classes; give your parameterization another name")
+    def _refuse_builtin(self, name: str, action: str) -> None:
+        builtins = self.kind.builtins
+        if name in builtins:
+            raise PluginError(f"cannot {action} {name!r}: built-in names ({', '.join(map(repr, builtins))}) always "
+                              f"resolve to fastlora's own classes; give your {self.kind.noun} another name")
 
 
 def _own_version() -> str:
@@ -223,3 +277,53 @@ def _own_version() -> str:
 
 
 registry = Registry()
+
+
+def finetuning_parameterization(peft, options: dict | None, retrained, argument: str = "peft", sizes=None):
+    """The parameterization fine-tuning uses (docs/plugins.md, "Options and instances").
+
+    ``peft`` (a name, class or instance) and its ``options`` resolve as :meth:`Registry.get` does,
+    except that the name of ``retrained`` — the retrain result's parameterization — gives that very
+    instance, with the options it was retrained with.  ``options`` that differ from those are refused
+    (naming both) where fine-tuning keeps the retrained shared parameters, and honoured otherwise;
+    so is an instance whose parameters (``shapes`` at ``sizes`` = (d_out, d_in, rank)) differ from
+    the retrained one's.  ``argument``: the caller's name of ``peft`` in messages ("ft_peft")."""
+    if retrained is None or isinstance(retrained, str):
+        return registry.get(peft, **(options or {}))
+    name = getattr(retrained, "name", None)
+    if isinstance(peft, str) and peft == name:
+        if options is None:
+            return retrained
+        known = registry.options_of(retrained)
+        if known is not None and known == dict(options):
+            return retrained
+        built = registry.get(peft, **options)
+        if protocol.shared_names(built):
+            was = repr(known) if known is not None else "unknown: an instance built outside the registry"
+            raise FastLoRAError(f"{argument}_options={dict(options)!r} differ from the options {argument}={peft!r} "
+                                f"was retrained with ({was}); fine-tuning keeps the retrained shared parameters "
+                                f"{list(protocol.shared_names(built))}, which need those options: leave "
+                                f"{argument}_options out to fine-tune with the retrained instance")
+        return built
+    built = registry.get(peft, **(options or {}))
+    if built is not retrained and getattr(built, "name", None) == name and protocol.shared_names(built) \
+            and sizes is not None:
+        mine, theirs = _parameter_shapes(built, sizes), _parameter_shapes(retrained, sizes)
+        if mine != theirs:
+            raise FastLoRAError(f"{argument}={name!r} as given has the parameters {sorted(mine)} "
+                                f"{_options_text(built)}but the result was retrained with {name!r} of parameters "
+                                f"{sorted(theirs)} {_options_text(retrained)}; fine-tuning keeps the retrained shared "
+                                f"parameters: pass {argument}={name!r} (the retrained instance) instead")
+    return built
+
+
+def _parameter_shapes(peft, sizes) -> dict:
+    try:
+        return {k: tuple(v) for k, v in peft.shapes(*sizes).items()}
+    except Exception:  # noqa: BLE001 - a shapes() that refuses these sizes: compared as unknown
+        return {}
+
+
+def _options_text(peft) -> str:
+    known = registry.options_of(peft)
+    return "(options unknown) " if known is None else f"(options {known!r}) "

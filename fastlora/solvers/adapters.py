@@ -30,7 +30,7 @@ import numpy as np
 
 from ..engine.steps import sufficient_decrease
 from ..errors import FastLoRAError
-from ..peft.protocol import bind_base, implementation, shared_names
+from ..peft.protocol import bind_base, implementation, per_task_best_fit, shared_names
 from ..taskbatch import Adapters
 
 
@@ -195,8 +195,12 @@ class InnerGradient(AdapterStep):
             params = self.ctx.init_params(A)
         if self.lr is None:
             self.lr = xp.ones(b.P * b.T, dtype=self.ctx.dtype)
+        exact = per_task_best_fit(self.peft, self.ctx.backend.name) if b.is_population else None
+        if exact is not None:  # the per-task parameters in closed form given the shared ones (docs/plugins.md)
+            shared = {k: v for k, v in params.items() if k in self.shared}
+            params = {**params, **exact(b.negative_gradient(point), self.rank, shared)}
         losses = b.losses(A, self.adapters(params))
-        for _ in range(self.steps):
+        for _ in range(1 if exact is not None else self.steps):  # after an exact fit: one step measures ∇
             params, losses, moved = self._step(A, params, losses)
             if not moved:
                 break

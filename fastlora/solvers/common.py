@@ -11,6 +11,7 @@ import numpy as np
 from ..engine import status
 from ..engine.steps import record
 from ..errors import FastLoRAError, check_array
+from ..peft.protocol import call_init
 
 
 @dataclass
@@ -284,15 +285,24 @@ class Context:
             return self._given_params(given, A)
         per_problem = []
         for p, rng in enumerate(self.rngs):
+            base = None
             if getattr(self.peft, "uses_base", False):
                 base = self.backend.to_numpy(A[p]) if A is not None else np.zeros((b.d_out, b.d_in))
-                per_problem.append(self.peft.init(rng, b.d_out, b.d_in, self.rank, b.T, base))
-            else:
-                per_problem.append(self.peft.init(rng, b.d_out, b.d_in, self.rank, b.T))
+            per_problem.append(call_init(self.peft, rng, b.d_out, b.d_in, self.rank, b.T, base,
+                                         residuals=lambda p=p: self._start_residuals(A, p)))
         names = per_problem[0]
         raw = {k: (per_problem[0][k] if b.P == 1 else np.concatenate([one[k] for one in per_problem]))
                for k in names}
         return {k: self.backend.asarray(v, self.dtype) for k, v in raw.items()}
+
+    def _start_residuals(self, A, p: int):
+        """Problem p's tasks as residuals at the start, R_t = −∇L_t(A_p) (T, d_out, d_in), numpy
+        (what ``init_from_residuals`` parameterizations receive; None without a start A)."""
+        if A is None:
+            return None
+        b = self.batch
+        R = self.backend.to_numpy(b.negative_gradient(b.residual(A)))
+        return np.asarray(R, dtype=np.float64).reshape(b.P, b.T, b.d_out, b.d_in)[p]
 
     def _given_params(self, given, A) -> dict:
         b = self.batch

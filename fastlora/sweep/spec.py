@@ -18,6 +18,8 @@ Keys are arguments of ``make_problem`` / ``retrain`` / ``evaluate`` (listed in `
 Every grid point's combination is checked as the Python API would check it: a solver option
 its method and solver do not take (the schema of fastlora.options), ``peft_options`` its
 parameterization refuses, a census (``n_starts``) the landscape tools cannot run.
+A spec with ``law = "name"`` (and ``law_options = { ... }``) draws its tasks from that
+problem-generator plugin (``make_problem(..., law=...)``, fastlora.generators).
 A spec with a ``dataset`` key (e.g. ``dataset = "digits"``) draws its tasks from that dataset
 under the paper's image protocol (``fastlora.datasets.load``, split seeded by the row's seed,
 ``test_fraction`` its protocol key) instead of ``make_problem``; the dataset fixes d, T and n,
@@ -52,12 +54,14 @@ LANDSCAPE_KEYS = tuple(k for k in schema.LANDSCAPE if k in KEYS)
 DATASET_KEYS = tuple(k for k in schema.DATASET if k in KEYS)
 # problem keys a dataset point may carry (its data fix the others): the learner
 DATASET_PROBLEM_KEYS = ("model",)
+# make_problem's own keys a generator plugin (law = "...") need not take: not recorded by default there
+LAW_FREE_KEYS = ("symmetric",)
 # problem keys that change how data are drawn, not what is drawn: rows that differ only in them
 # share their seed (the two samplers draw the same ground truth from it)
 SEED_NEUTRAL = ("sampler",)
 # the keys check_options reads
 _OPTION_CHECK_KEYS = frozenset((*OPTION_KEYS, *LANDSCAPE_KEYS, "method", "solver", "peft", "peft_options", "model",
-                                "dataset", "n"))
+                                "dataset", "n", "law", "law_options", "ft_peft", "ft_peft_options"))
 # every row records these (the schema's defaults where the spec is silent), so stored rows are self-describing
 RECORDED = ("d", "k", "T", "n", "noise", "symmetric", "n_test_tasks", "method", "peft", "solver", "backend", "dtype",
             "n_ft", "ft_peft")
@@ -217,6 +221,7 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
             raise FastLoRAError(f"{origin}: every [[grid]] table must have the same keys; table {i} has "
                                 f"{sorted(grid)}, table 0 has {sorted(first_keys)}")
         for key, values in grid.items():
+            _check_known(key, origin)
             if not isinstance(values, list) or not values:
                 raise FastLoRAError(f"{origin}: grid key {key!r} must be a non-empty list of values, got {values!r}")
             grid[key] = [check_value(key, v, origin) for v in values]
@@ -229,7 +234,8 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
     if both:
         raise FastLoRAError(f"{origin}: key(s) {', '.join(sorted(both))} appear in both [grid] and [fixed]")
     for key, value in list(fixed.items()):
-        tables_allowed = key in KEYS and KEYS[key].kind == "table"
+        _check_known(key, origin)
+        tables_allowed = KEYS[key].kind == "table"
         if isinstance(value, list) or (isinstance(value, dict) and not tables_allowed):
             raise FastLoRAError(f"{origin}: fixed key {key!r} must be a scalar, got {value!r}")
         fixed[key] = check_value(key, value, origin)
@@ -237,8 +243,9 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
     _check_dataset_keys(uses_dataset, first_keys | set(fixed), origin)
     # make every row carry every default, so stored rows are self-describing (a dataset's own
     # problem keys are fixed by its data, not by make_problem's defaults)
+    uses_law = "law" in first_keys or "law" in fixed
     for key, value in DEFAULTS.items():
-        if uses_dataset and key in PROBLEM_KEYS:
+        if (uses_dataset and key in PROBLEM_KEYS) or (uses_law and key in LAW_FREE_KEYS):
             continue
         if key not in first_keys and key not in fixed:
             fixed[key] = value
@@ -283,10 +290,14 @@ def _check_row_count(grids: list[dict], repeats: int, origin: str) -> None:
     require_memory(rows * ROW_BYTES, what, advice)
 
 
-def check_value(key: str, value, origin: str):
-    """``value`` of spec key ``key``, checked by the option schema (TOML types: no arrays, no None)."""
+def _check_known(key: str, origin: str) -> None:
     if key not in KEYS:
         raise FastLoRAError(f"{origin}: unknown key {key!r}; allowed keys: {', '.join(sorted(KEYS))}")
+
+
+def check_value(key: str, value, origin: str):
+    """``value`` of spec key ``key``, checked by the option schema (TOML types: no arrays, no None)."""
+    _check_known(key, origin)
     option = KEYS[key]
     if option.kind == "count" and value == POPULATION:
         return value
@@ -296,6 +307,13 @@ def check_value(key: str, value, origin: str):
         if value not in names:
             raise FastLoRAError(f"{origin}: {key}={value!r} is not a registered parameterization; available: "
                                 f"{', '.join(names)}")
+        return value
+    if option.kind == "law":
+        from .. import generators
+        names = generators.available()
+        if value not in names:
+            raise FastLoRAError(f"{origin}: {key}={value!r} is not a registered problem generator; available: "
+                                f"{', '.join(names) or 'none installed (entry-point group fastlora.problems)'}")
         return value
     if option.kind == "table":
         if not isinstance(value, dict):
@@ -340,7 +358,8 @@ def check_point(point: dict, origin: str) -> None:
     for key in ("k", "rank", "ft_rank"):
         if key in point and point[key] > smallest:
             raise FastLoRAError(f"{origin}: {key}={point[key]} is impossible with min(d, d_out)={smallest} ({where})")
-    if point.get("symmetric", True) and d_out != d:
+    law = point.get("law")
+    if point.get("symmetric", True) and d_out != d and law is None:
         raise FastLoRAError(f"{origin}: symmetric=true needs d_out == d ({where}); set symmetric = false")
     if point.get("method") == "lora-ml" and point.get("peft") == "lora_sym" and d_out != d:
         raise FastLoRAError(f"{origin}: peft='lora_sym' needs d_out == d ({where})")
@@ -349,7 +368,8 @@ def check_point(point: dict, origin: str) -> None:
                             f"measured on held-out test tasks; use n_test_tasks >= 1 ({where})")
     if point.get("model") != "shallow":
         _check_parameterization_shapes(point, d, d_out, where, origin)
-        _check_sizes(point, d, d_out, origin)
+        if law is None:  # make_problem's own law (a generator plugin's sizes are its own)
+            _check_sizes(point, d, d_out, origin)
     if point.get("model") == "shallow":
         if point.get("n", POPULATION) == POPULATION:
             raise FastLoRAError(f"{origin}: model='shallow' needs a finite n (the paper: n = 1000); the shallow "
@@ -371,10 +391,18 @@ def _check_parameterization_shapes(point: dict, d: int, d_out: int, where: str, 
             check_shape_supported(_peft_of(point, origin), d_out, d)
     except FastLoRAError as exc:
         raise FastLoRAError(f"{origin}: {exc} ({where})") from None
+    ft_peft = point.get("ft_peft", schema.OPTIONS["ft_peft"].default)
     try:
-        check_shape_supported(_registered(point.get("ft_peft", schema.OPTIONS["ft_peft"].default)), d_out, d)
+        ft_options = point.get("ft_peft_options")
+        check_shape_supported(_registered(ft_peft) if ft_options is None else _finetuning_peft(point, origin), d_out, d)
     except FastLoRAError as exc:
         raise FastLoRAError(f"{origin}: ft_peft: {exc} ({where})") from None
+
+
+def _finetuning_peft(point: dict, origin: str):
+    """The point's fine-tuning parameterization built with its ``ft_peft_options``."""
+    from .. import peft as peft_registry
+    return peft_registry.get(point.get("ft_peft", schema.OPTIONS["ft_peft"].default), **point["ft_peft_options"])
 
 
 @functools.lru_cache(maxsize=64)
@@ -404,6 +432,8 @@ def check_options(point: dict, origin: str) -> None:
     option schema (fastlora.options), the registry's constructor of the parameterization, and the
     landscape tools' own parameterization check.  Reads only ``_OPTION_CHECK_KEYS``."""
     method = point.get("method", schema.OPTIONS["method"].default)
+    _check_law(point, origin)
+    _check_finetuning_options(point, method, origin)
     if _model_of(point) == "shallow":  # its gradient solvers take other options: checked when run
         if method == "lora-ml" and point.get("peft_options"):
             _peft_of(point, origin)
@@ -439,6 +469,41 @@ def check_options(point: dict, origin: str) -> None:
             except FastLoRAError as exc:
                 raise FastLoRAError(f"{origin}: {exc}") from None
     _check_census(point, method, origin)
+
+
+def _check_law(point: dict, origin: str) -> None:
+    """The law's options are options its generator takes (``law_options`` needs a ``law``)."""
+    if point.get("law") is None:
+        if point.get("law_options"):
+            raise FastLoRAError(f"{origin}: law_options applies only with a law (a problem-generator plugin), e.g. "
+                                f"law = \"tied\"")
+        return
+    from .. import generators
+    given = {k: point[k] for k in generators.OPTIONAL_ARGUMENTS if k in point}
+    try:
+        generators.check_law_options(point["law"], point.get("law_options") or {}, given)
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: {exc}") from None
+
+
+def _check_finetuning_options(point: dict, method: str, origin: str) -> None:
+    """``ft_peft_options`` its class takes, and, where fine-tuning by name keeps the retrained
+    instance, no mismatch with the retrained options (as ``fl.evaluate`` decides it)."""
+    ft_options = point.get("ft_peft_options")
+    if ft_options is None:
+        return
+    from .. import peft as peft_registry
+    from ..peft.registry import finetuning_parameterization
+    ft_peft = point.get("ft_peft", schema.OPTIONS["ft_peft"].default)
+    try:
+        peft_registry.get(ft_peft, **ft_options)
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: ft_peft_options={ft_options!r} for ft_peft={ft_peft!r}: {exc}") from None
+    retrained = _peft_of(point, origin) if method == "lora-ml" else None
+    try:
+        finetuning_parameterization(ft_peft, ft_options, retrained, "ft_peft")
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: {exc}") from None
 
 
 def _peft_of(point: dict, origin: str = "<spec>"):
@@ -512,6 +577,7 @@ def _dataset_fine_tuning_samples(name: str, test_fraction: float | None) -> int:
 def problem_args(point: dict, seed: int) -> dict:
     args = {k: point[k] for k in PROBLEM_KEYS if k in point}
     args["n"] = None if args.get("n", POPULATION) == POPULATION else args["n"]
+    args.update(args.pop("law_options", None) or {})  # a generator plugin's own keyword options
     return {**args, "seed": seed}
 
 

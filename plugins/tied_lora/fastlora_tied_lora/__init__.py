@@ -19,6 +19,9 @@ documented inner-gradient steps.  Init: B ~ N(0, 1/d_out), C ~ N(0, 1/d_in), s =
 
 Backend ``numba``: ``fast_paths["numba"]`` replaces ``delta`` and ``pullback`` (dense G) by
 compiled kernels (:mod:`fastlora_tied_lora._numba`), imported and compiled on first use only.
+The solvers call the fast ``pullback`` at every dense gradient; ``delta`` only outside the solvers
+(they use ``factors``).  The tasks' law is a problem-generator plugin too: ``law = "tied"``
+(:func:`tied_law`, entry-point group ``fastlora.problems``).
 """
 from __future__ import annotations
 
@@ -26,10 +29,10 @@ import numpy as np
 
 from fastlora import array_module
 
-from .problems import TiedProblem, make_tied_problem
+from .problems import TiedProblem, make_tied_problem, tied_law
 
 __version__ = "0.1.0"
-__all__ = ["NumbaFastPath", "TiedLoRA", "TiedProblem", "make_tied_problem"]
+__all__ = ["NumbaFastPath", "TiedLoRA", "TiedProblem", "make_tied_problem", "tied_law"]
 
 
 class TiedLoRA:

@@ -4,14 +4,16 @@ They compute what :meth:`TiedLoRA.delta` and :meth:`TiedLoRA.pullback` compute (
 tests: 1e-12 relative in float64), fused so that the dense gradient batch G (T, d_out, d_in)
 is read once: G_t·C and G_tᵀ·B come from the same pass over each row of G_t, where numpy
 reads G twice (two batched GEMMs of width r) and writes two (T, ·, r) temporaries per product.
-Compiled with fastlora's kernel decorator (its on-disk cache and fastmath flags).
+Compiled with fastlora's kernel decorator (its on-disk cache and fastmath flags); each wrapper
+first calls ``threads_for`` with the size of what its kernel reads, so small inputs run on the
+calling thread (waking Numba's pool costs more than they do) and large ones on every core.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import prange
 
-from fastlora.kernels.numba_cpu import kernel
+from fastlora.kernels.numba_cpu import kernel, threads_for
 
 
 @kernel(parallel=True)
@@ -81,6 +83,7 @@ def delta(params):
     """TiedLoRA.delta: (T, d_out, d_in) in the dtype of the parameters."""
     B, Ct, s = _operands(params)
     out = np.empty((s.shape[0], B.shape[0], Ct.shape[1]), dtype=s.dtype)
+    threads_for(out.size)
     _delta_kernel(B, Ct, s, out)
     return out
 
@@ -93,5 +96,6 @@ def pullback(params, G):
     r = B.shape[1]
     GC, BtG = np.empty((T, d_out, r), s.dtype), np.empty((T, r, d_in), s.dtype)
     grad_s, grad_B, grad_Ct = np.empty((T, r), s.dtype), np.empty((d_out, r), s.dtype), np.empty((r, d_in), s.dtype)
+    threads_for(G.size)
     _pullback_kernel(G, B, Ct, s, GC, BtG, grad_s, grad_B, grad_Ct)
     return {"s": grad_s, "B": grad_B, "C": grad_Ct.T.copy()}

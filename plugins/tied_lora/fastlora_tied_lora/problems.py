@@ -7,6 +7,10 @@ many other tasks were drawn): A* (d_out, d_in), B* (d_out, r), C* (d_in, r) entr
 x ~ N(0, I), y = W*_t x + ε, ε ~ N(0, σ² I).  The targets are factored
 (``LowRankTarget(A*, B* diag(s*_t), C*)`` sharing one A*), so population problems are
 solved without T dense matrices.
+
+The law is a problem-generator plugin: :func:`tied_law` is registered as ``tied`` in the
+entry-point group ``fastlora.problems``, so ``fl.make_problem(law="tied", d=..., k=r, ...)`` and
+sweep specs (``law = "tied"``) draw these problems.
 """
 from __future__ import annotations
 
@@ -96,3 +100,10 @@ def _task(prob: TiedProblem, scales, role: int, index: int) -> Task:
     task.noise = prob.noise
     task.key = (prob.seed, role, index)
     return task
+
+
+def tied_law(d: int, k: int, T: int, n: int | None, noise: float, seed: int, d_out: int,
+             n_test_tasks: int) -> TiedProblem:
+    """The problem generator ``law = "tied"`` (fastlora.problems): :func:`make_tied_problem` with the
+    shared rank r = k, called by ``fl.make_problem(law="tied", ...)`` and sweep specs."""
+    return make_tied_problem(d=d, r=k, T=T, n=n, noise=noise, seed=seed, d_out=d_out, n_test_tasks=n_test_tasks)
