@@ -72,7 +72,8 @@ class NumbaBackend(Backend):
         # libgomp loads (Numba's first parallel region); a value the user set wins.
         os.environ.setdefault("GOMP_SPINCOUNT", "1000")
         from . import kernels
-        kernels.COMPILE.update(cache_dir=str(settings.numba_cache_dir), fastmath=settings.fastmath)
+        kernels.provide_compile_options(lambda: {"cache_dir": str(settings.numba_cache_dir),
+                                                 "fastmath": settings.fastmath})
         from .kernels import numba_cpu
         super().__init__("numba", np, numba_cpu.KERNELS)
         self.module = numba_cpu
@@ -105,14 +106,14 @@ class NumbaBackend(Backend):
         if key in self._prepared:
             return 0.0
         import time
+
+        from .compilation import slow_work_notice
         started = time.perf_counter()
-        self.module.warm_up(np.dtype(dtype).type)
+        with slow_work_notice(f"compiling fastlora's Numba kernels for {key} (once; later runs load them from "
+                              f"{settings.numba_cache_dir})"):
+            self.module.warm_up(np.dtype(dtype).type)
         self._prepared.add(key)
         return time.perf_counter() - started
-
-    def needs_compiling(self) -> bool:
-        """True when the on-disk cache holds no compiled kernels yet (the first solve compiles, ~15 s)."""
-        return not self.module.cache_is_warm()
 
     def describe(self) -> str:
         import numba

@@ -307,7 +307,6 @@ def _solve(seed, asymmetric, implicit, as_json, progress, **options):
         evaluate["ft_peft_options"] = _checked_peft_options(evaluate["ft_peft"], ft_peft_options, "--ft-peft-options")
     solver_options = {k: v for k, v in options.items() if v is not None}
     prob = fl.make_problem(**problem, seed=seed, symmetric=not asymmetric, implicit=implicit)
-    _announce_compilation(retrain["backend"])
     show = sys.stderr.isatty() if progress is None else progress
     bar, callback = _progress(retrain["max_iter"], show and retrain["method"] != "standard", retrain["method"])
     try:
@@ -323,17 +322,6 @@ def _solve(seed, asymmetric, implicit, as_json, progress, **options):
     else:
         click.echo(repr(prob))
         click.echo(render([{"quantity": key, "value": value} for key, value in summary.items()]))
-
-
-def _announce_compilation(backend: str | None) -> None:
-    """Say so before the first solve on a cold Numba cache compiles every kernel (~15 s, once)."""
-    from .backends import NumbaBackend, get_backend
-    try:
-        be = get_backend(backend)
-    except FastLoRAError:
-        return  # the solve itself reports it
-    if isinstance(be, NumbaBackend) and be.needs_compiling():
-        click.echo("compiling Numba kernels (once; later runs load them from the cache)...", err=True)
 
 
 @main.command()

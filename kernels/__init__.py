@@ -27,9 +27,21 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-# how the Numba kernels compile: set by the numba backend (from fastlora.config) before it imports
-# numba_cpu, so that kernels read nothing of fastlora but this contract
-COMPILE = {"cache_dir": None, "fastmath": False}
+
+def _no_options() -> dict:
+    return {"cache_dir": None, "fastmath": False}
+
+
+# how Numba kernels compile — {"cache_dir": folder or None, "fastmath": bool} — read when a kernel is
+# decorated; the numba backend installs the provider (reading fastlora.config), so that kernels read
+# nothing of fastlora but this contract
+compile_options = _no_options
+
+
+def provide_compile_options(provider) -> None:
+    """Install ``provider()`` -> {"cache_dir", "fastmath"} as :func:`compile_options`."""
+    global compile_options
+    compile_options = provider
 
 
 class ResidualNorms(NamedTuple):

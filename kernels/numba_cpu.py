@@ -7,8 +7,8 @@ work — low-rank corrections, orthonormalisation, Rayleigh–Ritz — and the O
 are fused here and spread over tasks or tiles with ``prange``, without calling BLAS inside
 the parallel loops (no nested thread pools).
 
-Compiled code is cached on disk in ``fastlora.kernels.COMPILE['cache_dir']`` (set by the numba backend
-from ``fastlora.config.settings.numba_cache_dir``; or
+Compiled code is cached on disk in the folder of ``fastlora.kernels.compile_options()`` (the numba
+backend's: ``fastlora.config.settings.numba_cache_dir``; or
 ``NUMBA_CACHE_DIR`` when set); nothing compiles at import, only on first call.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from fastlora.kernels import COMPILE, ResidualNorms, reference
+from fastlora import kernels as contract
+from fastlora.kernels import ResidualNorms, reference
 from fastlora.kernels.arrays import reusable
 
 # Reassociation lets LLVM vectorise the reductions (dot products) of the small per-task
@@ -32,12 +33,13 @@ def kernel(parallel: bool = False):
     """``numba.njit`` with fastlora's cache directory, fastmath flags and error model."""
     def wrap(fn):
         previous = numba.config.CACHE_DIR
-        if not os.environ.get("NUMBA_CACHE_DIR") and COMPILE["cache_dir"]:
+        options = contract.compile_options()
+        if not os.environ.get("NUMBA_CACHE_DIR") and options["cache_dir"]:
             # the cache locator is bound when the function is decorated: point it at our
             # directory for our kernels only, leaving Numba's global setting as it was
-            numba.config.CACHE_DIR = COMPILE["cache_dir"]
+            numba.config.CACHE_DIR = options["cache_dir"]
         try:
-            flags = True if COMPILE["fastmath"] else SAFE_FASTMATH
+            flags = True if options["fastmath"] else SAFE_FASTMATH
             return numba.njit(cache=True, parallel=parallel, fastmath=flags, error_model="numpy")(fn)
         finally:
             numba.config.CACHE_DIR = previous
@@ -460,10 +462,3 @@ def warm_up(dtype) -> None:
     _lowrank_diff_sq(a(T, r, n), a(T, r, n), a(T, r, n), a(T, r, n))
     _update_stats(a(n, n), a(n, n), one, a(n, n), a(n, n), a(n, n), a(n, n), True)
     _update_rows(a(n, n), a(n, n), one, a(n, n), a(n, n), a(n, n), a(n, n), True)
-
-
-def cache_is_warm() -> bool:
-    """Whether the on-disk cache already holds this module's compiled kernels."""
-    root = os.environ.get("NUMBA_CACHE_DIR") or COMPILE["cache_dir"]
-    from pathlib import Path
-    return any(Path(root).rglob("numba_cpu.*.nbi"))

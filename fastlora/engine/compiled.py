@@ -28,13 +28,17 @@ _SOURCES = (_jit, linalg, _numba_linalg, status, steps, loops)
 
 
 @functools.cache
-def cache_folder() -> Path:
-    """The folder of the engine's compiled code: one per version of its source."""
+def _source_digest() -> str:
     digest = hashlib.sha1()
     for module in _SOURCES:
         digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_folder() -> Path:
+    """The folder of the engine's compiled code: one per version of its source."""
     root = os.environ.get("NUMBA_CACHE_DIR") or str(settings.numba_cache_dir)
-    return Path(root) / f"engine-{digest.hexdigest()[:16]}"
+    return Path(root) / f"engine-{_source_digest()}"
 
 
 for _fn in _jit.JITABLE:
