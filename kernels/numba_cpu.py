@@ -19,7 +19,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from fastlora import kernels as contract
+import fastlora.kernels as contract
 from fastlora.kernels import ResidualNorms, reference
 from fastlora.kernels.arrays import reusable
 
