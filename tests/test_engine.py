@@ -36,8 +36,10 @@ PATHS = {
                                          reduction="none", max_iter=400)),
     "gd finite lora_sym": (dict(d=6, k=1, T=3, n=500, noise=0.1),
                            dict(peft="lora_sym", solver="gd", optimizer="gd", max_iter=150)),
+    # from A = zeros: at the standard solution ∇_A F is rounding noise, and Adam's first step is ±lr in
+    # its sign (m/√v), so two roundings would part at once
     "adam finite lora": (dict(d=6, k=1, T=3, n=500, noise=0.1, symmetric=False),
-                         dict(peft="lora", solver="gd", optimizer="adam", max_iter=150)),
+                         dict(peft="lora", solver="gd", optimizer="adam", max_iter=150, init_A="zeros")),
 }
 
 

@@ -8,6 +8,9 @@ from numba.extending import overload
 from . import linalg
 
 _FAST = {"fastmath": {"contract"}}
+# reductions (dot products) vectorised: their rounding then differs from a sequential sum, as BLAS's
+# does; every parity tolerance allows for it
+_REDUCE = {"fastmath": {"contract", "reassoc"}}
 
 
 @overload(linalg.matmul, jit_options=_FAST)
@@ -22,6 +25,20 @@ def _matmul(a, b, out):
                 x = a[i, p]
                 for j in range(m):
                     out[i, j] += x * b[p, j]
+    return impl
+
+
+@overload(linalg.matmul_bt, jit_options=_REDUCE)
+def _matmul_bt(a, b, out):
+    def impl(a, b, out):
+        n, k = a.shape
+        m = b.shape[0]
+        for i in range(n):
+            for j in range(m):
+                s = 0.0
+                for p in range(k):
+                    s += a[i, p] * b[j, p]
+                out[i, j] = s
     return impl
 
 
@@ -154,7 +171,7 @@ def _adam_apply(x, m, v, lr1, c2, eps):
     return impl
 
 
-@overload(linalg.task_residual, jit_options=_FAST)
+@overload(linalg.task_residual, jit_options=_REDUCE)
 def _task_residual(A, delta, W_hat, Sigma, E, G, identity):
     def impl(A, delta, W_hat, Sigma, E, G, identity):
         n, m = A.shape
@@ -162,17 +179,15 @@ def _task_residual(A, delta, W_hat, Sigma, E, G, identity):
         for i in range(n):
             for j in range(m):
                 E[i, j] = A[i, j] + delta[i, j] - W_hat[i, j]
-            if identity:
-                for j in range(m):
-                    G[i, j] = E[i, j]
-            else:
-                for j in range(m):
-                    G[i, j] = 0.0
-                for p in range(m):
-                    e = E[i, p]
-                    for j in range(m):
-                        G[i, j] += e * Sigma[p, j]
+        for i in range(n):
             for j in range(m):
-                total += G[i, j] * E[i, j]
+                if identity:
+                    g = E[i, j]
+                else:  # (E Σ)_ij = E_i · Σ_j (Σ symmetric)
+                    g = 0.0
+                    for p in range(m):
+                        g += E[i, p] * Sigma[j, p]
+                G[i, j] = g
+                total += g * E[i, j]
         return 0.5 * total
     return impl

@@ -16,6 +16,11 @@ def matmul(a, b, out):
     np.matmul(a, b, out=out)
 
 
+def matmul_bt(a, b, out):
+    """out[:] = a @ bᵀ (rows of a against rows of b: the fast form for a symmetric b, or a transposed one)."""
+    np.matmul(a, b.T, out=out)
+
+
 def matmul_add(a, b, out, alpha):
     """out += alpha · (a @ b)."""
     out += alpha * (a @ b)
@@ -61,7 +66,7 @@ def adam_apply(x, m, v, lr1, c2, eps):
 
 def task_residual(A, delta, W_hat, Sigma, E, G, identity):
     """One task's residual and loss in the quadratic form (docs/design.md §2): E = A + Δ − Ŵ,
-    G = E Σ (= E where ``identity``), returns ½⟨G, E⟩."""
+    G = E Σ (= E where ``identity``; Σ is symmetric), returns ½⟨G, E⟩."""
     E[...] = A
     E += delta
     E -= W_hat

@@ -70,12 +70,12 @@ def problem(identity, Sigma, W_hat, floor, rhs0, sqrt_S, isqrt_S, lam_max, null,
     T, d_out, d_in = W_hat.shape[1], W_hat.shape[2], W_hat.shape[3]
     if identity:
         K = np.zeros((0, 0), W_hat.dtype)
-        N = np.zeros((T, 0, 0), W_hat.dtype)
+        NT = np.zeros((T, 0, 0), W_hat.dtype)
     else:
         K = np.empty((d_out, d_in), W_hat.dtype)
-        N = np.empty((T, d_in, d_in), W_hat.dtype)
-        a_step_operators(Sigma[p], rhs0[p], K, N)
-    return Quad(identity, Sigma[p], W_hat[p], floor[p], rhs0[p], K, N, sqrt_S[p], isqrt_S[p], lam_max[p], null[p],
+        NT = np.empty((T, d_in, d_in), W_hat.dtype)
+        a_step_operators(Sigma[p], rhs0[p], K, NT)
+    return Quad(identity, Sigma[p], W_hat[p], floor[p], rhs0[p], K, NT, sqrt_S[p], isqrt_S[p], lam_max[p], null[p],
                 base_sq[p])
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import status as st
 from ._jit import jitable
-from .linalg import adam_apply, adam_moments, axpy, copy, fill, inner, matmul, matmul_add, scale, task_residual
+from .linalg import adam_apply, adam_moments, axpy, copy, fill, inner, matmul, matmul_add, matmul_bt, scale, task_residual
 
 # parameterizations the engine knows
 NONE, FULL, LORA, LORA_SYM = -1, 0, 1, 2  # NONE: no adapters (standard retraining, Reptile)
@@ -31,9 +31,9 @@ STANDARD, ALS, LBFGS, GD, ADAM, REPTILE = 0, 1, 2, 3, 4, 5
 START_STANDARD, START_ZEROS, START_GIVEN = 0, 1, 2
 
 # one problem's tasks in quadratic form; arrays a kind does not use are empty (e.g. Σ when identity).
-# rhs0 = Σ_t C_t (population: Σ_t W*_t); finite samples: K = rhs0 G⁺ and N_t = Σ_t G⁺ with G = Σ_t Σ_t,
-# so that the A step is K − Σ_t Δ_t N_t (no d×d×d product per evaluation)
-Quad = namedtuple("Quad", "identity Sigma W_hat floor rhs0 K N sqrt_S isqrt_S lam_max null base_sq")
+# rhs0 = Σ_t C_t (population: Σ_t W*_t); finite samples: K = rhs0 G⁺ and NT_t = (Σ_t G⁺)ᵀ = G⁺Σ_t with
+# G = Σ_t Σ_t, so that the A step is K − Σ_t Δ_t NT_tᵀ (no d×d×d product per evaluation)
+Quad = namedtuple("Quad", "identity Sigma W_hat floor rhs0 K NT sqrt_S isqrt_S lam_max null base_sq")
 # the parameterization of a solve: code, rank, scale s, and the sizes
 Spec = namedtuple("Spec", "peft r scale T d_out d_in")
 # what a solver reads (see fastlora.options for meanings and defaults)
@@ -143,14 +143,14 @@ def pullback(spec, theta, G, grad):
     gB, gC = factor_rows(spec, grad)
     for t in range(spec.T):
         if spec.peft == LORA:   # Δ = s·BᵀC: ∂/∂B = s·C Gᵀ, ∂/∂C = s·B G
-            matmul(C[t], G[t].T, gB[t])
+            matmul_bt(C[t], G[t], gB[t])
             matmul(B[t], G[t], gC[t])
             if spec.scale != 1.0:
                 scale(spec.scale, gB[t])
                 scale(spec.scale, gC[t])
         else:                   # Δ = UᵀU: ∂/∂U = U (G + Gᵀ)
-            matmul(B[t], G[t], gB[t])
-            matmul_add(B[t], G[t].T, gB[t], 1.0)
+            matmul_bt(B[t], G[t], gB[t])
+            matmul_add(B[t], G[t], gB[t], 1.0)
 
 
 @jitable
@@ -158,8 +158,8 @@ def minimizing_A(q, spec, theta, delta, out, w):
     """argmin_A Σ_t L_t(A + Δ_t) for the Δ_t in ``delta`` (of θ), into ``out``.
 
     Population: the mean of W*_t − Δ_t.  Finite samples: A (Σ_t Σ_t) = Σ_t (C_t − Δ_tΣ_t)
-    (minimum norm where Σ_t Σ_t is singular), i.e. A = K − Σ_t Δ_t N_t; factored
-    Δ_t N_t = s·B_tᵀ(C_t N_t) never forms Δ_t.
+    (minimum norm where Σ_t Σ_t is singular), i.e. A = K − Σ_t Δ_t NT_tᵀ; factored
+    Δ_t NT_tᵀ = s·B_tᵀ(C_t NT_tᵀ) never forms Δ_t.
     """
     if q.identity:
         copy(q.rhs0, out)
@@ -170,12 +170,12 @@ def minimizing_A(q, spec, theta, delta, out, w):
     copy(q.K, out)
     if spec.peft == FULL:
         for t in range(spec.T):
-            matmul_add(delta[t], q.N[t], out, -1.0)
+            matmul_add(delta[t], q.NT[t].T, out, -1.0)
     elif spec.peft != NONE:
         B, C = factor_rows(spec, theta)
         CN = w.CS[:spec.r]
         for t in range(spec.T):
-            matmul(C[t], q.N[t], CN)
+            matmul_bt(C[t], q.NT[t], CN)
             matmul_add(B[t].T, CN, out, -spec.scale)
 
 
@@ -221,8 +221,8 @@ def start_A(q, spec, init, given, out, w):
 
 
 @jitable
-def a_step_operators(Sigma, rhs0, K, N):
-    """The finite-sample A step's K = (Σ_t C_t) G⁺ and N_t = Σ_t G⁺ (G = Σ_t Σ_t, its pseudo-inverse
+def a_step_operators(Sigma, rhs0, K, NT):
+    """The finite-sample A step's K = (Σ_t C_t) G⁺ and NT_t = G⁺Σ_t (G = Σ_t Σ_t, its pseudo-inverse
     minimum norm where G is singular: eigenvalues below ``PINV_RTOL`` times the largest count as 0)."""
     d = Sigma.shape[1]
     gram = np.zeros((d, d), Sigma.dtype)
@@ -236,7 +236,7 @@ def a_step_operators(Sigma, rhs0, K, N):
     matmul(scaled, V.T, gram)  # now G⁺
     matmul(rhs0, gram, K)
     for t in range(Sigma.shape[0]):
-        matmul(Sigma[t], gram, N[t])
+        matmul(gram, Sigma[t], NT[t])
 
 
 # -- the exact adapter step ------------------------------------------------------------------
@@ -276,7 +276,7 @@ def fit_adapters(q, spec, A, theta, w):
             M = R
             if not q.identity:
                 M = w.G[t]
-                matmul(R, q.sqrt_S[t], M)
+                matmul_bt(R, q.sqrt_S[t], M)  # Σ^{1/2} is symmetric
             P, sv, Vt = np.linalg.svd(M, False)
             B, C = factor_rows(spec, theta)
             for j in range(spec.r):
