@@ -21,7 +21,19 @@ import numpy as np
 
 from . import status as st
 from ._jit import jitable
-from .linalg import adam_apply, adam_moments, axpy, copy, fill, inner, matmul, matmul_add, matmul_bt, scale, task_residual
+from .linalg import (
+    adam_apply,
+    adam_moments,
+    axpy,
+    copy,
+    fill,
+    inner,
+    matmul,
+    matmul_add,
+    matmul_bt,
+    scale,
+    task_residual,
+)
 
 # parameterizations the engine knows
 NONE, FULL, LORA, LORA_SYM = -1, 0, 1, 2  # NONE: no adapters (standard retraining, Reptile)
