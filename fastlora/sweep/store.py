@@ -198,27 +198,46 @@ class ResultsStore:
         return n
 
     def add_rows(self, spec: Spec, finished: list[tuple[dict, dict]]) -> list[bool]:
-        """Commit finished (row, outcome) pairs in one transaction; per pair, whether it was
-        stored (False: it was already there — never a duplicate)."""
+        """Commit finished (row, outcome) pairs in one transaction (one prepared insert for all);
+        per pair, whether it was stored (False: it was already there — never a duplicate)."""
+        if not finished:
+            return []
+        spec_keys = spec.keys
+        columns = ("row_key", "sweep", "repeat", "seed", *spec_keys, *METRICS, *RUN_COLUMNS, "status", "error",
+                   "finished_at", "host")
+        sql = (f"INSERT OR IGNORE INTO results ({', '.join(f'{c!r}'.replace(chr(39), chr(34)) for c in columns)}) "
+               f"VALUES ({', '.join('?' for _ in columns)})")
+        now, host = _now(), socket.gethostname()
+        keys = [row["row_key"] for row, _ in finished]
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            stored = [self._insert(spec, row, outcome) for row, outcome in finished]
+            present = self._present(keys)
+            stored, values = [], []
+            for (row, outcome), key in zip(finished, keys):
+                new = key not in present
+                present.add(key)
+                stored.append(new)
+                if new:
+                    point = row["point"]
+                    values.append((key, spec.name, row["repeat"], row["seed"],
+                                   *(_sql_value(point.get(k)) for k in spec_keys),
+                                   *(_sql_value(outcome.get(m)) for m in (*METRICS, *RUN_COLUMNS)),
+                                   outcome["status"], outcome.get("error"), now, outcome.get("host") or host))
+            self.db.executemany(sql, values)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         return stored
 
-    def _insert(self, spec: Spec, row: dict, outcome: dict) -> bool:
-        values = {"row_key": row["row_key"], "sweep": spec.name, "repeat": row["repeat"], "seed": row["seed"]}
-        values.update({k: _sql_value(row["point"].get(k)) for k in spec.keys})
-        values.update({m: _sql_value(outcome.get(m)) for m in (*METRICS, *RUN_COLUMNS)})
-        values.update(status=outcome["status"], error=outcome.get("error"), finished_at=_now(),
-                      host=outcome.get("host") or socket.gethostname())
-        cols = ", ".join(f'"{c}"' for c in values)
-        marks = ", ".join("?" for _ in values)
-        cur = self.db.execute(f"INSERT OR IGNORE INTO results ({cols}) VALUES ({marks})", list(values.values()))
-        return cur.rowcount == 1
+    def _present(self, keys: list[str]) -> set:
+        """The row keys among ``keys`` already stored."""
+        found = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            found.update(k for (k,) in self.db.execute(
+                f"SELECT row_key FROM results WHERE row_key IN ({', '.join('?' for _ in chunk)})", chunk))
+        return found
 
     def rows(self) -> tuple[list[str], list[tuple]]:
         try:
@@ -496,6 +515,11 @@ def _cannot_open(exc: sqlite3.OperationalError) -> bool:
 
 
 def _sql_value(value):
+    kind = type(value)
+    if kind is str or kind is int or value is None:  # the common cases first: one type test
+        return value
+    if kind is float:
+        return None if value != value else value
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, float) and math.isnan(value):
