@@ -95,8 +95,8 @@ def test_bad_spec_fails_before_any_work_with_one_line_and_exit_2(tmp_path, chang
 
 
 def test_killed_sweep_resumes_with_every_row_exactly_once(tmp_path):
-    # rows of ~50 ms, mostly drawing their data (n = 20000): the driver is mid-run after its first commits
-    text = SPEC.replace("repeats = 2", "repeats = 12").replace("n = 400", "n = 20000")
+    # rows of ~0.1 s, mostly drawing their data (n = 100000): the driver is mid-run after its first commits
+    text = SPEC.replace("repeats = 2", "repeats = 12").replace("n = 400", "n = 100000")
     spec_path = write(tmp_path, text)
     out = tmp_path / "k.sqlite"
     cmd = [sys.executable, "-m", "fastlora.cli", "sweep", str(spec_path), "--out", str(out), "--workers", "2",

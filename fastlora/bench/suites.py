@@ -157,8 +157,9 @@ def _paper(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
 
     ``default``: ``fl.retrain(tasks, rank=k)`` exactly as a user writes it on tasks built once, run to
     its own convergence, the median of ≥ 25 runs; ``default-with-tasks``: the same with the tasks built
-    from the raw data (their reduction to statistics) inside every timed call.  Without ``--peft``, the solvers are also timed to the
-    first iteration whose objective is within ``REACHED_RTOL`` of the paper procedure's final one
+    from the raw data (their reduction to statistics) inside every timed call.  Without ``--peft``, the
+    solvers are also timed to the first iteration whose objective is within ``REACHED_RTOL`` of the paper
+    procedure's final one
     (``baselines.paper_gd``, the authors' batched layout, seeded).
     """
     import fastlora as fl
@@ -178,7 +179,7 @@ def _paper(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
         X, Y = data()
         return [fl.Task(X[t].T, Y[t].T) for t in range(cfg.T)]
 
-    built_once = lazy(fresh_tasks)  # the issue's "tasks built once": a user retraining the tasks they hold
+    built_once = lazy(fresh_tasks)  # "tasks built once": a user retraining the tasks they hold
 
     draw = draw_case(cfg.name, (cfg.T, cfg.d, cfg.n), opt.repeat, "the point's raw data")
     cases = [draw]
