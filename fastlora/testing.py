@@ -57,7 +57,14 @@ import numpy as np
 
 from .errors import check_float, check_int
 from .linop import SharedPlusLowRank
-from .peft.protocol import change_basis, is_basis_equivariant, protocol_errors, rank_options, shared_names
+from .peft.protocol import (
+    change_basis,
+    has_second_order,
+    is_basis_equivariant,
+    protocol_errors,
+    rank_options,
+    shared_names,
+)
 
 
 class ConformanceError(AssertionError):
@@ -296,6 +303,11 @@ def _run_checks(plain, d_out, d_in, rank, T, seed, fd_rtol, fd_eps, passed: list
         _check_equivariance(raw, obj, theta, G, rank, rng, frozen, seed)
         passed.append("basis equivariance")
 
+    if has_second_order(plain) and not uses_base and not shared:
+        stage.check = "second order"
+        _check_second_order(raw, theta, G, train, rng, fd_rtol, fd_eps)
+        passed.append("second order")
+
     if rank_options(plain):
         stage.check = "rank options"
         _check_rank_options(plain, stage, d_out, d_in, rank, T, seed, frozen)
@@ -378,6 +390,30 @@ def _check_pullback(obj, theta, G, grads, train, rng, fd_rtol, fd_eps):
                 _fail("pullback", f"pullback()[{name!r}] disagrees with finite differences ({kind}): directional "
                                   f"derivative {an:.10g} (pullback) vs {fd:.10g} (finite differences), "
                                   f"direction {trial}")
+
+
+def _check_second_order(raw, theta, G, train, rng, fd_rtol, fd_eps):
+    """jvp against finite differences of delta, curvature against those of pullback (G fixed), and
+    Δ constant to second order along every symmetry tangent."""
+    direction = {k: rng.standard_normal(v.shape) if k in train else np.zeros_like(v) for k, v in theta.items()}
+
+    def moved(step):
+        return {k: theta[k] + step * direction[k] for k in theta}
+
+    fd = (np.asarray(raw.delta(moved(fd_eps))) - np.asarray(raw.delta(moved(-fd_eps)))) / (2 * fd_eps)
+    if not _close(raw.jvp(theta, direction), fd, 10 * fd_rtol, 10 * fd_rtol):
+        _fail("second order", "jvp() disagrees with finite differences of delta()")
+    curvature = raw.curvature(theta, G, direction)
+    plus, minus = raw.pullback(moved(fd_eps), G), raw.pullback(moved(-fd_eps), G)
+    for name in train:
+        fd = (np.asarray(plus[name]) - np.asarray(minus[name])) / (2 * fd_eps)
+        if not _close(curvature[name], fd, 10 * fd_rtol, 10 * fd_rtol):
+            _fail("second order", f"curvature()[{name!r}] disagrees with finite differences of pullback() (G fixed)")
+    scale = float(np.abs(np.asarray(raw.delta(theta))).max()) or 1.0
+    for tangent in raw.symmetry_tangents(theta):
+        change = np.asarray(raw.jvp(theta, tangent))
+        if float(np.abs(change).max()) > 1e-10 * scale:
+            _fail("second order", "a symmetry_tangents() direction changes Δ to first order (jvp is not 0 along it)")
 
 
 def _check_batch(obj, theta, G, grads, T):

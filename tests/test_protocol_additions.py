@@ -273,3 +273,35 @@ def test_tied_lora_kernels_call_threads_for(monkeypatch):
     _numba.delta(params)
     _numba.pullback(params, rng.standard_normal((3, 5, 4)))
     assert sizes == [3 * 5 * 4, 3 * 5 * 4]
+
+
+# -- exact second derivatives (jvp, curvature, symmetry_tangents): what the landscape tools need ------
+def test_the_kit_checks_second_order_members_and_catches_a_wrong_curvature():
+    from fastlora.peft.builtins import LoRA
+
+    class WrongCurvature(LoRA):
+        name = "wrong_curvature"
+
+        def curvature(self, params, G, direction):
+            out = super().curvature(params, G, direction)
+            return {**out, "B": 2 * out["B"]}
+
+    assert "second order" in check_parameterization(fl.peft.get("lora_sym"))
+    with pytest.raises(ConformanceError, match=r"second order.*curvature\(\)\['B'\]"):
+        check_parameterization(WrongCurvature())
+
+
+def test_the_landscape_takes_any_parameterization_with_second_order_members():
+    from fastlora.landscape import hessian_spectrum
+    from fastlora.peft.builtins import LoRA
+
+    class Relabelled(LoRA):  # a plugin that inherits LoRA's derivatives: analysed like lora
+        name = "relabelled"
+
+    prob = fl.make_problem(d=4, k=1, T=3, seed=0, symmetric=False)
+    res = fl.retrain(prob, peft="lora", rank=1, backend="numpy")
+    ours = hessian_spectrum(res, prob, peft=Relabelled(), rank=1)
+    theirs = hessian_spectrum(res, prob, peft="lora", rank=1)
+    np.testing.assert_allclose(ours.smallest, theirs.smallest, atol=1e-10)
+    with pytest.raises(ValueError, match="jvp, curvature, symmetry_tangents"):
+        hessian_spectrum(res, prob, peft="full", rank=1)

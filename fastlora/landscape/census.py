@@ -129,7 +129,7 @@ def draw_starts(model: LandscapeModel, n_starts: int, init: str, init_scale: flo
         A = np.array(standard, dtype=np.float64) if standard is not None else \
             _draw(rng, init, init_scale, (model.d_out, model.d_in))
         starts.append(Point(A, {name: _draw(rng, init, init_scale, model.shapes[name])
-                                for name in model.calculus.names}))
+                                for name in model.param_names}))
     return starts
 
 

@@ -9,8 +9,9 @@ the Hessian-vector product is exact (no finite differences)::
     (H d)_A  = Σ_t ∇²L_t[dW_t]
     (H d)_θt = DΔ_θtᵀ[∇²L_t[dW_t]] + D²Δ_θt[dθ_t]ᵀ G_t
 
-DΔᵀ is the parameterization's own ``pullback``; the second term is the curvature of Δ
-contracted with G_t:
+DΔᵀ is the parameterization's own ``pullback``; DΔ (``jvp``), the second term (``curvature``: the
+curvature of Δ contracted with G_t) and the symmetry tangents are members of the parameterization
+protocol (fastlora.peft.protocol); the built-ins':
 
 * ``lora_sym``, Δ = U Uᵀ:        DΔ[dU] = dU Uᵀ + U dUᵀ,  D²Δ term = (G + Gᵀ) dU.
 * ``lora``,     Δ = s B Cᵀ:       DΔ[dB, dC] = s(dB Cᵀ + B dCᵀ),
@@ -33,84 +34,24 @@ import numpy as np
 
 from .. import peft as peft_registry
 from ..errors import FastLoRAError
-from ..peft.builtins import LoRA, SymmetricLoRA
+from ..peft.protocol import SECOND_ORDER, has_second_order
 from ..solvers.common import RetrainResult
 from ..taskbatch import as_task_list
+from ..tasks import least_squares_fits, quadratic_losses
 
 SUPPORTED_PEFT = ("lora_sym", "lora")
 _HVP_BLOCK = 256  # directions per batched HVP when assembling a dense Hessian (bounds memory)
 
 
-class _SymmetricCalculus:
-    """Derivatives of Δ = U Uᵀ (U (T, d, r)); directions may carry leading batch axes."""
-
-    names = ("U",)
-
-    def jvp(self, params, direction):
-        U, dU = params["U"], direction["U"]
-        return dU @ U.swapaxes(-1, -2) + U @ dU.swapaxes(-1, -2)
-
-    def curvature(self, params, G, direction):
-        return {"U": (G + G.swapaxes(-1, -2)) @ direction["U"]}
-
-    def symmetry_tangents(self, params) -> list[dict]:
-        U = params["U"]
-        T, _, r = U.shape
-        out = []
-        for t in range(T):
-            for i in range(r):
-                for j in range(i + 1, r):
-                    K = np.zeros((r, r))
-                    K[i, j], K[j, i] = 1.0, -1.0
-                    dU = np.zeros_like(U)
-                    dU[t] = U[t] @ K
-                    out.append({"U": dU})
-        return out
-
-
-class _LoRACalculus:
-    """Derivatives of Δ = s B Cᵀ (B (T, d_out, r), C (T, d_in, r), s = α/r)."""
-
-    names = ("B", "C")
-
-    def __init__(self, peft):
-        self.peft = peft
-
-    def _scale(self, params) -> float:
-        return float(self.peft._scale(params["B"].shape[-1]))
-
-    def jvp(self, params, direction):
-        s, B, C = self._scale(params), params["B"], params["C"]
-        return s * (direction["B"] @ C.swapaxes(-1, -2) + B @ direction["C"].swapaxes(-1, -2))
-
-    def curvature(self, params, G, direction):
-        s = self._scale(params)
-        return {"B": s * (G @ direction["C"]), "C": s * (G.swapaxes(-1, -2) @ direction["B"])}
-
-    def symmetry_tangents(self, params) -> list[dict]:
-        B, C = params["B"], params["C"]
-        T, _, r = B.shape
-        out = []
-        for t in range(T):
-            for i in range(r):
-                for j in range(r):
-                    K = np.zeros((r, r))
-                    K[i, j] = 1.0
-                    dB, dC = np.zeros_like(B), np.zeros_like(C)
-                    dB[t], dC[t] = B[t] @ K, -C[t] @ K.T
-                    out.append({"B": dB, "C": dC})
-        return out
-
-
 def resolve_peft(peft):
-    """The parameterization object and its calculus; only ``lora_sym`` and ``lora`` are supported."""
+    """The parameterization object: any one with the exact second-order members of the protocol
+    (``jvp``, ``curvature``, ``symmetry_tangents``; the built-ins ``lora_sym`` and ``lora`` have them)."""
     obj = peft_registry.get(peft)
-    if isinstance(obj, SymmetricLoRA):
-        return obj, _SymmetricCalculus()
-    if isinstance(obj, LoRA):
-        return obj, _LoRACalculus(obj)
-    raise FastLoRAError(f"peft={getattr(obj, 'name', peft)!r} is not supported by the landscape tools; "
-                        f"choose one of {', '.join(map(repr, SUPPORTED_PEFT))}")
+    if not has_second_order(obj):
+        raise FastLoRAError(f"peft={getattr(obj, 'name', peft)!r} is not supported by the landscape tools: it lacks "
+                            f"the exact derivatives {', '.join(SECOND_ORDER)} of the parameterization protocol "
+                            f"(docs/plugins.md); the built-ins {', '.join(map(repr, SUPPORTED_PEFT))} have them")
+    return obj
 
 
 @dataclass
@@ -154,13 +95,14 @@ class LandscapeModel:
 
     def __init__(self, problem_or_tasks, peft, rank: int):
         self.tasks = as_task_list(problem_or_tasks)
-        self.peft, self.calculus = resolve_peft(peft)
+        self.peft = resolve_peft(peft)
         first = self.tasks[0]
         self.T, self.d_out, self.d_in = len(self.tasks), first.d_out, first.d_in
         if getattr(self.peft, "square_only", False) and self.d_out != self.d_in:
             raise FastLoRAError(f"peft={self.peft.name!r} needs d_out == d_in, got {self.d_out} and {self.d_in}")
         self.rank = rank
         self.shapes = {name: (self.T, *shape) for name, shape in self.peft.shapes(self.d_out, self.d_in, rank).items()}
+        self.param_names = tuple(self.shapes)
         self.is_population = first.is_population
         if self.is_population:
             self.W_star = np.stack([t.W_star for t in self.tasks])                     # (T, d_out, d_in)
@@ -168,17 +110,18 @@ class LandscapeModel:
             self.Sigma = np.stack([t.Sigma for t in self.tasks])                       # (T, d_in, d_in)
             self.C = np.stack([t.C for t in self.tasks])                               # (T, d_out, d_in)
             self.s = np.array([t.s for t in self.tasks])                               # (T,)
-        self.names = ("A", *self.calculus.names)
-        self.sizes = [self.d_out * self.d_in] + [int(np.prod(self.shapes[n])) for n in self.calculus.names]
+            self.W_hat, self.floor = least_squares_fits(self.tasks)[:2]                # Ŵ_t, L_t(Ŵ_t)
+        self.names = ("A", *self.param_names)
+        self.sizes = [self.d_out * self.d_in] + [int(np.prod(self.shapes[n])) for n in self.param_names]
         self.dim = int(sum(self.sizes))
 
     # -- points and directions ------------------------------------------------------------
     def check_point(self, point: Point) -> Point:
         if point.A.shape != (self.d_out, self.d_in):
             raise FastLoRAError(f"the point's A has shape {point.A.shape}; the tasks need {(self.d_out, self.d_in)}")
-        if set(point.params) != set(self.calculus.names):
+        if set(point.params) != set(self.param_names):
             raise FastLoRAError(f"the point's adapter parameters are {sorted(point.params)}; "
-                                f"peft {self.peft.name!r} needs {sorted(self.calculus.names)}")
+                                f"peft {self.peft.name!r} needs {sorted(self.param_names)}")
         for name, shape in self.shapes.items():
             if point.params[name].shape != shape:
                 raise FastLoRAError(f"the point's {name!r} has shape {point.params[name].shape}; "
@@ -214,10 +157,10 @@ class LandscapeModel:
         return point.A[None] + self.peft.delta(point.params)
 
     def losses(self, W):
-        """Per task L_t(W_t) (T,) — the formulas of :meth:`fastlora.Task.loss`, batched."""
+        """Per task L_t(W_t) (T,), in the stable quadratic form of every loss (fastlora.tasks.quadratic_losses)."""
         if self.is_population:
             return 0.5 * np.sum((W - self.W_star) ** 2, axis=(-2, -1))
-        return 0.5 * np.sum((W @ self.Sigma) * W, axis=(-2, -1)) - np.sum(W * self.C, axis=(-2, -1)) + self.s
+        return quadratic_losses(W, self.Sigma, self.W_hat, self.floor)
 
     def task_gradients(self, W):
         """G_t = ∇L_t(W_t): W_t − W*_t (population) or W_t Σ_t − C_t (T, d_out, d_in)."""
@@ -246,12 +189,12 @@ class LandscapeModel:
         if G is None:
             G = self.residual_gradients(point)[1]
         params = point.params
-        dW = direction["A"][..., None, :, :] + self.calculus.jvp(params, direction)
+        dW = direction["A"][..., None, :, :] + self.peft.jvp(params, direction)
         HdW = self.loss_hessian(dW)
         out = {"A": np.sum(HdW, axis=-3)}
         first = self.peft.pullback(params, HdW)
-        second = self.calculus.curvature(params, G, direction)
-        for name in self.calculus.names:
+        second = self.peft.curvature(params, G, direction)
+        for name in self.param_names:
             out[name] = first[name] + second[name]
         return out
 
@@ -266,7 +209,7 @@ class LandscapeModel:
 
     def symmetry_tangents(self, point: Point) -> np.ndarray:
         """(dim, m) the tangents of the parameterization's symmetry orbit at the point (not orthonormal)."""
-        dirs = self.calculus.symmetry_tangents(point.params)
+        dirs = self.peft.symmetry_tangents(point.params)
         if not dirs:
             return np.zeros((self.dim, 0))
         zero_A = np.zeros((self.d_out, self.d_in))

@@ -93,6 +93,31 @@ class LoRA:
         C = _as_row_layout(Vt[:, :rank, :].swapaxes(1, 2) * root)
         return {"B": B, "C": C}
 
+    def jvp(self, params, direction):
+        """DΔ[dB, dC] = s(dB Cᵀ + B dCᵀ)."""
+        s, B, C = self._scale(params["B"].shape[-1]), params["B"], params["C"]
+        return s * (direction["B"] @ C.swapaxes(-1, -2) + B @ direction["C"].swapaxes(-1, -2))
+
+    def curvature(self, params, G, direction):
+        """D²Δ[dB, dC]ᵀ G = (s G dC, s Gᵀ dB)."""
+        s = self._scale(params["B"].shape[-1])
+        return {"B": s * (G @ direction["C"]), "C": s * (G.swapaxes(-1, -2) @ direction["B"])}
+
+    def symmetry_tangents(self, params):
+        """(B_t K, −C_t Kᵀ) for every r×r unit K and task t: (B, C) → (B M, C M⁻ᵀ) keeps Δ."""
+        xp = array_module(params["B"])
+        B, C = params["B"], params["C"]
+        T, _, r = B.shape
+        out = []
+        for t in range(T):
+            for i in range(r):
+                for j in range(r):
+                    dB, dC = xp.zeros_like(B), xp.zeros_like(C)
+                    dB[t, :, j] = B[t, :, i]
+                    dC[t, :, i] = -C[t, :, j]
+                    out.append({"B": dB, "C": dC})
+        return out
+
     def canonicalize(self, params):
         B, C = canonical_signs(params["B"], params["C"])
         return {"B": B, "C": C}
@@ -143,6 +168,30 @@ class SymmetricLoRA:
         lam, V = xp.linalg.eigh(0.5 * (R + R.swapaxes(-1, -2)))
         lam, V = lam[:, ::-1][:, :rank], V[:, :, ::-1][:, :, :rank]
         return {"U": _as_row_layout(V * xp.sqrt(xp.maximum(lam, 0))[:, None, :])}
+
+    def jvp(self, params, direction):
+        """DΔ[dU] = dU Uᵀ + U dUᵀ."""
+        U, dU = params["U"], direction["U"]
+        return dU @ U.swapaxes(-1, -2) + U @ dU.swapaxes(-1, -2)
+
+    def curvature(self, params, G, direction):
+        """D²Δ[dU]ᵀ G = (G + Gᵀ) dU."""
+        return {"U": (G + G.swapaxes(-1, -2)) @ direction["U"]}
+
+    def symmetry_tangents(self, params):
+        """U_t K for every task and unit skew K: U → U O (O orthogonal) keeps Δ = U Uᵀ."""
+        xp = array_module(params["U"])
+        U = params["U"]
+        T, _, r = U.shape
+        out = []
+        for t in range(T):
+            for i in range(r):
+                for j in range(i + 1, r):
+                    dU = xp.zeros_like(U)
+                    dU[t, :, j] = U[t, :, i]
+                    dU[t, :, i] = -U[t, :, j]
+                    out.append({"U": dU})
+        return out
 
     def canonicalize(self, params):
         return {"U": canonical_signs(params["U"])}

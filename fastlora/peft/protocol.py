@@ -57,6 +57,14 @@ Optional members added later, for either version (absent: the behaviour before t
     change_basis(params, Q_out, Q_in) -> params   # Δ = Q_out Δ(θ) Q_inᵀ, Q with orthonormal columns
         (m, the parameters' size, to d); linear in θ, norm-preserving, composable.  Needed to
         declare basis_equivariance beyond what the family implies.
+    jvp(params, direction) -> (T, d_out, d_in)         # DΔ_θ[dθ]: Δ's derivative along ``direction``
+        (a dict like params); arrays may carry leading batch axes before the task axis
+    curvature(params, G, direction) -> dict            # D²Δ_θ[dθ]ᵀ G: the second-order term of the
+        Hessian-vector product of Σ_t L_t(A + Δ(θ_t)), G = ∇L_t at Δ(θ_t) (same batch axes)
+    symmetry_tangents(params) -> list[dict]            # directions along which Δ(θ) is constant
+        (e.g. U → U O for Δ = U Uᵀ): the landscape tools project them out of Hessian spectra.
+        The three together are what :mod:`fastlora.landscape` needs (second derivatives, exactly);
+        the built-ins ``lora`` and ``lora_sym`` implement them, and a plugin that does is analysed too.
     rank_options: tuple[str, ...]     # constructor options that are ranks besides ``rank`` (e.g.
         "private_rank"), read back as attributes of the instance: checked against min(d_out, d_in)
         wherever ``rank`` is, and shown by ``fastlora plugins``.
@@ -82,7 +90,9 @@ from ..errors import FastLoRAError, PluginError
 API_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 REQUIRED_METHODS = ("shapes", "init", "delta", "pullback")
-OPTIONAL_METHODS = ("factors", "best_fit", "from_factors", "canonicalize", "best_fit_given_shared", "change_basis")
+OPTIONAL_METHODS = ("factors", "best_fit", "from_factors", "canonicalize", "best_fit_given_shared", "change_basis",
+                    "jvp", "curvature", "symmetry_tangents")
+SECOND_ORDER = ("jvp", "curvature", "symmetry_tangents")  # what the landscape tools need
 FAMILIES = (None, "general", "psd", "full")
 EQUIVARIANCES = (None, "two_sided", "same_basis")
 # the basis equivariance a family implies, and lifts through factors / from_factors (or, "full", directly)
@@ -194,7 +204,13 @@ def capabilities(obj) -> dict:
         "init_from_residuals": bool(getattr(obj, "init_from_residuals", False)),
         "basis_equivariance": is_basis_equivariant(obj),
         "rank_options": rank_options(obj),
+        "second_order": has_second_order(obj),
     }
+
+
+def has_second_order(obj) -> bool:
+    """Whether ``obj`` has the exact derivatives the landscape tools need (jvp, curvature, symmetry_tangents)."""
+    return all(callable(getattr(obj, name, None)) for name in SECOND_ORDER)
 
 
 def check_shape_supported(peft, d_out: int, d_in: int, argument: str = "peft") -> None:
