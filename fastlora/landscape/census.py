@@ -220,7 +220,7 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
     if rank > min(model.d_out, model.d_in):
         raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = "
                             f"{min(model.d_out, model.d_in)}")
-    per_start = 8 * sum(model.sizes)
+    per_start = 8 * model.dim
     require_memory(3 * n_starts * per_start, f"a census of n_starts={n_starts} starts",
                    "use fewer starts (a census of a few hundred classifies the landscape)")
     starts = draw_starts(model, n_starts, init, init_scale, seed)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import peft as peft_registry
 from ..errors import FastLoRAError
+from ..kernels.packing import Packer
 from ..peft.protocol import SECOND_ORDER, has_second_order
 from ..solvers.common import RetrainResult
 from ..taskbatch import as_task_list
@@ -112,8 +113,8 @@ class LandscapeModel:
             self.s = np.array([t.s for t in self.tasks])                               # (T,)
             self.W_hat, self.floor = least_squares_fits(self.tasks)[:2]                # Ŵ_t, L_t(Ŵ_t)
         self.names = ("A", *self.param_names)
-        self.sizes = [self.d_out * self.d_in] + [int(np.prod(self.shapes[n])) for n in self.param_names]
-        self.dim = int(sum(self.sizes))
+        self.packer = Packer({"A": (self.d_out, self.d_in), **self.shapes})
+        self.dim = self.packer.size
 
     # -- points and directions ------------------------------------------------------------
     def check_point(self, point: Point) -> Point:
@@ -130,19 +131,11 @@ class LandscapeModel:
 
     def flatten(self, tree: dict) -> np.ndarray:
         """Structured direction(s) {"A": (..., d_out, d_in), name: (..., T, ...)} -> (..., dim)."""
-        lead = np.shape(tree["A"])[:-2]
-        return np.concatenate([np.reshape(tree[n], (*lead, -1)) for n in self.names], axis=-1)
+        return self.packer.pack(tree, np.shape(tree["A"])[:-2])
 
     def unflatten(self, vec: np.ndarray) -> dict:
         """(..., dim) -> {"A": (..., d_out, d_in), name: (..., T, ...)}."""
-        vec = np.asarray(vec)
-        lead = vec.shape[:-1]
-        out, start = {}, 0
-        full = {"A": (self.d_out, self.d_in), **self.shapes}
-        for name, size in zip(self.names, self.sizes):
-            out[name] = vec[..., start:start + size].reshape(*lead, *full[name])
-            start += size
-        return out
+        return self.packer.unpack(np.asarray(vec))
 
     def point_vector(self, point: Point) -> np.ndarray:
         return self.flatten({"A": point.A, **point.params})

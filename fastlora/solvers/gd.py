@@ -31,6 +31,7 @@ from ..engine import ARMIJO_C1 as _ARMIJO_C1
 from ..engine import LBFGS_MEMORY, status
 from ..engine import MAX_BACKTRACKS as _MAX_BACKTRACKS
 from ..engine.steps import ADAM_BETAS, ADAM_EPS, adam_update, lbfgs_direction, lbfgs_update, sufficient_decrease
+from ..kernels.packing import Packer
 from ..peft.protocol import bind_base, shared_names, trainable
 from ..taskbatch import Adapters
 from .common import Frozen, _select
@@ -185,32 +186,30 @@ def _merge(batch, problems, new: dict, old: dict, shared=()) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 class _Packing:
-    """(A, θ) of P problems <-> (P, n) float arrays: A's entries (unless A is eliminated), then
-    each trainable parameter's entries for the problem's T tasks (shared parameters: their own
-    entries; P = 1)."""
+    """(A, θ) of P problems <-> (P, n) float arrays (the one packer, fastlora.kernels.packing): A's
+    entries (unless A is eliminated), then each trainable parameter's entries for the problem's T
+    tasks (shared parameters: their own entries; P = 1)."""
 
     def __init__(self, batch, x, names, shared=()):
         self.batch, self.names, self.shared = batch, names, set(shared)
         self.fixed = {k: v for k, v in x.items() if k not in names}
-        self.shapes = {k: x[k].shape if k in self.shared else x[k].shape[1:] for k in names}
-        self.sizes = {k: int(np.prod(self.shapes[k])) * (1 if k == "A" or k in self.shared else batch.T)
-                      for k in names}
+        T = batch.T
+        self.packer = Packer({k: x[k].shape[1:] if k == "A" else
+                              x[k].shape if k in self.shared else (T, *x[k].shape[1:]) for k in names})
 
     def pack(self, tree):
         P = self.batch.P
-        return self.batch.xp.concatenate([tree[k].reshape(P, -1) for k in self.names], axis=1)
+        return self.packer.pack({k: tree[k].reshape(P, *self.packer.shapes[k]) for k in self.names}, (P,))
 
     def unpack(self, vec) -> dict:
-        P, out, start = self.batch.P, dict(self.fixed), 0
-        for k in self.names:
-            block = vec[:, start:start + self.sizes[k]]
+        out = dict(self.fixed)
+        for k, v in self.packer.unpack(vec).items():
             if k == "A":
-                out[k] = block.reshape((P,) + self.shapes[k])
+                out[k] = v
             elif k in self.shared:
-                out[k] = block.reshape(self.shapes[k])
+                out[k] = v.reshape(self.packer.shapes[k])
             else:
-                out[k] = block.reshape((-1,) + self.shapes[k])
-            start += self.sizes[k]
+                out[k] = v.reshape((-1, *self.packer.shapes[k][1:]))
         return out
 
 
