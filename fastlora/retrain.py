@@ -209,7 +209,7 @@ class _Plan:
 
     tasks: list
     kind: str
-    structured: object
+    factored: str                        # taskbatch.batch_kind's choice: "auto" | "always"
     method: str
     solver: str | None
     requested: str
@@ -267,7 +267,7 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     if callback is not None and not callable(callback):
         raise FastLoRAError("callback must be callable as callback(iteration, elapsed, objective)")
     dense_A = schema.OPTIONS["dense_A"].check(dense_A)
-    structured = "always" if options.get("adapter_step") == "subspace" else True
+    factored = "always" if options.get("adapter_step") == "subspace" else "auto"
     be = get_backend(backend)
     planned, reduction = reduction is not _UNPLANNED, None if reduction is _UNPLANNED else reduction
     parameterization, source = None, problem_or_tasks
@@ -285,7 +285,7 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
             reduction = plan_reduction(problem_or_tasks, tasks, parameterization, options)
         if reduction is not None:
             tasks, source = reduction.tasks, reduction.tasks
-    kind = batch_kind(tasks, structured=structured, source=source)
+    kind = batch_kind(tasks, factored=factored, source=source)
     if method == "lora-ml":
         if solver == "auto":
             solver, options = _resolve_auto(kind, parameterization, be.name, options)
@@ -297,7 +297,7 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     _check_memory(be, tasks, kind, rank, dtype)
     on_engine = engine_path.covers(method, solver, parameterization, kind, be.name, tasks[0].d_out, tasks[0].d_in,
                                    callback, options)
-    return _Plan(tasks, kind, structured, method, solver, requested, parameterization, rank, be, dtype, threads,
+    return _Plan(tasks, kind, factored, method, solver, requested, parameterization, rank, be, dtype, threads,
                  max_iter, tol, callback, options, rng, reduction, dense_A, on_engine)
 
 
@@ -337,7 +337,7 @@ def _run(plan: _Plan, problems: list, rngs: list, as_numpy: bool, reductions: li
         started = time.perf_counter()
         try:
             if len(problems) == 1:
-                batch = make_batch(as_task_list(problems[0]), be, plan.dtype, structured=plan.structured,
+                batch = make_batch(as_task_list(problems[0]), be, plan.dtype, factored=plan.factored,
                                    source=problems[0])
             else:
                 batch = stack_problems([as_task_list(p) for p in problems], be, plan.dtype, plan.kind)

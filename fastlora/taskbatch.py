@@ -14,8 +14,8 @@ Every kind offers one interface, on the adapters' updates Δ_t given as :class:`
 ``objective(A, adapters)``             Σ_t L_t(A + Δ_t), accurate to rounding of the differences
 ``value_and_gradient(A, adapters)``    (F, ∇_A F, G) with G_t = ∇L_t(A + Δ_t): dense (T, d_out, d_in),
                                        or implicit (:class:`~fastlora.linop.SharedPlusLowRank`)
-``residual(A)``                        the model at A as a :class:`Point` — what adapter steps fit
-``a_step(adapters, previous)``         argmin_A Σ_t L_t(A + Δ_t), as the next :class:`Point`
+``residual(A)``                        the model at A as an :class:`Iterate` — what adapter steps fit
+``a_step(adapters, previous)``         argmin_A Σ_t L_t(A + Δ_t), as the next :class:`Iterate`
 ``objective_after_a_step(point, ad)``  F at an A-step point, by the cheapest identity, and whether
                                        that value is accurate near zero
 ``standard_solution()``                argmin_A Σ_t L_t(A)
@@ -71,7 +71,7 @@ class Adapters:
 
 
 @dataclass(eq=False)
-class Point:
+class Iterate:
     """The shared models at one A per problem, with what adapter steps read from them
     (subclasses add the kind's residual).  ``A`` (P, d_out, d_in); ``step_sq`` (P,) =
     ‖A − A_previous‖²_F (0 at a start) and ``A_sq`` (P,) = ‖A‖²_F, host float64 arrays."""
@@ -88,7 +88,7 @@ class Point:
 
 
 @dataclass(eq=False)
-class SharedResidual(Point):
+class SharedResidual(Iterate):
     """Factored population (P = 1): D = S − A (d_out, d_in), symmetrised when ``symmetric``
     (what the PSD fit needs), with ``norms`` (:class:`~fastlora.kernels.ResidualNorms`) from
     the same pass."""
@@ -99,7 +99,7 @@ class SharedResidual(Point):
 
 
 @dataclass(eq=False)
-class TaskResidual(Point):
+class TaskResidual(Iterate):
     """A point of a dense or finite-sample batch, with −∇L_t(A) at Δ = 0 for every task (P·T,
     d_out, d_in) formed on first use (:meth:`Batch.negative_gradient_at`)."""
 
@@ -129,7 +129,7 @@ class Batch:
     numbers do not depend on the other problems solved with it.
 
     Each kind defines ``minimizing_A(adapters)`` — argmin_A F(A, Δ) per problem (P, d_out, d_in) —
-    and ``a_step(adapters, previous, symmetric)``, the same A with the ALS bookkeeping (a Point)."""
+    and ``a_step(adapters, previous, symmetric)``, the same A with the ALS bookkeeping (an Iterate)."""
 
     kind = "abstract"
     is_population = True
@@ -196,7 +196,7 @@ class Batch:
         G = self.grad_W(W)
         return self.host(self.sum_tasks(self.losses_W(W))), self.sum_tasks(G), G
 
-    def objective_after_a_step(self, point: Point, adapters):
+    def objective_after_a_step(self, point: Iterate, adapters):
         """(F(point.A, Δ) per problem, accurate): the objective at an A-step point."""
         return self.objective(point.A, adapters), True
 
@@ -206,15 +206,15 @@ class Batch:
         null = self.objective(self.xp.zeros((self.P, self.d_out, self.d_in), self.dtype))
         return null if self.full_base_sq is None else null + 0.5 * self.T * self.full_base_sq
 
-    def residual(self, A, previous: Point | None = None, symmetric: bool = False) -> Point:
+    def residual(self, A, previous: Iterate | None = None, symmetric: bool = False) -> Iterate:
         """The point A with its ALS bookkeeping (step and scale norms)."""
         return TaskResidual(**self.point(A, previous, batch=self))
 
-    def negative_gradient(self, point: Point):
+    def negative_gradient(self, point: Iterate):
         """−∇L_t at (point.A, Δ = 0) for every task, as cached on the point where it can be."""
         return point.negative_gradient
 
-    def point(self, A, previous: Point | None = None, **fields) -> dict:
+    def point(self, A, previous: Iterate | None = None, **fields) -> dict:
         return {"A": A, "step_sq": self.problem_sq(A - previous.A) if previous is not None else np.zeros(self.P),
                 "A_sq": self.full_sq(A), **fields}
 
@@ -240,7 +240,7 @@ class DensePopulation(Batch):
         """R_t = W*_t − A."""
         return self.W_star - self.per_task(A)
 
-    def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> TaskResidual:
+    def a_step(self, adapters, previous: Iterate | None = None, symmetric: bool = False) -> TaskResidual:
         return self.residual(self.minimizing_A(adapters), previous)
 
     def minimizing_A(self, adapters):
@@ -280,7 +280,7 @@ class FactoredPopulation(Batch):
         """Dense W*_t (T, d_out, d_in) — only for paths that cannot use the structure."""
         return self.base[None] + self.B_rows.swapaxes(1, 2) @ self.C_rows
 
-    def negative_gradient(self, point: Point):
+    def negative_gradient(self, point: Iterate):
         """W*_t − A, dense (for the exact adapter fit of small problems)."""
         return self.targets() - point.A
 
@@ -377,7 +377,7 @@ class FactoredPopulation(Batch):
         A_sq = np.array([norms.A_sq]) if self.full_base_sq is None else self.full_sq(A)
         return SharedResidual(A, np.array([norms.step_sq]), A_sq, D=D, symmetric=symmetric, norms=norms)
 
-    def residual(self, A, previous: Point | None = None, symmetric: bool = False) -> SharedResidual:
+    def residual(self, A, previous: Iterate | None = None, symmetric: bool = False) -> SharedResidual:
         D, norms = self.ops.residual_stats(self.base, A[0], (A if previous is None else previous.A)[0], symmetric)
         return self._shared(A, D, norms, symmetric)
 
@@ -404,7 +404,7 @@ class FactoredPopulation(Batch):
             previous.D = None
         return self._shared(A, D, norms, symmetric)
 
-    def objective_after_a_step(self, point: Point, adapters):
+    def objective_after_a_step(self, point: Iterate, adapters):
         """½[Σ_t ‖B*C*ᵀ − Δ_t‖² − T‖S − A‖²] when A is the A step of these adapters: O(T·d·r²).
 
         Where the optimum has A ≠ S (T ≤ 2) the terms cancel, and the Gram form has a rounding
@@ -476,7 +476,7 @@ class FiniteSample(Batch):
         """G_t = YᵀX/n − AΣ_t."""
         return self.cross - self.per_task(A) @ self.Sigma
 
-    def a_step(self, adapters, previous: Point | None = None, symmetric: bool = False) -> TaskResidual:
+    def a_step(self, adapters, previous: Iterate | None = None, symmetric: bool = False) -> TaskResidual:
         """Solve A (Σ_t Σ_t) = Σ_t (C_t − Δ_t Σ_t) per problem (minimum-norm where Σ_t Σ_t is
         singular); with factor adapters Δ_tΣ_t = B_tᵀ(C_tΣ_t), never forming Δ_t."""
         return self.residual(self.minimizing_A(adapters), previous)
@@ -540,15 +540,19 @@ def is_small(d_out: int, d_in: int) -> bool:
     return max(d_out, d_in) <= DENSE_MAX_DIM
 
 
-def batch_kind(tasks: list[Task], *, structured: bool = True, source=None) -> str:
+FACTORED_CHOICES = ("auto", "always")
+
+
+def batch_kind(tasks: list[Task], *, factored: str = "auto", source=None) -> str:
     """The kind :func:`make_batch` builds for ``tasks``: "factored", "dense" or "finite".
 
-    ``structured=False`` (or small problems, unless ``structured="always"``) materialises
-    factored targets.
+    Population targets sharing one base stay ``factored`` (W*_t = S + B*_tC*_tᵀ kept as factors)
+    where the problem is larger than ``DENSE_MAX_DIM`` (``factored="auto"``) or whatever its size
+    (``"always"``, which the subspace adapter step needs); otherwise they are materialised (dense).
     """
     if not tasks[0].is_population:
         return "finite"
-    if not structured or (structured != "always" and is_small(tasks[0].d_out, tasks[0].d_in)):
+    if factored != "always" and is_small(tasks[0].d_out, tasks[0].d_in):
         return "dense"
     return "factored" if _from_problem(tasks, source) or shares_one_base(tasks) else "dense"
 
@@ -583,14 +587,14 @@ def _from_problem(tasks, source) -> bool:
         and hasattr(source, "B_star")
 
 
-def make_batch(tasks: list[Task], backend, dtype, *, structured=True, source=None) -> Batch:
+def make_batch(tasks: list[Task], backend, dtype, *, factored: str = "auto", source=None) -> Batch:
     """Batch one problem's ``tasks`` on ``backend``; large factored targets sharing one base
-    stay factored (``structured``: as in :func:`batch_kind`).
+    stay factored (``factored``: as in :func:`batch_kind`).
 
     ``source``: the Problem the tasks came from, if any; its batched factors are then used
     as they are (no copy on CPU backends in float64).
     """
-    kind = batch_kind(tasks, structured=structured, source=source)
+    kind = batch_kind(tasks, factored=factored, source=source)
     if kind != "factored":
         return stack_problems([tasks], backend, dtype, kind)
     return FactoredPopulation(backend, dtype, *factored_targets(tasks, source))

@@ -4,7 +4,7 @@
 
 The ALS solver alternates one of these with the batch's closed-form A step
 (:meth:`fastlora.taskbatch.Batch.a_step`); :func:`fastlora.finetune` runs one on a single
-task.  A step reads the model at A from the batch's :class:`~fastlora.taskbatch.Point` and
+task.  A step reads the model at A from the batch's :class:`~fastlora.taskbatch.Iterate` and
 returns parameters; the objective and the A step belong to the batch.  Which one is used (``adapter_step="auto"``):
 
 ===============  ==================================================================  ============

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..engine.steps import anderson_coefficients
 from .adapters import choose_adapter_step
-from .common import Frozen
+from .common import FinishedState
 
 ANDERSON_DEPTH = 5
 ANDERSON_MEMORY = 256 * 2 ** 20
@@ -99,7 +99,7 @@ def anderson_depth(shape, itemsize: int, depth: int = ANDERSON_DEPTH) -> int:
 def solve(ctx):
     batch, step, xp = ctx.batch, choose_adapter_step(ctx), ctx.xp
     monitor = ctx.monitor()
-    frozen = Frozen(batch)
+    finished = FinishedState(batch)
     symmetric = step.symmetric
     depth = anderson_depth((batch.d_out, batch.d_in), np.dtype(ctx.dtype).itemsize) \
         if ctx.option("acceleration") == "anderson" and step.extrapolable else 0
@@ -146,10 +146,10 @@ def solve(ctx):
             change = np.maximum(change, step.residual())
         was_active = monitor.active.copy()
         all_done = monitor.record(iteration, values, change, accurate=accurate)
-        frozen.keep(point.A, params, was_active & monitor.done)
+        finished.keep(point.A, params, was_active & monitor.done)
         if all_done:
             break
-    A, params = frozen.result(point.A, params, monitor.done)
+    A, params = finished.result(point.A, params, monitor.done)
     final = batch.objective(A, step.adapters(params))  # accurate, at the returned (A, θ)
     info = {"solver": "als", "adapter_step": step.name, "adapter_step_exact": step.exact,
             "acceleration": f"anderson(depth={depth})" if mixer is not None else "none",

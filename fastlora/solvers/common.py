@@ -196,7 +196,7 @@ class Monitor:
                             messages=messages, errors=errors, info=info or {}, shared=shared or {})
 
 
-class Frozen:
+class FinishedState:
     """The state (A and per-task parameters) of each problem at the iteration it finished.
 
     Solvers update every problem each iteration (vectorised) and call :meth:`keep` with the

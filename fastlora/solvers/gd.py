@@ -34,7 +34,7 @@ from ..engine.steps import ADAM_BETAS, ADAM_EPS, adam_update, lbfgs_direction, l
 from ..kernels.packing import Packer
 from ..peft.protocol import bind_base, shared_names, trainable
 from ..taskbatch import Adapters
-from .common import Frozen, _select
+from .common import FinishedState, _select
 
 
 class Objective:
@@ -104,7 +104,7 @@ def solve(ctx):
 
 def _first_order(ctx, model, x, monitor, info, optimizer):
     xp, batch = ctx.xp, ctx.batch
-    frozen = Frozen(batch)
+    finished = FinishedState(batch)
     x = {k: xp.array(v, copy=True) for k, v in x.items()}  # updated in place below
     names = ["A", *trainable(ctx.peft, _params(x))]
     shared = set(shared_names(ctx.peft))
@@ -133,10 +133,10 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
                 monitor.end(p, iteration, status.LINE_SEARCH_NONFINITE)
         was_active = monitor.active.copy()
         all_done = monitor.record(iteration, value, np.sqrt(grad_norm_sq(batch, grads, shared)) / g0)
-        frozen.keep(x["A"], _params(x), was_active & monitor.done)
+        finished.keep(x["A"], _params(x), was_active & monitor.done)
         if all_done:
             break
-    A, params = frozen.result(x["A"], _params(x), monitor.done)
+    A, params = finished.result(x["A"], _params(x), monitor.done)
     info["final_lr"] = lr.tolist() if isinstance(lr, np.ndarray) and batch.P > 1 else float(np.atleast_1d(lr)[0])
     return monitor.outcome(A, params, iteration, info=info)
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import Frozen
+from .common import FinishedState
 
 
 def solve(ctx):
     xp, batch = ctx.xp, ctx.batch
     inner_lr, inner_steps, outer_lr = ctx.option("inner_lr"), ctx.option("inner_steps"), ctx.option("outer_lr")
     monitor = ctx.monitor()
-    frozen = Frozen(batch)
+    finished = FinishedState(batch)
     A = ctx.initial_A()
     if batch.is_population:
         mean_target = batch.standard_solution()
@@ -42,9 +42,9 @@ def solve(ctx):
         A = A_new
         was_active = monitor.active.copy()
         all_done = monitor.record(iteration, batch.objective(A), change)
-        frozen.keep(A, {}, was_active & monitor.done)
+        finished.keep(A, {}, was_active & monitor.done)
         if all_done:
             break
-    A, _ = frozen.result(A, {}, monitor.done)
+    A, _ = finished.result(A, {}, monitor.done)
     info = {"inner_lr": inner_lr, "inner_steps": inner_steps, "outer_lr": outer_lr}
     return monitor.outcome(A, {}, iteration, info=info)
