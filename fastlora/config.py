@@ -167,24 +167,15 @@ def _read_int(path: str) -> int | None:
 def available_memory_bytes() -> int | None:
     """Bytes this process may still allocate without swapping, or None where the OS does not say.
 
-    ``MemAvailable`` of ``/proc/meminfo`` (Linux), else ``os.sysconf`` free physical pages
-    times the page size; lowered to the container's cgroup limit minus its usage when
-    that is smaller.
+    psutil's ``virtual_memory().available`` (the OS's own estimate: MemAvailable on Linux), lowered
+    to the container's cgroup memory limit minus its usage where that is smaller — psutil reports
+    the host, and a container killed at its limit would never see the host's figure.
     """
-    available = None
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
+        import psutil
+        available = int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - psutil missing or the platform unsupported: nothing to refuse by
         available = None
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):  # pragma: no cover - platforms without sysconf
-            available = None
     for limit_file, usage_file in _CGROUP_FILES:
         limit, usage = _read_int(limit_file), _read_int(usage_file)
         if limit is not None and usage is not None and limit < 1 << 60:
