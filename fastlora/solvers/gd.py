@@ -263,8 +263,6 @@ def _lbfgs(ctx, model, x, monitor, info):
     trainable_names = trainable(ctx.peft, _params(x))
     names = trainable_names if eliminate else ["A", *trainable_names]
     packing = _Packing(batch, x, names, shared_names(ctx.peft))
-    host = batch.host
-    current = {"A": x["A"]}
 
     def evaluate(vec):
         tree = packing.unpack(vec)
@@ -272,24 +270,39 @@ def _lbfgs(ctx, model, x, monitor, info):
         if eliminate:  # Δ does not depend on A here: its adapters serve the A step and the gradient
             bound = model._bound(x["A"], _params(tree))
             tree["A"] = batch.minimizing_A(bound[0])
-        current["A"] = tree["A"]
         value, grads = model.value_and_grad(tree, bound)
         if eliminate:
             grads.pop("A")
-        return value, packing.pack(grads)
+        return value, packing.pack(grads), tree["A"]
 
-    vec = packing.pack(x)
-    value, grad = evaluate(vec)
+    vec, A_now, iteration = minimize_lbfgs(evaluate, packing.pack(x), monitor, ctx.max_iter,
+                                           float(np.finfo(ctx.dtype).eps), xp, batch.host)
+    final = packing.unpack(vec)
+    packed_A = final.pop("A")  # with A eliminated: the start, carried with the frozen parameters
+    info.update(memory=LBFGS_MEMORY, eliminate_A=bool(eliminate))
+    return monitor.outcome(packed_A if not eliminate else A_now, final, iteration, info=info)
+
+
+def minimize_lbfgs(evaluate, vec, monitor, max_iter: int, eps: float, xp=np, host=np.asarray):
+    """L-BFGS on the flat variables (P, n) of P problems — the one L-BFGS of the Python driver (the
+    engine's rules: :func:`~fastlora.engine.steps.lbfgs_direction`, :func:`~fastlora.engine.steps.lbfgs_update`,
+    :func:`~fastlora.engine.steps.sufficient_decrease`): memory ``LBFGS_MEMORY``, Armijo backtracking
+    from the unit step, ``monitor`` (a :class:`~fastlora.solvers.common.Monitor`) judging each problem.
+
+    ``evaluate(vec)`` -> (F (P,) host, ∇F (P, n), extra): ``extra`` is carried with each accepted point
+    (an array with a leading problem axis, e.g. the eliminated A; or None).  Returns (the points each
+    problem finished at, their extra, the last iteration)."""
+    value, grad, extra = evaluate(vec)
     monitor.start(value)
+    P = vec.shape[0]
     gnorm = np.sqrt(host(_rowdot(xp, grad, grad)))
     g0 = np.where(gnorm > 0, gnorm, 1.0)
-    eps = float(np.finfo(ctx.dtype).eps)
-    memory = _Memory(xp, LBFGS_MEMORY, batch.P, vec.shape[1], vec.dtype, eps)
+    memory = _Memory(xp, LBFGS_MEMORY, P, vec.shape[1], vec.dtype, eps)
     gamma = 1.0 / g0                             # H₀ = γI; the first step has unit length
-    done_vec, done_A, A_now = vec, current["A"], current["A"]
+    done_vec, done_extra = vec, extra
     direction = xp.empty_like(vec)
     iteration = 0
-    for iteration in range(1, ctx.max_iter + 1):
+    for iteration in range(1, max_iter + 1):
         active = monitor.active
         memory.direction(grad, gamma, direction)
         slope = host(_rowdot(xp, grad, direction))
@@ -299,20 +312,20 @@ def _lbfgs(ctx, model, x, monitor, info):
             direction = xp.where(xp.asarray(bad)[:, None], -xp.asarray(gamma, dtype=grad.dtype)[:, None] * grad,
                                  direction)
             slope = host(_rowdot(xp, grad, direction))
-        step = np.ones(batch.P)
+        step = np.ones(P)
         pending = active.copy()
-        new_vec, new_value, new_grad, new_A = vec, value.copy(), grad, A_now
+        new_vec, new_value, new_grad, new_extra = vec, value.copy(), grad, extra
         floor = 8 * eps * np.abs(value)
         for _ in range(_MAX_BACKTRACKS):
             trial = vec + xp.asarray(step, dtype=vec.dtype)[:, None] * direction
-            trial_value, trial_grad = evaluate(trial)
+            trial_value, trial_grad, trial_extra = evaluate(trial)
             ok = pending & sufficient_decrease(value, trial_value, -_ARMIJO_C1 * step * slope, floor)
             if ok.any():
                 rows = xp.asarray(ok)[:, None]
                 new_vec = xp.where(rows, trial, new_vec)
                 new_grad = xp.where(rows, trial_grad, new_grad)
                 new_value = np.where(ok, trial_value, new_value)
-                new_A = xp.where(xp.asarray(ok)[:, None, None], current["A"], new_A)
+                new_extra = _where_rows(xp, ok, trial_extra, new_extra)
             pending &= ~ok
             if not pending.any():
                 break
@@ -320,7 +333,7 @@ def _lbfgs(ctx, model, x, monitor, info):
         stuck = pending
         overflowed = stuck & ~np.isfinite(trial_value)  # even the shortest trial step is not finite
         gamma = memory.add(new_vec - vec, new_grad - grad, active & ~stuck, gamma)
-        vec, value, grad, A_now = new_vec, new_value, new_grad, new_A
+        vec, value, grad, extra = new_vec, new_value, new_grad, new_extra
         gnorm = np.sqrt(host(_rowdot(xp, grad, grad)))
         was_active = monitor.active.copy()
         monitor.record(iteration, value, gnorm / g0)
@@ -330,13 +343,16 @@ def _lbfgs(ctx, model, x, monitor, info):
         newly = was_active & monitor.done | (stuck & active)
         if newly.any():
             done_vec = xp.where(xp.asarray(newly)[:, None], vec, done_vec)
-            done_A = xp.where(xp.asarray(newly)[:, None, None], A_now, done_A)
+            done_extra = _where_rows(xp, newly, extra, done_extra)
         if all_done:
             break
-    finished = xp.asarray(monitor.done)
-    vec = xp.where(finished[:, None], done_vec, vec)
-    final = packing.unpack(vec)
-    packed_A = final.pop("A")  # with A eliminated: the start, carried with the frozen parameters
-    A = packed_A if not eliminate else xp.where(finished[:, None, None], done_A, A_now)
-    info.update(memory=LBFGS_MEMORY, eliminate_A=bool(eliminate))
-    return monitor.outcome(A, final, iteration, info=info)
+    finished = monitor.done
+    return xp.where(xp.asarray(finished)[:, None], done_vec, vec), _where_rows(xp, finished, done_extra, extra), \
+        iteration
+
+
+def _where_rows(xp, rows, new, old):
+    """``new`` for the problems (leading axis) where ``rows``, else ``old``; None stays None."""
+    if new is None:
+        return None
+    return xp.where(xp.asarray(rows).reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
