@@ -75,12 +75,12 @@ def _deprecations_as_notes():
     ``note:`` line each, in the command's words."""
     import warnings
 
-    from .errors import PerformanceWarning
+    from .errors import PerformanceWarning, RegimeWarning
     from .options import FastLoRADeprecationWarning
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (FastLoRADeprecationWarning, PerformanceWarning)):
+        if issubclass(category, (FastLoRADeprecationWarning, PerformanceWarning, RegimeWarning)):
             click.echo(f"note: {in_flag_words(str(message), _CLI_RUN_NAMES)}", err=True)
         else:
             shown(message, category, filename, lineno, file, line)
@@ -88,6 +88,7 @@ def _deprecations_as_notes():
     with warnings.catch_warnings():
         warnings.simplefilter("always", FastLoRADeprecationWarning)
         warnings.simplefilter("always", PerformanceWarning)
+        warnings.simplefilter("always", RegimeWarning)
         warnings.showwarning = show
         yield
 
