@@ -342,8 +342,8 @@ def demo(out_dir, workers, quick):
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), callback=_existing_folder,
-              help="SQLite results store (created or resumed; its folder must exist)")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), callback=_existing_folder,
+              help="SQLite results store (created or resumed; its folder must exist); required unless --dry-run")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="local worker processes (default: all cores)")
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address, e.g. tcp://host:8786")
@@ -357,12 +357,22 @@ def demo(out_dir, workers, quick):
               help="add to a store holding rows of a changed version of this spec, or of this spec under another "
                    "name (those rows are reused)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def sweep(spec_path, out, workers, scheduler, scheduler_timeout, stall_timeout, retry_errors, append, progress):
+@click.option("--dry-run", is_flag=True, help="report rows, distinct retrainings, points outside the theorem's "
+              "regime, memory and a time estimate from a few timed retrainings; write nothing")
+def sweep(spec_path, out, workers, scheduler, scheduler_timeout, stall_timeout, retry_errors, append, progress,
+          dry_run):
     """Run every (point, seed) of a grid spec; rerunning resumes where it stopped.
 
     Exits with status 1 when rows of the spec failed (stored with status='error')."""
     from .sweep import load_spec, run_sweep
     spec = load_spec(spec_path)  # every key is checked before any work starts
+    if dry_run:
+        from .sweep.dryrun import dry_run as plan_sweep
+        for line in plan_sweep(spec, out, workers=workers).lines():
+            click.echo(line)
+        return
+    if out is None:
+        raise FastLoRAError("--out is required: the results store to create or resume (or pass --dry-run)")
     with speaking_flags(_CLI_RUN_NAMES):
         summary = run_sweep(spec, out, workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
                             retry_errors=retry_errors, append=append, progress=progress, echo=click.echo,
@@ -401,26 +411,30 @@ def export_cmd(store, fmt, output):
 @main.command()
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
 @click.option("--x", "x", required=True, help="key on the x axis, e.g. T")
-@click.option("--y", "y", default="excess_risk", show_default=True, help="metric on the y axis")
-@click.option("--hue", default=None, help="one line per value of this key, e.g. method")
+@click.option("--y", "y", default="excess_risk", show_default=True,
+              help="metric on the y axis, or a condition on one, e.g. 'rel_err_A < 1e-6' (the fraction of seeds "
+                   "meeting it)")
+@click.option("--hue", multiple=True, help="one line per value of this key, e.g. method; or per truth value of a "
+                                           "relation, e.g. 'ft_rank = rank' (repeatable: one line per combination)")
 @click.option("--facet", default=None, help="one panel per value of this key, e.g. d")
 @click.option("--where", multiple=True, help="keep rows with key=value (repeatable)")
 @click.option("--logy", is_flag=True, help="logarithmic y axis (refused when a value is <= 0)")
 @click.option("--logx", is_flag=True, help="logarithmic x axis (ticks at the values present)")
-@click.option("--stat", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
-              help="the line: mean or median over seeds")
-@click.option("--band", type=click.Choice(["minmax", "iqr", "none"]), default="minmax", show_default=True,
-              help="the band around it: min-max, interquartile range, or none")
+@click.option("--stat", type=click.Choice(["auto", "mean", "median"]), default="auto", show_default=True,
+              help="the line: mean or median over seeds (auto: the median below 10 seeds per point, else the mean)")
+@click.option("--band", type=click.Choice(["auto", "minmax", "iqr", "none"]), default="auto", show_default=True,
+              help="the band around it: min-max, interquartile range, or none (auto: IQR below 10 seeds per "
+                   "point, else min-max)")
 @click.option("-o", "--output", default="fig.png", show_default=True, type=click.Path(dir_okay=False),
               callback=_existing_folder, help="image file to write (its folder must exist); its extension "
               "(png, pdf, svg, ...) sets the format")
 def plot(store, x, y, hue, facet, where, logy, logx, stat, band, output):
-    """Plot a metric against a key: the mean (or median) over seeds with a band.
+    """Plot a metric against a key: the median (below 10 seeds) or mean over seeds with a band.
 
     Keys that vary with --x as functions of it (e.g. rank = k) need no --where: the title states them."""
     from .sweep.plot import check_image_path, plot_results
     check_image_path(output, "--output")  # before reading the store
-    click.echo(plot_results(store, x, y, hue=hue, facet=facet, logy=logy, logx=logx, where=where, out=output,
+    click.echo(plot_results(store, x, y, hue=list(hue) or None, facet=facet, logy=logy, logx=logx, where=where, out=output,
                             stat=stat, band=band))
 
 

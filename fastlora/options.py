@@ -197,7 +197,7 @@ _ALL = (
     Option("threads", "int", None, "Numba threads for large kernels (default: all usable cores)", "retrain", low=1,
            allow_none=True, sweep=False),
     Option("restarts", "int", None, "independent starts; the lowest objective is kept (default: the shallow "
-           "network 8 for standard and lora-ml, 1 for reptile; the linear model 1)", "retrain", low=1,
+           "network 8 for lora-ml, 1 for standard and reptile; the linear model 1)", "retrain", low=1,
            allow_none=True),
     Option("dense_A", "bool", True, "return A as a dense array (False: as a LowRankUpdate S + Q E Qᵀ where the "
            "reduced solver ran)", "retrain", sweep=False),
