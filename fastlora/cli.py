@@ -434,8 +434,8 @@ def plot(store, x, y, hue, facet, where, logy, logx, stat, band, output):
     Keys that vary with --x as functions of it (e.g. rank = k) need no --where: the title states them."""
     from .sweep.plot import check_image_path, plot_results
     check_image_path(output, "--output")  # before reading the store
-    click.echo(plot_results(store, x, y, hue=list(hue) or None, facet=facet, logy=logy, logx=logx, where=where, out=output,
-                            stat=stat, band=band))
+    click.echo(plot_results(store, x, y, hue=list(hue) or None, facet=facet, logy=logy, logx=logx, where=where,
+                            out=output, stat=stat, band=band))
 
 
 @main.group(invoke_without_command=True)

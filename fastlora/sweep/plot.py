@@ -393,7 +393,7 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
     return str(out)
 
 
-def _line_label(hues: list[str], values: tuple, relations: dict = None) -> str:
+def _line_label(hues: list[str], values: tuple, relations: dict | None = None) -> str:
     """``lora-ml`` for one hue key; ``lora-ml (ft_rank=3)`` for several; a relation as ``ft_rank = rank``
     or ``not ft_rank = rank``."""
     relations = relations or {}
