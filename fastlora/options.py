@@ -243,9 +243,10 @@ _ALL = (
 
 _ALL += (
     # real data instead of make_problem's law (fastlora.datasets): the paper's image protocol
-    Option("dataset", "choice", None, "a labelled dataset under the paper's image protocol instead of make_problem's "
-           "law: 'digits' (scikit-learn's 8×8 digits, needs the extra 'data'; fastlora.datasets)", "dataset",
-           choices=("digits",), allow_none=True),
+    Option("dataset", "choice", None, "a labelled dataset instead of make_problem's law: 'digits' (scikit-learn's "
+           "8×8 digits under the paper's image protocol: class pairs) or 'digits-partitions' (every digit in every "
+           "task, tasks label different halves of the classes: conflicting tasks); needs the extra 'data'; "
+           "fastlora.datasets", "dataset", choices=("digits", "digits-partitions"), allow_none=True),
     Option("test_fraction", "float", 0.3, "share of each class of a dataset's tasks held out for the metrics",
            "dataset", low=0.0, high=1.0, low_open=True),
 )

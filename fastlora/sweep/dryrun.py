@@ -83,7 +83,7 @@ def dry_run(spec: Spec, out=None, workers: int | None = None, time_budget: float
     report = DryRun(name=spec.name, points=len(spec.points()), rows=len(rows), pending=len(pending),
                     retrainings=sum(len(by_seed) for by_seed in groups.values()), outside=outside,
                     row_bytes=max((row_bytes(p) for p in spec.points()), default=0), workers=workers, pairing=rule,
-                    store=None if out is None else str(out))
+                    store=str(out) if out is not None and store_pairing(out) is not None else None)
     if groups:
         report.timed, report.estimate_seconds = _time(groups, time_budget, timed_keys)
     return report
