@@ -134,7 +134,7 @@ def test_a_spec_naming_another_rule_than_its_store_s_is_refused(tmp_path):
     out = tmp_path / "s.sqlite"
     run_sweep(quiet_parse(TINY_SPEC), out, workers=1, progress=False)
     fresh = quiet_parse(TINY_SPEC.replace("repeats = 2", 'repeats = 2\npairing = "per-point"'))
-    with pytest.raises(StoreConflictError, match="made with pairing 'paired'.*names pairing 'per-point'"):
+    with pytest.raises(StoreConflictError, match=r"made with pairing 'paired'.*names pairing 'per-point'"):
         run_sweep(fresh, out, workers=1, progress=False)
     named = quiet_parse(TINY_SPEC.replace("repeats = 2", 'repeats = 2\npairing = "per-point"'))
     other = tmp_path / "p.sqlite"
