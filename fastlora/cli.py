@@ -219,7 +219,8 @@ def _schema_options(*names, given_only: bool = False):
     return decorate
 
 
-SOLVE_PROBLEM = ("d", "d_out", "k", "T", "n", "noise", "sampler", "n_test_tasks")
+SOLVE_PROBLEM = ("d", "d_out", "k", "T", "n", "noise", "sampler", "n_test_tasks", "input_law", "input_df", "input_cov",
+                 "noise_law", "noise_df")
 SOLVE_RETRAIN = ("method", "backend", "dtype", "max_iter", "tol", "threads")
 SOLVE_LORA_ML = ("peft", "rank", "solver")  # passed on only when given: method='lora-ml' alone takes them
 SOLVE_EVALUATE = ("ft_rank", "n_ft", "ft_peft", "rank_tol", "noise_floor")
@@ -317,7 +318,8 @@ def _solve(seed, asymmetric, implicit, as_json, progress, **options):
             bar.close()
     metrics = fl.evaluate(res, prob, **evaluate, seed=seed)
     summary = {**res.summary(), "ran": res.info.get("solver") or "-", "rel_err_A": metrics["rel_err_A"],
-               "adapt_rank": metrics["adapt_rank"], "excess_risk": metrics["excess_risk"], "message": res.message}
+               "identified": metrics["identification"], "adapt_rank": metrics["adapt_rank"],
+               "excess_risk": metrics["excess_risk"], "message": res.message}
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -554,12 +556,13 @@ def store():
 @click.argument("path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
 def store_info(path):
     """The sweeps of a store, their spec versions (numbered from 1, oldest first) and their rows."""
-    from .sweep.store import describe_store
+    from .sweep.store import describe_store, store_pairing
     from .tables import render
     rows = [{"sweep": e["sweep"], "spec_version": e["version"] or "all", "added_at": e["added_at"] or "-",
              "rows": "-" if e["rows"] is None else e["rows"], "errors": "-" if e["errors"] is None else e["errors"]}
             for e in describe_store(path)]
     click.echo(render(rows) if rows else f"{path} holds no rows")
+    click.echo(f"pairing: {store_pairing(path)} (docs/pairing.md)")
 
 
 @store.command("prune")

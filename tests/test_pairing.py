@@ -128,6 +128,12 @@ def test_a_new_store_records_paired_and_an_old_store_resumes_per_point(tmp_path)
     assert rows[rows["repeat"] < 2]["rank"].isna().all()  # not recorded then: left empty
     with sqlite3.connect(old) as db:
         assert db.execute("SELECT value FROM meta WHERE key='pairing'").fetchone() == ("per-point",)
+    from click.testing import CliRunner
+
+    from fastlora.cli import main
+    for store, rule in ((new, "paired"), (old, "per-point")):
+        info = CliRunner().invoke(main, ["store", "info", str(store)])
+        assert info.exit_code == 0 and f"pairing: {rule}" in info.output
 
 
 def test_a_spec_naming_another_rule_than_its_store_s_is_refused(tmp_path):
