@@ -264,3 +264,19 @@ def test_a_spec_takes_the_partitions_dataset():
     with pytest.raises(FastLoRAError, match="n_ft=5000 is more than"):
         parse_spec('name = "p"\n[grid]\nmethod = ["standard"]\n[fixed]\ndataset = "digits-partitions"\n'
                    'n_ft = 5000\n')
+
+
+def test_a_key_that_follows_the_hue_is_stated_in_the_title(tmp_path, monkeypatch):
+    """Rows resolve keys per method (a shallow sweep's restarts: 8 for LoRA-ML, 1 otherwise); such a key
+    needs no --where: the title says it per hue value."""
+    from fastlora.sweep.plot import plot_results
+    text = ('name = "h"\nrepeats = 2\n[[grid]]\nT = [3, 4]\nmethod = ["standard"]\nmax_iter = [100]\n'
+            '[[grid]]\nT = [3, 4]\nmethod = ["lora-ml"]\nmax_iter = [200]\n'
+            '[fixed]\nd = 6\nk = 1\nn = 300\nnoise = 0.05\nn_ft = 30\nbackend = "numpy"\n')
+    out = tmp_path / "h.sqlite"
+    run_sweep(quiet_parse(text), out, workers=1, progress=False)
+    captured = captured_figure(monkeypatch)
+    plot_results(out, "T", "excess_risk", hue="method", out=tmp_path / "f.png")
+    assert "max_iter per method: lora-ml→200, standard→100" in captured["figure"]._suptitle.get_text()
+    with pytest.raises(FastLoRAError, match="key 'max_iter' varies"):
+        plot_results(out, "T", "excess_risk", out=tmp_path / "g.png")

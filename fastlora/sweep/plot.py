@@ -245,7 +245,8 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
 
     Only rows with a value of ``y`` are plotted.  A key that varies in them must be shown
     (``hue``/``facet``) or fixed (``where``), unless it is a function of ``x`` (each x value
-    comes with one value of it, e.g. ``rank = k``): the title states it.  Refused
+    comes with one value of it, e.g. ``rank = k``) or of a hue or facet key (``restarts`` per
+    method): the title states it.  Refused
     (FastLoRAError) before any work: an ``out`` extension matplotlib cannot write and one key
     in two roles; then a ``y`` no selected row has, and with ``logy`` values <= 0 (a log axis
     cannot show them, and dropping them silently would misreport the statistic).
@@ -306,18 +307,24 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
                                 f"logarithmic axis cannot show; plot without --logx or leave them out with --where")
     used = {x, facet, *hues, *filters,
             *(c[0] for c in relations.values()), *(c[2][1] for c in relations.values() if c[2][0] == "column")}
-    shared, covarying = {}, {}
+    shared, covarying, per_line = {}, {}, {}
     for key in key_columns(columns):
         values = {r[index[key]] for r in rows}
         if len(values) == 1:
             shared[key] = next(iter(values))
         elif key not in used:
             mapping = _function_of(rows, index, key, x)
-            if mapping is None:
+            if mapping is not None:
+                covarying[key] = mapping
+                continue
+            # a key that follows a hue or facet key (restarts per method) is stated per that key
+            follows = next(((by, m) for by in [h for h in hues if h not in relations] + ([facet] if facet else [])
+                            if (m := _function_of(rows, index, key, by)) is not None), None)
+            if follows is None:
                 shown = ", ".join(sorted(map(str, values)))
                 raise FastLoRAError(f"key {key!r} varies in the selected rows ({shown}); fix it with --where "
                                     f"{key}=VALUE or show it with --hue/--facet")
-            covarying[key] = mapping
+            per_line[key] = follows
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         value = r[index[y]]
@@ -383,6 +390,8 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
         off_metric = _keys_off_the_metric(y)
         # a setting that changes along x is part of what the figure shows, execution keys included
         leading = _covarying_parts({k: v for k, v in covarying.items() if k not in off_metric}, x)
+        leading += [f"{key} per {by}: " + ", ".join(f"{v}→{mapping[v]}" for v in sorted(mapping, key=_order))
+                    for key, (by, mapping) in per_line.items() if key not in off_metric]
         title = _settings_title(shared, exclude={x, facet, *hues, *off_metric}, leading=leading)
     seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     if condition is not None:
