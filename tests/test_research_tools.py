@@ -278,5 +278,5 @@ def test_a_key_that_follows_the_hue_is_stated_in_the_title(tmp_path, monkeypatch
     captured = captured_figure(monkeypatch)
     plot_results(out, "T", "excess_risk", hue="method", out=tmp_path / "f.png")
     assert "max_iter per method: lora-ml→200, standard→100" in captured["figure"]._suptitle.get_text()
-    with pytest.raises(FastLoRAError, match="key '(max_iter|method)' varies"):
+    with pytest.raises(FastLoRAError, match=r"key '(max_iter|method)' varies"):
         plot_results(out, "T", "excess_risk", out=tmp_path / "g.png")

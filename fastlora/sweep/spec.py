@@ -39,8 +39,9 @@ for truth and data).  A store records its rule and keeps it: an old store resume
 Every row records its resolved defaults: the keys ``DEFAULTS`` names, and — filled per point
 where the spec is silent — ``sampler``, the data law (``input_law``, ``input_cov``,
 ``noise_law``), ``rank``, ``ft_rank`` and ``restarts`` (``FILLED_CONSTANTS``, ``FILLED_PER_POINT``).
-Filled keys do not enter row keys or seeds, so stores written before they were recorded resume.  Points outside the theorem's
-regime (fastlora.regime) are named in a :class:`~fastlora.errors.RegimeWarning` when a spec is read.
+Filled keys do not enter row keys or seeds, so stores written before they were recorded resume.
+Points outside the theorem's regime (fastlora.regime) are named in a
+:class:`~fastlora.errors.RegimeWarning` when a spec is read.
 """
 from __future__ import annotations
 
