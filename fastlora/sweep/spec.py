@@ -261,15 +261,31 @@ def fill_point(point: dict, filled) -> dict:
 
 
 def resolved_ft_rank(point: dict) -> int:
-    """The fine-tuning rank evaluate uses when ``ft_rank`` is not given: k; the shallow network's
-    the paper's rule (3k at T = 2, fastlora.shallow.paper_ft_rank); a dataset's its protocol k (1)."""
+    """The fine-tuning rank evaluate uses when ``ft_rank`` is not given: k; the retrained rank where
+    fine-tuning keeps LoRA-ML's shared parameters (fastlora.metrics); the shallow network's the
+    paper's rule (3k at T = 2, fastlora.shallow.paper_ft_rank); a dataset's its protocol k (1)."""
     if point.get("dataset") is not None:
         return 1
     k = point.get("k", KEYS["k"].default)
     if _model_of(point) == "shallow":
         from ..shallow.evaluate import paper_ft_rank
         return min(paper_ft_rank(k, point.get("T", KEYS["T"].default)), point["d"])
+    if point.get("method", "lora-ml") == "lora-ml" and _keeps_shared(point):
+        return point.get("rank") or k
     return k
+
+
+def _keeps_shared(point: dict) -> bool:
+    """Whether fine-tuning keeps the retrained shared parameters (a parameterization of protocol v2
+    whose shared parameters the fine-tuning parameterization also has)."""
+    from ..peft.protocol import shared_names
+    try:
+        retrained = shared_names(_peft_of(point))
+        ft_name = point.get("ft_peft", schema.OPTIONS["ft_peft"].default)
+        finetuned = retrained if ft_name == point.get("peft") else shared_names(_registered(ft_name))
+    except FastLoRAError:
+        return False  # refused when the point is checked
+    return bool(retrained) and bool(finetuned) and set(finetuned) <= set(retrained)
 
 
 def load_spec(path) -> Spec:
