@@ -75,12 +75,12 @@ def _deprecations_as_notes():
     ``note:`` line each, in the command's words."""
     import warnings
 
-    from .errors import PerformanceWarning
+    from .errors import PerformanceWarning, RegimeWarning
     from .options import FastLoRADeprecationWarning
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (FastLoRADeprecationWarning, PerformanceWarning)):
+        if issubclass(category, (FastLoRADeprecationWarning, PerformanceWarning, RegimeWarning)):
             click.echo(f"note: {in_flag_words(str(message), _CLI_RUN_NAMES)}", err=True)
         else:
             shown(message, category, filename, lineno, file, line)
@@ -88,6 +88,7 @@ def _deprecations_as_notes():
     with warnings.catch_warnings():
         warnings.simplefilter("always", FastLoRADeprecationWarning)
         warnings.simplefilter("always", PerformanceWarning)
+        warnings.simplefilter("always", RegimeWarning)
         warnings.showwarning = show
         yield
 
@@ -218,7 +219,8 @@ def _schema_options(*names, given_only: bool = False):
     return decorate
 
 
-SOLVE_PROBLEM = ("d", "d_out", "k", "T", "n", "noise", "sampler", "n_test_tasks")
+SOLVE_PROBLEM = ("d", "d_out", "k", "T", "n", "noise", "sampler", "n_test_tasks", "input_law", "input_df", "input_cov",
+                 "noise_law", "noise_df")
 SOLVE_RETRAIN = ("method", "backend", "dtype", "max_iter", "tol", "threads")
 SOLVE_LORA_ML = ("peft", "rank", "solver")  # passed on only when given: method='lora-ml' alone takes them
 SOLVE_EVALUATE = ("ft_rank", "n_ft", "ft_peft", "rank_tol", "noise_floor")
@@ -316,7 +318,8 @@ def _solve(seed, asymmetric, implicit, as_json, progress, **options):
             bar.close()
     metrics = fl.evaluate(res, prob, **evaluate, seed=seed)
     summary = {**res.summary(), "ran": res.info.get("solver") or "-", "rel_err_A": metrics["rel_err_A"],
-               "adapt_rank": metrics["adapt_rank"], "excess_risk": metrics["excess_risk"], "message": res.message}
+               "identified": metrics["identification"], "adapt_rank": metrics["adapt_rank"],
+               "excess_risk": metrics["excess_risk"], "message": res.message}
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -341,8 +344,8 @@ def demo(out_dir, workers, quick):
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), callback=_existing_folder,
-              help="SQLite results store (created or resumed; its folder must exist)")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), callback=_existing_folder,
+              help="SQLite results store (created or resumed; its folder must exist); required unless --dry-run")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="local worker processes (default: all cores)")
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address, e.g. tcp://host:8786")
@@ -356,12 +359,22 @@ def demo(out_dir, workers, quick):
               help="add to a store holding rows of a changed version of this spec, or of this spec under another "
                    "name (those rows are reused)")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def sweep(spec_path, out, workers, scheduler, scheduler_timeout, stall_timeout, retry_errors, append, progress):
+@click.option("--dry-run", is_flag=True, help="report rows, distinct retrainings, points outside the theorem's "
+              "regime, memory and a time estimate from a few timed retrainings; write nothing")
+def sweep(spec_path, out, workers, scheduler, scheduler_timeout, stall_timeout, retry_errors, append, progress,
+          dry_run):
     """Run every (point, seed) of a grid spec; rerunning resumes where it stopped.
 
     Exits with status 1 when rows of the spec failed (stored with status='error')."""
     from .sweep import load_spec, run_sweep
     spec = load_spec(spec_path)  # every key is checked before any work starts
+    if dry_run:
+        from .sweep.dryrun import dry_run as plan_sweep
+        for line in plan_sweep(spec, out, workers=workers).lines():
+            click.echo(line)
+        return
+    if out is None:
+        raise FastLoRAError("--out is required: the results store to create or resume (or pass --dry-run)")
     with speaking_flags(_CLI_RUN_NAMES):
         summary = run_sweep(spec, out, workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
                             retry_errors=retry_errors, append=append, progress=progress, echo=click.echo,
@@ -400,27 +413,31 @@ def export_cmd(store, fmt, output):
 @main.command()
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
 @click.option("--x", "x", required=True, help="key on the x axis, e.g. T")
-@click.option("--y", "y", default="excess_risk", show_default=True, help="metric on the y axis")
-@click.option("--hue", default=None, help="one line per value of this key, e.g. method")
+@click.option("--y", "y", default="excess_risk", show_default=True,
+              help="metric on the y axis, or a condition on one, e.g. 'rel_err_A < 1e-6' (the fraction of seeds "
+                   "meeting it)")
+@click.option("--hue", multiple=True, help="one line per value of this key, e.g. method; or per truth value of a "
+                                           "relation, e.g. 'ft_rank = rank' (repeatable: one line per combination)")
 @click.option("--facet", default=None, help="one panel per value of this key, e.g. d")
 @click.option("--where", multiple=True, help="keep rows with key=value (repeatable)")
 @click.option("--logy", is_flag=True, help="logarithmic y axis (refused when a value is <= 0)")
 @click.option("--logx", is_flag=True, help="logarithmic x axis (ticks at the values present)")
-@click.option("--stat", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
-              help="the line: mean or median over seeds")
-@click.option("--band", type=click.Choice(["minmax", "iqr", "none"]), default="minmax", show_default=True,
-              help="the band around it: min-max, interquartile range, or none")
+@click.option("--stat", type=click.Choice(["auto", "mean", "median"]), default="auto", show_default=True,
+              help="the line: mean or median over seeds (auto: the median below 10 seeds per point, else the mean)")
+@click.option("--band", type=click.Choice(["auto", "minmax", "iqr", "none"]), default="auto", show_default=True,
+              help="the band around it: min-max, interquartile range, or none (auto: IQR below 10 seeds per "
+                   "point, else min-max)")
 @click.option("-o", "--output", default="fig.png", show_default=True, type=click.Path(dir_okay=False),
               callback=_existing_folder, help="image file to write (its folder must exist); its extension "
               "(png, pdf, svg, ...) sets the format")
 def plot(store, x, y, hue, facet, where, logy, logx, stat, band, output):
-    """Plot a metric against a key: the mean (or median) over seeds with a band.
+    """Plot a metric against a key: the median (below 10 seeds) or mean over seeds with a band.
 
     Keys that vary with --x as functions of it (e.g. rank = k) need no --where: the title states them."""
     from .sweep.plot import check_image_path, plot_results
     check_image_path(output, "--output")  # before reading the store
-    click.echo(plot_results(store, x, y, hue=hue, facet=facet, logy=logy, logx=logx, where=where, out=output,
-                            stat=stat, band=band))
+    click.echo(plot_results(store, x, y, hue=list(hue) or None, facet=facet, logy=logy, logx=logx, where=where,
+                            out=output, stat=stat, band=band))
 
 
 @main.group(invoke_without_command=True)
@@ -539,12 +556,13 @@ def store():
 @click.argument("path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
 def store_info(path):
     """The sweeps of a store, their spec versions (numbered from 1, oldest first) and their rows."""
-    from .sweep.store import describe_store
+    from .sweep.store import describe_store, store_pairing
     from .tables import render
     rows = [{"sweep": e["sweep"], "spec_version": e["version"] or "all", "added_at": e["added_at"] or "-",
              "rows": "-" if e["rows"] is None else e["rows"], "errors": "-" if e["errors"] is None else e["errors"]}
             for e in describe_store(path)]
     click.echo(render(rows) if rows else f"{path} holds no rows")
+    click.echo(f"pairing: {store_pairing(path)} (docs/pairing.md)")
 
 
 @store.command("prune")

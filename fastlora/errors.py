@@ -36,6 +36,10 @@ class PerformanceWarning(UserWarning):
     """A configuration that works but will run far slower than it should."""
 
 
+class RegimeWarning(UserWarning):
+    """Sweep points outside the theorem's regime of exact recovery (fastlora.regime)."""
+
+
 def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
     allowed = list(allowed)
     if not isinstance(value, str) or value not in allowed:

@@ -131,7 +131,11 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
                    ``ft_peft_options`` builds another (refused, naming both, where it differs
                    from the retrained options and shared parameters are kept);
     ``excess_risk_std``, ``excess_risk_per_task`` and the retraining ``objective``,
-    ``n_iter``, ``seconds`` and ``converged``.
+    ``n_iter``, ``seconds`` and ``converged``;
+    ``identified`` True when ``rel_err_A`` is within :func:`fastlora.identify.identification_tolerance`,
+                   False when it is not although the objective reached its floor (or the run
+                   converged where the floor is unknown), None where that cannot be judged (not
+                   converged, no A*); ``identification`` says which (docs/identifiability.md).
 
     For the shallow network (``model="shallow"``) the metrics are those of
     :func:`fastlora.shallow.evaluate_shallow`: ``test_loss`` against clean labels on fresh inputs
@@ -228,8 +232,16 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         for key in ("objective", "n_iter", "seconds", "converged"):
             if hasattr(results[i], key):
                 metrics[key] = getattr(results[i], key)
+        metrics.update(identification_metrics(results[i], problems[i], plan["rel_err_A"]))
         out.append(metrics)
     return out
+
+
+def identification_metrics(res, prob, rel_err_A: float) -> dict:
+    """``identified`` (True / False / None) and ``identification`` (why), fastlora.identify."""
+    from .identify import identification
+    identified, reason = identification(res, prob, rel_err_A)
+    return {"identified": identified, "identification": reason}
 
 
 def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_peft, rank_tol, noise_floor) -> dict:

@@ -40,6 +40,9 @@ class Option:
     "params" (dict of arrays), "seed" (int >= 0 or a numpy Generator), "table" (a dict of
     keyword arguments).
 
+    Also "spectrum" (an input covariance name, fastlora.laws) and "int_list" / "float_list" (a
+    non-empty list of positive numbers, one per task; cycled over the tasks).
+
     ``applies``: for solver options, the (method, solver) pairs that read it (empty: always).
     "law" (a registered problem generator, fastlora.generators).
     ``default`` may be a dict keyed by method.  ``sweep``: usable as a sweep-spec key.
@@ -98,6 +101,18 @@ class Option:
             return value
         if self.kind in ("peft", "law"):
             return value  # resolved (and checked) by the registry
+        if self.kind == "spectrum":
+            if value is not None and not isinstance(value, str):
+                return value  # a (d, d) array (Python API only): checked against d by make_problem
+            from .laws import check_spectrum
+            return check_spectrum(value)
+        if self.kind in ("int_list", "float_list"):
+            if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") or len(value) == 0:
+                raise FastLoRAError(f"{name} must be a non-empty list of positive numbers (one per task, cycled), "
+                                    f"got {value!r}")
+            if self.kind == "int_list":
+                return [check_int(f"{name}[{i}]", v, low=1) for i, v in enumerate(value)]
+            return [check_float(f"{name}[{i}]", v, low=0.0, low_open=True) for i, v in enumerate(value)]
         if self.kind == "table":
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise FastLoRAError(f"{name} must be a table (dict) of keyword arguments, got {value!r}")
@@ -116,7 +131,10 @@ class Option:
         return {"count": f"positive int or {POPULATION!r}", "bool": "true | false", "peft": "registered name",
                 "law": "registered problem generator",
                 "init_A": "standard | zeros | array", "params": "dict of arrays",
-                "seed": "int >= 0 or Generator", "table": "table of keyword arguments"}[self.kind]
+                "seed": "int >= 0 or Generator", "table": "table of keyword arguments",
+                "spectrum": "identity | spiked[:s] | power-law[:a] (or a (d, d) array in Python)",
+                "int_list": "list of positive ints (one per task, cycled)",
+                "float_list": "list of positive numbers (one per task, cycled)"}[self.kind]
 
 
 LORA_ML_ALS, LORA_ML_GD = ("lora-ml", "als"), ("lora-ml", "gd")
@@ -141,6 +159,22 @@ _ALL = (
            "(entry-point group fastlora.problems; fastlora.generators)", "problem", allow_none=True),
     Option("law_options", "table", None, "keyword options of the problem generator named by law, e.g. "
            "{private_rank = 1}", "problem", allow_none=True, cli=False),
+    # task laws (fastlora.laws, docs/task_laws.md)
+    Option("input_law", "choice", "gaussian", "law of the input entries (unit variance): gaussian, rademacher "
+           "(±1) or student-t (input_df degrees of freedom)", "problem", choices=("gaussian", "rademacher",
+                                                                                   "student-t")),
+    Option("input_df", "float", None, "degrees of freedom of student-t inputs (default 5)", "problem", low=2.0,
+           low_open=True, allow_none=True),
+    Option("input_cov", "spectrum", "identity", "input covariance: identity, a spectrum scaled to mean eigenvalue 1 "
+           "('spiked:s': (s, 1, ..., 1); 'power-law:a': i^-a) or (Python) a (d, d) matrix", "problem"),
+    Option("noise_law", "choice", "gaussian", "law of the label noise (unit variance, times noise)", "problem",
+           choices=("gaussian", "rademacher", "student-t", "laplace")),
+    Option("noise_df", "float", None, "degrees of freedom of student-t noise (default 5)", "problem", low=2.0,
+           low_open=True, allow_none=True),
+    Option("task_ranks", "int_list", None, "rank k_t of each training task's perturbation (cycled over the tasks; "
+           "default: k for every task)", "problem", allow_none=True, cli=False),
+    Option("task_scales", "float_list", None, "scale s_t of each training task's perturbation s_t·B*_t C*_tᵀ "
+           "(cycled; default 1)", "problem", allow_none=True, cli=False),
     # retrain
     Option("method", "choice", "lora-ml", "standard retraining, LoRA-ML (PEFT-ML) or Reptile", "retrain",
            choices=METHODS),
@@ -162,6 +196,9 @@ _ALL = (
     Option("seed", "seed", 0, "seed of every random draw (sweeps derive it per row)", "retrain", sweep=False),
     Option("threads", "int", None, "Numba threads for large kernels (default: all usable cores)", "retrain", low=1,
            allow_none=True, sweep=False),
+    Option("restarts", "int", None, "independent starts; the lowest objective is kept (default: the shallow "
+           "network 8 for lora-ml, 1 for standard and reptile; the linear model 1)", "retrain", low=1,
+           allow_none=True),
     Option("dense_A", "bool", True, "return A as a dense array (False: as a LowRankUpdate S + Q E Qᵀ where the "
            "reduced solver ran)", "retrain", sweep=False),
     # solver options
@@ -206,9 +243,10 @@ _ALL = (
 
 _ALL += (
     # real data instead of make_problem's law (fastlora.datasets): the paper's image protocol
-    Option("dataset", "choice", None, "a labelled dataset under the paper's image protocol instead of make_problem's "
-           "law: 'digits' (scikit-learn's 8×8 digits, needs the extra 'data'; fastlora.datasets)", "dataset",
-           choices=("digits",), allow_none=True),
+    Option("dataset", "choice", None, "a labelled dataset instead of make_problem's law: 'digits' (scikit-learn's "
+           "8×8 digits under the paper's image protocol: class pairs) or 'digits-partitions' (every digit in every "
+           "task, tasks label different halves of the classes: conflicting tasks); needs the extra 'data'; "
+           "fastlora.datasets", "dataset", choices=("digits", "digits-partitions"), allow_none=True),
     Option("test_fraction", "float", 0.3, "share of each class of a dataset's tasks held out for the metrics",
            "dataset", low=0.0, high=1.0, low_open=True),
 )

@@ -23,8 +23,9 @@ import numpy as np
 
 from . import options as schema
 from .config import require_memory
-from .errors import FastLoRAError, check_choice, check_int
+from .errors import FastLoRAError, check_choice, check_float, check_int
 from .implicit import SeededSymmetricGaussian
+from .laws import STANDARD_LAW, DataLaw, make_law, refuse_inexact_statistics
 from .tasks import SAMPLERS, LowRankTarget, Task, check_raw_draws, raw_draws, sampling_bytes
 
 _ROLE_SHARED, _ROLE_TRAIN, _ROLE_TEST, _ROLE_NEW = 0, 1, 2, 3
@@ -38,6 +39,10 @@ class Problem:
     ``A_star`` (d_out, d_in); ``B_star`` (T, d_out, k) and ``C_star`` (T, d_in, k) with
     Δ*_t = B*_t C*_tᵀ; ``U_star`` (T, d, k) when symmetric (then B* = C* = U*).
     ``sampler`` ("raw" or "stats") is how its tasks' data, and later fine-tuning draws, are made.
+    ``law`` (:class:`fastlora.laws.DataLaw`): the law of inputs and noise; ``task_ranks`` and
+    ``task_scales``: per training task, the rank k_t and scale s_t of Δ*_t = s_t B*_t C*_tᵀ
+    (B_star, C_star hold max(k_t) columns, zero beyond k_t); held-out tasks have rank k, scale 1.
+    ``sample_seed``: the seed of the tasks' samples and noise (None: ``seed``, which seeds the truth).
     """
 
     A_star: np.ndarray
@@ -55,6 +60,15 @@ class Problem:
     seed: int
     sampler: str = "raw"
     _extra: dict = field(default_factory=dict, repr=False)
+    law: DataLaw = STANDARD_LAW
+    task_ranks: tuple | None = None
+    task_scales: tuple | None = None
+    sample_seed: int | None = None
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the tasks' samples and noise (``sample_seed``, else ``seed``)."""
+        return self.seed if self.sample_seed is None else self.sample_seed
 
     @property
     def U_star(self) -> np.ndarray:
@@ -76,14 +90,21 @@ class Problem:
     def __repr__(self) -> str:
         mode = "population" if self.n is None else f"n={self.n}"
         sampler = "" if self.sampler == "raw" else f", sampler={self.sampler!r}"
+        law = "" if self.law.is_standard else f", law=({self.law.describe()})"
+        ranks = "" if self.task_ranks is None else f", task_ranks={list(self.task_ranks)}"
+        scales = "" if self.task_scales is None else f", task_scales={list(self.task_scales)}"
         return (f"Problem(d={self.d}, d_out={self.d_out}, k={self.k}, T={self.T}, {mode}, "
-                f"noise={self.noise}, symmetric={self.symmetric}, seed={self.seed}{sampler})")
+                f"noise={self.noise}, symmetric={self.symmetric}, seed={self.seed}{sampler}{law}{ranks}{scales})")
 
 
 def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, noise: float = 0.0,
                  seed: int = 0, d_out: int | None = None, symmetric: bool = True,
                  n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False, model: str = "linear",
-                 law=None, **law_options):
+                 law=None,
+                 # task laws (fastlora.laws; docs/task_laws.md)
+                 input_law: str = "gaussian", input_df: float | None = None, input_cov=None,
+                 noise_law: str = "gaussian", noise_df: float | None = None, task_ranks=None, task_scales=None,
+                 sample_seed: int | None = None, **law_options):
     """Draw a problem with ``T`` training tasks and ``n_test_tasks`` held-out tasks.
 
     ``n=None`` is population mode (L_t(W) = ½‖W − W*_t‖²); an integer ``n`` draws that many
@@ -102,16 +123,39 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     ``law="name"``: the tasks come from that problem-generator plugin (entry-point group
     ``fastlora.problems``, :mod:`fastlora.generators`; docs/plugins.md), called with d, k, T, n,
     noise, seed, d_out, n_test_tasks and ``**law_options``, its own keyword options.
+
+    Task laws (:mod:`fastlora.laws`, docs/task_laws.md): ``input_law`` "gaussian" | "rademacher" |
+    "student-t" (``input_df`` degrees of freedom, default 5), ``input_cov`` None (identity) | a
+    spectrum name ("spiked", "spiked:s", "power-law", "power-law:a") | a (d, d) covariance,
+    ``noise_law`` "gaussian" | "rademacher" | "student-t" (``noise_df``) | "laplace" (unit variance,
+    times σ); ``task_ranks`` [k_1, ...] and ``task_scales`` [s_1, ...] (positive) give training task t
+    the perturbation s_t·B*_t C*_tᵀ of rank k_t (lists cycle over the tasks: [1, 2] alternates);
+    held-out tasks keep rank k and scale 1.  Population mode depends on the inputs only through Σ:
+    it takes no input_cov (its loss is ½‖W − W*‖²_F).  ``sampler="stats"`` is exact for Gaussian inputs
+    and noise (any input_cov) and refuses other laws.  ``sample_seed`` (default ``seed``) seeds the
+    tasks' samples and noise apart from the ground truth, which ``seed`` alone fixes (paired draws:
+    the same truth at every n, σ and data law).
     """
+    # -- task laws (issue 24): they shape make_problem's own law, not a generator plugin's --------
+    if (law is not None or law_options) and _task_law_given(input_law, input_df, input_cov, noise_law, noise_df,
+                                                          task_ranks, task_scales, sample_seed):
+        raise FastLoRAError("input_law, input_df, input_cov, noise_law, noise_df, task_ranks, task_scales and "
+                            "sample_seed shape make_problem's own law; a problem generator (law=...) takes its "
+                            "own options (law_options)")
+    # -------------------------------------------------------------------------------------------
     if law is not None or law_options:  # a problem-generator plugin (fastlora.generators)
         return _make_law_problem(law, law_options, d=d, k=k, T=T, n=n, noise=noise, seed=seed, d_out=d_out,
                                  n_test_tasks=n_test_tasks, symmetric=symmetric, sampler=sampler,
                                  implicit=implicit, model=model)
     model = check_choice("model", model, ("linear", "shallow"))
     n = schema.OPTIONS["n"].check(n)  # an integer, or None / "population"
+    # -- task laws (issue 24) ------------------------------------------------------------
+    laws = _task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df,
+                               task_ranks, task_scales, sample_seed, implicit)
+    # -------------------------------------------------------------------------------------
     if model == "shallow":
         return _make_shallow(d=d, k=k, T=T, n=n, noise=noise, seed=seed, d_out=d_out, symmetric=symmetric,
-                             n_test_tasks=n_test_tasks, sampler=sampler, implicit=implicit)
+                             n_test_tasks=n_test_tasks, sampler=sampler, implicit=implicit, **laws)
     d = check_int("d", d, low=1)
     d_out = d if d_out is None else check_int("d_out", d_out, low=1)
     k = check_int("k", k, low=1, high=min(d, d_out))
@@ -131,6 +175,11 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
         raise FastLoRAError("implicit=True draws the paper's symmetric A* for population problems: it needs n=None "
                             "(population) and symmetric=True")
     check_size(d, d_out, k, T, n, noise, n_test_tasks, bool(symmetric), sampler, bool(implicit))
+    law, ranks, scales, sample_seed = laws["law"], laws["task_ranks"], laws["task_scales"], laws["sample_seed"]
+    if ranks is not None and max(ranks) > min(d, d_out):
+        raise FastLoRAError(f"task_ranks={list(ranks)}: every rank must be <= min(d, d_out)={min(d, d_out)}")
+    if law.sqrt is not None and law.sqrt.shape != (d, d):
+        raise FastLoRAError(f"input_cov has shape {law.sqrt.shape}; it must be (d, d) = ({d}, {d})")
 
     if implicit:
         A_star = SeededSymmetricGaussian(d, seed, role=_ROLE_SHARED)
@@ -142,19 +191,24 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
 
     # factors live in (T, k, d) row-contiguous buffers — the layout of the solvers' shared
     # GEMMs — and B_star / C_star are (T, d, k) views of them, so solves copy nothing
-    B_rows = np.empty((T, k, d_out))
-    C_rows = B_rows if symmetric else np.empty((T, k, d))
+    width = k if ranks is None else max(ranks)  # per-task ranks: zero columns beyond k_t
+    B_rows = np.zeros((T, width, d_out))
+    C_rows = B_rows if symmetric else np.zeros((T, width, d))
     for t in range(T):
-        b, c = _draw_factors(seed, _ROLE_TRAIN, t, d_out, d, k, symmetric)
-        B_rows[t] = b.T
+        k_t = k if ranks is None else ranks[t]
+        b, c = _draw_factors(seed, _ROLE_TRAIN, t, d_out, d, k_t, symmetric)
+        if scales is not None:
+            b, c = _scaled(b, c, scales[t], symmetric)
+        B_rows[t, :k_t] = b.T
         if not symmetric:
-            C_rows[t] = c.T
+            C_rows[t, :k_t] = c.T
     for a in (B_rows, C_rows):
         a.setflags(write=False)
     B_star = B_rows.swapaxes(1, 2)
     C_star = B_star if symmetric else C_rows.swapaxes(1, 2)
-    factors = [(B_star[t], B_star[t] if symmetric else C_star[t]) for t in range(T)]
-    proto = Problem(A_star, B_star, C_star, [], [], d, d_out, k, T, n, noise, bool(symmetric), seed, sampler)
+    factors = [_task_factors(B_star[t], C_star[t], k if ranks is None else ranks[t], symmetric) for t in range(T)]
+    proto = Problem(A_star, B_star, C_star, [], [], d, d_out, k, T, n, noise, bool(symmetric), seed, sampler,
+                    law=law, task_ranks=ranks, task_scales=scales, sample_seed=sample_seed)
     proto.tasks.extend(_make_task(proto, A_star, b, c, _ROLE_TRAIN, t) for t, (b, c) in enumerate(factors))
     proto.test_tasks.extend(_draw_task(proto, _ROLE_TEST, t) for t in range(n_test_tasks))
     return proto
@@ -171,7 +225,66 @@ def _make_law_problem(law, law_options: dict, **arguments):
     return make_law_problem(law, standard, given, law_options)
 
 
-def _make_shallow(*, d, k, T, n, noise, seed, d_out, symmetric, n_test_tasks, sampler, implicit):
+def _task_law_given(input_law, input_df, input_cov, noise_law, noise_df, task_ranks, task_scales, sample_seed) -> bool:
+    """Whether any task-law argument differs from the paper's law (make_problem's defaults)."""
+    return (input_law != "gaussian" or noise_law != "gaussian" or input_cov not in (None, "identity")
+            or any(v is not None for v in (input_df, noise_df, task_ranks, task_scales, sample_seed)))
+
+
+def _task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df, task_ranks,
+                        task_scales, sample_seed, implicit) -> dict:
+    """The task-law arguments of make_problem, checked: {law, task_ranks, task_scales, sample_seed}."""
+    d = check_int("d", d, low=1)
+    law = make_law(d, input_law, input_df, input_cov, noise_law, noise_df)
+    if sampler == "stats":
+        refuse_inexact_statistics(law)
+    if n is None and law.sqrt is not None:
+        raise FastLoRAError(f"input_cov={law.cov_name!r} needs a finite n: population mode is the loss "
+                            f"½‖W − W*‖²_F of identity-covariance inputs (sampler='stats' draws any n exactly)")
+    if implicit and not law.is_standard:
+        raise FastLoRAError("implicit=True draws the paper's law only: input_law, input_cov and noise_law do not apply")
+    T = check_int("T", T, low=1)
+    ranks = _per_task("task_ranks", task_ranks, T, integer=True)
+    scales = _per_task("task_scales", task_scales, T, integer=False)
+    if implicit and (ranks is not None or scales is not None):
+        raise FastLoRAError("implicit=True draws the paper's law only: task_ranks and task_scales do not apply")
+    sample_seed = None if sample_seed is None else check_int("sample_seed", sample_seed, low=0)
+    return {"law": law, "task_ranks": ranks, "task_scales": scales, "sample_seed": sample_seed}
+
+
+def _per_task(name: str, values, T: int, integer: bool) -> tuple | None:
+    """``values`` (a list, cycled over the T tasks) as a tuple of T checked entries; None stays None."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) == 0:
+        raise FastLoRAError(f"{name} must be a non-empty list with one entry per task (cycled over the T tasks), "
+                            f"got {values!r}")
+    checked = [check_int(f"{name}[{i}]", v, low=1) if integer else
+               check_float(f"{name}[{i}]", v, low=0.0, low_open=True) for i, v in enumerate(values)]
+    if len(checked) > T:
+        raise FastLoRAError(f"{name} has {len(checked)} entries for T={T} tasks; give at most one per task "
+                            f"(shorter lists cycle)")
+    return tuple(checked[t % len(checked)] for t in range(T))
+
+
+def _scaled(B, C, scale: float, symmetric: bool):
+    """Factors of scale·B Cᵀ: √scale on both (keeps B is C for symmetric targets), else scale on B."""
+    if symmetric:
+        B = B * np.sqrt(scale)
+        return B, B
+    return B * scale, C
+
+
+def _task_factors(B, C, k_t: int, symmetric: bool):
+    """Task t's factors without the zero columns beyond its rank (views; B is C when symmetric)."""
+    if k_t == B.shape[1]:
+        return B, (B if symmetric else C)
+    b = B[:, :k_t]
+    return b, (b if symmetric else C[:, :k_t])
+
+
+def _make_shallow(*, d, k, T, n, noise, seed, d_out, symmetric, n_test_tasks, sampler, implicit, law, task_ranks,
+                  task_scales, sample_seed):
     """model="shallow": the paper's two-layer network (fastlora.shallow.make_shallow_problem)."""
     if n is None:
         raise FastLoRAError("model='shallow' needs a finite n (samples per task; the paper uses n=1000): the shallow "
@@ -179,8 +292,13 @@ def _make_shallow(*, d, k, T, n, noise, seed, d_out, symmetric, n_test_tasks, sa
     if d_out not in (None, d) or symmetric is not True or sampler != "raw" or implicit:
         raise FastLoRAError("model='shallow' draws the paper's square network from raw samples: d_out, "
                             "symmetric=False, sampler='stats' and implicit=True do not apply")
+    if task_scales is not None or law.sqrt is not None or law.input_law != "gaussian":
+        raise FastLoRAError("model='shallow' draws x ~ N(0, I) and Δ*_t = U*_t U*_tᵀ: input_law, input_cov and "
+                            "task_scales do not apply (noise_law and task_ranks do)")
     from .shallow import make_shallow_problem
-    return make_shallow_problem(d=d, k=k, T=T, n=n, noise=noise, seed=seed, n_test_tasks=n_test_tasks)
+    return make_shallow_problem(d=d, k=k, T=T, n=n, noise=noise, seed=seed, n_test_tasks=n_test_tasks,
+                                noise_law=law.noise_law, noise_df=law.noise_df, task_ranks=task_ranks,
+                                sample_seed=sample_seed)
 
 
 def _draw_factors(seed, role, index, d_out, d_in, k, symmetric):
@@ -199,8 +317,9 @@ def _make_task(prob: Problem, A_star, B, C, role: int, index: int) -> Task:
     target = LowRankTarget._trusted(A_star, B, C)
     key = (prob.seed, role, index)
     task = Task.population(target, sampler=prob.sampler)
+    task.law = prob.law
     if prob.n is not None:
-        data_seq = np.random.SeedSequence(prob.seed, spawn_key=(role, index, 1))
+        data_seq = np.random.SeedSequence(prob.data_seed, spawn_key=(role, index, 1))
         task.key = key
         if role == _ROLE_TRAIN:
             task = task.sample(prob.n, seed=np.random.default_rng(data_seq), noise=prob.noise)

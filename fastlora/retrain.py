@@ -14,6 +14,7 @@ from .errors import ERRORS_CHOICES, FastLoRAError, check_choice, check_list, per
 from .implicit import is_implicit
 from .peft.protocol import check_shape_supported, shared_names
 from .reduction import Reduction, plan_reduction
+from .restarts import check_restarts, retrain_many_with_restarts, retrain_with_restarts
 from .seeding import as_generator
 from .solvers import als, gd, reptile, standard
 from .solvers import engine as engine_path
@@ -59,6 +60,8 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
         options below).  Shallow-network problems (``make_problem(model="shallow")``) are
         retrained by :func:`fastlora.shallow.retrain_shallow`, with its own defaults and options.
     seed : int or numpy Generator — every random draw (initialisation) comes from it.
+    restarts : N seeded starts, the lowest objective kept, ``info["restarts_reached"]`` how many
+        reached it (default 1; :mod:`fastlora.restarts`; the shallow network's default is its own).
     dtype : "float64" (default) or "float32".
     threads : Numba threads for large kernels (numba backend; restored after the call).
     dense_A : return ``res.A`` as a dense array (default).  ``False``: where the problem was
@@ -74,6 +77,13 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
     if _is_shallow(problem_or_tasks):
         return _retrain_shallow(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype,
                                 threads, callback, peft_options, options)
+    restarts = check_restarts(options.pop("restarts", None))  # several seeded starts: fastlora.restarts
+    if restarts > 1:
+        if callback is not None:
+            raise FastLoRAError("callback is not called with restarts > 1 (the starts are solved in one batch)")
+        return retrain_with_restarts(retrain_many, problem_or_tasks, restarts, seed, dict(
+            method=method, peft=peft, rank=rank, solver=solver, backend=backend, max_iter=max_iter, tol=tol,
+            dtype=dtype, threads=threads, as_numpy=as_numpy, dense_A=dense_A, peft_options=peft_options, **options))
     plan = _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype, threads, callback,
                  peft_options, options, dense_A)
     return _raise_or_return(_run(plan, [problem_or_tasks], [plan.rng], as_numpy), "raise")[0]
@@ -137,6 +147,11 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
                     raise
                 out.append(exc)
         return out
+    restarts = check_restarts(options.pop("restarts", None))  # several seeded starts: fastlora.restarts
+    if restarts > 1:
+        return retrain_many_with_restarts(retrain_many, problems, seeds, restarts, errors, dict(
+            method=method, peft=peft, rank=rank, solver=solver, backend=backend, max_iter=max_iter, tol=tol,
+            dtype=dtype, threads=threads, as_numpy=as_numpy, dense_A=dense_A, peft_options=peft_options, **options))
     plan = _plan(problems[0], method, peft, rank, solver, backend, max_iter, tol, seeds[0], dtype, threads, None,
                  peft_options, options, dense_A)
     first = as_task_list(problems[0])

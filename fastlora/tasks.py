@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import require_memory
 from .errors import FastLoRAError, check_array, check_choice, check_float, check_int
+from .laws import STANDARD_LAW, DataLaw, refuse_inexact_statistics
 from .options import MAX_NOISE
 from .seeding import PURPOSE_SAMPLE, as_generator, task_seed
 
@@ -106,6 +107,7 @@ class Task:
     """
 
     sampler = "raw"  # how sample() draws fresh data: "raw" or "stats" (same law; see sample_statistics)
+    law: DataLaw = STANDARD_LAW  # the law of sample()'s inputs and noise (fastlora.laws)
 
     def __init__(self, X, Y, *, W_star: Target | None = None, noise: float | None = None):
         X = check_array("X", X, ndim=2)
@@ -193,7 +195,7 @@ class Task:
         numbers are those an immediate draw gives.
         """
         self = cls.__new__(cls)
-        self.n, self.noise, self.sampler, self.key = int(n), noise, sampler, source.key
+        self.n, self.noise, self.sampler, self.key, self.law = int(n), noise, sampler, source.key, source.law
         self.target = source.target
         self.d_out, self.d_in = source.target.shape
         self._deferred = (source, n, seed, noise, sampler)
@@ -241,10 +243,11 @@ class Task:
         return 0.5 * float(np.sum((W - self.W_star) ** 2))
 
     def sample(self, n: int, seed=0, noise: float | None = None, sampler: str | None = None) -> Task:
-        """Draw ``n`` fresh samples x ~ N(0, I), y = W* x + ε, ε ~ N(0, noise² I).
+        """Draw ``n`` fresh samples x ~ N(0, I), y = W* x + ε, ε ~ N(0, noise² I) — or the task's
+        own ``law`` of inputs and noise (fastlora.laws).
 
         ``sampler`` (default: the task's own, ``self.sampler``) picks how; the new task
-        keeps the sampler, the ground truth and the key.
+        keeps the sampler, the law, the ground truth and the key.
         """
         if self.target is None:
             raise FastLoRAError("cannot sample from a task without ground truth W_star")
@@ -253,10 +256,11 @@ class Task:
         noise = 0.0 if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE)
         sampler = self.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
         rng = as_generator(task_seed(seed, self.key, PURPOSE_SAMPLE))
-        Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler)
+        Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler, law=self.law)
         task = Task.from_statistics(Sigma, C, s, n, W_star=self.target, noise=noise)
         task.key = self.key
         task.sampler = sampler
+        task.law = self.law
         return task
 
     def __repr__(self) -> str:
@@ -293,23 +297,29 @@ def check_raw_draws(draws: int, what: str) -> None:
                             f"(the exact law of the sufficient statistics, O(d²) draws whatever n), or a smaller n")
 
 
-def sample_statistics(target: Target, n: int, noise: float, rng: np.random.Generator, sampler: str = "raw"):
-    """(Σ, C, s) of n samples of y = W* x + ε, x ~ N(0, I), ε ~ N(0, noise² I).
+def sample_statistics(target: Target, n: int, noise: float, rng: np.random.Generator, sampler: str = "raw",
+                      law: DataLaw | None = None):
+    """(Σ, C, s) of n samples of y = W* x + ε, x ~ N(0, I), ε ~ N(0, noise² I) — or x and ε
+    from ``law`` (:class:`fastlora.laws.DataLaw`; None: the standard law).
 
     ``sampler="raw"`` draws the data in chunks of rows and reduces them; ``"stats"``
-    draws the statistics from their exact joint law (:func:`exact_statistics`).
+    draws the statistics from their exact joint law (:func:`exact_statistics`; Gaussian
+    inputs and noise only, any input covariance: :func:`law_statistics`).
     """
     d_out, d_in = target.shape
     sampler = check_choice("sampler", sampler, SAMPLERS)
+    law = STANDARD_LAW if law is None else law
+    if sampler == "stats":
+        refuse_inexact_statistics(law)
     if sampler == "raw":
         check_raw_draws(raw_draws(n, d_in, d_out, noise), f"sampling n={n} samples of a ({d_out}, {d_in}) task")
     require_memory(sampling_bytes(n, d_in, d_out, sampler), f"sampling a ({d_out}, {d_in}) task",
                    "use a smaller d (each task keeps d_in² + d_out·d_in statistics)")
     if sampler == "stats" and n >= d_in:
-        return exact_statistics(target, n, noise, rng)
+        return law_statistics(target, n, noise, rng, law)
     # raw draws; also "stats" with n < d_in, where XᵀX is singular (no Bartlett factor)
     # and drawing X itself costs n·d_in < d_in² normals
-    return _raw_statistics(target, n, noise, rng)
+    return _raw_statistics(target, n, noise, rng, law)
 
 
 def sampling_bytes(n: int, d_in: int, d_out: int, sampler: str) -> int:
@@ -320,7 +330,7 @@ def sampling_bytes(n: int, d_in: int, d_out: int, sampler: str) -> int:
     return 8 * (3 * d_in * (d_in + d_out) + 3 * rows * (d_in + d_out))
 
 
-def _raw_statistics(target: Target, n: int, noise: float, rng: np.random.Generator):
+def _raw_statistics(target: Target, n: int, noise: float, rng: np.random.Generator, law: DataLaw = STANDARD_LAW):
     d_out, d_in = target.shape
     Sigma = np.zeros((d_in, d_in))
     C = np.zeros((d_out, d_in))
@@ -328,10 +338,10 @@ def _raw_statistics(target: Target, n: int, noise: float, rng: np.random.Generat
     done = 0
     while done < n:
         m = min(_SAMPLE_CHUNK, n - done)
-        X = rng.standard_normal((m, d_in))
+        X = law.inputs(rng, m, d_in)
         Y = _apply_transposed(target, X)
         if noise > 0:
-            Y += noise * rng.standard_normal((m, d_out))
+            Y += noise * law.noise(rng, m, d_out)
         Sigma += X.T @ X
         C += Y.T @ X
         sq += float(np.sum(Y * Y))
@@ -367,6 +377,20 @@ def _bartlett_layout(d: int):
     for a in layout:
         a.setflags(write=False)  # shared by every call through the cache
     return layout
+
+
+def law_statistics(target: Target, n: int, noise: float, rng: np.random.Generator, law: DataLaw):
+    """(Σ, C, s) of n >= d_in samples with Gaussian inputs of covariance Σ_x = L Lᵀ and Gaussian noise,
+    drawn exactly.
+
+    x = L z with z ~ N(0, I), so y = (W* L) z + ε: the statistics of z against the target W* L are
+    those of :func:`exact_statistics` (Σ̃, C̃, s), and XᵀX/n = L Σ̃ Lᵀ, YᵀX/n = C̃ Lᵀ, ‖Y‖² unchanged.
+    """
+    if law.sqrt is None:
+        return exact_statistics(target, n, noise, rng)
+    L = law.sqrt
+    Sigma, C, s = exact_statistics(dense_target(target) @ L, n, noise, rng)
+    return L @ Sigma @ L.T, C @ L.T, s
 
 
 def exact_statistics(target: Target, n: int, noise: float, rng: np.random.Generator):

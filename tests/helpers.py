@@ -30,3 +30,19 @@ n_ft = 50
 backend = "numpy"
 max_iter = 200
 """
+
+
+def lines_without_notes(output: str) -> list[str]:
+    """Non-empty lines of a command's output without its ``note:`` blocks (a note line and the indented
+    lines that continue it, e.g. the points a spec's regime warning lists)."""
+    out, in_note = [], False
+    for line in output.splitlines():
+        if line.startswith("note: "):
+            in_note = True
+            continue
+        if in_note and line.startswith("  "):
+            continue
+        in_note = False
+        if line.strip():
+            out.append(line)
+    return out

@@ -6,6 +6,7 @@ import sys
 import click
 import pytest
 from click.testing import CliRunner
+from helpers import lines_without_notes
 
 from fastlora.cli import main
 
@@ -48,7 +49,7 @@ def test_solve_json(run):
 def test_solve_bad_input_is_one_line_and_nonzero(run, args, needle):
     result = run("solve", "--d", "8", "--k", "1", "--T", "3", "--backend", "numpy", *args)
     assert result.exit_code == 2
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = lines_without_notes(result.output)
     assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
     assert "Traceback" not in result.output
 
@@ -284,7 +285,7 @@ def figure(monkeypatch):
 
 
 def _one_error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = lines_without_notes(result.output)
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
     return lines[0]
 

@@ -212,8 +212,10 @@ def test_initialisation_laws():
 def test_landscape_metrics_of_one_sweep_point():
     prob = fl.make_problem(d=6, k=1, T=3, seed=0, n_test_tasks=0)
     m = landscape_metrics(prob, n_starts=8, rank=1, peft="lora_sym", init="normal", init_scale=0.1, seed=0)
-    assert set(m) == {"spurious_fraction", "saddle_fraction", "global_fraction", "min_hessian_eig"}
+    assert set(m) == {"spurious_fraction", "saddle_fraction", "global_fraction", "min_hessian_eig",
+                      "global_identified_fraction", "global_unidentified_fraction"}
     assert m["global_fraction"] == 1.0 and m["spurious_fraction"] == 0.0 and m["saddle_fraction"] == 0.0
+    assert m["global_identified_fraction"] == 1.0 and m["global_unidentified_fraction"] == 0.0  # T = 3, r = k
     spectrum_min = hessian_spectrum(fl.retrain(prob, method="lora-ml", rank=1, backend="numpy"), prob).min_eig
     assert m["min_hessian_eig"] == pytest.approx(spectrum_min, rel=1e-5)
 

@@ -124,11 +124,11 @@ def test_lora_ml_fits_every_noise_free_task_and_standard_does_not():
     # d=5, n=100: measured over seeds 0-4 and d=4, every run reaches max_t L_t/L_t(0) <= 4e-3 (the
     # landscape has shallow spurious minima); this seed reaches 4e-6
     prob = make_shallow_problem(d=5, k=1, T=3, n=100, noise=0.0, seed=3, n_test_tasks=0)
-    res = retrain_shallow(prob, method="lora-ml", seed=0)
+    res = retrain_shallow(prob, method="lora-ml", seed=0, restarts=1)  # measured for one start (above)
     assert res.converged and res.info["optimizer"] == "lbfgs"
     assert res.params["B"].shape == (3, 5, 1) and res.shared["c"].shape == (5,)
     assert _relative_task_losses(res, prob).max() < 1e-4
-    standard = retrain_shallow(prob, method="standard", seed=0)
+    standard = retrain_shallow(prob, method="standard", seed=0, restarts=1)
     assert standard.params == {}
     assert _relative_task_losses(standard, prob).min() > 1e-2
 

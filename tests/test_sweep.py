@@ -8,7 +8,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from helpers import TINY_SPEC
+from helpers import TINY_SPEC, lines_without_notes
 
 from fastlora.cli import main
 from fastlora.sweep import load_results, load_spec, parse_spec, run_sweep
@@ -89,7 +89,7 @@ def test_bad_spec_fails_before_any_work_with_one_line_and_exit_2(tmp_path, chang
     out = tmp_path / "never.sqlite"
     result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out)])
     assert result.exit_code == 2
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = lines_without_notes(result.output)
     assert len(lines) == 1 and needle in lines[0], result.output
     assert not out.exists()
 
@@ -234,7 +234,7 @@ def test_combinations_that_cannot_run_are_refused_before_any_work(tmp_path, text
     spec = write(tmp_path, text)
     out = tmp_path / "never.sqlite"
     result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out), "--workers", "1"])
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = lines_without_notes(result.output)
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     for needle in needles:
@@ -312,7 +312,7 @@ def test_an_unusable_backend_is_refused_before_any_work(tmp_path, monkeypatch):
     out = tmp_path / "never.sqlite"
     result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out), "--workers", "1"])
     backends._build.cache_clear()
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = lines_without_notes(result.output)
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and "backend='cupy' is unavailable: no GPU here (test)" in lines[0], result.output
     assert not out.exists()
@@ -323,7 +323,7 @@ def test_a_malformed_scheduler_address_is_bad_input(tmp_path):
     spec = write(tmp_path, SPEC)
     result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(tmp_path / "x.sqlite"),
                                        "--scheduler", "notaurl", "--scheduler-timeout", "0.5"])
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = lines_without_notes(result.output)
     assert result.exit_code == 2, result.output
     assert len(lines) == 1, result.output
     assert lines[0].startswith("Error: --scheduler 'notaurl' cannot be used as a Dask scheduler address: missing port")

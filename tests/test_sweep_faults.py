@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import TINY_SPEC
+from helpers import TINY_SPEC, lines_without_notes
 
 from fastlora.cli import main
 from fastlora.sweep import ResultsStore, export_results, load_results, parse_spec, run_rows, run_sweep
@@ -178,7 +178,7 @@ def test_ctrl_c_commits_stops_workers_and_exits_130(tmp_path):
         survivors, stdout, stderr = driver_ended(proc, kids, timeout=30)
     assert not survivors
     assert proc.returncode == 130, stderr
-    assert stderr.strip() == "Interrupted."  # workers ignore SIGINT: no traceback from them
+    assert lines_without_notes(stderr) == ["Interrupted."]  # workers ignore SIGINT: no traceback from them
     line = re.search(r"sweep 'slow' interrupted: (\d+) row\(s\) done", stdout)
     assert line and stored_count(out) == int(line.group(1)) > 0, stdout
 
@@ -198,7 +198,7 @@ def test_a_killed_worker_ends_the_sweep_with_its_rows_kept_and_a_resume_complete
             pytest.fail("the driver still runs 20 s after one of its workers was killed")
     assert not survivors, {p: kids[p] for p in survivors}
     assert proc.returncode == 1, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = lines_without_notes(stderr)
     assert len(lines) == 1 and lines[0].startswith("Error: RuntimeError: a worker process died unexpectedly"), stderr
     assert "rerun the same command to resume" in lines[0]
     kept = stored_count(out)
@@ -227,7 +227,7 @@ def test_a_stopped_worker_ends_the_sweep_after_the_stall_timeout_and_a_rerun_res
             pytest.fail("the driver still runs 30 s after one of its workers was stopped")
     assert not survivors and not alive(stopped), {p: kids[p] for p in survivors}
     assert proc.returncode == 1, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = lines_without_notes(stderr)
     assert len(lines) == 1 and lines[0].startswith(f"Error: RuntimeError: worker process {stopped} got no CPU time "
                                                    f"for 2 s"), stderr
     assert "rerun the same command to resume" in lines[0]
@@ -300,7 +300,7 @@ def test_a_lost_dask_scheduler_leaves_the_unfinished_rows_pending_and_a_rerun_re
             except subprocess.TimeoutExpired:
                 pytest.fail("the driver still runs 60 s after its scheduler was killed")
     assert proc.returncode == 1, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = lines_without_notes(stderr)
     assert len(lines) == 1, stderr
     assert lines[0].startswith(f"Error: RuntimeError: the Dask scheduler at {address} was lost mid-sweep"), lines[0]
     assert "rerun the same command to resume" in lines[0]
@@ -373,7 +373,8 @@ def test_a_second_sweep_on_a_busy_store_is_refused_naming_the_first(tmp_path):
         spec_path.write_text(FAST)
         result = CliRunner().invoke(main, ["sweep", str(spec_path), "--out", str(out), "--workers", "1"])
         assert result.exit_code == 2
-        assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+        lines = lines_without_notes(result.output)
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
         assert "another --out" in result.output
     assert run_sweep(spec, out, workers=1, progress=False).done == 4  # free again once the writer closed
 

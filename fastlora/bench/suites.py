@@ -432,7 +432,8 @@ def _shallow(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
                                                                "steps": cfg.baseline_steps}))
     for b in backends:
         def solve(b=b, **limits):
-            return retrain_shallow(data()[0], backend=b, seed=0, **limits)
+            # one start, as the paper's procedure (LoRA-ML's default keeps the best of several)
+            return retrain_shallow(data()[0], backend=b, seed=0, restarts=1, **limits)
 
         def figures(median, res, lookup):
             row = {"solver": res.info.get("optimizer"), "iterations": res.n_iter, "converged": res.converged,

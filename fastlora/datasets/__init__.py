@@ -2,6 +2,8 @@
 
 ``digit_pairs(seed)``   scikit-learn's 8×8 digits (needs the extra ``data``: pip install 'fastlora[data]');
 ``labelled_tasks(X, labels, pairs=..., test_pair=...)``  the same protocol on your own arrays;
+``digit_partitions(seed)`` / ``partition_tasks(X, labels, partitions=..., test_partition=...)``  tasks that
+conflict: every task sees every class, each labels a different subset of the classes +1;
 ``load(name, seed, **protocol)``  a dataset by name (what sweeps with a ``dataset`` key call).
 
 Each returns a :class:`LabelledProblem` that carries its learner (the shallow network), so
@@ -13,24 +15,30 @@ from __future__ import annotations
 import inspect
 
 from ..errors import FastLoRAError, check_choice
-from .digits import DIGITS_WIDTH, digit_pairs
+from .digits import DIGITS_WIDTH, digit_pairs, digit_partitions
 from .protocol import (
+    DEFAULT_N_PER_TASK,
     DEFAULT_TEST_FRACTION,
+    DIGIT_PARTITIONS,
+    DIGIT_TEST_PARTITION,
     PAPER_PAIRS,
     PAPER_TEST_PAIR,
     HeldOutTask,
     LabelledProblem,
     labelled_tasks,
+    partition_tasks,
     standardization,
 )
 
-LOADERS = {"digits": digit_pairs}
-WIDTHS = {"digits": DIGITS_WIDTH}  # features of each dataset, known without loading it (sweep spec checks)
+LOADERS = {"digits": digit_pairs, "digits-partitions": digit_partitions}
+# features of each dataset, known without loading it (sweep spec checks)
+WIDTHS = {"digits": DIGITS_WIDTH, "digits-partitions": DIGITS_WIDTH}
 
 
 def load(name: str, seed: int = 0, **protocol) -> LabelledProblem:
-    """The dataset ``name`` (one of ``LOADERS``) under the paper's protocol; ``protocol``: the
-    loader's keyword arguments (test_fraction, standardize, pairs, test_pair, k, model)."""
+    """The dataset ``name`` (one of ``LOADERS``) under its protocol; ``protocol``: the loader's keyword
+    arguments (test_fraction, standardize, pairs, test_pair, k, model; partitions, test_partition,
+    n_per_task for "digits-partitions")."""
     loader = LOADERS[check_choice("dataset", name, LOADERS)]
     allowed = [p for p in inspect.signature(loader).parameters if p != "seed"]
     unknown = sorted(set(protocol) - set(allowed))
@@ -44,5 +52,6 @@ def dataset_width(name: str) -> int:
     return WIDTHS[check_choice("dataset", name, WIDTHS)]
 
 
-__all__ = ["DEFAULT_TEST_FRACTION", "LOADERS", "PAPER_PAIRS", "PAPER_TEST_PAIR", "HeldOutTask", "LabelledProblem",
-           "dataset_width", "digit_pairs", "labelled_tasks", "load", "standardization"]
+__all__ = ["DEFAULT_N_PER_TASK", "DEFAULT_TEST_FRACTION", "DIGIT_PARTITIONS", "DIGIT_TEST_PARTITION", "LOADERS",
+           "PAPER_PAIRS", "PAPER_TEST_PAIR", "HeldOutTask", "LabelledProblem", "dataset_width", "digit_pairs",
+           "digit_partitions", "labelled_tasks", "load", "partition_tasks", "standardization"]

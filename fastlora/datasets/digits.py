@@ -9,7 +9,17 @@ import numpy as np
 
 from ..errors import FastLoRAError
 from ..shallow.problem import MODEL
-from .protocol import DEFAULT_TEST_FRACTION, PAPER_PAIRS, PAPER_TEST_PAIR, LabelledProblem, labelled_tasks
+from .protocol import (
+    DEFAULT_N_PER_TASK,
+    DEFAULT_TEST_FRACTION,
+    DIGIT_PARTITIONS,
+    DIGIT_TEST_PARTITION,
+    PAPER_PAIRS,
+    PAPER_TEST_PAIR,
+    LabelledProblem,
+    labelled_tasks,
+    partition_tasks,
+)
 
 DIGITS_WIDTH = 64  # 8×8 pixels, flattened
 INSTALL_HINT = "pip install 'fastlora[data]'"
@@ -45,3 +55,17 @@ def digit_pairs(seed: int = 0, *, pairs=PAPER_PAIRS, test_pair=PAPER_TEST_PAIR,
     X, labels = digits_arrays()
     return labelled_tasks(X, labels, pairs=pairs, test_pair=test_pair, seed=seed, test_fraction=test_fraction,
                           standardize=standardize, k=k, model=model, name="digits")
+
+
+def digit_partitions(seed: int = 0, *, partitions=DIGIT_PARTITIONS, test_partition=DIGIT_TEST_PARTITION,
+                     test_fraction: float = DEFAULT_TEST_FRACTION, standardize: bool = True, k: int = 1,
+                     n_per_task: int = DEFAULT_N_PER_TASK, model: str = MODEL) -> LabelledProblem:
+    """Conflicting tasks on the digits (:func:`~fastlora.datasets.protocol.partition_tasks`): every
+    task sees all ten digits; task t labels +1 the digits of ``partitions[t]`` — {0,1,2,3,4},
+    {1,3,5,7,9}, {0,2,3,6,8}, {0,1,5,6,7} — the test task those of {2,4,5,8,9}; ``n_per_task``
+    samples of the training pool per retraining task.  Arguments as ``partition_tasks``.
+    """
+    X, labels = digits_arrays()
+    return partition_tasks(X, labels, partitions=partitions, test_partition=test_partition, seed=seed,
+                           test_fraction=test_fraction, standardize=standardize, k=k, n_per_task=n_per_task,
+                           model=model, name="digits (partitions)")

@@ -122,6 +122,7 @@ class LabelledProblem:
     mean: np.ndarray | None
     scale: np.ndarray | None
     model: str = MODEL
+    protocol: str = "pairs"  # "pairs": tasks from class pairs; "partitions": every class, tasks relabel them
 
     @property
     def d_in(self) -> int:
@@ -133,8 +134,10 @@ class LabelledProblem:
         return self.d
 
     def __repr__(self) -> str:
+        tasks = (f"pairs={self.pairs}, test_pair={self.test_pair}" if self.protocol == "pairs" else
+                 f"partitions={self.pairs}, test_partition={self.test_pair}")
         return (f"LabelledProblem(name={self.name!r}, d={self.d}, T={self.T}, k={self.k}, n={self.n}, "
-                f"pairs={self.pairs}, test_pair={self.test_pair}, test_fraction={self.test_fraction}, "
+                f"{tasks}, test_fraction={self.test_fraction}, "
                 f"standardized={self.mean is not None}, seed={self.seed}, model={self.model!r})")
 
 
@@ -179,6 +182,101 @@ def labelled_tasks(X, labels, *, pairs=PAPER_PAIRS, test_pair=PAPER_TEST_PAIR, s
     return LabelledProblem(name=name, tasks=tasks, test_tasks=test_tasks, d=X.shape[1], k=k, T=len(tasks),
                            n=tuple(task.n for task in tasks), seed=seed, pairs=pairs, test_pair=test_pair,
                            test_fraction=test_fraction, mean=mean, scale=scale, model=model)
+
+
+# the partitions protocol (partition_tasks): task t labels +1 the classes of its set, −1 the others;
+# balanced sets of the ten digits, pairwise differing on 4, 6 or 8 classes (the tasks conflict)
+DIGIT_PARTITIONS = ((0, 1, 2, 3, 4), (1, 3, 5, 7, 9), (0, 2, 3, 6, 8), (0, 1, 5, 6, 7))
+DIGIT_TEST_PARTITION = (2, 4, 5, 8, 9)
+DEFAULT_N_PER_TASK = 300
+_ROLE_POOL = 4  # the split of every class into the shared training pool and held-out part
+
+
+def partition_tasks(X, labels, *, partitions=DIGIT_PARTITIONS, test_partition=DIGIT_TEST_PARTITION, seed: int = 0,
+                    test_fraction: float = DEFAULT_TEST_FRACTION, standardize: bool = True, k: int = 1,
+                    n_per_task: int = DEFAULT_N_PER_TASK, model: str = MODEL,
+                    name: str = "labelled data (partitions)") -> LabelledProblem:
+    """Tasks that conflict on one input law: every task sees samples of *every* class, and task t
+    labels them +1 when their class is in ``partitions[t]``, −1 otherwise; the test task does the
+    same with ``test_partition``, a labelling retraining never sees (docs/real_data.md).
+
+    Each class is split once (``seed``) into a training pool and a held-out ``test_fraction``; retraining
+    task t draws ``n_per_task`` samples of the pool without replacement (seeded per task), so the tasks
+    share the input law and disagree on labels — one network cannot fit them all, as in the theory.
+    The test task fine-tunes on ``n_ft`` samples of the whole pool; every metric is measured on the
+    held-out part, labelled by the task's partition.  ``standardize``: with the pool's statistics.
+    """
+    X = np.asarray(X) if not isinstance(X, np.ndarray) else X
+    if X.ndim < 2:
+        raise FastLoRAError(f"X must hold one sample per row, shape (N, d) or (N, ...); got shape {X.shape}")
+    X = check_array("X", X.reshape(X.shape[0], -1), ndim=2)
+    labels = _class_labels(labels, X.shape[0])
+    classes = tuple(int(c) for c in np.unique(labels))
+    partitions = _check_partitions("partitions", partitions, classes)
+    (test_partition,) = _check_partitions("test_partition", [test_partition], classes)
+    for t, part in enumerate(partitions):
+        if set(part) in (set(test_partition), set(classes) - set(test_partition)):
+            raise FastLoRAError(f"partitions[{t}]={part} labels the classes as test_partition does (or its mirror "
+                                f"image): the test task must be a labelling retraining never sees")
+    seed = check_int("seed", seed, low=0)
+    test_fraction = check_float("test_fraction", test_fraction, low=0.0, low_open=True)
+    if test_fraction >= 1.0:
+        raise FastLoRAError(f"test_fraction={test_fraction} leaves no training samples; it must be in (0, 1)")
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise FastLoRAError(f"standardize must be True or False, got {standardize!r}")
+    k = check_int("k", k, low=1, high=X.shape[1])
+    model = check_choice("model", model, MODELS)
+    pool, held = [], []
+    for cls in classes:
+        train, test = _split(labels, (cls,), f"class {cls}", seed, _ROLE_POOL, cls, test_fraction)
+        pool.append(train)
+        held.append(test)
+    pool, held = np.sort(np.concatenate(pool)), np.sort(np.concatenate(held))
+    n_per_task = check_int("n_per_task", n_per_task, low=1)
+    if n_per_task > pool.size:
+        raise FastLoRAError(f"n_per_task={n_per_task} is more than the {pool.size} samples of the training pool")
+    mean = scale = None
+    if standardize:
+        mean, scale = standardization(X[pool])
+        X = (X - mean) / scale
+    tasks = []
+    for t, part in enumerate(partitions):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_TRAIN, t)))
+        rows = rng.choice(pool, size=n_per_task, replace=False)
+        tasks.append(_partition_task(X, labels, part, rows, held, (seed, _ROLE_TRAIN, t)))
+    test_task = _partition_task(X, labels, test_partition, pool, held, (seed, _ROLE_TEST, 0))
+    return LabelledProblem(name=name, tasks=tasks, test_tasks=[test_task], d=X.shape[1], k=k, T=len(tasks),
+                           n=tuple(task.n for task in tasks), seed=seed, pairs=partitions, test_pair=test_partition,
+                           test_fraction=test_fraction, mean=mean, scale=scale, model=model, protocol="partitions")
+
+
+def _check_partitions(name: str, partitions, classes: tuple) -> tuple:
+    """Each partition: a set of class ids (those labelled +1), non-empty and not every class."""
+    if isinstance(partitions, (str, bytes)) or not hasattr(partitions, "__len__") or len(partitions) == 0:
+        raise FastLoRAError(f"{name} must be a non-empty sequence of class sets, got {partitions!r}")
+    out = []
+    for j, part in enumerate(partitions):
+        where = f"{name}[{j}]" if name == "partitions" else name
+        try:
+            members = tuple(sorted({check_int(f"{where} entry", c) for c in part}))
+        except TypeError:
+            raise FastLoRAError(f"{where} must be a set of class ids, got {part!r}") from None
+        unknown = sorted(set(members) - set(classes))
+        if unknown:
+            raise FastLoRAError(f"{where}={part!r}: class(es) {unknown} have no samples in labels")
+        if not members or len(members) == len(classes):
+            raise FastLoRAError(f"{where}={part!r} must name some classes but not all (those labelled +1)")
+        out.append(members)
+    return tuple(out)
+
+
+def _partition_task(X, labels, members, rows, held, key) -> HeldOutTask:
+    inside = np.isin(labels, members)
+    sign = np.where(inside, 1.0, -1.0)
+    task = HeldOutTask(X[rows], sign[rows], X[held], sign[held], classes=tuple(members), train_index=rows,
+                       test_index=held)
+    task.key = key
+    return task
 
 
 def standardization(X) -> tuple[np.ndarray, np.ndarray]:
@@ -259,5 +357,5 @@ def _task(X, labels, pair, split, key) -> HeldOutTask:
     return task
 
 
-__all__ = ["DEFAULT_TEST_FRACTION", "PAPER_PAIRS", "PAPER_TEST_PAIR", "HeldOutTask", "LabelledProblem",
-           "labelled_tasks", "standardization"]
+__all__ = ["DEFAULT_N_PER_TASK", "DEFAULT_TEST_FRACTION", "DIGIT_PARTITIONS", "DIGIT_TEST_PARTITION", "PAPER_PAIRS",
+           "PAPER_TEST_PAIR", "HeldOutTask", "LabelledProblem", "labelled_tasks", "partition_tasks", "standardization"]

@@ -10,6 +10,11 @@ Initialisation laws (every entry independent, ``scale`` = ``init_scale``):
 
 Every start is counted: an endpoint of each kind of :mod:`fastlora.landscape.classify`,
 or ``"failed"`` when the solve or the classification raised a numerical error.
+
+With a ground truth (a Problem's ``A_star``) every start also records its ``rel_err_A`` and whether
+it recovers A* (``recovers_A``: rel_err_A within :func:`fastlora.identify.identification_tolerance`),
+so "global" splits into global minima that recover A* and those that do not (rank r > k, T ≤ 2, ...):
+``CensusResult.global_split`` and the table's two "global" sub-rows.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from .hessian import spectrum_at
 from .objective import LandscapeModel, Point
 
 INITS = ("normal", "uniform", "standard")
+GLOBAL_RECOVERS, GLOBAL_OTHER = "of which A = A*", "of which A ≠ A*"
 CENSUS_KINDS = (*KINDS, "failed")
 SOLVERS = ("gd", "als")
 _NUMERICAL_ERRORS = (DivergenceError, FloatingPointError, ArithmeticError, np.linalg.LinAlgError)
@@ -41,7 +47,7 @@ class CensusResult:
     ``counts``: kind -> number of starts (every kind of ``CENSUS_KINDS``; they add up to
     ``n_starts``); ``records``: one dict per start (start, kind, objective, excess = F −
     F_global, grad_norm, min_eig, max_eig, n_iter, converged, solve_seconds,
-    classify_seconds, error); ``global_value`` and ``global_source`` (how it was obtained);
+    classify_seconds, error, rel_err_A, recovers_A); ``global_value`` and ``global_source`` (how it was obtained);
     ``settings``: the census arguments; ``solve_seconds`` / ``classify_seconds`` /
     ``reference_seconds`` (finding the global value): totals.  Solves and classification run
     with one BLAS thread: on problems this small, more threads only contend.
@@ -64,18 +70,32 @@ class CensusResult:
         check_choice("kind", kind, CENSUS_KINDS)
         return self.counts[kind] / self.n_starts
 
+    @property
+    def global_split(self) -> dict:
+        """The global minima split by whether they recover A*: {"recovers A*": n, "A ≠ A*": m}
+        (both 0 without a ground truth: every global start's ``recovers_A`` is None)."""
+        found = [r["recovers_A"] for r in self.records if r["kind"] == "global"]
+        return {GLOBAL_RECOVERS: sum(v is True for v in found), GLOBAL_OTHER: sum(v is False for v in found)}
+
     def summary(self) -> list[dict]:
-        """Per kind: count, fraction, and min / median / max of the objective and of λ_min."""
+        """Per kind: count, fraction, min / median / max of the objective, of λ_min and of rel_err_A;
+        after "global", its split by whether A* is recovered (where there is a ground truth)."""
         rows = []
         for kind in CENSUS_KINDS:
             recs = [r for r in self.records if r["kind"] == kind]
-            row = {"kind": kind, "count": len(recs), "fraction": len(recs) / max(self.n_starts, 1)}
-            for key, label in (("objective", "objective"), ("min_eig", "min_eig")):
-                values = np.array([r[key] for r in recs if np.isfinite(r[key])])
-                for stat, fn in (("min", np.min), ("median", np.median), ("max", np.max)):
-                    row[f"{label}_{stat}"] = float(fn(values)) if values.size else None
-            rows.append(row)
+            rows.append(self._summary_row(kind, recs))
+            if kind == "global" and any(r["recovers_A"] is not None for r in recs):
+                for label, wanted in ((f"  {GLOBAL_RECOVERS}", True), (f"  {GLOBAL_OTHER}", False)):
+                    rows.append(self._summary_row(label, [r for r in recs if r["recovers_A"] is wanted]))
         return rows
+
+    def _summary_row(self, kind: str, recs: list) -> dict:
+        row = {"kind": kind, "count": len(recs), "fraction": len(recs) / max(self.n_starts, 1)}
+        for key in ("objective", "min_eig", "rel_err_A"):
+            values = np.array([r[key] for r in recs if np.isfinite(r[key])])
+            for stat, fn in (("min", np.min), ("median", np.median), ("max", np.max)):
+                row[f"{key}_{stat}"] = float(fn(values)) if values.size else None
+        return row
 
     def table(self) -> str:
         s = self.settings
@@ -237,7 +257,8 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
         reference_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        records = [_record(i, model, outcome, point, global_value, tol_cls)
+        truth = _ground_truth(problem_or_tasks)
+        records = [_record(i, model, outcome, point, global_value, tol_cls, truth)
                    for i, (outcome, point) in enumerate(zip(outcomes, endpoints))]
         counts = {kind: sum(r["kind"] == kind for r in records) for kind in CENSUS_KINDS}
         classify_seconds = time.perf_counter() - started
@@ -263,14 +284,27 @@ def _global_value(problem_or_tasks, model, given, endpoints) -> tuple[float, str
     return reference, "reference L-BFGS solve"
 
 
-def _record(i, model, outcome, point, global_value, tol) -> dict:
+def _ground_truth(problem_or_tasks):
+    """(A* dense, ‖A*‖_F, identification tolerance) of a problem with a ground truth, else None."""
+    A_star = getattr(problem_or_tasks, "A_star", None)
+    if not isinstance(A_star, np.ndarray):
+        return None
+    from ..identify import identification_tolerance
+    return A_star, float(np.linalg.norm(A_star)), identification_tolerance(problem_or_tasks)
+
+
+def _record(i, model, outcome, point, global_value, tol, truth=None) -> dict:
     rec = {"start": i, "kind": "failed", "objective": np.nan, "excess": np.nan, "grad_norm": np.nan,
            "min_eig": np.nan, "max_eig": np.nan, "n_iter": 0, "converged": False, "solve_seconds": np.nan,
-           "classify_seconds": 0.0, "error": ""}
+           "classify_seconds": 0.0, "error": "", "rel_err_A": np.nan, "recovers_A": None}
     if isinstance(outcome, BaseException):
         rec["error"] = f"{type(outcome).__name__}: {outcome}"
         return rec
     rec.update(n_iter=int(outcome.n_iter), converged=bool(outcome.converged), solve_seconds=float(outcome.seconds))
+    if truth is not None:
+        A_star, norm, id_tol = truth
+        rec["rel_err_A"] = float(np.linalg.norm(np.asarray(point.A) - A_star) / norm)
+        rec["recovers_A"] = bool(rec["rel_err_A"] <= id_tol)
     started = time.perf_counter()
     try:
         spectrum = spectrum_at(model, point, k_eigs=1)
@@ -285,18 +319,25 @@ def _record(i, model, outcome, point, global_value, tol) -> dict:
 
 
 def landscape_metrics(problem, *, n_starts: int, rank: int | None = None, peft="lora_sym", init: str = "normal",
-                      init_scale: float = 0.1, seed: int = 0, solver: str = "gd", optimizer: str | None = None) -> dict:
+                      init_scale: float = 0.1, seed: int = 0, solver: str = "gd", optimizer: str | None = None,
+                      backend: str = "auto") -> dict:
     """Census metrics of one sweep point (a :func:`census` with these arguments).
 
     ``spurious_fraction``, ``saddle_fraction``, ``global_fraction``: fractions of the starts
-    whose endpoint is of that kind.  ``min_hessian_eig``: the smallest projected Hessian
-    eigenvalue over the endpoints that are minima (global or spurious) — ≈ 0 where the
+    whose endpoint is of that kind; ``global_identified_fraction`` and
+    ``global_unidentified_fraction`` split the global fraction into minima that recover A* and
+    those that do not (NaN without a ground truth).  ``min_hessian_eig``: the smallest projected
+    Hessian eigenvalue over the endpoints that are minima (global or spurious) — ≈ 0 where the
     global minima are not isolated modulo symmetry (T = 2), > 0 where they are (T ≥ 3);
     NaN when no start ended at a minimum.
     """
     result = census(problem, peft=peft, rank=rank, n_starts=n_starts, init=init, init_scale=init_scale,
-                    solver=solver, optimizer=optimizer, seed=seed)
+                    solver=solver, optimizer=optimizer, seed=seed, backend=backend)
     minima = [r["min_eig"] for r in result.records if r["kind"] in ("global", "spurious")]
+    split = result.global_split
+    judged = any(r["recovers_A"] is not None for r in result.records)
     return {"spurious_fraction": result.fraction("spurious"), "saddle_fraction": result.fraction("saddle"),
             "global_fraction": result.fraction("global"),
+            "global_identified_fraction": split[GLOBAL_RECOVERS] / result.n_starts if judged else float("nan"),
+            "global_unidentified_fraction": split[GLOBAL_OTHER] / result.n_starts if judged else float("nan"),
             "min_hessian_eig": float(min(minima)) if minima else float("nan")}

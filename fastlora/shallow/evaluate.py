@@ -165,7 +165,9 @@ def evaluate_shallow(res, problem, ft_rank: int | None = None, n_ft: int | None 
            "test_loss_per_task": test.tolist(), "test_accuracy": float(np.mean(accuracy)),
            "test_accuracy_per_task": accuracy, "train_fit": float(np.mean(fit)), "train_fit_per_task": fit,
            "rel_err_A": rel_err_A, "rel_err_c": rel_err_c, "ft_rank": ft_rank, "metrics_available": available,
-           "metrics_note": note}
+           "metrics_note": note, "identified": None,
+           "identification": "shallow network: not judged (no theorem; A is identified up to a permutation of "
+                             "hidden units at best)"}
     for name in ("objective", "n_iter", "seconds", "converged"):
         if hasattr(res, name):
             out[name] = getattr(res, name)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FastLoRAError, check_array, check_float, check_int
-from ..problems import _ROLE_NEW, _ROLE_SHARED, _ROLE_TEST, _ROLE_TRAIN, _draw_factors
+from ..laws import STANDARD_LAW, DataLaw, make_law
+from ..problems import _ROLE_NEW, _ROLE_SHARED, _ROLE_TEST, _ROLE_TRAIN, _draw_factors, _per_task
 from ..seeding import PURPOSE_SAMPLE, as_generator, task_seed
 
 MODEL = "shallow"
@@ -40,6 +41,7 @@ class ShallowTask:
     """
 
     model = MODEL
+    law: DataLaw = STANDARD_LAW  # the law of sample()'s noise (fastlora.laws; inputs are N(0, I))
 
     def __init__(self, X, y, *, W_star=None, c_star=None, noise: float | None = None, y_clean=None):
         X = check_array("X", X, ndim=2)
@@ -87,7 +89,7 @@ class ShallowTask:
         noise = self.noise if noise is None else noise
         noise = 0.0 if noise is None else check_float("noise", noise, low=0.0)
         rng = as_generator(task_seed(seed, self.key, PURPOSE_SAMPLE))
-        task = _draw_data(self.W_star, self.c_star, n, noise, rng)
+        task = _draw_data(self.W_star, self.c_star, n, noise, rng, self.law)
         task.key = self.key
         return task
 
@@ -107,11 +109,13 @@ def _check_labels(y, n_rows: int) -> np.ndarray:
     return y
 
 
-def _draw_data(W_star, c_star, n, noise, rng) -> ShallowTask:
-    X = rng.standard_normal((n, W_star.shape[1]))
+def _draw_data(W_star, c_star, n, noise, rng, law: DataLaw = STANDARD_LAW) -> ShallowTask:
+    X = law.inputs(rng, n, W_star.shape[1])
     y_clean = predict(X, W_star, c_star)
-    y = y_clean + noise * rng.standard_normal(n) if noise > 0 else y_clean.copy()
-    return ShallowTask(X, y, W_star=W_star, c_star=c_star, noise=noise, y_clean=y_clean)
+    y = y_clean + noise * law.noise(rng, n, 1)[:, 0] if noise > 0 else y_clean.copy()
+    task = ShallowTask(X, y, W_star=W_star, c_star=c_star, noise=noise, y_clean=y_clean)
+    task.law = law
+    return task
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +124,8 @@ class ShallowProblem:
 
     ``A_star`` (d, d), ``c_star`` (d,), ``U_star`` (T, d, k); task t's truth is
     W*_t = A* + U*_t U*_tᵀ with output weights c*.  ``tasks`` hold n samples each.
+    ``law``: the noise law (inputs are N(0, I)); ``task_ranks``: per-task ranks k_t (``U_star``
+    then has max(k_t) columns, zero beyond k_t); ``sample_seed``: the data's seed (None: ``seed``).
     """
 
     A_star: np.ndarray
@@ -135,6 +141,13 @@ class ShallowProblem:
     seed: int
     model: str = MODEL
     _extra: dict = field(default_factory=dict, repr=False)
+    law: DataLaw = STANDARD_LAW
+    task_ranks: tuple | None = None
+    sample_seed: int | None = None
+
+    @property
+    def data_seed(self) -> int:
+        return self.seed if self.sample_seed is None else self.sample_seed
 
     @property
     def d_in(self) -> int:
@@ -158,10 +171,13 @@ class ShallowProblem:
 
 
 def make_shallow_problem(d: int = 10, k: int = 1, T: int = 3, n: int | None = 1000, noise: float = 0.1,
-                         seed: int = 0, n_test_tasks: int = 4) -> ShallowProblem:
+                         seed: int = 0, n_test_tasks: int = 4, *, noise_law: str = "gaussian",
+                         noise_df: float | None = None, task_ranks=None, sample_seed: int | None = None
+                         ) -> ShallowProblem:
     """Draw the paper's shallow-network problem: ``T`` training tasks of ``n`` samples each and
     ``n_test_tasks`` held-out tasks (same law).  Defaults are the paper's (d=10, k=1, T=3,
     N=1000, σ=0.1).  ``n=None`` (population mode) has no closed form for this model and is refused.
+    ``noise_law``/``noise_df``, ``task_ranks`` and ``sample_seed`` as in :func:`fastlora.make_problem`.
     """
     d = check_int("d", d, low=1)
     k = check_int("k", k, low=1, high=d)
@@ -173,15 +189,24 @@ def make_shallow_problem(d: int = 10, k: int = 1, T: int = 3, n: int | None = 10
     noise = check_float("noise", noise, low=0.0)
     seed = check_int("seed", seed, low=0)
     n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)
+    law = make_law(d, noise_law=noise_law, noise_df=noise_df)
+    ranks = _per_task("task_ranks", task_ranks, T, integer=True)
+    if ranks is not None and max(ranks) > d:
+        raise FastLoRAError(f"task_ranks={list(ranks)}: every rank must be <= d={d}")
+    sample_seed = None if sample_seed is None else check_int("sample_seed", sample_seed, low=0)
 
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_SHARED,)))
     A_star = rng.standard_normal((d, d))
     c_star = rng.standard_normal(d)
-    U_star = np.stack([_draw_factor(seed, _ROLE_TRAIN, t, d, k) for t in range(T)])
+    widths = [k] * T if ranks is None else list(ranks)
+    U_star = np.zeros((T, d, max(widths)))
+    for t in range(T):
+        U_star[t, :, :widths[t]] = _draw_factor(seed, _ROLE_TRAIN, t, d, widths[t])
     for a in (A_star, c_star, U_star):
         a.setflags(write=False)
-    prob = ShallowProblem(A_star, c_star, U_star, [], [], d, k, T, n, noise, seed)
-    prob.tasks.extend(_make_task(prob, U_star[t], _ROLE_TRAIN, t) for t in range(T))
+    prob = ShallowProblem(A_star, c_star, U_star, [], [], d, k, T, n, noise, seed, law=law, task_ranks=ranks,
+                          sample_seed=sample_seed)
+    prob.tasks.extend(_make_task(prob, U_star[t, :, :widths[t]], _ROLE_TRAIN, t) for t in range(T))
     prob.test_tasks.extend(_draw_task(prob, _ROLE_TEST, t) for t in range(n_test_tasks))
     return prob
 
@@ -198,8 +223,8 @@ def _draw_task(prob: ShallowProblem, role: int, index: int) -> ShallowTask:
 def _make_task(prob: ShallowProblem, U, role: int, index: int) -> ShallowTask:
     W_star = prob.A_star + U @ U.T
     W_star.setflags(write=False)
-    rng = np.random.default_rng(np.random.SeedSequence(prob.seed, spawn_key=(role, index, _KEY_DATA)))
-    task = _draw_data(W_star, prob.c_star, prob.n, prob.noise, rng)
+    rng = np.random.default_rng(np.random.SeedSequence(prob.data_seed, spawn_key=(role, index, _KEY_DATA)))
+    task = _draw_data(W_star, prob.c_star, prob.n, prob.noise, rng, prob.law)
     task.key = (prob.seed, role, index)
     task.U_star = U
     return task

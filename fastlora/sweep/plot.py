@@ -1,8 +1,15 @@
 """Figures of a results store: a statistic over seeds (mean or median) with a band, as in the paper.
 
-``stat="mean"`` with ``band="minmax"`` (the defaults) draws the mean over seeds and the
-min–max range; ``stat="median"`` with ``band="iqr"`` draws the paper's median and
-interquartile band.  The title lists the settings the selected rows share that bear on
+``stat="auto"`` and ``band="auto"`` (the defaults) fit the number of seeds: below
+``FEW_SEEDS`` seeds per point the median and the interquartile band (one outlier cannot move
+them), from ``FEW_SEEDS`` on the mean and the min–max range; ``stat="median"`` with
+``band="iqr"`` is the paper's.  The legend's title and the subtitle say which ran.
+
+``y`` may be a condition on a metric, ``"rel_err_A < 1e-6"`` (``<``, ``<=``, ``>``, ``>=``, ``=``,
+``!=``): the fraction of each point's seeds that meet it is drawn (rows without a value of the
+metric are left out); a 0/1 metric such as ``identified`` is drawn as that fraction as it is.
+``hue`` may be a relation between two keys (or a key and a number), ``"ft_rank = rank"``: one line
+where it holds, one where it does not.  The title lists the settings the selected rows share that bear on
 the metric (no fine-tuning keys under a landscape metric, no census keys under a fine-tuning
 metric), and the keys that vary with x as functions of it (``rank = ft_rank = k``); curves
 of different hues get their own marker and line style and a slight horizontal offset, so
@@ -11,6 +18,8 @@ curves that coincide stay visible; integer x axes (T, n, d, ...) get integer tic
 from __future__ import annotations
 
 import math
+import operator
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +43,11 @@ LABELS = {
     "saddle_fraction": "fraction of starts ending at a saddle",
     "global_fraction": "fraction of starts ending at a global minimum",
     "min_hessian_eig": "smallest projected Hessian eigenvalue at the minima",
+    "identified": "fraction of seeds with A* identified (A = A*)",
+    "converged": "fraction of seeds converged",
+    "restarts_reached": "starts that reached the kept objective",
+    "global_identified_fraction": "fraction of starts at a global minimum with A = A*",
+    "global_unidentified_fraction": "fraction of starts at a global minimum with A ≠ A*",
     "n_starts": "census starts",
     "init_scale": "scale of the starts",
     "T": "retraining tasks T",
@@ -47,12 +61,23 @@ LABELS = {
     "method": "method",
     "peft": "parameterization",
 }
-STATS = ("mean", "median")
-BANDS = ("minmax", "iqr", "none")
+STATS = ("auto", "mean", "median")
+BANDS = ("auto", "minmax", "iqr", "none")
+FEW_SEEDS = 10  # below this many seeds per point, stat="auto" is the median with the interquartile band
+_AUTO_FEW, _AUTO_MANY = ("median", "iqr"), ("mean", "minmax")
+# metrics that hold 0 / 1: their mean over seeds is a fraction
+FRACTION_METRICS = ("identified", "converged")
+_CONDITION = re.compile(r"^\s*([A-Za-z_]\w*)\s*(<=|>=|==|!=|=|<|>)\s*(\S+)\s*$")
+_OPERATORS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "=": operator.eq,
+              "==": operator.eq, "!=": operator.ne}
 _BAND_TEXT = {"minmax": "band: min–max", "iqr": "band: interquartile range", "none": "no band"}
+_BAND_SHORT = {"minmax": "min–max band", "iqr": "IQR band", "none": "no band"}
 # keys that describe how a point was computed, not what was computed: left out of titles
 _EXECUTION_KEYS = {"backend", "dtype", "max_iter", "tol", "n_test_tasks", "solver", "adapter_step", "inner_iter",
                    "power_iter_init", "optimizer", "lr"}
+# values that are the paper's law and the library's plain defaults: only their absence is news in a title
+_QUIET_DEFAULTS = {"symmetric": 1, "sampler": "raw", "input_law": "gaussian", "input_cov": "identity",
+                   "noise_law": "gaussian", "restarts": 1}
 _TITLE_ORDER = ("d", "d_out", "k", "T", "n", "noise", "sampler", "symmetric", "method", "peft", "rank", "ft_peft",
                 "ft_rank", "n_ft")
 # metrics that depend on the fine-tuning (evaluate's keys) and on the landscape census (its keys);
@@ -167,21 +192,61 @@ def _hue_keys(hue) -> list[str]:
     return [hue] if isinstance(hue, str) else list(hue)
 
 
+def parse_condition(text: str, columns) -> tuple[str, str, object] | None:
+    """``(column, operator, operand)`` of a condition such as ``"rel_err_A < 1e-6"`` or ``"ft_rank = rank"``
+    (operand: a number, or another column's name), None when ``text`` is not one."""
+    match = _CONDITION.match(text)
+    if match is None:
+        return None
+    left, op, right = match.groups()
+    if left not in columns:
+        raise FastLoRAError(f"{text!r}: {left!r} is not a column of the store")
+    if right in columns:
+        return left, op, ("column", right)
+    number = _num(right)
+    if number is None:
+        raise FastLoRAError(f"{text!r}: {right!r} is neither a number nor a column of the store")
+    return left, op, ("number", number)
+
+
+def _holds(row, index: dict, condition) -> bool | None:
+    """Whether a row meets ``condition`` (parse_condition's); None where a value is missing."""
+    left, op, (kind, operand) = condition
+    a = row[index[left]]
+    b = row[index[operand]] if kind == "column" else operand
+    if a is None or b is None:
+        return None
+    try:
+        return bool(_OPERATORS[op](a, b))
+    except TypeError:
+        return bool(_OPERATORS[op](str(a), str(b)))
+
+
+def resolve_stat(stat: str, band: str, seeds: int) -> tuple[str, str]:
+    """``"auto"`` statistic and band for a figure whose points have at least ``seeds`` seeds (module docstring)."""
+    auto = _AUTO_FEW if seeds < FEW_SEEDS else _AUTO_MANY
+    return (auto[0] if stat == "auto" else stat), (auto[1] if band == "auto" else band)
+
+
 def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet: str | None = None, *,
-                 logy: bool = False, logx: bool = False, where=None, out="fig.png", stat: str = "mean",
-                 band: str = "minmax", title: str | None = None,
+                 logy: bool = False, logx: bool = False, where=None, out="fig.png", stat: str = "auto",
+                 band: str = "auto", title: str | None = None,
                  reference: tuple[str, Callable] | None = None) -> str:
     """Plot ``y`` against ``x`` (one line per ``hue``, one panel per ``facet``) and save to ``out``.
 
-    ``stat``: "mean" | "median" over seeds; ``band``: "minmax" | "iqr" | "none".  ``hue``
-    may be a list of keys (one line per combination).  ``title`` replaces the automatic
+    ``stat``: "auto" | "mean" | "median" over seeds; ``band``: "auto" | "minmax" | "iqr" | "none"
+    ("auto": the median and interquartile band below ``FEW_SEEDS`` seeds per point, else the mean
+    and min–max range).  ``y``: a metric, or a condition on one (``"rel_err_A < 1e-6"``: the fraction
+    of seeds meeting it).  ``hue`` may be a list of keys (one line per combination), or a relation
+    such as ``"ft_rank = rank"``.  ``title`` replaces the automatic
     one (the settings all selected rows share).  ``reference=(label, f)`` draws y = f(x)
     (f takes and returns arrays) as a thin black reference line in every panel, e.g. a
     theoretical rate.
 
     Only rows with a value of ``y`` are plotted.  A key that varies in them must be shown
     (``hue``/``facet``) or fixed (``where``), unless it is a function of ``x`` (each x value
-    comes with one value of it, e.g. ``rank = k``): the title states it.  Refused
+    comes with one value of it, e.g. ``rank = k``) or of a hue or facet key (``restarts`` per
+    method): the title states it.  Refused
     (FastLoRAError) before any work: an ``out`` extension matplotlib cannot write and one key
     in two roles; then a ``y`` no selected row has, and with ``logy`` values <= 0 (a log axis
     cannot show them, and dropping them silently would misreport the statistic).
@@ -199,12 +264,22 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
     with ResultsStore(path) as store:
         columns, rows = store.rows()
     index = {c: i for i, c in enumerate(columns)}
+    condition = parse_condition(y, index)
+    if condition is not None and condition[0] not in METRICS:
+        raise FastLoRAError(f"--y {y!r}: {condition[0]!r} must be a metric: {', '.join(METRICS)}")
+    fraction = condition is not None or y in FRACTION_METRICS
+    if condition is not None and (stat not in ("auto", "mean") or band not in ("auto", "none")):
+        raise FastLoRAError(f"--y {y!r} draws the fraction of seeds meeting the condition: --stat and --band do "
+                            f"not apply to it")
+    relations = {h: parse_condition(h, index) for h in hues if _CONDITION.match(h)}
+    columns, rows, index = _with_derived(columns, rows, index, {y: condition} if condition else {}, relations)
     for role, name in (("--x", x), ("--y", y), *(("--hue", h) for h in hues), ("--facet", facet)):
         if name is not None and name not in index:
             raise FastLoRAError(f"{role} {name!r} is not a column of {path}; columns: "
                                 f"{', '.join(key_columns(columns) + list(METRICS))}")
-    if y not in METRICS:
-        raise FastLoRAError(f"--y {y!r} must be a metric: {', '.join(METRICS)}")
+    if y not in METRICS and condition is None:
+        raise FastLoRAError(f"--y {y!r} must be a metric ({', '.join(METRICS)}) or a condition on one, e.g. "
+                            f"'rel_err_A < 1e-6'")
     filters = _parse_where(where)
     for key in filters:
         if key not in index:
@@ -230,25 +305,37 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
         if not_positive:
             raise FastLoRAError(f"--logx: {x} takes the value(s) {', '.join(map(str, not_positive))}, which a "
                                 f"logarithmic axis cannot show; plot without --logx or leave them out with --where")
-    used = {x, facet, *hues, *filters}
-    shared, covarying = {}, {}
+    used = {x, facet, *hues, *filters,
+            *(c[0] for c in relations.values()), *(c[2][1] for c in relations.values() if c[2][0] == "column")}
+    shared, covarying, per_line = {}, {}, {}
     for key in key_columns(columns):
         values = {r[index[key]] for r in rows}
         if len(values) == 1:
             shared[key] = next(iter(values))
         elif key not in used:
             mapping = _function_of(rows, index, key, x)
-            if mapping is None:
+            if mapping is not None:
+                covarying[key] = mapping
+                continue
+            # a key that follows a hue or facet key (restarts per method) is stated per that key
+            follows = next(((by, m) for by in [h for h in hues if h not in relations] + ([facet] if facet else [])
+                            if (m := _function_of(rows, index, key, by)) is not None), None)
+            if follows is None:
                 shown = ", ".join(sorted(map(str, values)))
                 raise FastLoRAError(f"key {key!r} varies in the selected rows ({shown}); fix it with --where "
                                     f"{key}=VALUE or show it with --hue/--facet")
-            covarying[key] = mapping
+            per_line[key] = follows
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         value = r[index[y]]
         panel = r[index[facet]] if facet else None
         line = tuple(r[index[h]] for h in hues) if hues else (y,)
         groups[(panel, line)][r[index[x]]].append(float(value))
+    counts = sorted({len(values) for series in groups.values() for values in series.values()})
+    if fraction:
+        stat, band = "mean", ("none" if band == "auto" else band)
+    else:
+        stat, band = resolve_stat(stat, band, counts[0])
     panels = sorted({p for p, _ in groups}, key=_order)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False, sharey=True)
     lines = sorted({line for _, line in groups}, key=lambda v: tuple(_order(e) for e in v))
@@ -263,7 +350,7 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
             xs = sorted(series, key=_order)
             positions = _offset([_position(v, xs_all) for v in xs], rank, len(lines), xs_all, logx and numeric)
             centre, lo, hi = np.array([summarise_values(series[v], stat, band) for v in xs]).T
-            text = _line_label(hues, line) if hues else y
+            text = _line_label(hues, line, relations) if hues else y
             drawn = ax.plot(positions, centre, marker=marker, linestyle=linestyle, label=text, alpha=0.85,
                             markersize=6, markerfacecolor="none" if rank % 2 else None)
             if band != "none":
@@ -295,17 +382,24 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
             else:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel(label(y))
-    if hues or reference is not None:
-        axes[0][-1].legend(title=label(hues[0]) if hues else None, fontsize=8)
+    axes[0][0].set_ylabel(f"fraction of seeds with {y}" if condition else label(y))
+    summary = "fraction of seeds" if fraction else f"{stat}, {_BAND_SHORT[band]}"
+    heading = ", ".join(label(h) for h in hues if h not in relations) if hues else ""
+    axes[0][-1].legend(title=f"{heading} — {summary}" if heading else summary, fontsize=8, title_fontsize=8)
     if title is None:
         off_metric = _keys_off_the_metric(y)
         # a setting that changes along x is part of what the figure shows, execution keys included
         leading = _covarying_parts({k: v for k, v in covarying.items() if k not in off_metric}, x)
+        leading += [f"{key} per {by}: " + ", ".join(f"{v}→{mapping[v]}" for v in sorted(mapping, key=_order))
+                    for key, (by, mapping) in per_line.items() if key not in off_metric]
         title = _settings_title(shared, exclude={x, facet, *hues, *off_metric}, leading=leading)
-    counts = sorted({len(values) for series in groups.values() for values in series.values()})
     seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    statement = f"{stat} over {seeds} seed(s) per point; {_BAND_TEXT[band]}"
+    if condition is not None:
+        statement = f"fraction of {seeds} seed(s) per point with {y}"
+    elif fraction:
+        statement = f"fraction of {seeds} seed(s) per point with {y} = 1"
+    else:
+        statement = f"{stat} over {seeds} seed(s) per point; {_BAND_TEXT[band]}"
     fig.suptitle(f"{title}\n{statement}" if title else statement, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -313,17 +407,34 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
     return str(out)
 
 
-def _line_label(hues: list[str], values: tuple) -> str:
-    """``lora-ml`` for one hue key; ``lora-ml (ft_rank=3)`` for several."""
-    rest = ", ".join(f"{h}={v}" for h, v in zip(hues[1:], values[1:]))
-    return f"{values[0]} ({rest})" if rest else str(values[0])
+def _line_label(hues: list[str], values: tuple, relations: dict | None = None) -> str:
+    """``lora-ml`` for one hue key; ``lora-ml (ft_rank=3)`` for several; a relation as ``ft_rank = rank``
+    or ``not ft_rank = rank``."""
+    relations = relations or {}
+    shown = [(h if v else f"not {h}") if h in relations else v for h, v in zip(hues, values)]
+    rest = ", ".join(str(v) if h in relations else f"{h}={v}" for h, v in zip(hues[1:], shown[1:]))
+    return f"{shown[0]} ({rest})" if rest else str(shown[0])
+
+
+def _with_derived(columns, rows, index, conditions: dict, relations: dict):
+    """The rows with a column per derived quantity: a condition on a metric (1.0 / 0.0, None where the
+    metric has no value) and a relation between keys (True / False)."""
+    if not conditions and not relations:
+        return columns, rows, index
+    columns = [*columns, *conditions, *relations]
+    derived = []
+    for r in rows:
+        values = [None if (h := _holds(r, index, c)) is None else float(h) for c in conditions.values()]
+        values += [bool(_holds(r, index, c)) for c in relations.values()]
+        derived.append((*r, *values))
+    return columns, derived, {c: i for i, c in enumerate(columns)}
 
 
 def _settings_title(shared: dict, exclude: set, leading: list[str] = ()) -> str:
     """The shared settings as ``key=value`` parts after the ``leading`` ones, wrapped into lines."""
     keys = [k for k in _TITLE_ORDER if k in shared] + sorted(k for k in shared if k not in _TITLE_ORDER)
     parts = [*leading, *(f"{k}={shared[k]}" for k in keys if k not in exclude and k not in _EXECUTION_KEYS
-                         and not (k == "symmetric" and shared[k]))]  # the paper's default: only its absence is news
+                         and not (k in _QUIET_DEFAULTS and shared[k] == _QUIET_DEFAULTS[k]))]
     if not parts:
         return ""
     # the fewest lines of at most ~70 characters (the width of one panel), then the narrowest width

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from ..config import usable_cores
 from ..errors import FastLoRAError
 from .spec import (
+    DEFAULT_PAIRING,
     Spec,
     canonical,
     dataset_args,
@@ -97,10 +98,11 @@ def _thread_controller():
     return ThreadpoolController()
 
 
-def run_point(point: dict, seed: int) -> dict:
+def run_point(point: dict, seed: int, truth_seed: int | None = None) -> dict:
     """make_problem → retrain → evaluate (and a landscape census where the point asks for one)
-    for one (point, seed); never raises."""
-    return run_rows([{"point": point, "seed": seed}])[0]
+    for one (point, seed); never raises.  ``truth_seed`` (default ``seed``): the ground truth's seed
+    (pairing, fastlora.sweep.spec)."""
+    return run_rows([{"point": point, "seed": seed, "truth_seed": seed if truth_seed is None else truth_seed}])[0]
 
 
 def run_rows(rows: list[dict]) -> list[dict]:
@@ -131,9 +133,11 @@ def _run_retraining_rows(rows: list[dict]) -> list[dict]:
     point = rows[0]["point"]
     failed: dict[int, Exception] = {}
     problems = {}
-    for seed in dict.fromkeys(row["seed"] for row in rows):
+    # the ground truth's seed of each row's seed (pairing: the row's truth_seed; otherwise the seed itself)
+    truth = {row["seed"]: row.get("truth_seed", row["seed"]) for row in rows}
+    for seed in truth:
         try:
-            problems[seed] = _make_problem(point, seed)
+            problems[seed] = _make_problem(point, seed, truth[seed])
         except Exception as exc:  # noqa: BLE001 - an erroring row is data, not a crash
             failed[seed] = exc
     results = {}
@@ -159,9 +163,10 @@ def _run_retraining_rows(rows: list[dict]) -> list[dict]:
             evaluations.setdefault(canonical(evaluate_args(row["point"])), []).append(i)
     for indices in evaluations.values():
         seeds = [rows[i]["seed"] for i in indices]
-        try:
-            metrics = fl.evaluate_many([results[s] for s in seeds], [problems[s] for s in seeds], seeds=seeds,
-                                       errors="return", **evaluate_args(rows[indices[0]]["point"]))
+        try:  # fine-tuning draws follow the truth's seed: paired like the truth across the grid
+            metrics = fl.evaluate_many([results[s] for s in seeds], [problems[s] for s in seeds],
+                                       seeds=[truth[s] for s in seeds], errors="return",
+                                       **evaluate_args(rows[indices[0]]["point"]))
         except Exception as exc:  # noqa: BLE001 - e.g. an evaluation option no row can take
             metrics = [exc] * len(indices)
         for i, seed, m in zip(indices, seeds, metrics):
@@ -177,22 +182,26 @@ def _run_retraining_rows(rows: list[dict]) -> list[dict]:
     return outcomes
 
 
-def _make_problem(point: dict, seed: int):
+def _make_problem(point: dict, seed: int, truth_seed: int | None = None):
     """The row's problem: its dataset under the paper's protocol, split by ``seed``
-    (fastlora.datasets), or ``make_problem``'s law drawn from ``seed``."""
+    (fastlora.datasets), or ``make_problem``'s law: the truth drawn from ``truth_seed``, the
+    samples from ``seed``."""
     import fastlora as fl
     args = dataset_args(point, seed)
     if args is not None:
         from ..datasets import load
         return load(**args)
-    return fl.make_problem(**problem_args(point, seed))
+    return fl.make_problem(**problem_args(point, seed, truth_seed))
 
 
 def _outcome(point: dict, seed: int, prob, res, metrics: dict, censuses: dict) -> dict:
+    from ..regime import point_regime
     outcome = {name: metrics.get(name) for name in ("rel_err_A", "adapt_rank", "excess_risk", "test_loss",
-                                                    "test_accuracy")}
+                                                    "test_accuracy", "identified", "identification")}
+    in_regime, note = point_regime(point)
     outcome.update(objective=res.objective, n_iter=res.n_iter, seconds=res.seconds, converged=res.converged,
-                   backend_used=res.backend, solver_used=res.info.get("solver", res.solver), status="ok")
+                   backend_used=res.backend, solver_used=res.info.get("solver", res.solver), status="ok",
+                   restarts_reached=res.info.get("restarts_reached", 1), in_regime=in_regime, regime_note=note)
     census = landscape_args(point, seed)
     if census is not None:
         from ..landscape import landscape_metrics
@@ -252,7 +261,11 @@ def run_sweep(spec: Spec, out, *, workers: int | None = None, scheduler: str | N
     interrupt = None
     try:
         with ResultsStore(out, spec) as store:
-            rows = spec.rows()
+            rule = store.adopt_pairing(spec)
+            if echo is not None and rule != (spec.pairing or DEFAULT_PAIRING):
+                echo(f"note: {out} was made with pairing {rule!r} (a store keeps the rule it was made with; "
+                     f"docs/pairing.md)")
+            rows = spec.rows(rule)
             stored = store.stored_rows()
             if not append:
                 store.check_spec(spec, rows, stored)

@@ -27,6 +27,21 @@ so those problem keys are refused there, and its learner is the shallow network.
 Each row's seed is derived from the spec's base seed, the point's problem keys and the
 repeat index (SHA-256), so reruns and resumed runs give identical numbers, and methods
 are compared on the same tasks.
+
+**Pairing** (top-level ``pairing``; docs/pairing.md): under ``"paired"`` (the default of new
+stores) the ground truth is drawn from a second seed, ``truth_seed``, that hashes only the keys
+that shape it (``TRUTH_KEYS``) and the repeat, so every n, σ, sampler and data law of one
+repeat sees the same A*, task factors and test tasks; samples and noise come from the row's
+``seed``.  ``"fresh:n"`` (any problem keys after the colon) draws a fresh truth per value of
+those keys too; ``"per-point"`` is the rule of stores written before pairing existed (one seed
+for truth and data).  A store records its rule and keeps it: an old store resumes per point.
+
+Every row records its resolved defaults: the keys ``DEFAULTS`` names, and — filled per point
+where the spec is silent — ``sampler``, the data law (``input_law``, ``input_cov``,
+``noise_law``), ``rank``, ``ft_rank`` and ``restarts`` (``FILLED_CONSTANTS``, ``FILLED_PER_POINT``).
+Filled keys do not enter row keys or seeds, so stores written before they were recorded resume.
+Points outside the theorem's regime (fastlora.regime) are named in a
+:class:`~fastlora.errors.RegimeWarning` when a spec is read.
 """
 from __future__ import annotations
 
@@ -39,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import options as schema
-from ..errors import FastLoRAError
+from ..errors import FastLoRAError, RegimeWarning
 
 POPULATION = schema.POPULATION
 
@@ -67,7 +82,20 @@ RECORDED = ("d", "k", "T", "n", "noise", "symmetric", "n_test_tasks", "method", 
             "n_ft", "ft_peft")
 DEFAULTS = {key: (POPULATION if KEYS[key].kind == "count" and KEYS[key].default is None
                   else KEYS[key].default_for("lora-ml")) for key in RECORDED}
-TOP_LEVEL = {"name", "repeats", "seed", "grid", "fixed", "description"}
+TOP_LEVEL = {"name", "repeats", "seed", "grid", "fixed", "description", "pairing"}
+# the keys that shape the ground truth (A*, task factors, test tasks): under pairing "paired" they
+# and the repeat alone seed it (docs/pairing.md)
+TRUTH_KEYS = ("d", "d_out", "k", "T", "model", "symmetric", "n_test_tasks", "task_ranks", "task_scales")
+PAIRED, PER_POINT, FRESH = "paired", "per-point", "fresh:"
+DEFAULT_PAIRING = PAIRED
+LEGACY_PAIRING = PER_POINT  # stores written before pairing existed
+# problem keys added with the task laws, and the value that draws the paper's law: at that value they
+# leave seeds as they were
+LAW_DEFAULTS = {"input_law": "gaussian", "input_df": None, "input_cov": "identity", "noise_law": "gaussian",
+                "noise_df": None, "task_ranks": None, "task_scales": None}
+# keys every row records, filled per point where the spec is silent (module docstring)
+FILLED_CONSTANTS = {"sampler": "raw", "input_law": "gaussian", "input_cov": "identity", "noise_law": "gaussian"}
+FILLED_PER_POINT = ("rank", "ft_rank", "restarts")
 # memory of one row of Spec.rows() (its dict, row key and seed; measured ~370 B) plus the driver's
 # bookkeeping of it, with headroom: the budget a spec's rows are checked against before any work
 ROW_BYTES = 1024
@@ -85,15 +113,17 @@ class Spec:
     seed: int = 0
     description: str = ""
     source: str = field(default="", compare=False)
+    pairing: str | None = None  # as the spec names it (None: the store's rule, or DEFAULT_PAIRING)
+    filled: tuple = ()  # keys filled per point where the spec is silent (FILLED_CONSTANTS, FILLED_PER_POINT)
 
     @property
     def keys(self) -> list[str]:
         """Every key a row records, in a stable order (grid keys first)."""
         grid_keys = list(self.grids[0])
-        return grid_keys + sorted(k for k in self.fixed if k not in grid_keys)
+        return grid_keys + sorted({*self.fixed, *self.filled} - set(grid_keys))
 
     def points(self) -> list[dict]:
-        """The distinct grid points (dicts over ``keys``), in spec order."""
+        """The distinct grid points (dicts over ``keys``, filled keys included), in spec order."""
         seen, out = set(), []
         for grid in self.grids:
             names = list(grid)
@@ -102,17 +132,27 @@ class Spec:
                 key = canonical(point)
                 if key not in seen:
                     seen.add(key)
-                    out.append(point)
+                    out.append(fill_point(point, self.filled))
         return out
 
-    def rows(self) -> list[dict]:
-        """Every (point, repeat) with its derived seed and unique key."""
+    def rows(self, pairing: str | None = None) -> list[dict]:
+        """Every (point, repeat) with its derived seeds and unique key; ``pairing`` (default: the
+        spec's, else ``DEFAULT_PAIRING``) decides ``truth_seed`` (module docstring).  Row keys do not
+        depend on it: a store keeps one rule for all its rows."""
+        rule = check_pairing(pairing or self.pairing or DEFAULT_PAIRING)
+        filled = set(self.filled)
         out = []
         for point in self.points():
-            point_text, problem_text = _hashed_text(point), canonical(_seed_keys(point))  # once per point
+            declared = {k: v for k, v in point.items() if k not in filled}
+            point_text, problem_text = _hashed_text(declared), canonical(_seed_keys(point))  # once per point
+            # a dataset's split and a generator plugin's draw come from one seed: nothing to pair
+            truth_text = None if rule == PER_POINT or point.get("dataset") is not None \
+                or point.get("law") is not None else canonical(_truth_keys(point, rule))
             for repeat in range(self.repeats):
-                out.append({"point": point, "repeat": repeat, "seed": _seed_of(self.seed, problem_text, repeat),
-                            "row_key": _row_key_of(point_text, repeat, self.seed)})
+                seed = _seed_of(self.seed, problem_text, repeat)
+                truth_seed = seed if truth_text is None else _seed_of(self.seed, truth_text, repeat, role="truth")
+                out.append({"point": point, "repeat": repeat, "seed": seed, "truth_seed": truth_seed,
+                            "pairing": rule, "row_key": _row_key_of(point_text, repeat, self.seed)})
         return out
 
     def values(self, key: str) -> list:
@@ -155,15 +195,97 @@ def _row_key_of(point_text: str, repeat: int, base_seed: int) -> str:
 
 
 def _seed_keys(point: dict) -> dict:
-    return {k: point[k] for k in (*PROBLEM_KEYS, *DATASET_KEYS) if k in point and k not in SEED_NEUTRAL}
+    return {k: point[k] for k in (*PROBLEM_KEYS, *DATASET_KEYS)
+            if k in point and k not in SEED_NEUTRAL and not _at_law_default(point, k)}
 
 
-def _seed_of(base_seed: int, problem_text: str, repeat: int) -> int:
+def _at_law_default(point: dict, key: str) -> bool:
+    """A task-law key at the value that draws the paper's law (it leaves seeds as before it existed)."""
+    return key in LAW_DEFAULTS and point[key] == LAW_DEFAULTS[key]
+
+
+def _truth_keys(point: dict, rule: str) -> dict:
+    """The keys that seed the ground truth under ``rule`` (``TRUTH_KEYS``, plus a fresh: rule's keys)."""
+    extra = rule[len(FRESH):].split(",") if rule.startswith(FRESH) else []
+    return {k: point[k] for k in (*TRUTH_KEYS, *extra) if k in point and not _at_law_default(point, k)}
+
+
+def _seed_of(base_seed: int, problem_text: str, repeat: int, role: str = "seed") -> int:
     """The seed of a row: a hash of the base seed, the *problem* keys (``_seed_keys``) and the repeat.
     Points that differ only in method, solver, peft or fine-tuning keys share their seed, so they
-    are compared on the same draws of tasks and data (common random numbers)."""
-    digest = hashlib.sha256(f"seed|{base_seed}|{problem_text}|{repeat}".encode()).digest()
+    are compared on the same draws of tasks and data (common random numbers).  ``role="truth"``:
+    the truth seed of pairing (its keys: ``_truth_keys``)."""
+    digest = hashlib.sha256(f"{role}|{base_seed}|{problem_text}|{repeat}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def check_pairing(rule) -> str:
+    """A pairing rule: "paired", "per-point" or "fresh:KEY[,KEY...]" with problem keys."""
+    if not isinstance(rule, str):
+        raise FastLoRAError(f"pairing must be a string ('paired', 'per-point' or 'fresh:n'), got {rule!r}")
+    rule = rule.strip()
+    if rule in (PAIRED, PER_POINT):
+        return rule
+    if rule.startswith(FRESH):
+        keys = [k.strip() for k in rule[len(FRESH):].split(",")]
+        wrong = [k for k in keys if k not in PROBLEM_KEYS or k in TRUTH_KEYS]
+        if not keys or wrong or len(set(keys)) != len(keys):
+            allowed = ", ".join(k for k in PROBLEM_KEYS if k not in TRUTH_KEYS)
+            raise FastLoRAError(f"pairing={rule!r}: after 'fresh:' name problem keys that do not already shape the "
+                                f"truth, once each, e.g. 'fresh:n' (allowed: {allowed})")
+        return FRESH + ",".join(keys)
+    raise FastLoRAError(f"pairing={rule!r} must be 'paired' (one truth per repeat across the grid; the default), "
+                        f"'per-point' (a fresh truth at every point: stores before pairing) or 'fresh:KEYS' (paired, "
+                        f"but a fresh truth per value of those problem keys, e.g. 'fresh:n')")
+
+
+def fill_point(point: dict, filled) -> dict:
+    """``point`` with the keys ``filled`` set to what a row resolves them to (module docstring)."""
+    if not filled:
+        return point
+    for key, value in FILLED_CONSTANTS.items():
+        if key in filled:
+            point[key] = value
+    for name in ("input_df", "noise_df"):
+        if name in filled:
+            law = point.get(name.replace("_df", "_law"))
+            point[name] = 5.0 if law == "student-t" else None
+    if "rank" in filled:
+        point["rank"] = point.get("k", KEYS["k"].default) if point.get("dataset") is None else 1
+    if "ft_rank" in filled:
+        point["ft_rank"] = resolved_ft_rank(point)
+    if "restarts" in filled:
+        from ..shallow.solve import default_restarts
+        point["restarts"] = default_restarts(point.get("method", "lora-ml")) if _model_of(point) == "shallow" else 1
+    return point
+
+
+def resolved_ft_rank(point: dict) -> int:
+    """The fine-tuning rank evaluate uses when ``ft_rank`` is not given: k; the retrained rank where
+    fine-tuning keeps LoRA-ML's shared parameters (fastlora.metrics); the shallow network's the
+    paper's rule (3k at T = 2, fastlora.shallow.paper_ft_rank); a dataset's its protocol k (1)."""
+    if point.get("dataset") is not None:
+        return 1
+    k = point.get("k", KEYS["k"].default)
+    if _model_of(point) == "shallow":
+        from ..shallow.evaluate import paper_ft_rank
+        return min(paper_ft_rank(k, point.get("T", KEYS["T"].default)), point["d"])
+    if point.get("method", "lora-ml") == "lora-ml" and _keeps_shared(point):
+        return point.get("rank") or k
+    return k
+
+
+def _keeps_shared(point: dict) -> bool:
+    """Whether fine-tuning keeps the retrained shared parameters (a parameterization of protocol v2
+    whose shared parameters the fine-tuning parameterization also has)."""
+    from ..peft.protocol import shared_names
+    try:
+        retrained = shared_names(_peft_of(point))
+        ft_name = point.get("ft_peft", schema.OPTIONS["ft_peft"].default)
+        finetuned = retrained if ft_name == point.get("peft") else shared_names(_registered(ft_name))
+    except FastLoRAError:
+        return False  # refused when the point is checked
+    return bool(retrained) and bool(finetuned) and set(finetuned) <= set(retrained)
 
 
 def load_spec(path) -> Spec:
@@ -236,9 +358,16 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
     for key, value in list(fixed.items()):
         _check_known(key, origin)
         tables_allowed = KEYS[key].kind == "table"
-        if isinstance(value, list) or (isinstance(value, dict) and not tables_allowed):
+        lists_allowed = KEYS[key].kind in ("int_list", "float_list")
+        if (isinstance(value, list) and not lists_allowed) or (isinstance(value, dict) and not tables_allowed):
             raise FastLoRAError(f"{origin}: fixed key {key!r} must be a scalar, got {value!r}")
         fixed[key] = check_value(key, value, origin)
+    pairing = raw.get("pairing")
+    if pairing is not None:
+        try:
+            pairing = check_pairing(pairing)
+        except FastLoRAError as exc:
+            raise FastLoRAError(f"{origin}: {exc}") from None
     uses_dataset = "dataset" in first_keys or "dataset" in fixed
     _check_dataset_keys(uses_dataset, first_keys | set(fixed), origin)
     # make every row carry every default, so stored rows are self-describing (a dataset's own
@@ -250,7 +379,8 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
         if key not in first_keys and key not in fixed:
             fixed[key] = value
     spec = Spec(name=name.strip(), repeats=repeats, grids=grids, fixed=fixed, seed=seed,
-                description=str(raw.get("description", "")), source=text)
+                description=str(raw.get("description", "")), source=text, pairing=pairing,
+                filled=_filled_keys(grids, fixed, uses_dataset))
     if not check_points:
         return spec
     # the option checks depend on a few keys only: check each combination of their grid values once
@@ -262,7 +392,50 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
             checked.add(combination)
             check_options(point, origin)
         check_point(point, origin)
+    warn_outside_regime(spec, origin)
     return spec
+
+
+def _filled_keys(grids: list[dict], fixed: dict, uses_dataset: bool) -> tuple:
+    """The keys a row resolves where the spec is silent (module docstring): ``FILLED_CONSTANTS``
+    (not for datasets, whose data fix the problem), input_df / noise_df where a student-t law
+    is used, and ``FILLED_PER_POINT``."""
+    declared = set(grids[0]) | set(fixed)
+    candidates = [] if uses_dataset else list(FILLED_CONSTANTS)
+    for name in ("input_df", "noise_df"):
+        law = name.replace("_df", "_law")
+        values = [fixed[law]] if law in fixed else [v for g in grids for v in g.get(law, ())]
+        if "student-t" in values:
+            candidates.append(name)
+    candidates += list(FILLED_PER_POINT)
+    return tuple(k for k in candidates if k not in declared)
+
+
+# the most points a regime warning lists one by one
+REGIME_SHOWN = 8
+
+
+def warn_outside_regime(spec: Spec, origin: str) -> None:
+    """One :class:`RegimeWarning` naming, point by point, those outside the theorem's regime
+    (fastlora.regime); their rows carry ``in_regime = 0`` and the reasons in ``regime_note``."""
+    from ..regime import point_regime
+    described: dict[str, str] = {}
+    for point in spec.points():
+        inside, note = point_regime(point)
+        if inside is False:
+            keys = ("d", "d_out", "k", "T", "task_ranks") + (("rank", "peft") if point.get("method") == "lora-ml"
+                                                              else ())
+            where = ", ".join(f"{k}={point[k]}" for k in keys if point.get(k) is not None)
+            described.setdefault(f"{point.get('method', 'lora-ml')} at {where}", note)
+    if not described:
+        return
+    import warnings
+    lines = [f"  {where}: {note}" for where, note in list(described.items())[:REGIME_SHOWN]]
+    if len(described) > REGIME_SHOWN:
+        lines.append(f"  ... and {len(described) - REGIME_SHOWN} more")
+    warnings.warn(f"{origin}: {len(described)} point(s) lie outside the theorem's regime of exact recovery (their "
+                  f"rows carry in_regime = 0 and the reason in regime_note; docs/identifiability.md):\n"
+                  + "\n".join(lines), RegimeWarning, stacklevel=3)
 
 
 def _current_spelling(table: dict, origin: str) -> dict:
@@ -319,6 +492,8 @@ def check_value(key: str, value, origin: str):
         if not isinstance(value, dict):
             raise FastLoRAError(f"{origin}: {key} must be a table, e.g. {key} = {{ alpha = 16 }}, got {value!r}")
         return value
+    if option.kind in ("int_list", "float_list") and not isinstance(value, list):
+        value = [value]  # one value for every task
     if option.kind == "init_A" and not isinstance(value, str):
         raise FastLoRAError(f"{origin}: {key} must be one of {', '.join(map(repr, option.choices))} in a spec")
     try:
@@ -366,6 +541,7 @@ def check_point(point: dict, origin: str) -> None:
     if point.get("n_test_tasks") == 0:
         raise FastLoRAError(f"{origin}: n_test_tasks=0 leaves nothing to evaluate: every sweep row is fine-tuned and "
                             f"measured on held-out test tasks; use n_test_tasks >= 1 ({where})")
+    _check_task_law(point, d, d_out, origin)
     if point.get("model") != "shallow":
         _check_parameterization_shapes(point, d, d_out, where, origin)
         if law is None:  # make_problem's own law (a generator plugin's sizes are its own)
@@ -380,6 +556,35 @@ def check_point(point: dict, origin: str) -> None:
         if point.get("sampler", "raw") != "raw" or point.get("d_out") not in (None, d) or point.get("implicit"):
             raise FastLoRAError(f"{origin}: model='shallow' takes raw samples of a square network: no sampler, "
                                 f"d_out or implicit keys")
+
+
+def _check_task_law(point: dict, d: int, d_out: int, origin: str) -> None:
+    """The task-law keys as make_problem checks them (fastlora.laws): a law the sampler cannot draw,
+    a covariance in population mode, per-task lists longer than T or ranks above min(d, d_out)."""
+    if all(point.get(k) == v for k, v in LAW_DEFAULTS.items()):
+        return
+    from ..problems import _task_law_arguments
+    n = None if point.get("n", POPULATION) == POPULATION else point["n"]
+    T = point.get("T", KEYS["T"].default)
+    where = ", ".join(f"{k}={point[k]}" for k in ("d", "T", "n", *LAW_DEFAULTS, "sampler")
+                      if point.get(k) is not None and not _at_law_default(point, k))
+    try:
+        if point.get("model") == "shallow" and (point.get("input_law", "gaussian") != "gaussian"
+                                                or point.get("input_cov", "identity") != "identity"
+                                                or point.get("task_scales") is not None):
+            raise FastLoRAError("model='shallow' draws x ~ N(0, I) and Δ*_t = U*_t U*_tᵀ: input_law, input_cov and "
+                                "task_scales do not apply (noise_law and task_ranks do)")
+        laws = _task_law_arguments(d, point.get("k", KEYS["k"].default), T, n, point.get("sampler", "raw"),
+                                   point.get("input_law", "gaussian"), point.get("input_df"),
+                                   point.get("input_cov"), point.get("noise_law", "gaussian"),
+                                   point.get("noise_df"), point.get("task_ranks"), point.get("task_scales"), None,
+                                   False)
+        ranks = laws["task_ranks"]
+        if ranks is not None and max(ranks) > min(d, d_out):
+            raise FastLoRAError(f"task_ranks={list(point['task_ranks'])}: every rank must be <= min(d, d_out)="
+                                f"{min(d, d_out)}")
+    except FastLoRAError as exc:
+        raise FastLoRAError(f"{origin}: {exc} ({where})") from None
 
 
 def _check_parameterization_shapes(point: dict, d: int, d_out: int, where: str, origin: str) -> None:
@@ -574,11 +779,15 @@ def _dataset_fine_tuning_samples(name: str, test_fraction: float | None) -> int:
     return min(task.n for task in load(name, seed=0, **protocol).test_tasks)
 
 
-def problem_args(point: dict, seed: int) -> dict:
+def problem_args(point: dict, seed: int, truth_seed: int | None = None) -> dict:
+    """Keyword arguments of ``make_problem`` for a row: the truth drawn from ``truth_seed`` (default
+    ``seed``), samples and noise from ``seed`` (pairing, module docstring)."""
     args = {k: point[k] for k in PROBLEM_KEYS if k in point}
     args["n"] = None if args.get("n", POPULATION) == POPULATION else args["n"]
     args.update(args.pop("law_options", None) or {})  # a generator plugin's own keyword options
-    return {**args, "seed": seed}
+    if truth_seed is None or truth_seed == seed:
+        return {**args, "seed": seed}
+    return {**args, "seed": truth_seed, "sample_seed": seed}
 
 
 def dataset_args(point: dict, seed: int) -> dict | None:
@@ -613,7 +822,8 @@ def landscape_args(point: dict, seed: int) -> dict | None:
     args = {"n_starts": point["n_starts"], "init": point.get("census_init", "normal"),
             "init_scale": point.get("init_scale", schema.OPTIONS["init_scale"].default), "seed": seed,
             "peft": _peft_of(point), "rank": point.get("rank"),
-            "solver": "gd" if solver == "auto" else solver, "optimizer": point.get("optimizer")}
+            "solver": "gd" if solver == "auto" else solver, "optimizer": point.get("optimizer"),
+            "backend": point.get("backend", "auto")}
     return args
 
 

@@ -30,21 +30,31 @@ from pathlib import Path
 
 from ..errors import FastLoRAError, StoreConflictError, check_choice, check_output_folder
 from ..options import DEPRECATED_NAMES
-from .spec import KEYS, Spec, parse_spec
+from .spec import DEFAULT_PAIRING, KEYS, LEGACY_PAIRING, Spec, parse_spec
 
 METRICS = ("rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds", "converged",
            # models without ground-truth excess risk (fastlora.shallow, real data)
            "test_loss", "test_accuracy",
            # a landscape census per row (n_starts)
-           "spurious_fraction", "saddle_fraction", "global_fraction", "min_hessian_eig")
-# what actually ran: the backend "auto" resolved to and the solver the method chose
-RUN_COLUMNS = ("backend_used", "solver_used")
+           "spurious_fraction", "saddle_fraction", "global_fraction", "min_hessian_eig",
+           # identifiability (fastlora.identify) and restarts (how many starts reached the kept objective)
+           "identified", "restarts_reached", "global_identified_fraction", "global_unidentified_fraction")
+# what actually ran: the backend "auto" resolved to and the solver the method chose; why A was (not)
+# identified; whether the point lies in the theorem's regime (fastlora.regime); the pairing rule and the
+# seed of the ground truth (sweep.spec)
+RUN_COLUMNS = ("backend_used", "solver_used", "identification", "in_regime", "regime_note", "truth_seed", "pairing")
 META_COLUMNS = ("id", "row_key", "sweep", "repeat", "seed")
 TAIL_COLUMNS = ("status", "error", "finished_at", "host")
 _SQL_TYPES = {"rel_err_A": "REAL", "adapt_rank": "REAL", "excess_risk": "REAL", "objective": "REAL",
               "n_iter": "INTEGER", "seconds": "REAL", "converged": "INTEGER", "backend_used": "TEXT",
               "solver_used": "TEXT", "test_loss": "REAL", "test_accuracy": "REAL", "spurious_fraction": "REAL",
-              "saddle_fraction": "REAL", "global_fraction": "REAL", "min_hessian_eig": "REAL"}
+              "saddle_fraction": "REAL", "global_fraction": "REAL", "min_hessian_eig": "REAL",
+              "identified": "INTEGER", "restarts_reached": "INTEGER", "global_identified_fraction": "REAL",
+              "global_unidentified_fraction": "REAL", "identification": "TEXT", "in_regime": "INTEGER",
+              "regime_note": "TEXT", "truth_seed": "INTEGER", "pairing": "TEXT"}
+# what stores written before a key was recorded drew where it was silent: old rows get these values
+# when the column is added (rank, ft_rank, restarts stay NULL there: not recorded)
+_BACKFILL = {"sampler": "raw", "input_law": "gaussian", "input_cov": "identity", "noise_law": "gaussian"}
 # SQLite errors that mean "cannot open read-only here" (e.g. a WAL store on read-only media)
 _CANNOT_OPEN = {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY}
 # PRAGMA application_id of a store ("FLRS"); stores written before it was set have 0
@@ -114,10 +124,16 @@ class ResultsStore:
                     self.db.execute(f'ALTER TABLE results RENAME COLUMN "{old}" TO "{new}"')
                     existing = set(self.columns())
             stored_keys = existing - set(recorded) - set(META_COLUMNS) - set(TAIL_COLUMNS)
-            if stored_keys != set(keys):
-                extra, missing = sorted(stored_keys - set(keys)), sorted(set(keys) - stored_keys)
+            # keys a row resolves where the spec is silent (Spec.filled), which an older store lacks: added
+            recordable = set(spec.filled) - stored_keys
+            if stored_keys != set(keys) - recordable:
+                extra, missing = sorted(stored_keys - set(keys)), sorted(set(keys) - stored_keys - recordable)
                 raise StoreConflictError(f"{str(self.path)!r} was written by a sweep with other keys "
                                     f"(store only: {extra or '-'}; spec only: {missing or '-'}); use another --out")
+            for name in sorted(recordable):
+                self.db.execute(f'ALTER TABLE results ADD COLUMN "{name}"')
+                if name in _BACKFILL:
+                    self.db.execute(f'UPDATE results SET "{name}" = ?', (_BACKFILL[name],))
             # a store written by an older fastlora lacks newer metric columns: add them (NULL in old rows)
             for name in (c for c in recorded if c not in existing):
                 self.db.execute(f'ALTER TABLE results ADD COLUMN "{name}" {_SQL_TYPES[name]}')
@@ -130,7 +146,27 @@ class ResultsStore:
             id INTEGER PRIMARY KEY, row_key TEXT NOT NULL UNIQUE, sweep TEXT, "repeat" INTEGER, seed INTEGER,
             {key_cols}, {metric_cols}, status TEXT NOT NULL, error TEXT, finished_at TEXT, host TEXT)""")
         self.db.execute("CREATE TABLE IF NOT EXISTS specs (name TEXT, digest TEXT, source TEXT, added_at TEXT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('pairing', ?)", (spec.pairing or DEFAULT_PAIRING,))
         self.db.execute("COMMIT")
+
+    def pairing(self) -> str:
+        """The pairing rule this store's rows were made with (sweep.spec): recorded when the store was
+        created; a store written before pairing existed drew a fresh truth per point (``LEGACY_PAIRING``)."""
+        return recorded_pairing(self.db)
+
+    def adopt_pairing(self, spec: Spec) -> str:
+        """The rule this run uses: the store's (module docstring of sweep.spec); a spec naming
+        another is refused, since one store's rows share one rule."""
+        rule = self.pairing()
+        if spec.pairing is not None and spec.pairing != rule:
+            raise StoreConflictError(f"{str(self.path)!r} was made with pairing {rule!r} and this spec names "
+                                     f"pairing {spec.pairing!r}: the rows of one store share one rule; use another "
+                                     f"--out (or remove the spec's pairing key to resume with {rule!r})")
+        if not _has_meta(self.db):  # an old store: record its rule, so that it is explicit from now on
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('pairing', ?)", (rule,))
+        return rule
 
     def remember_spec(self, spec: Spec) -> None:
         known = self.db.execute("SELECT 1 FROM specs WHERE name=? AND source=?", (spec.name, spec.source)).fetchone()
@@ -221,7 +257,7 @@ class ResultsStore:
                     point = row["point"]
                     values.append((key, spec.name, row["repeat"], row["seed"],
                                    *(_sql_value(point.get(k)) for k in spec_keys),
-                                   *(_sql_value(outcome.get(m)) for m in (*METRICS, *RUN_COLUMNS)),
+                                   *(_sql_value(outcome.get(m, row.get(m))) for m in (*METRICS, *RUN_COLUMNS)),
                                    outcome["status"], outcome.get("error"), now, outcome.get("host") or host))
             self.db.executemany(sql, values)
             self.db.execute("COMMIT")
@@ -338,6 +374,26 @@ def spec_changes(before: Spec, after: Spec) -> list[str]:
     old, new = flat(before), flat(after)
     return [f"{key}: {shown(old, key)} -> {shown(new, key)}" for key in sorted(set(old) | set(new))
             if shown(old, key) != shown(new, key)]
+
+
+def _has_meta(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is not None
+
+
+def recorded_pairing(db: sqlite3.Connection) -> str:
+    """The pairing rule a store records, ``LEGACY_PAIRING`` for a store written before pairing existed."""
+    if not _has_meta(db):
+        return LEGACY_PAIRING
+    found = db.execute("SELECT value FROM meta WHERE key='pairing'").fetchone()
+    return LEGACY_PAIRING if found is None else found[0]
+
+
+def store_pairing(path) -> str | None:
+    """The pairing rule of the store at ``path`` (read-only), None where there is no store yet."""
+    if not Path(path).is_file():
+        return None
+    with ResultsStore(path) as store:
+        return store.pairing()
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:

@@ -1,0 +1,184 @@
+"""``fastlora sweep SPEC --dry-run``: what a sweep would do, before doing it.
+
+Counts the spec's rows (and, with a store, those already in it), the distinct retrainings the
+pending rows need (rows that differ only in evaluation keys share one per seed), the points outside
+the theorem's regime (fastlora.regime), an estimate of one row's peak memory, and the time: a few
+retrainings are run for real (one seed's rows; after one untimed warm-up row, the smallest
+retraining key of each method and model, then the largest keys while ``TIME_BUDGET`` seconds last, up
+to ``TIMED_KEYS`` keys), and every other retraining key is scaled from its kind's timed ones by a
+rough cost model (:func:`_cost_proxy`).  Nothing is written.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..config import format_bytes, usable_cores
+from .spec import POPULATION, Spec, retraining_key
+
+TIMED_KEYS = 3
+TIME_BUDGET = 20.0  # seconds of timed rows at most (one retraining key may exceed it alone)
+
+
+@dataclass
+class DryRun:
+    """What a sweep of ``spec`` would do (module docstring); ``lines()`` is the CLI's report."""
+
+    name: str
+    points: int
+    rows: int
+    pending: int
+    retrainings: int
+    outside: list = field(default_factory=list)  # (point description, reasons) of points outside the regime
+    row_bytes: int = 0
+    workers: int = 1
+    timed: list = field(default_factory=list)  # (retraining key's description, seconds of one seed's rows)
+    estimate_seconds: float = 0.0
+    pairing: str = ""
+    store: str | None = None
+
+    def lines(self) -> list[str]:
+        where = f" ({self.rows - self.pending} already in {self.store})" if self.store else ""
+        out = [f"dry run of sweep {self.name!r}: {self.points} point(s), {self.rows} row(s){where}, "
+               f"{self.pending} to run; {self.retrainings} distinct retraining(s); pairing {self.pairing!r}"]
+        out.append(f"outside the theorem's regime: {len(self.outside)} point(s)"
+                   + (":" if self.outside else ""))
+        out.extend(f"  {where}: {why}" for where, why in self.outside[:8])
+        if len(self.outside) > 8:
+            out.append(f"  ... and {len(self.outside) - 8} more")
+        out.append(f"memory: ~{format_bytes(self.row_bytes)} per row at the largest point; "
+                   f"~{format_bytes(self.row_bytes * self.workers)} with {self.workers} worker(s)")
+        for desc, seconds in self.timed:
+            out.append(f"timed: {desc}: {seconds:.2f} s per retraining (its rows included)")
+        if self.pending:
+            wall = self.estimate_seconds / max(self.workers, 1)
+            out.append(f"estimate: ~{_duration(self.estimate_seconds)} of work, ~{_duration(wall)} on "
+                       f"{self.workers} worker(s) (untimed retraining keys scaled from the timed ones of their method "
+                       f"by their size; a rough guide)")
+        return out
+
+
+def dry_run(spec: Spec, out=None, workers: int | None = None, time_budget: float = TIME_BUDGET,
+            timed_keys: int = TIMED_KEYS) -> DryRun:
+    """The :class:`DryRun` of ``spec`` (against the store at ``out`` where given; read-only)."""
+    from ..regime import point_regime
+    from .store import ResultsStore, store_pairing
+    rule = store_pairing(out) if out is not None else None
+    rule = rule or spec.pairing or "paired"
+    rows = spec.rows(rule)
+    stored = set()
+    if out is not None and store_pairing(out) is not None:
+        with ResultsStore(out) as store:
+            stored = set(store.stored_rows())
+    pending = [r for r in rows if r["row_key"] not in stored]
+    groups: dict[str, dict[int, list]] = {}
+    for row in pending:
+        groups.setdefault(retraining_key(row["point"]), {}).setdefault(row["seed"], []).append(row)
+    outside = []
+    for point in spec.points():
+        inside, note = point_regime(point)
+        if inside is False:
+            outside.append((_describe(point), note))
+    workers = max(1, min(workers or usable_cores(), max(len(pending), 1)))
+    report = DryRun(name=spec.name, points=len(spec.points()), rows=len(rows), pending=len(pending),
+                    retrainings=sum(len(by_seed) for by_seed in groups.values()), outside=outside,
+                    row_bytes=max((row_bytes(p) for p in spec.points()), default=0), workers=workers, pairing=rule,
+                    store=str(out) if out is not None and store_pairing(out) is not None else None)
+    if groups:
+        report.timed, report.estimate_seconds = _time(groups, time_budget, timed_keys)
+    return report
+
+
+def row_bytes(point: dict) -> int:
+    """Estimated peak memory of one row: the problem and its solve (linear model: make_problem's and
+    retrain's own estimates), or the shallow network's data and gradients."""
+    if point.get("dataset") is not None:
+        return 64 << 20  # a few MB of images and a 64-unit network
+    d, k, T = point["d"], point.get("k", 2), point.get("T", 8)
+    n = None if point.get("n", POPULATION) == POPULATION else point["n"]
+    if point.get("model") == "shallow":
+        return int(8 * (T + point.get("n_test_tasks", 4)) * (n or 1) * (d + 2) * 4) + (16 << 20)
+    from ..problems import problem_bytes
+    from ..retrain import solve_bytes
+    from ..taskbatch import is_small
+    d_out = point.get("d_out") or d
+    kind = "finite" if n is not None else ("dense" if is_small(d_out, d) else "factored")
+    dtype = point.get("dtype", "float64")
+    return problem_bytes(d, d_out, k, T, n, point.get("n_test_tasks", 4), point.get("symmetric", True),
+                         point.get("sampler", "raw")) + solve_bytes(kind, T, d_out, d, k, point.get("rank"), dtype)
+
+
+def _cost_proxy(point: dict) -> float:
+    """A rough size of one retraining and its rows, to extrapolate timed keys to others of their kind:
+    T·(n·d_in·d_out + d³) for finite samples, T·d³ in population mode, T·n·d² for the shallow network;
+    times the starts (restarts, census starts)."""
+    d = float(point.get("d", 64))
+    d_out = float(point.get("d_out") or d)
+    T = float(point.get("T", 8))
+    n = point.get("n", POPULATION)
+    if point.get("dataset") is not None:
+        size = 1.0
+    elif point.get("model") == "shallow":
+        size = T * float(n) * d * d
+    elif n == POPULATION:
+        size = T * d * d * d
+    else:
+        size = T * (float(n) * d * d_out + d ** 3)
+    return size * float(point.get("restarts") or 1) * float(point.get("n_starts") or 1)
+
+
+def _time(groups: dict, budget: float, most: int) -> tuple[list, float]:
+    """Run one seed's rows of up to ``most`` retraining keys — the smallest of each kind (method,
+    model) first, then the largest ones while ``budget`` lasts — and extrapolate to every pending
+    retraining by each kind's seconds per unit of :func:`_cost_proxy` (module docstring)."""
+    from .runner import run_rows
+    proxy = {key: _cost_proxy(_first_point(by_seed)) for key, by_seed in groups.items()}
+    kind = {key: _kind(_first_point(by_seed)) for key, by_seed in groups.items()}
+    ascending = sorted(groups, key=lambda key: proxy[key])
+    smallest = list({kind[key]: key for key in reversed(ascending)}.values())  # each kind's smallest
+    largest = [key for key in reversed(ascending) if key not in smallest]
+    run_rows(next(iter(groups[ascending[0]].values()))[:1])  # warm-up: imports, compiled kernels from the cache
+    measured: dict[str, float] = {}
+    spent = 0.0
+    for key in (smallest + largest)[:max(most, len(smallest))]:
+        if spent >= budget and key not in smallest:
+            break
+        rows = next(iter(groups[key].values()))
+        started = time.perf_counter()
+        run_rows(rows)
+        measured[key] = time.perf_counter() - started
+        spent += measured[key]
+    rate: dict[tuple, list] = {}
+    for key, seconds in measured.items():
+        rate.setdefault(kind[key], []).append(seconds / proxy[key])
+    timed = [(_describe(_first_point(groups[key])), seconds) for key, seconds in measured.items()]
+    total = 0.0
+    for key, by_seed in groups.items():
+        per = measured.get(key)
+        if per is None:
+            per = float(sorted(rate[kind[key]])[len(rate[kind[key]]) // 2]) * proxy[key]
+        total += per * len(by_seed)
+    return timed, total
+
+
+def _first_point(by_seed: dict) -> dict:
+    return next(iter(by_seed.values()))[0]["point"]
+
+
+def _kind(point: dict) -> tuple:
+    return point.get("method", "lora-ml"), point.get("model", "linear"), point.get("dataset")
+
+
+def _describe(point: dict) -> str:
+    keys = ("dataset", "model", "method", "d", "k", "T", "n", "rank", "n_starts")
+    return ", ".join(f"{k}={point[k]}" for k in keys if point.get(k) is not None
+                     and not (k == "model" and point[k] == "linear")
+                     and not (k == "rank" and point.get("method") != "lora-ml"))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
