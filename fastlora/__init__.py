@@ -15,13 +15,12 @@ from importlib import metadata as _metadata
 # first: lets a source tree (a clone) import its sibling kernels/ as fastlora.kernels
 from . import _source_tree as _source_tree
 from . import peft
+from .api import evaluate, evaluate_many, finetune, finetune_many, make_problem, retrain, retrain_many
 from .arrays import array_module
 from .backends import get_backend
 from .errors import BackendUnavailableError, DivergenceError, FastLoRAError, PerformanceWarning, PluginError
-from .finetune import FinetuneResult, finetune, finetune_many
-from .metrics import evaluate, evaluate_many
-from .problems import Problem, make_problem
-from .retrain import retrain, retrain_many
+from .finetuning import FinetuneResult
+from .problems import Problem
 from .solvers.common import RetrainResult
 from .tasks import LowRankTarget, Task
 

@@ -115,6 +115,16 @@ def check_law_options(law, options: dict, given: dict | None = None) -> dict:
     return passed
 
 
+def make_problem_of_law(law, law_options: dict, **arguments):
+    """``make_problem(law=law, **arguments, **law_options)``: the generator plugin's problem."""
+    if law is None:
+        from .errors import FastLoRAError
+        raise FastLoRAError(f"make_problem() has no argument(s) {', '.join(sorted(law_options))}; keyword options "
+                            f"beyond its own go to a problem generator: pass law='name' (fastlora.generators)")
+    return make_law_problem(law, {k: arguments[k] for k in STANDARD_ARGUMENTS},
+                            {k: arguments[k] for k in OPTIONAL_ARGUMENTS}, law_options)
+
+
 def make_law_problem(law, arguments: dict, given: dict, options: dict):
     """``make_problem(law=law, **arguments, **given, **options)``: ``arguments`` the standard ones
     (checked here as make_problem checks them), ``given`` make_problem's other arguments,
@@ -144,7 +154,7 @@ def make_law_problem(law, arguments: dict, given: dict, options: dict):
     return problem
 
 
-_ROLE_TRAIN, _ROLE_TEST, _ROLE_NEW = 1, 2, 3
+ROLE_TRAIN, ROLE_TEST, ROLE_NEW = 1, 2, 3
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -158,7 +168,7 @@ class FactorLawProblem(Problem):
         from .errors import check_int
         seed = check_int("seed", seed, low=0)
         if seed not in self._extra:
-            self._extra[seed] = _factor_task(self, _ROLE_NEW, seed)[0]
+            self._extra[seed] = _factor_task(self, ROLE_NEW, seed)[0]
         return self._extra[seed]
 
 
@@ -180,10 +190,10 @@ def problem_from_factors(draw_factors, A_star, *, d: int, k: int, T: int, n: int
     proto = FactorLawProblem(A_star, np.empty((T, d_out, k)), np.empty((T, d, k)), [], [], d, d_out, k, T, n,
                              noise, False, seed, draw_factors=draw_factors)
     for t in range(T):
-        task, B, C = _factor_task(proto, _ROLE_TRAIN, t)
+        task, B, C = _factor_task(proto, ROLE_TRAIN, t)
         proto.tasks.append(task)
         proto.B_star[t], proto.C_star[t] = B, C
-    proto.test_tasks.extend(_factor_task(proto, _ROLE_TEST, t)[0] for t in range(n_test_tasks))
+    proto.test_tasks.extend(_factor_task(proto, ROLE_TEST, t)[0] for t in range(n_test_tasks))
     return proto
 
 

@@ -17,7 +17,7 @@ from .errors import (
     check_list,
     per_entry,
 )
-from .finetune import finetune_many, lowrank_residual
+from .finetuning import finetune_many, lowrank_residual
 from .implicit import is_implicit
 from .linop import LowRankUpdate
 from .options import OPTIONS
@@ -137,7 +137,7 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
                    converged where the floor is unknown), None where that cannot be judged (not
                    converged, no A*); ``identification`` says which (docs/identifiability.md).
 
-    For the shallow network (``model="shallow"``) the metrics are those of
+    For the shallow network (``model="shallow"``; fastlora.models dispatches) the metrics are those of
     :func:`fastlora.shallow.evaluate_shallow`: ``test_loss`` against clean labels on fresh inputs
     (no ground-truth excess risk exists for a nonlinear model) or on the held-out split of
     labelled data (:mod:`fastlora.datasets`), ``test_accuracy`` for ±1 labels, ``train_fit``,
@@ -146,14 +146,6 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
     ``metrics``: names that must come out as numbers (e.g. ``("test_accuracy",)``); one that
     cannot be computed for these tasks raises :class:`~fastlora.errors.FastLoRAError`.
     """
-    if getattr(prob, "model", None) == "shallow" or (
-            test_tasks and getattr(test_tasks[0], "model", None) == "shallow"):
-        from .shallow import evaluate_shallow
-        if ft_peft_options is not None:
-            ft_peft = finetuning_parameterization(ft_peft, OPTIONS["ft_peft_options"].check(ft_peft_options),
-                                                  getattr(res, "peft", None), "ft_peft")
-        return evaluate_shallow(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seed,
-                                test_tasks=test_tasks, metrics=metrics)
     wanted = () if metrics is None else check_choices("metrics", metrics, LINEAR_METRICS)
     if "rel_err_A" in wanted and getattr(prob, "A_star", None) is None:
         raise FastLoRAError("metrics: 'rel_err_A' cannot be computed: there is no ground-truth A* to compare with")
@@ -179,18 +171,6 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     seeds = per_entry("seeds", seeds, len(results), "result")
     if test_tasks is not None:
         per_entry("test_tasks", check_list("test_tasks", test_tasks, "result"), len(results), "result")
-    if problems and getattr(problems[0], "model", None) == "shallow":  # no batched path: one at a time
-        out = []
-        for i, (res, prob) in enumerate(zip(results, problems)):
-            try:
-                out.append(evaluate(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seeds[i],
-                                    rank_tol=rank_tol, test_tasks=None if test_tasks is None else test_tasks[i],
-                                    noise_floor=noise_floor, ft_peft_options=ft_peft_options))
-            except FastLoRAError as exc:
-                if errors == "raise":
-                    raise
-                out.append(exc)
-        return out
     test_lists = test_tasks if test_tasks is not None else [None] * len(results)
     ft_peft_options = OPTIONS["ft_peft_options"].check(ft_peft_options)
     try:

@@ -28,7 +28,7 @@ from .implicit import SeededSymmetricGaussian
 from .laws import STANDARD_LAW, DataLaw, make_law, refuse_inexact_statistics
 from .tasks import SAMPLERS, LowRankTarget, Task, check_raw_draws, raw_draws, sampling_bytes
 
-_ROLE_SHARED, _ROLE_TRAIN, _ROLE_TEST, _ROLE_NEW = 0, 1, 2, 3
+ROLE_SHARED, ROLE_TRAIN, ROLE_TEST, ROLE_NEW = 0, 1, 2, 3
 _TASK_OVERHEAD_BYTES = 1024  # Python objects per task (measured ~700 bytes)
 
 
@@ -84,7 +84,7 @@ class Problem:
         """A further held-out task from the same law (same n and noise), reproducible by seed."""
         seed = check_int("seed", seed, low=0)
         if seed not in self._extra:
-            self._extra[seed] = _draw_task(self, _ROLE_NEW, seed)
+            self._extra[seed] = _draw_task(self, ROLE_NEW, seed)
         return self._extra[seed]
 
     def __repr__(self) -> str:
@@ -97,65 +97,19 @@ class Problem:
                 f"noise={self.noise}, symmetric={self.symmetric}, seed={self.seed}{sampler}{law}{ranks}{scales})")
 
 
-def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, noise: float = 0.0,
-                 seed: int = 0, d_out: int | None = None, symmetric: bool = True,
-                 n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False, model: str = "linear",
-                 law=None,
-                 # task laws (fastlora.laws; docs/task_laws.md)
-                 input_law: str = "gaussian", input_df: float | None = None, input_cov=None,
-                 noise_law: str = "gaussian", noise_df: float | None = None, task_ranks=None, task_scales=None,
-                 sample_seed: int | None = None, **law_options):
-    """Draw a problem with ``T`` training tasks and ``n_test_tasks`` held-out tasks.
-
-    ``n=None`` is population mode (L_t(W) = ½‖W − W*_t‖²); an integer ``n`` draws that many
-    Gaussian samples per task (kept as sufficient statistics).  ``d`` is d_in; ``d_out``
-    defaults to ``d``.  ``symmetric=True`` (the paper's setting) needs ``d_out == d``.
-    ``sampler="raw"`` (default; reproduces earlier results bit for bit) draws X and ε;
-    ``"stats"`` draws (Σ_t, C_t, s_t) from their exact joint law in O(d²) normals per task
-    whatever n (:func:`fastlora.tasks.exact_statistics`); the ground truth is the same
-    for both, and fine-tuning draws (``finetune(..., n=...)``) use the same sampler.
-    Sizes whose memory or raw draws would not fit are refused first (module docstring).
-    ``model="shallow"``: the paper's two-layer network y = c*ᵀ·sigmoid((A* + U*_tU*_tᵀ) x) + σε
-    (:func:`fastlora.shallow.make_shallow_problem`; needs a finite n, the paper's σ is 0.1).
-    ``implicit=True`` (population, symmetric): A* is a :class:`~fastlora.implicit.SeededSymmetricGaussian`,
-    generated tile by tile when needed — the same law with other numbers, and no d × d array,
-    so the problem is solvable at d = 100,000 (fastlora.reduction; ``retrain(..., dense_A=False)``).
-    ``law="name"``: the tasks come from that problem-generator plugin (entry-point group
-    ``fastlora.problems``, :mod:`fastlora.generators`; docs/plugins.md), called with d, k, T, n,
-    noise, seed, d_out, n_test_tasks and ``**law_options``, its own keyword options.
-
-    Task laws (:mod:`fastlora.laws`, docs/task_laws.md): ``input_law`` "gaussian" | "rademacher" |
-    "student-t" (``input_df`` degrees of freedom, default 5), ``input_cov`` None (identity) | a
-    spectrum name ("spiked", "spiked:s", "power-law", "power-law:a") | a (d, d) covariance,
-    ``noise_law`` "gaussian" | "rademacher" | "student-t" (``noise_df``) | "laplace" (unit variance,
-    times σ); ``task_ranks`` [k_1, ...] and ``task_scales`` [s_1, ...] (positive) give training task t
-    the perturbation s_t·B*_t C*_tᵀ of rank k_t (lists cycle over the tasks: [1, 2] alternates);
-    held-out tasks keep rank k and scale 1.  Population mode depends on the inputs only through Σ:
-    it takes no input_cov (its loss is ½‖W − W*‖²_F).  ``sampler="stats"`` is exact for Gaussian inputs
-    and noise (any input_cov) and refuses other laws.  ``sample_seed`` (default ``seed``) seeds the
-    tasks' samples and noise apart from the ground truth, which ``seed`` alone fixes (paired draws:
-    the same truth at every n, σ and data law).
-    """
-    # -- task laws (issue 24): they shape make_problem's own law, not a generator plugin's --------
-    if (law is not None or law_options) and _task_law_given(input_law, input_df, input_cov, noise_law, noise_df,
-                                                          task_ranks, task_scales, sample_seed):
-        raise FastLoRAError("input_law, input_df, input_cov, noise_law, noise_df, task_ranks, task_scales and "
-                            "sample_seed shape make_problem's own law; a problem generator (law=...) takes its "
-                            "own options (law_options)")
-    # -------------------------------------------------------------------------------------------
-    if law is not None or law_options:  # a problem-generator plugin (fastlora.generators)
-        return _make_law_problem(law, law_options, d=d, k=k, T=T, n=n, noise=noise, seed=seed, d_out=d_out,
-                                 n_test_tasks=n_test_tasks, symmetric=symmetric, sampler=sampler,
-                                 implicit=implicit, model=model)
-    model = check_choice("model", model, ("linear", "shallow"))
+def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, noise: float = 0.0,
+                        seed: int = 0, d_out: int | None = None, symmetric: bool = True,
+                        n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False,
+                        # task laws (fastlora.laws; docs/task_laws.md)
+                        input_law: str = "gaussian", input_df: float | None = None, input_cov=None,
+                        noise_law: str = "gaussian", noise_df: float | None = None, task_ranks=None,
+                        task_scales=None, sample_seed: int | None = None):
+    """The linear model's problem (the model of :func:`fastlora.make_problem`, which documents every
+    argument): ``T`` training tasks and ``n_test_tasks`` held-out tasks of the law of docs/design.md §2,
+    with the task laws of docs/task_laws.md."""
     n = schema.OPTIONS["n"].check(n)  # an integer, or None / "population"
-    # -- task laws (issue 24) ------------------------------------------------------------
-    laws = _task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df,
-                               task_ranks, task_scales, sample_seed, implicit)
-    # -------------------------------------------------------------------------------------
-    if model == "shallow":
-        return _make_shallow(d=d, k=k, T=T, n=n, noise=noise, seed=seed, d_out=d_out, symmetric=symmetric,
-                             n_test_tasks=n_test_tasks, sampler=sampler, implicit=implicit, **laws)
+    laws = task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df,
+                              task_ranks, task_scales, sample_seed, implicit)
     d = check_int("d", d, low=1)
     d_out = d if d_out is None else check_int("d_out", d_out, low=1)
     k = check_int("k", k, low=1, high=min(d, d_out))
@@ -182,9 +136,9 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
         raise FastLoRAError(f"input_cov has shape {law.sqrt.shape}; it must be (d, d) = ({d}, {d})")
 
     if implicit:
-        A_star = SeededSymmetricGaussian(d, seed, role=_ROLE_SHARED)
+        A_star = SeededSymmetricGaussian(d, seed, role=ROLE_SHARED)
     else:
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_SHARED,)))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_SHARED,)))
         G = rng.standard_normal((d_out, d))
         A_star = 0.5 * (G + G.T) if symmetric else G
         A_star.setflags(write=False)
@@ -196,7 +150,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     C_rows = B_rows if symmetric else np.zeros((T, width, d))
     for t in range(T):
         k_t = k if ranks is None else ranks[t]
-        b, c = _draw_factors(seed, _ROLE_TRAIN, t, d_out, d, k_t, symmetric)
+        b, c = draw_factors(seed, ROLE_TRAIN, t, d_out, d, k_t, symmetric)
         if scales is not None:
             b, c = _scaled(b, c, scales[t], symmetric)
         B_rows[t, :k_t] = b.T
@@ -209,29 +163,12 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     factors = [_task_factors(B_star[t], C_star[t], k if ranks is None else ranks[t], symmetric) for t in range(T)]
     proto = Problem(A_star, B_star, C_star, [], [], d, d_out, k, T, n, noise, bool(symmetric), seed, sampler,
                     law=law, task_ranks=ranks, task_scales=scales, sample_seed=sample_seed)
-    proto.tasks.extend(_make_task(proto, A_star, b, c, _ROLE_TRAIN, t) for t, (b, c) in enumerate(factors))
-    proto.test_tasks.extend(_draw_task(proto, _ROLE_TEST, t) for t in range(n_test_tasks))
+    proto.tasks.extend(_make_task(proto, A_star, b, c, ROLE_TRAIN, t) for t, (b, c) in enumerate(factors))
+    proto.test_tasks.extend(_draw_task(proto, ROLE_TEST, t) for t in range(n_test_tasks))
     return proto
 
 
-def _make_law_problem(law, law_options: dict, **arguments):
-    """make_problem(law=...): the generator plugin's problem (fastlora.generators.make_law_problem)."""
-    from .generators import OPTIONAL_ARGUMENTS, STANDARD_ARGUMENTS, make_law_problem
-    if law is None:
-        raise FastLoRAError(f"make_problem() has no argument(s) {', '.join(sorted(law_options))}; keyword options "
-                            f"beyond its own go to a problem generator: pass law='name' (fastlora.generators)")
-    standard = {k: arguments[k] for k in STANDARD_ARGUMENTS}
-    given = {k: arguments[k] for k in OPTIONAL_ARGUMENTS}
-    return make_law_problem(law, standard, given, law_options)
-
-
-def _task_law_given(input_law, input_df, input_cov, noise_law, noise_df, task_ranks, task_scales, sample_seed) -> bool:
-    """Whether any task-law argument differs from the paper's law (make_problem's defaults)."""
-    return (input_law != "gaussian" or noise_law != "gaussian" or input_cov not in (None, "identity")
-            or any(v is not None for v in (input_df, noise_df, task_ranks, task_scales, sample_seed)))
-
-
-def _task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df, task_ranks,
+def task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df, task_ranks,
                         task_scales, sample_seed, implicit) -> dict:
     """The task-law arguments of make_problem, checked: {law, task_ranks, task_scales, sample_seed}."""
     d = check_int("d", d, low=1)
@@ -244,15 +181,15 @@ def _task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noi
     if implicit and not law.is_standard:
         raise FastLoRAError("implicit=True draws the paper's law only: input_law, input_cov and noise_law do not apply")
     T = check_int("T", T, low=1)
-    ranks = _per_task("task_ranks", task_ranks, T, integer=True)
-    scales = _per_task("task_scales", task_scales, T, integer=False)
+    ranks = per_task_values("task_ranks", task_ranks, T, integer=True)
+    scales = per_task_values("task_scales", task_scales, T, integer=False)
     if implicit and (ranks is not None or scales is not None):
         raise FastLoRAError("implicit=True draws the paper's law only: task_ranks and task_scales do not apply")
     sample_seed = None if sample_seed is None else check_int("sample_seed", sample_seed, low=0)
     return {"law": law, "task_ranks": ranks, "task_scales": scales, "sample_seed": sample_seed}
 
 
-def _per_task(name: str, values, T: int, integer: bool) -> tuple | None:
+def per_task_values(name: str, values, T: int, integer: bool) -> tuple | None:
     """``values`` (a list, cycled over the T tasks) as a tuple of T checked entries; None stays None."""
     if values is None:
         return None
@@ -283,25 +220,7 @@ def _task_factors(B, C, k_t: int, symmetric: bool):
     return b, (b if symmetric else C[:, :k_t])
 
 
-def _make_shallow(*, d, k, T, n, noise, seed, d_out, symmetric, n_test_tasks, sampler, implicit, law, task_ranks,
-                  task_scales, sample_seed):
-    """model="shallow": the paper's two-layer network (fastlora.shallow.make_shallow_problem)."""
-    if n is None:
-        raise FastLoRAError("model='shallow' needs a finite n (samples per task; the paper uses n=1000): the shallow "
-                            "network has no population mode")
-    if d_out not in (None, d) or symmetric is not True or sampler != "raw" or implicit:
-        raise FastLoRAError("model='shallow' draws the paper's square network from raw samples: d_out, "
-                            "symmetric=False, sampler='stats' and implicit=True do not apply")
-    if task_scales is not None or law.sqrt is not None or law.input_law != "gaussian":
-        raise FastLoRAError("model='shallow' draws x ~ N(0, I) and Δ*_t = U*_t U*_tᵀ: input_law, input_cov and "
-                            "task_scales do not apply (noise_law and task_ranks do)")
-    from .shallow import make_shallow_problem
-    return make_shallow_problem(d=d, k=k, T=T, n=n, noise=noise, seed=seed, n_test_tasks=n_test_tasks,
-                                noise_law=law.noise_law, noise_df=law.noise_df, task_ranks=task_ranks,
-                                sample_seed=sample_seed)
-
-
-def _draw_factors(seed, role, index, d_out, d_in, k, symmetric):
+def draw_factors(seed, role, index, d_out, d_in, k, symmetric):
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(role, index, 0)))
     B = rng.standard_normal((d_out, k))
     C = B if symmetric else rng.standard_normal((d_in, k))
@@ -309,7 +228,7 @@ def _draw_factors(seed, role, index, d_out, d_in, k, symmetric):
 
 
 def _draw_task(prob: Problem, role: int, index: int) -> Task:
-    B, C = _draw_factors(prob.seed, role, index, prob.d_out, prob.d, prob.k, prob.symmetric)
+    B, C = draw_factors(prob.seed, role, index, prob.d_out, prob.d, prob.k, prob.symmetric)
     return _make_task(prob, prob.A_star, B, C, role, index)
 
 
@@ -321,7 +240,7 @@ def _make_task(prob: Problem, A_star, B, C, role: int, index: int) -> Task:
     if prob.n is not None:
         data_seq = np.random.SeedSequence(prob.data_seed, spawn_key=(role, index, 1))
         task.key = key
-        if role == _ROLE_TRAIN:
+        if role == ROLE_TRAIN:
             task = task.sample(prob.n, seed=np.random.default_rng(data_seq), noise=prob.noise)
         else:  # held-out tasks: their data are drawn only if read (evaluate draws its own n_ft)
             task = Task.deferred_sample(task, prob.n, np.random.default_rng(data_seq), prob.noise, prob.sampler)

@@ -21,11 +21,11 @@ NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 def check_plugin_name(name: str) -> str:
     """A registry key usable as a module suffix: lower-case letters, digits and _, not a built-in name."""
-    from .peft.registry import _BUILTINS
+    from .peft.registry import BUILTINS
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or keyword.iskeyword(name):
         raise FastLoRAError(f"NAME={name!r} must be a lower-case Python identifier (letters, digits, _; e.g. "
                             f"'loha'): it is the registry key and names the module fastlora_NAME")
-    if name in _BUILTINS:
+    if name in BUILTINS:
         raise FastLoRAError(f"NAME={name!r} is a built-in parameterization's name, which always resolves to "
                             f"fastlora's own class; choose another")
     return name

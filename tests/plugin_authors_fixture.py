@@ -10,7 +10,7 @@ import numpy as np
 from fastlora import Problem, Task, array_module
 from fastlora.errors import check_int
 
-_ROLE_SHARED, _ROLE_TRAIN, _ROLE_TEST, _ROLE_NEW = 0, 1, 2, 3
+ROLE_SHARED, ROLE_TRAIN, ROLE_TEST, ROLE_NEW = 0, 1, 2, 3
 
 
 class SBLoRA:
@@ -67,24 +67,24 @@ class SharedBasisProblem(Problem):
 
     def new_task(self, seed: int) -> Task:
         if seed not in self._extra:
-            self._extra[seed] = _task(self, _ROLE_NEW, seed)[0]
+            self._extra[seed] = _task(self, ROLE_NEW, seed)[0]
         return self._extra[seed]
 
 
 def shared_basis(d, k, T, n, noise, seed, d_out, n_test_tasks, private_rank=0):
     """The law of SBLoRA's tasks: each W*_t − A* of rank k, k − private_rank of it in a shared basis."""
     private_rank = check_int("private_rank", private_rank, low=0, high=k - 1)
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_SHARED,)))
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_SHARED,)))
     r = k - private_rank
     A_star, basis_B, basis_C = (rng.standard_normal((d_out, d)), rng.standard_normal((d_out, r)),
                                 rng.standard_normal((d, r)))
     proto = SharedBasisProblem(A_star, np.zeros((T, d_out, k)), np.zeros((T, d, k)), [], [], d, d_out, k, T, n,
                                noise, False, seed, basis_B=basis_B, basis_C=basis_C, private_rank=private_rank)
     for t in range(T):
-        task, left, right = _task(proto, _ROLE_TRAIN, t)
+        task, left, right = _task(proto, ROLE_TRAIN, t)
         proto.tasks.append(task)
         proto.B_star[t], proto.C_star[t] = left, right
-    proto.test_tasks.extend(_task(proto, _ROLE_TEST, t)[0] for t in range(n_test_tasks))
+    proto.test_tasks.extend(_task(proto, ROLE_TEST, t)[0] for t in range(n_test_tasks))
     return proto
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import options as schema
 from ..errors import FastLoRAError, check_array, check_choice, check_float, check_int
-from ..problems import _ROLE_TEST, _ROLE_TRAIN
+from ..problems import ROLE_TEST, ROLE_TRAIN
 from ..seeding import PURPOSE_SUBSAMPLE, as_generator, task_seed
 from ..shallow.problem import MODEL, ShallowTask
 
@@ -169,16 +169,16 @@ def labelled_tasks(X, labels, *, pairs=PAPER_PAIRS, test_pair=PAPER_TEST_PAIR, s
     k = check_int("k", k, low=1, high=X.shape[1])
     model = check_choice("model", model, MODELS)
 
-    splits = [_split(labels, pair, f"pairs[{j}]", seed, _ROLE_TRAIN, j, test_fraction)
+    splits = [_split(labels, pair, f"pairs[{j}]", seed, ROLE_TRAIN, j, test_fraction)
               for j, pair in enumerate(pairs)]
-    test_split = _split(labels, test_pair, "test_pair", seed, _ROLE_TEST, 0, test_fraction)
+    test_split = _split(labels, test_pair, "test_pair", seed, ROLE_TEST, 0, test_fraction)
     mean = scale = None
     if standardize:
         mean, scale = standardization(X[np.concatenate([train for train, _ in splits])])
         X = (X - mean) / scale
-    tasks = [_task(X, labels, pair, split, (seed, _ROLE_TRAIN, j))
+    tasks = [_task(X, labels, pair, split, (seed, ROLE_TRAIN, j))
              for j, (pair, split) in enumerate(zip(pairs, splits))]
-    test_tasks = [_task(X, labels, test_pair, test_split, (seed, _ROLE_TEST, 0))]
+    test_tasks = [_task(X, labels, test_pair, test_split, (seed, ROLE_TEST, 0))]
     return LabelledProblem(name=name, tasks=tasks, test_tasks=test_tasks, d=X.shape[1], k=k, T=len(tasks),
                            n=tuple(task.n for task in tasks), seed=seed, pairs=pairs, test_pair=test_pair,
                            test_fraction=test_fraction, mean=mean, scale=scale, model=model)
@@ -241,10 +241,10 @@ def partition_tasks(X, labels, *, partitions=DIGIT_PARTITIONS, test_partition=DI
         X = (X - mean) / scale
     tasks = []
     for t, part in enumerate(partitions):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_TRAIN, t)))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_TRAIN, t)))
         rows = rng.choice(pool, size=n_per_task, replace=False)
-        tasks.append(_partition_task(X, labels, part, rows, held, (seed, _ROLE_TRAIN, t)))
-    test_task = _partition_task(X, labels, test_partition, pool, held, (seed, _ROLE_TEST, 0))
+        tasks.append(_partition_task(X, labels, part, rows, held, (seed, ROLE_TRAIN, t)))
+    test_task = _partition_task(X, labels, test_partition, pool, held, (seed, ROLE_TEST, 0))
     return LabelledProblem(name=name, tasks=tasks, test_tasks=[test_task], d=X.shape[1], k=k, T=len(tasks),
                            n=tuple(task.n for task in tasks), seed=seed, pairs=partitions, test_pair=test_partition,
                            test_fraction=test_fraction, mean=mean, scale=scale, model=model, protocol="partitions")

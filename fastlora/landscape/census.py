@@ -27,7 +27,7 @@ import numpy as np
 from ..config import require_memory
 from ..errors import DivergenceError, FastLoRAError, check_choice, check_float, check_int
 from ..options import OPTIONS, rank_or_problem_k
-from ..retrain import LINEAR_MAX_ITER, LINEAR_TOL
+from ..retraining import LINEAR_MAX_ITER, LINEAR_TOL
 from ..tables import render
 from .classify import KINDS, Tolerances, classify_at, global_reference, realisable_global_value
 from .hessian import spectrum_at
@@ -171,7 +171,7 @@ def _draw(rng, init: str, scale: float, shape) -> np.ndarray:
 _CHUNK = 128  # starts per batched solve: the progress callback moves between chunks
 
 
-def _solve_starts(problem_or_tasks, peft, rank: int, starts: list[Point], solver: str, *, optimizer: str,
+def solve_starts(problem_or_tasks, peft, rank: int, starts: list[Point], solver: str, *, optimizer: str,
                   max_iter: int, tol: float, backend: str, callback: Callable | None = None) -> list:
     """Solve LoRA-ML from every start: a list of RetrainResult, or the numerical error a start raised.
 
@@ -246,7 +246,7 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
     starts = draw_starts(model, n_starts, init, init_scale, seed)
     with one_blas_thread():
         started = time.perf_counter()
-        outcomes = _solve_starts(problem_or_tasks, model.peft, rank, starts, solver, optimizer=optimizer,
+        outcomes = solve_starts(problem_or_tasks, model.peft, rank, starts, solver, optimizer=optimizer,
                                  max_iter=max_iter, tol=tol, backend=backend, callback=callback)
         solve_seconds = time.perf_counter() - started
 

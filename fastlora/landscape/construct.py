@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import FastLoRAError, check_int
 from ..options import rank_or_problem_k
-from .census import _solve_starts, draw_starts, one_blas_thread
+from .census import draw_starts, one_blas_thread, solve_starts
 from .classify import Classification, Tolerances, classify_at, global_reference
 from .hessian import complement, symmetry_basis
 from .objective import LandscapeModel, Point
@@ -102,7 +102,7 @@ def find_spurious_minimum(problem_or_tasks, peft="lora_sym", rank: int | None = 
 
 
 def _try_start(problem_or_tasks, model, start, global_value, tol_cls, solver, optimizer, max_iter, tol, found_by):
-    (outcome,) = _solve_starts(problem_or_tasks, model.peft, model.rank, [start], solver, optimizer=optimizer,
+    (outcome,) = solve_starts(problem_or_tasks, model.peft, model.rank, [start], solver, optimizer=optimizer,
                                max_iter=max_iter, tol=tol, backend="numpy")
     if isinstance(outcome, BaseException):
         return None

@@ -27,8 +27,8 @@ from ..errors import FastLoRAError, PluginError
 from . import protocol
 
 GROUP = "fastlora.peft"
-_BUILTINS = {"lora": "fastlora.peft.builtins:LoRA", "lora_sym": "fastlora.peft.builtins:SymmetricLoRA",
-             "full": "fastlora.peft.builtins:Full"}
+BUILTINS = {"lora": "fastlora.peft.builtins:LoRA", "lora_sym": "fastlora.peft.builtins:SymmetricLoRA",
+            "full": "fastlora.peft.builtins:Full"}
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Kind:
     describe: object = protocol.capabilities   # obj -> the dict info() shows as "capabilities"
 
 
-PEFT = Kind(GROUP, _BUILTINS, "parameterization", "peft", protocol.validate)
+PEFT = Kind(GROUP, BUILTINS, "parameterization", "peft", protocol.validate)
 
 
 class Registry:

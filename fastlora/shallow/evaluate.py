@@ -7,7 +7,7 @@ import numpy as np
 from .. import peft as peft_registry
 from ..errors import FastLoRAError, check_choices, check_int
 from .scores import labels_are_pm1
-from .solve import _shared_of, finetune_shallow
+from .solve import finetune_shallow, shared_of
 
 # what each metric means for each kind of test task; a metric missing from a kind does not apply to it
 METRIC_MEANINGS = {
@@ -123,7 +123,7 @@ def evaluate_shallow(res, problem, ft_rank: int | None = None, n_ft: int | None 
     L-BFGS with 5 adapter starts; the paper's procedure: ``ft_solver="gd"``, AdamW 15,000 steps).
     Test task i is fine-tuned with seed ``seed + i``.
     """
-    A, c = (np.asarray(a, dtype=np.float64) for a in _shared_of(res))
+    A, c = (np.asarray(a, dtype=np.float64) for a in shared_of(res))
     tasks = list(test_tasks if test_tasks is not None else getattr(problem, "test_tasks", []))
     if not tasks:
         raise FastLoRAError("evaluate needs test tasks: the problem has none (n_test_tasks=0) and test_tasks was "

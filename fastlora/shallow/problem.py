@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import FastLoRAError, check_array, check_float, check_int
 from ..laws import STANDARD_LAW, DataLaw, make_law
-from ..problems import _ROLE_NEW, _ROLE_SHARED, _ROLE_TEST, _ROLE_TRAIN, _draw_factors, _per_task
+from ..problems import ROLE_NEW, ROLE_SHARED, ROLE_TEST, ROLE_TRAIN, draw_factors, per_task_values
 from ..seeding import PURPOSE_SAMPLE, as_generator, task_seed
 
 MODEL = "shallow"
@@ -162,7 +162,7 @@ class ShallowProblem:
         """A further held-out task from the same law (same n and noise), reproducible by seed."""
         seed = check_int("seed", seed, low=0)
         if seed not in self._extra:
-            self._extra[seed] = _draw_task(self, _ROLE_NEW, seed)
+            self._extra[seed] = _draw_task(self, ROLE_NEW, seed)
         return self._extra[seed]
 
     def __repr__(self) -> str:
@@ -190,30 +190,30 @@ def make_shallow_problem(d: int = 10, k: int = 1, T: int = 3, n: int | None = 10
     seed = check_int("seed", seed, low=0)
     n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)
     law = make_law(d, noise_law=noise_law, noise_df=noise_df)
-    ranks = _per_task("task_ranks", task_ranks, T, integer=True)
+    ranks = per_task_values("task_ranks", task_ranks, T, integer=True)
     if ranks is not None and max(ranks) > d:
         raise FastLoRAError(f"task_ranks={list(ranks)}: every rank must be <= d={d}")
     sample_seed = None if sample_seed is None else check_int("sample_seed", sample_seed, low=0)
 
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_SHARED,)))
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_SHARED,)))
     A_star = rng.standard_normal((d, d))
     c_star = rng.standard_normal(d)
     widths = [k] * T if ranks is None else list(ranks)
     U_star = np.zeros((T, d, max(widths)))
     for t in range(T):
-        U_star[t, :, :widths[t]] = _draw_factor(seed, _ROLE_TRAIN, t, d, widths[t])
+        U_star[t, :, :widths[t]] = _draw_factor(seed, ROLE_TRAIN, t, d, widths[t])
     for a in (A_star, c_star, U_star):
         a.setflags(write=False)
     prob = ShallowProblem(A_star, c_star, U_star, [], [], d, k, T, n, noise, seed, law=law, task_ranks=ranks,
                           sample_seed=sample_seed)
-    prob.tasks.extend(_make_task(prob, U_star[t, :, :widths[t]], _ROLE_TRAIN, t) for t in range(T))
-    prob.test_tasks.extend(_draw_task(prob, _ROLE_TEST, t) for t in range(n_test_tasks))
+    prob.tasks.extend(_make_task(prob, U_star[t, :, :widths[t]], ROLE_TRAIN, t) for t in range(T))
+    prob.test_tasks.extend(_draw_task(prob, ROLE_TEST, t) for t in range(n_test_tasks))
     return prob
 
 
 def _draw_factor(seed, role, index, d, k) -> np.ndarray:
     """U*_t, drawn as the linear model's symmetric factor of the same task (same seed, role, index)."""
-    return _draw_factors(seed, role, index, d, d, k, True)[0]
+    return draw_factors(seed, role, index, d, d, k, True)[0]
 
 
 def _draw_task(prob: ShallowProblem, role: int, index: int) -> ShallowTask:

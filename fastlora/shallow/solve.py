@@ -332,7 +332,8 @@ class ShallowFinetuneResult:
     test_accuracy: float = float("nan")
 
 
-def _shared_of(res_or_A_and_c):
+def shared_of(res_or_A_and_c):
+    """The shared (A, c) of a shallow retraining result, or of an (A, c) pair."""
     if isinstance(res_or_A_and_c, RetrainResult):
         if "c" not in res_or_A_and_c.shared:
             raise FastLoRAError("this RetrainResult has no output weights shared['c']: it is not a shallow-network "
@@ -369,7 +370,7 @@ def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft="lora", rank: int =
     started = time.perf_counter()
     if not isinstance(task, ShallowTask):
         raise FastLoRAError(f"task must be a ShallowTask, got {type(task).__name__}")
-    A, c = _shared_of(res_or_A_and_c)
+    A, c = shared_of(res_or_A_and_c)
     A = np.asarray(A, dtype=np.float64)
     h, d = A.shape
     if d != task.d:

@@ -214,21 +214,21 @@ class FinishedState:
             self.A = xp.array(A, copy=True)
             self.params = {k: xp.array(v, copy=True) for k, v in params.items()}
             return
-        self.A = _select(xp, newly_done, A, self.A)
+        self.A = select_where(xp, newly_done, A, self.A)
         tasks = self.batch.task_mask(newly_done)
-        self.params = {k: _select(xp, tasks, v, self.params[k]) for k, v in params.items()}
+        self.params = {k: select_where(xp, tasks, v, self.params[k]) for k, v in params.items()}
 
     def result(self, A, params, done):
         """Finished problems' kept state, the others' current one."""
         if self.A is None:
             return A, params
         xp = self.batch.xp
-        A = _select(xp, done, self.A, A)
+        A = select_where(xp, done, self.A, A)
         tasks = self.batch.task_mask(done)
-        return A, {k: _select(xp, tasks, self.params[k], v) for k, v in params.items()}
+        return A, {k: select_where(xp, tasks, self.params[k], v) for k, v in params.items()}
 
 
-def _select(xp, mask, new, old):
+def select_where(xp, mask, new, old):
     """``new`` where ``mask`` (along the leading axis), else ``old``."""
     mask = np.asarray(mask, dtype=bool)
     if mask.all():

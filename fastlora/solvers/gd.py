@@ -34,7 +34,7 @@ from ..engine.steps import ADAM_BETAS, ADAM_EPS, adam_update, lbfgs_direction, l
 from ..kernels.packing import Packer
 from ..peft.protocol import bind_base, shared_names, trainable
 from ..taskbatch import Adapters
-from .common import FinishedState, _select
+from .common import FinishedState, select_where
 
 
 class Objective:
@@ -180,7 +180,7 @@ def _merge(batch, problems, new: dict, old: dict, shared=()) -> dict:
         if k in shared:  # one problem
             out[k] = v if bool(problems[0]) else old[k]
         else:
-            out[k] = _select(batch.xp, problems if k == "A" else tasks, v, old[k])
+            out[k] = select_where(batch.xp, problems if k == "A" else tasks, v, old[k])
     return out
 
 

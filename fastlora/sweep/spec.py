@@ -563,7 +563,7 @@ def _check_task_law(point: dict, d: int, d_out: int, origin: str) -> None:
     a covariance in population mode, per-task lists longer than T or ranks above min(d, d_out)."""
     if all(point.get(k) == v for k, v in LAW_DEFAULTS.items()):
         return
-    from ..problems import _task_law_arguments
+    from ..problems import task_law_arguments
     n = None if point.get("n", POPULATION) == POPULATION else point["n"]
     T = point.get("T", KEYS["T"].default)
     where = ", ".join(f"{k}={point[k]}" for k in ("d", "T", "n", *LAW_DEFAULTS, "sampler")
@@ -574,7 +574,7 @@ def _check_task_law(point: dict, d: int, d_out: int, origin: str) -> None:
                                                 or point.get("task_scales") is not None):
             raise FastLoRAError("model='shallow' draws x ~ N(0, I) and Δ*_t = U*_t U*_tᵀ: input_law, input_cov and "
                                 "task_scales do not apply (noise_law and task_ranks do)")
-        laws = _task_law_arguments(d, point.get("k", KEYS["k"].default), T, n, point.get("sampler", "raw"),
+        laws = task_law_arguments(d, point.get("k", KEYS["k"].default), T, n, point.get("sampler", "raw"),
                                    point.get("input_law", "gaussian"), point.get("input_df"),
                                    point.get("input_cov"), point.get("noise_law", "gaussian"),
                                    point.get("noise_df"), point.get("task_ranks"), point.get("task_scales"), None,
@@ -619,7 +619,7 @@ def _registered(name: str):
 def _check_sizes(point: dict, d: int, d_out: int, origin: str) -> None:
     """Sizes make_problem or fl.retrain would refuse on this machine (memory, raw draws), by their own checks."""
     from ..problems import check_size
-    from ..retrain import check_solve_size
+    from ..retraining import check_solve_size
     n = None if point.get("n", POPULATION) == POPULATION else point["n"]
     k, T = point.get("k", KEYS["k"].default), point.get("T", KEYS["T"].default)
     try:

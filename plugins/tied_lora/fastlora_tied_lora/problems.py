@@ -22,7 +22,7 @@ from fastlora import Problem, Task
 from fastlora.errors import check_float, check_int
 from fastlora.tasks import LowRankTarget
 
-_ROLE_SHARED, _ROLE_TRAIN, _ROLE_TEST, _ROLE_NEW = 0, 1, 2, 3
+ROLE_SHARED, ROLE_TRAIN, ROLE_TEST, ROLE_NEW = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +43,7 @@ class TiedProblem(Problem):
     def new_task(self, seed: int) -> Task:
         seed = check_int("seed", seed, low=0)
         if seed not in self._extra:
-            self._extra[seed] = _task(self, _scales(self.seed, _ROLE_NEW, seed, self.k), _ROLE_NEW, seed)
+            self._extra[seed] = _task(self, _scales(self.seed, ROLE_NEW, seed, self.k), ROLE_NEW, seed)
         return self._extra[seed]
 
     def __repr__(self) -> str:
@@ -69,13 +69,13 @@ def make_tied_problem(d: int = 16, r: int = 2, T: int = 8, n: int | None = None,
     noise = check_float("noise", noise, low=0.0)
     seed = check_int("seed", seed, low=0)
     n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_ROLE_SHARED,)))
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_SHARED,)))
     A_star, B_basis, C_basis = (rng.standard_normal((d_out, d)), rng.standard_normal((d_out, r)),
                                 rng.standard_normal((d, r)))
     for a in (A_star, B_basis, C_basis):
         a.setflags(write=False)
-    s_star = np.stack([_scales(seed, _ROLE_TRAIN, t, r) for t in range(T)])
-    s_test = np.stack([_scales(seed, _ROLE_TEST, t, r) for t in range(n_test_tasks)]) if n_test_tasks \
+    s_star = np.stack([_scales(seed, ROLE_TRAIN, t, r) for t in range(T)])
+    s_test = np.stack([_scales(seed, ROLE_TEST, t, r) for t in range(n_test_tasks)]) if n_test_tasks \
         else np.zeros((0, r))
     # the solvers' layout: (T, r, d) row-contiguous buffers, B_star / C_star (T, d, r) views of them
     B_rows = np.ascontiguousarray((B_basis[None] * s_star[:, None, :]).swapaxes(1, 2))
@@ -83,8 +83,8 @@ def make_tied_problem(d: int = 16, r: int = 2, T: int = 8, n: int | None = None,
     prob = TiedProblem(A_star, B_rows.swapaxes(1, 2), C_rows.swapaxes(1, 2), [], [], d, d_out, r, T, n,
                        noise, False, seed, B_basis=B_basis, C_basis=C_basis, s_star=s_star,
                        s_test=s_test)
-    prob.tasks.extend(_task(prob, s_star[t], _ROLE_TRAIN, t) for t in range(T))
-    prob.test_tasks.extend(_task(prob, s_test[t], _ROLE_TEST, t) for t in range(n_test_tasks))
+    prob.tasks.extend(_task(prob, s_star[t], ROLE_TRAIN, t) for t in range(T))
+    prob.test_tasks.extend(_task(prob, s_test[t], ROLE_TEST, t) for t in range(n_test_tasks))
     return prob
 
 

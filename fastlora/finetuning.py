@@ -65,14 +65,6 @@ def finetune(A, task: Task, peft="lora", rank: int | None = None, n: int | None 
     fine-tuned by :func:`fastlora.shallow.finetune_shallow`
     (``A``: its retrain result, whose A and c stay frozen).
     """
-    if getattr(task, "model", None) == "shallow":
-        from .shallow import finetune_shallow
-        rank = ground_truth_rank(task) if rank is None else rank
-        if rank is None:
-            raise FastLoRAError("rank is required: it defaults to the task's ground-truth rank k, which this task "
-                                "does not know")
-        return finetune_shallow(A, task, peft=peft, rank=rank, n=n, seed=seed, backend=backend, dtype=dtype,
-                                peft_options=peft_options)
     return finetune_many([A], [task], peft=peft, rank=rank, n=n, seeds=[seed], backend=backend, dtype=dtype,
                          max_iter=max_iter, tol=tol, peft_options=peft_options)[0]
 

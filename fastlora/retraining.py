@@ -1,4 +1,5 @@
-"""``fastlora.retrain``: standard retraining, LoRA-ML (ALS or gradient methods) and Reptile."""
+"""The linear model's retraining (``fastlora.retrain`` and ``retrain_many`` dispatch here through
+:mod:`fastlora.models`): standard retraining, LoRA-ML (ALS or gradient methods) and Reptile."""
 from __future__ import annotations
 
 import time
@@ -74,9 +75,6 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
 
 {options}
     """
-    if _is_shallow(problem_or_tasks):
-        return _retrain_shallow(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype,
-                                threads, callback, peft_options, options)
     restarts = check_restarts(options.pop("restarts", None))  # several seeded starts: fastlora.restarts
     if restarts > 1:
         if callback is not None:
@@ -87,26 +85,6 @@ def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: in
     plan = _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype, threads, callback,
                  peft_options, options, dense_A)
     return _raise_or_return(_run(plan, [problem_or_tasks], [plan.rng], as_numpy), "raise")[0]
-
-
-def _is_shallow(problem_or_tasks) -> bool:
-    if getattr(problem_or_tasks, "model", None) == "shallow":
-        return True
-    return isinstance(problem_or_tasks, (list, tuple)) and bool(problem_or_tasks) \
-        and getattr(problem_or_tasks[0], "model", None) == "shallow"
-
-
-def _retrain_shallow(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, seed, dtype, threads,
-                     callback, peft_options, options):
-    from .shallow import retrain_shallow
-    limits = {k: v for k, v in (("max_iter", max_iter), ("tol", tol)) if v is not None}
-    try:
-        return retrain_shallow(problem_or_tasks, method=method, peft=peft, rank=rank, solver=solver, seed=seed,
-                               backend=backend, dtype=dtype, threads=threads, callback=callback,
-                               peft_options=peft_options, **limits, **options)
-    except TypeError as exc:  # an option the shallow solvers do not take
-        raise FastLoRAError(f"{exc}; see help(fastlora.shallow.retrain_shallow) for the shallow network's options") \
-            from None
 
 
 def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int | None = None,
@@ -136,17 +114,6 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
         if len(ks) > 1:
             raise FastLoRAError(f"problems have different k ({', '.join(map(str, ks))}) and rank is not given: "
                                 f"retrain_many solves at one rank; pass rank=, or call it once per k")
-    if _is_shallow(problems[0]):  # no batched engine for the shallow network: one at a time
-        out = []
-        for problem, seed in zip(problems, seeds):
-            try:
-                out.append(retrain(problem, method, peft, rank, solver, backend, max_iter, tol, seed, dtype=dtype,
-                                   threads=threads, peft_options=peft_options, **options))
-            except FastLoRAError as exc:
-                if errors == "raise":
-                    raise
-                out.append(exc)
-        return out
     restarts = check_restarts(options.pop("restarts", None))  # several seeded starts: fastlora.restarts
     if restarts > 1:
         return retrain_many_with_restarts(retrain_many, problems, seeds, restarts, errors, dict(

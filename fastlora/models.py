@@ -1,0 +1,67 @@
+"""The models fastlora retrains, each an implementation of one small interface (docs/design.md §6).
+
+A model draws problems, retrains its shared parameters on tasks, fine-tunes a new task's adapter
+and evaluates a retraining on held-out tasks.  The public functions (:mod:`fastlora.api`:
+``make_problem``, ``retrain``, ``finetune``, ``evaluate`` and their ``*_many`` forms) dispatch
+to the model a problem or task belongs to — its ``model`` attribute, the linear model where it
+has none.  A new model (say, a deeper network, or a generator plugin's) implements :class:`Model`
+and is registered in :data:`MODELS`; nothing in the core asks which model it is.
+"""
+from __future__ import annotations
+
+import abc
+import functools
+import importlib
+
+from .errors import check_choice
+
+# name -> "module:class"; loaded on first use, so that drawing a linear problem never imports the others
+MODELS = {"linear": "fastlora.linear:LinearModel", "shallow": "fastlora.shallow:ShallowModel"}
+
+
+class Model(abc.ABC):
+    """What a model is to the public functions; every method takes the public function's arguments."""
+
+    name = "abstract"
+
+    @abc.abstractmethod
+    def draw(self, **arguments):
+        """``make_problem(..., model=name, **arguments)``: a problem of this model."""
+
+    @abc.abstractmethod
+    def retrain(self, problem_or_tasks, *args, **kwargs):
+        """:func:`fastlora.retrain` of this model's problem or tasks: a RetrainResult."""
+
+    @abc.abstractmethod
+    def retrain_many(self, problems, *args, **kwargs) -> list:
+        """:func:`fastlora.retrain_many`: one result (or, with ``errors="return"``, error) per problem."""
+
+    @abc.abstractmethod
+    def finetune(self, start, task, *args, **kwargs):
+        """:func:`fastlora.finetune` of a new task from a retrained ``start``."""
+
+    @abc.abstractmethod
+    def finetune_many(self, starts, tasks, *args, **kwargs) -> list:
+        """:func:`fastlora.finetune_many`."""
+
+    @abc.abstractmethod
+    def evaluate(self, res, prob, *args, **kwargs) -> dict:
+        """:func:`fastlora.evaluate`: metrics of a retraining on held-out tasks."""
+
+    @abc.abstractmethod
+    def evaluate_many(self, results, problems, *args, **kwargs) -> list:
+        """:func:`fastlora.evaluate_many`."""
+
+
+@functools.cache
+def get_model(name: str) -> Model:
+    """The model registered under ``name``."""
+    module, cls = MODELS[check_choice("model", name, tuple(MODELS))].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def model_of(obj) -> Model:
+    """The model a problem, task, retrain result, or list of them belongs to."""
+    if isinstance(obj, (list, tuple)) and obj:
+        obj = obj[0]
+    return get_model(getattr(obj, "model", None) or "linear")
