@@ -162,27 +162,48 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _schema_option(name: str, *, given_only: bool = False):
+_UNSET = object()
+
+
+def schema_option(name: str, *, given_only: bool = False, default=_UNSET, flag: str | None = None,
+                  shown=_UNSET):
     """A click option built from the options schema (fastlora.options): its help, allowed values
     and default come from there.  ``given_only``: default None, passed on only when given (the
-    library then applies the schema's default).  Values are checked by the library, so a bad one
-    is one ``Error:`` line naming the option."""
+    library then applies the schema's default, ``shown`` in the help).  ``default`` and ``flag``
+    (``--name``, the parameter keeping ``name``): a command's own, e.g. the census's smaller
+    problem.  Values are checked by the library, so a bad one is one ``Error:`` line naming the
+    option."""
     from .options import OPTIONS
     option = OPTIONS[name]
-    default = option.default_for("lora-ml")
-    shown = "population" if option.kind == "count" and default is None else default
+    if default is _UNSET:
+        default = option.default_for("lora-ml")
+        if default is None and option.model_defaults:
+            default = option.default_for("retrain", "linear")  # what the library resolves None to
+    if shown is _UNSET:
+        shown = "population" if option.kind == "count" and default is None else default
     # an array start (init_A) exists only in Python
     allowed = " | ".join(option.choices) if option.kind == "init_A" else option.describe()
+    if option.kind == "seed":
+        allowed = "int >= 0"  # a numpy Generator exists only in Python
     help_text = f"{option.doc} [{allowed}; default: {shown}]"
+    flag = flag or _flag(name)
     if option.kind == "bool":
-        flag = _flag(name)
-        return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None if given_only else default,
+        return click.option(f"{flag}/--no-{flag.removeprefix('--')}", name, default=None if given_only else default,
                             help=help_text)
-    kind = {"int": int, "float": float}.get(option.kind, str)
+    kind = {"int": int, "float": float, "seed": int}.get(option.kind, str)
     if option.kind == "init_A":
         kind = click.Choice(option.choices)
-    return click.option(_flag(name), name, type=kind, default=None if given_only else shown, help=help_text,
-                        show_default=False)
+    value = None if given_only else ("population" if option.kind == "count" and default is None else default)
+    return click.option(flag, name, type=kind, default=value, help=help_text, show_default=False)
+
+
+def schema_options(*names, given_only: bool = False):
+    """:func:`schema_option` of each of ``names``, in that order."""
+    def decorate(fn):
+        for name in reversed(names):
+            fn = schema_option(name, given_only=given_only)(fn)
+        return fn
+    return decorate
 
 
 @contextlib.contextmanager
@@ -211,32 +232,31 @@ def in_flag_words(message: str, names) -> str:
     return "".join(piece if i % 2 else pattern.sub(flag, piece) for i, piece in enumerate(pieces))
 
 
-def _schema_options(*names, given_only: bool = False):
-    def decorate(fn):
-        for name in reversed(names):
-            fn = _schema_option(name, given_only=given_only)(fn)
-        return fn
-    return decorate
+def _solve_flags(group: str, *, lora_ml_only: bool | None = None) -> tuple[str, ...]:
+    """The options of ``group`` that are flags of ``fastlora solve`` (``cli`` in the schema), in
+    the schema's order; ``lora_ml_only``: only those that apply to LoRA-ML alone (or only the others)."""
+    from .options import OPTIONS
+    return tuple(name for name, option in OPTIONS.items() if option.group == group and option.cli
+                 and (lora_ml_only is None or bool(option.applies) == lora_ml_only))
 
 
-SOLVE_PROBLEM = ("d", "d_out", "k", "T", "n", "noise", "sampler", "n_test_tasks", "input_law", "input_df", "input_cov",
-                 "noise_law", "noise_df")
-SOLVE_RETRAIN = ("method", "backend", "dtype", "max_iter", "tol", "threads")
-SOLVE_LORA_ML = ("peft", "rank", "solver")  # passed on only when given: method='lora-ml' alone takes them
-SOLVE_EVALUATE = ("ft_rank", "n_ft", "ft_peft", "rank_tol", "noise_floor")
-SOLVE_SOLVER = ("init_A", "reduction", "adapter_step", "inner_iter", "power_iter_init", "acceleration", "optimizer",
-                "eliminate_A", "lr", "inner_lr", "inner_steps", "outer_lr")
+SOLVE_PROBLEM = _solve_flags("problem")
+SOLVE_RETRAIN = _solve_flags("retrain", lora_ml_only=False)
+# passed on only when given: method='lora-ml' alone takes them
+SOLVE_LORA_ML = _solve_flags("retrain", lora_ml_only=True)
+SOLVE_EVALUATE = _solve_flags("evaluate")
+SOLVE_SOLVER = _solve_flags("solver")
 
 
 @main.command()
-@_schema_options(*SOLVE_PROBLEM)
+@schema_options(*SOLVE_PROBLEM)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the problem draw and the solver")
 @click.option("--asymmetric", is_flag=True, help="general ground truth B*C*ᵀ instead of U*U*ᵀ")
 @click.option("--implicit", is_flag=True, help="A* generated tile by tile, never stored (population, symmetric; "
               "for d beyond memory: the solve keeps A as S + Q E Qᵀ)")
-@_schema_options(*SOLVE_RETRAIN)
-@_schema_options(*SOLVE_LORA_ML, *SOLVE_SOLVER, given_only=True)
-@_schema_options(*SOLVE_EVALUATE)
+@schema_options(*SOLVE_RETRAIN)
+@schema_options(*SOLVE_LORA_ML, *SOLVE_SOLVER, given_only=True)
+@schema_options(*SOLVE_EVALUATE)
 @click.option("--peft-options", "peft_options", default=None, metavar="TABLE",
               help="keyword arguments of the --peft class, as a JSON object or a TOML inline table, "
                    "e.g. '{ alpha = 16 }' (as peft_options in a sweep spec)")

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import peft as peft_registry
 from .backends import get_backend, resolve_dtype
-from .errors import FastLoRAError, check_array, check_float, check_int, check_list, per_entry
+from .errors import FastLoRAError, check_array, check_list, per_entry
 from .linop import LowRankUpdate
 from .options import OPTIONS, check_solver_options
 from .peft.protocol import check_shape_supported, shared_names
@@ -19,6 +19,11 @@ from .solvers.adapters import InnerGradient, choose_adapter_step
 from .solvers.common import Context, RetrainResult
 from .taskbatch import stack_problems
 from .tasks import LowRankTarget, Task
+
+# the linear model's fine-tuning defaults, from the options schema
+FINETUNE_MAX_ITER = OPTIONS["max_iter"].default_for("finetune", "linear")
+FINETUNE_TOL = OPTIONS["tol"].default_for("finetune", "linear")
+FINETUNE_PEFT = OPTIONS["ft_peft"].default
 
 
 @dataclass
@@ -42,8 +47,8 @@ class FinetuneResult:
                 f"converged={self.converged})")
 
 
-def finetune(A, task: Task, peft="lora", rank: int | None = None, n: int | None = None, seed=0, *,
-             backend: str = "auto", dtype="float64", max_iter: int = 500, tol: float = 1e-10,
+def finetune(A, task: Task, peft=FINETUNE_PEFT, rank: int | None = None, n: int | None = None, seed=0, *,
+             backend: str = "auto", dtype="float64", max_iter: int = FINETUNE_MAX_ITER, tol: float = FINETUNE_TOL,
              peft_options: dict | None = None) -> FinetuneResult:
     """Fit a rank-``rank`` adapter of ``peft`` on ``task`` starting from ``A``.
 
@@ -78,9 +83,9 @@ def ground_truth_rank(task) -> int | None:
     return int(target.B.shape[1]) if isinstance(target, LowRankTarget) else None
 
 
-def finetune_many(starts: list, tasks: list, peft="lora", rank: int | None = None, n: int | None = None, seeds=0, *,
-                  backend: str = "auto", dtype="float64", max_iter: int = 500, tol: float = 1e-10,
-                  peft_options: dict | None = None) -> list[FinetuneResult]:
+def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | None = None, n: int | None = None,
+                  seeds=0, *, backend: str = "auto", dtype="float64", max_iter: int = FINETUNE_MAX_ITER,
+                  tol: float = FINETUNE_TOL, peft_options: dict | None = None) -> list[FinetuneResult]:
     """:func:`finetune` of ``starts[i]`` on ``tasks[i]`` (seed ``seeds[i]``) for every i, with the
     exact fits of all of them in one batched call (each is what a lone finetune gives)."""
     tasks = check_list("tasks", tasks, "task")
@@ -100,9 +105,9 @@ def finetune_many(starts: list, tasks: list, peft="lora", rank: int | None = Non
             raise FastLoRAError("rank is required: it defaults to the tasks' ground-truth rank k, which "
                                 + ("these tasks do not share" if None not in known else "a task here has none"))
         rank = known.pop()
-    rank = check_int("rank", rank, low=1)
-    max_iter = check_int("max_iter", max_iter, low=1)
-    tol = check_float("tol", tol, low=0.0)
+    rank = OPTIONS["rank"].check(rank)
+    max_iter = OPTIONS["max_iter"].resolve(max_iter, "finetune", "linear")
+    tol = OPTIONS["tol"].resolve(tol, "finetune", "linear")
     n = OPTIONS["n"].check(n)
     be, dtype = get_backend(backend), resolve_dtype(dtype)
     out: list[FinetuneResult | None] = [None] * len(tasks)

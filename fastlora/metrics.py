@@ -12,7 +12,6 @@ from .errors import (
     check_array,
     check_choice,
     check_choices,
-    check_float,
     check_int,
     check_list,
     per_entry,
@@ -29,6 +28,8 @@ from .tasks import LowRankTarget, Task, dense_target
 # singular values of W*_new − A below this many times one task's least-squares error
 # norm are estimation noise, not rank a new task needs (see evaluate)
 NOISE_FLOOR_FACTOR = 2.0
+# evaluate's defaults, from the options schema
+FT_PEFT, RANK_TOL, NOISE_FLOOR = (OPTIONS[name].default for name in ("ft_peft", "rank_tol", "noise_floor"))
 
 
 def numerical_rank(M, rtol: float, scale: float) -> int:
@@ -103,8 +104,8 @@ def spectral_norm(target) -> float:
     return float(svds(op, k=1, return_singular_vectors=False, random_state=0)[0])
 
 
-def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora", seed: int = 0,
-             rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True, metrics=None,
+def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_peft=FT_PEFT, seed: int = 0,
+             rank_tol: float = RANK_TOL, test_tasks=None, noise_floor: bool = NOISE_FLOOR, metrics=None,
              ft_peft_options: dict | None = None) -> dict:
     """Metrics of a retrained model on held-out tasks.
 
@@ -158,8 +159,9 @@ LINEAR_METRICS = ("rel_err_A", "adapt_rank", "excess_risk")
 
 
 
-def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_ft: int | None = None, ft_peft="lora",
-                  seeds=0, rank_tol: float = 1e-6, test_tasks=None, noise_floor: bool = True,
+def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_ft: int | None = None,
+                  ft_peft=FT_PEFT, seeds=0, rank_tol: float = RANK_TOL, test_tasks=None,
+                  noise_floor: bool = NOISE_FLOOR,
                   errors: str = "raise", ft_peft_options: dict | None = None) -> list:
     """:func:`evaluate` of ``results[i]`` on ``problems[i]`` (seed ``seeds[i]``) for every i; the
     fine-tuning of every test task of every result is one batched call (:func:`finetune_many`),
@@ -177,7 +179,8 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         peft_registry.get(ft_peft, **(ft_peft_options or {}))
     except FastLoRAError as exc:
         raise type(exc)(f"ft_peft: {exc}".replace("peft options ", "ft_peft_options ")) from None
-    rank_tol = check_float("rank_tol", rank_tol, low=0.0, low_open=True)
+    rank_tol = OPTIONS["rank_tol"].check(rank_tol)
+    noise_floor = OPTIONS["noise_floor"].check(noise_floor)
     n_ft = OPTIONS["n_ft"].check(n_ft)
     plans, jobs = [], []
     for i, (res, prob, tasks) in enumerate(zip(results, problems, test_lists)):

@@ -7,7 +7,7 @@ here (in the spirit of scikit-learn's parameter constraints).  Checks raise
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,14 +38,16 @@ class Option:
     """One option.  ``kind``: "int", "float", "choice", "bool", "count" (positive int or
     ``"population"`` = None), "peft" (a registered name), "init_A" ("standard" | "zeros" | array),
     "params" (dict of arrays), "seed" (int >= 0 or a numpy Generator), "table" (a dict of
-    keyword arguments).
+    keyword arguments).  ``cli``: a flag of ``fastlora solve`` (its option lists are built from it).
 
     Also "spectrum" (an input covariance name, fastlora.laws) and "int_list" / "float_list" (a
     non-empty list of positive numbers, one per task; cycled over the tasks).
 
     ``applies``: for solver options, the (method, solver) pairs that read it (empty: always).
     "law" (a registered problem generator, fastlora.generators).
-    ``default`` may be a dict keyed by method.  ``sweep``: usable as a sweep-spec key.
+    ``default`` may be a dict keyed by the case that reads the option (a method, an optimizer, or
+    ``"finetune"``); ``model_defaults`` ((model, default), ...) gives a model whose default differs
+    (e.g. the shallow network's ``tol``), in the same form.  ``sweep``: usable as a sweep-spec key.
     """
 
     name: str
@@ -61,9 +63,21 @@ class Option:
     applies: tuple = ()
     sweep: bool = True
     cli: bool = True
+    model_defaults: tuple = ()
 
-    def default_for(self, method: str | None = None):
-        return self.default.get(method) if isinstance(self.default, dict) else self.default
+    def default_for(self, case: str | None = None, model: str | None = None):
+        """The default where ``case`` (a method, an optimizer, ``"finetune"``, ...) of ``model`` reads
+        this option: the model's own where ``model_defaults`` declares one, else ``default``."""
+        default = dict(self.model_defaults).get(model, self.default)
+        return default.get(case) if isinstance(default, dict) else default
+
+    def check_as(self, name: str, value):
+        """:meth:`check` for an argument that spells this option ``name`` (e.g. the census's ``init``)."""
+        return replace(self, name=name).check(value)
+
+    def resolve(self, value, case: str | None = None, model: str | None = None):
+        """``value`` checked, or where it is None the default of (``case``, ``model``), checked."""
+        return self.check(self.default_for(case, model) if value is None else value)
 
     def check(self, value):
         """``value`` validated and normalised (None stays None where allowed)."""
@@ -148,15 +162,16 @@ _ALL = (
     Option("n", "count", None, "samples per task (None / 'population': population mode)", "problem"),
     Option("noise", "float", 0.0, "noise standard deviation σ of the labels", "problem", low=0.0, high=MAX_NOISE),
     Option("d_out", "int", None, "output dimension (default: d)", "problem", low=1, allow_none=True),
-    Option("symmetric", "bool", True, "ground truth U*U*ᵀ (True, the paper's) or B*C*ᵀ", "problem"),
+    Option("symmetric", "bool", True, "ground truth U*U*ᵀ (True, the paper's) or B*C*ᵀ", "problem",
+           cli=False),  # fastlora solve: --asymmetric
     Option("n_test_tasks", "int", 4, "held-out tasks drawn with the problem", "problem", low=0),
     Option("model", "choice", "linear", "the learner: 'linear' (y = W x + ε, docs/design.md §2) or 'shallow' "
-           "(y = cᵀ·sigmoid(W x) + ε, fastlora.shallow)", "problem", choices=("linear", "shallow")),
+           "(y = cᵀ·sigmoid(W x) + ε, fastlora.shallow)", "problem", choices=("linear", "shallow"), cli=False),
     Option("sampler", "choice", "raw", "how finite samples are drawn: 'raw' data reduced to statistics, or "
            "'stats' (the statistics' exact law, O(T·d²) whatever n; fastlora.tasks.exact_statistics)", "problem",
            choices=("raw", "stats")),
     Option("law", "law", None, "a problem-generator plugin drawing the tasks instead of make_problem's own law "
-           "(entry-point group fastlora.problems; fastlora.generators)", "problem", allow_none=True),
+           "(entry-point group fastlora.problems; fastlora.generators)", "problem", allow_none=True, cli=False),
     Option("law_options", "table", None, "keyword options of the problem generator named by law, e.g. "
            "{private_rank = 1}", "problem", allow_none=True, cli=False),
     # task laws (fastlora.laws, docs/task_laws.md)
@@ -178,29 +193,40 @@ _ALL = (
     # retrain
     Option("method", "choice", "lora-ml", "standard retraining, LoRA-ML (PEFT-ML) or Reptile", "retrain",
            choices=METHODS),
-    Option("peft", "peft", "lora_sym", "the PEFT parameterization of LoRA-ML (fastlora.peft.available())", "retrain"),
+    Option("peft", "peft", "lora_sym", "the PEFT parameterization of LoRA-ML (fastlora.peft.available()); the "
+           "shallow network's default is 'lora', the paper's asymmetric adapters", "retrain",
+           applies=(LORA_ML_ALS, LORA_ML_GD), model_defaults=(("shallow", "lora"),)),
     Option("peft_options", "table", None, "keyword arguments of the parameterization's class, e.g. {alpha = 16}",
            "retrain", allow_none=True, cli=False),
-    Option("rank", "int", None, "adapter rank r (default: the problem's k)", "retrain", low=1, allow_none=True),
+    Option("rank", "int", None, "adapter rank r (default: the problem's k)", "retrain", low=1, allow_none=True,
+           applies=(LORA_ML_ALS, LORA_ML_GD)),
     Option("solver", "choice", "auto", "LoRA-ML solver: 'auto' picks the fastest reliable one per problem kind",
-           "retrain", choices=SOLVERS),
+           "retrain", choices=SOLVERS, applies=(LORA_ML_ALS, LORA_ML_GD)),
     Option("backend", "choice", "auto", "array/kernel backend", "retrain",
            choices=BACKEND_CHOICES),
     Option("dtype", "choice", "float64", "floating-point type of the solve", "retrain", choices=DTYPES),
-    Option("max_iter", "int", None, "iteration limit (default: 1000 for the linear model's solvers; "
-           "fastlora.shallow's own for the shallow network)", "retrain", low=1, allow_none=True),
+    Option("max_iter", "int", None, "iteration limit (default: the linear model 1000 for retraining, 500 for "
+           "fine-tuning; the shallow network by optimizer: L-BFGS 5000, AdamW/Adam 40000 (15000 fine-tuning, the "
+           "paper's), Reptile 500 outer steps)", "retrain", low=1, allow_none=True,
+           model_defaults=(("linear", {"retrain": 1000, "finetune": 500}),
+                           ("shallow", {"lbfgs": 5000, "adamw": 40000, "adam": 40000, "reptile": 500,
+                                        "finetune:lbfgs": 5000, "finetune:adamw": 15000, "finetune:adam": 15000}))),
     Option("tol", "float", None, "relative tolerance (change of A for ALS, gradient norm for gd; default 1e-10 "
-           "for the linear model, fastlora.shallow's own otherwise; linear model, 0: no convergence test, "
+           "for the linear model, 1e-8 for the shallow network; linear model, 0: no convergence test, "
            "iterate to max_iter unless the objective is zero or no step can lower it)", "retrain",
-           low=0.0, high=1.0, allow_none=True),
-    Option("seed", "seed", 0, "seed of every random draw (sweeps derive it per row)", "retrain", sweep=False),
+           low=0.0, high=1.0, allow_none=True, model_defaults=(("linear", 1e-10), ("shallow", 1e-8))),
+    Option("seed", "seed", 0, "seed of every random draw (sweeps derive it per row)", "retrain", sweep=False,
+           cli=False),  # fastlora solve: its own --seed, of the problem draw too
     Option("threads", "int", None, "Numba threads for large kernels (default: all usable cores)", "retrain", low=1,
            allow_none=True, sweep=False),
     Option("restarts", "int", None, "independent starts; the lowest objective is kept (default: the shallow "
-           "network 8 for lora-ml, 1 for standard and reptile; the linear model 1)", "retrain", low=1,
-           allow_none=True),
+           "network 8 for lora-ml, 1 for standard and reptile, and 5 adapter starts for an L-BFGS fine-tuning "
+           "(fastlora.shallow.solve says what was measured); the linear model 1)", "retrain", low=1,
+           allow_none=True,
+           model_defaults=(("linear", 1), ("shallow", {"standard": 1, "lora-ml": 8, "reptile": 1, "finetune:lbfgs": 5,
+                                                       "finetune:adamw": 1, "finetune:adam": 1}))),
     Option("dense_A", "bool", True, "return A as a dense array (False: as a LowRankUpdate S + Q E Qᵀ where the "
-           "reduced solver ran)", "retrain", sweep=False),
+           "reduced solver ran)", "retrain", sweep=False, cli=False),  # fastlora solve: --implicit
     # solver options
     Option("init_A", "init_A", {"lora-ml": "standard", "reptile": "zeros"},
            "starting A: the standard retraining solution, zeros, or (Python API only) an array", "solver",
@@ -222,15 +248,24 @@ _ALL = (
            applies=(LORA_ML_GD,)),
     Option("eliminate_A", "bool", True, "L-BFGS over the adapters only, A the closed-form A step of the current "
            "adapters (variable projection)", "solver", applies=(LORA_ML_GD,)),
-    Option("lr", "float", None, "step size of gd / adam (default: 1/T for gd with line search, 1e-2 for adam)",
-           "solver", low=0.0, low_open=True, allow_none=True, applies=(LORA_ML_GD,)),
-    Option("inner_lr", "float", 0.1, "Reptile inner step, relative to 1/λ_max(Σ_t)", "solver", low=0.0, high=1.0,
-           low_open=True, applies=(REPTILE,)),
+    Option("lr", "float", None, "step size of gd / adam (default: 1/T for gd with line search, 1e-2 for adam; "
+           "the shallow network's Adam and AdamW 1e-3, torch's)", "solver", low=0.0, low_open=True, allow_none=True,
+           applies=(LORA_ML_GD,), model_defaults=(("linear", {"adam": 1e-2}),
+                                                  ("shallow", {"adam": 1e-3, "adamw": 1e-3}))),
+    Option("weight_decay", "float", None, "decoupled weight decay of the shallow network's AdamW (default 0.01, "
+           "torch's, which the paper used; 0 for Adam)", "shallow", low=0.0, allow_none=True, sweep=False,
+           cli=False, model_defaults=(("shallow", {"adamw": 0.01, "adam": 0.0}),)),
+    Option("ftol", "float", None, "the shallow network's stall test: stop when the objective falls by less than "
+           "this share over a window (default: 1% of its sampling resolution √(2/N) for L-BFGS and Reptile; "
+           "off for Adam and AdamW)", "shallow", low=0.0, allow_none=True, sweep=False, cli=False),
+    Option("inner_lr", "float", 0.1, "Reptile inner step (linear model: relative to 1/λ_max(Σ_t))", "solver",
+           low=0.0, high=1.0, low_open=True, applies=(REPTILE,)),
     Option("inner_steps", "int", 10, "Reptile inner gradient steps", "solver", low=1, applies=(REPTILE,)),
     Option("outer_lr", "float", 0.5, "Reptile outer step β", "solver", low=0.0, low_open=True, applies=(REPTILE,)),
     # evaluate
     Option("ft_rank", "int", None, "fine-tuning rank (default: the problem's k)", "evaluate", low=1, allow_none=True),
-    Option("n_ft", "count", None, "fine-tuning samples (None / 'population': population fine-tuning)", "evaluate"),
+    Option("n_ft", "count", None, "fine-tuning samples (None / 'population': population fine-tuning; the shallow "
+           "network, which has no population mode: 100, the paper's)", "evaluate", model_defaults=(("shallow", 100),)),
     Option("ft_peft", "peft", "lora", "fine-tuning parameterization (asymmetric LoRA, as the paper)", "evaluate"),
     Option("ft_peft_options", "table", None, "keyword arguments of ft_peft's class (by default, ft_peft named "
            "like the retrained peft fine-tunes with the retrained instance and its options)", "evaluate",

@@ -28,7 +28,6 @@ from .tasks import LowRankTarget
 _SOLVER_MODULES = {"standard": standard, "reptile": reptile, "als": als, "gd": gd}
 
 
-LINEAR_MAX_ITER, LINEAR_TOL = 1000, 1e-10  # the linear model's defaults of max_iter and tol
 
 
 def retrain(problem_or_tasks, method: str = "lora-ml", peft="lora_sym", rank: int | None = None,
@@ -241,8 +240,8 @@ def _plan(problem_or_tasks, method, peft, rank, solver, backend, max_iter, tol, 
     d_out, d_in = tasks[0].d_out, tasks[0].d_in
     if method != "lora-ml":
         _check_adapter_arguments(method, peft, rank, peft_options, d_out, d_in)
-    max_iter = schema.OPTIONS["max_iter"].check(LINEAR_MAX_ITER if max_iter is None else max_iter)
-    tol = schema.OPTIONS["tol"].check(LINEAR_TOL if tol is None else tol)
+    max_iter = schema.OPTIONS["max_iter"].resolve(max_iter, "retrain", "linear")
+    tol = schema.OPTIONS["tol"].resolve(tol, "retrain", "linear")
     threads = schema.OPTIONS["threads"].check(threads)
     dtype = resolve_dtype(dtype)
     rng = as_generator(schema.OPTIONS["seed"].check(seed))

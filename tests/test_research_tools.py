@@ -99,9 +99,10 @@ def test_shallow_restarts_keep_the_best_objective_and_count_who_reached_it():
 
 
 def test_shallow_default_restarts_follow_the_method():
-    from fastlora.shallow.solve import default_restarts
+    from fastlora.options import OPTIONS
     prob = fl.make_problem(d=4, k=1, T=2, n=30, noise=0.1, seed=0, model="shallow", n_test_tasks=0)
-    assert fl.retrain(prob, method="lora-ml", max_iter=5).info["restarts"] == default_restarts("lora-ml") == 8
+    assert fl.retrain(prob, method="lora-ml", max_iter=5).info["restarts"] == 8
+    assert OPTIONS["restarts"].default_for("lora-ml", "shallow") == 8
     assert fl.retrain(prob, method="standard", max_iter=5).info["restarts"] == 1
     assert fl.retrain(prob, method="lora-ml", max_iter=5, restarts=2).info["restarts"] == 2
     with pytest.raises(FastLoRAError, match="restarts"):
@@ -121,10 +122,9 @@ def test_linear_restarts_run_seeded_starts_in_one_batch_and_keep_the_best():
 
 
 def test_shallow_reptile_stops_at_its_budget_and_says_so():
-    from fastlora.shallow.solve import DEFAULT_MAX_ITER
     prob = fl.make_problem(d=5, k=1, T=3, n=200, noise=0.1, seed=0, model="shallow", n_test_tasks=0)
     res = fl.retrain(prob, method="reptile", tol=1e-14)
-    assert DEFAULT_MAX_ITER["reptile"] == 500 and res.n_iter == 500 and not res.converged
+    assert res.n_iter == 500 and not res.converged
     assert "Reptile's budget" in res.message and "still moved" in res.message
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..options import OPTIONS
 from . import status
 from .loops import COUNT, FINAL, FIT_EXACT, FIXED, JOINT, LAST, N_ITER, PROJECTED, STEP, QuadBatch
 from .loops import REJECTED as _REJECTED
@@ -84,8 +85,9 @@ def make_spec(code: int, rank: int, T: int, d_out: int, d_in: int, peft=None) ->
 
 
 def make_settings(solver: int, *, max_iter: int, tol: float, dtype, init: int = START_STANDARD, depth: int = 0,
-                  lr: float | None = None, eliminate: int = PROJECTED, inner_lr: float = 0.1, inner_steps: int = 10,
-                  outer_lr: float = 0.5) -> Settings:
+                  lr: float | None = None, eliminate: int = PROJECTED, inner_lr: float = OPTIONS["inner_lr"].default,
+                  inner_steps: int = OPTIONS["inner_steps"].default,
+                  outer_lr: float = OPTIONS["outer_lr"].default) -> Settings:
     """The solver settings; ``tol`` below 8·eps of ``dtype`` is raised to it (changes below are
     rounding noise), ``tol=0`` asks for ``max_iter`` iterations."""
     eps = float(np.finfo(dtype).eps)

@@ -307,8 +307,8 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     g0 = np.sqrt(gsq) if gsq > 0 else 1.0
     adam = cfg.solver == ADAM
     lr = cfg.lr
-    if not lr > 0:
-        lr = 1e-2 if adam else 1.0 / spec.T
+    if not lr > 0:  # not given: gd's line search starts at 1/T (Adam's lr is always set, fastlora.options)
+        lr = 1.0 / spec.T
     cand_A = A.copy()
     cand_theta = theta.copy()
     cand_gA = np.empty_like(A)

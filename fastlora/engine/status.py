@@ -15,6 +15,7 @@ CONSTANT = 3         # the objective stayed constant to rounding over the stall 
 LINE_SEARCH_FLOOR = 4  # no step lowers the objective: it is at its rounding floor
 CLOSED_FORM = 5      # standard retraining: one linear solve
 EXACT_FIT = 6        # an exact adapter fit (fine-tuning): one step
+STALLED = 8          # the objective fell by at most ftol (relative) over a window (the shallow network's test)
 # not converged
 MAX_ITER = 7
 # failed (the problem carries a DivergenceError)
@@ -23,7 +24,7 @@ NONFINITE = -2
 GREW = -3
 LINE_SEARCH_NONFINITE = -4
 
-CONVERGED = (ZERO, SMALL_STEP, CONSTANT, LINE_SEARCH_FLOOR, CLOSED_FORM, EXACT_FIT)
+CONVERGED = (ZERO, SMALL_STEP, CONSTANT, LINE_SEARCH_FLOOR, CLOSED_FORM, EXACT_FIT, STALLED)
 FAILED = (NONFINITE_START, NONFINITE, GREW, LINE_SEARCH_NONFINITE)
 
 # the divergence test: an objective above this many times its starting scale has diverged
@@ -43,6 +44,7 @@ def describe(status: int, iteration: int, value: float, scale: float, max_iter: 
         LINE_SEARCH_FLOOR: "line search found no decrease: the objective is at its rounding floor",
         CLOSED_FORM: "closed form",
         EXACT_FIT: "exact fit",
+        STALLED: "objective decreased by less than ftol (relative) over the stall window",
         MAX_ITER: f"reached max_iter={max_iter}",
     }
     if status in messages:

@@ -364,6 +364,16 @@ def record(history, count, value, step, accurate, tol, to_max_iter, reference, s
 
 
 @jitable
+def stalled(history, count, ftol, window):
+    """Whether the objective fell by at most ``ftol``·|F| over the last ``window`` iterations of
+    ``history[:count]`` (``ftol`` = 0: never) — the shallow network's stall test, where F can creep
+    down without end (fastlora.shallow.optim)."""
+    if ftol <= 0 or count <= window:
+        return False
+    return history[count - window - 1] - history[count - 1] <= ftol * abs(history[count - 1])
+
+
+@jitable
 def relative_change(step_sq, A_sq):
     """‖A − A_previous‖ / ‖A‖ (absolute where A = 0)."""
     if A_sq > 0:

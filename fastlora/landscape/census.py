@@ -27,16 +27,15 @@ import numpy as np
 from ..config import require_memory
 from ..errors import DivergenceError, FastLoRAError, check_choice, check_float, check_int
 from ..options import OPTIONS, rank_or_problem_k
-from ..retraining import LINEAR_MAX_ITER, LINEAR_TOL
 from ..tables import render
 from .classify import KINDS, Tolerances, classify_at, global_reference, realisable_global_value
 from .hessian import spectrum_at
 from .objective import LandscapeModel, Point
 
-INITS = ("normal", "uniform", "standard")
+INITS = OPTIONS["census_init"].choices
 GLOBAL_RECOVERS, GLOBAL_OTHER = "of which A = A*", "of which A ≠ A*"
 CENSUS_KINDS = (*KINDS, "failed")
-SOLVERS = ("gd", "als")
+SOLVERS = OPTIONS["solver"].choices  # "auto": gd (L-BFGS), which reaches stationary points to classify
 _NUMERICAL_ERRORS = (DivergenceError, FloatingPointError, ArithmeticError, np.linalg.LinAlgError)
 
 
@@ -203,8 +202,9 @@ def _reraise(exc):
     raise exc
 
 
-def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts: int = 100, init: str = "normal",
-           init_scale: float = 0.1, solver: str = "gd", optimizer: str | None = None, seed: int = 0, *,
+def census(problem_or_tasks, peft=OPTIONS["peft"].default, rank: int | None = None, n_starts: int = 100,
+           init: str = OPTIONS["census_init"].default, init_scale: float = OPTIONS["init_scale"].default,
+           solver: str = "gd", optimizer: str | None = None, seed: int = 0, *,
            max_iter: int | None = None, tol: float | None = None, backend: str = "auto",
            global_value: float | None = None, tolerances: Tolerances | None = None,
            callback: Callable | None = None) -> CensusResult:
@@ -212,7 +212,8 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
 
     ``problem_or_tasks``: a Problem or list of Tasks; ``peft``: "lora_sym" | "lora";
     ``rank``: default the problem's k; ``init``/``init_scale``: the law of the starts (module
-    docstring); ``solver``: "gd" (with ``optimizer`` "lbfgs" (default) | "gd" | "adam") or "als";
+    docstring); ``solver``: "gd" (with ``optimizer`` "lbfgs" (default) | "gd" | "adam"), "als", or
+    "auto" (= "gd": L-BFGS reaches the stationary points the census classifies);
     ``max_iter``, ``tol``, ``backend``: passed to :func:`fastlora.retrain` (its defaults: 1000, 1e-10,
     "auto"); ``n_starts`` at most ``fastlora.options.MAX_STARTS``; ``global_value``:
     F at a global minimum if known (default: 0 for realisable population problems, else the
@@ -223,18 +224,20 @@ def census(problem_or_tasks, peft="lora_sym", rank: int | None = None, n_starts:
     n_starts = OPTIONS["n_starts"].check(n_starts)
     if n_starts is None:
         raise FastLoRAError("n_starts must be an integer >= 1, got None")
-    max_iter = OPTIONS["max_iter"].check(LINEAR_MAX_ITER if max_iter is None else max_iter)
-    tol = OPTIONS["tol"].check(LINEAR_TOL if tol is None else tol)
-    init = check_choice("init", init, INITS)
-    init_scale = check_float("init_scale", init_scale, low=0.0, low_open=True)
-    solver = check_choice("solver", solver, SOLVERS)
+    max_iter = OPTIONS["max_iter"].resolve(max_iter, "retrain", "linear")
+    tol = OPTIONS["tol"].resolve(tol, "retrain", "linear")
+    init = OPTIONS["census_init"].check_as("init", init)
+    init_scale = OPTIONS["init_scale"].check(init_scale)
+    solver = OPTIONS["solver"].check(solver)
+    if solver == "auto":
+        solver = "gd"
     if solver == "gd":
-        optimizer = check_choice("optimizer", "lbfgs" if optimizer is None else optimizer, ("lbfgs", "gd", "adam"))
+        optimizer = OPTIONS["optimizer"].check("lbfgs" if optimizer is None else optimizer)
     elif optimizer is not None:
         raise FastLoRAError(f"optimizer={optimizer!r} applies to solver='gd' only; solver='als' has none")
     seed = check_int("seed", seed, low=0)
     global_value = check_float("global_value", global_value, low=0.0, allow_none=True)  # F is a sum of losses
-    rank = check_int("rank", rank_or_problem_k(rank, problem_or_tasks), low=1)
+    rank = OPTIONS["rank"].check(rank_or_problem_k(rank, problem_or_tasks))
     tol_cls = tolerances or Tolerances()
     model = LandscapeModel(problem_or_tasks, peft, rank)
     if rank > min(model.d_out, model.d_in):

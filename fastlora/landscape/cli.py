@@ -10,36 +10,37 @@ import sys
 
 import click
 
+from ..cli import schema_option, speaking_flags
+
 
 @click.command("landscape")
-@click.option("--d", "d", type=int, default=10, show_default=True, help="input dimension d (= d_in)")
-@click.option("--k", "k", type=int, default=1, show_default=True, help="rank of each task's perturbation")
-@click.option("--T", "T", type=int, default=3, show_default=True, help="number of retraining tasks")
-@click.option("--n", "n", default="population", show_default=True, help="samples per task, or 'population'")
-@click.option("--noise", type=float, default=0.0, show_default=True, help="noise std of the samples")
+@schema_option("d", default=10)
+@schema_option("k", default=1)
+@schema_option("T", default=3)
+@schema_option("n")
+@schema_option("noise")
 @click.option("--asymmetric", is_flag=True, help="general ground truth B*C*ᵀ instead of U*U*ᵀ (use --peft lora)")
-@click.option("--peft", default="lora_sym", show_default=True, help="lora_sym | lora")
-@click.option("--rank", type=int, default=None, help="adapter rank (default k)")
-@click.option("--n-starts", "n_starts", type=int, default=100, show_default=True, help="number of random starts")
+@schema_option("peft")
+@schema_option("rank")
+@schema_option("n_starts", default=100)
 @click.option("--starts", "old_starts", type=int, default=None, hidden=True, help="deprecated: --n-starts")
-@click.option("--init", "init", default="normal", show_default=True, help="normal | uniform | standard")
-@click.option("--init-scale", type=float, default=0.1, show_default=True,
-              help="std (normal) or half-width (uniform) of the starts' entries")
-@click.option("--solver", default="gd", show_default=True, help="gd | als")
-@click.option("--optimizer", default=None, help="gd solver: lbfgs (default) | gd | adam")
-@click.option("--max-iter", type=int, default=None, help="most solver iterations per start [default: 1000, as "
-              "fastlora solve]")
-@click.option("--tol", type=float, default=None, help="relative tolerance of each solve [default: 1e-10]")
-@click.option("--backend", default="auto", show_default=True, help="array/kernel backend, as fastlora solve")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the problem and of the starts")
+@schema_option("census_init", flag="--init")
+@schema_option("init_scale")
+@schema_option("solver", default="gd")
+@schema_option("optimizer", given_only=True, shown="lbfgs")
+@schema_option("max_iter", given_only=True)
+@schema_option("tol", given_only=True)
+@schema_option("backend")
+@schema_option("seed")
 @click.option("--records", "show_records", is_flag=True, help="also print one row per start")
 @click.option("--json", "as_json", is_flag=True, help="print the census (counts, summary, records) as JSON")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
-def landscape_command(d, k, T, n, noise, asymmetric, peft, rank, n_starts, old_starts, init, init_scale, solver,
+def landscape_command(d, k, T, n, noise, asymmetric, peft, rank, n_starts, old_starts, census_init, init_scale, solver,
                       optimizer, max_iter, tol, backend, seed, show_records, as_json, progress):
     """Solve LoRA-ML from many random starts and classify where each one lands
-    (global / spurious minimum, saddle, degenerate, not stationary, failed)."""
-    from ..cli import speaking_flags
+    (global / spurious minimum, saddle, degenerate, not stationary, failed).  Options, their
+    values and defaults: the options schema (fastlora.options); the problem is smaller than
+    make_problem's by default (d = 10, k = 1, T = 3) and the solver L-BFGS."""
     if old_starts is not None:
         click.echo("note: --starts is deprecated, write --n-starts (the old spelling goes in a future release)",
                    err=True)
@@ -47,8 +48,8 @@ def landscape_command(d, k, T, n, noise, asymmetric, peft, rank, n_starts, old_s
     names = {"d", "k", "T", "n", "noise", "peft", "rank", "n_starts", "init", "init_scale", "solver", "optimizer",
              "max_iter", "tol", "backend", "seed"}
     with speaking_flags(names):
-        _landscape(d, k, T, n, noise, asymmetric, peft, rank, n_starts, init, init_scale, solver, optimizer, max_iter,
-                   tol, backend, seed, show_records, as_json, progress)
+        _landscape(d, k, T, n, noise, asymmetric, peft, rank, n_starts, census_init, init_scale, solver, optimizer,
+                   max_iter, tol, backend, seed, show_records, as_json, progress)
 
 
 def _landscape(d, k, T, n, noise, asymmetric, peft, rank, starts, init, init_scale, solver, optimizer, max_iter, tol,

@@ -6,8 +6,12 @@ import numpy as np
 
 from .. import peft as peft_registry
 from ..errors import FastLoRAError, check_choices, check_int
+from ..options import OPTIONS
+from .optim import MODEL
 from .scores import labels_are_pm1
-from .solve import finetune_shallow, shared_of
+from .solve import FT_PEFT, finetune_shallow, shared_of
+
+N_FT = OPTIONS["n_ft"].default_for(model=MODEL)  # the paper's n = 100 fine-tuning samples
 
 # what each metric means for each kind of test task; a metric missing from a kind does not apply to it
 METRIC_MEANINGS = {
@@ -90,7 +94,7 @@ def _why_not(kind: str, i: int) -> str:
     return f"test task {i} has neither ground truth nor a held-out split"
 
 
-def evaluate_shallow(res, problem, ft_rank: int | None = None, n_ft: int | None = 100, ft_peft="lora", seed: int = 0,
+def evaluate_shallow(res, problem, ft_rank: int | None = None, n_ft: int | None = N_FT, ft_peft=FT_PEFT, seed: int = 0,
                      n_eval: int = 10000, test_tasks=None, ft_solver: str = "auto", ft_optimizer: str | None = None,
                      ft_max_iter: int | None = None, ft_restarts: int | None = None, backend: str = "auto",
                      metrics=None) -> dict:

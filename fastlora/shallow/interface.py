@@ -10,9 +10,9 @@ from ..models import Model
 from ..options import OPTIONS
 from ..peft.registry import finetuning_parameterization
 from ..problems import task_law_arguments
-from .evaluate import evaluate_shallow
+from .evaluate import N_FT, evaluate_shallow
 from .problem import make_shallow_problem
-from .solve import finetune_shallow, retrain_shallow
+from .solve import FT_PEFT, finetune_shallow, retrain_shallow
 
 _RETRAIN_POSITIONS = ("method", "peft", "rank", "solver", "backend", "max_iter", "tol", "seed")
 
@@ -40,12 +40,9 @@ class ShallowModel(Model):
                                     sample_seed=laws["sample_seed"])
 
     def retrain(self, problem_or_tasks, *args, **kwargs):
-        """The linear retrain's positional arguments by name; ``max_iter`` / ``tol`` None keep the shallow
-        solvers' own defaults; options they do not take are named in one error."""
+        """The linear retrain's positional arguments by name (``max_iter`` / ``tol`` None: the shallow
+        network's defaults in the options schema); options it does not take are named in one error."""
         kwargs.update(zip(_RETRAIN_POSITIONS, args))
-        for name in ("max_iter", "tol"):
-            if kwargs.get(name) is None:
-                kwargs.pop(name, None)
         for name in ("as_numpy", "dense_A"):  # the linear model's return options: nothing to change here
             kwargs.pop(name, None)
         try:
@@ -67,7 +64,7 @@ class ShallowModel(Model):
                 out.append(exc)
         return out
 
-    def finetune(self, start, task, peft="lora", rank=None, n=None, seed=0, *, backend="auto", dtype="float64",
+    def finetune(self, start, task, peft=FT_PEFT, rank=None, n=None, seed=0, *, backend="auto", dtype="float64",
                  max_iter=None, tol=None, peft_options=None):
         """The public finetune's arguments; ``rank`` defaults to the task's ground-truth k; ``max_iter``
         and ``tol`` None: the shallow solvers' own (:func:`~fastlora.shallow.finetune_shallow`)."""
@@ -84,7 +81,7 @@ class ShallowModel(Model):
         return [self.finetune(start, task, *args, seed=seed, **kwargs)
                 for start, task, seed in zip(starts, tasks, seeds)]
 
-    def evaluate(self, res, prob, ft_rank=None, n_ft=100, ft_peft="lora", seed=0, rank_tol=None, test_tasks=None,
+    def evaluate(self, res, prob, ft_rank=None, n_ft=N_FT, ft_peft=FT_PEFT, seed=0, rank_tol=None, test_tasks=None,
                  noise_floor=None, metrics=None, ft_peft_options=None):
         """The public evaluate's arguments (``rank_tol`` and ``noise_floor``, the linear model's
         adaptation-rank options, do not apply); the shallow network's own are those of

@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 
 import numpy as np
 
-from ..errors import DivergenceError, FastLoRAError, check_float
+from ..engine import status
+from ..engine.steps import ADAM_BETAS, adam_update, stalled
+from ..errors import FastLoRAError, check_float
+from ..options import OPTIONS
+from ..solvers.common import Monitor
+
+MODEL = "shallow"  # its defaults in the options schema
 
 OPTIMIZERS = ("lbfgs", "adamw", "adam")
 STALL_WINDOW = 100  # iterations over which the stall test measures F's decrease
@@ -44,54 +49,69 @@ def statistical_ftol(n_samples: int) -> float:
     return 0.01 * math.sqrt(2.0 / max(int(n_samples), 1))
 
 
-class StallMonitor:
-    """Records F per iteration, calls the user's callback, judges convergence — converged when
+class StallMonitor(Monitor):
+    """The shallow network's record of F per iteration: the Python driver's monitor for one problem
+    (:class:`fastlora.solvers.common.Monitor`, the engine's convergence and divergence test) plus
+    the stall test — converged when
 
     * F is zero to tolerance (≤ tol²·``reference``, the objective with every output 0), or
     * the step measure (relative gradient norm, or relative change of (A, c)) is ≤ tol
       (tol raised to 8·eps of the dtype, below which changes are rounding noise), or
-    * F decreased by at most ``ftol``·|F| over the last ``window`` iterations (``ftol=0``: off).
+    * F stayed constant to rounding, or decreased by at most ``ftol``·|F| over the last
+      ``window`` iterations (``ftol=0``: off; :func:`fastlora.engine.steps.stalled`).
 
-    A non-finite F raises :class:`~fastlora.errors.DivergenceError`.  ``history`` continues an
-    earlier run's record (iteration numbers passed to the callback continue from its length).
-    ``callback(iteration, elapsed_seconds, objective)`` is called after every iteration.
+    A failure (F not finite, or grown a millionfold) raises its
+    :class:`~fastlora.errors.DivergenceError` at once: these solvers have no batch to finish.
+    ``history`` continues an earlier run's record (iteration numbers passed to the callback
+    continue from its length).  ``callback(iteration, elapsed_seconds, objective)`` is called
+    after every iteration.  :meth:`conclude` lets an optimizer say how it ended in its own words.
     """
 
     def __init__(self, callback, tol, max_iter, reference, dtype, ftol: float = 0.0, window: int = STALL_WINDOW,
                  history=()):
-        self.callback = callback
-        self.tol = max(float(tol), 8 * float(np.finfo(dtype).eps))
-        self.reference = max(float(reference), float(np.finfo(np.float64).tiny))
+        super().__init__(callback, tol, max_iter, reference, dtype)
+        self.offset = len(history)
+        self.histories = np.zeros((1, self.offset + max_iter + 1))
+        self.histories[0, :self.offset] = history
+        self.counts[0] = self.offset
         self.ftol, self.window = float(ftol), int(window)
-        self.history = list(history)
-        self.offset = len(self.history)
-        self.started = time.perf_counter()
-        self.converged = False
-        self.message = f"reached max_iter={max_iter}"
+        self._concluded = None
 
     def record(self, iteration: int, objective: float, step: float | None = None) -> bool:
         """Store one iteration; True when the solver should stop."""
         iteration += self.offset
-        if not np.isfinite(objective):
-            raise DivergenceError(f"the objective became {objective} at iteration {iteration}; the step size is too "
-                                  "large for this problem (lower lr) or the data are ill-scaled")
-        h = self.history
-        h.append(float(objective))
-        if self.callback is not None:
-            self.callback(iteration, time.perf_counter() - self.started, float(objective))
-        if objective <= self.tol ** 2 * self.reference:
-            self.converged, self.message = True, "objective reached zero (to tolerance)"
-        elif step is not None and step <= self.tol:
-            self.converged, self.message = True, "relative gradient norm or change below tol"
-        elif self.ftol > 0 and len(h) > self.window and h[-self.window - 1] - h[-1] <= self.ftol * abs(h[-1]):
-            self.converged = True
-            self.message = (f"F decreased by less than ftol={self.ftol:.2g} (relative) over the last "
-                            f"{self.window} iterations")
-        return self.converged
+        done = super().record(iteration, objective, step)
+        if not done and stalled(self.histories[0], int(self.counts[0]), self.ftol, self.window):
+            self.end(0, iteration, status.STALLED, objective)
+            self.conclude(f"F decreased by less than ftol={self.ftol:.2g} (relative) over the last {self.window} "
+                          f"iterations", True)
+            done = True
+        if self.status[0] in status.FAILED:
+            raise self._described()[2]
+        return done
+
+    def conclude(self, message: str, converged: bool) -> None:
+        """End the run with the optimizer's own account of it."""
+        self._concluded = (message, converged)
+
+    def _described(self):
+        code = int(self.status[0]) if self.status[0] != status.RUNNING else status.MAX_ITER
+        return status.describe(code, int(self.n_iter[0]), float(self.last[0]), float(self.scale[0]), self.max_iter)
+
+    @property
+    def converged(self) -> bool:
+        return self._concluded[1] if self._concluded else self._described()[1]
+
+    @property
+    def message(self) -> str:
+        return self._concluded[0] if self._concluded else self._described()[0]
+
+    @property
+    def history(self) -> list:
+        return list(self.histories[0, :self.counts[0]])
 
 
-ADAM_DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
-WEIGHT_DECAY_DEFAULTS = {"adamw": 0.01, "adam": 0.0}
+TORCH_EPS = 1e-8  # torch's Adam and AdamW eps (the linear model's engine uses its own, ADAM_EPS)
 
 
 def _norm(xp, tree, names) -> float:
@@ -183,10 +203,9 @@ def lbfgs(objective, x: dict, train, monitor, *, max_iter: int, backend, dtype, 
             break
         memory_restarts, previous = memory_restarts + 1, last["value"]
     if not monitor.converged and gnorm <= floor:
-        monitor.converged = True
-        monitor.message = f"gradient at the rounding floor of F (‖∇F‖ = {gnorm:.2g} <= {floor:.2g})"
+        monitor.conclude(f"gradient at the rounding floor of F (‖∇F‖ = {gnorm:.2g} <= {floor:.2g})", True)
     elif not monitor.converged:
-        monitor.message = f"L-BFGS-B: {result.message} (‖∇F‖/‖∇F(start)‖ = {gnorm / g0:.2g})"
+        monitor.conclude(f"L-BFGS-B: {result.message} (‖∇F‖/‖∇F(start)‖ = {gnorm / g0:.2g})", False)
     if len(monitor.history) == monitor.offset:
         monitor.record(1, last["value"])
     info = {"optimizer": "lbfgs", "grad_norm": gnorm, "grad_norm_start": g0, "n_evaluations": evaluations[0],
@@ -196,33 +215,26 @@ def lbfgs(objective, x: dict, train, monitor, *, max_iter: int, backend, dtype, 
 
 def adam(objective, x: dict, train, monitor, *, max_iter: int, xp, decoupled: bool, lr=None, betas=None,
          eps=None, weight_decay=None):
-    """torch's Adam (``decoupled=False``) or AdamW (``decoupled=True``), full batch; returns (x, n_iter, info)."""
+    """torch's Adam (``decoupled=False``) or AdamW (``decoupled=True``), full batch, by the engine's
+    Adam step (:func:`fastlora.engine.steps.adam_update`); returns (x, n_iter, info)."""
     name = "adamw" if decoupled else "adam"
-    lr = check_float("lr", ADAM_DEFAULTS["lr"] if lr is None else lr, low=0.0, low_open=True)
-    b1, b2 = ADAM_DEFAULTS["betas"] if betas is None else betas
+    lr = OPTIONS["lr"].resolve(lr, name, MODEL)
+    b1, b2 = ADAM_BETAS if betas is None else betas
     b1 = check_float("betas[0]", b1, low=0.0, high=1.0)
     b2 = check_float("betas[1]", b2, low=0.0, high=1.0)
-    eps = check_float("eps", ADAM_DEFAULTS["eps"] if eps is None else eps, low=0.0)
-    wd = check_float("weight_decay", WEIGHT_DECAY_DEFAULTS[name] if weight_decay is None else weight_decay, low=0.0)
+    eps = check_float("eps", TORCH_EPS if eps is None else eps, low=0.0)
+    wd = OPTIONS["weight_decay"].resolve(weight_decay, name, MODEL)
     train = list(train)
-    x = dict(x)
+    x = {k: (xp.array(v, copy=True) if k in train else v) for k, v in x.items()}  # stepped in place
     value, grads = objective.value_and_grad(x)
     g0 = _norm(xp, grads, train) or 1.0
     m = {k: xp.zeros_like(x[k]) for k in train}
     v = {k: xp.zeros_like(x[k]) for k in train}
     iteration = 0
     for iteration in range(1, max_iter + 1):
-        step_size = lr / (1.0 - b1 ** iteration)
-        root_bias2 = math.sqrt(1.0 - b2 ** iteration)
         for k in train:
-            g = grads[k]
-            if wd and decoupled:
-                x[k] = x[k] * (1.0 - lr * wd)
-            elif wd:
-                g = g + wd * x[k]
-            m[k] = b1 * m[k] + (1.0 - b1) * g
-            v[k] = b2 * v[k] + (1.0 - b2) * (g * g)
-            x[k] = x[k] - step_size * m[k] / (xp.sqrt(v[k]) / root_bias2 + eps)
+            g = grads[k] + wd * x[k] if wd and not decoupled else grads[k]  # Adam's decay joins the gradient
+            adam_update(x[k], g, m[k], v[k], iteration, lr, wd if decoupled else 0.0, b1, b2, eps)
         value, grads = objective.value_and_grad(x)
         if monitor.record(iteration, value, _norm(xp, grads, train) / g0):
             break

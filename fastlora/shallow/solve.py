@@ -25,39 +25,34 @@ import numpy as np
 from .. import peft as peft_registry
 from ..backends import get_backend, numba_status, resolve_dtype
 from ..config import settings
-from ..errors import FastLoRAError, check_choice, check_float, check_int
-from ..options import rank_or_problem_k
+from ..errors import FastLoRAError, check_choice, check_int
+from ..options import OPTIONS, rank_or_problem_k
 from ..peft.protocol import shared_names
 from ..seeding import PURPOSE_EVAL, as_generator, task_seed
 from ..solvers.common import RetrainResult
 from . import optim
 from .model import ShallowData, ShallowObjective, trainable_names
+from .optim import MODEL
 from .problem import ShallowTask, as_shallow_tasks, predict
 from .scores import labels_are_pm1, mean_squared_error, sign_accuracy
 
-METHODS = ("standard", "lora-ml", "reptile")
 SOLVERS = ("auto", "gd")
 DEFAULT_OPTIMIZER = {"auto": "lbfgs", "gd": "adamw"}
-# Reptile's budget: 500 outer steps (5,000 gradient evaluations).  Measured at the paper's point
-# (d = 10, T = 3, N = 1000, 6 seeds) its test loss after 500, 1000 and 2000 steps was 0.164,
-# 0.141 and 0.151 on average (noisier than it moves), while 2000 steps cost 4x the time and
-# took 770 of a shallow sweep's 925 solve-seconds; its iterate still moves ~1e-3 per step there,
-# so its rows say "not converged" and why (fastlora.shallow.solve._reptile)
-DEFAULT_MAX_ITER = {"lbfgs": 5000, "adamw": 40000, "adam": 40000, "reptile": 500}
-REPTILE_DEFAULTS = {"inner_lr": 0.1, "inner_steps": 10, "outer_lr": 0.5}
-FINETUNE_RESTARTS = 5  # default adapter starts of an L-BFGS fine-tuning (see finetune_shallow)
-# Default starts of a retraining, kept by lowest objective.  Measured at the paper's point (d = 10,
-# T = 3, N = 1000, σ = 0.1; 10 seeds x 8 starts each): LoRA-ML's single start ended above 1.5x the best
-# objective in 20% of starts overall and in 75% for two of the ten seeds (test loss ~0.15 instead of
-# ~0.004); with 8 starts the chance of missing the best basin is ~10% for those seeds and below 1% for
-# the others.  Standard retraining's 80 starts all ended within 4% of their seed's best (one start
-# suffices); Reptile minimises no objective, so it keeps one start.
-DEFAULT_RESTARTS = {"standard": 1, "lora-ml": 8, "reptile": 1}
-
-
-def default_restarts(method: str) -> int:
-    """The shallow network's default number of starts for ``method`` (``DEFAULT_RESTARTS``)."""
-    return DEFAULT_RESTARTS.get(method, 1)
+PEFT, FT_PEFT, TOL = (OPTIONS[name].default_for(model=MODEL) for name in ("peft", "ft_peft", "tol"))
+# Why the schema's shallow defaults are what they are:
+# * max_iter, Reptile: 500 outer steps (5,000 gradient evaluations).  Measured at the paper's point
+#   (d = 10, T = 3, N = 1000, 6 seeds) its test loss after 500, 1000 and 2000 steps was 0.164,
+#   0.141 and 0.151 on average (noisier than it moves), while 2000 steps cost 4x the time and
+#   took 770 of a shallow sweep's 925 solve-seconds; its iterate still moves ~1e-3 per step there,
+#   so its rows say "not converged" and why (_reptile).  AdamW 40,000 retraining and 15,000
+#   fine-tuning steps are the paper's procedure.
+# * restarts of a retraining, kept by lowest objective.  Measured at the paper's point (d = 10,
+#   T = 3, N = 1000, σ = 0.1; 10 seeds x 8 starts each): LoRA-ML's single start ended above 1.5x the
+#   best objective in 20% of starts overall and in 75% for two of the ten seeds (test loss ~0.15
+#   instead of ~0.004); with 8 starts the chance of missing the best basin is ~10% for those seeds
+#   and below 1% for the others.  Standard retraining's 80 starts all ended within 4% of their
+#   seed's best (one start suffices); Reptile minimises no objective, so it keeps one start.  An
+#   L-BFGS fine-tuning's 5 adapter starts: see finetune_shallow.
 
 
 def resolve_backend(backend):
@@ -95,7 +90,7 @@ def _ftol_for(ftol, optimizer: str, n_samples: int) -> float:
     Reptile; 0 (off) for Adam/AdamW, which the paper runs for a fixed number of steps."""
     if ftol is None:
         return optim.statistical_ftol(n_samples) if optimizer in ("lbfgs", "reptile") else 0.0
-    return check_float("ftol", ftol, low=0.0)
+    return OPTIONS["ftol"].check(ftol)
 
 
 def paper_init(rng, h: int, d: int):
@@ -112,9 +107,9 @@ def _minimize(objective, x, train, monitor, optimizer, max_iter, be, dtype, adam
                       decoupled=optimizer == "adamw", **adam_options)
 
 
-def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft="lora", rank: int | None = None,
+def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft=PEFT, rank: int | None = None,
                     solver: str = "auto", optimizer: str | None = None, max_iter: int | None = None,
-                    tol: float = 1e-8, seed=0, backend: str = "auto", *, lr: float | None = None,
+                    tol: float = TOL, seed=0, backend: str = "auto", *, lr: float | None = None,
                     weight_decay: float | None = None, betas=None, eps: float | None = None, callback=None,
                     init="paper", restarts: int | None = None, ftol: float | None = None, dtype="float64",
                     threads: int | None = None, peft_options: dict | None = None, inner_lr: float | None = None,
@@ -129,7 +124,7 @@ def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft="lora", rank
         default asymmetric ``lora`` as the paper; ``rank`` defaults to the problem's k).
     solver : "auto" (L-BFGS-B) or "gd" (first-order; AdamW by default, the paper's procedure).
     optimizer : "lbfgs" | "adamw" | "adam" — overrides the solver's default optimizer.
-    max_iter : iterations (default: lbfgs 5000, adamw/adam 40000 as the paper, reptile 2000).
+    max_iter : iterations (default: lbfgs 5000, adamw/adam 40000 as the paper, reptile 500).
     tol : converged when ‖∇F‖ ≤ tol·‖∇F(start)‖ (reptile: relative change of (A, c) ≤ tol).
     ftol : converged when F decreased by ≤ ftol·F over the last 100 iterations; None: 1% of
         F's sampling resolution √(2/N) for L-BFGS and Reptile (N = all samples), off for Adam/AdamW.
@@ -140,7 +135,7 @@ def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft="lora", rank
         {"A": (h, d), "c": (h,)} (adapters from ``peft.init``).
     restarts : number of independent "paper" starts, each run to its stopping rule; the one with
         the lowest objective is kept (None: 8 for lora-ml, 1 for standard and reptile —
-        ``DEFAULT_RESTARTS``, measured at the paper's point).  ``info["restart_objectives"]`` lists
+        measured at the paper's point, see the module's notes).  ``info["restart_objectives"]`` lists
         every start's final objective, ``info["restarts_reached"]`` counts those within F's
         sampling resolution √(2/N)·F of the best (how reliably the best basin is found).
     inner_lr, inner_steps, outer_lr : Reptile's step sizes (0.1, 10, 0.5).
@@ -152,12 +147,12 @@ def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft="lora", rank
     ``n_iter`` counts the kept run's iterations, ``info["total_iterations"]`` all starts'.
     """
     started = time.perf_counter()
-    method = check_choice("method", method, METHODS)
+    method = OPTIONS["method"].check(method)
     tasks = as_shallow_tasks(problem_or_tasks)
     T, d = len(tasks), tasks[0].d
     h = d
-    tol = check_float("tol", tol, low=0.0)
-    restarts = default_restarts(method) if restarts is None else check_int("restarts", restarts, low=1)
+    tol = OPTIONS["tol"].resolve(tol, model=MODEL)
+    restarts = OPTIONS["restarts"].resolve(restarts, method, MODEL)
     dtype = resolve_dtype(dtype)
     rng = as_generator(seed)
     if callback is not None and not callable(callback):
@@ -172,7 +167,7 @@ def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft="lora", rank
         for name, value in (("inner_lr", inner_lr), ("inner_steps", inner_steps), ("outer_lr", outer_lr)):
             if value is not None:
                 raise FastLoRAError(f"{name} applies to method='reptile' only")
-    max_iter = DEFAULT_MAX_ITER[optimizer_name] if max_iter is None else check_int("max_iter", max_iter, low=1)
+    max_iter = OPTIONS["max_iter"].resolve(max_iter, optimizer_name, MODEL)
     ftol = _ftol_for(ftol, optimizer_name, sum(task.n for task in tasks))
     adam_options = {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps}
     if optimizer_name not in ("adamw", "adam") and any(v is not None for v in adam_options.values()):
@@ -261,12 +256,9 @@ def _initial_shared(init, rng, h, d):
 
 
 def _reptile(data, x, monitor, max_iter, inner_lr=None, inner_steps=None, outer_lr=None):
-    inner_lr = check_float("inner_lr", REPTILE_DEFAULTS["inner_lr"] if inner_lr is None else inner_lr,
-                           low=0.0, low_open=True)
-    inner_steps = check_int("inner_steps", REPTILE_DEFAULTS["inner_steps"] if inner_steps is None else inner_steps,
-                            low=1)
-    outer_lr = check_float("outer_lr", REPTILE_DEFAULTS["outer_lr"] if outer_lr is None else outer_lr,
-                           low=0.0, low_open=True)
+    inner_lr = OPTIONS["inner_lr"].resolve(inner_lr, "reptile", MODEL)
+    inner_steps = OPTIONS["inner_steps"].resolve(inner_steps, "reptile", MODEL)
+    outer_lr = OPTIONS["outer_lr"].resolve(outer_lr, "reptile", MODEL)
     xp, T = data.xp, data.T
     A, c = x["A"], x["c"]
 
@@ -293,8 +285,8 @@ def _reptile(data, x, monitor, max_iter, inner_lr=None, inner_steps=None, outer_
         if monitor.record(iteration, float(xp.sum(evaluated[0])), change):
             break
     if not monitor.converged:  # say how far from a fixed point the budget left it
-        monitor.message = (f"reached max_iter={max_iter} outer steps (Reptile's budget) before a fixed point: the "
-                           f"last step still moved (A, c) by {change:.1e} (relative; converged at tol)")
+        monitor.conclude(f"reached max_iter={max_iter} outer steps (Reptile's budget) before a fixed point: the "
+                         f"last step still moved (A, c) by {change:.1e} (relative; converged at tol)", False)
     return {"A": A, "c": c}, iteration, {"inner_lr": inner_lr, "inner_steps": inner_steps, "outer_lr": outer_lr,
                                          "last_change": change}
 
@@ -344,9 +336,9 @@ def shared_of(res_or_A_and_c):
     raise FastLoRAError("res_or_A_and_c must be a shallow RetrainResult or a pair (A, c)")
 
 
-def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft="lora", rank: int = 1, n: int | None = None, seed=0,
+def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft=FT_PEFT, rank: int = 1, n: int | None = None, seed=0,
                      *, solver: str = "auto", optimizer: str | None = None, max_iter: int | None = None,
-                     tol: float = 1e-8, backend: str = "auto", lr: float | None = None,
+                     tol: float = TOL, backend: str = "auto", lr: float | None = None,
                      weight_decay: float | None = None, ftol: float | None = None, restarts: int | None = None,
                      n_eval: int = 10000, peft_options: dict | None = None, dtype="float64",
                      threads: int | None = None) -> ShallowFinetuneResult:
@@ -380,12 +372,10 @@ def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft="lora", rank: int =
         raise FastLoRAError(f"c has shape {c.shape}; expected ({h},)")
     rank = check_int("rank", rank, low=1, high=min(h, d))
     n_eval = check_int("n_eval", n_eval, low=1)
-    tol = check_float("tol", tol, low=0.0)
+    tol = OPTIONS["tol"].resolve(tol, model=MODEL)
     optimizer_name = _optimizer_for(solver, optimizer)
-    restarts = (FINETUNE_RESTARTS if optimizer_name == "lbfgs" else 1) if restarts is None \
-        else check_int("restarts", restarts, low=1)
-    max_iter = (DEFAULT_MAX_ITER[optimizer_name] if optimizer_name == "lbfgs" else 15000) if max_iter is None \
-        else check_int("max_iter", max_iter, low=1)
+    restarts = OPTIONS["restarts"].resolve(restarts, f"finetune:{optimizer_name}", MODEL)
+    max_iter = OPTIONS["max_iter"].resolve(max_iter, f"finetune:{optimizer_name}", MODEL)
     adam_options = {k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
     if optimizer_name == "lbfgs" and adam_options:
         raise FastLoRAError(f"{', '.join(adam_options)} apply to optimizer='adamw' or 'adam' only")

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import engine as E
 from ..engine.steps import NONE
+from ..options import OPTIONS
 from .als import anderson_depth
 from .common import given_A, given_params
 
@@ -68,9 +69,12 @@ def settings(code: int, method: str, options: dict, max_iter: int, tol: float, d
     if code == E.ALS and options.get("acceleration") == "anderson":
         depth = anderson_depth((d_out, d_in), np.dtype(dtype).itemsize)
     eliminate = E.PROJECTED if options.get("eliminate_A", True) and not given else E.JOINT
-    return E.make_settings(code, max_iter=max_iter, tol=tol, dtype=dtype, init=init, depth=depth,
-                           lr=options.get("lr"), eliminate=eliminate, inner_lr=options.get("inner_lr", 0.1),
-                           inner_steps=options.get("inner_steps", 10), outer_lr=options.get("outer_lr", 0.5))
+    lr = options.get("lr")
+    if lr is None and code == E.ADAM:
+        lr = OPTIONS["lr"].default_for("adam", "linear")
+    reptile = {name: options.get(name, OPTIONS[name].default) for name in ("inner_lr", "inner_steps", "outer_lr")}
+    return E.make_settings(code, max_iter=max_iter, tol=tol, dtype=dtype, init=init, depth=depth, lr=lr,
+                           eliminate=eliminate, **reptile)
 
 
 def starts(code: int, peft, peft_code: int, options: dict, rngs: list, T: int, rank: int, d_out: int, d_in: int,

@@ -32,6 +32,7 @@ from ..engine import LBFGS_MEMORY, status
 from ..engine import MAX_BACKTRACKS as _MAX_BACKTRACKS
 from ..engine.steps import ADAM_BETAS, ADAM_EPS, adam_update, lbfgs_direction, lbfgs_update, sufficient_decrease
 from ..kernels.packing import Packer
+from ..options import OPTIONS
 from ..peft.protocol import bind_base, shared_names, trainable
 from ..taskbatch import Adapters
 from .common import FinishedState, select_where
@@ -114,7 +115,7 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
     g0 = np.where(g0 > 0, g0, 1.0)
     lr = ctx.option("lr")
     if optimizer == "adam":
-        lr = 1e-2 if lr is None else lr
+        lr = OPTIONS["lr"].default_for("adam", "linear") if lr is None else lr
         m = {k: xp.zeros_like(x[k]) for k in names}
         v2 = {k: xp.zeros_like(x[k]) for k in names}
     else:

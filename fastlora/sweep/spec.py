@@ -38,7 +38,8 @@ for truth and data).  A store records its rule and keeps it: an old store resume
 
 Every row records its resolved defaults: the keys ``DEFAULTS`` names, and — filled per point
 where the spec is silent — ``sampler``, the data law (``input_law``, ``input_cov``,
-``noise_law``), ``rank``, ``ft_rank`` and ``restarts`` (``FILLED_CONSTANTS``, ``FILLED_PER_POINT``).
+``noise_law``), ``rank``, ``ft_rank`` and ``restarts``, and in specs with shallow-network points
+``peft`` (``FILLED_CONSTANTS``, ``FILLED_PER_POINT``, ``FILLED_PER_MODEL``).
 Filled keys do not enter row keys or seeds, so stores written before they were recorded resume.
 Points outside the theorem's regime (fastlora.regime) are named in a
 :class:`~fastlora.errors.RegimeWarning` when a spec is read.
@@ -96,6 +97,9 @@ LAW_DEFAULTS = {"input_law": "gaussian", "input_df": None, "input_cov": "identit
 # keys every row records, filled per point where the spec is silent (module docstring)
 FILLED_CONSTANTS = {"sampler": "raw", "input_law": "gaussian", "input_cov": "identity", "noise_law": "gaussian"}
 FILLED_PER_POINT = ("rank", "ft_rank", "restarts")
+# recorded defaults that depend on the point's model (the shallow network's peft is the paper's
+# asymmetric 'lora'): filled per point in specs with shallow points, recorded as DEFAULTS otherwise
+FILLED_PER_MODEL = ("peft",)
 # memory of one row of Spec.rows() (its dict, row key and seed; measured ~370 B) plus the driver's
 # bookkeeping of it, with headroom: the budget a spec's rows are checked against before any work
 ROW_BYTES = 1024
@@ -255,8 +259,9 @@ def fill_point(point: dict, filled) -> dict:
     if "ft_rank" in filled:
         point["ft_rank"] = resolved_ft_rank(point)
     if "restarts" in filled:
-        from ..shallow.solve import default_restarts
-        point["restarts"] = default_restarts(point.get("method", "lora-ml")) if _model_of(point) == "shallow" else 1
+        point["restarts"] = schema.OPTIONS["restarts"].default_for(point.get("method", "lora-ml"), _model_of(point))
+    if "peft" in filled:
+        point["peft"] = schema.OPTIONS["peft"].default_for(model=_model_of(point))
     return point
 
 
@@ -373,14 +378,16 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
     # make every row carry every default, so stored rows are self-describing (a dataset's own
     # problem keys are fixed by its data, not by make_problem's defaults)
     uses_law = "law" in first_keys or "law" in fixed
+    per_model = _has_shallow_points(grids, fixed, uses_dataset)
     for key, value in DEFAULTS.items():
-        if (uses_dataset and key in PROBLEM_KEYS) or (uses_law and key in LAW_FREE_KEYS):
+        if (uses_dataset and key in PROBLEM_KEYS) or (uses_law and key in LAW_FREE_KEYS) or \
+                (per_model and key in FILLED_PER_MODEL):
             continue
         if key not in first_keys and key not in fixed:
             fixed[key] = value
     spec = Spec(name=name.strip(), repeats=repeats, grids=grids, fixed=fixed, seed=seed,
                 description=str(raw.get("description", "")), source=text, pairing=pairing,
-                filled=_filled_keys(grids, fixed, uses_dataset))
+                filled=_filled_keys(grids, fixed, uses_dataset, per_model))
     if not check_points:
         return spec
     # the option checks depend on a few keys only: check each combination of their grid values once
@@ -396,10 +403,17 @@ def parse_spec(text: str, origin: str = "<spec>", *, check_points: bool = True) 
     return spec
 
 
-def _filled_keys(grids: list[dict], fixed: dict, uses_dataset: bool) -> tuple:
+def _has_shallow_points(grids: list[dict], fixed: dict, uses_dataset: bool) -> bool:
+    """Whether a point of the spec may be the shallow network's (a dataset's, or model = "shallow")."""
+    models = [fixed["model"]] if "model" in fixed else [v for g in grids for v in g.get("model", ())]
+    return uses_dataset or "shallow" in models
+
+
+def _filled_keys(grids: list[dict], fixed: dict, uses_dataset: bool, per_model: bool = False) -> tuple:
     """The keys a row resolves where the spec is silent (module docstring): ``FILLED_CONSTANTS``
     (not for datasets, whose data fix the problem), input_df / noise_df where a student-t law
-    is used, and ``FILLED_PER_POINT``."""
+    is used, ``FILLED_PER_POINT``, and ``FILLED_PER_MODEL`` where a point may be the shallow
+    network's (whose defaults differ, fastlora.options)."""
     declared = set(grids[0]) | set(fixed)
     candidates = [] if uses_dataset else list(FILLED_CONSTANTS)
     for name in ("input_df", "noise_df"):
@@ -408,6 +422,8 @@ def _filled_keys(grids: list[dict], fixed: dict, uses_dataset: bool) -> tuple:
         if "student-t" in values:
             candidates.append(name)
     candidates += list(FILLED_PER_POINT)
+    if per_model:
+        candidates += list(FILLED_PER_MODEL)
     return tuple(k for k in candidates if k not in declared)
 
 
@@ -714,7 +730,7 @@ def _check_finetuning_options(point: dict, method: str, origin: str) -> None:
 def _peft_of(point: dict, origin: str = "<spec>"):
     """The point's parameterization, built with its ``peft_options`` as ``fl.retrain`` builds it."""
     from .. import peft as peft_registry
-    name = point.get("peft", schema.OPTIONS["peft"].default)
+    name = point.get("peft", schema.OPTIONS["peft"].default_for(model=_model_of(point)))
     try:
         return peft_registry.get(name, **(point.get("peft_options") or {}))
     except ValueError as exc:  # FastLoRAError, or a plugin's own ValueError
