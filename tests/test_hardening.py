@@ -251,7 +251,7 @@ def test_a_boolean_variable_that_is_not_a_boolean_is_warned_about_naming_it(monk
 
 def test_a_dense_A_of_an_implicit_problem_is_refused_before_any_work(monkeypatch):
     """It used to be refused after the span reduction (~15 s at d = 100,000)."""
-    from fastlora import retraining as retrain_module
+    from fastlora import planning as retrain_module
     monkeypatch.setattr(config, "available_memory_bytes", lambda: 1 * GB)
 
     def never(*args, **kwargs):

@@ -16,8 +16,8 @@ LAYERS = {
     "data": ("tasks", "linop", "implicit", "peft"),
     "engine": ("engine", "reduction", "taskbatch"),
     "solvers": ("solvers",),
-    "models": ("problems", "identify", "regime", "metrics", "finetuning", "retraining", "restarts", "generators",
-               "shallow", "linear", "models", "api"),
+    "models": ("problems", "identify", "regime", "sizing", "planning", "execution", "metrics", "finetuning",
+               "retraining", "restarts", "generators", "shallow", "linear", "models", "api"),
     "tools": ("cli", "sweep", "bench", "landscape", "datasets", "demo", "testing", "kernels_cache", "scaffold",
               "__init__"),
 }

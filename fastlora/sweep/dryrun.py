@@ -99,7 +99,7 @@ def row_bytes(point: dict) -> int:
     if point.get("model") == "shallow":
         return int(8 * (T + point.get("n_test_tasks", 4)) * (n or 1) * (d + 2) * 4) + (16 << 20)
     from ..problems import problem_bytes
-    from ..retraining import solve_bytes
+    from ..sizing import solve_bytes
     from ..taskbatch import is_small
     d_out = point.get("d_out") or d
     kind = "finite" if n is not None else ("dense" if is_small(d_out, d) else "factored")

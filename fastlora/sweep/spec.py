@@ -635,7 +635,7 @@ def _registered(name: str):
 def _check_sizes(point: dict, d: int, d_out: int, origin: str) -> None:
     """Sizes make_problem or fl.retrain would refuse on this machine (memory, raw draws), by their own checks."""
     from ..problems import check_size
-    from ..retraining import check_solve_size
+    from ..sizing import check_solve_size
     n = None if point.get("n", POPULATION) == POPULATION else point["n"]
     k, T = point.get("k", KEYS["k"].default), point.get("T", KEYS["T"].default)
     try:
