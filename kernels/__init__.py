@@ -25,6 +25,7 @@ Nothing here compiles at import: the Numba module is imported only by the numba 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import NamedTuple
 
 
@@ -42,6 +43,27 @@ def provide_compile_options(provider) -> None:
     """Install ``provider()`` -> {"cache_dir", "fastmath"} as :func:`compile_options`."""
     global compile_options
     compile_options = provider
+
+
+_CACHE_DIR_LOCK = threading.Lock()
+
+
+def njit_cached(fn, cache_dir: str | None, **options):
+    """``numba.njit(cache=True, **options)(fn)`` with its compiled code kept in ``cache_dir`` (None:
+    Numba's own choice).  Numba has no per-function cache folder: it
+    binds a function's cache locator to ``numba.config.CACHE_DIR`` when the function is decorated,
+    so that global is set for the decoration only, under a lock, and restored — Numba's setting
+    for other code stays as it was."""
+    import numba
+    if cache_dir is None:
+        return numba.njit(cache=True, **options)(fn)
+    with _CACHE_DIR_LOCK:
+        previous = numba.config.CACHE_DIR
+        numba.config.CACHE_DIR = str(cache_dir)
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        finally:
+            numba.config.CACHE_DIR = previous
 
 
 class ResidualNorms(NamedTuple):

@@ -32,17 +32,10 @@ SAFE_FASTMATH = {"reassoc", "contract"}
 def kernel(parallel: bool = False):
     """``numba.njit`` with fastlora's cache directory, fastmath flags and error model."""
     def wrap(fn):
-        previous = numba.config.CACHE_DIR
         options = contract.compile_options()
-        if not os.environ.get("NUMBA_CACHE_DIR") and options["cache_dir"]:
-            # the cache locator is bound when the function is decorated: point it at our
-            # directory for our kernels only, leaving Numba's global setting as it was
-            numba.config.CACHE_DIR = options["cache_dir"]
-        try:
-            flags = True if options["fastmath"] else SAFE_FASTMATH
-            return numba.njit(cache=True, parallel=parallel, fastmath=flags, error_model="numpy")(fn)
-        finally:
-            numba.config.CACHE_DIR = previous
+        flags = True if options["fastmath"] else SAFE_FASTMATH
+        folder = None if os.environ.get("NUMBA_CACHE_DIR") else options["cache_dir"]  # a user's setting wins
+        return contract.njit_cached(fn, folder, parallel=parallel, fastmath=flags, error_model="numpy")
     return wrap
 
 

@@ -135,3 +135,21 @@ def test_kernels_depend_only_on_the_kernel_contract():
             if not _in_kernels(module):
                 outside.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert not outside, "\n".join(outside)
+
+
+def test_the_design_documents_layer_diagram_is_this_tests():
+    """docs/design.md §4 draws the layers; a module moved in the code must move in the drawing."""
+    text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    start = text.index("**Layers point one way**")
+    block = text[text.index("```", start) + 3:]
+    block = block[:block.index("```")]
+    drawn = {}
+    for line in block.strip().splitlines():
+        layer, _, units = line.partition(" ")
+        drawn[layer] = tuple(u.strip() for u in units.split("·"))
+    assert list(drawn) == list(reversed(LAYERS))  # top layer first
+    assert {k: set(v) for k, v in drawn.items()} == {k: set(v) for k, v in LAYERS.items()}
+
+
+def test_every_module_is_in_a_layer():
+    assert {_unit(name) for name in MODULES} <= set(RANK)

@@ -22,6 +22,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ..config import settings
+from ..kernels import njit_cached
 from . import _jit, _numba_linalg, linalg, loops, status, steps  # _numba_linalg registers the loop primitives
 
 _SOURCES = (_jit, linalg, _numba_linalg, status, steps, loops)
@@ -50,12 +51,7 @@ loops.prange = numba.prange
 def batch_solver(solver: int, parallel: bool):
     """The compiled batch loop of ``solver`` (problems in parallel when ``parallel``)."""
     fn = loops.batch_solver(loops.RUN_ONE[solver], parallel)
-    previous = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = str(cache_folder())  # bound when the function is decorated
-    try:
-        return numba.njit(cache=True, parallel=parallel, error_model="numpy")(fn)
-    finally:
-        numba.config.CACHE_DIR = previous
+    return njit_cached(fn, cache_folder(), parallel=parallel, error_model="numpy")
 
 
 @functools.cache
