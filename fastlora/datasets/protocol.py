@@ -160,14 +160,7 @@ def labelled_tasks(X, labels, *, pairs=PAPER_PAIRS, test_pair=PAPER_TEST_PAIR, s
     pairs = _check_pairs(pairs)
     test_pair = _check_pair("test_pair", test_pair)
     _check_disjoint(pairs, test_pair)
-    seed = check_int("seed", seed, low=0)
-    test_fraction = check_float("test_fraction", test_fraction, low=0.0, low_open=True)
-    if test_fraction >= 1.0:
-        raise FastLoRAError(f"test_fraction={test_fraction} leaves no training samples; it must be in (0, 1)")
-    if not isinstance(standardize, (bool, np.bool_)):
-        raise FastLoRAError(f"standardize must be True or False, got {standardize!r}")
-    k = check_int("k", k, low=1, high=X.shape[1])
-    model = check_choice("model", model, MODELS)
+    seed, test_fraction, k, model = _check_protocol(seed, test_fraction, standardize, k, model, X.shape[1])
 
     splits = [_split(labels, pair, f"pairs[{j}]", seed, ROLE_TRAIN, j, test_fraction)
               for j, pair in enumerate(pairs)]
@@ -218,14 +211,7 @@ def partition_tasks(X, labels, *, partitions=DIGIT_PARTITIONS, test_partition=DI
         if set(part) in (set(test_partition), set(classes) - set(test_partition)):
             raise FastLoRAError(f"partitions[{t}]={part} labels the classes as test_partition does (or its mirror "
                                 f"image): the test task must be a labelling retraining never sees")
-    seed = check_int("seed", seed, low=0)
-    test_fraction = check_float("test_fraction", test_fraction, low=0.0, low_open=True)
-    if test_fraction >= 1.0:
-        raise FastLoRAError(f"test_fraction={test_fraction} leaves no training samples; it must be in (0, 1)")
-    if not isinstance(standardize, (bool, np.bool_)):
-        raise FastLoRAError(f"standardize must be True or False, got {standardize!r}")
-    k = check_int("k", k, low=1, high=X.shape[1])
-    model = check_choice("model", model, MODELS)
+    seed, test_fraction, k, model = _check_protocol(seed, test_fraction, standardize, k, model, X.shape[1])
     pool, held = [], []
     for cls in classes:
         train, test = _split(labels, (cls,), f"class {cls}", seed, _ROLE_POOL, cls, test_fraction)
@@ -312,6 +298,17 @@ def _check_pair(name: str, pair) -> tuple[int, int]:
     if a == b:
         raise FastLoRAError(f"{name}={pair!r} must name two different classes")
     return a, b
+
+
+def _check_protocol(seed, test_fraction, standardize, k, model, d: int) -> tuple:
+    """(seed, test_fraction, k, model) of a dataset protocol, checked (``d``: the features)."""
+    seed = check_int("seed", seed, low=0)
+    test_fraction = check_float("test_fraction", test_fraction, low=0.0, low_open=True)
+    if test_fraction >= 1.0:
+        raise FastLoRAError(f"test_fraction={test_fraction} leaves no training samples; it must be in (0, 1)")
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise FastLoRAError(f"standardize must be True or False, got {standardize!r}")
+    return seed, test_fraction, check_int("k", k, low=1, high=d), check_choice("model", model, MODELS)
 
 
 def _check_pairs(pairs) -> tuple:

@@ -490,19 +490,17 @@ def check_value(key: str, value, origin: str):
     option = KEYS[key]
     if option.kind == "count" and value == POPULATION:
         return value
-    if option.kind == "peft":
-        from .. import peft
-        names = peft.available()
+    if option.kind in ("peft", "law"):  # a registered name
+        if option.kind == "peft":
+            from .. import peft as registry
+            what, none = "parameterization", ""
+        else:
+            from .. import generators as registry
+            what, none = "problem generator", "none installed (entry-point group fastlora.problems)"
+        names = registry.available()
         if value not in names:
-            raise FastLoRAError(f"{origin}: {key}={value!r} is not a registered parameterization; available: "
-                                f"{', '.join(names)}")
-        return value
-    if option.kind == "law":
-        from .. import generators
-        names = generators.available()
-        if value not in names:
-            raise FastLoRAError(f"{origin}: {key}={value!r} is not a registered problem generator; available: "
-                                f"{', '.join(names) or 'none installed (entry-point group fastlora.problems)'}")
+            raise FastLoRAError(f"{origin}: {key}={value!r} is not a registered {what}; available: "
+                                f"{', '.join(names) or none}")
         return value
     if option.kind == "table":
         if not isinstance(value, dict):
