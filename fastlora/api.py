@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 from . import finetuning, metrics, retraining
 from .errors import FastLoRAError
@@ -76,42 +77,51 @@ def _task_law_given(input_law, input_df, input_cov, noise_law, noise_df, task_ra
 
 def _dispatch(implementation, member: str, where):
     """The public function of ``implementation`` (the linear model's, whose signature and docstring it
-    shows): it runs ``member`` of the model of its argument ``where(args, kwargs)``."""
+    shows): the call's arguments bound to that signature's names, it runs ``member`` of the model of
+    ``where(arguments)``."""
+    signature = inspect.signature(implementation)
+
     @functools.wraps(implementation)
     def public(*args, **kwargs):
-        return getattr(model_of(where(args, kwargs)), member)(*args, **kwargs)
+        arguments = _by_name(signature, args, kwargs)
+        return getattr(model_of(where(arguments)), member)(**arguments)
     return public
 
 
-def _first(name: str, position: int = 0):
-    def where(args, kwargs):
-        return args[position] if len(args) > position else kwargs.get(name)
-    return where
+def _by_name(signature: inspect.Signature, args, kwargs) -> dict:
+    """A call's arguments by parameter name (a ``**options`` parameter's entries as they are); a call
+    the signature does not take raises TypeError, as the function itself would."""
+    out = {}
+    for name, value in signature.bind(*args, **kwargs).arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    return out
 
 
-def _evaluated(args, kwargs):
-    """evaluate(res, prob, ..., test_tasks=...): the problem, or the first test task where prob is None."""
-    prob = args[1] if len(args) > 1 else kwargs.get("prob")
-    if prob is None:
-        return kwargs.get("test_tasks")  # model_of takes a list's first entry
-    return prob
+def _named(name: str):
+    return lambda arguments: arguments.get(name)
 
 
-def _evaluated_many(args, kwargs):
-    """evaluate_many(results, problems, ..., test_tasks=...): the lists are checked by the model's own
-    function, so anything that is not one is passed on as it is."""
-    problems = args[1] if len(args) > 1 else kwargs.get("problems")
-    if not isinstance(problems, (list, tuple)):
-        return problems
-    if problems and problems[0] is not None:
-        return problems[0]
-    tasks = kwargs.get("test_tasks")
-    return tasks[0] if isinstance(tasks, (list, tuple)) and tasks else None
+def _evaluated(arguments):
+    """evaluate(res, prob, ..., test_tasks=...): the problem, or the test tasks where prob is None."""
+    prob = arguments.get("prob")
+    return arguments.get("test_tasks") if prob is None else prob
 
 
-retrain = _dispatch(retraining.retrain, "retrain", _first("problem_or_tasks"))
-retrain_many = _dispatch(retraining.retrain_many, "retrain_many", _first("problems"))
-finetune = _dispatch(finetuning.finetune, "finetune", _first("task", 1))
-finetune_many = _dispatch(finetuning.finetune_many, "finetune_many", _first("tasks", 1))
+def _evaluated_many(arguments):
+    """evaluate_many(results, problems, ..., test_tasks=...): anything but a list is passed on as it is
+    (the model's function checks it)."""
+    problems = arguments.get("problems")
+    if isinstance(problems, (list, tuple)) and problems and problems[0] is None:
+        return arguments.get("test_tasks")
+    return problems
+
+
+retrain = _dispatch(retraining.retrain, "retrain", _named("problem_or_tasks"))
+retrain_many = _dispatch(retraining.retrain_many, "retrain_many", _named("problems"))
+finetune = _dispatch(finetuning.finetune, "finetune", _named("task"))
+finetune_many = _dispatch(finetuning.finetune_many, "finetune_many", _named("tasks"))
 evaluate = _dispatch(metrics.evaluate, "evaluate", _evaluated)
 evaluate_many = _dispatch(metrics.evaluate_many, "evaluate_many", _evaluated_many)

@@ -13,20 +13,20 @@ class LinearModel(Model):
     def draw(self, **arguments):
         return problems.make_linear_problem(**arguments)
 
-    def retrain(self, problem_or_tasks, *args, **kwargs):
-        return retraining.retrain(problem_or_tasks, *args, **kwargs)
+    def retrain(self, **arguments):
+        return retraining.retrain(**arguments)
 
-    def retrain_many(self, problems_, *args, **kwargs):
-        return retraining.retrain_many(problems_, *args, **kwargs)
+    def retrain_many(self, **arguments):
+        return retraining.retrain_many(**arguments)
 
-    def finetune(self, start, task, *args, **kwargs):
-        return finetuning.finetune(start, task, *args, **kwargs)
+    def finetune(self, **arguments):
+        return finetuning.finetune(**arguments)
 
-    def finetune_many(self, starts, tasks, *args, **kwargs):
-        return finetuning.finetune_many(starts, tasks, *args, **kwargs)
+    def finetune_many(self, **arguments):
+        return finetuning.finetune_many(**arguments)
 
-    def evaluate(self, res, prob, *args, **kwargs):
-        return metrics.evaluate(res, prob, *args, **kwargs)
+    def evaluate(self, **arguments):
+        return metrics.evaluate(**arguments)
 
-    def evaluate_many(self, results, problems_, *args, **kwargs):
-        return metrics.evaluate_many(results, problems_, *args, **kwargs)
+    def evaluate_many(self, **arguments):
+        return metrics.evaluate_many(**arguments)

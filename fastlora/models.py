@@ -20,7 +20,8 @@ MODELS = {"linear": "fastlora.linear:LinearModel", "shallow": "fastlora.shallow:
 
 
 class Model(abc.ABC):
-    """What a model is to the public functions; every method takes the public function's arguments."""
+    """What a model is to the public functions: each method takes the public function's arguments
+    by name (:mod:`fastlora.api` binds a call's positional arguments to those names first)."""
 
     name = "abstract"
 
@@ -29,27 +30,27 @@ class Model(abc.ABC):
         """``make_problem(..., model=name, **arguments)``: a problem of this model."""
 
     @abc.abstractmethod
-    def retrain(self, problem_or_tasks, *args, **kwargs):
+    def retrain(self, **arguments):
         """:func:`fastlora.retrain` of this model's problem or tasks: a RetrainResult."""
 
     @abc.abstractmethod
-    def retrain_many(self, problems, *args, **kwargs) -> list:
+    def retrain_many(self, **arguments) -> list:
         """:func:`fastlora.retrain_many`: one result (or, with ``errors="return"``, error) per problem."""
 
     @abc.abstractmethod
-    def finetune(self, start, task, *args, **kwargs):
-        """:func:`fastlora.finetune` of a new task from a retrained ``start``."""
+    def finetune(self, **arguments):
+        """:func:`fastlora.finetune` of a new task from a retrained start."""
 
     @abc.abstractmethod
-    def finetune_many(self, starts, tasks, *args, **kwargs) -> list:
+    def finetune_many(self, **arguments) -> list:
         """:func:`fastlora.finetune_many`."""
 
     @abc.abstractmethod
-    def evaluate(self, res, prob, *args, **kwargs) -> dict:
+    def evaluate(self, **arguments) -> dict:
         """:func:`fastlora.evaluate`: metrics of a retraining on held-out tasks."""
 
     @abc.abstractmethod
-    def evaluate_many(self, results, problems, *args, **kwargs) -> list:
+    def evaluate_many(self, **arguments) -> list:
         """:func:`fastlora.evaluate_many`."""
 
 
@@ -61,7 +62,7 @@ def get_model(name: str) -> Model:
 
 
 def model_of(obj) -> Model:
-    """The model a problem, task, retrain result, or list of them belongs to."""
-    if isinstance(obj, (list, tuple)) and obj:
+    """The model a problem, task, retrain result, or (nested) list of them belongs to."""
+    while isinstance(obj, (list, tuple)) and obj:
         obj = obj[0]
     return get_model(getattr(obj, "model", None) or "linear")

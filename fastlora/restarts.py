@@ -45,7 +45,7 @@ def retrain_with_restarts(retrain_many, problem_or_tasks, restarts: int, seed, k
     reached = sum(1 for v in objectives if np.isfinite(v) and v - best.objective
                   <= REACHED_RTOL * abs(best.objective) + REACHED_ATOL * scale)
     best.info.update(restarts=restarts, restart_objectives=objectives, restarts_reached=reached,
-                     kept_start=results.index(best))
+                     kept_start=next(i for i, r in enumerate(results) if r is best))
     best.seconds = float(sum(r.seconds for r in solved))
     return best
 

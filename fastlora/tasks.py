@@ -201,6 +201,13 @@ class Task:
         self._deferred = (source, n, seed, noise, sampler)
         return self
 
+    def __setattr__(self, name, value):
+        # new statistics make the least-squares fit kept for the old ones stale (least_squares_fits);
+        # the arrays themselves are read, never changed in place, by fastlora
+        if name in ("Sigma", "C", "s"):
+            self.__dict__.pop("_fit", None)
+        object.__setattr__(self, name, value)
+
     def __getattr__(self, name):
         # only reached for attributes not set: the statistics of a deferred sample
         deferred = self.__dict__.get("_deferred")
@@ -444,7 +451,7 @@ def least_squares_fits(tasks):
     optimum compare to full precision (:func:`quadratic_losses`).  floor_t is itself such a
     difference of terms of the size of s_t, so it is evaluated in extended precision
     (``np.longdouble``).  Computed once per task — for the tasks that lack it, in one batched
-    call — and kept on the task (its statistics never change).
+    call — and kept on the task until its Σ, C or s is reassigned.
     """
     missing = [t for t in tasks if t.__dict__.get("_fit") is None]
     if missing:

@@ -276,3 +276,15 @@ def test_every_status_code_has_one_message():
     for code in codes:
         message, converged, error = status.describe(code, 3, float("nan"), 1.0, 10)
         assert message and (error is None) == (code >= 0) and converged == (code in status.CONVERGED)
+
+
+@pytest.mark.parametrize("method", ["standard", "lora-ml"])
+def test_float32_finite_sample_solves_stay_at_the_optimum_when_the_gram_matrix_is_singular(method):
+    """T·n < d: Σ_t Σ_t is singular, and rounded to float32 its zero eigenvalues become ~eps of the
+    largest. Inverted as if they were information, they sent the float32 objective to ~56 where
+    float64 reaches ~1e-14: the pseudo-inverse's cut-off follows the dtype (engine.steps.pinv_rtol)."""
+    prob = fl.make_problem(d=12, k=1, T=3, n=2, noise=0.1, seed=0)
+    wide = fl.retrain(prob, method=method)
+    narrow = fl.retrain(prob, method=method, dtype="float32")
+    assert wide.objective < 1e-10
+    assert abs(narrow.objective) < 1e-4 and np.isfinite(narrow.A).all()

@@ -82,3 +82,16 @@ def test_retrain_accepts_user_tasks():
     res = fl.retrain(factored, peft="lora_sym", rank=1, backend="numpy", reduction="none")
     assert res.info["batch"] == "factored"
     np.testing.assert_allclose(res.A, A_star, atol=1e-6)
+
+
+def test_a_tasks_loss_follows_statistics_assigned_after_its_first_use():
+    """The least-squares fit behind Task.loss is kept on the task; it once outlived new Σ, C, s."""
+    task = fl.make_problem(d=6, k=1, T=2, n=50, noise=0.1, seed=0).tasks[0]
+    W = np.random.default_rng(1).standard_normal((task.d_out, task.d_in))
+
+    def direct(t):
+        return 0.5 * np.trace(W @ t.Sigma @ W.T) - np.trace(W @ t.C.T) + t.s
+
+    assert task.loss(W) == pytest.approx(direct(task), rel=1e-12)
+    task.Sigma, task.C, task.s = 2 * task.Sigma, 3 * task.C, 5 * task.s  # the statistics of other data
+    assert task.loss(W) == pytest.approx(direct(task), rel=1e-12)

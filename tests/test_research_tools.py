@@ -98,6 +98,15 @@ def test_shallow_restarts_keep_the_best_objective_and_count_who_reached_it():
     assert len(set(np.round(alone, 12))) > 1  # starts differ: keeping the best matters
 
 
+def test_linear_restarts_report_the_start_they_kept():
+    """kept_start was once looked up with list.index, which compares results with == (an array
+    comparison that raised) instead of finding the kept result itself."""
+    prob = fl.make_problem(d=6, k=2, T=3, n=40, noise=0.3, seed=0)
+    res = fl.retrain(prob, restarts=4, seed=0, solver="gd", max_iter=30)
+    objectives = res.info["restart_objectives"]
+    assert res.info["kept_start"] == int(np.argmin(objectives)) != 0 and res.objective == min(objectives)
+
+
 def test_shallow_default_restarts_follow_the_method():
     from fastlora.options import OPTIONS
     prob = fl.make_problem(d=4, k=1, T=2, n=30, noise=0.1, seed=0, model="shallow", n_test_tasks=0)

@@ -84,6 +84,22 @@ def test_a_sweep_of_the_shallow_network_runs_its_default_parameterization(tmp_pa
     assert only_linear.fixed["peft"] == "lora_sym"  # recorded as before: such stores resume unchanged
 
 
+def test_a_mixed_sweep_fills_n_ft_per_model_and_keeps_the_linear_row_keys():
+    """n_ft was once recorded as the linear default (population) for shallow points too; and a point
+    whose filled value equals the recorded default must keep the row key it has in a linear-only spec
+    (else adding a shallow point to a spec would re-run every finished linear row)."""
+    from fastlora.sweep import parse_spec
+    fixed = '[fixed]\nd = 4\nk = 1\nT = 2\nn = 40\nnoise = 0.1\n'
+    mixed = parse_spec('name = "s"\n[grid]\nmodel = ["linear", "shallow"]\n' + fixed, check_points=False)
+    n_ft = {point["model"]: point["n_ft"] for point in mixed.points()}
+    assert n_ft == {"linear": "population", "shallow": OPTIONS["n_ft"].default_for(model="shallow")}
+    assert n_ft["shallow"] == 100  # the paper's
+    linear = parse_spec('name = "s"\n[grid]\nmodel = ["linear"]\n' + fixed, check_points=False)
+    key = {row["point"]["model"]: row["row_key"] for row in mixed.rows()}
+    assert [row["row_key"] for row in linear.rows()] == [key["linear"]]
+    assert key["shallow"] != key["linear"]
+
+
 def test_the_census_validates_through_the_schema():
     prob = fl.make_problem(d=4, k=1, T=3, seed=0, n_test_tasks=0)
     with pytest.raises(FastLoRAError, match=r"init='gaussian'.*normal"):

@@ -253,3 +253,48 @@ def test_shared_parameterizations_are_refused_and_any_seed_kind_fine_tunes():
     same = [finetune_shallow(res, prob.test_tasks[0], n=10, seed=s, max_iter=20).test_loss
             for s in (np.random.SeedSequence(3), np.random.SeedSequence(3))]
     assert np.isfinite(same[0]) and same[0] == same[1]
+
+
+# ---------------------------------------------------------------------------- the public functions
+def test_the_public_functions_take_the_shallow_networks_arguments_by_position_and_name():
+    """fastlora.api once dispatched on a positional slot: seeds given by position landed on another
+    option, a list of task lists was sent to the linear model, and a test_tasks given by position
+    was dropped."""
+    p = fl.make_problem(d=4, k=1, T=2, n=40, noise=0.1, seed=0, model="shallow", n_test_tasks=2)
+    q = fl.make_problem(d=4, k=1, T=2, n=40, noise=0.1, seed=1, model="shallow", n_test_tasks=2)
+    by_position = fl.retrain_many([p, q], "lora-ml", "lora", 1, "auto", "auto", 15, None, [3, 4])
+    by_name = [fl.retrain(x, max_iter=15, seed=s) for x, s in zip([p, q], [3, 4])]
+    assert [r.objective for r in by_position] == [r.objective for r in by_name]
+    assert by_position[0].objective != fl.retrain(p, max_iter=15, seed=0).objective  # the seed mattered
+    from_lists = fl.retrain_many([p.tasks, q.tasks], rank=1, max_iter=15, seeds=[3, 4])
+    assert [r.objective for r in from_lists] == [r.objective for r in by_name]
+    r = by_name[0]
+    one = p.test_tasks[:1]
+    positional = fl.evaluate(r, p, None, 50, "lora", 0, None, one)
+    assert len(positional["test_loss_per_task"]) == 1
+    assert positional["test_loss"] == fl.evaluate(r, p, n_ft=50, test_tasks=one)["test_loss"]
+
+
+def test_finetune_defaults_to_the_tasks_ground_truth_rank():
+    p = fl.make_problem(d=5, k=2, T=2, n=40, noise=0.1, seed=0, model="shallow", n_test_tasks=1)
+    r = fl.retrain(p, max_iter=10)
+    task = p.test_tasks[0]
+    assert task.k == 2 and task.sample(20, seed=1).k == 2
+    assert fl.finetune(r, task, max_iter=5).params["B"].shape[-1] == 2
+    with pytest.raises(FastLoRAError, match="rank is required"):
+        fl.finetune(r, ShallowTask(task.X, task.y), max_iter=5)
+
+
+@pytest.mark.parametrize("call, word", [
+    (lambda p, r: fl.retrain_many(p), "problems must be a list"),
+    (lambda p, r: fl.evaluate_many([r], p), "problems must be a list"),
+    (lambda p, r: fl.finetune_many(r, p.test_tasks), "starts must be a list"),
+    (lambda p, r: fl.finetune_many([r], p.test_tasks), "1 starts for 2 tasks"),
+    (lambda p, r: fl.retrain_many([p, p], seeds=[1]), "seeds"),
+    (lambda p, r: fl.evaluate_many([r], [p], test_tasks=p.test_tasks), "test_tasks"),
+])
+def test_the_many_functions_check_their_lists(call, word):
+    p = fl.make_problem(d=4, k=1, T=2, n=40, noise=0.1, seed=0, model="shallow", n_test_tasks=2)
+    r = fl.retrain(p, max_iter=5)
+    with pytest.raises(FastLoRAError, match=word):
+        call(p, r)

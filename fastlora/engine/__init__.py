@@ -67,7 +67,6 @@ LBFGS_MEMORY = 10
 PARALLEL_MIN_PROBLEMS = 16
 ARMIJO_C1 = 1e-4
 MAX_BACKTRACKS = 50
-ANDERSON_DEPTH = 5
 
 
 def peft_code(peft) -> int | None:

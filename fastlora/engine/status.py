@@ -33,6 +33,11 @@ DIVERGENCE_FACTOR = 1e6
 STALL_WINDOW = 5
 
 
+# divergence is a step-size problem only for the fixed-step solvers (ALS and L-BFGS choose their steps)
+_TOO_FAR = ("where lr sets the step (solver='gd' with optimizer='gd' or 'adam') the step is too large for this "
+            "problem (lower lr); otherwise the data are ill-scaled")
+
+
 def describe(status: int, iteration: int, value: float, scale: float, max_iter: int):
     """(message, converged, error or None) of a problem that ended with ``status`` at
     ``iteration`` with objective ``value`` (the last one computed) and divergence scale ``scale``."""
@@ -53,11 +58,10 @@ def describe(status: int, iteration: int, value: float, scale: float, max_iter: 
         text = (f"the objective is {value} at the starting point: the data or the initialisation are not finite or "
                 f"are ill-scaled")
     elif status == NONFINITE:
-        text = (f"the objective became {value} at iteration {iteration}; the step size is too large for this problem "
-                f"(lower lr) or the data are ill-scaled")
+        text = (f"the objective became {value} at iteration {iteration}: {_TOO_FAR}")
     elif status == GREW:
         text = (f"the objective grew to {value:.4g} at iteration {iteration}, more than {DIVERGENCE_FACTOR:.0e} times "
-                f"its starting scale {scale:.4g}; the step size is too large for this problem (lower lr)")
+                f"its starting scale {scale:.4g}: {_TOO_FAR}")
     elif status == LINE_SEARCH_NONFINITE:
         text = (f"the line search found no step with a finite objective at iteration {iteration}: the objective or "
                 f"its gradient is not finite there (ill-scaled data?)")

@@ -19,6 +19,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from ..tasks import PINV_RTOL
 from . import status as st
 from ._jit import jitable
 from .linalg import (
@@ -78,7 +79,6 @@ def unpack(ints, floats):
 
 
 ANDERSON_RIDGE = 1e-12   # relative Tikhonov term of the mixing least squares (guards collinear histories)
-PINV_RTOL = 1e-12        # fastlora.tasks.PINV_RTOL: eigenvalues of Σ below this fraction of the largest count as 0
 ADAM_BETAS = (0.9, 0.999)   # the linear model's Adam (fastlora.solvers.gd and the engine)
 ADAM_EPS = 1e-12
 
@@ -233,15 +233,24 @@ def start_A(q, spec, init, given, out, w):
 
 
 @jitable
+def pinv_rtol(eps, d):
+    """The eigenvalues of a symmetric d × d matrix in a dtype with rounding ``eps`` that a
+    pseudo-inverse counts as 0, relative to the largest: ``PINV_RTOL`` (fastlora.tasks), or d·eps
+    where rounding is larger than that (float32: a singular matrix rounded to float32 has
+    eigenvalues ~eps of the largest instead of 0, and inverting them would blow up the solve)."""
+    return max(PINV_RTOL, d * eps)
+
+
+@jitable
 def a_step_operators(Sigma, rhs0, K, NT):
     """The finite-sample A step's K = (Σ_t C_t) G⁺ and NT_t = G⁺Σ_t (G = Σ_t Σ_t, its pseudo-inverse
-    minimum norm where G is singular: eigenvalues below ``PINV_RTOL`` times the largest count as 0)."""
+    minimum norm where G is singular: eigenvalues below :func:`pinv_rtol` of the largest count as 0)."""
     d = Sigma.shape[1]
     gram = np.zeros((d, d), Sigma.dtype)
     for t in range(Sigma.shape[0]):
         axpy(1.0, Sigma[t], gram)
     lam, V = np.linalg.eigh(gram)
-    cut = PINV_RTOL * max(lam[d - 1], 1e-300)
+    cut = pinv_rtol(np.finfo(Sigma.dtype).eps, d) * max(lam[d - 1], 1e-300)
     scaled = V.copy()
     for k in range(d):
         scale(1.0 / lam[k] if lam[k] > cut else 0.0, scaled[:, k])

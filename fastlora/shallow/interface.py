@@ -4,7 +4,7 @@ onto :func:`~fastlora.shallow.make_shallow_problem`, :func:`~fastlora.shallow.re
 problem at a time: the shallow network has no batched solver)."""
 from __future__ import annotations
 
-from ..errors import ERRORS_CHOICES, FastLoRAError, check_choice, per_entry
+from ..errors import ERRORS_CHOICES, FastLoRAError, check_choice, check_list, per_entry
 from ..finetuning import ground_truth_rank
 from ..models import Model
 from ..options import OPTIONS
@@ -13,8 +13,6 @@ from ..problems import task_law_arguments
 from .evaluate import N_FT, evaluate_shallow
 from .problem import make_shallow_problem
 from .solve import FT_PEFT, finetune_shallow, retrain_shallow
-
-_RETRAIN_POSITIONS = ("method", "peft", "rank", "solver", "backend", "max_iter", "tol", "seed")
 
 
 class ShallowModel(Model):
@@ -39,10 +37,9 @@ class ShallowModel(Model):
                                     noise_law=law.noise_law, noise_df=law.noise_df, task_ranks=laws["task_ranks"],
                                     sample_seed=laws["sample_seed"])
 
-    def retrain(self, problem_or_tasks, *args, **kwargs):
-        """The linear retrain's positional arguments by name (``max_iter`` / ``tol`` None: the shallow
-        network's defaults in the options schema); options it does not take are named in one error."""
-        kwargs.update(zip(_RETRAIN_POSITIONS, args))
+    def retrain(self, problem_or_tasks, **kwargs):
+        """The public retrain's arguments (``max_iter`` / ``tol`` None: the shallow network's defaults in
+        the options schema); options it does not take are named in one error."""
         for name in ("as_numpy", "dense_A"):  # the linear model's return options: nothing to change here
             kwargs.pop(name, None)
         try:
@@ -51,35 +48,32 @@ class ShallowModel(Model):
             raise FastLoRAError(f"{exc}; see help(fastlora.shallow.retrain_shallow) for the shallow network's "
                                 f"options") from None
 
-    def retrain_many(self, problems, *args, seeds=0, errors: str = "raise", **kwargs):
+    def retrain_many(self, problems, seeds=0, errors: str = "raise", **kwargs):
         check_choice("errors", errors, ERRORS_CHOICES)
+        problems = check_list("problems", problems, "problem: a ShallowProblem or a list of ShallowTasks; for one "
+                              "problem use fastlora.retrain")
         seeds = per_entry("seeds", seeds, len(problems), "problem")
-        out = []
-        for problem, seed in zip(problems, seeds):
-            try:
-                out.append(self.retrain(problem, *args, **{**kwargs, "seed": seed}))
-            except FastLoRAError as exc:
-                if errors == "raise":
-                    raise
-                out.append(exc)
-        return out
+        return _each(errors, [lambda p=p, s=s: self.retrain(p, **{**kwargs, "seed": s})
+                              for p, s in zip(problems, seeds)])
 
-    def finetune(self, start, task, peft=FT_PEFT, rank=None, n=None, seed=0, *, backend="auto", dtype="float64",
+    def finetune(self, A, task, peft=FT_PEFT, rank=None, n=None, seed=0, *, backend="auto", dtype="float64",
                  max_iter=None, tol=None, peft_options=None):
-        """The public finetune's arguments; ``rank`` defaults to the task's ground-truth k; ``max_iter``
-        and ``tol`` None: the shallow solvers' own (:func:`~fastlora.shallow.finetune_shallow`)."""
+        """The public finetune's arguments (``A``: the shallow retrain result, or (A, c)); ``rank``
+        defaults to the task's ground-truth k; ``max_iter`` and ``tol`` None: the shallow network's
+        defaults (:func:`~fastlora.shallow.finetune_shallow`)."""
         rank = ground_truth_rank(task) if rank is None else rank
         if rank is None:
             raise FastLoRAError("rank is required: it defaults to the task's ground-truth rank k, which this task "
-                                "does not know")
-        limits = {k: v for k, v in (("max_iter", max_iter), ("tol", tol)) if v is not None}
-        return finetune_shallow(start, task, peft=peft, rank=rank, n=n, seed=seed, backend=backend, dtype=dtype,
-                                peft_options=peft_options, **limits)
+                                "(the user's own data) does not know")
+        return finetune_shallow(A, task, peft=peft, rank=rank, n=n, seed=seed, backend=backend, dtype=dtype,
+                                max_iter=max_iter, tol=tol, peft_options=peft_options)
 
-    def finetune_many(self, starts, tasks, *args, seeds=0, **kwargs):
+    def finetune_many(self, starts, tasks, seeds=0, **kwargs):
+        tasks, starts = check_list("tasks", tasks, "task"), check_list("starts", starts, "task")
+        if len(starts) != len(tasks):
+            raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
         seeds = per_entry("seeds", seeds, len(tasks), "task")
-        return [self.finetune(start, task, *args, seed=seed, **kwargs)
-                for start, task, seed in zip(starts, tasks, seeds)]
+        return [self.finetune(start, task, seed=seed, **kwargs) for start, task, seed in zip(starts, tasks, seeds)]
 
     def evaluate(self, res, prob, ft_rank=None, n_ft=N_FT, ft_peft=FT_PEFT, seed=0, rank_tol=None, test_tasks=None,
                  noise_floor=None, metrics=None, ft_peft_options=None):
@@ -92,16 +86,26 @@ class ShallowModel(Model):
         return evaluate_shallow(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seed,
                                 test_tasks=test_tasks, metrics=metrics)
 
-    def evaluate_many(self, results, problems, *args, seeds=0, errors: str = "raise", test_tasks=None, **kwargs):
+    def evaluate_many(self, results, problems, seeds=0, errors: str = "raise", test_tasks=None, **kwargs):
         check_choice("errors", errors, ERRORS_CHOICES)
+        results, problems = check_list("results", results, "result"), check_list("problems", problems, "result")
+        per_entry("problems", problems, len(results), "result")
         seeds = per_entry("seeds", seeds, len(results), "result")
+        if test_tasks is not None:
+            per_entry("test_tasks", check_list("test_tasks", test_tasks, "result"), len(results), "result")
         tasks = test_tasks if test_tasks is not None else [None] * len(results)
-        out = []
-        for res, prob, seed, own in zip(results, problems, seeds, tasks):
-            try:
-                out.append(self.evaluate(res, prob, *args, seed=seed, test_tasks=own, **kwargs))
-            except FastLoRAError as exc:
-                if errors == "raise":
-                    raise
-                out.append(exc)
-        return out
+        return _each(errors, [lambda r=r, p=p, s=s, t=t: self.evaluate(r, p, seed=s, test_tasks=t, **kwargs)
+                              for r, p, s, t in zip(results, problems, seeds, tasks)])
+
+
+def _each(errors: str, calls: list) -> list:
+    """Every call's result in order; with ``errors="return"`` a call's FastLoRAError in its place."""
+    out = []
+    for call in calls:
+        try:
+            out.append(call())
+        except FastLoRAError as exc:
+            if errors == "raise":
+                raise
+            out.append(exc)
+    return out

@@ -41,6 +41,7 @@ class ShallowTask:
     """
 
     model = MODEL
+    k: int | None = None  # the rank of a drawn task's perturbation U*_t U*_tᵀ (None: the user's own data)
     law: DataLaw = STANDARD_LAW  # the law of sample()'s noise (fastlora.laws; inputs are N(0, I))
 
     def __init__(self, X, y, *, W_star=None, c_star=None, noise: float | None = None, y_clean=None):
@@ -90,7 +91,7 @@ class ShallowTask:
         noise = 0.0 if noise is None else check_float("noise", noise, low=0.0)
         rng = as_generator(task_seed(seed, self.key, PURPOSE_SAMPLE))
         task = _draw_data(self.W_star, self.c_star, n, noise, rng, self.law)
-        task.key = self.key
+        task.key, task.k = self.key, self.k
         return task
 
     def __repr__(self) -> str:
@@ -226,7 +227,7 @@ def _make_task(prob: ShallowProblem, U, role: int, index: int) -> ShallowTask:
     rng = np.random.default_rng(np.random.SeedSequence(prob.data_seed, spawn_key=(role, index, _KEY_DATA)))
     task = _draw_data(W_star, prob.c_star, prob.n, prob.noise, rng, prob.law)
     task.key = (prob.seed, role, index)
-    task.U_star = U
+    task.U_star, task.k = U, U.shape[1]
     return task
 
 

@@ -98,8 +98,10 @@ LAW_DEFAULTS = {"input_law": "gaussian", "input_df": None, "input_cov": "identit
 FILLED_CONSTANTS = {"sampler": "raw", "input_law": "gaussian", "input_cov": "identity", "noise_law": "gaussian"}
 FILLED_PER_POINT = ("rank", "ft_rank", "restarts")
 # recorded defaults that depend on the point's model (the shallow network's peft is the paper's
-# asymmetric 'lora'): filled per point in specs with shallow points, recorded as DEFAULTS otherwise
-FILLED_PER_MODEL = ("peft",)
+# asymmetric 'lora', its n_ft the paper's 100): filled per point in specs with shallow points,
+# recorded as DEFAULTS otherwise.  A filled value equal to DEFAULTS' still enters the row key, so
+# such a point keeps the key it had when DEFAULTS were recorded for every point
+FILLED_PER_MODEL = ("peft", "n_ft")
 # memory of one row of Spec.rows() (its dict, row key and seed; measured ~370 B) plus the driver's
 # bookkeeping of it, with headroom: the budget a spec's rows are checked against before any work
 ROW_BYTES = 1024
@@ -147,7 +149,8 @@ class Spec:
         filled = set(self.filled)
         out = []
         for point in self.points():
-            declared = {k: v for k, v in point.items() if k not in filled}
+            declared = {k: v for k, v in point.items()
+                        if k not in filled or (k in FILLED_PER_MODEL and v == DEFAULTS[k])}
             point_text, problem_text = _hashed_text(declared), canonical(_seed_keys(point))  # once per point
             # a dataset's split and a generator plugin's draw come from one seed: nothing to pair
             truth_text = None if rule == PER_POINT or point.get("dataset") is not None \
@@ -260,8 +263,10 @@ def fill_point(point: dict, filled) -> dict:
         point["ft_rank"] = resolved_ft_rank(point)
     if "restarts" in filled:
         point["restarts"] = schema.OPTIONS["restarts"].default_for(point.get("method", "lora-ml"), _model_of(point))
-    if "peft" in filled:
-        point["peft"] = schema.OPTIONS["peft"].default_for(model=_model_of(point))
+    for key in FILLED_PER_MODEL:
+        if key in filled:
+            value = schema.OPTIONS[key].default_for(model=_model_of(point))
+            point[key] = POPULATION if value is None and KEYS[key].kind == "count" else value
     return point
 
 

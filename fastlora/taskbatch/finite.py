@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tasks import PINV_RTOL as _PINV_RTOL
+from ..engine.steps import pinv_rtol
 from .base import Batch
 from .iterates import Iterate, TaskResidual
 
@@ -55,7 +55,8 @@ class FiniteSample(Batch):
         if self._whiteners is None:
             xp = self.xp
             lam, V = self._spectrum
-            cut = _PINV_RTOL * xp.maximum(lam[:, -1:], xp.finfo(lam.dtype).tiny)
+            rtol = pinv_rtol(float(xp.finfo(lam.dtype).eps), lam.shape[-1])
+            cut = rtol * xp.maximum(lam[:, -1:], xp.finfo(lam.dtype).tiny)
             keep = lam > cut
             inv_sqrt = xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, lam, 1.0)), 0.0)
             half = (V * inv_sqrt[:, None, :]) @ V.swapaxes(1, 2)
@@ -85,7 +86,8 @@ class FiniteSample(Batch):
         if self._gram_solver is None:
             xp = self.xp
             lam, V = xp.linalg.eigh(self.sum_tasks(self.Sigma))
-            cut = _PINV_RTOL * xp.maximum(lam[:, -1:], xp.finfo(lam.dtype).tiny)
+            rtol = pinv_rtol(float(xp.finfo(lam.dtype).eps), lam.shape[-1])
+            cut = rtol * xp.maximum(lam[:, -1:], xp.finfo(lam.dtype).tiny)
             keep = lam > cut
             inv = xp.where(keep, 1.0 / xp.where(keep, lam, 1.0), 0.0)
             self._gram_solver = (V * inv[:, None, :]) @ V.swapaxes(1, 2)
