@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from .engine import status
 from .errors import FastLoRAError
 from .peft.protocol import shared_names
 from .planning import Plan
@@ -144,8 +145,9 @@ def _solve_on_engine(plan: Plan, problems: list, rngs: list, reductions) -> list
     else:
         info.update(solver=METHOD_PROCEDURES[plan.method])
     results = []
+    step = status.step_option(plan.method, info.get("solver"), info.get("optimizer"))
     for p in range(P):
-        message, converged, error = solved.outcome(p, plan.max_iter)
+        message, converged, error = solved.outcome(p, plan.max_iter, step)
         if error is not None:
             results.append(error)
             continue

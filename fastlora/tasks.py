@@ -442,6 +442,22 @@ def exact_statistics(target: Target, n: int, noise: float, rng: np.random.Genera
 PINV_RTOL = 1e-12
 
 
+def pinv_rtol(eps, d):
+    """The fraction of the largest eigenvalue below which a pseudo-inverse counts an eigenvalue of a
+    symmetric d × d matrix as 0, where the eigenvalues were computed with rounding ``eps``:
+    ``PINV_RTOL``, or d·eps where rounding is coarser than that (numpy's rule for ranks).  In
+    float32 a singular matrix's zero eigenvalues come out ~eps of the largest; inverting them as
+    information sent a solve's objective from ~0 to ~56.  Engine source (fastlora.engine.steps)."""
+    return max(PINV_RTOL, d * eps)
+
+
+def pinv_kept(lam, eps, xp=np):
+    """Which of the eigenvalues ``lam`` (ascending along the last axis, computed with rounding
+    ``eps``) a pseudo-inverse keeps: those above :func:`pinv_rtol` of the largest."""
+    cut = pinv_rtol(eps, lam.shape[-1]) * xp.maximum(lam[..., -1:], xp.finfo(lam.dtype).tiny)
+    return lam > cut
+
+
 def least_squares_fits(tasks):
     """(Ŵ, floor, λ, V) of finite-sample tasks, stacked: the least-squares fit Ŵ_t = C_t Σ_t⁺
     (N, d_out, d_in), its loss floor_t = L_t(Ŵ_t) (N,), and Σ_t = V_t diag(λ_t) V_tᵀ (ascending).
@@ -459,7 +475,7 @@ def least_squares_fits(tasks):
         cross = np.stack([t.C for t in missing])
         s = np.array([t.s for t in missing])
         lam, V = np.linalg.eigh(Sigma)
-        keep = lam > PINV_RTOL * np.maximum(lam[:, -1:], np.finfo(np.float64).tiny)
+        keep = pinv_kept(lam, np.finfo(np.float64).eps)
         inverse = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0)
         W_hat = cross @ ((V * inverse[:, None, :]) @ V.swapaxes(1, 2))
         ext = np.longdouble

@@ -278,13 +278,35 @@ def test_every_status_code_has_one_message():
         assert message and (error is None) == (code >= 0) and converged == (code in status.CONVERGED)
 
 
+@pytest.mark.parametrize("driver", ["engine", "python"])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("method", ["standard", "lora-ml"])
-def test_float32_finite_sample_solves_stay_at_the_optimum_when_the_gram_matrix_is_singular(method):
+def test_float32_finite_sample_solves_stay_at_the_optimum_when_the_gram_matrix_is_singular(method, backend, driver):
     """T·n < d: Σ_t Σ_t is singular, and rounded to float32 its zero eigenvalues become ~eps of the
-    largest. Inverted as if they were information, they sent the float32 objective to ~56 where
-    float64 reaches ~1e-14: the pseudo-inverse's cut-off follows the dtype (engine.steps.pinv_rtol)."""
+    largest. Inverted as if they were information, they sent the float32 objective to ~56 (engine)
+    and ~1600 (the Python driver, which a callback selects) where float64 reaches ~1e-14: the
+    pseudo-inverse's cut-off follows the precision its eigenvalues were computed in (tasks.pinv_rtol)."""
     prob = fl.make_problem(d=12, k=1, T=3, n=2, noise=0.1, seed=0)
-    wide = fl.retrain(prob, method=method)
-    narrow = fl.retrain(prob, method=method, dtype="float32")
+    options = {"callback": lambda *args: None} if driver == "python" else {}
+    wide = fl.retrain(prob, method=method, backend=backend, **options)
+    narrow = fl.retrain(prob, method=method, backend=backend, dtype="float32", **options)
     assert wide.objective < 1e-10
     assert abs(narrow.objective) < 1e-4 and np.isfinite(narrow.A).all()
+
+
+def test_float32_whiteners_keep_the_directions_a_float64_spectrum_resolves():
+    """Σ_t's spectrum comes from float64 (tasks.least_squares_fits) also for float32 solves: its
+    whiteners cut at PINV_RTOL, not at float32's d·eps, so an ill-conditioned, full-rank Σ_t
+    (eigenvalues down to 1e-8 of the largest) is whitened in full."""
+    from fastlora.backends import get_backend
+    from fastlora.taskbatch.policy import make_batch
+    from fastlora.tasks import least_squares_fits, pinv_kept
+    rng = np.random.default_rng(0)
+    d, n = 8, 400
+    X = rng.standard_normal((n, d)) * np.logspace(0, -4, d)
+    task = fl.Task(X, X @ rng.standard_normal((d, d)).T)
+    lam = least_squares_fits([task])[2]
+    assert pinv_kept(lam, np.finfo(np.float64).eps).all() and not pinv_kept(lam, np.finfo(np.float32).eps).all()
+    half, _ = make_batch([task], get_backend("numpy"), np.float32).sigma_pinv_half()
+    whitened = half[0].astype(np.float64) @ task.Sigma @ half[0].astype(np.float64)
+    np.testing.assert_allclose(whitened, np.eye(d), atol=1e-3)  # all d directions, not d − 2

@@ -61,7 +61,7 @@ def test_an_erroring_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert summary.error_messages and all("DivergenceError" in m for m in summary.error_messages)
     with sqlite3.connect(tmp_path / "e.sqlite") as db:
         errors = db.execute("SELECT outer_lr, error FROM results WHERE status='error'").fetchall()
-    assert {e[0] for e in errors} == {1e6} and all("lower lr" in e[1] for e in errors)
+    assert {e[0] for e in errors} == {1e6} and all("lower inner_lr or outer_lr" in e[1] for e in errors)
 
 
 def test_an_adapter_step_the_tasks_cannot_take_is_refused_when_the_spec_is_read():

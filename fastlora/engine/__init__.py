@@ -120,12 +120,12 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
         empty = np.zeros((P, T, 0, 0), dtype)
         return QuadBatch(True, empty, W.astype(dtype, copy=False), np.zeros((P, T), dtype),
                          W.sum(axis=1).astype(dtype), empty, empty, np.ones((P, T), dtype), null, base_sq)
-    from ..tasks import PINV_RTOL, least_squares_fits
+    from ..tasks import least_squares_fits, pinv_kept
     tasks = [t for one in problems for t in one]
     Sigma = np.stack([t.Sigma for t in tasks])
     W_hat, floor, lam, V = least_squares_fits(tasks)
     if need_whiteners:
-        keep = lam > PINV_RTOL * np.maximum(lam[:, -1:], np.finfo(np.float64).tiny)
+        keep = pinv_kept(lam, np.finfo(np.float64).eps)  # the spectrum is float64's (least_squares_fits)
         root = np.sqrt(np.where(keep, lam, 0.0))
         inv_root = np.where(keep, 1.0 / np.where(keep, root, 1.0), 0.0)
         sqrt_S = (V * root[:, None, :]) @ V.swapaxes(1, 2)
@@ -189,10 +189,10 @@ class Solved:
     seconds: float = 0.0
     compile_seconds: float = 0.0
 
-    def outcome(self, p: int, max_iter: int):
-        """(message, converged, error or None) of problem ``p``."""
+    def outcome(self, p: int, max_iter: int, step: str | None = None):
+        """(message, converged, error or None) of problem ``p`` (``step``: status.describe's)."""
         return status.describe(int(self.status[p]), int(self.n_iter[p]), float(self.last[p]), float(self.scale[p]),
-                               max_iter)
+                               max_iter, step)
 
 
 def run(qb: QuadBatch, spec: Spec, cfg: Settings, A0, theta0, compiled: bool, parallel: bool = False) -> Solved:

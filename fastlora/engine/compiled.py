@@ -21,11 +21,12 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from .. import tasks  # pinv_rtol's source: Numba freezes its constant PINV_RTOL into the compiled code
 from ..config import settings
 from ..kernels import njit_cached
 from . import _jit, _numba_linalg, linalg, loops, status, steps  # _numba_linalg registers the loop primitives
 
-_SOURCES = (_jit, linalg, _numba_linalg, status, steps, loops)
+_SOURCES = (_jit, linalg, _numba_linalg, status, steps, loops, tasks)
 
 
 @functools.cache

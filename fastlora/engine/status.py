@@ -33,14 +33,20 @@ DIVERGENCE_FACTOR = 1e6
 STALL_WINDOW = 5
 
 
-# divergence is a step-size problem only for the fixed-step solvers (ALS and L-BFGS choose their steps)
-_TOO_FAR = ("where lr sets the step (solver='gd' with optimizer='gd' or 'adam') the step is too large for this "
-            "problem (lower lr); otherwise the data are ill-scaled")
+def step_option(method: str, solver: str | None = None, optimizer: str | None = None) -> str | None:
+    """The option that sets a solve's step size, which a divergence message tells the user to
+    lower; None where the solver chooses its own steps (ALS, L-BFGS, closed forms)."""
+    if method == "reptile":
+        return "inner_lr or outer_lr"
+    if solver == "gd" and optimizer in ("gd", "adam", "adamw"):
+        return "lr"
+    return None
 
 
-def describe(status: int, iteration: int, value: float, scale: float, max_iter: int):
+def describe(status: int, iteration: int, value: float, scale: float, max_iter: int, step: str | None = None):
     """(message, converged, error or None) of a problem that ended with ``status`` at
-    ``iteration`` with objective ``value`` (the last one computed) and divergence scale ``scale``."""
+    ``iteration`` with objective ``value`` (the last one computed) and divergence scale ``scale``;
+    ``step``: the option that set the step size (:func:`step_option`), named in a divergence's advice."""
     from ..errors import DivergenceError
     messages = {
         ZERO: "objective reached zero (to tolerance)",
@@ -54,14 +60,16 @@ def describe(status: int, iteration: int, value: float, scale: float, max_iter: 
     }
     if status in messages:
         return messages[status], status in CONVERGED, None
+    too_far = (f"the step is too large for this problem (lower {step})" if step else
+               "this solver chooses its own steps, so the data are ill-scaled (rescale X and Y)")
     if status == NONFINITE_START:
         text = (f"the objective is {value} at the starting point: the data or the initialisation are not finite or "
                 f"are ill-scaled")
     elif status == NONFINITE:
-        text = (f"the objective became {value} at iteration {iteration}: {_TOO_FAR}")
+        text = (f"the objective became {value} at iteration {iteration}: {too_far}")
     elif status == GREW:
         text = (f"the objective grew to {value:.4g} at iteration {iteration}, more than {DIVERGENCE_FACTOR:.0e} times "
-                f"its starting scale {scale:.4g}: {_TOO_FAR}")
+                f"its starting scale {scale:.4g}: {too_far}")
     elif status == LINE_SEARCH_NONFINITE:
         text = (f"the line search found no step with a finite objective at iteration {iteration}: the objective or "
                 f"its gradient is not finite there (ill-scaled data?)")

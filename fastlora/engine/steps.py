@@ -19,7 +19,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..tasks import PINV_RTOL
+from ..tasks import pinv_rtol as _pinv_rtol
 from . import status as st
 from ._jit import jitable
 from .linalg import (
@@ -232,13 +232,7 @@ def start_A(q, spec, init, given, out, w):
         minimizing_A(q, Spec(NONE, spec.r, spec.scale, spec.T, spec.d_out, spec.d_in), w.losses, w.delta, out, w)
 
 
-@jitable
-def pinv_rtol(eps, d):
-    """The eigenvalues of a symmetric d × d matrix in a dtype with rounding ``eps`` that a
-    pseudo-inverse counts as 0, relative to the largest: ``PINV_RTOL`` (fastlora.tasks), or d·eps
-    where rounding is larger than that (float32: a singular matrix rounded to float32 has
-    eigenvalues ~eps of the largest instead of 0, and inverting them would blow up the solve)."""
-    return max(PINV_RTOL, d * eps)
+pinv_rtol = jitable(_pinv_rtol)  # the one rule (fastlora.tasks), compiled where the engine is
 
 
 @jitable

@@ -68,8 +68,8 @@ class StallMonitor(Monitor):
     """
 
     def __init__(self, callback, tol, max_iter, reference, dtype, ftol: float = 0.0, window: int = STALL_WINDOW,
-                 history=()):
-        super().__init__(callback, tol, max_iter, reference, dtype)
+                 history=(), step: str | None = None):
+        super().__init__(callback, tol, max_iter, reference, dtype, step)
         self.offset = len(history)
         self.histories = np.zeros((1, self.offset + max_iter + 1))
         self.histories[0, :self.offset] = history
@@ -96,7 +96,8 @@ class StallMonitor(Monitor):
 
     def _described(self):
         code = int(self.status[0]) if self.status[0] != status.RUNNING else status.MAX_ITER
-        return status.describe(code, int(self.n_iter[0]), float(self.last[0]), float(self.scale[0]), self.max_iter)
+        return status.describe(code, int(self.n_iter[0]), float(self.last[0]), float(self.scale[0]), self.max_iter,
+                               self.step)
 
     @property
     def converged(self) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 from .. import peft as peft_registry
 from ..backends import get_backend, numba_status, resolve_dtype
 from ..config import settings
+from ..engine import status
 from ..errors import FastLoRAError, check_choice, check_int
 from ..options import OPTIONS, rank_or_problem_k
 from ..peft.protocol import shared_names
@@ -198,7 +199,8 @@ def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft=PEFT, rank: 
         return x
 
     def run(x0, budget, history=()):
-        monitor = optim.StallMonitor(callback, tol, budget, reference, dtype, ftol=ftol, history=history)
+        monitor = optim.StallMonitor(callback, tol, budget, reference, dtype, ftol=ftol, history=history,
+                                     step=status.step_option(method, "gd", optimizer_name))
         if method == "reptile":
             inner = {"inner_lr": inner_lr, "inner_steps": inner_steps, "outer_lr": outer_lr}
             x, n_iter, info = _reptile(data, x0, monitor, budget, **{k: v for k, v in inner.items() if v is not None})
@@ -440,7 +442,8 @@ def _finetune_once(data, be, dtype, parameterization, rng, A, c, rank, tol, ftol
     x = {"A": be.asarray(A, dtype), "c": be.asarray(c, dtype), **{k: be.asarray(v, dtype) for k, v in raw.items()}}
     names = trainable_names(parameterization, raw, shared=())
     objective = ShallowObjective(data, parameterization, names)
-    mon = optim.StallMonitor(None, tol, max_iter, data.null_objective(), dtype, ftol=ftol)
+    mon = optim.StallMonitor(None, tol, max_iter, data.null_objective(), dtype, ftol=ftol,
+                             step=status.step_option("lora-ml", "gd", optimizer_name))
     x, n_iter, _ = _minimize(objective, x, names, mon, optimizer_name, max_iter, be, dtype, adam_options)
     return float(objective.value(x)), x, n_iter, mon.converged, objective
 

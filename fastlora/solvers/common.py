@@ -104,8 +104,9 @@ class Monitor:
     freeze the others, so a problem's numbers never depend on the problems solved beside it.
     """
 
-    def __init__(self, callback: Callable | None, tol: float, max_iter: int, reference, dtype):
+    def __init__(self, callback: Callable | None, tol: float, max_iter: int, reference, dtype, step=None):
         self.callback = callback
+        self.step = step  # the option that sets the step size, for divergence messages (status.step_option)
         self.eps = float(np.finfo(dtype).eps)
         self.tol = max(float(tol), 8 * self.eps)
         self.to_max_iter = float(tol) == 0.0  # tol=0: no step or rounding test, only an objective of zero stops
@@ -180,7 +181,7 @@ class Monitor:
         for p in range(self.P):
             code = int(self.status[p]) if self.status[p] != status.RUNNING else status.MAX_ITER
             message, ok, error = status.describe(code, int(self.n_iter[p]), float(self.last[p]),
-                                                 float(self.scale[p]), self.max_iter)
+                                                 float(self.scale[p]), self.max_iter, self.step)
             messages.append(message)
             converged.append(ok)
             errors.append(error)
@@ -273,8 +274,9 @@ class Context:
         """A solver option, validated and defaulted by :mod:`fastlora.options`."""
         return self.options[name]
 
-    def monitor(self) -> Monitor:
-        return Monitor(self.callback, self.tol, self.max_iter, self.batch.null_objective(), self.dtype)
+    def monitor(self, step: str | None = None) -> Monitor:
+        """The solve's monitor; ``step``: the option that sets its step size (status.step_option)."""
+        return Monitor(self.callback, self.tol, self.max_iter, self.batch.null_objective(), self.dtype, step)
 
     def init_params(self, A=None) -> dict:
         """The adapters' starting point, (P·T, ...) per parameter: ``options["init_params"]`` if

@@ -96,7 +96,7 @@ def solve(ctx):
     model = Objective(ctx)
     A0 = ctx.initial_A()
     x = {"A": A0, **ctx.init_params(A0)}
-    monitor = ctx.monitor()
+    monitor = ctx.monitor(status.step_option("lora-ml", "gd", optimizer))
     info = {"solver": "gd", "optimizer": optimizer}
     if optimizer == "lbfgs":
         return _lbfgs(ctx, model, x, monitor, info)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine import status
 from .common import FinishedState
 
 
 def solve(ctx):
     xp, batch = ctx.xp, ctx.batch
     inner_lr, inner_steps, outer_lr = ctx.option("inner_lr"), ctx.option("inner_steps"), ctx.option("outer_lr")
-    monitor = ctx.monitor()
+    monitor = ctx.monitor(status.step_option("reptile"))
     finished = FinishedState(batch)
     A = ctx.initial_A()
     if batch.is_population:

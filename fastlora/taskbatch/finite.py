@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.steps import pinv_rtol
+from ..tasks import pinv_kept
 from .base import Batch
 from .iterates import Iterate, TaskResidual
 
@@ -55,9 +55,7 @@ class FiniteSample(Batch):
         if self._whiteners is None:
             xp = self.xp
             lam, V = self._spectrum
-            rtol = pinv_rtol(float(xp.finfo(lam.dtype).eps), lam.shape[-1])
-            cut = rtol * xp.maximum(lam[:, -1:], xp.finfo(lam.dtype).tiny)
-            keep = lam > cut
+            keep = pinv_kept(lam, float(np.finfo(np.float64).eps), xp)  # computed in float64 (least_squares_fits)
             inv_sqrt = xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, lam, 1.0)), 0.0)
             half = (V * inv_sqrt[:, None, :]) @ V.swapaxes(1, 2)
             full = (V * (inv_sqrt ** 2)[:, None, :]) @ V.swapaxes(1, 2)
@@ -86,9 +84,7 @@ class FiniteSample(Batch):
         if self._gram_solver is None:
             xp = self.xp
             lam, V = xp.linalg.eigh(self.sum_tasks(self.Sigma))
-            rtol = pinv_rtol(float(xp.finfo(lam.dtype).eps), lam.shape[-1])
-            cut = rtol * xp.maximum(lam[:, -1:], xp.finfo(lam.dtype).tiny)
-            keep = lam > cut
+            keep = pinv_kept(lam, float(xp.finfo(lam.dtype).eps), xp)  # computed in the batch's dtype
             inv = xp.where(keep, 1.0 / xp.where(keep, lam, 1.0), 0.0)
             self._gram_solver = (V * inv[:, None, :]) @ V.swapaxes(1, 2)
         return self._gram_solver
