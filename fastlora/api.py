@@ -75,29 +75,52 @@ def _task_law_given(input_law, input_df, input_cov, noise_law, noise_df, task_ra
             or any(v is not None for v in (input_df, noise_df, task_ranks, task_scales, sample_seed)))
 
 
-def _dispatch(implementation, member: str, where):
+def _dispatch(implementation, member: str, where, made_by: str | None = None):
     """The public function of ``implementation`` (the linear model's, whose signature and docstring it
     shows): the call's arguments bound to that signature's names, it runs ``member`` of the model of
-    ``where(arguments)``."""
+    ``where(arguments)``; ``made_by``: the argument holding a retrained start, which must be that
+    model's."""
     signature = inspect.signature(implementation)
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
 
     @functools.wraps(implementation)
     def public(*args, **kwargs):
-        arguments = _by_name(signature, args, kwargs)
-        return getattr(model_of(where(arguments)), member)(**arguments)
+        # keywords the linear signature lacks are the model's to take or refuse (models.call_checked)
+        own = {} if open_ended else {k: kwargs.pop(k) for k in list(kwargs) if k not in signature.parameters}
+        arguments = _by_name(implementation.__name__, signature, args, kwargs)
+        model = model_of(where(arguments))
+        if made_by is not None:
+            _check_made_by(model, made_by, arguments.get(made_by))
+        return getattr(model, member)(**arguments, **own)
     return public
 
 
-def _by_name(signature: inspect.Signature, args, kwargs) -> dict:
+def _by_name(function: str, signature: inspect.Signature, args, kwargs) -> dict:
     """A call's arguments by parameter name (a ``**options`` parameter's entries as they are); a call
-    the signature does not take raises TypeError, as the function itself would."""
+    the signature cannot take (too many positional arguments, one given twice) raises TypeError
+    naming the function, as the function itself would."""
+    try:
+        bound = signature.bind(*args, **kwargs).arguments
+    except TypeError as exc:
+        raise TypeError(f"{function}(): {exc}") from None
     out = {}
-    for name, value in signature.bind(*args, **kwargs).arguments.items():
+    for name, value in bound.items():
         if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
             out.update(value)
         else:
             out[name] = value
     return out
+
+
+def _check_made_by(model, name: str, value) -> None:
+    """A retrained start (``name``: a result, or a list of them) must come from the model of the
+    problem or task it is used on: a shallow network's A is no linear model's W."""
+    while isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    made = getattr(value, "model", None)
+    if made is not None and made != model.name:
+        raise FastLoRAError(f"{name} was retrained by model={made!r}, but the problem or task it is used on is "
+                            f"model={model.name!r}: use a start of the same model")
 
 
 def _named(name: str):
@@ -121,7 +144,7 @@ def _evaluated_many(arguments):
 
 retrain = _dispatch(retraining.retrain, "retrain", _named("problem_or_tasks"))
 retrain_many = _dispatch(retraining.retrain_many, "retrain_many", _named("problems"))
-finetune = _dispatch(finetuning.finetune, "finetune", _named("task"))
-finetune_many = _dispatch(finetuning.finetune_many, "finetune_many", _named("tasks"))
-evaluate = _dispatch(metrics.evaluate, "evaluate", _evaluated)
-evaluate_many = _dispatch(metrics.evaluate_many, "evaluate_many", _evaluated_many)
+finetune = _dispatch(finetuning.finetune, "finetune", _named("task"), made_by="A")
+finetune_many = _dispatch(finetuning.finetune_many, "finetune_many", _named("tasks"), made_by="starts")
+evaluate = _dispatch(metrics.evaluate, "evaluate", _evaluated, made_by="res")
+evaluate_many = _dispatch(metrics.evaluate_many, "evaluate_many", _evaluated_many, made_by="results")

@@ -85,7 +85,7 @@ def check_float(name: str, value: Any, *, low: float | None = None, high: float 
         raise FastLoRAError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not np.isfinite(value):
-        raise FastLoRAError(f"{name} must be finite, got {value!r}")
+        raise FastLoRAError(f"{name}={value} is not finite; it must be a finite number")
     if low is not None and (value < low or (low_open and value == low)):
         op = ">" if low_open else ">="
         raise FastLoRAError(f"{name}={value} is out of range; it must be {op} {low}")
@@ -136,6 +136,20 @@ def check_list(name: str, value, entries: str) -> list:
 
 # what the *_many functions do with an entry that fails: raise it, or return it in its place
 ERRORS_CHOICES = ("raise", "return")
+
+
+def each_or_error(calls, errors: str) -> list:
+    """Each of ``calls`` (functions of no argument) run in order: its result, or where it raises a
+    FastLoRAError, that error raised (``errors="raise"``) or put in its place (``"return"``)."""
+    out = []
+    for call in calls:
+        try:
+            out.append(call())
+        except FastLoRAError as exc:
+            if errors == "raise":
+                raise
+            out.append(exc)
+    return out
 
 
 def per_entry(name: str, value, count: int, entry: str) -> list:

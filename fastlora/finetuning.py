@@ -94,6 +94,10 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
     if len(starts) != len(tasks):
         raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
     seeds = per_entry("seeds", seeds, len(tasks), "task")
+    for i, task in enumerate(tasks):
+        if not isinstance(task, Task):
+            raise FastLoRAError(f"{'task' if len(tasks) == 1 else f'tasks[{i}]'} must be a fastlora.Task, got "
+                                f"{type(task).__name__}")
     peft_options = OPTIONS["peft_options"].check(peft_options)
     resolved = _finetuning_parameterizations(starts, tasks, peft, peft_options, rank)
     if rank is None and all(isinstance(A, RetrainResult) and A.shared and shared_names(p)
@@ -114,8 +118,6 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
     dense_jobs = []
     for i, (A, task, seed) in enumerate(zip(starts, tasks, seeds)):
         parameterization = resolved[i]
-        if not isinstance(task, Task):
-            raise FastLoRAError(f"task must be a fastlora.Task, got {type(task).__name__}")
         retrained = A if isinstance(A, RetrainResult) else None
         if retrained is not None:
             A = retrained.A

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from . import finetuning, metrics, problems, retraining
-from .models import Model
+from .models import Model, call_checked
 
 
 class LinearModel(Model):
@@ -14,19 +14,19 @@ class LinearModel(Model):
         return problems.make_linear_problem(**arguments)
 
     def retrain(self, **arguments):
-        return retraining.retrain(**arguments)
+        return call_checked(retraining.retrain, arguments, "fastlora.retrain")
 
     def retrain_many(self, **arguments):
-        return retraining.retrain_many(**arguments)
+        return call_checked(retraining.retrain_many, arguments, "fastlora.retrain_many")
 
     def finetune(self, **arguments):
-        return finetuning.finetune(**arguments)
+        return call_checked(finetuning.finetune, arguments, "fastlora.finetune")
 
     def finetune_many(self, **arguments):
-        return finetuning.finetune_many(**arguments)
+        return call_checked(finetuning.finetune_many, arguments, "fastlora.finetune_many")
 
     def evaluate(self, **arguments):
-        return metrics.evaluate(**arguments)
+        return call_checked(metrics.evaluate, arguments, "fastlora.evaluate")
 
     def evaluate_many(self, **arguments):
-        return metrics.evaluate_many(**arguments)
+        return call_checked(metrics.evaluate_many, arguments, "fastlora.evaluate_many")

@@ -1,6 +1,7 @@
 """``fastlora.evaluate``: how adaptable a retrained A is (docs/design.md §3)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from .errors import (
     check_choices,
     check_int,
     check_list,
+    each_or_error,
     per_entry,
 )
 from .finetuning import finetune_many, lowrank_residual
@@ -182,17 +184,11 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     rank_tol = OPTIONS["rank_tol"].check(rank_tol)
     noise_floor = OPTIONS["noise_floor"].check(noise_floor)
     n_ft = OPTIONS["n_ft"].check(n_ft)
-    plans, jobs = [], []
-    for i, (res, prob, tasks) in enumerate(zip(results, problems, test_lists)):
-        try:
-            plan = _plan_evaluation(res, prob, tasks, ft_rank, (ft_peft, ft_peft_options), rank_tol, noise_floor)
-        except FastLoRAError as exc:
-            if errors == "raise":
-                raise
-            plans.append(exc)
-            continue
-        plans.append(plan)
-        jobs.extend((i, j, plan["start"], task, seeds[i] + j) for j, task in enumerate(plan["tasks"]))
+    plans = each_or_error([functools.partial(_plan_evaluation, res, prob, tasks, ft_rank, (ft_peft, ft_peft_options),
+                                             rank_tol, noise_floor)
+                           for res, prob, tasks in zip(results, problems, test_lists)], errors)
+    jobs = [(i, j, plan["start"], task, seeds[i] + j) for i, plan in enumerate(plans)
+            if not isinstance(plan, Exception) for j, task in enumerate(plan["tasks"])]
     by_rank: dict = {}  # fine-tuning runs on the backend that retrained (arrays given as res: "auto")
     for job in jobs:
         plan = plans[job[0]]

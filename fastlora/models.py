@@ -12,8 +12,9 @@ from __future__ import annotations
 import abc
 import functools
 import importlib
+import inspect
 
-from .errors import check_choice
+from .errors import FastLoRAError, check_choice
 
 # name -> "module:class"; loaded on first use, so that drawing a linear problem never imports the others
 MODELS = {"linear": "fastlora.linear:LinearModel", "shallow": "fastlora.shallow:ShallowModel"}
@@ -21,7 +22,9 @@ MODELS = {"linear": "fastlora.linear:LinearModel", "shallow": "fastlora.shallow:
 
 class Model(abc.ABC):
     """What a model is to the public functions: each method takes the public function's arguments
-    by name (:mod:`fastlora.api` binds a call's positional arguments to those names first)."""
+    by name (:mod:`fastlora.api` binds a call's positional arguments to those names first), and
+    keywords the public signature does not list (a model's own options), which it takes or refuses
+    (:func:`call_checked`)."""
 
     name = "abstract"
 
@@ -66,3 +69,15 @@ def model_of(obj) -> Model:
     while isinstance(obj, (list, tuple)) and obj:
         obj = obj[0]
     return get_model(getattr(obj, "model", None) or "linear")
+
+
+def call_checked(function, arguments: dict, call: str):
+    """``function(**arguments)``, arguments it does not take refused first — a FastLoRAError naming
+    them and what ``call`` (the public call, e.g. "fastlora.finetune") takes, not a TypeError."""
+    parameters = inspect.signature(function).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        unknown = [name for name in arguments if name not in parameters]
+        if unknown:
+            raise FastLoRAError(f"{call} takes no argument {', '.join(map(repr, unknown))}; its arguments: "
+                                f"{', '.join(parameters)}")
+    return function(**arguments)

@@ -265,7 +265,8 @@ _ALL = (
     # evaluate
     Option("ft_rank", "int", None, "fine-tuning rank (default: the problem's k)", "evaluate", low=1, allow_none=True),
     Option("n_ft", "count", None, "fine-tuning samples (None / 'population': population fine-tuning; the shallow "
-           "network, which has no population mode: 100, the paper's)", "evaluate", model_defaults=(("shallow", 100),)),
+           "network has no population mode: a count, default 100, the paper's)", "evaluate",
+           model_defaults=(("shallow", 100),)),
     Option("ft_peft", "peft", "lora", "fine-tuning parameterization (asymmetric LoRA, as the paper)", "evaluate"),
     Option("ft_peft_options", "table", None, "keyword arguments of ft_peft's class (by default, ft_peft named "
            "like the retrained peft fine-tunes with the retrained instance and its options)", "evaluate",

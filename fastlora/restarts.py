@@ -9,9 +9,11 @@ plus ``REACHED_ATOL`` times the null objective's scale) of the best.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from .errors import FastLoRAError, check_int
+from .errors import check_int, each_or_error
 
 RESTART_KEY = 0x5EED
 REACHED_RTOL = 1e-6
@@ -52,12 +54,5 @@ def retrain_with_restarts(retrain_many, problem_or_tasks, restarts: int, seed, k
 
 def retrain_many_with_restarts(retrain_many, problems, seeds: list, restarts: int, errors: str, kwargs: dict) -> list:
     """:func:`retrain_with_restarts` of each problem with its seed; errors as ``retrain_many``'s."""
-    out = []
-    for problem, seed in zip(problems, seeds):
-        try:
-            out.append(retrain_with_restarts(retrain_many, problem, restarts, seed, kwargs))
-        except FastLoRAError as exc:
-            if errors == "raise":
-                raise
-            out.append(exc)
-    return out
+    return each_or_error([functools.partial(retrain_with_restarts, retrain_many, problem, restarts, seed, kwargs)
+                          for problem, seed in zip(problems, seeds)], errors)

@@ -5,12 +5,13 @@ The arguments are checked into a plan (:mod:`fastlora.planning`), whose memory i
 first (:mod:`fastlora.sizing`), and run (:mod:`fastlora.execution`)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import numpy as np
 
 from . import options as schema
-from .errors import ERRORS_CHOICES, FastLoRAError, check_choice, check_list, per_entry
+from .errors import ERRORS_CHOICES, FastLoRAError, check_choice, check_list, each_or_error, per_entry
 from .execution import run_plan
 from .peft.protocol import shared_names
 from .planning import UNPLANNED, SolveRequest, plan_solve
@@ -99,6 +100,12 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
     if not problems:
         return []
     seeds = per_entry("seeds", seeds, len(problems), "problem")
+    task_lists = []
+    for i, problem in enumerate(problems):
+        try:
+            task_lists.append(as_task_list(problem))
+        except FastLoRAError as exc:
+            raise FastLoRAError(f"problems[{i}]: {exc}") from None
     if rank is None:  # each problem's default rank is its own k: one batched solve has one rank
         ks = sorted({getattr(p, "k", None) for p in problems}, key=str)
         if len(ks) > 1:
@@ -112,10 +119,9 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
         return retrain_many_with_restarts(retrain_many, problems, seeds, restarts, errors,
                                           dict(request.arguments(), as_numpy=as_numpy))
     plan = plan_solve(problems[0], request)
-    first = as_task_list(problems[0])
+    first = task_lists[0]
     shape = (len(first), first[0].d_out, first[0].d_in, first[0].is_population)
-    for i, problem in enumerate(problems):
-        tasks = as_task_list(problem)
+    for i, tasks in enumerate(task_lists):
         if (len(tasks), tasks[0].d_out, tasks[0].d_in, tasks[0].is_population) != shape:
             raise FastLoRAError(f"problems[{i}] has (T, d_out, d_in, population) = "
                                 f"{(len(tasks), tasks[0].d_out, tasks[0].d_in, tasks[0].is_population)}; "
@@ -128,17 +134,13 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
         stackable = len({r.sizes if r is not None else None for r in reductions}) == 1
     if not stackable:  # large structured problems (or reductions of different sizes): one at a time
         known = reductions or [plan.reduction] + [UNPLANNED] * (len(problems) - 1)
-        out = []
-        for i, (problem, rng) in enumerate(zip(problems, rngs)):
-            try:
-                own = _starts_of_problem(options, i, len(problems), plan.T, shared_names(plan.peft))
-                own_plan = plan_solve(problem, replace(request, seed=rng, options=own), reduction=known[i])
-                out.append(run_plan(own_plan, [problem], [rng], as_numpy)[0])
-            except FastLoRAError as exc:
-                if errors == "raise":
-                    raise
-                out.append(exc)
-        return out
+
+        def alone(i, problem, rng):
+            own = _starts_of_problem(options, i, len(problems), plan.T, shared_names(plan.peft))
+            own_plan = plan_solve(problem, replace(request, seed=rng, options=own), reduction=known[i])
+            return run_plan(own_plan, [problem], [rng], as_numpy)[0]
+        return each_or_error([functools.partial(alone, i, problem, rng)
+                              for i, (problem, rng) in enumerate(zip(problems, rngs))], errors)
     return raise_or_return(run_plan(plan, problems, rngs, as_numpy, reductions), errors)
 
 

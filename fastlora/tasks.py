@@ -122,7 +122,7 @@ class Task:
             raise FastLoRAError(f"X and Y: their second moments overflow float64 (largest |X| = "
                                 f"{np.abs(X).max():.3g}, |Y| = {np.abs(Y).max():.3g}); rescale the data")
         for name, largest in (("X", float(np.abs(X).max())), ("Y", float(np.abs(Y).max()))):
-            if 0.0 < largest * largest < SMALLEST_MOMENT:
+            if largest > 0.0 and largest * largest < SMALLEST_MOMENT:  # a square may underflow to 0 itself
                 raise FastLoRAError(f"{name}: its second moments underflow float64 (largest |{name}| = {largest:.3g}, "
                                     f"squared {largest * largest:.3g}, below {SMALLEST_MOMENT:.1e} where float64 keeps "
                                     f"no precision); rescale the data (divide X and Y by their largest entries)")

@@ -451,6 +451,22 @@ def test_plot_refuses_logx_at_zero_and_a_key_named_twice_in_where(run, tmp_path)
     assert _one_error_line(twice).startswith("Error: --where names 'n' twice") and twice.exit_code == 2
 
 
+def test_plot_says_which_where_filter_matches_nothing_and_what_is_there(run, tmp_path):
+    from fastlora.sweep import parse_spec, run_sweep
+    spec = ('name = "w"\nrepeats = 1\n[grid]\nT = [2, 3]\n[fixed]\nd = 4\nk = 1\nn = 50\nbackend = "numpy"\n')
+    store = tmp_path / "w.sqlite"
+    assert run_sweep(parse_spec(spec, check_points=False), store, workers=1, progress=False).failed == 0
+    typo = run("plot", str(store), "--x", "T", "--y", "excess_risk", "--where", "T=abc", "-o", str(tmp_path / "a.png"))
+    assert _one_error_line(typo) == f"Error: --where T=abc matches no finished row of {store}; T takes: 2, 3"
+    assert typo.exit_code == 2
+
+
+def test_non_finite_numbers_are_refused_in_flag_words(run):
+    result = run("solve", "--noise", "nan")
+    assert _one_error_line(result) == "Error: --noise nan is not finite; it must be a finite number"
+    assert result.exit_code == 2
+
+
 def test_export_takes_its_format_from_the_extension_and_refuses_a_mismatch(run, stores, tmp_path):
     pytest.importorskip("pyarrow")
     out = tmp_path / "rows.parquet"

@@ -298,3 +298,46 @@ def test_the_many_functions_check_their_lists(call, word):
     r = fl.retrain(p, max_iter=5)
     with pytest.raises(FastLoRAError, match=word):
         call(p, r)
+
+
+@pytest.fixture(scope="module")
+def both_models():
+    shallow = fl.make_problem(d=5, k=1, T=3, n=80, noise=0.1, seed=0, model="shallow", n_test_tasks=2)
+    linear = fl.make_problem(d=5, k=1, T=3, n=80, noise=0.1, seed=0, n_test_tasks=2)
+    return shallow, fl.retrain(shallow, restarts=1, max_iter=30), linear, fl.retrain(linear)
+
+
+@pytest.mark.parametrize("call, word", [
+    (lambda s, rs, lin, rl: fl.evaluate(rs, lin), "res was retrained by model='shallow'"),
+    (lambda s, rs, lin, rl: fl.evaluate_many([rs], [lin]), "results was retrained by model='shallow'"),
+    (lambda s, rs, lin, rl: fl.finetune(rs, lin.test_tasks[0], rank=1), "A was retrained by model='shallow'"),
+    (lambda s, rs, lin, rl: fl.finetune(rl, s.test_tasks[0], rank=1), "A was retrained by model='linear'"),
+    (lambda s, rs, lin, rl: fl.evaluate(rl, lin, foo=1), "fastlora.evaluate takes no argument 'foo'"),
+    (lambda s, rs, lin, rl: fl.finetune(rl.A, lin.test_tasks[0], foo=1), "fastlora.finetune takes no argument 'foo'"),
+    (lambda s, rs, lin, rl: fl.evaluate(rs, s, foo=1), r"evaluate \(model='shallow'\) takes no argument 'foo'"),
+    (lambda s, rs, lin, rl: fl.evaluate_many([rs], [s], foo=1), "takes no argument 'foo'"),
+    (lambda s, rs, lin, rl: fl.retrain(s, foo=1), r"fastlora.retrain \(model='shallow'\) takes no argument 'foo'"),
+    (lambda s, rs, lin, rl: fl.evaluate(rs, s, rank_tol=-5.0), "rank_tol and noise_floor"),
+    (lambda s, rs, lin, rl: fl.evaluate(rs, s, n_ft=None), "n_ft=None: the shallow network has no population"),
+    (lambda s, rs, lin, rl: fl.evaluate(rs, s, n_ft="population"), "has no population fine-tuning"),
+    (lambda s, rs, lin, rl: fl.evaluate(rs, s, test_tasks=s.test_tasks[0]), "test_tasks must be a list"),
+    (lambda s, rs, lin, rl: fl.evaluate_many([rs], [s], test_tasks=s.test_tasks[:1]), r"test_tasks\[0\] must be"),
+    (lambda s, rs, lin, rl: fl.retrain(s, peft_options=[1]), "peft_options must be a table"),
+    (lambda s, rs, lin, rl: fl.retrain(s, solver="gd", optimizer="adam", betas=3), "betas must be a pair"),
+    (lambda s, rs, lin, rl: fl.make_problem(d=4, n=20, noise=1e200, model="shallow"), r"noise=1e\+200 is out of"),
+])
+def test_the_public_functions_refuse_what_the_model_cannot_take(both_models, call, word):
+    """Each once returned numbers (a shallow A scored as a linear W; rank_tol, n_ft=None ignored or
+    redefined) or raised a raw TypeError."""
+    with pytest.raises(FastLoRAError, match=word):
+        call(*both_models)
+
+
+def test_the_shallow_networks_own_options_reach_it_through_the_public_functions(both_models):
+    shallow, res, _, _ = both_models
+    ft = fl.finetune(res, shallow.test_tasks[0], solver="gd", optimizer="adam", lr=1e-3, max_iter=7)
+    assert ft.n_iter == 7 and ft.optimizer == "adam"
+    metrics = fl.evaluate(res, shallow, n_eval=50, ft_max_iter=3)
+    assert np.isfinite(metrics["test_loss"])
+    with pytest.raises(TypeError, match=r"^retrain\(\): multiple values for argument 'method'"):
+        fl.retrain(shallow, "standard", method="standard")

@@ -114,6 +114,18 @@ def test_parquet_keeps_the_declared_type_of_a_metric_column_with_no_values(finis
 SQUARE = TINY_SPEC.replace('method = ["standard", "lora-ml"]', 'method = ["lora-ml"]')
 
 
+@pytest.mark.parametrize("grid,needle", [
+    ('model = ["linear", "shallow"]\nn = ["population", 300]', "model='shallow' needs a finite n"),
+    ('model = ["shallow"]\nn_ft = ["population", 50]', "model='shallow' fine-tunes on a number of samples"),
+])
+def test_a_shallow_point_in_population_mode_is_refused_naming_it(grid, needle):
+    """n_ft='population' was stored for shallow rows that fine-tuned on the task's own data."""
+    with pytest.raises(FastLoRAError, match=needle) as info:
+        parse_spec(f'name = "m"\n[grid]\n{grid}\n[fixed]\nd = 6\nk = 1\nT = 3\nn = 300\n'.replace(
+            "n = 300\n", "" if "n = [" in grid else "n = 300\n"))
+    assert "d=6" in str(info.value) and "[[grid]]" in str(info.value)
+
+
 @pytest.mark.parametrize("change,needle", [
     (("[fixed]", '[fixed]\npeft = "dora"\nsolver = "als"'), "depends on the shared matrix A (uses_base), so ALS"),
     (("d = 8", "d = 8\nd_out = 6\nsymmetric = false\npeft = \"lora\"\nft_peft = \"lora_sym\""),

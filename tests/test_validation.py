@@ -245,6 +245,25 @@ def test_data_whose_statistics_overflow_and_absurd_noise_name_the_argument():
         fl.make_problem(d=4, k=1, T=3).test_tasks[0].sample(10, noise=1e200)
 
 
+def test_data_whose_squares_underflow_to_zero_are_refused_like_tiny_ones():
+    """|X| ~ 1e-200: its square is exactly 0, which slipped past the underflow check (A = 0, objective 0)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 4))
+    for scale in (1e-160, 1e-200):
+        with pytest.raises(ValueError, match="X: its second moments underflow float64"):
+            fl.Task(X * scale, X * scale)
+
+
+def test_a_list_entry_that_is_not_a_problem_or_task_is_named():
+    prob = fl.make_problem(d=4, k=1, T=2, n=20)
+    with pytest.raises(ValueError, match=r"problems\[1\]: tasks must be a Problem"):
+        fl.retrain_many([prob, None], errors="return")
+    with pytest.raises(ValueError, match=r"task must be a fastlora\.Task, got NoneType"):
+        fl.finetune(np.zeros((4, 4)), None)
+    with pytest.raises(ValueError, match=r"tasks\[1\] must be a fastlora.Task, got int"):
+        fl.finetune_many([np.zeros((4, 4))] * 2, [prob.test_tasks[0], 3], rank=1)
+
+
 def test_fine_tuning_samples_from_a_task_without_ground_truth_name_n():
     rng = np.random.default_rng(0)
     task = fl.Task(rng.standard_normal((30, 4)), rng.standard_normal((30, 4)))

@@ -4,10 +4,10 @@ onto :func:`~fastlora.shallow.make_shallow_problem`, :func:`~fastlora.shallow.re
 problem at a time: the shallow network has no batched solver)."""
 from __future__ import annotations
 
-from ..errors import ERRORS_CHOICES, FastLoRAError, check_choice, check_list, per_entry
+from ..errors import ERRORS_CHOICES, FastLoRAError, check_choice, check_list, each_or_error, per_entry
 from ..finetuning import ground_truth_rank
-from ..models import Model
-from ..options import OPTIONS
+from ..models import Model, call_checked
+from ..options import OPTIONS, POPULATION
 from ..peft.registry import finetuning_parameterization
 from ..problems import task_law_arguments
 from .evaluate import N_FT, evaluate_shallow
@@ -37,36 +37,31 @@ class ShallowModel(Model):
                                     noise_law=law.noise_law, noise_df=law.noise_df, task_ranks=laws["task_ranks"],
                                     sample_seed=laws["sample_seed"])
 
-    def retrain(self, problem_or_tasks, **kwargs):
+    def retrain(self, **arguments):
         """The public retrain's arguments (``max_iter`` / ``tol`` None: the shallow network's defaults in
-        the options schema); options it does not take are named in one error."""
+        the options schema) and :func:`~fastlora.shallow.retrain_shallow`'s own; others are refused."""
         for name in ("as_numpy", "dense_A"):  # the linear model's return options: nothing to change here
-            kwargs.pop(name, None)
-        try:
-            return retrain_shallow(problem_or_tasks, **kwargs)
-        except TypeError as exc:
-            raise FastLoRAError(f"{exc}; see help(fastlora.shallow.retrain_shallow) for the shallow network's "
-                                f"options") from None
+            arguments.pop(name, None)
+        return call_checked(retrain_shallow, arguments, "fastlora.retrain (model='shallow')")
 
     def retrain_many(self, problems, seeds=0, errors: str = "raise", **kwargs):
         check_choice("errors", errors, ERRORS_CHOICES)
         problems = check_list("problems", problems, "problem: a ShallowProblem or a list of ShallowTasks; for one "
                               "problem use fastlora.retrain")
         seeds = per_entry("seeds", seeds, len(problems), "problem")
-        return _each(errors, [lambda p=p, s=s: self.retrain(p, **{**kwargs, "seed": s})
-                              for p, s in zip(problems, seeds)])
+        return each_or_error([lambda p=p, s=s: self.retrain(**kwargs, problem_or_tasks=p, seed=s)
+                              for p, s in zip(problems, seeds)], errors)
 
-    def finetune(self, A, task, peft=FT_PEFT, rank=None, n=None, seed=0, *, backend="auto", dtype="float64",
-                 max_iter=None, tol=None, peft_options=None):
+    def finetune(self, A, task, peft=FT_PEFT, rank=None, n=None, seed=0, **options):
         """The public finetune's arguments (``A``: the shallow retrain result, or (A, c)); ``rank``
         defaults to the task's ground-truth k; ``max_iter`` and ``tol`` None: the shallow network's
-        defaults (:func:`~fastlora.shallow.finetune_shallow`)."""
+        defaults; :func:`~fastlora.shallow.finetune_shallow`'s own options (lr, solver, ...) too."""
         rank = ground_truth_rank(task) if rank is None else rank
         if rank is None:
             raise FastLoRAError("rank is required: it defaults to the task's ground-truth rank k, which this task "
                                 "(the user's own data) does not know")
-        return finetune_shallow(A, task, peft=peft, rank=rank, n=n, seed=seed, backend=backend, dtype=dtype,
-                                max_iter=max_iter, tol=tol, peft_options=peft_options)
+        return call_checked(finetune_shallow, dict(res_or_A_and_c=A, task=task, peft=peft, rank=rank, n=n, seed=seed,
+                                                   **options), "fastlora.finetune (model='shallow')")
 
     def finetune_many(self, starts, tasks, seeds=0, **kwargs):
         tasks, starts = check_list("tasks", tasks, "task"), check_list("starts", starts, "task")
@@ -76,15 +71,24 @@ class ShallowModel(Model):
         return [self.finetune(start, task, seed=seed, **kwargs) for start, task, seed in zip(starts, tasks, seeds)]
 
     def evaluate(self, res, prob, ft_rank=None, n_ft=N_FT, ft_peft=FT_PEFT, seed=0, rank_tol=None, test_tasks=None,
-                 noise_floor=None, metrics=None, ft_peft_options=None):
-        """The public evaluate's arguments (``rank_tol`` and ``noise_floor``, the linear model's
-        adaptation-rank options, do not apply); the shallow network's own are those of
-        :func:`~fastlora.shallow.evaluate_shallow`."""
+                 noise_floor=None, metrics=None, ft_peft_options=None, **options):
+        """The public evaluate's arguments and :func:`~fastlora.shallow.evaluate_shallow`'s own options
+        (n_eval, ft_solver, ...).  ``rank_tol`` and ``noise_floor``, the linear model's adaptation-rank
+        options, do not apply; ``n_ft`` is a sample count (the shallow network has no population mode)."""
+        if rank_tol is not None or noise_floor is not None:
+            raise FastLoRAError("rank_tol and noise_floor (the linear model's adaptation-rank options) do not apply "
+                                "to model='shallow'")
+        if n_ft is None or n_ft == POPULATION:
+            raise FastLoRAError(f"n_ft={n_ft!r}: the shallow network has no population fine-tuning; give a number "
+                                f"of samples (default {N_FT}, the paper's)")
+        if test_tasks is not None:
+            test_tasks = check_list("test_tasks", test_tasks, "test task")
         if ft_peft_options is not None:
             ft_peft = finetuning_parameterization(ft_peft, OPTIONS["ft_peft_options"].check(ft_peft_options),
                                                   getattr(res, "peft", None), "ft_peft")
-        return evaluate_shallow(res, prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seed=seed,
-                                test_tasks=test_tasks, metrics=metrics)
+        return call_checked(evaluate_shallow, dict(res=res, problem=prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft,
+                                                   seed=seed, test_tasks=test_tasks, metrics=metrics, **options),
+                            "fastlora.evaluate (model='shallow')")
 
     def evaluate_many(self, results, problems, seeds=0, errors: str = "raise", test_tasks=None, **kwargs):
         check_choice("errors", errors, ERRORS_CHOICES)
@@ -93,19 +97,8 @@ class ShallowModel(Model):
         seeds = per_entry("seeds", seeds, len(results), "result")
         if test_tasks is not None:
             per_entry("test_tasks", check_list("test_tasks", test_tasks, "result"), len(results), "result")
+            for i, tasks in enumerate(test_tasks):
+                check_list(f"test_tasks[{i}]", tasks, f"test task of results[{i}]")
         tasks = test_tasks if test_tasks is not None else [None] * len(results)
-        return _each(errors, [lambda r=r, p=p, s=s, t=t: self.evaluate(r, p, seed=s, test_tasks=t, **kwargs)
-                              for r, p, s, t in zip(results, problems, seeds, tasks)])
-
-
-def _each(errors: str, calls: list) -> list:
-    """Every call's result in order; with ``errors="return"`` a call's FastLoRAError in its place."""
-    out = []
-    for call in calls:
-        try:
-            out.append(call())
-        except FastLoRAError as exc:
-            if errors == "raise":
-                raise
-            out.append(exc)
-    return out
+        return each_or_error([lambda r=r, p=p, s=s, t=t: self.evaluate(r, p, seed=s, test_tasks=t, **kwargs)
+                              for r, p, s, t in zip(results, problems, seeds, tasks)], errors)

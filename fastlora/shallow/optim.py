@@ -220,6 +220,8 @@ def adam(objective, x: dict, train, monitor, *, max_iter: int, xp, decoupled: bo
     Adam step (:func:`fastlora.engine.steps.adam_update`); returns (x, n_iter, info)."""
     name = "adamw" if decoupled else "adam"
     lr = OPTIONS["lr"].resolve(lr, name, MODEL)
+    if betas is not None and (not isinstance(betas, (tuple, list)) or len(betas) != 2):
+        raise FastLoRAError(f"betas must be a pair (β1, β2) of numbers in [0, 1], got {betas!r}")
     b1, b2 = ADAM_BETAS if betas is None else betas
     b1 = check_float("betas[0]", b1, low=0.0, high=1.0)
     b2 = check_float("betas[1]", b2, low=0.0, high=1.0)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import FastLoRAError, check_array, check_float, check_int
 from ..laws import STANDARD_LAW, DataLaw, make_law
+from ..options import MAX_NOISE
 from ..problems import ROLE_NEW, ROLE_SHARED, ROLE_TEST, ROLE_TRAIN, draw_factors, per_task_values
 from ..seeding import PURPOSE_SAMPLE, as_generator, task_seed
 
@@ -51,7 +52,7 @@ class ShallowTask:
             raise FastLoRAError("X must hold at least one sample (row)")
         self.X, self.y = X, y
         self.n, self.d = X.shape
-        self.noise = None if noise is None else check_float("noise", noise, low=0.0)
+        self.noise = None if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE)
         self.key = None
         self.W_star = self.c_star = None
         if (W_star is None) != (c_star is None):
@@ -88,7 +89,7 @@ class ShallowTask:
             raise FastLoRAError("cannot sample from a task without ground truth (W_star, c_star)")
         n = check_int("n", n, low=1)
         noise = self.noise if noise is None else noise
-        noise = 0.0 if noise is None else check_float("noise", noise, low=0.0)
+        noise = 0.0 if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE)
         rng = as_generator(task_seed(seed, self.key, PURPOSE_SAMPLE))
         task = _draw_data(self.W_star, self.c_star, n, noise, rng, self.law)
         task.key, task.k = self.key, self.k
@@ -187,7 +188,7 @@ def make_shallow_problem(d: int = 10, k: int = 1, T: int = 3, n: int | None = 10
         raise FastLoRAError("n=None (population mode) is not defined for model='shallow': its loss has no closed "
                             "form; pass a number of samples per task, e.g. n=1000")
     n = check_int("n", n, low=1)
-    noise = check_float("noise", noise, low=0.0)
+    noise = check_float("noise", noise, low=0.0, high=MAX_NOISE)
     seed = check_int("seed", seed, low=0)
     n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)
     law = make_law(d, noise_law=noise_law, noise_df=noise_df)

@@ -69,7 +69,7 @@ def resolve_backend(backend):
 def _shallow_peft(peft, peft_options):
     """The parameterization of the shallow network's adapters: per-task parameters only (the
     shared trainable ones of protocol v2 are not carried by these solvers)."""
-    parameterization = peft_registry.get(peft, **(peft_options or {}))
+    parameterization = peft_registry.get(peft, **(OPTIONS["peft_options"].check(peft_options) or {}))
     shared = shared_names(parameterization)
     if shared:
         raise FastLoRAError(f"peft={parameterization.name!r} has shared parameters ({', '.join(shared)}); the shallow "

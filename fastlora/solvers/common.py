@@ -43,6 +43,11 @@ class RetrainResult:
     info: dict = field(default_factory=dict)
     shared: dict = field(default_factory=dict)
 
+    @property
+    def model(self) -> str:
+        """The model that was retrained (fastlora.models): ``info["model"]``, the linear one where unset."""
+        return self.info.get("model") or "linear"
+
     def delta(self, t: int):
         """The dense adapter update Δ_t (d_out, d_in) of retraining task ``t``."""
         if not self.params:

@@ -566,9 +566,14 @@ def check_point(point: dict, origin: str) -> None:
         if law is None:  # make_problem's own law (a generator plugin's sizes are its own)
             _check_sizes(point, d, d_out, origin)
     if point.get("model") == "shallow":
+        # a grid crossing model with population values needs splitting: one [[grid]] table per model
+        split = " (a spec of both models can give the shallow points their own [[grid]] table)"
         if point.get("n", POPULATION) == POPULATION:
-            raise FastLoRAError(f"{origin}: model='shallow' needs a finite n (the paper: n = 1000); the shallow "
-                                f"network has no population mode")
+            raise FastLoRAError(f"{origin}: model='shallow' needs a finite n (the paper: n = 1000) ({where}, "
+                                f"n='population'); the shallow network has no population mode{split}")
+        if point.get("n_ft", 100) in (POPULATION, None):
+            raise FastLoRAError(f"{origin}: model='shallow' fine-tunes on a number of samples (the paper: n_ft = 100) "
+                                f"({where}, n_ft='population'); the shallow network has no population mode{split}")
         if point.get("solver") == "als":
             raise FastLoRAError(f"{origin}: model='shallow' has no ALS (no closed-form steps); use solver 'auto' "
                                 f"or 'gd'")
