@@ -113,14 +113,16 @@ def _by_name(function: str, signature: inspect.Signature, args, kwargs) -> dict:
 
 
 def _check_made_by(model, name: str, value) -> None:
-    """A retrained start (``name``: a result, or a list of them) must come from the model of the
-    problem or task it is used on: a shallow network's A is no linear model's W."""
-    while isinstance(value, (list, tuple)) and value:
-        value = value[0]
-    made = getattr(value, "model", None)
-    if made is not None and made != model.name:
-        raise FastLoRAError(f"{name} was retrained by model={made!r}, but the problem or task it is used on is "
-                            f"model={model.name!r}: use a start of the same model")
+    """Retrained starts (``name``: a result, or a list of them) must come from the model of the
+    problems or tasks they are used on: a shallow network's A is no linear model's W.  Arrays, (A, c)
+    pairs and results that do not say their model are taken as given."""
+    entries = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    for i, entry in entries:
+        made = getattr(entry, "model", None)
+        if made is not None and made != model.name:
+            where = name if i is None else f"{name}[{i}]"
+            raise FastLoRAError(f"{where} was retrained by model={made!r}, but the problem or task it is used on is "
+                                f"model={model.name!r}: use a start of the same model")
 
 
 def _named(name: str):

@@ -109,8 +109,8 @@ def _solve(plan: Plan, batch, rngs, as_numpy, started) -> list:
         if out.errors[p] is not None:
             results.append(out.errors[p])
             continue
-        info = {**out.info, "setup_seconds": setup / P, "batch": plan.kind, "T": T, "d_out": plan.d_out,
-                "d_in": plan.d_in, "message": out.messages[p], "batch_size": P}
+        info = {**out.info, "model": "linear", "setup_seconds": setup / P, "batch": plan.kind, "T": T,
+                "d_out": plan.d_out, "d_in": plan.d_in, "message": out.messages[p], "batch_size": P}
         if plan.method == "lora-ml":
             info.update(solver=plan.solver, requested_solver=plan.requested)
         else:  # no solver choice: the method's own procedure
@@ -139,7 +139,8 @@ def _solve_on_engine(plan: Plan, problems: list, rngs: list, reductions) -> list
         canonical = getattr(plan.peft, "canonicalize", None)
         if callable(canonical):
             params = canonical(params)
-    info.update(batch=plan.kind, T=T, d_out=d_out, d_in=d_in, batch_size=P, compile_seconds=solved.compile_seconds)
+    info.update(model="linear", batch=plan.kind, T=T, d_out=d_out, d_in=d_in, batch_size=P,
+                compile_seconds=solved.compile_seconds)
     if plan.method == "lora-ml":
         info.update(solver=plan.solver, requested_solver=plan.requested)
     else:

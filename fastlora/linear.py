@@ -14,19 +14,19 @@ class LinearModel(Model):
         return problems.make_linear_problem(**arguments)
 
     def retrain(self, **arguments):
-        return call_checked(retraining.retrain, arguments, "fastlora.retrain")
+        return call_checked(retraining.retrain, "fastlora.retrain", arguments)
 
     def retrain_many(self, **arguments):
-        return call_checked(retraining.retrain_many, arguments, "fastlora.retrain_many")
+        return call_checked(retraining.retrain_many, "fastlora.retrain_many", arguments)
 
     def finetune(self, **arguments):
-        return call_checked(finetuning.finetune, arguments, "fastlora.finetune")
+        return call_checked(finetuning.finetune, "fastlora.finetune", arguments)
 
     def finetune_many(self, **arguments):
-        return call_checked(finetuning.finetune_many, arguments, "fastlora.finetune_many")
+        return call_checked(finetuning.finetune_many, "fastlora.finetune_many", arguments)
 
     def evaluate(self, **arguments):
-        return call_checked(metrics.evaluate, arguments, "fastlora.evaluate")
+        return call_checked(metrics.evaluate, "fastlora.evaluate", arguments)
 
     def evaluate_many(self, **arguments):
-        return call_checked(metrics.evaluate_many, arguments, "fastlora.evaluate_many")
+        return call_checked(metrics.evaluate_many, "fastlora.evaluate_many", arguments)

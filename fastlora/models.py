@@ -71,13 +71,17 @@ def model_of(obj) -> Model:
     return get_model(getattr(obj, "model", None) or "linear")
 
 
-def call_checked(function, arguments: dict, call: str):
-    """``function(**arguments)``, arguments it does not take refused first — a FastLoRAError naming
-    them and what ``call`` (the public call, e.g. "fastlora.finetune") takes, not a TypeError."""
+def call_checked(function, call: str, options: dict, **given):
+    """``function(**given, **options)``: ``given``, the arguments the model maps from the public
+    call's, as they are; ``options``, the caller's other keywords, refused first where ``function``
+    does not take them — a FastLoRAError naming them and what ``call`` (the public call, e.g.
+    "fastlora.finetune") takes besides, not a TypeError."""
     parameters = inspect.signature(function).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        unknown = [name for name in arguments if name not in parameters]
+        takes = [name for name in parameters if name not in given]
+        unknown = [name for name in options if name not in takes]
         if unknown:
-            raise FastLoRAError(f"{call} takes no argument {', '.join(map(repr, unknown))}; its arguments: "
-                                f"{', '.join(parameters)}")
-    return function(**arguments)
+            listed = (f"besides its public arguments it takes: {', '.join(takes)}" if given else
+                      f"its arguments: {', '.join(takes)}")
+            raise FastLoRAError(f"{call} takes no argument {', '.join(map(repr, unknown))}; {listed}")
+    return function(**given, **options)

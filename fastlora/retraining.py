@@ -92,7 +92,8 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
     ``retrain(problem, seed=its_seed)`` whatever the batch; larger factored problems are
     solved one after another.  ``errors="return"`` puts the exception of a problem that
     fails (e.g. diverges) in its place in the list and goes on with the others;
-    ``errors="raise"`` raises the first.
+    ``errors="raise"`` raises the first.  Arguments that are wrong for the whole call — an entry that
+    is not a problem or a list of tasks, problems of different shapes — raise whatever ``errors`` says.
     """
     check_choice("errors", errors, ERRORS_CHOICES)
     problems = check_list("problems", problems, "problem: a Problem or a list of Tasks; for one problem use "

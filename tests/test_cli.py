@@ -459,6 +459,11 @@ def test_plot_says_which_where_filter_matches_nothing_and_what_is_there(run, tmp
     typo = run("plot", str(store), "--x", "T", "--y", "excess_risk", "--where", "T=abc", "-o", str(tmp_path / "a.png"))
     assert _one_error_line(typo) == f"Error: --where T=abc matches no finished row of {store}; T takes: 2, 3"
     assert typo.exit_code == 2
+    failed = tmp_path / "f.sqlite"
+    diverging = spec.replace('backend = "numpy"', 'backend = "numpy"\nmethod = "reptile"\nouter_lr = 1e6')
+    assert run_sweep(parse_spec(diverging, check_points=False), failed, workers=1, progress=False).failed == 2
+    empty = run("plot", str(failed), "--x", "T", "--y", "excess_risk", "-o", str(tmp_path / "b.png"))
+    assert _one_error_line(empty) == f"Error: {failed} holds no finished rows to plot" and empty.exit_code == 2
 
 
 def test_non_finite_numbers_are_refused_in_flag_words(run):

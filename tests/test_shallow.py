@@ -216,7 +216,7 @@ def test_truth_does_not_depend_on_n_noise_or_T():
     (lambda: retrain_shallow(make_shallow_problem(d=4, n=20), method="maml"), "method='maml'"),
     (lambda: retrain_shallow(make_shallow_problem(d=4, n=20), optimizer="sgd"), "optimizer='sgd'"),
     (lambda: retrain_shallow(make_shallow_problem(d=4, n=20), solver="als"), "solver='als'"),
-    (lambda: retrain_shallow(make_shallow_problem(d=4, n=20), lr=0.1), "lr apply to"),
+    (lambda: retrain_shallow(make_shallow_problem(d=4, n=20), lr=0.1), "lr applies to"),
     (lambda: retrain_shallow(make_shallow_problem(d=4, n=20), method="reptile", optimizer="adamw"), "optimizer"),
     (lambda: retrain_shallow([np.zeros(3)]), "ShallowTask"),
     (lambda: evaluate_shallow((np.zeros((4, 4)), np.zeros(4)), make_shallow_problem(d=4, n=20, n_test_tasks=0)),
@@ -309,7 +309,7 @@ def both_models():
 
 @pytest.mark.parametrize("call, word", [
     (lambda s, rs, lin, rl: fl.evaluate(rs, lin), "res was retrained by model='shallow'"),
-    (lambda s, rs, lin, rl: fl.evaluate_many([rs], [lin]), "results was retrained by model='shallow'"),
+    (lambda s, rs, lin, rl: fl.evaluate_many([rs], [lin]), r"results\[0\] was retrained by model='shallow'"),
     (lambda s, rs, lin, rl: fl.finetune(rs, lin.test_tasks[0], rank=1), "A was retrained by model='shallow'"),
     (lambda s, rs, lin, rl: fl.finetune(rl, s.test_tasks[0], rank=1), "A was retrained by model='linear'"),
     (lambda s, rs, lin, rl: fl.evaluate(rl, lin, foo=1), "fastlora.evaluate takes no argument 'foo'"),
@@ -325,6 +325,12 @@ def both_models():
     (lambda s, rs, lin, rl: fl.retrain(s, peft_options=[1]), "peft_options must be a table"),
     (lambda s, rs, lin, rl: fl.retrain(s, solver="gd", optimizer="adam", betas=3), "betas must be a pair"),
     (lambda s, rs, lin, rl: fl.make_problem(d=4, n=20, noise=1e200, model="shallow"), r"noise=1e\+200 is out of"),
+    (lambda s, rs, lin, rl: fl.evaluate_many([rl, rs], [lin, lin]), r"results\[1\] was retrained by model='shallow'"),
+    (lambda s, rs, lin, rl: fl.finetune_many([rl, rs], lin.test_tasks, rank=1), r"starts\[1\] was retrained"),
+    (lambda s, rs, lin, rl: fl.evaluate(rs, s, problem=s), r"besides its public arguments it takes: n_eval"),
+    (lambda s, rs, lin, rl: fl.finetune_many([rs], s.test_tasks[:1], foo=1),
+     r"fastlora.finetune_many \(model='shallow'\) takes no argument 'foo'"),
+    (lambda s, rs, lin, rl: fl.finetune(rs, s.test_tasks[0], lr=0.1), r"lr applies to optimizer='adamw' or 'adam'"),
 ])
 def test_the_public_functions_refuse_what_the_model_cannot_take(both_models, call, word):
     """Each once returned numbers (a shallow A scored as a linear W; rank_tol, n_ft=None ignored or
@@ -341,3 +347,14 @@ def test_the_shallow_networks_own_options_reach_it_through_the_public_functions(
     assert np.isfinite(metrics["test_loss"])
     with pytest.raises(TypeError, match=r"^retrain\(\): multiple values for argument 'method'"):
         fl.retrain(shallow, "standard", method="standard")
+
+
+def test_none_test_tasks_entries_and_results_that_do_not_name_their_model_are_taken_as_given(both_models):
+    import dataclasses
+    shallow, res, _, _ = both_models
+    out = fl.evaluate_many([res, res], [shallow, shallow], n_ft=20, ft_max_iter=3,
+                           test_tasks=[None, shallow.test_tasks[:1]])
+    assert len(out[0]["test_loss_per_task"]) == 2 and len(out[1]["test_loss_per_task"]) == 1
+    anonymous = dataclasses.replace(res, info={})  # a result built by hand: its model is that of the task
+    assert anonymous.model is None
+    assert fl.finetune(anonymous, shallow.test_tasks[0], max_iter=3).n_iter <= 3

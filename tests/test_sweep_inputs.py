@@ -117,6 +117,7 @@ SQUARE = TINY_SPEC.replace('method = ["standard", "lora-ml"]', 'method = ["lora-
 @pytest.mark.parametrize("grid,needle", [
     ('model = ["linear", "shallow"]\nn = ["population", 300]', "model='shallow' needs a finite n"),
     ('model = ["shallow"]\nn_ft = ["population", 50]', "model='shallow' fine-tunes on a number of samples"),
+    ('model = ["linear", "shallow"]\nrank_tol = [1e-5]', "rank_tol .* do not apply to model='shallow'"),
 ])
 def test_a_shallow_point_in_population_mode_is_refused_naming_it(grid, needle):
     """n_ft='population' was stored for shallow rows that fine-tuned on the task's own data."""

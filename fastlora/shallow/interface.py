@@ -40,41 +40,74 @@ class ShallowModel(Model):
     def retrain(self, **arguments):
         """The public retrain's arguments (``max_iter`` / ``tol`` None: the shallow network's defaults in
         the options schema) and :func:`~fastlora.shallow.retrain_shallow`'s own; others are refused."""
-        for name in ("as_numpy", "dense_A"):  # the linear model's return options: nothing to change here
-            arguments.pop(name, None)
-        return call_checked(retrain_shallow, arguments, "fastlora.retrain (model='shallow')")
+        return self._retrain("fastlora.retrain (model='shallow')", arguments)
 
     def retrain_many(self, problems, seeds=0, errors: str = "raise", **kwargs):
         check_choice("errors", errors, ERRORS_CHOICES)
         problems = check_list("problems", problems, "problem: a ShallowProblem or a list of ShallowTasks; for one "
                               "problem use fastlora.retrain")
         seeds = per_entry("seeds", seeds, len(problems), "problem")
-        return each_or_error([lambda p=p, s=s: self.retrain(**kwargs, problem_or_tasks=p, seed=s)
+        call = "fastlora.retrain_many (model='shallow')"
+        return each_or_error([lambda p=p, s=s: self._retrain(call, {**kwargs, "problem_or_tasks": p, "seed": s})
                               for p, s in zip(problems, seeds)], errors)
+
+    @staticmethod
+    def _retrain(call: str, arguments: dict):
+        for name in ("as_numpy", "dense_A"):  # the linear model's return options: nothing to change here
+            arguments.pop(name, None)
+        return call_checked(retrain_shallow, call, arguments)
 
     def finetune(self, A, task, peft=FT_PEFT, rank=None, n=None, seed=0, **options):
         """The public finetune's arguments (``A``: the shallow retrain result, or (A, c)); ``rank``
         defaults to the task's ground-truth k; ``max_iter`` and ``tol`` None: the shallow network's
         defaults; :func:`~fastlora.shallow.finetune_shallow`'s own options (lr, solver, ...) too."""
-        rank = ground_truth_rank(task) if rank is None else rank
-        if rank is None:
-            raise FastLoRAError("rank is required: it defaults to the task's ground-truth rank k, which this task "
-                                "(the user's own data) does not know")
-        return call_checked(finetune_shallow, dict(res_or_A_and_c=A, task=task, peft=peft, rank=rank, n=n, seed=seed,
-                                                   **options), "fastlora.finetune (model='shallow')")
+        return self._finetune("fastlora.finetune (model='shallow')", A, task, peft, rank, n, seed, options)
 
-    def finetune_many(self, starts, tasks, seeds=0, **kwargs):
+    def finetune_many(self, starts, tasks, peft=FT_PEFT, rank=None, n=None, seeds=0, **options):
         tasks, starts = check_list("tasks", tasks, "task"), check_list("starts", starts, "task")
         if len(starts) != len(tasks):
             raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
         seeds = per_entry("seeds", seeds, len(tasks), "task")
-        return [self.finetune(start, task, seed=seed, **kwargs) for start, task, seed in zip(starts, tasks, seeds)]
+        return [self._finetune("fastlora.finetune_many (model='shallow')", start, task, peft, rank, n, seed, options)
+                for start, task, seed in zip(starts, tasks, seeds)]
+
+    @staticmethod
+    def _finetune(call: str, A, task, peft, rank, n, seed, options: dict):
+        rank = ground_truth_rank(task) if rank is None else rank
+        if rank is None:
+            raise FastLoRAError("rank is required: it defaults to the task's ground-truth rank k, which this task "
+                                "(the user's own data) does not know")
+        return call_checked(finetune_shallow, call, options, res_or_A_and_c=A, task=task, peft=peft, rank=rank, n=n,
+                            seed=seed)
 
     def evaluate(self, res, prob, ft_rank=None, n_ft=N_FT, ft_peft=FT_PEFT, seed=0, rank_tol=None, test_tasks=None,
                  noise_floor=None, metrics=None, ft_peft_options=None, **options):
         """The public evaluate's arguments and :func:`~fastlora.shallow.evaluate_shallow`'s own options
         (n_eval, ft_solver, ...).  ``rank_tol`` and ``noise_floor``, the linear model's adaptation-rank
         options, do not apply; ``n_ft`` is a sample count (the shallow network has no population mode)."""
+        return self._evaluate("fastlora.evaluate (model='shallow')", res, prob, ft_rank, n_ft, ft_peft, seed, rank_tol,
+                              test_tasks, noise_floor, metrics, ft_peft_options, options)
+
+    def evaluate_many(self, results, problems, ft_rank=None, n_ft=N_FT, ft_peft=FT_PEFT, seeds=0, rank_tol=None,
+                      test_tasks=None, noise_floor=None, errors: str = "raise", ft_peft_options=None, **options):
+        check_choice("errors", errors, ERRORS_CHOICES)
+        results, problems = check_list("results", results, "result"), check_list("problems", problems, "result")
+        per_entry("problems", problems, len(results), "result")
+        seeds = per_entry("seeds", seeds, len(results), "result")
+        if test_tasks is not None:
+            per_entry("test_tasks", check_list("test_tasks", test_tasks, "result"), len(results), "result")
+            for i, tasks in enumerate(test_tasks):  # None: that problem's own test tasks
+                if tasks is not None:
+                    check_list(f"test_tasks[{i}]", tasks, f"test task of results[{i}]")
+        tasks = test_tasks if test_tasks is not None else [None] * len(results)
+        call = "fastlora.evaluate_many (model='shallow')"
+        return each_or_error([lambda r=r, p=p, s=s, t=t: self._evaluate(call, r, p, ft_rank, n_ft, ft_peft, s, rank_tol,
+                                                                        t, noise_floor, None, ft_peft_options, options)
+                              for r, p, s, t in zip(results, problems, seeds, tasks)], errors)
+
+    @staticmethod
+    def _evaluate(call: str, res, prob, ft_rank, n_ft, ft_peft, seed, rank_tol, test_tasks, noise_floor, metrics,
+                  ft_peft_options, options: dict):
         if rank_tol is not None or noise_floor is not None:
             raise FastLoRAError("rank_tol and noise_floor (the linear model's adaptation-rank options) do not apply "
                                 "to model='shallow'")
@@ -86,19 +119,5 @@ class ShallowModel(Model):
         if ft_peft_options is not None:
             ft_peft = finetuning_parameterization(ft_peft, OPTIONS["ft_peft_options"].check(ft_peft_options),
                                                   getattr(res, "peft", None), "ft_peft")
-        return call_checked(evaluate_shallow, dict(res=res, problem=prob, ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft,
-                                                   seed=seed, test_tasks=test_tasks, metrics=metrics, **options),
-                            "fastlora.evaluate (model='shallow')")
-
-    def evaluate_many(self, results, problems, seeds=0, errors: str = "raise", test_tasks=None, **kwargs):
-        check_choice("errors", errors, ERRORS_CHOICES)
-        results, problems = check_list("results", results, "result"), check_list("problems", problems, "result")
-        per_entry("problems", problems, len(results), "result")
-        seeds = per_entry("seeds", seeds, len(results), "result")
-        if test_tasks is not None:
-            per_entry("test_tasks", check_list("test_tasks", test_tasks, "result"), len(results), "result")
-            for i, tasks in enumerate(test_tasks):
-                check_list(f"test_tasks[{i}]", tasks, f"test task of results[{i}]")
-        tasks = test_tasks if test_tasks is not None else [None] * len(results)
-        return each_or_error([lambda r=r, p=p, s=s, t=t: self.evaluate(r, p, seed=s, test_tasks=t, **kwargs)
-                              for r, p, s, t in zip(results, problems, seeds, tasks)], errors)
+        return call_checked(evaluate_shallow, call, options, res=res, problem=prob, ft_rank=ft_rank, n_ft=n_ft,
+                            ft_peft=ft_peft, seed=seed, test_tasks=test_tasks, metrics=metrics)

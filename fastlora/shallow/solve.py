@@ -173,7 +173,8 @@ def retrain_shallow(problem_or_tasks, method: str = "lora-ml", peft=PEFT, rank: 
     adam_options = {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps}
     if optimizer_name not in ("adamw", "adam") and any(v is not None for v in adam_options.values()):
         given = ", ".join(k for k, v in adam_options.items() if v is not None)
-        raise FastLoRAError(f"{given} apply to optimizer='adamw' or 'adam' only (this solve uses {optimizer_name!r})")
+        verb = "applies" if given.count(",") == 0 else "apply"
+        raise FastLoRAError(f"{given} {verb} to optimizer='adamw' or 'adam' only (this solve uses {optimizer_name!r})")
     adam_options = {k: v for k, v in adam_options.items() if v is not None}
     if isinstance(init, dict):
         if restarts > 1:
@@ -380,7 +381,9 @@ def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft=FT_PEFT, rank: int 
     max_iter = OPTIONS["max_iter"].resolve(max_iter, f"finetune:{optimizer_name}", MODEL)
     adam_options = {k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
     if optimizer_name == "lbfgs" and adam_options:
-        raise FastLoRAError(f"{', '.join(adam_options)} apply to optimizer='adamw' or 'adam' only")
+        verb = "applies" if len(adam_options) == 1 else "apply"
+        raise FastLoRAError(f"{', '.join(adam_options)} {verb} to optimizer='adamw' or 'adam' only (this fine-tuning "
+                            f"uses {optimizer_name!r})")
     if n is not None:
         task = task.sample(check_int("n", n, low=1), seed=seed)
     ftol = _ftol_for(ftol, optimizer_name, task.n)

@@ -44,9 +44,10 @@ class RetrainResult:
     shared: dict = field(default_factory=dict)
 
     @property
-    def model(self) -> str:
-        """The model that was retrained (fastlora.models): ``info["model"]``, the linear one where unset."""
-        return self.info.get("model") or "linear"
+    def model(self) -> str | None:
+        """The model that was retrained (fastlora.models), as ``info["model"]`` records it (None where
+        it does not: such a result is taken for the model of the problem it is used on)."""
+        return self.info.get("model")
 
     def delta(self, t: int):
         """The dense adapter update Δ_t (d_out, d_in) of retraining task ``t``."""

@@ -286,13 +286,14 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
             raise FastLoRAError(f"--where key {key!r} is not a column of {path}")
     finished = [r for r in rows if r[index["status"]] == "ok"]
     rows = [r for r in finished if all(_matches(r[index[k]], v) for k, v in filters.items())]
+    if not finished:
+        raise FastLoRAError(f"{path} holds no finished rows to plot")
     if not rows:
         for key, wanted in filters.items():  # name the filter that matches nothing on its own, and what is there
             if not any(_matches(r[index[key]], wanted) for r in finished):
                 values = sorted({r[index[key]] for r in finished}, key=_order)
                 shown = ", ".join(map(str, values[:12])) + (", ..." if len(values) > 12 else "")
-                raise FastLoRAError(f"--where {key}={wanted} matches no finished row of {path}; {key} takes: "
-                                    f"{shown or '(no finished rows)'}")
+                raise FastLoRAError(f"--where {key}={wanted} matches no finished row of {path}; {key} takes: {shown}")
         raise FastLoRAError(f"no finished rows in {path} match the selection")
     selected = rows
     rows = [r for r in rows if r[index[y]] is not None]

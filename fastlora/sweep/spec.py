@@ -571,6 +571,10 @@ def check_point(point: dict, origin: str) -> None:
         if point.get("n", POPULATION) == POPULATION:
             raise FastLoRAError(f"{origin}: model='shallow' needs a finite n (the paper: n = 1000) ({where}, "
                                 f"n='population'); the shallow network has no population mode{split}")
+        linear_only = [key for key in ("rank_tol", "noise_floor") if key in point]
+        if linear_only:
+            raise FastLoRAError(f"{origin}: {' and '.join(linear_only)} (the linear model's adaptation-rank options) "
+                                f"do not apply to model='shallow' ({where}){split}")
         if point.get("n_ft", 100) in (POPULATION, None):
             raise FastLoRAError(f"{origin}: model='shallow' fine-tunes on a number of samples (the paper: n_ft = 100) "
                                 f"({where}, n_ft='population'); the shallow network has no population mode{split}")
