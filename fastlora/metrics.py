@@ -161,6 +161,21 @@ LINEAR_METRICS = ("rel_err_A", "adapt_rank", "excess_risk")
 
 
 
+def evaluation_lists(results, problems, seeds, test_tasks, errors: str):
+    """evaluate_many's list arguments, checked: (results, problems, seeds, test task lists), one entry
+    per result (a test_tasks entry of None: that problem's own test tasks)."""
+    check_choice("errors", errors, ERRORS_CHOICES)
+    results, problems = check_list("results", results, "result"), check_list("problems", problems, "result")
+    per_entry("problems", problems, len(results), "result")
+    seeds = per_entry("seeds", seeds, len(results), "result")
+    if test_tasks is None:
+        return results, problems, seeds, [None] * len(results)
+    test_tasks = per_entry("test_tasks", check_list("test_tasks", test_tasks, "result"), len(results), "result")
+    return results, problems, seeds, [None if tasks is None else check_list(f"test_tasks[{i}]", tasks,
+                                                                            f"test task of results[{i}]")
+                                      for i, tasks in enumerate(test_tasks)]
+
+
 def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_ft: int | None = None,
                   ft_peft=FT_PEFT, seeds=0, rank_tol: float = RANK_TOL, test_tasks=None,
                   noise_floor: bool = NOISE_FLOOR,
@@ -169,13 +184,7 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     fine-tuning of every test task of every result is one batched call (:func:`finetune_many`),
     and each dict is what a lone evaluate gives.  ``errors="return"`` puts the exception of an
     entry that cannot be evaluated in its place."""
-    check_choice("errors", errors, ERRORS_CHOICES)
-    results, problems = check_list("results", results, "result"), check_list("problems", problems, "result")
-    per_entry("problems", problems, len(results), "result")
-    seeds = per_entry("seeds", seeds, len(results), "result")
-    if test_tasks is not None:
-        per_entry("test_tasks", check_list("test_tasks", test_tasks, "result"), len(results), "result")
-    test_lists = test_tasks if test_tasks is not None else [None] * len(results)
+    results, problems, seeds, test_lists = evaluation_lists(results, problems, seeds, test_tasks, errors)
     ft_peft_options = OPTIONS["ft_peft_options"].check(ft_peft_options)
     try:
         peft_registry.get(ft_peft, **(ft_peft_options or {}))

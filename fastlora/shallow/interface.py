@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..errors import ERRORS_CHOICES, FastLoRAError, check_choice, check_list, each_or_error, per_entry
 from ..finetuning import ground_truth_rank
+from ..metrics import evaluation_lists
 from ..models import Model, call_checked
 from ..options import OPTIONS, POPULATION
 from ..peft.registry import finetuning_parameterization
@@ -90,16 +91,7 @@ class ShallowModel(Model):
 
     def evaluate_many(self, results, problems, ft_rank=None, n_ft=N_FT, ft_peft=FT_PEFT, seeds=0, rank_tol=None,
                       test_tasks=None, noise_floor=None, errors: str = "raise", ft_peft_options=None, **options):
-        check_choice("errors", errors, ERRORS_CHOICES)
-        results, problems = check_list("results", results, "result"), check_list("problems", problems, "result")
-        per_entry("problems", problems, len(results), "result")
-        seeds = per_entry("seeds", seeds, len(results), "result")
-        if test_tasks is not None:
-            per_entry("test_tasks", check_list("test_tasks", test_tasks, "result"), len(results), "result")
-            for i, tasks in enumerate(test_tasks):  # None: that problem's own test tasks
-                if tasks is not None:
-                    check_list(f"test_tasks[{i}]", tasks, f"test task of results[{i}]")
-        tasks = test_tasks if test_tasks is not None else [None] * len(results)
+        results, problems, seeds, tasks = evaluation_lists(results, problems, seeds, test_tasks, errors)
         call = "fastlora.evaluate_many (model='shallow')"
         return each_or_error([lambda r=r, p=p, s=s, t=t: self._evaluate(call, r, p, ft_rank, n_ft, ft_peft, s, rank_tol,
                                                                         t, noise_floor, None, ft_peft_options, options)
