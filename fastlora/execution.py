@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from . import engine as E
 from .engine import status
 from .errors import FastLoRAError
 from .peft.protocol import shared_names
@@ -29,10 +30,8 @@ def run_plan(plan: Plan, problems: list, rngs: list, as_numpy: bool, reductions:
         reductions = reductions or [plan.reduction]
         problems = [r.tasks for r in reductions]
     if plan.engine:  # the engine compiles what it needs itself, and sets threads only to run problems in parallel
-        results = _solve_on_engine(plan, [as_task_list(p) for p in problems], rngs, reductions)
-        if plan.reduction is not None:
-            results = [r if isinstance(r, Exception) else lift(plan, red, r) for r, red in zip(results, reductions)]
-        return results
+        return _lifted(plan, _solve_on_engine(plan, [as_task_list(p) for p in problems], rngs, reductions),
+                       reductions)
     with be.running(plan.threads):
         be.prepare(plan.dtype)  # loading (or compiling) kernels is not part of the solve's time
         started = time.perf_counter()
@@ -44,17 +43,33 @@ def run_plan(plan: Plan, problems: list, rngs: list, as_numpy: bool, reductions:
                 batch = stack_problems([as_task_list(p) for p in problems], be, plan.dtype, plan.kind)
             if plan.reduction is not None:
                 batch.mark_reduction(np.array([r.base_sq for r in reductions]))
-            results = _solve(plan, batch, rngs, as_numpy, started)
-            if plan.reduction is not None:
-                results = [r if isinstance(r, Exception) else lift(plan, red, r)
-                           for r, red in zip(results, reductions)]
-            return results
+            return _lifted(plan, _solve(plan, batch, rngs, as_numpy, started), reductions)
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory.OutOfMemoryError
                 need = estimate_bytes(plan.tasks, plan.kind, plan.rank, plan.dtype) * len(problems)
                 raise FastLoRAError(f"backend={be.name!r} ran out of device memory: {exc}; the solve needs about "
                                     f"{need / 2**30:.2f} GiB") from None
             raise
+
+
+def _lifted(plan: Plan, results: list, reductions) -> list:
+    """``results`` of reduced problems lifted to the full space (errors as they are); as given otherwise."""
+    if plan.reduction is None:
+        return results
+    return [r if isinstance(r, Exception) else lift(plan, red, r) for r, red in zip(results, reductions)]
+
+
+def _canonical(peft, params: dict) -> dict:
+    """``params`` in the parameterization's canonical form where it has one (``canonicalize``)."""
+    canonical = getattr(peft, "canonicalize", None)
+    return canonical(params) if params and callable(canonical) else params
+
+
+def _plan_info(plan: Plan, T: int, d_out: int, d_in: int, P: int) -> dict:
+    """The ``res.info`` entries that the plan decides, the same for every problem of the batch."""
+    solver = ({"solver": plan.solver, "requested_solver": plan.requested} if plan.method == "lora-ml"
+              else {"solver": METHOD_PROCEDURES[plan.method]})  # no solver choice: the method's own procedure
+    return {"model": "linear", "batch": plan.kind, "T": T, "d_out": d_out, "d_in": d_in, "batch_size": P, **solver}
 
 
 def lift(plan: Plan, reduction: Reduction, res: RetrainResult) -> RetrainResult:
@@ -64,11 +79,8 @@ def lift(plan: Plan, reduction: Reduction, res: RetrainResult) -> RetrainResult:
     be = plan.backend
     E = be.to_numpy(res.A)
     A = reduction.lift_A(E, dense=plan.dense_A)
-    params = reduction.lift_params(plan.peft, {k: np.asarray(be.to_numpy(v), dtype=np.float64)
-                                                for k, v in res.params.items()})
-    canonical = getattr(plan.peft, "canonicalize", None)
-    if params and callable(canonical):
-        params = canonical(params)
+    params = _canonical(plan.peft, reduction.lift_params(plan.peft, {k: np.asarray(be.to_numpy(v), dtype=np.float64)
+                                                                     for k, v in res.params.items()}))
     dtype = np.dtype(plan.dtype)
     params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
     if plan.dense_A:
@@ -89,10 +101,7 @@ def _solve(plan: Plan, batch, rngs, as_numpy, started) -> list:
     setup = time.perf_counter() - started
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the monitor, once
         out = SOLVER_MODULES[plan.solver or plan.method].solve(ctx)
-    params = out.params
-    canonical = getattr(plan.peft, "canonicalize", None)
-    if params and callable(canonical):
-        params = canonical(params)
+    params = _canonical(plan.peft, out.params)
     shared = {**out.shared, **{k: params[k] for k in shared_names(plan.peft) if k in params}}  # P = 1 here
     params = {k: v for k, v in params.items() if k not in shared}
     be.synchronize()
@@ -109,12 +118,8 @@ def _solve(plan: Plan, batch, rngs, as_numpy, started) -> list:
         if out.errors[p] is not None:
             results.append(out.errors[p])
             continue
-        info = {**out.info, "model": "linear", "setup_seconds": setup / P, "batch": plan.kind, "T": T,
-                "d_out": plan.d_out, "d_in": plan.d_in, "message": out.messages[p], "batch_size": P}
-        if plan.method == "lora-ml":
-            info.update(solver=plan.solver, requested_solver=plan.requested)
-        else:  # no solver choice: the method's own procedure
-            info.update(solver=METHOD_PROCEDURES[plan.method])
+        info = {**out.info, "setup_seconds": setup / P, **_plan_info(plan, T, plan.d_out, plan.d_in, P),
+                "message": out.messages[p]}
         history = out.histories[p]
         results.append(RetrainResult(
             A=A[p], params={k: v[p * T:(p + 1) * T] for k, v in params.items()},
@@ -127,7 +132,6 @@ def _solve(plan: Plan, batch, rngs, as_numpy, started) -> list:
 
 def _solve_on_engine(plan: Plan, problems: list, rngs: list, reductions) -> list:
     """Solve ``problems`` (lists of tasks) on the engine (fastlora.solvers.engine); RetrainResults or errors."""
-    from . import engine as E
     base_sq = None if reductions is None else [r.base_sq for r in reductions]
     solved, info, seconds = engine_path.solve(plan.method, plan.solver, plan.peft, plan.rank, problems, rngs,
                                               plan.options, plan.max_iter, plan.tol, plan.dtype, plan.backend,
@@ -135,16 +139,8 @@ def _solve_on_engine(plan: Plan, problems: list, rngs: list, reductions) -> list
     P, T, d_out, d_in = len(problems), len(problems[0]), problems[0][0].d_out, problems[0][0].d_in
     params = {}
     if plan.method == "lora-ml":
-        params = E.params_of(E.peft_code(plan.peft), solved.theta, T, plan.rank, d_out, d_in)
-        canonical = getattr(plan.peft, "canonicalize", None)
-        if callable(canonical):
-            params = canonical(params)
-    info.update(model="linear", batch=plan.kind, T=T, d_out=d_out, d_in=d_in, batch_size=P,
-                compile_seconds=solved.compile_seconds)
-    if plan.method == "lora-ml":
-        info.update(solver=plan.solver, requested_solver=plan.requested)
-    else:
-        info.update(solver=METHOD_PROCEDURES[plan.method])
+        params = _canonical(plan.peft, E.params_of(E.peft_code(plan.peft), solved.theta, T, plan.rank, d_out, d_in))
+    info.update(_plan_info(plan, T, d_out, d_in, P), compile_seconds=solved.compile_seconds)
     results = []
     step = status.step_option(plan.method, info.get("solver"), info.get("optimizer"))
     for p in range(P):

@@ -458,6 +458,15 @@ def pinv_kept(lam, eps, xp=np):
     return lam > cut
 
 
+def pinv_function(lam, V, f, eps, xp=np):
+    """V diag(f(λ)) Vᵀ over the eigenvalues a pseudo-inverse keeps (:func:`pinv_kept`; the others
+    count as 0): ``f = np.reciprocal`` gives the pseudo-inverse of V diag(λ) Vᵀ, ``xp.sqrt`` its
+    root.  Stacks along the leading axes."""
+    keep = pinv_kept(lam, eps, xp)
+    values = xp.where(keep, f(xp.where(keep, lam, 1.0)), 0.0)
+    return (V * values[..., None, :]) @ V.swapaxes(-1, -2)
+
+
 def least_squares_fits(tasks):
     """(Ŵ, floor, λ, V) of finite-sample tasks, stacked: the least-squares fit Ŵ_t = C_t Σ_t⁺
     (N, d_out, d_in), its loss floor_t = L_t(Ŵ_t) (N,), and Σ_t = V_t diag(λ_t) V_tᵀ (ascending).
@@ -475,9 +484,7 @@ def least_squares_fits(tasks):
         cross = np.stack([t.C for t in missing])
         s = np.array([t.s for t in missing])
         lam, V = np.linalg.eigh(Sigma)
-        keep = pinv_kept(lam, np.finfo(np.float64).eps)
-        inverse = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0)
-        W_hat = cross @ ((V * inverse[:, None, :]) @ V.swapaxes(1, 2))
+        W_hat = cross @ pinv_function(lam, V, np.reciprocal, np.finfo(np.float64).eps)
         ext = np.longdouble
         W, S = W_hat.astype(ext), Sigma.astype(ext)
         # products and row sums, not einsum: each task's value must not depend on the tasks beside it

@@ -14,11 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..options import OPTIONS
-from . import status
-from .loops import COUNT, FINAL, FIT_EXACT, FIXED, JOINT, LAST, N_ITER, PROJECTED, STEP, QuadBatch
-from .loops import REJECTED as _REJECTED
-from .loops import SCALE as _SCALE
-from .loops import STATUS as _STATUS
+from . import loops, status
+from .loops import FIT_EXACT, FIXED, JOINT, PROJECTED, QuadBatch
 from .steps import (
     ADAM,
     ALS,
@@ -60,6 +57,7 @@ __all__ = [
     "quad_batch",
     "run",
     "theta_of",
+    "theta_size",
 ]
 
 LBFGS_MEMORY = 10
@@ -79,7 +77,7 @@ def peft_code(peft) -> int | None:
 def make_spec(code: int, rank: int, T: int, d_out: int, d_in: int, peft=None) -> Spec:
     scale = 1.0
     if code == LORA and peft is not None:
-        scale = float(peft._scale(rank))
+        scale = float(peft.scale(rank))
     return Spec(int(code), int(rank), scale, int(T), int(d_out), int(d_in))
 
 
@@ -120,16 +118,14 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
         empty = np.zeros((P, T, 0, 0), dtype)
         return QuadBatch(True, empty, W.astype(dtype, copy=False), np.zeros((P, T), dtype),
                          W.sum(axis=1).astype(dtype), empty, empty, np.ones((P, T), dtype), null, base_sq)
-    from ..tasks import least_squares_fits, pinv_kept
+    from ..tasks import least_squares_fits, pinv_function
     tasks = [t for one in problems for t in one]
     Sigma = np.stack([t.Sigma for t in tasks])
     W_hat, floor, lam, V = least_squares_fits(tasks)
     if need_whiteners:
-        keep = pinv_kept(lam, np.finfo(np.float64).eps)  # the spectrum is float64's (least_squares_fits)
-        root = np.sqrt(np.where(keep, lam, 0.0))
-        inv_root = np.where(keep, 1.0 / np.where(keep, root, 1.0), 0.0)
-        sqrt_S = (V * root[:, None, :]) @ V.swapaxes(1, 2)
-        isqrt_S = (V * inv_root[:, None, :]) @ V.swapaxes(1, 2)
+        eps = np.finfo(np.float64).eps  # the spectrum is float64's (least_squares_fits)
+        sqrt_S = pinv_function(lam, V, np.sqrt, eps)
+        isqrt_S = pinv_function(lam, V, lambda x: 1.0 / np.sqrt(x), eps)
     else:
         sqrt_S = isqrt_S = np.zeros((P * T, 0, 0))
     rhs0 = np.stack([t.C for t in tasks]).reshape(P, T, d_out, d_in).sum(axis=1)
@@ -220,10 +216,6 @@ def run(qb: QuadBatch, spec: Spec, cfg: Settings, A0, theta0, compiled: bool, pa
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging problem ends with a status
         solve_batch(*args)
     seconds = time.perf_counter() - started
-    return Solved(A, theta, [history[p, :ints[p, COUNT]] for p in range(P)], ints[:, N_ITER], ints[:, _STATUS],
-                  floats[:, FINAL], floats[:, LAST], floats[:, _SCALE], ints[:, 3], ints[:, _REJECTED], floats[:, STEP],
-                  seconds, compile_seconds)
-
-
-def n_theta(code: int, rank: int, T: int, d_out: int, d_in: int) -> int:
-    return theta_size(code, rank, T, d_out, d_in)
+    return Solved(A, theta, [history[p, :ints[p, loops.COUNT]] for p in range(P)], ints[:, loops.N_ITER],
+                  ints[:, loops.STATUS], floats[:, loops.FINAL], floats[:, loops.LAST], floats[:, loops.SCALE],
+                  ints[:, loops.ACCEPTED], ints[:, loops.REJECTED], floats[:, loops.STEP], seconds, compile_seconds)

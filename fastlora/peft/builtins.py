@@ -51,7 +51,8 @@ class LoRA:
             raise ValueError(f"alpha must be a positive number or None, got {alpha!r}")
         self.alpha = alpha
 
-    def _scale(self, rank: int) -> float:
+    def scale(self, rank: int) -> float:
+        """The factor of B·Cᵀ at ``rank``: α/r, or 1 without ``alpha``."""
         return 1.0 if self.alpha is None else self.alpha / rank
 
     def shapes(self, d_out, d_in, rank):
@@ -64,16 +65,16 @@ class LoRA:
 
     def delta(self, params):
         B, C = params["B"], params["C"]
-        return self._scale(B.shape[-1]) * (B @ C.swapaxes(-1, -2))
+        return self.scale(B.shape[-1]) * (B @ C.swapaxes(-1, -2))
 
     def factors(self, params):
         B = params["B"]
-        return self._scale(B.shape[-1]) * B, params["C"]
+        return self.scale(B.shape[-1]) * B, params["C"]
 
     def from_factors(self, B, C):
         """Params with Δ = B Cᵀ exactly (balanced column norms)."""
         xp = array_module(B)
-        s = self._scale(B.shape[-1])
+        s = self.scale(B.shape[-1])
         nb = xp.sqrt(xp.sum(B * B, axis=1, keepdims=True))
         nc = xp.sqrt(xp.sum(C * C, axis=1, keepdims=True))
         both = (nb > 0) & (nc > 0)
@@ -82,25 +83,25 @@ class LoRA:
 
     def pullback(self, params, G):
         B, C = params["B"], params["C"]
-        s = self._scale(B.shape[-1])
+        s = self.scale(B.shape[-1])
         return {"B": s * (G @ C), "C": s * (G.swapaxes(-1, -2) @ B)}
 
     def best_fit(self, R, rank):
         xp = array_module(R)
         P, sv, Vt = xp.linalg.svd(R, full_matrices=False)
-        root = xp.sqrt(sv[:, :rank] / self._scale(rank))[:, None, :]
+        root = xp.sqrt(sv[:, :rank] / self.scale(rank))[:, None, :]
         B = _as_row_layout(P[:, :, :rank] * root)
         C = _as_row_layout(Vt[:, :rank, :].swapaxes(1, 2) * root)
         return {"B": B, "C": C}
 
     def jvp(self, params, direction):
         """DΔ[dB, dC] = s(dB Cᵀ + B dCᵀ)."""
-        s, B, C = self._scale(params["B"].shape[-1]), params["B"], params["C"]
+        s, B, C = self.scale(params["B"].shape[-1]), params["B"], params["C"]
         return s * (direction["B"] @ C.swapaxes(-1, -2) + B @ direction["C"].swapaxes(-1, -2))
 
     def curvature(self, params, G, direction):
         """D²Δ[dB, dC]ᵀ G = (s G dC, s Gᵀ dB)."""
-        s = self._scale(params["B"].shape[-1])
+        s = self.scale(params["B"].shape[-1])
         return {"B": s * (G @ direction["C"]), "C": s * (G.swapaxes(-1, -2) @ direction["B"])}
 
     def symmetry_tangents(self, params):

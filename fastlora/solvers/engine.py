@@ -58,7 +58,7 @@ def solver_code(method: str, solver: str | None, options: dict) -> int:
     return _GD_OPTIMIZERS[options["optimizer"]]
 
 
-def settings(code: int, method: str, options: dict, max_iter: int, tol: float, dtype, d_out: int, d_in: int):
+def settings(code: int, options: dict, max_iter: int, tol: float, dtype, d_out: int, d_in: int):
     """The engine's settings of a solve from its validated options."""
     init_A = options.get("init_A", "standard")
     given = not isinstance(init_A, str)
@@ -91,11 +91,17 @@ def starts(code: int, peft, peft_code: int, options: dict, rngs: list, T: int, r
     if given is not None:
         given = given_params(peft, given, P * T, d_out, d_in, rank)
     elif code in (E.ALS, E.FIT_EXACT):
-        return A0, np.zeros((P, E.n_theta(peft_code, rank, T, d_out, d_in)), dtype)
+        return A0, np.zeros((P, E.theta_size(peft_code, rank, T, d_out, d_in)), dtype)
     else:
-        drawn = [peft.init(rng, d_out, d_in, rank, T) for rng in rngs]
-        given = {k: np.concatenate([one[k] for one in drawn]) for k in drawn[0]}
+        return A0, _drawn_theta(peft, peft_code, rngs, T, rank, d_out, d_in, dtype)
     return A0, E.theta_of(peft_code, given, P, T, rank, d_out, d_in, dtype)
+
+
+def _drawn_theta(peft, code: int, rngs: list, T: int, rank: int, d_out: int, d_in: int, dtype):
+    """The engine's θ (P, n) of each problem's draw of ``peft.init`` from its own generator."""
+    drawn = [peft.init(rng, d_out, d_in, rank, T) for rng in rngs]
+    return E.theta_of(code, {k: np.concatenate([one[k] for one in drawn]) for k in drawn[0]}, len(rngs), T, rank,
+                      d_out, d_in, dtype)
 
 
 def solve(method: str, solver: str | None, peft, rank, problems: list, rngs: list, options: dict, max_iter: int,
@@ -109,7 +115,7 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, rngs: lis
     T, d_out, d_in = len(problems[0]), problems[0][0].d_out, problems[0][0].d_in
     code = solver_code(method, solver, options)
     pcode = E.peft_code(peft) if method == "lora-ml" else NONE
-    cfg = settings(code, method, options, max_iter, tol, dtype, d_out, d_in)
+    cfg = settings(code, options, max_iter, tol, dtype, d_out, d_in)
     spec = E.make_spec(pcode, rank or 1, T, d_out, d_in, peft)
     compiled = backend.name == "numba"
     threads = backend.thread_count(threads) if compiled else 1  # (also: a malformed FASTLORA_NUM_THREADS fails here)
@@ -161,9 +167,7 @@ def fit(peft, rank: int, tasks: list, A, rngs: list, max_iter: int, tol: float, 
     compiled = backend.name == "numba"
     qb = E.quad_batch([[t] for t in tasks], dtype, need_whiteners=exact and not tasks[0].is_population)
     if exact:
-        theta0 = np.zeros((len(tasks), E.n_theta(code, rank, 1, d_out, d_in)), dtype)
+        theta0 = np.zeros((len(tasks), E.theta_size(code, rank, 1, d_out, d_in)), dtype)
     else:
-        drawn = [peft.init(rng, d_out, d_in, rank, 1) for rng in rngs]
-        theta0 = E.theta_of(code, {k: np.concatenate([one[k] for one in drawn]) for k in drawn[0]}, len(tasks), 1,
-                            rank, d_out, d_in, dtype)
+        theta0 = _drawn_theta(peft, code, rngs, 1, rank, d_out, d_in, dtype)
     return E.run(qb, spec, cfg, A, theta0, compiled=compiled), exact

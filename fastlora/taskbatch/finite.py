@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tasks import pinv_kept
+from ..tasks import pinv_function
 from .base import Batch
 from .iterates import Iterate, TaskResidual
 
@@ -55,11 +55,9 @@ class FiniteSample(Batch):
         if self._whiteners is None:
             xp = self.xp
             lam, V = self._spectrum
-            keep = pinv_kept(lam, float(np.finfo(np.float64).eps), xp)  # computed in float64 (least_squares_fits)
-            inv_sqrt = xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, lam, 1.0)), 0.0)
-            half = (V * inv_sqrt[:, None, :]) @ V.swapaxes(1, 2)
-            full = (V * (inv_sqrt ** 2)[:, None, :]) @ V.swapaxes(1, 2)
-            self._whiteners = (half, full)
+            eps = float(np.finfo(np.float64).eps)  # the spectrum is float64's (least_squares_fits)
+            self._whiteners = (pinv_function(lam, V, lambda x: 1.0 / xp.sqrt(x), eps, xp),
+                               pinv_function(lam, V, lambda x: (1.0 / xp.sqrt(x)) ** 2, eps, xp))  # half's squares
         return self._whiteners
 
     def negative_gradient_at(self, A):
@@ -84,9 +82,7 @@ class FiniteSample(Batch):
         if self._gram_solver is None:
             xp = self.xp
             lam, V = xp.linalg.eigh(self.sum_tasks(self.Sigma))
-            keep = pinv_kept(lam, float(xp.finfo(lam.dtype).eps), xp)  # computed in the batch's dtype
-            inv = xp.where(keep, 1.0 / xp.where(keep, lam, 1.0), 0.0)
-            self._gram_solver = (V * inv[:, None, :]) @ V.swapaxes(1, 2)
+            self._gram_solver = pinv_function(lam, V, xp.reciprocal, float(xp.finfo(lam.dtype).eps), xp)  # batch dtype
         return self._gram_solver
 
     def standard_solution(self):
