@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import format_bytes, usable_cores
-from .spec import POPULATION, Spec, retraining_key
+from .spec import DEFAULT_PAIRING, POPULATION, Spec, retraining_key
 
 TIMED_KEYS = 3
 TIME_BUDGET = 20.0  # seconds of timed rows at most (one retraining key may exceed it alone)
@@ -62,28 +63,30 @@ def dry_run(spec: Spec, out=None, workers: int | None = None, time_budget: float
             timed_keys: int = TIMED_KEYS) -> DryRun:
     """The :class:`DryRun` of ``spec`` (against the store at ``out`` where given; read-only)."""
     from ..regime import point_regime
-    from .store import ResultsStore, store_pairing
-    rule = store_pairing(out) if out is not None else None
-    rule = rule or spec.pairing or "paired"
-    rows = spec.rows(rule)
-    stored = set()
-    if out is not None and store_pairing(out) is not None:
+    from .store import ResultsStore
+    existing, stored = None, set()
+    if out is not None and Path(out).is_file():  # one read-only open (each runs SQLite's quick_check)
         with ResultsStore(out) as store:
-            stored = set(store.stored_rows())
+            existing = store.pairing()
+            if existing is not None:
+                stored = set(store.stored_rows())
+    rule = existing or spec.pairing or DEFAULT_PAIRING
+    rows = spec.rows(rule)
+    points = spec.points()
     pending = [r for r in rows if r["row_key"] not in stored]
     groups: dict[str, dict[int, list]] = {}
     for row in pending:
         groups.setdefault(retraining_key(row["point"]), {}).setdefault(row["seed"], []).append(row)
     outside = []
-    for point in spec.points():
+    for point in points:
         inside, note = point_regime(point)
         if inside is False:
             outside.append((_describe(point), note))
     workers = max(1, min(workers or usable_cores(), max(len(pending), 1)))
-    report = DryRun(name=spec.name, points=len(spec.points()), rows=len(rows), pending=len(pending),
+    report = DryRun(name=spec.name, points=len(points), rows=len(rows), pending=len(pending),
                     retrainings=sum(len(by_seed) for by_seed in groups.values()), outside=outside,
-                    row_bytes=max((row_bytes(p) for p in spec.points()), default=0), workers=workers, pairing=rule,
-                    store=str(out) if out is not None and store_pairing(out) is not None else None)
+                    row_bytes=max((row_bytes(p) for p in points), default=0), workers=workers, pairing=rule,
+                    store=str(out) if existing is not None else None)
     if groups:
         report.timed, report.estimate_seconds = _time(groups, time_budget, timed_keys)
     return report

@@ -155,6 +155,7 @@ def _run_retraining_rows(rows: list[dict]) -> list[dict]:
                 results[seed] = res
     outcomes: list[dict | None] = [None] * len(rows)
     censuses: dict[int, dict] = {}  # a landscape census depends on the retraining key and seed only
+    regime = _regime(point)  # so does the theorem's regime
     evaluations: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         if row["seed"] in failed:
@@ -173,7 +174,7 @@ def _run_retraining_rows(rows: list[dict]) -> list[dict]:
             try:
                 if isinstance(m, Exception):
                     raise m
-                outcomes[i] = _outcome(rows[i]["point"], seed, problems[seed], results[seed], m, censuses)
+                outcomes[i] = _outcome(point, seed, problems[seed], results[seed], m, censuses, regime)
             except Exception as exc:  # noqa: BLE001
                 outcomes[i] = _error(exc, started)
     host = socket.gethostname()
@@ -194,19 +195,23 @@ def _make_problem(point: dict, seed: int, truth_seed: int | None = None):
     return fl.make_problem(**problem_args(point, seed, truth_seed))
 
 
-def _outcome(point: dict, seed: int, prob, res, metrics: dict, censuses: dict) -> dict:
+def _regime(point: dict) -> tuple:
     from ..regime import point_regime
+    return point_regime(point)
+
+
+def _outcome(point: dict, seed: int, prob, res, metrics: dict, censuses: dict, regime: tuple) -> dict:
+    """A row's stored outcome; ``point``: its retraining's (the census and the regime depend on nothing else)."""
     outcome = {name: metrics.get(name) for name in ("rel_err_A", "adapt_rank", "excess_risk", "test_loss",
                                                     "test_accuracy", "identified", "identification")}
-    in_regime, note = point_regime(point)
+    in_regime, note = regime
     outcome.update(objective=res.objective, n_iter=res.n_iter, seconds=res.seconds, converged=res.converged,
                    backend_used=res.backend, solver_used=res.info.get("solver", res.solver), status="ok",
                    restarts_reached=res.info.get("restarts_reached", 1), in_regime=in_regime, regime_note=note)
-    census = landscape_args(point, seed)
-    if census is not None:
-        from ..landscape import landscape_metrics
+    if point.get("n_starts") is not None:
         if seed not in censuses:
-            censuses[seed] = landscape_metrics(prob, **census)
+            from ..landscape import landscape_metrics
+            censuses[seed] = landscape_metrics(prob, **landscape_args(point, seed))
         outcome.update(censuses[seed])
     return outcome
 

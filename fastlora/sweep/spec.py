@@ -146,12 +146,9 @@ class Spec:
         spec's, else ``DEFAULT_PAIRING``) decides ``truth_seed`` (module docstring).  Row keys do not
         depend on it: a store keeps one rule for all its rows."""
         rule = check_pairing(pairing or self.pairing or DEFAULT_PAIRING)
-        filled = set(self.filled)
         out = []
         for point in self.points():
-            declared = {k: v for k, v in point.items()
-                        if k not in filled or (k in FILLED_PER_MODEL and v == DEFAULTS[k])}
-            point_text, problem_text = _hashed_text(declared), canonical(_seed_keys(point))  # once per point
+            point_text, problem_text = self._point_text(point), canonical(_seed_keys(point))  # once per point
             # a dataset's split and a generator plugin's draw come from one seed: nothing to pair
             truth_text = None if rule == PER_POINT or point.get("dataset") is not None \
                 or point.get("law") is not None else canonical(_truth_keys(point, rule))
@@ -161,6 +158,18 @@ class Spec:
                 out.append({"point": point, "repeat": repeat, "seed": seed, "truth_seed": truth_seed,
                             "pairing": rule, "row_key": _row_key_of(point_text, repeat, self.seed)})
         return out
+
+    def row_keys(self) -> list[str]:
+        """The row keys of :meth:`rows`, in its order, without the rows' seeds."""
+        return [_row_key_of(self._point_text(point), repeat, self.seed)
+                for point in self.points() for repeat in range(self.repeats)]
+
+    def _point_text(self, point: dict) -> str:
+        """What a row key hashes of its point: the keys the spec declared (a value filled per model
+        that equals DEFAULTS' stays, as in stores recorded before it was filled)."""
+        filled = self.filled
+        return _hashed_text({k: v for k, v in point.items()
+                             if k not in filled or (k in FILLED_PER_MODEL and v == DEFAULTS[k])})
 
     def values(self, key: str) -> list:
         """The distinct values ``key`` takes over the spec's points, in spec order (without listing them)."""
@@ -846,13 +855,10 @@ def landscape_args(point: dict, seed: int) -> dict | None:
     ``n_starts`` (None without: no census)."""
     if point.get("n_starts") is None:
         return None
-    solver = point.get("solver", "auto")
-    args = {"n_starts": point["n_starts"], "init": point.get("census_init", "normal"),
+    return {"n_starts": point["n_starts"], "init": point.get("census_init", "normal"),
             "init_scale": point.get("init_scale", schema.OPTIONS["init_scale"].default), "seed": seed,
-            "peft": _peft_of(point), "rank": point.get("rank"),
-            "solver": "gd" if solver == "auto" else solver, "optimizer": point.get("optimizer"),
-            "backend": point.get("backend", "auto")}
-    return args
+            "peft": _peft_of(point), "rank": point.get("rank"), "solver": point.get("solver", "auto"),
+            "optimizer": point.get("optimizer"), "backend": point.get("backend", "auto")}
 
 
 def evaluate_args(point: dict) -> dict:

@@ -241,7 +241,8 @@ class ResultsStore:
         spec_keys = spec.keys
         columns = ("row_key", "sweep", "repeat", "seed", *spec_keys, *METRICS, *RUN_COLUMNS, "status", "error",
                    "finished_at", "host")
-        sql = (f"INSERT OR IGNORE INTO results ({', '.join(f'{c!r}'.replace(chr(39), chr(34)) for c in columns)}) "
+        quoted = ", ".join('"' + c + '"' for c in columns)
+        sql = (f"INSERT OR IGNORE INTO results ({quoted}) "
                f"VALUES ({', '.join('?' for _ in columns)})")
         now, host = _now(), socket.gethostname()
         keys = [row["row_key"] for row, _ in finished]
@@ -254,10 +255,10 @@ class ResultsStore:
                 present.add(key)
                 stored.append(new)
                 if new:
-                    point = row["point"]
+                    point, recorded = row["point"], {**row, **outcome}  # the outcome's value, else the row's
                     values.append((key, spec.name, row["repeat"], row["seed"],
                                    *(_sql_value(point.get(k)) for k in spec_keys),
-                                   *(_sql_value(outcome.get(m, row.get(m))) for m in (*METRICS, *RUN_COLUMNS)),
+                                   *(_sql_value(recorded.get(m)) for m in (*METRICS, *RUN_COLUMNS)),
                                    outcome["status"], outcome.get("error"), now, outcome.get("host") or host))
             self.db.executemany(sql, values)
             self.db.execute("COMMIT")
@@ -480,7 +481,7 @@ def describe_store(path) -> list[dict]:
         for number, (_, added, spec) in enumerate(versions.get(name, []), 1):
             entry = {"sweep": name, "version": number, "added_at": added, "rows": None, "errors": None}
             if isinstance(spec, Spec):
-                found = [status.get((name, r["row_key"])) for r in spec.rows()]
+                found = [status.get((name, key)) for key in spec.row_keys()]
                 entry.update(rows=sum(s is not None for s in found), errors=sum(s == "error" for s in found))
             out.append(entry)
         stored = [state for (sweep, _), state in status.items() if sweep == name]
@@ -524,7 +525,7 @@ def prune_store(path, *, errors: bool = False, spec_version: int | None = None, 
             if not isinstance(spec, Spec):
                 raise FastLoRAError(f"--spec-version {spec_version} of sweep {sweep!r} cannot be read ({spec}); drop "
                                     f"its failed rows with --errors, or use another store")
-            drop = [r["row_key"] for r in spec.rows()]
+            drop = spec.row_keys()
         db.execute("BEGIN IMMEDIATE")
         try:
             dropped = 0
