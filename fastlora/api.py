@@ -65,6 +65,10 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
             raise FastLoRAError("input_law, input_df, input_cov, noise_law, noise_df, task_ranks, task_scales and "
                                 "sample_seed shape make_problem's own law; a problem generator (law=...) takes its "
                                 "own options (law_options)")
+        if law is None:
+            raise FastLoRAError(f"make_problem() has no argument(s) {', '.join(sorted(law_options))}; keyword "
+                                f"options beyond its own go to a problem generator: pass law='name' "
+                                f"(fastlora.generators)")
         return make_problem_of_law(law, law_options, model=model, **arguments)
     return get_model(check_choice("model", model, tuple(MODELS))).draw(**arguments, **laws)
 

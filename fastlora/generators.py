@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FastLoRAError, PluginError
+from .errors import FastLoRAError, PluginError, check_int
+from .peft.protocol import signature_parameters, takes_any_keyword
 from .peft.registry import Kind, Registry
-from .problems import Problem
+from .problems import Problem, check_problem_arguments
 
 GROUP = "fastlora.problems"
 # what every generator receives, validated by make_problem
@@ -41,8 +42,8 @@ def generator_errors(obj) -> list[str]:
     if not callable(obj):
         return [f"is a {type(obj).__name__}, not a callable generate(d, k, T, n, noise, seed, d_out, "
                 f"n_test_tasks, **options)"]
-    params = _parameters(obj)
-    if params is None or _takes_any_keyword(params):
+    params = signature_parameters(obj)
+    if params is None or takes_any_keyword(params):
         return []
     missing = [name for name in STANDARD_ARGUMENTS if name not in params]
     return [f"does not take the argument(s) {', '.join(missing)} (every generator receives "
@@ -84,7 +85,7 @@ def get(law):
 
 def options_of(generator) -> dict:
     """The generator's own options and their defaults (its arguments beyond the standard ones)."""
-    params = _parameters(generator) or {}
+    params = signature_parameters(generator) or {}
     return {name: (None if p.default is inspect.Parameter.empty else p.default) for name, p in params.items()
             if name not in STANDARD_ARGUMENTS and name not in OPTIONAL_ARGUMENTS
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -94,9 +95,13 @@ def check_law_options(law, options: dict, given: dict | None = None) -> dict:
     """Refuse option names the generator does not take, and values of make_problem's other arguments
     (``given``, e.g. symmetric=False) other than its defaults that it does not take (before any work:
     specs, make_problem); returns those of ``given`` to pass on."""
-    generator = get(law)
-    params = _parameters(generator)
-    takes_all = params is None or _takes_any_keyword(params)
+    return _check_options(law, get(law), options, given)
+
+
+def _check_options(law, generator, options: dict, given: dict | None) -> dict:
+    """:func:`check_law_options` with ``generator`` the one of ``law``."""
+    params = signature_parameters(generator)
+    takes_all = params is None or takes_any_keyword(params)
     passed = {}
     for name, value in (given or {}).items():
         if takes_all or name in params:
@@ -106,8 +111,6 @@ def check_law_options(law, options: dict, given: dict | None = None) -> dict:
                                 f"tasks (its options: {', '.join(options_of(generator)) or 'none'})")
     if takes_all:
         return passed
-    if params is None or _takes_any_keyword(params):
-        return
     unknown = sorted(k for k in options if k not in params or k in STANDARD_ARGUMENTS)
     if unknown:
         own = ", ".join(f"{k}={v!r}" for k, v in options_of(generator).items()) or "none"
@@ -116,34 +119,14 @@ def check_law_options(law, options: dict, given: dict | None = None) -> dict:
 
 
 def make_problem_of_law(law, law_options: dict, **arguments):
-    """``make_problem(law=law, **arguments, **law_options)``: the generator plugin's problem."""
-    if law is None:
-        from .errors import FastLoRAError
-        raise FastLoRAError(f"make_problem() has no argument(s) {', '.join(sorted(law_options))}; keyword options "
-                            f"beyond its own go to a problem generator: pass law='name' (fastlora.generators)")
-    return make_law_problem(law, {k: arguments[k] for k in STANDARD_ARGUMENTS},
-                            {k: arguments[k] for k in OPTIONAL_ARGUMENTS}, law_options)
-
-
-def make_law_problem(law, arguments: dict, given: dict, options: dict):
-    """``make_problem(law=law, **arguments, **given, **options)``: ``arguments`` the standard ones
-    (checked here as make_problem checks them), ``given`` make_problem's other arguments,
-    ``options`` the generator's own."""
-    from . import options as schema
-    from .errors import check_int
+    """``make_problem(law=law, **arguments, **law_options)``: the generator plugin's problem.
+    ``arguments``: make_problem's standard ones (checked here as make_problem checks them) and its
+    other ones (``OPTIONAL_ARGUMENTS``); ``law_options`` the generator's own."""
     generator = get(law)
-    args = dict(arguments)
-    args["d"] = check_int("d", args["d"], low=1)
-    args["d_out"] = args["d"] if args["d_out"] is None else check_int("d_out", args["d_out"], low=1)
-    args["k"] = check_int("k", args["k"], low=1, high=min(args["d"], args["d_out"]))
-    args["T"] = check_int("T", args["T"], low=1)
-    args["n"] = schema.OPTIONS["n"].check(args["n"])
-    args["noise"] = schema.OPTIONS["noise"].check(args["noise"])
-    args["seed"] = check_int("seed", args["seed"], low=0)
-    args["n_test_tasks"] = check_int("n_test_tasks", args["n_test_tasks"], low=0)
-    args.update(check_law_options(law, options, given))
+    args = dict(zip(STANDARD_ARGUMENTS, check_problem_arguments(*(arguments[k] for k in STANDARD_ARGUMENTS))))
+    args.update(_check_options(law, generator, law_options, {k: arguments[k] for k in OPTIONAL_ARGUMENTS}))
     try:
-        problem = generator(**args, **options)
+        problem = generator(**args, **law_options)
     except FastLoRAError:
         raise
     except (TypeError, ValueError) as exc:  # a plugin's own refusal of a value: bad input
@@ -165,7 +148,6 @@ class FactorLawProblem(Problem):
     draw_factors: object = None
 
     def new_task(self, seed: int):
-        from .errors import check_int
         seed = check_int("seed", seed, low=0)
         if seed not in self._extra:
             self._extra[seed] = _factor_task(self, ROLE_NEW, seed)[0]
@@ -216,13 +198,3 @@ def _factor_task(prob: FactorLawProblem, role: int, index: int):
 def _name(law) -> str:
     return law if isinstance(law, str) else getattr(law, "__name__", type(law).__name__)
 
-
-def _parameters(obj) -> dict | None:
-    try:
-        return dict(inspect.signature(obj).parameters)
-    except (TypeError, ValueError):  # no signature to read (a builtin): trusted
-        return None
-
-
-def _takes_any_keyword(params: dict) -> bool:
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -97,6 +97,20 @@ class Problem:
                 f"noise={self.noise}, symmetric={self.symmetric}, seed={self.seed}{sampler}{law}{ranks}{scales})")
 
 
+def check_problem_arguments(d, k, T, n, noise, seed, d_out, n_test_tasks) -> tuple:
+    """make_problem's standard arguments, checked (``d_out`` None: ``d``), in the order given:
+    (d, k, T, n, noise, seed, d_out, n_test_tasks) — the linear model's and a problem generator's."""
+    d = check_int("d", d, low=1)
+    d_out = d if d_out is None else check_int("d_out", d_out, low=1)
+    k = check_int("k", k, low=1, high=min(d, d_out))
+    T = check_int("T", T, low=1)
+    n = schema.OPTIONS["n"].check(n)
+    noise = schema.OPTIONS["noise"].check(noise)
+    seed = check_int("seed", seed, low=0)
+    n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)
+    return d, k, T, n, noise, seed, d_out, n_test_tasks
+
+
 def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, noise: float = 0.0,
                         seed: int = 0, d_out: int | None = None, symmetric: bool = True,
                         n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False,
@@ -110,14 +124,8 @@ def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = Non
     n = schema.OPTIONS["n"].check(n)  # an integer, or None / "population"
     laws = task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df,
                               task_ranks, task_scales, sample_seed, implicit)
-    d = check_int("d", d, low=1)
-    d_out = d if d_out is None else check_int("d_out", d_out, low=1)
-    k = check_int("k", k, low=1, high=min(d, d_out))
-    T = check_int("T", T, low=1)
-    n = schema.OPTIONS["n"].check(n)
-    noise = schema.OPTIONS["noise"].check(noise)
-    seed = check_int("seed", seed, low=0)
-    n_test_tasks = check_int("n_test_tasks", n_test_tasks, low=0)
+    d, k, T, n, noise, seed, d_out, n_test_tasks = check_problem_arguments(d, k, T, n, noise, seed, d_out,
+                                                                           n_test_tasks)
     sampler = check_choice("sampler", sampler, SAMPLERS)
     if not isinstance(symmetric, (bool, np.bool_)):
         raise FastLoRAError(f"symmetric must be True or False, got {symmetric!r}")

@@ -173,11 +173,21 @@ def _additions_errors(obj, shared) -> list[str]:
 
 
 def _takes_keyword(fn, name: str) -> bool:
+    params = signature_parameters(fn)
+    return params is None or name in params or takes_any_keyword(params)
+
+
+def signature_parameters(fn) -> dict | None:
+    """``fn``'s parameters by name, or None where it has no signature to read (a builtin: trusted)."""
     try:
-        params = inspect.signature(fn).parameters
+        return dict(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
-        return True  # no signature to read: trusted
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        return None
+
+
+def takes_any_keyword(params: dict) -> bool:
+    """Whether parameters (:func:`signature_parameters`) include a ``**kwargs``."""
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def validate(obj, origin: str = "") -> None:

@@ -166,7 +166,7 @@ class Registry:
         rows = []
         for entry in sorted(self._discover().values(), key=lambda e: e.name):
             self._load(entry)
-            caps = self._capabilities(self._defaults[entry.name]) if entry.ok else None
+            caps = self.kind.describe(self._defaults[entry.name]) if entry.ok else None
             error = None if entry.ok else str(self._entry_error(entry))
             rows.append({"name": entry.name, "group": self.kind.group, "distribution": entry.distribution,
                          "version": entry.version, "source": entry.value, "capabilities": caps, "error": error,
@@ -222,9 +222,6 @@ class Registry:
             self._options[instance] = dict(options)
         except TypeError:  # not weak-referenceable: its options stay unknown
             pass
-
-    def _capabilities(self, instance) -> dict:
-        return self.kind.describe(instance)
 
     def register(self, peft, name: str | None = None, *, overwrite: bool = False):
         """Register a parameterization class or instance without packaging (e.g. in a notebook)."""

@@ -186,6 +186,9 @@ class InnerGradient(AdapterStep):
         self.uses_base = bool(getattr(ctx.peft, "uses_base", False))
         self.implicit = bool(getattr(ctx.peft, "implicit_gradient", False))
         self._grad_rel, self._grad_ref = np.ones(ctx.batch.P), None
+        # the per-task parameters in closed form given the shared ones (docs/plugins.md), or None
+        self._fit_given_shared = (per_task_best_fit(ctx.peft, ctx.backend.name) if ctx.batch.is_population
+                                  else None)
 
     def fit(self, point, params):
         xp, b, A = self.xp, self.batch, point.A
@@ -195,7 +198,7 @@ class InnerGradient(AdapterStep):
             params = self.ctx.init_params(A)
         if self.lr is None:
             self.lr = xp.ones(b.P * b.T, dtype=self.ctx.dtype)
-        exact = per_task_best_fit(self.peft, self.ctx.backend.name) if b.is_population else None
+        exact = self._fit_given_shared
         if exact is not None:  # the per-task parameters in closed form given the shared ones (docs/plugins.md)
             shared = {k: v for k, v in params.items() if k in self.shared}
             params = {**params, **exact(b.negative_gradient(point), self.rank, shared)}
