@@ -71,13 +71,20 @@ def model_of(obj) -> Model:
     return get_model(getattr(obj, "model", None) or "linear")
 
 
+@functools.lru_cache(maxsize=256)
+def _parameters(function) -> tuple:
+    """(``function``'s parameters, whether it takes any keyword): read once per function, not per call."""
+    parameters = inspect.signature(function).parameters
+    return parameters, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def call_checked(function, call: str, options: dict, **given):
     """``function(**given, **options)``: ``given``, the arguments the model maps from the public
     call's, as they are; ``options``, the caller's other keywords, refused first where ``function``
     does not take them — a FastLoRAError naming them and what ``call`` (the public call, e.g.
     "fastlora.finetune") takes besides, not a TypeError."""
-    parameters = inspect.signature(function).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    parameters, open_ended = _parameters(function)
+    if not open_ended:
         takes = [name for name in parameters if name not in given]
         unknown = [name for name in options if name not in takes]
         if unknown:

@@ -7,6 +7,7 @@ here (in the spirit of scikit-learn's parameter constraints).  Checks raise
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -306,6 +307,7 @@ LANDSCAPE = tuple(o.name for o in _ALL if o.group == "landscape")
 DATASET = tuple(o.name for o in _ALL if o.group == "dataset")
 
 
+@functools.cache
 def solver_options(method: str, solver: str | None) -> tuple[str, ...]:
     """Names of the solver options read by (method, solver)."""
     key = (method, solver if method == "lora-ml" else None)

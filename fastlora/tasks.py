@@ -206,6 +206,7 @@ class Task:
         # the arrays themselves are read, never changed in place, by fastlora
         if name in ("Sigma", "C", "s"):
             self.__dict__.pop("_fit", None)
+            self.__dict__.pop("_spectrum", None)
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
@@ -241,7 +242,7 @@ class Task:
         W = check_array("W", W, shape=(self.d_out, self.d_in))
         if self.is_population:
             return 0.5 * float(np.sum((W - self.W_star) ** 2))
-        W_hat, floor, _, _ = least_squares_fits([self])
+        W_hat, floor = least_squares_fits([self])
         return float(quadratic_losses(W[None], self.Sigma[None], W_hat, floor)[0])
 
     def excess_risk(self, W) -> float:
@@ -468,23 +469,29 @@ def pinv_function(lam, V, f, eps, xp=np):
 
 
 def least_squares_fits(tasks):
-    """(Ŵ, floor, λ, V) of finite-sample tasks, stacked: the least-squares fit Ŵ_t = C_t Σ_t⁺
-    (N, d_out, d_in), its loss floor_t = L_t(Ŵ_t) (N,), and Σ_t = V_t diag(λ_t) V_tᵀ (ascending).
+    """(Ŵ, floor) of finite-sample tasks, stacked: the least-squares fit Ŵ_t = C_t Σ_t⁺
+    (N, d_out, d_in) and its loss floor_t = L_t(Ŵ_t) (N,).
 
     With them L_t(W) = ½⟨(W − Ŵ_t)Σ_t, W − Ŵ_t⟩ + floor_t holds exactly (C_t's rows lie in the
     range of Σ_t) and, unlike ½tr(WΣWᵀ) − tr(WCᵀ) + s, has no cancellation: losses near the
     optimum compare to full precision (:func:`quadratic_losses`).  floor_t is itself such a
     difference of terms of the size of s_t, so it is evaluated in extended precision
-    (``np.longdouble``).  Computed once per task — for the tasks that lack it, in one batched
-    call — and kept on the task until its Σ, C or s is reassigned.
+    (``np.longdouble``).  Σ_t⁺ is Σ_t⁻¹ from its Cholesky factor where that factor proves every
+    eigenvalue above the pseudo-inverse's cut (:func:`_inverses`), else from its spectrum.  Computed
+    once per task — for the tasks that lack it, in one batched call — and kept on the task until
+    its Σ, C or s is reassigned.
     """
     missing = [t for t in tasks if t.__dict__.get("_fit") is None]
     if missing:
         Sigma = np.stack([t.Sigma for t in missing])
         cross = np.stack([t.C for t in missing])
         s = np.array([t.s for t in missing])
-        lam, V = np.linalg.eigh(Sigma)
-        W_hat = cross @ pinv_function(lam, V, np.reciprocal, np.finfo(np.float64).eps)
+        inverse = _inverses(Sigma)
+        spectral = np.isnan(inverse[:, 0, 0])
+        if spectral.any():
+            lam, V = spectra([t for t, bad in zip(missing, spectral) if bad])
+            inverse[spectral] = pinv_function(lam, V, np.reciprocal, np.finfo(np.float64).eps)
+        W_hat = cross @ inverse
         ext = np.longdouble
         W, S = W_hat.astype(ext), Sigma.astype(ext)
         # products and row sums, not einsum: each task's value must not depend on the tasks beside it
@@ -492,12 +499,54 @@ def least_squares_fits(tasks):
         linear = (W * cross.astype(ext)).reshape(len(missing), -1).sum(axis=1)
         floor = np.maximum(0.5 * quadratic - linear + s, 0).astype(np.float64)
         for i, task in enumerate(missing):
-            for a in (W_hat[i], lam[i], V[i]):
-                a.setflags(write=False)
-            task.__dict__["_fit"] = (W_hat[i], float(floor[i]), lam[i], V[i])
+            W_hat[i].setflags(write=False)
+            task.__dict__["_fit"] = (W_hat[i], float(floor[i]))
     fits = [t.__dict__["_fit"] for t in tasks]
-    return (np.stack([f[0] for f in fits]), np.array([f[1] for f in fits]), np.stack([f[2] for f in fits]),
-            np.stack([f[3] for f in fits]))
+    return np.stack([f[0] for f in fits]), np.array([f[1] for f in fits])
+
+
+def _inverses(Sigma):
+    """Σ_t⁻¹ (N, d, d) from Cholesky factors Σ_t = L Lᵀ where they prove Σ_t⁺ = Σ_t⁻¹: λ_min ≥
+    1/‖L⁻¹‖²_F exceeds :func:`pinv_rtol` of tr Σ_t ≥ λ_max, so the pseudo-inverse keeps every
+    eigenvalue.  NaN for the others (not positive definite, or not provably so), which take the
+    spectral pseudo-inverse.  A Cholesky solve costs a third of an eigendecomposition; which way a
+    task takes depends on that task alone."""
+    N, d = Sigma.shape[0], Sigma.shape[1]
+    out = np.full(Sigma.shape, np.nan)
+    try:
+        factors = np.linalg.cholesky(Sigma)
+        ok = np.ones(N, bool)
+    except np.linalg.LinAlgError:  # one of them is not positive definite: find which, one by one
+        factors, ok = np.zeros_like(Sigma), np.zeros(N, bool)
+        for i in range(N):
+            try:
+                factors[i], ok[i] = np.linalg.cholesky(Sigma[i]), True
+            except np.linalg.LinAlgError:
+                pass
+    if not ok.any():
+        return out
+    lower_inv = np.linalg.inv(factors[ok])
+    lam_min_bound = 1.0 / np.sum((lower_inv * lower_inv).reshape(lower_inv.shape[0], -1), axis=1)
+    trace = np.trace(Sigma[ok], axis1=1, axis2=2)
+    proven = np.isfinite(lam_min_bound) & (lam_min_bound > pinv_rtol(np.finfo(np.float64).eps, d) * trace)
+    where = np.flatnonzero(ok)[proven]
+    out[where] = lower_inv[proven].swapaxes(1, 2) @ lower_inv[proven]
+    return out
+
+
+def spectra(tasks):
+    """(λ, V) of finite-sample tasks, stacked: Σ_t = V_t diag(λ_t) V_tᵀ, λ ascending (N, d), (N, d, d).
+    Computed once per task (for those that lack it, in one batched call) and kept on the task until
+    its Σ is reassigned: the whitened fits, Reptile's step and the spectral pseudo-inverse read it."""
+    missing = [t for t in tasks if t.__dict__.get("_spectrum") is None]
+    if missing:
+        lam, V = np.linalg.eigh(np.stack([t.Sigma for t in missing]))
+        for i, task in enumerate(missing):
+            for a in (lam[i], V[i]):
+                a.setflags(write=False)
+            task.__dict__["_spectrum"] = (lam[i], V[i])
+    kept = [t.__dict__["_spectrum"] for t in tasks]
+    return np.stack([k[0] for k in kept]), np.stack([k[1] for k in kept])
 
 
 def quadratic_losses(W, Sigma, W_hat, floor):

@@ -295,17 +295,17 @@ def test_float32_finite_sample_solves_stay_at_the_optimum_when_the_gram_matrix_i
 
 
 def test_float32_whiteners_keep_the_directions_a_float64_spectrum_resolves():
-    """Σ_t's spectrum comes from float64 (tasks.least_squares_fits) also for float32 solves: its
+    """Σ_t's spectrum comes from float64 (tasks.spectra) also for float32 solves: its
     whiteners cut at PINV_RTOL, not at float32's d·eps, so an ill-conditioned, full-rank Σ_t
     (eigenvalues down to 1e-8 of the largest) is whitened in full."""
     from fastlora.backends import get_backend
     from fastlora.taskbatch.policy import make_batch
-    from fastlora.tasks import least_squares_fits, pinv_kept
+    from fastlora.tasks import pinv_kept, spectra
     rng = np.random.default_rng(0)
     d, n = 8, 400
     X = rng.standard_normal((n, d)) * np.logspace(0, -4, d)
     task = fl.Task(X, X @ rng.standard_normal((d, d)).T)
-    lam = least_squares_fits([task])[2]
+    lam = spectra([task])[0]
     assert pinv_kept(lam, np.finfo(np.float64).eps).all() and not pinv_kept(lam, np.finfo(np.float32).eps).all()
     half, _ = make_batch([task], get_backend("numpy"), np.float32).sigma_pinv_half()
     whitened = half[0].astype(np.float64) @ task.Sigma @ half[0].astype(np.float64)

@@ -170,3 +170,39 @@ def test_finite_sample_loss_has_no_cancellation_floor():
     E[0, 0, 0] = 1e-9
     diff = batch.losses_W(W_hat + E)[0] - batch.losses_W(W_hat)[0]
     assert diff == pytest.approx(0.5 * 1e-18 * task.Sigma[0, 0], rel=1e-6)
+
+
+def _spectral_fit(task):
+    """Ŵ = C Σ⁺ from Σ's spectrum (numpy's pinv at the pseudo-inverse's cut): the oracle."""
+    from fastlora.tasks import pinv_rtol
+    return task.C @ np.linalg.pinv(task.Sigma, rcond=pinv_rtol(np.finfo(np.float64).eps, task.d_in),
+                                   hermitian=True)
+
+
+def test_least_squares_fits_take_the_cholesky_inverse_only_where_it_is_the_pseudo_inverse():
+    """A well-conditioned Σ is inverted through its Cholesky factor, a singular one (n < d) or one
+    whose factor cannot prove every eigenvalue above the cut through its spectrum: each equals the
+    pseudo-inverse fit, and a task's fit and floor are the same bits alone or beside the others."""
+    from fastlora.tasks import _inverses, least_squares_fits, spectra
+    rng = np.random.default_rng(3)
+    d = 6
+    W = rng.standard_normal((d, d))
+
+    def task(X):
+        return fl.Task(X, X @ W.T + 0.01 * rng.standard_normal((X.shape[0], d)))
+    good = task(rng.standard_normal((400, d)))
+    singular = task(rng.standard_normal((4, d)))                         # rank 4 < d: not positive definite
+    steep = task(rng.standard_normal((400, d)) * np.logspace(0, -7, d))   # κ ~ 1e14: its least eigenvalue under the cut
+    assert np.isnan(_inverses(np.stack([t.Sigma for t in (good, singular, steep)]))[:, 0, 0]).tolist() == \
+        [False, True, True]
+    for t in (good, singular, steep):
+        np.testing.assert_allclose(least_squares_fits([t])[0][0], _spectral_fit(t), rtol=1e-6, atol=1e-9)
+    alone = [least_squares_fits([fl.Task.from_statistics(t.Sigma, t.C, t.s, t.n)]) for t in (good, singular, steep)]
+    fresh = [fl.Task.from_statistics(t.Sigma, t.C, t.s, t.n) for t in (singular, good, steep)]
+    together = least_squares_fits(fresh)
+    for i, j in ((0, 1), (1, 0), (2, 2)):
+        assert np.array_equal(alone[i][0][0], together[0][j]) and alone[i][1][0] == together[1][j]
+    lam, V = spectra([good])
+    np.testing.assert_allclose((V[0] * lam[0]) @ V[0].T, good.Sigma, atol=1e-12)
+    good.Sigma = good.Sigma * 2.0  # new statistics drop the fit and the spectrum kept for the old ones
+    assert "_fit" not in good.__dict__ and "_spectrum" not in good.__dict__

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -237,7 +238,52 @@ def _paper(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
                 return row
             cases.append(Case(cfg.name, b, variant, run, max(opt.repeat, PAPER_ROUNDS), params={"peft": peft},
                               reference=draw.name, figures=figures))
+        cases.append(_many(cfg, b, peft, draw.name))
     return cases
+
+
+MANY_PROBLEMS = 1000
+
+
+def _many(cfg: Config, backend: str, peft: str, reference: str) -> Case:
+    """``fl.retrain_many`` of ``MANY_PROBLEMS`` fresh paper-size finite-sample problems
+    (``sampler="stats"``) on one core (Numba and BLAS one thread each): seconds per problem.  The
+    problems are drawn outside the timed call, and garbage is collected before it (as ``timeit``
+    keeps collections of earlier work out of its figure).  "At its optimum": every problem
+    converged, its objective within ``REACHED_RTOL`` of the same problem solved to tol=1e-14."""
+    import gc
+
+    from threadpoolctl import threadpool_limits
+
+    import fastlora as fl
+    drawn = [0]
+
+    def problems():
+        drawn[0] += 1
+        first = drawn[0] * MANY_PROBLEMS
+        return [fl.make_problem(d=cfg.d, k=cfg.k, T=cfg.T, n=cfg.n, noise=cfg.noise, seed=first + i,
+                                n_test_tasks=0, sampler="stats") for i in range(MANY_PROBLEMS)]
+
+    def call():
+        batch = problems()
+        gc.collect()
+        with threadpool_limits(1):
+            started = time.perf_counter()
+            results = fl.retrain_many(batch, peft=peft, rank=cfg.k, backend=backend, threads=1)
+            seconds = time.perf_counter() - started
+        return {"seconds": seconds, "problems": batch, "results": results}
+
+    def figures(median, out, lookup):
+        with threadpool_limits(1):
+            tight = fl.retrain_many(out["problems"], peft=peft, rank=cfg.k, backend=backend, threads=1, tol=1e-14,
+                                    max_iter=20000)
+        gaps = [(r.objective - t.objective) / abs(t.objective) for r, t in zip(out["results"], tight)]
+        return {"problems": MANY_PROBLEMS, "problems_per_second": 1 / median,
+                "converged": sum(bool(r.converged) for r in out["results"]),
+                "at_optimum": sum(g <= REACHED_RTOL for g in gaps), "largest_objective_gap": max(gaps)}
+    return Case(cfg.name, backend, f"retrain_many-{MANY_PROBLEMS}", call, 3, params={"peft": peft, "threads": 1},
+                reference=reference, seconds_of=lambda out, wall: out["seconds"] / MANY_PROBLEMS,
+                figures=figures, per="problem")
 
 
 # -- the reduced default and the implicit problem ------------------------------------------------
@@ -382,7 +428,6 @@ def _points_spec(cfg: Config, backend: str, mode: str, sampler: str, peft: str |
 
 def _sweep_seconds(spec_text, rows: int, workers: int) -> float:
     """Wall seconds of ``fastlora sweep`` running ``rows`` rows into a fresh store; a failed row raises."""
-    import time
 
     from ..sweep import parse_spec, run_sweep
     with tempfile.TemporaryDirectory() as folder:

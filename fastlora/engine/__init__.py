@@ -8,6 +8,7 @@ turns tasks into the engine's data (:func:`quad_batch`), a parameterization into
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -70,8 +71,13 @@ MAX_BACKTRACKS = 50
 def peft_code(peft) -> int | None:
     """The engine's code of a built-in parameterization instance, None for any other (those
     run through the Python driver)."""
+    return _peft_codes().get(type(peft))
+
+
+@functools.cache
+def _peft_codes() -> dict:
     from ..peft.builtins import Full, LoRA, SymmetricLoRA
-    return {LoRA: LORA, SymmetricLoRA: LORA_SYM, Full: FULL}.get(type(peft))
+    return {LoRA: LORA, SymmetricLoRA: LORA_SYM, Full: FULL}
 
 
 def make_spec(code: int, rank: int, T: int, d_out: int, d_in: int, peft=None) -> Spec:
@@ -97,14 +103,16 @@ START_CODES = {"standard": START_STANDARD, "zeros": START_ZEROS}
 
 
 # -- data --------------------------------------------------------------------------------------
-def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False) -> QuadBatch:
+def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False,
+               need_spectrum: bool = False) -> QuadBatch:
     """The engine's data of P problems of one shape (lists of tasks, all population or all
     finite-sample): Ŵ_t, Σ_t, floor_t and what the solvers precompute, with a leading axis P.
 
     Ŵ_t and floor_t = L_t(Ŵ_t) come from :func:`fastlora.tasks.least_squares_fits` (floor_t in
     extended precision, computed once per task).  ``need_whiteners``: also Σ_t^{±1/2} (the whitened
-    exact fits of ``lora`` and ``full`` on finite samples).  ``base_sq`` (P,): ‖S‖² of
-    reduced problems (fastlora.reduction), added to the scales of the convergence test.
+    exact fits of ``lora`` and ``full`` on finite samples); ``need_spectrum``: λ_max(Σ_t) (Reptile's
+    step; NaN where not asked for).  Both come from :func:`fastlora.tasks.spectra`.  ``base_sq`` (P,):
+    ‖S‖² of reduced problems (fastlora.reduction), added to the scales of the convergence test.
     The A step's operators ((Σ_t Σ_t)⁺ and its products) are made by the engine, per problem.
     """
     P, T = len(problems), len(problems[0])
@@ -118,16 +126,19 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
         empty = np.zeros((P, T, 0, 0), dtype)
         return QuadBatch(True, empty, W.astype(dtype, copy=False), np.zeros((P, T), dtype),
                          W.sum(axis=1).astype(dtype), empty, empty, np.ones((P, T), dtype), null, base_sq)
-    from ..tasks import least_squares_fits, pinv_function
+    from ..tasks import least_squares_fits, pinv_function, spectra
     tasks = [t for one in problems for t in one]
     Sigma = np.stack([t.Sigma for t in tasks])
-    W_hat, floor, lam, V = least_squares_fits(tasks)
-    if need_whiteners:
-        eps = np.finfo(np.float64).eps  # the spectrum is float64's (least_squares_fits)
-        sqrt_S = pinv_function(lam, V, np.sqrt, eps)
-        isqrt_S = pinv_function(lam, V, lambda x: 1.0 / np.sqrt(x), eps)
-    else:
-        sqrt_S = isqrt_S = np.zeros((P * T, 0, 0))
+    W_hat, floor = least_squares_fits(tasks)
+    sqrt_S = isqrt_S = np.zeros((P * T, 0, 0))
+    lam_max = np.full(P * T, np.nan)
+    if need_whiteners or need_spectrum:
+        lam, V = spectra(tasks)
+        lam_max = lam[:, -1]
+        if need_whiteners:
+            eps = np.finfo(np.float64).eps  # the spectrum is float64's
+            sqrt_S = pinv_function(lam, V, np.sqrt, eps)
+            isqrt_S = pinv_function(lam, V, lambda x: 1.0 / np.sqrt(x), eps)
     rhs0 = np.stack([t.C for t in tasks]).reshape(P, T, d_out, d_in).sum(axis=1)
 
     def shaped(a, *tail):
@@ -136,7 +147,7 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
     return QuadBatch(False, shaped(Sigma, d_in, d_in), shaped(W_hat, d_out, d_in), shaped(floor),
                      np.ascontiguousarray(rhs0, dtype=dtype),
                      shaped(sqrt_S, *sqrt_S.shape[1:]), shaped(isqrt_S, *isqrt_S.shape[1:]),
-                     shaped(lam[:, -1]), np.array([t.s for t in tasks]).reshape(P, T).sum(axis=1), base_sq)
+                     shaped(lam_max), np.array([t.s for t in tasks]).reshape(P, T).sum(axis=1), base_sq)
 
 
 # -- parameters --------------------------------------------------------------------------------
@@ -213,8 +224,11 @@ def run(qb: QuadBatch, spec: Spec, cfg: Settings, A0, theta0, compiled: bool, pa
         from .loops import RUN_ONE, batch_solver
         solve_batch = batch_solver(RUN_ONE[cfg.solver])
     started = time.perf_counter()
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging problem ends with a status
+    if compiled:  # (compiled code warns of nothing)
         solve_batch(*args)
+    else:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging problem ends with a status
+            solve_batch(*args)
     seconds = time.perf_counter() - started
     return Solved(A, theta, [history[p, :ints[p, loops.COUNT]] for p in range(P)], ints[:, loops.N_ITER],
                   ints[:, loops.STATUS], floats[:, loops.FINAL], floats[:, loops.LAST], floats[:, loops.SCALE],

@@ -121,8 +121,8 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, rngs: lis
     threads = backend.thread_count(threads) if compiled else 1  # (also: a malformed FASTLORA_NUM_THREADS fails here)
     parallel = compiled and len(problems) >= E.PARALLEL_MIN_PROBLEMS and threads > 1
     started = time.perf_counter()
-    qb = E.quad_batch(problems, dtype, base_sq,
-                      need_whiteners=code == E.ALS and not problems[0][0].is_population)
+    qb = E.quad_batch(problems, dtype, base_sq, need_whiteners=code == E.ALS and not problems[0][0].is_population,
+                      need_spectrum=code == E.REPTILE)
     A0, theta0 = starts(code, peft, pcode, options, rngs, T, rank, d_out, d_in, dtype)
     setup = time.perf_counter() - started
     if parallel:

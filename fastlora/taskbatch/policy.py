@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FastLoRAError
-from ..tasks import LowRankTarget, Task, dense_target, least_squares_fits
+from ..tasks import LowRankTarget, Task, dense_target, least_squares_fits, spectra
 from .base import Batch
 from .finite import FiniteSample
 from .population import DensePopulation, FactoredPopulation
@@ -111,7 +111,8 @@ def stack_problems(problems: list[list[Task]], backend, dtype, kind: str) -> Bat
     P = len(problems)
     if kind == "finite":
         return FiniteSample(backend, dtype, np.stack([t.Sigma for t in tasks]), np.stack([t.C for t in tasks]),
-                            np.array([t.s for t in tasks]), [t.n for t in tasks], P=P, fits=least_squares_fits(tasks))
+                            np.array([t.s for t in tasks]), [t.n for t in tasks], P=P,
+                            fits=(*least_squares_fits(tasks), *spectra(tasks)))
     return DensePopulation(backend, dtype, np.stack([dense_target(t.target) for t in tasks]), P=P)
 
 
