@@ -511,13 +511,14 @@ def _inverses(Sigma):
     eigenvalue.  NaN for the others (not positive definite, or not provably so), which take the
     spectral pseudo-inverse.  A Cholesky solve costs a third of an eigendecomposition; which way a
     task takes depends on that task alone."""
+    Sigma = np.asarray(Sigma, dtype=np.float64)
     N, d = Sigma.shape[0], Sigma.shape[1]
     out = np.full(Sigma.shape, np.nan)
     try:
         factors = np.linalg.cholesky(Sigma)
         ok = np.ones(N, bool)
     except np.linalg.LinAlgError:  # one of them is not positive definite: find which, one by one
-        factors, ok = np.zeros_like(Sigma), np.zeros(N, bool)
+        factors, ok = np.zeros(Sigma.shape), np.zeros(N, bool)
         for i in range(N):
             try:
                 factors[i], ok[i] = np.linalg.cholesky(Sigma[i]), True
@@ -525,10 +526,12 @@ def _inverses(Sigma):
                 pass
     if not ok.any():
         return out
-    lower_inv = np.linalg.inv(factors[ok])
-    lam_min_bound = 1.0 / np.sum((lower_inv * lower_inv).reshape(lower_inv.shape[0], -1), axis=1)
-    trace = np.trace(Sigma[ok], axis1=1, axis2=2)
-    proven = np.isfinite(lam_min_bound) & (lam_min_bound > pinv_rtol(np.finfo(np.float64).eps, d) * trace)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # extreme scales: not proven, spectral
+        lower_inv = np.linalg.inv(factors[ok])
+        lam_min_bound = 1.0 / np.sum((lower_inv * lower_inv).reshape(lower_inv.shape[0], -1), axis=1)
+        trace = np.trace(Sigma[ok], axis1=1, axis2=2)
+        proven = np.isfinite(lam_min_bound) & np.isfinite(trace) & \
+            (lam_min_bound > pinv_rtol(np.finfo(np.float64).eps, d) * trace)
     where = np.flatnonzero(ok)[proven]
     out[where] = lower_inv[proven].swapaxes(1, 2) @ lower_inv[proven]
     return out

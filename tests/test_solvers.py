@@ -206,3 +206,18 @@ def test_least_squares_fits_take_the_cholesky_inverse_only_where_it_is_the_pseud
     np.testing.assert_allclose((V[0] * lam[0]) @ V[0].T, good.Sigma, atol=1e-12)
     good.Sigma = good.Sigma * 2.0  # new statistics drop the fit and the spectrum kept for the old ones
     assert "_fit" not in good.__dict__ and "_spectrum" not in good.__dict__
+
+
+def test_least_squares_fits_of_integer_statistics_beside_a_singular_task():
+    """Statistics reassigned as integer arrays are fitted in float64, also where a task beside them
+    is singular (the Cholesky factors are then made one by one)."""
+    from fastlora.tasks import least_squares_fits
+
+    def task(Sigma):
+        t = fl.Task.from_statistics(np.eye(2), np.array([[1.0, 2.0]]), 5.0, 10)
+        t.Sigma = np.array(Sigma)
+        return t
+    alone = least_squares_fits([task([[4, 2], [2, 3]])])[0][0]
+    beside = least_squares_fits([task([[4, 2], [2, 3]]), task([[1, 1], [1, 1]])])[0][0]
+    np.testing.assert_allclose(alone, [[-0.125, 0.75]])
+    assert np.array_equal(alone, beside)

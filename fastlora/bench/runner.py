@@ -147,7 +147,7 @@ def format_seconds(seconds: float | None) -> str:
 
 SHOWN_FIGURES = ("speedup_vs_numpy", "speedup_vs_paper_gd", "speedup_vs_dense_als", "speedup_vs_paper_shallow",
                  "fraction_of_gemm", "useful_gflops", "gemm_gflops", "rows_per_second", "data_units_per_row",
-                 "startup_seconds",
+                 "startup_seconds", "problems_per_second", "converged", "at_optimum",
                  "iterations", "iterations_to_1e8", "reached", "rel_err_A", "peak_rss_gib", "solver")
 
 
