@@ -202,11 +202,11 @@ class Task:
         return self
 
     def __setattr__(self, name, value):
-        # new statistics make the least-squares fit kept for the old ones stale (least_squares_fits);
+        # new statistics make the fit and spectrum kept for the old ones stale (_kept_per_task);
         # the arrays themselves are read, never changed in place, by fastlora
         if name in ("Sigma", "C", "s"):
-            self.__dict__.pop("_fit", None)
-            self.__dict__.pop("_spectrum", None)
+            for key in _DERIVED:
+                self.__dict__.pop(key, None)
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
@@ -477,43 +477,66 @@ def least_squares_fits(tasks):
     optimum compare to full precision (:func:`quadratic_losses`).  floor_t is itself such a
     difference of terms of the size of s_t, so it is evaluated in extended precision
     (``np.longdouble``).  Σ_t⁺ is Σ_t⁻¹ from its Cholesky factor where that factor proves every
-    eigenvalue above the pseudo-inverse's cut (:func:`_inverses`), else from its spectrum.  Computed
-    once per task — for the tasks that lack it, in one batched call — and kept on the task until
-    its Σ, C or s is reassigned.
+    eigenvalue above the pseudo-inverse's cut (:func:`_inverses`), else from its spectrum.  Kept on
+    each task (:func:`_kept_per_task`).
     """
-    missing = [t for t in tasks if t.__dict__.get("_fit") is None]
+    return _kept_per_task(tasks, "_fit", _fits)
+
+
+def spectra(tasks):
+    """(λ, V) of finite-sample tasks, stacked: Σ_t = V_t diag(λ_t) V_tᵀ, λ ascending (N, d), (N, d, d);
+    read by the whitened fits, Reptile's step and the spectral pseudo-inverse.  Kept on each task
+    (:func:`_kept_per_task`)."""
+    return _kept_per_task(tasks, "_spectrum", lambda missing: np.linalg.eigh(np.stack([t.Sigma for t in missing])))
+
+
+# what _kept_per_task keeps on a task, dropped when its statistics are reassigned (Task.__setattr__)
+_DERIVED = ("_fit", "_spectrum")
+
+
+def _kept_per_task(tasks, key: str, compute) -> tuple:
+    """Per-task arrays derived from the tasks' statistics, stacked: ``compute(missing)`` (a tuple of
+    stacked arrays) for the tasks that lack them under ``key`` — in one batched call — kept read-only on
+    each task until its Σ, C or s is reassigned."""
+    missing = [t for t in tasks if t.__dict__.get(key) is None]
     if missing:
-        Sigma = np.stack([t.Sigma for t in missing])
-        cross = np.stack([t.C for t in missing])
-        s = np.array([t.s for t in missing])
-        inverse = _inverses(Sigma)
-        spectral = np.isnan(inverse[:, 0, 0])
-        if spectral.any():
-            lam, V = spectra([t for t, bad in zip(missing, spectral) if bad])
-            inverse[spectral] = pinv_function(lam, V, np.reciprocal, np.finfo(np.float64).eps)
-        W_hat = cross @ inverse
-        ext = np.longdouble
-        W, S = W_hat.astype(ext), Sigma.astype(ext)
-        # products and row sums, not einsum: each task's value must not depend on the tasks beside it
-        quadratic = ((W @ S) * W).reshape(len(missing), -1).sum(axis=1)
-        linear = (W * cross.astype(ext)).reshape(len(missing), -1).sum(axis=1)
-        floor = np.maximum(0.5 * quadratic - linear + s, 0).astype(np.float64)
+        computed = compute(missing)
         for i, task in enumerate(missing):
-            W_hat[i].setflags(write=False)
-            task.__dict__["_fit"] = (W_hat[i], float(floor[i]))
-    fits = [t.__dict__["_fit"] for t in tasks]
-    return np.stack([f[0] for f in fits]), np.array([f[1] for f in fits])
+            own = tuple(a[i] for a in computed)
+            for a in own:
+                a.setflags(write=False)
+            task.__dict__[key] = own
+    kept = [t.__dict__[key] for t in tasks]
+    return tuple(np.stack([k[j] for k in kept]) for j in range(len(kept[0])))
 
 
-def _inverses(Sigma):
-    """Σ_t⁻¹ (N, d, d) from Cholesky factors Σ_t = L Lᵀ where they prove Σ_t⁺ = Σ_t⁻¹: λ_min ≥
-    1/‖L⁻¹‖²_F exceeds :func:`pinv_rtol` of tr Σ_t ≥ λ_max, so the pseudo-inverse keeps every
-    eigenvalue.  NaN for the others (not positive definite, or not provably so), which take the
-    spectral pseudo-inverse.  A Cholesky solve costs a third of an eigendecomposition; which way a
-    task takes depends on that task alone."""
+def _fits(tasks) -> tuple:
+    """(Ŵ, floor) of ``tasks``, computed (see :func:`least_squares_fits`)."""
+    Sigma = np.stack([t.Sigma for t in tasks])
+    cross = np.stack([t.C for t in tasks])
+    s = np.array([t.s for t in tasks])
+    inverse, proven = _inverses(Sigma)
+    if not proven.all():
+        lam, V = spectra([t for t, ok in zip(tasks, proven) if not ok])
+        inverse[~proven] = pinv_function(lam, V, np.reciprocal, np.finfo(np.float64).eps)
+    W_hat = cross @ inverse
+    ext = np.longdouble
+    W, S = W_hat.astype(ext), Sigma.astype(ext)
+    # products and row sums, not einsum: each task's value must not depend on the tasks beside it
+    quadratic = ((W @ S) * W).reshape(len(tasks), -1).sum(axis=1)
+    linear = (W * cross.astype(ext)).reshape(len(tasks), -1).sum(axis=1)
+    return W_hat, np.maximum(0.5 * quadratic - linear + s, 0).astype(np.float64)
+
+
+def _inverses(Sigma) -> tuple:
+    """(Σ_t⁻¹ (N, d, d), proven (N,)): the inverse from Cholesky factors Σ_t = L Lᵀ where they prove
+    Σ_t⁺ = Σ_t⁻¹ — λ_min ≥ 1/‖L⁻¹‖²_F exceeds :func:`pinv_rtol` of tr Σ_t ≥ λ_max, so the
+    pseudo-inverse keeps every eigenvalue.  The others (not positive definite, or not provably so;
+    their entries unset) take the spectral pseudo-inverse.  A Cholesky solve costs a third of an
+    eigendecomposition; which way a task takes depends on that task alone."""
     Sigma = np.asarray(Sigma, dtype=np.float64)
     N, d = Sigma.shape[0], Sigma.shape[1]
-    out = np.full(Sigma.shape, np.nan)
+    out = np.zeros(Sigma.shape)
     try:
         factors = np.linalg.cholesky(Sigma)
         ok = np.ones(N, bool)
@@ -525,31 +548,17 @@ def _inverses(Sigma):
             except np.linalg.LinAlgError:
                 pass
     if not ok.any():
-        return out
+        return out, ok
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # extreme scales: not proven, spectral
         lower_inv = np.linalg.inv(factors[ok])
         lam_min_bound = 1.0 / np.sum((lower_inv * lower_inv).reshape(lower_inv.shape[0], -1), axis=1)
         trace = np.trace(Sigma[ok], axis1=1, axis2=2)
-        proven = np.isfinite(lam_min_bound) & np.isfinite(trace) & \
+        proven_ok = np.isfinite(lam_min_bound) & np.isfinite(trace) & \
             (lam_min_bound > pinv_rtol(np.finfo(np.float64).eps, d) * trace)
-    where = np.flatnonzero(ok)[proven]
-    out[where] = lower_inv[proven].swapaxes(1, 2) @ lower_inv[proven]
-    return out
-
-
-def spectra(tasks):
-    """(λ, V) of finite-sample tasks, stacked: Σ_t = V_t diag(λ_t) V_tᵀ, λ ascending (N, d), (N, d, d).
-    Computed once per task (for those that lack it, in one batched call) and kept on the task until
-    its Σ is reassigned: the whitened fits, Reptile's step and the spectral pseudo-inverse read it."""
-    missing = [t for t in tasks if t.__dict__.get("_spectrum") is None]
-    if missing:
-        lam, V = np.linalg.eigh(np.stack([t.Sigma for t in missing]))
-        for i, task in enumerate(missing):
-            for a in (lam[i], V[i]):
-                a.setflags(write=False)
-            task.__dict__["_spectrum"] = (lam[i], V[i])
-    kept = [t.__dict__["_spectrum"] for t in tasks]
-    return np.stack([k[0] for k in kept]), np.stack([k[1] for k in kept])
+    proven = np.zeros(N, bool)
+    proven[np.flatnonzero(ok)[proven_ok]] = True
+    out[proven] = lower_inv[proven_ok].swapaxes(1, 2) @ lower_inv[proven_ok]
+    return out, proven
 
 
 def quadratic_losses(W, Sigma, W_hat, floor):

@@ -11,6 +11,7 @@ Rayleigh–Ritz are not counted, so "useful GFLOP/s" is a lower bound on the wor
 """
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -257,12 +258,11 @@ def _many(cfg: Config, backend: str, peft: str, reference: str, opt: Options) ->
     from threadpoolctl import threadpool_limits
 
     import fastlora as fl
-    drawn = [0]
     count = MANY_PROBLEMS // 5 if opt.quick else MANY_PROBLEMS
+    rounds = itertools.count(1)  # each round's problems are new ones (their fits are part of the call)
 
     def problems():
-        drawn[0] += 1
-        first = drawn[0] * count
+        first = next(rounds) * count
         return [fl.make_problem(d=cfg.d, k=cfg.k, T=cfg.T, n=cfg.n, noise=cfg.noise, seed=first + i,
                                 n_test_tasks=0, sampler="stats") for i in range(count)]
 
@@ -431,7 +431,6 @@ def _points_spec(cfg: Config, backend: str, mode: str, sampler: str, peft: str |
 
 def _sweep_seconds(spec_text, rows: int, workers: int) -> float:
     """Wall seconds of ``fastlora sweep`` running ``rows`` rows into a fresh store; a failed row raises."""
-
     from ..sweep import parse_spec, run_sweep
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()

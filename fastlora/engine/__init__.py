@@ -8,6 +8,7 @@ turns tasks into the engine's data (:func:`quad_batch`), a parameterization into
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass
@@ -224,11 +225,9 @@ def run(qb: QuadBatch, spec: Spec, cfg: Settings, A0, theta0, compiled: bool, pa
         from .loops import RUN_ONE, batch_solver
         solve_batch = batch_solver(RUN_ONE[cfg.solver])
     started = time.perf_counter()
-    if compiled:  # (compiled code warns of nothing)
+    # a diverging problem ends with a status; compiled code warns of nothing (no np.errstate to enter)
+    with contextlib.nullcontext() if compiled else np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         solve_batch(*args)
-    else:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging problem ends with a status
-            solve_batch(*args)
     seconds = time.perf_counter() - started
     return Solved(A, theta, [history[p, :ints[p, loops.COUNT]] for p in range(P)], ints[:, loops.N_ITER],
                   ints[:, loops.STATUS], floats[:, loops.FINAL], floats[:, loops.LAST], floats[:, loops.SCALE],

@@ -14,7 +14,7 @@ class FiniteSample(Batch):
     kind = "finite"
     is_population = False
 
-    def __init__(self, backend, dtype, Sigma, cross, s, n, P: int = 1, fits=None):
+    def __init__(self, backend, dtype, Sigma, cross, s, n, P: int = 1, fits=None, spectrum=None):
         super().__init__(backend, dtype, P, cross.shape[0] // P, cross.shape[1], cross.shape[2])
 
         def cast(a):
@@ -22,9 +22,9 @@ class FiniteSample(Batch):
 
         self.Sigma, self.cross, self.s = cast(Sigma), cast(cross), cast(s)
         self.n = np.asarray(n)
-        W_hat, floor, lam, V = fits
+        W_hat, floor = fits
         self._least_squares = (cast(W_hat), cast(floor))
-        self._spectrum = (cast(lam), cast(V))
+        self._spectrum = spectrum  # () -> (λ, V) of every task (fastlora.tasks.spectra), read on first use
         self._whiteners = None
         self._gram_solver = None
 
@@ -54,8 +54,8 @@ class FiniteSample(Batch):
         """Σ_t^{+1/2} and Σ_t^+ (pseudo-inverses on the range of Σ_t), computed once."""
         if self._whiteners is None:
             xp = self.xp
-            lam, V = self._spectrum
-            eps = float(np.finfo(np.float64).eps)  # the spectrum is float64's (least_squares_fits)
+            lam, V = (self.backend.asarray(a, self.dtype) for a in self._spectrum())
+            eps = float(np.finfo(np.float64).eps)  # the spectrum is float64's (fastlora.tasks.spectra)
             self._whiteners = (pinv_function(lam, V, lambda x: 1.0 / xp.sqrt(x), eps, xp),
                                pinv_function(lam, V, lambda x: (1.0 / xp.sqrt(x)) ** 2, eps, xp))  # half's squares
         return self._whiteners

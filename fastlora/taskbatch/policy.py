@@ -3,6 +3,8 @@ the dense-or-factored choice (:func:`batch_kind`), the factors of targets sharin
 (:func:`factored_targets`), and :func:`make_batch` / :func:`stack_problems`."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..errors import FastLoRAError
@@ -112,7 +114,7 @@ def stack_problems(problems: list[list[Task]], backend, dtype, kind: str) -> Bat
     if kind == "finite":
         return FiniteSample(backend, dtype, np.stack([t.Sigma for t in tasks]), np.stack([t.C for t in tasks]),
                             np.array([t.s for t in tasks]), [t.n for t in tasks], P=P,
-                            fits=(*least_squares_fits(tasks), *spectra(tasks)))
+                            fits=least_squares_fits(tasks), spectrum=functools.partial(spectra, tasks))
     return DensePopulation(backend, dtype, np.stack([dense_target(t.target) for t in tasks]), P=P)
 
 
