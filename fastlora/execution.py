@@ -12,6 +12,7 @@ from .errors import FastLoRAError
 from .peft.protocol import shared_names
 from .planning import Plan
 from .reduction import Reduction
+from .seeding import as_generator
 from .sizing import estimate_bytes
 from .solvers import als, gd, reptile, standard
 from .solvers import engine as engine_path
@@ -23,14 +24,16 @@ SOLVER_MODULES = {"standard": standard, "reptile": reptile, "als": als, "gd": gd
 METHOD_PROCEDURES = {"standard": "closed-form", "reptile": "reptile"}
 
 
-def run_plan(plan: Plan, problems: list, rngs: list, as_numpy: bool, reductions: list | None = None) -> list:
-    """Solve ``problems`` (one batch) under ``plan``; a list of RetrainResult (or exceptions, P > 1)."""
+def run_plan(plan: Plan, problems: list, seeds: list, as_numpy: bool, reductions: list | None = None) -> list:
+    """Solve ``problems`` (one batch) under ``plan``; a list of RetrainResult (or exceptions, P > 1).
+    ``seeds``: each problem's (an int, SeedSequence or Generator: :func:`~fastlora.seeding.as_generator`;
+    a generator is made only where a problem draws)."""
     be = plan.backend
     if plan.reduction is not None:
         reductions = reductions or [plan.reduction]
         problems = [r.tasks for r in reductions]
     if plan.engine:  # the engine compiles what it needs itself, and sets threads only to run problems in parallel
-        return _lifted(plan, _solve_on_engine(plan, [as_task_list(p) for p in problems], rngs, reductions),
+        return _lifted(plan, _solve_on_engine(plan, [as_task_list(p) for p in problems], seeds, reductions),
                        reductions)
     with be.running(plan.threads):
         be.prepare(plan.dtype)  # loading (or compiling) kernels is not part of the solve's time
@@ -43,7 +46,7 @@ def run_plan(plan: Plan, problems: list, rngs: list, as_numpy: bool, reductions:
                 batch = stack_problems([as_task_list(p) for p in problems], be, plan.dtype, plan.kind)
             if plan.reduction is not None:
                 batch.mark_reduction(np.array([r.base_sq for r in reductions]))
-            return _lifted(plan, _solve(plan, batch, rngs, as_numpy, started), reductions)
+            return _lifted(plan, _solve(plan, batch, seeds, as_numpy, started), reductions)
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory.OutOfMemoryError
                 need = estimate_bytes(plan.tasks, plan.kind, plan.rank, plan.dtype) * len(problems)
@@ -94,9 +97,10 @@ def lift(plan: Plan, reduction: Reduction, res: RetrainResult) -> RetrainResult:
     return res
 
 
-def _solve(plan: Plan, batch, rngs, as_numpy, started) -> list:
+def _solve(plan: Plan, batch, seeds, as_numpy, started) -> list:
     be, P, T = plan.backend, batch.P, batch.T
-    ctx = Context(batch=batch, backend=be, peft=plan.peft, rank=plan.rank, dtype=plan.dtype, rngs=rngs,
+    ctx = Context(batch=batch, backend=be, peft=plan.peft, rank=plan.rank, dtype=plan.dtype,
+                  rngs=[as_generator(seed) for seed in seeds],
                   max_iter=plan.max_iter, tol=plan.tol, callback=plan.callback, options=plan.options)
     setup = time.perf_counter() - started
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the monitor, once
@@ -130,10 +134,10 @@ def _solve(plan: Plan, batch, rngs, as_numpy, started) -> list:
     return results
 
 
-def _solve_on_engine(plan: Plan, problems: list, rngs: list, reductions) -> list:
+def _solve_on_engine(plan: Plan, problems: list, seeds: list, reductions) -> list:
     """Solve ``problems`` (lists of tasks) on the engine (fastlora.solvers.engine); RetrainResults or errors."""
     base_sq = None if reductions is None else [r.base_sq for r in reductions]
-    solved, info, seconds = engine_path.solve(plan.method, plan.solver, plan.peft, plan.rank, problems, rngs,
+    solved, info, seconds = engine_path.solve(plan.method, plan.solver, plan.peft, plan.rank, problems, seeds,
                                               plan.options, plan.max_iter, plan.tol, plan.dtype, plan.backend,
                                               base_sq, plan.threads)
     P, T, d_out, d_in = len(problems), len(problems[0]), problems[0][0].d_out, problems[0][0].d_in

@@ -203,7 +203,7 @@ def _fit_on_engine(jobs, peft, rank, be, dtype, max_iter, tol) -> list[FinetuneR
     from . import engine as E
     tasks = [j[2] for j in jobs]
     solved, exact = engine_path.fit(peft, rank, tasks, np.stack([j[1] for j in jobs]),
-                                    [as_generator(j[3]) for j in jobs], max_iter, tol, dtype, be)
+                                    [j[3] for j in jobs], max_iter, tol, dtype, be)
     params = E.params_of(E.peft_code(peft), solved.theta, 1, rank, tasks[0].d_out, tasks[0].d_in)
     canonical = getattr(peft, "canonicalize", None)
     if callable(canonical):

@@ -16,7 +16,6 @@ from .execution import run_plan
 from .peft.protocol import shared_names
 from .planning import UNPLANNED, SolveRequest, plan_solve
 from .restarts import check_restarts, retrain_many_with_restarts, retrain_with_restarts
-from .seeding import as_generator
 from .solvers.common import RetrainResult
 from .taskbatch import as_task_list
 
@@ -127,7 +126,7 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
             raise FastLoRAError(f"problems[{i}] has (T, d_out, d_in, population) = "
                                 f"{(len(tasks), tasks[0].d_out, tasks[0].d_in, tasks[0].is_population)}; "
                                 f"problems[0] has {shape}: retrain_many solves problems of one shape")
-    rngs = [as_generator(schema.OPTIONS["seed"].check(s)) for s in seeds]
+    seeds = [schema.OPTIONS["seed"].check(s) for s in seeds]  # generators are made where a problem draws
     stackable = plan.kind != "factored" and not shared_names(plan.peft) and not getattr(plan.peft, "uses_base", False)
     reductions = None
     if stackable and plan.reduction is not None:
@@ -136,13 +135,13 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
     if not stackable:  # large structured problems (or reductions of different sizes): one at a time
         known = reductions or [plan.reduction] + [UNPLANNED] * (len(problems) - 1)
 
-        def alone(i, problem, rng):
+        def alone(i, problem, seed):
             own = _starts_of_problem(options, i, len(problems), plan.T, shared_names(plan.peft))
-            own_plan = plan_solve(problem, replace(request, seed=rng, options=own), reduction=known[i])
-            return run_plan(own_plan, [problem], [rng], as_numpy)[0]
-        return each_or_error([functools.partial(alone, i, problem, rng)
-                              for i, (problem, rng) in enumerate(zip(problems, rngs))], errors)
-    return raise_or_return(run_plan(plan, problems, rngs, as_numpy, reductions), errors)
+            own_plan = plan_solve(problem, replace(request, seed=seed, options=own), reduction=known[i])
+            return run_plan(own_plan, [problem], [own_plan.rng], as_numpy)[0]
+        return each_or_error([functools.partial(alone, i, problem, seed)
+                              for i, (problem, seed) in enumerate(zip(problems, seeds))], errors)
+    return raise_or_return(run_plan(plan, problems, seeds, as_numpy, reductions), errors)
 
 
 def raise_or_return(results: list, errors: str) -> list:

@@ -507,58 +507,39 @@ def _kept_per_task(tasks, key: str, compute) -> tuple:
                 a.setflags(write=False)
             task.__dict__[key] = own
     kept = [t.__dict__[key] for t in tasks]
-    return tuple(np.stack([k[j] for k in kept]) for j in range(len(kept[0])))
+    return tuple(np.array([k[j] for k in kept]) for j in range(len(kept[0])))  # np.array: np.stack's checks cost 4×
 
 
 def _fits(tasks) -> tuple:
-    """(Ŵ, floor) of ``tasks``, computed (see :func:`least_squares_fits`)."""
-    Sigma = np.stack([t.Sigma for t in tasks])
-    cross = np.stack([t.C for t in tasks])
-    s = np.array([t.s for t in tasks])
-    inverse, proven = _inverses(Sigma)
+    """(Ŵ, floor) of ``tasks``, computed (see :func:`least_squares_fits`) by the compiled loops
+    of :mod:`fastlora.engine.loops` (their numpy forms are the reference, tests/test_engine.py)."""
+    Sigma = np.array([t.Sigma for t in tasks], dtype=np.float64)
+    cross = np.array([t.C for t in tasks], dtype=np.float64)
+    s = np.array([t.s for t in tasks], dtype=np.float64)
+    W_hat, proven = _cholesky_fits(Sigma, cross)
     if not proven.all():
         lam, V = spectra([t for t, ok in zip(tasks, proven) if not ok])
-        inverse[~proven] = pinv_function(lam, V, np.reciprocal, np.finfo(np.float64).eps)
-    W_hat = cross @ inverse
-    ext = np.longdouble
-    W, S = W_hat.astype(ext), Sigma.astype(ext)
-    # products and row sums, not einsum: each task's value must not depend on the tasks beside it
-    quadratic = ((W @ S) * W).reshape(len(tasks), -1).sum(axis=1)
-    linear = (W * cross.astype(ext)).reshape(len(tasks), -1).sum(axis=1)
-    return W_hat, np.maximum(0.5 * quadratic - linear + s, 0).astype(np.float64)
+        W_hat[~proven] = cross[~proven] @ pinv_function(lam, V, np.reciprocal, np.finfo(np.float64).eps)
+    floor = np.empty(len(tasks))
+    _compiled_fits()[1](W_hat, Sigma, cross, s, floor)
+    return W_hat, floor
 
 
-def _inverses(Sigma) -> tuple:
-    """(Σ_t⁻¹ (N, d, d), proven (N,)): the inverse from Cholesky factors Σ_t = L Lᵀ where they prove
-    Σ_t⁺ = Σ_t⁻¹ — λ_min ≥ 1/‖L⁻¹‖²_F exceeds :func:`pinv_rtol` of tr Σ_t ≥ λ_max, so the
+def _cholesky_fits(Sigma, cross) -> tuple:
+    """(Ŵ (N, d_out, d_in), proven (N,)): Ŵ_t = C_t Σ_t⁻¹ from Σ_t's Cholesky factor where that factor
+    proves Σ_t⁺ = Σ_t⁻¹ — λ_min ≥ 1/‖L⁻¹‖²_F exceeds :func:`pinv_rtol` of tr Σ_t ≥ λ_max, so the
     pseudo-inverse keeps every eigenvalue.  The others (not positive definite, or not provably so;
-    their entries unset) take the spectral pseudo-inverse.  A Cholesky solve costs a third of an
+    their entries unset) take the spectral pseudo-inverse.  A Cholesky solve costs a fraction of an
     eigendecomposition; which way a task takes depends on that task alone."""
-    Sigma = np.asarray(Sigma, dtype=np.float64)
-    N, d = Sigma.shape[0], Sigma.shape[1]
-    out = np.zeros(Sigma.shape)
-    try:
-        factors = np.linalg.cholesky(Sigma)
-        ok = np.ones(N, bool)
-    except np.linalg.LinAlgError:  # one of them is not positive definite: find which, one by one
-        factors, ok = np.zeros(Sigma.shape), np.zeros(N, bool)
-        for i in range(N):
-            try:
-                factors[i], ok[i] = np.linalg.cholesky(Sigma[i]), True
-            except np.linalg.LinAlgError:
-                pass
-    if not ok.any():
-        return out, ok
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # extreme scales: not proven, spectral
-        lower_inv = np.linalg.inv(factors[ok])
-        lam_min_bound = 1.0 / np.sum((lower_inv * lower_inv).reshape(lower_inv.shape[0], -1), axis=1)
-        trace = np.trace(Sigma[ok], axis1=1, axis2=2)
-        proven_ok = np.isfinite(lam_min_bound) & np.isfinite(trace) & \
-            (lam_min_bound > pinv_rtol(np.finfo(np.float64).eps, d) * trace)
-    proven = np.zeros(N, bool)
-    proven[np.flatnonzero(ok)[proven_ok]] = True
-    out[proven] = lower_inv[proven_ok].swapaxes(1, 2) @ lower_inv[proven_ok]
-    return out, proven
+    W_hat = np.zeros(cross.shape)
+    proven = np.zeros(Sigma.shape[0], bool)
+    _compiled_fits()[0](Sigma, cross, pinv_rtol(np.finfo(np.float64).eps, Sigma.shape[1]), W_hat, proven)
+    return W_hat, proven
+
+
+def _compiled_fits():
+    from .engine.compiled import fits_loops
+    return fits_loops()
 
 
 def quadratic_losses(W, Sigma, W_hat, floor):

@@ -163,3 +163,12 @@ def lbfgs_direction(S, Y, valid, grad, gamma):
             H = V.T @ H @ V + rho * np.outer(s, s)
         out[p] = H @ np.asarray(grad[p], np.float64)
     return out
+
+
+def exact_task_loss(W, Sigma, C, s) -> float:
+    """½⟨WΣ, W⟩ − ⟨W, C⟩ + s in exact rational arithmetic over the floats as given, rounded once."""
+    from fractions import Fraction
+    W, Sigma, C = ([[Fraction(float(x)) for x in row] for row in M] for M in (W, Sigma, C))
+    n, m = len(W), len(W[0])
+    quadratic = sum(W[i][j] * Sigma[j][k] * W[i][k] for i in range(n) for j in range(m) for k in range(m))
+    return float(quadratic / 2 - sum(W[i][k] * C[i][k] for i in range(n) for k in range(m)) + Fraction(float(s)))

@@ -123,6 +123,58 @@ def test_compiled_primitives_agree_with_their_numpy_form():
         np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-14)
 
 
+def test_compiled_factor_products_and_cholesky_inverse_agree_with_their_numpy_form():
+    import numba
+
+    import fastlora.engine.compiled  # noqa: F401
+
+    def reference(B, C, out, M, rtol, inverse):
+        linalg.matmul_tn_add(B, C, out, -0.5)
+        return linalg.cholesky_inverse(M, rtol, inverse)
+
+    compiled = numba.njit(reference)
+    rng = np.random.default_rng(4)
+    B, C = rng.standard_normal((2, 5)), rng.standard_normal((2, 4))
+    X = rng.standard_normal((30, 6))
+    cases = {"well conditioned": (X.T @ X, True), "singular": (X[:4].T @ X[:4], False),
+             "indefinite": (np.diag([1.0, 2.0, -1e-3, 1.0, 1.0, 1.0]), False),
+             "under the cut": (np.diag([1.0] * 5 + [1e-15]), False), "not finite": (np.full((6, 6), np.nan), False)}
+    for name, (M, proven) in cases.items():
+        got, want = [np.ones((5, 4)), np.zeros((6, 6))], [np.ones((5, 4)), np.zeros((6, 6))]
+        assert compiled(B, C, got[0], M, 1e-12, got[1]) is proven, name
+        assert reference(B, C, want[0], M, 1e-12, want[1]) is proven, name
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-14)
+        np.testing.assert_allclose(got[0], 1.0 - 0.5 * B.T @ C, rtol=1e-14)
+        if proven:
+            np.testing.assert_allclose(got[1], np.linalg.inv(M), rtol=1e-12)
+            np.testing.assert_allclose(want[1], np.linalg.inv(M), rtol=1e-12)
+
+
+def test_a_fits_loss_floor_is_the_exactly_rounded_value_where_float64_cancels():
+    """floor = ½⟨ŴΣ, Ŵ⟩ − ⟨Ŵ, C⟩ + s cancels ~9 digits at a near-noiseless task: the compiled
+    double-double evaluation equals the exact rational value rounded once (tests/naive.py), the
+    numpy form (long double) is within its precision, and plain float64 is not (so this can fail)."""
+    import numba
+
+    import fastlora.engine.compiled  # noqa: F401
+    from fastlora.tasks import least_squares_fits
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((200, 5))
+    Y = X @ rng.standard_normal((3, 5)).T * 10 + 1e-4 * rng.standard_normal((200, 3))
+    task = fl.Task(X, Y)
+    W_hat = np.linalg.solve(task.Sigma, task.C.T).T
+    exact = naive.exact_task_loss(W_hat, task.Sigma, task.C, task.s)
+    assert exact < 1e-8 * task.s  # the cancellation this guards
+    compiled = numba.njit(lambda *a: linalg.fit_floor(*a))(W_hat, task.Sigma, task.C, task.s)  # its overload
+    assert compiled == exact or abs(compiled - exact) <= 2 * np.spacing(exact)
+    assert abs(linalg.fit_floor(W_hat, task.Sigma, task.C, task.s) - exact) <= 1e-17 * task.s
+    plain = 0.5 * np.sum((W_hat @ task.Sigma) * W_hat) - np.sum(W_hat * task.C) + task.s
+    assert abs(plain - exact) > 1e3 * abs(compiled - exact) + 1e-18 * task.s
+    fitted, floor = least_squares_fits([task])  # the tasks' fits run the compiled evaluation
+    assert floor[0] == pytest.approx(naive.exact_task_loss(fitted[0], task.Sigma, task.C, task.s), rel=1e-15)
+
+
 def test_the_two_loop_direction_is_the_bfgs_update_of_the_kept_pairs():
     rng = np.random.default_rng(1)
     m, n = 4, 7

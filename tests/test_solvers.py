@@ -183,7 +183,7 @@ def test_least_squares_fits_take_the_cholesky_inverse_only_where_it_is_the_pseud
     """A well-conditioned Σ is inverted through its Cholesky factor, a singular one (n < d) or one
     whose factor cannot prove every eigenvalue above the cut through its spectrum: each equals the
     pseudo-inverse fit, and a task's fit and floor are the same bits alone or beside the others."""
-    from fastlora.tasks import _inverses, least_squares_fits, spectra
+    from fastlora.tasks import _cholesky_fits, least_squares_fits, spectra
     rng = np.random.default_rng(3)
     d = 6
     W = rng.standard_normal((d, d))
@@ -193,7 +193,8 @@ def test_least_squares_fits_take_the_cholesky_inverse_only_where_it_is_the_pseud
     good = task(rng.standard_normal((400, d)))
     singular = task(rng.standard_normal((4, d)))                         # rank 4 < d: not positive definite
     steep = task(rng.standard_normal((400, d)) * np.logspace(0, -7, d))   # κ ~ 1e14: its least eigenvalue under the cut
-    proven = _inverses(np.stack([t.Sigma for t in (good, singular, steep)]))[1]  # which take the Cholesky inverse
+    stacked = [np.stack([getattr(t, k) for t in (good, singular, steep)]) for k in ("Sigma", "C")]
+    proven = _cholesky_fits(*stacked)[1]  # which take the Cholesky inverse
     assert proven.tolist() == [True, False, False]
     for t in (good, singular, steep):
         np.testing.assert_allclose(least_squares_fits([t])[0][0], _spectral_fit(t), rtol=1e-6, atol=1e-9)

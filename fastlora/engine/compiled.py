@@ -56,6 +56,12 @@ def batch_solver(solver: int, parallel: bool):
 
 
 @functools.cache
+def fits_loops() -> tuple:
+    """The compiled (cholesky_fits, fit_floors) of fastlora.tasks.least_squares_fits (float64 only)."""
+    return tuple(njit_cached(fn, cache_folder(), error_model="numpy") for fn in (loops.cholesky_fits, loops.fit_floors))
+
+
+@functools.cache
 def _signature(dtype_name: str) -> tuple:
     """The types of a batch entry's arguments (fastlora.engine.run) in ``dtype``: they vary with it only."""
     from numba import types

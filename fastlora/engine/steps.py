@@ -26,12 +26,14 @@ from .linalg import (
     adam_apply,
     adam_moments,
     axpy,
+    cholesky_inverse,
     copy,
     fill,
     inner,
     matmul,
     matmul_add,
     matmul_bt,
+    matmul_tn_add,
     scale,
     task_residual,
 )
@@ -126,10 +128,9 @@ def deltas(spec, theta, out):
         copy(theta.reshape((spec.T, spec.d_out, spec.d_in)), out)
         return
     B, C = factor_rows(spec, theta)
+    fill(out, 0.0)
     for t in range(spec.T):
-        matmul(B[t].T, C[t], out[t])
-        if spec.scale != 1.0:
-            scale(spec.scale, out[t])
+        matmul_tn_add(B[t], C[t], out[t], spec.scale)
 
 
 @jitable
@@ -188,7 +189,7 @@ def minimizing_A(q, spec, theta, delta, out, w):
         CN = w.CS[:spec.r]
         for t in range(spec.T):
             matmul_bt(C[t], q.NT[t], CN)
-            matmul_add(B[t].T, CN, out, -spec.scale)
+            matmul_tn_add(B[t], CN, out, -spec.scale)
 
 
 @jitable
@@ -238,20 +239,25 @@ pinv_rtol = jitable(_pinv_rtol)  # the one rule (fastlora.tasks), compiled where
 @jitable
 def a_step_operators(Sigma, rhs0, K, NT):
     """The finite-sample A step's K = (Σ_t C_t) G⁺ and NT_t = G⁺Σ_t (G = Σ_t Σ_t, its pseudo-inverse
-    minimum norm where G is singular: eigenvalues below :func:`pinv_rtol` of the largest count as 0)."""
+    minimum norm where G is singular: eigenvalues below :func:`pinv_rtol` of the largest count as 0).
+    G⁺ = G⁻¹ from G's Cholesky factor where that factor proves it (as the tasks' fits do), else from
+    G's spectrum."""
     d = Sigma.shape[1]
     gram = np.zeros((d, d), Sigma.dtype)
     for t in range(Sigma.shape[0]):
         axpy(1.0, Sigma[t], gram)
-    lam, V = np.linalg.eigh(gram)
-    cut = pinv_rtol(np.finfo(Sigma.dtype).eps, d) * max(lam[d - 1], 1e-300)
-    scaled = V.copy()
-    for k in range(d):
-        scale(1.0 / lam[k] if lam[k] > cut else 0.0, scaled[:, k])
-    matmul(scaled, V.T, gram)  # now G⁺
-    matmul(rhs0, gram, K)
+    rtol = pinv_rtol(np.finfo(Sigma.dtype).eps, d)
+    inverse = np.empty_like(gram)
+    if not cholesky_inverse(gram, rtol, inverse):
+        lam, V = np.linalg.eigh(gram)
+        cut = rtol * max(lam[d - 1], 1e-300)
+        scaled = V.copy()
+        for k in range(d):
+            scale(1.0 / lam[k] if lam[k] > cut else 0.0, scaled[:, k])
+        matmul(scaled, V.T, inverse)
+    matmul(rhs0, inverse, K)
     for t in range(Sigma.shape[0]):
-        matmul(gram, Sigma[t], NT[t])
+        matmul(inverse, Sigma[t], NT[t])
 
 
 # -- the exact adapter step ------------------------------------------------------------------
