@@ -134,6 +134,11 @@ class Settings:
     def numba_cache_dir(self) -> Path:
         return self.cache_dir / "numba"
 
+    def compiled_code_root(self) -> str:
+        """Where fastlora's own compiled code is cached: ``NUMBA_CACHE_DIR`` where the user set it, else
+        :attr:`numba_cache_dir` (each kind of code in a folder named by its source's digest there)."""
+        return os.environ.get("NUMBA_CACHE_DIR") or str(self.numba_cache_dir)
+
 
 settings = Settings.from_environment()
 

@@ -16,11 +16,12 @@ directly from their exact joint law (O(d²) normals; see :func:`exact_statistics
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .config import require_memory
+from .config import require_memory, settings
 from .errors import FastLoRAError, check_array, check_choice, check_float, check_int
 from .laws import STANDARD_LAW, DataLaw, refuse_inexact_statistics
 from .options import MAX_NOISE
@@ -475,10 +476,10 @@ def least_squares_fits(tasks):
     With them L_t(W) = ½⟨(W − Ŵ_t)Σ_t, W − Ŵ_t⟩ + floor_t holds exactly (C_t's rows lie in the
     range of Σ_t) and, unlike ½tr(WΣWᵀ) − tr(WCᵀ) + s, has no cancellation: losses near the
     optimum compare to full precision (:func:`quadratic_losses`).  floor_t is itself such a
-    difference of terms of the size of s_t, so it is evaluated in extended precision
-    (``np.longdouble``).  Σ_t⁺ is Σ_t⁻¹ from its Cholesky factor where that factor proves every
-    eigenvalue above the pseudo-inverse's cut (:func:`_inverses`), else from its spectrum.  Kept on
-    each task (:func:`_kept_per_task`).
+    difference of terms of the size of s_t, so it is evaluated in extended precision (double-double:
+    :func:`fastlora.engine.linalg.fit_floor`).  Σ_t⁺ is Σ_t⁻¹ from its Cholesky factor where that
+    factor proves every eigenvalue above the pseudo-inverse's cut (:func:`_cholesky_fits`), else
+    from its spectrum.  Kept on each task (:func:`_kept_per_task`).
     """
     return _kept_per_task(tasks, "_fit", _fits)
 
@@ -511,9 +512,9 @@ def _kept_per_task(tasks, key: str, compute) -> tuple:
 
 
 def _fits(tasks) -> tuple:
-    """(Ŵ, floor) of ``tasks``, computed (see :func:`least_squares_fits`) by the compiled loops
-    of :mod:`fastlora.engine.loops` (their numpy forms are the reference, tests/test_engine.py)."""
-    Sigma = np.array([t.Sigma for t in tasks], dtype=np.float64)
+    """(Ŵ, floor) of ``tasks``, computed (see :func:`least_squares_fits`) by the compiled loops of
+    :mod:`fastlora.kernels.fits` (their numpy forms are the reference, tests/test_engine.py)."""
+    Sigma = np.array([t.Sigma for t in tasks], dtype=np.float64)  # np.array: np.stack's checks cost 4× as much
     cross = np.array([t.C for t in tasks], dtype=np.float64)
     s = np.array([t.s for t in tasks], dtype=np.float64)
     W_hat, proven = _cholesky_fits(Sigma, cross)
@@ -537,9 +538,25 @@ def _cholesky_fits(Sigma, cross) -> tuple:
     return W_hat, proven
 
 
-def _compiled_fits():
-    from .engine.compiled import fits_loops
-    return fits_loops()
+def prepare_fits() -> float:
+    """Make the fits' compiled loops ready in this process (compile them, or load them from the on-disk
+    cache); returns the seconds that took (0 once done), which a solve keeps out of its own time."""
+    from .kernels import fits_numba
+    if fits_numba.is_compiled(settings.compiled_code_root()):
+        return 0.0
+    started = time.perf_counter()
+    _compiled_fits()
+    return time.perf_counter() - started
+
+
+def _compiled_fits() -> tuple:
+    from .compilation import slow_work_notice
+    from .kernels import fits_numba
+    root = settings.compiled_code_root()
+    if fits_numba.is_compiled(root):
+        return fits_numba.compiled_loops(root)
+    with slow_work_notice(f"compiling fastlora's least-squares fits of tasks (once; later runs load them from {root})"):
+        return fits_numba.compiled_loops(root)
 
 
 def quadratic_losses(W, Sigma, W_hat, floor):

@@ -16,6 +16,7 @@ import pytest
 import fastlora as fl
 from fastlora import engine as E
 from fastlora.engine import linalg, loops, status, steps
+from fastlora.kernels import fits
 
 # every covered path: (problem, retrain arguments)
 PATHS = {
@@ -130,7 +131,7 @@ def test_compiled_factor_products_and_cholesky_inverse_agree_with_their_numpy_fo
 
     def reference(B, C, out, M, rtol, inverse):
         linalg.matmul_tn_add(B, C, out, -0.5)
-        return linalg.cholesky_inverse(M, rtol, inverse)
+        return fits.cholesky_inverse(M, rtol, inverse)
 
     compiled = numba.njit(reference)
     rng = np.random.default_rng(4)
@@ -156,7 +157,7 @@ def test_a_fits_loss_floor_is_the_exactly_rounded_value_where_float64_cancels():
     numpy form (long double) is within its precision, and plain float64 is not (so this can fail)."""
     import numba
 
-    import fastlora.engine.compiled  # noqa: F401
+    import fastlora.kernels.fits_numba  # noqa: F401  (registers the Numba forms)
     from fastlora.tasks import least_squares_fits
 
     rng = np.random.default_rng(5)
@@ -166,9 +167,9 @@ def test_a_fits_loss_floor_is_the_exactly_rounded_value_where_float64_cancels():
     W_hat = np.linalg.solve(task.Sigma, task.C.T).T
     exact = naive.exact_task_loss(W_hat, task.Sigma, task.C, task.s)
     assert exact < 1e-8 * task.s  # the cancellation this guards
-    compiled = numba.njit(lambda *a: linalg.fit_floor(*a))(W_hat, task.Sigma, task.C, task.s)  # its overload
+    compiled = numba.njit(lambda *a: fits.fit_floor(*a))(W_hat, task.Sigma, task.C, task.s)  # its Numba form
     assert compiled == exact or abs(compiled - exact) <= 2 * np.spacing(exact)
-    assert abs(linalg.fit_floor(W_hat, task.Sigma, task.C, task.s) - exact) <= 1e-17 * task.s
+    assert abs(fits.fit_floor(W_hat, task.Sigma, task.C, task.s) - exact) <= 1e-17 * task.s
     plain = 0.5 * np.sum((W_hat @ task.Sigma) * W_hat) - np.sum(W_hat * task.C) + task.s
     assert abs(plain - exact) > 1e3 * abs(compiled - exact) + 1e-18 * task.s
     fitted, floor = least_squares_fits([task])  # the tasks' fits run the compiled evaluation

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from numba.extending import register_jitable
 
 from .. import tasks  # pinv_rtol's source: Numba freezes its constant PINV_RTOL into the compiled code
 from ..config import settings
-from ..kernels import njit_cached
+from ..kernels import fits, fits_numba, njit_cached  # fits_numba registers the Cholesky inverse's loops
 from . import _jit, _numba_linalg, linalg, loops, status, steps  # _numba_linalg registers the loop primitives
 
-_SOURCES = (_jit, linalg, _numba_linalg, status, steps, loops, tasks)
+_SOURCES = (_jit, linalg, _numba_linalg, status, steps, loops, tasks, fits, fits_numba)
 
 
 @functools.cache
@@ -39,8 +38,7 @@ def _source_digest() -> str:
 
 def cache_folder() -> Path:
     """The folder of the engine's compiled code: one per version of its source."""
-    root = os.environ.get("NUMBA_CACHE_DIR") or str(settings.numba_cache_dir)
-    return Path(root) / f"engine-{_source_digest()}"
+    return Path(settings.compiled_code_root()) / f"engine-{_source_digest()}"
 
 
 for _fn in _jit.JITABLE:
@@ -53,12 +51,6 @@ def batch_solver(solver: int, parallel: bool):
     """The compiled batch loop of ``solver`` (problems in parallel when ``parallel``)."""
     fn = loops.batch_solver(loops.RUN_ONE[solver], parallel)
     return njit_cached(fn, cache_folder(), parallel=parallel, error_model="numpy")
-
-
-@functools.cache
-def fits_loops() -> tuple:
-    """The compiled (cholesky_fits, fit_floors) of fastlora.tasks.least_squares_fits (float64 only)."""
-    return tuple(njit_cached(fn, cache_folder(), error_model="numpy") for fn in (loops.cholesky_fits, loops.fit_floors))
 
 
 @functools.cache

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.fits import cholesky_inverse  # noqa: F401  (an engine primitive too: the A step's G⁺)
+
 
 def matmul(a, b, out):
     """out[:] = a @ b (2-d arrays of any layout; ``out`` must not overlap a or b)."""
@@ -68,34 +70,6 @@ def adam_moments(grad, m, v, b1, b2):
 def adam_apply(x, m, v, lr1, c2, eps):
     """x −= lr1·m / (sqrt(c2·v) + eps) elementwise (lr1, c2: the step and bias corrections)."""
     x -= lr1 * m / (np.sqrt(c2 * v) + eps)
-
-
-def cholesky_inverse(M, rtol, out):
-    """out = M⁻¹ (M symmetric, d × d; its lower triangle is read) from its Cholesky factor L, where L
-    proves that a pseudo-inverse keeps every eigenvalue — λ_min ≥ 1/‖L⁻¹‖²_F > rtol·tr M ≥ rtol·λ_max —
-    so that M⁺ = M⁻¹.  Returns whether it did; False (``out`` unspecified): M is not positive
-    definite, or not provably above the cut (then a caller takes the spectral pseudo-inverse)."""
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        try:
-            L = np.linalg.cholesky(M)
-        except np.linalg.LinAlgError:
-            return False
-        L_inv = np.linalg.inv(L)
-        bound = 1.0 / np.sum(L_inv * L_inv)
-        trace = np.trace(M)
-        if not (np.isfinite(bound) and np.isfinite(trace) and bound > rtol * trace):
-            return False
-    np.matmul(L_inv.T, L_inv, out=out)
-    return True
-
-
-def fit_floor(W, Sigma, C, s):
-    """½⟨WΣ, W⟩ − ⟨W, C⟩ + s — a task's loss at W from its statistics, a difference of terms of the
-    size of s — evaluated in extended precision: here ``np.longdouble``; compiled, in double-double
-    arithmetic (error-free products and sums, Ogita, Rump & Oishi 2005), at least as accurate."""
-    ext = np.longdouble
-    W, Sigma = W.astype(ext), Sigma.astype(ext)
-    return float(0.5 * np.sum((W @ Sigma) * W) - np.sum(W * C.astype(ext)) + ext(s))
 
 
 def task_residual(A, delta, W_hat, Sigma, E, G, identity):

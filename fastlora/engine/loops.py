@@ -15,7 +15,7 @@ import numpy as np
 
 from . import status as st
 from ._jit import jitable, prange
-from .linalg import axpy, cholesky_inverse, copy, fill, fit_floor, inner, matmul, scale
+from .linalg import axpy, copy, fill, inner, matmul, scale
 from .steps import (
     ADAM,
     ADAM_BETAS,
@@ -405,26 +405,6 @@ def _reptile(q, spec, cfg, A, theta, history, ints, floats, w):
         if status != st.RUNNING:
             break
     _end(ints, floats, iteration, status, count, value)
-
-
-# -- the least-squares fits of tasks (fastlora.tasks.least_squares_fits) ------------------------
-@jitable
-def cholesky_fits(Sigma, C, rtol, W_hat, proven):
-    """Ŵ_i = C_i Σ_i⁻¹ into ``W_hat[i]`` for every task i whose Cholesky factor proves Σ_i⁺ = Σ_i⁻¹
-    (:func:`~fastlora.engine.linalg.cholesky_inverse` with cut ``rtol``); ``proven[i]`` says which."""
-    d = Sigma.shape[1]
-    inverse = np.empty((d, d), Sigma.dtype)
-    for i in range(Sigma.shape[0]):
-        proven[i] = cholesky_inverse(Sigma[i], rtol, inverse)
-        if proven[i]:
-            matmul(C[i], inverse, W_hat[i])
-
-
-@jitable
-def fit_floors(W_hat, Sigma, C, s, floor):
-    """floor_i = L_i(Ŵ_i) ≥ 0 of every task in extended precision (:func:`~fastlora.engine.linalg.fit_floor`)."""
-    for i in range(W_hat.shape[0]):
-        floor[i] = max(fit_floor(W_hat[i], Sigma[i], C[i], s[i]), 0.0)
 
 
 # the per-problem loop of each solver code

@@ -1,0 +1,57 @@
+"""The least-squares fits of finite-sample tasks (``fastlora.tasks.least_squares_fits``, docs/design.md §2).
+
+Ŵ_t = C_t Σ_t⁻¹ from Σ_t's Cholesky factor where the factor proves Σ_t⁺ = Σ_t⁻¹
+(:func:`cholesky_inverse`), and floor_t = L_t(Ŵ_t) in extended precision (:func:`fit_floor`).
+Written once, as loops over tasks calling two primitives: here in their numpy forms (the
+reference); :mod:`fastlora.kernels.fits_numba` gives the primitives' Numba forms and the loops
+compiled with them — what the tasks' fits run.  The engine's A
+step uses :func:`cholesky_inverse` too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def cholesky_inverse(M, rtol, out):
+    """out = M⁻¹ (M symmetric, d × d; its lower triangle is read) from its Cholesky factor L, where L
+    proves that a pseudo-inverse keeps every eigenvalue — λ_min ≥ 1/‖L⁻¹‖²_F > rtol·tr M ≥ rtol·λ_max —
+    so that M⁺ = M⁻¹.  Returns whether it did; False (``out`` unspecified): M is not positive
+    definite, or not provably above the cut (then a caller takes the spectral pseudo-inverse)."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        try:
+            L = np.linalg.cholesky(M)
+        except np.linalg.LinAlgError:
+            return False
+        L_inv = np.linalg.inv(L)
+        bound = 1.0 / np.sum(L_inv * L_inv)
+        trace = np.trace(M)
+        if not (np.isfinite(bound) and np.isfinite(trace) and bound > rtol * trace):
+            return False
+    np.matmul(L_inv.T, L_inv, out=out)
+    return True
+
+
+def fit_floor(W, Sigma, C, s):
+    """½⟨WΣ, W⟩ − ⟨W, C⟩ + s — a task's loss at W from its statistics, a difference of terms of the
+    size of s — evaluated in extended precision: here ``np.longdouble``; compiled, in double-double
+    arithmetic (error-free products and sums, Ogita, Rump & Oishi 2005), at least as accurate."""
+    ext = np.longdouble
+    W, Sigma = W.astype(ext), Sigma.astype(ext)
+    return float(0.5 * np.sum((W @ Sigma) * W) - np.sum(W * C.astype(ext)) + ext(s))
+
+
+def cholesky_fits(Sigma, C, rtol, W_hat, proven):
+    """Ŵ_i = C_i Σ_i⁻¹ into ``W_hat[i]`` for every task i whose Cholesky factor proves Σ_i⁺ = Σ_i⁻¹
+    (:func:`cholesky_inverse` with cut ``rtol``); ``proven[i]`` says which."""
+    d = Sigma.shape[1]
+    inverse = np.empty((d, d), Sigma.dtype)
+    for i in range(Sigma.shape[0]):
+        proven[i] = cholesky_inverse(Sigma[i], rtol, inverse)
+        if proven[i]:
+            np.dot(C[i], inverse, W_hat[i])
+
+
+def fit_floors(W_hat, Sigma, C, s, floor):
+    """floor_i = L_i(Ŵ_i) ≥ 0 of every task in extended precision (:func:`fit_floor`)."""
+    for i in range(W_hat.shape[0]):
+        floor[i] = max(fit_floor(W_hat[i], Sigma[i], C[i], s[i]), 0.0)
