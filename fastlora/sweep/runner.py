@@ -29,9 +29,7 @@ same way as a dead local worker.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import logging
 import math
 import os
@@ -120,24 +118,11 @@ def run_rows(rows: list[dict]) -> list[dict]:
     for i, row in enumerate(rows):
         groups.setdefault(retraining_key(row["point"]), []).append(i)
     outcomes: list[dict | None] = [None] * len(rows)
-    with _thread_controller().limit(limits=1, user_api="blas"), _older_objects_frozen():
+    with _thread_controller().limit(limits=1, user_api="blas"):
         for indices in groups.values():
             for i, outcome in zip(indices, _run_retraining_rows([rows[i] for i in indices])):
                 outcomes[i] = outcome
     return outcomes
-
-
-@contextlib.contextmanager
-def _older_objects_frozen():
-    """The objects alive before a chunk — modules, Numba's compiled code, ~10⁵ of them — kept out of
-    the garbage collector's full collections while the chunk runs (``gc.freeze``; returned after):
-    a full collection walks them all (~50 ms here), and the many small arrays of a chunk's rows set
-    one off every few hundred rows.  The chunk's own objects are collected as ever."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _run_retraining_rows(rows: list[dict]) -> list[dict]:
