@@ -152,9 +152,12 @@ def _solve_on_engine(plan: Plan, problems: list, seeds: list, reductions) -> lis
         if error is not None:
             results.append(error)
             continue
-        history = np.array(solved.histories[p], dtype=np.float64)
         objective = float(solved.objective[p])
-        history = np.append(history[:-1], objective)  # the last entry: F at the returned point
+        history = np.array(solved.histories[p], dtype=np.float64)  # a copy: the batch's array is not kept
+        if history.size:
+            history[-1] = objective  # the last entry: F at the returned point
+        else:
+            history = np.array([objective])
         own = dict(info, message=message)
         if info.get("acceleration", "none") != "none":
             own.update(extrapolations_accepted=int(solved.accepted[p]),
