@@ -18,6 +18,7 @@ from .solvers import als, gd, reptile, standard
 from .solvers import engine as engine_path
 from .solvers.common import Context, RetrainResult
 from .taskbatch import as_task_list, make_batch, stack_problems
+from .tasks import prepare_fits
 
 SOLVER_MODULES = {"standard": standard, "reptile": reptile, "als": als, "gd": gd}
 # what res.info["solver"] says for the methods without a solver choice
@@ -37,6 +38,8 @@ def run_plan(plan: Plan, problems: list, seeds: list, as_numpy: bool, reductions
                        reductions)
     with be.running(plan.threads):
         be.prepare(plan.dtype)  # loading (or compiling) kernels is not part of the solve's time
+        if plan.kind == "finite":
+            prepare_fits()  # the tasks' least-squares fits run compiled code (fastlora.kernels.fits) too
         started = time.perf_counter()
         try:
             if len(problems) == 1:

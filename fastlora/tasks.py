@@ -477,7 +477,7 @@ def least_squares_fits(tasks):
     range of Σ_t) and, unlike ½tr(WΣWᵀ) − tr(WCᵀ) + s, has no cancellation: losses near the
     optimum compare to full precision (:func:`quadratic_losses`).  floor_t is itself such a
     difference of terms of the size of s_t, so it is evaluated in extended precision (double-double:
-    :func:`fastlora.engine.linalg.fit_floor`).  Σ_t⁺ is Σ_t⁻¹ from its Cholesky factor where that
+    :func:`fastlora.kernels.fits.fit_floor`).  Σ_t⁺ is Σ_t⁻¹ from its Cholesky factor where that
     factor proves every eigenvalue above the pseudo-inverse's cut (:func:`_cholesky_fits`), else
     from its spectrum.  Kept on each task (:func:`_kept_per_task`).
     """

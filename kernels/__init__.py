@@ -20,7 +20,9 @@ Contract, for every kernel:
   public (T, d, r) layout — so that the products of all tasks with a shared dense matrix
   are one GEMM of width T·r without copies.
 
-Nothing here compiles at import: the Numba module is imported only by the numba backend.
+Nothing here compiles at import: ``numba_cpu`` is imported only by the numba backend;
+``fits_numba`` (the tasks' least-squares fits, :mod:`fastlora.kernels.fits`) by every backend's
+finite-sample solves.
 """
 from __future__ import annotations
 

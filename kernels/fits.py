@@ -33,8 +33,10 @@ def cholesky_inverse(M, rtol, out):
 
 def fit_floor(W, Sigma, C, s):
     """½⟨WΣ, W⟩ − ⟨W, C⟩ + s — a task's loss at W from its statistics, a difference of terms of the
-    size of s — evaluated in extended precision: here ``np.longdouble``; compiled, in double-double
-    arithmetic (error-free products and sums, Ogita, Rump & Oishi 2005), at least as accurate."""
+    size of s — evaluated in extended precision: here ``np.longdouble`` (as float64 where the platform
+    has no wider type); compiled, in double-double arithmetic (error-free products and sums, Ogita,
+    Rump & Oishi 2005): correctly rounded unless the value falls to ~eps·s or below, then within a
+    few units in the last place (its error ~eps²·s)."""
     ext = np.longdouble
     W, Sigma = W.astype(ext), Sigma.astype(ext)
     return float(0.5 * np.sum((W @ Sigma) * W) - np.sum(W * C.astype(ext)) + ext(s))

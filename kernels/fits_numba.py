@@ -47,6 +47,8 @@ def _cholesky_inverse(M, rtol, out):
             for i in range(j, d):
                 frobenius += L_inv[i, j] * L_inv[i, j]
             trace += M[j, j]
+        if not frobenius > 0:  # every pivot infinite (or NaN)
+            return False
         bound = 1.0 / frobenius
         if not (np.isfinite(bound) and np.isfinite(trace) and bound > rtol * trace):
             return False
@@ -65,7 +67,9 @@ def _cholesky_inverse(M, rtol, out):
 _SPLITTER = 134217729.0
 
 
-@overload(fits.fit_floor)  # no fastmath: the error-free transformations need IEEE order and rounding
+# fastmath off, explicitly (a caller's flags are inherited otherwise): the error-free transformations
+# need IEEE order and rounding, no contraction and no reassociation
+@overload(fits.fit_floor, jit_options={"fastmath": False})
 def _fit_floor(W, Sigma, C, s):
     def impl(W, Sigma, C, s):
         n, m = W.shape

@@ -111,6 +111,9 @@ def test_wrong_shapes_are_rejected():
         fl.finetune(np.zeros((3, 3)), prob.test_tasks[0], rank=1)
     with pytest.raises(ValueError, match="rank"):
         fl.finetune(np.zeros((8, 8)), prob.test_tasks[0], rank=0)
+    for bad, says in ((-1, "seed=-1 is too small"), ("abc", "seed must be an integer"), (1.5, "seed")):
+        with pytest.raises(ValueError, match=says):  # also where the exact fit draws nothing
+            fl.finetune(np.zeros((8, 8)), prob.test_tasks[0], peft="lora", rank=1, seed=bad, backend="numpy")
 
 
 def test_evaluate_rejects_bad_arguments(prob):
