@@ -80,6 +80,17 @@ class Option:
         """``value`` checked, or where it is None the default of (``case``, ``model``), checked."""
         return self.check(self.default_for(case, model) if value is None else value)
 
+    def check_each(self, name: str, values: list) -> list:
+        """:meth:`check` of every entry of ``values`` (one per problem or task), an error naming
+        ``name[i]``."""
+        checked = []
+        for i, value in enumerate(values):
+            try:
+                checked.append(self.check(value))
+            except FastLoRAError as exc:
+                raise FastLoRAError(f"{name}[{i}]: {exc}") from None
+        return checked
+
     def check(self, value):
         """``value`` validated and normalised (None stays None where allowed)."""
         name = self.name

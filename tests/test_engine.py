@@ -214,6 +214,37 @@ def test_the_compiled_fits_loops_agree_with_their_numpy_form():
     np.testing.assert_allclose(inverse[0], inverse[1], rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend,options", [("numba", {}), ("numpy", {}),
+                                             ("numpy", {"callback": lambda *args: None})])  # the Python driver
+def test_lbfgs_finds_the_same_minimizer_whatever_the_scale_of_the_objective(backend, options):
+    """Σ, C and s scaled by c scale F by c and leave its minimizer: squared gradient norms of c = 1e155
+    overflow and of 1e-170 underflow, which ended L-BFGS at once ("converged", A 77% off) before its
+    norms were scaled (linalg.norm)."""
+    problem = fl.make_problem(d=8, k=1, T=3, n=2000, noise=0.01, seed=2, sampler="stats")
+    plain = fl.retrain(problem, backend=backend, **options)
+    for c in (1e155, 1e-170):
+        tasks = [fl.Task.from_statistics(t.Sigma * c, t.C * c, t.s * c, t.n) for t in problem.tasks]
+        scaled = fl.retrain(tasks, rank=1, backend=backend, **options)
+        assert scaled.converged and abs(scaled.n_iter - plain.n_iter) <= 2, (c, scaled.message)
+        np.testing.assert_allclose(scaled.A, plain.A, rtol=0, atol=1e-8 * np.linalg.norm(plain.A))
+        assert scaled.objective / c == pytest.approx(plain.objective, rel=1e-8)
+
+
+def test_compiled_norm_agrees_with_its_numpy_form_and_neither_overflows():
+    import numba
+
+    import fastlora.engine.compiled  # noqa: F401
+    compiled = numba.njit(lambda x: linalg.norm(x))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(30)
+    for v in (x, x * 1e200, x * 1e-200, np.zeros(5), x.reshape(5, 6) * 1e160):
+        want = np.linalg.norm(v / np.abs(v).max()) * np.abs(v).max() if v.any() else 0.0
+        assert compiled(v) == pytest.approx(want, rel=1e-14) and linalg.norm(v) == pytest.approx(want, rel=1e-14)
+    for bad in (np.array([1.0, np.nan, 2.0]), np.array([np.nan, 3.0]), np.array([1.0, np.inf])):
+        assert np.isnan(compiled(bad)) == np.isnan(linalg.norm(bad)) == bool(np.isnan(bad).any())
+        assert compiled(bad) == linalg.norm(bad) or np.isnan(compiled(bad))
+
+
 def test_the_two_loop_direction_is_the_bfgs_update_of_the_kept_pairs():
     rng = np.random.default_rng(1)
     m, n = 4, 7

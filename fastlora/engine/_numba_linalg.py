@@ -89,6 +89,44 @@ def _inner(a, b):
     return _by_ndim(a, impl1, impl2, None)
 
 
+@overload(linalg.norm, jit_options=_FAST)
+def _norm(x):
+    def impl1(x):
+        largest = 0.0
+        for i in range(x.shape[0]):
+            a = abs(x[i])
+            if a > largest:
+                largest = a
+            elif not a <= largest:  # NaN
+                return a
+        if not (largest > 0 and np.isfinite(largest)):
+            return largest
+        total = 0.0
+        for i in range(x.shape[0]):
+            v = x[i] / largest
+            total += v * v
+        return largest * np.sqrt(total)
+
+    def impl2(x):
+        largest = 0.0
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                a = abs(x[i, j])
+                if a > largest:
+                    largest = a
+                elif not a <= largest:  # NaN
+                    return a
+        if not (largest > 0 and np.isfinite(largest)):
+            return largest
+        total = 0.0
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                v = x[i, j] / largest
+                total += v * v
+        return largest * np.sqrt(total)
+    return _by_ndim(x, impl1, impl2, None)
+
+
 @overload(linalg.axpy, jit_options=_FAST, inline="always")
 def _axpy(alpha, x, y):
     def impl1(alpha, x, y):

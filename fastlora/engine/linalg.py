@@ -39,6 +39,25 @@ def inner(a, b):
     return float(np.vdot(a, b)) if a.flags.c_contiguous and b.flags.c_contiguous else float(np.sum(a * b))
 
 
+def norm(x):
+    """‖x‖₂ (over all entries) without overflow or underflow of the squares: scaled by the largest
+    |entry|, as BLAS's nrm2 — an objective scaled by 1e155 (or 1e20 in float32) has gradients whose
+    squares overflow.  NaN and ±inf propagate."""
+    largest = float(np.max(np.abs(x))) if x.size else 0.0
+    if not (largest > 0 and np.isfinite(largest)):
+        return largest
+    scaled = x / largest
+    return largest * float(np.sqrt(np.sum(scaled * scaled)))
+
+
+def row_norms(xp, x):
+    """:func:`norm` of every row of a 2-d array (P, n), on any array module; host floats (P,)."""
+    largest = xp.max(xp.abs(x), axis=1, keepdims=True)
+    safe = xp.where((largest > 0) & xp.isfinite(largest), largest, 1.0)
+    scaled = x / safe
+    return (safe[:, 0] * xp.sqrt(xp.sum(scaled * scaled, axis=1))) if x.shape[1] else xp.zeros(x.shape[0])
+
+
 def axpy(alpha, x, y):
     """y += alpha · x (arrays of one shape, 1-d to 3-d)."""
     y += alpha * x

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import status as st
 from ._jit import jitable, prange
-from .linalg import axpy, copy, fill, inner, matmul, scale
+from .linalg import axpy, copy, fill, inner, matmul, norm, scale
 from .steps import (
     ADAM,
     ADAM_BETAS,
@@ -240,7 +240,7 @@ def _lbfgs(q, spec, cfg, A, theta, history, ints, floats, w):
         _end(ints, floats, 0, st.NONFINITE_START, 0, value)
         return
     floats[SCALE] = max(floats[SCALE], value)
-    g0 = np.sqrt(inner(grad, grad))
+    g0 = norm(grad)
     if not g0 > 0:
         g0 = 1.0
     gamma = 1.0 / g0
@@ -280,7 +280,7 @@ def _lbfgs(q, spec, cfg, A, theta, history, ints, floats, w):
             grad, grad_new = grad_new, grad
             A_cur, A_try = A_try, A_cur
             value = trial
-        status, count = record(history, count, value, np.sqrt(inner(grad, grad)) / g0, True, cfg.tol,
+        status, count = record(history, count, value, norm(grad) / g0, True, cfg.tol,
                                cfg.to_max_iter, q.null, floats[SCALE], cfg.eps)
         if status == st.RUNNING and not accepted:
             status = st.LINE_SEARCH_FLOOR if np.isfinite(trial) else st.LINE_SEARCH_NONFINITE

@@ -34,6 +34,7 @@ from .linalg import (
     matmul_add,
     matmul_bt,
     matmul_tn_add,
+    norm,
     scale,
     task_residual,
 )
@@ -411,15 +412,16 @@ def lbfgs_direction(S, Y, rho, alpha, count, head, grad, gamma, out):
 @jitable
 def lbfgs_update(S, Y, rho, count, head, s, y, gamma, eps):
     """Keep the curvature pair (s, y) if sᵀy > eps·‖s‖‖y‖ (so H stays positive definite);
-    returns (count, head, γ = sᵀy / yᵀy of the newest kept pair)."""
+    returns (count, head, γ = sᵀy / yᵀy of the newest kept pair).  Norms, not squares: yᵀy of an
+    objective scaled by 1e155 overflows (:func:`~fastlora.engine.linalg.norm`)."""
     sy = inner(s, y)
-    yy = inner(y, y)
-    if not sy > eps * np.sqrt(inner(s, s) * yy):
+    y_norm = norm(y)
+    if not sy > eps * norm(s) * y_norm:
         return count, head, gamma
     copy(s, S[head])
     copy(y, Y[head])
     rho[head] = 1.0 / sy
-    return min(count + 1, S.shape[0]), (head + 1) % S.shape[0], sy / yy
+    return min(count + 1, S.shape[0]), (head + 1) % S.shape[0], (sy / y_norm) / y_norm
 
 
 @jitable

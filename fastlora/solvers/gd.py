@@ -30,6 +30,7 @@ import numpy as np
 from ..engine import ARMIJO_C1 as _ARMIJO_C1
 from ..engine import LBFGS_MEMORY, status
 from ..engine import MAX_BACKTRACKS as _MAX_BACKTRACKS
+from ..engine.linalg import row_norms
 from ..engine.steps import ADAM_BETAS, ADAM_EPS, adam_update, lbfgs_direction, lbfgs_update, sufficient_decrease
 from ..kernels.packing import Packer
 from ..options import OPTIONS
@@ -296,7 +297,7 @@ def minimize_lbfgs(evaluate, vec, monitor, max_iter: int, eps: float, xp=np, hos
     value, grad, extra = evaluate(vec)
     monitor.start(value)
     P = vec.shape[0]
-    gnorm = np.sqrt(host(_rowdot(xp, grad, grad)))
+    gnorm = host(row_norms(xp, grad))
     g0 = np.where(gnorm > 0, gnorm, 1.0)
     memory = _Memory(xp, LBFGS_MEMORY, P, vec.shape[1], vec.dtype, eps)
     gamma = 1.0 / g0                             # H₀ = γI; the first step has unit length
@@ -335,7 +336,7 @@ def minimize_lbfgs(evaluate, vec, monitor, max_iter: int, eps: float, xp=np, hos
         overflowed = stuck & ~np.isfinite(trial_value)  # even the shortest trial step is not finite
         gamma = memory.add(new_vec - vec, new_grad - grad, active & ~stuck, gamma)
         vec, value, grad, extra = new_vec, new_value, new_grad, new_extra
-        gnorm = np.sqrt(host(_rowdot(xp, grad, grad)))
+        gnorm = host(row_norms(xp, grad))
         was_active = monitor.active.copy()
         monitor.record(iteration, value, gnorm / g0)
         for p in np.flatnonzero(stuck & monitor.active):
