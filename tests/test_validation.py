@@ -358,3 +358,12 @@ def test_data_whose_second_moments_underflow_are_refused_like_those_that_overflo
     with pytest.raises(fl.FastLoRAError, match=rf"{name}: its second moments underflow float64.*rescale the data"):
         fl.Task(rng.standard_normal((50, 4)) * scale_X, rng.standard_normal((50, 4)) * scale_Y)
     fl.Task(rng.standard_normal((50, 4)) * 1e-100, np.zeros((50, 4)))  # small but representable; zeros are fine
+
+
+def test_statistics_that_overflow_float32_are_refused_naming_the_dtype():
+    prob = fl.make_problem(d=6, k=1, T=3, n=200, noise=0.1, seed=0, sampler="stats")
+    tasks = [fl.Task.from_statistics(t.Sigma * 1e40, t.C * 1e40, t.s * 1e40, t.n) for t in prob.tasks]
+    for backend in ("numpy", "numba"):
+        with pytest.raises(ValueError, match=r"dtype='float32': the tasks' statistics .* overflow it"):
+            fl.retrain(tasks, rank=1, backend=backend, dtype="float32")
+    assert fl.retrain(tasks, rank=1, backend="numba").converged  # float64 holds them
