@@ -160,10 +160,24 @@ class Task:
     @classmethod
     def from_statistics(cls, Sigma, C, s: float, n: int, *, W_star: Target | None = None,
                         noise: float | None = None) -> Task:
-        """A finite-sample task from its sufficient statistics Σ = XᵀX/n, C = YᵀX/n, s = ‖Y‖²/2n."""
+        """A finite-sample task from its sufficient statistics Σ = XᵀX/n, C = YᵀX/n, s = ‖Y‖²/2n.
+
+        Σ must be symmetric and positive semi-definite, as XᵀX/n is (to rounding: within 1e-10 of
+        its largest entry, and eigenvalues down to −100·d·eps of the largest in size); it is
+        symmetrised exactly, ½(Σ + Σᵀ).  An indefinite Σ made losses negative and solves "converge"
+        there."""
         Sigma = check_array("Sigma", Sigma, ndim=2)
         if Sigma.shape[0] != Sigma.shape[1]:
             raise FastLoRAError(f"Sigma must be square, got shape {Sigma.shape}")
+        largest = float(np.abs(Sigma).max())
+        if float(np.abs(Sigma - Sigma.T).max()) > 1e-10 * largest:
+            raise FastLoRAError("Sigma must be symmetric (it is XᵀX/n); it differs from its transpose by "
+                                f"{float(np.abs(Sigma - Sigma.T).max()):.3g}, its largest entry being {largest:.3g}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            lam = np.linalg.eigvalsh(0.5 * (Sigma + Sigma.T)) if largest < 1e300 else np.zeros(2)
+        if lam[0] < -100 * len(lam) * np.finfo(np.float64).eps * max(abs(lam[0]), abs(lam[-1])):
+            raise FastLoRAError(f"Sigma must be positive semi-definite (it is XᵀX/n); its least eigenvalue is "
+                                f"{lam[0]:.3g} and its largest {lam[-1]:.3g}")
         C = check_array("C", C, ndim=2)
         self = cls.__new__(cls)
         self._init_statistics(Sigma, C, check_float("s", s, low=0.0), check_int("n", n, low=1),
@@ -266,7 +280,8 @@ class Task:
         sampler = self.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
         rng = as_generator(task_seed(seed, self.key, PURPOSE_SAMPLE))
         Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler, law=self.law)
-        task = Task.from_statistics(Sigma, C, s, n, W_star=self.target, noise=noise)
+        task = Task.__new__(Task)  # statistics drawn here: finite, symmetric, semi-definite by construction
+        task._init_statistics(Sigma, C, s, n, W_star=self.target, noise=noise)
         task.key = self.key
         task.sampler = sampler
         task.law = self.law

@@ -367,3 +367,17 @@ def test_statistics_that_overflow_float32_are_refused_naming_the_dtype():
         with pytest.raises(ValueError, match=r"dtype='float32': the tasks' statistics .* overflow it"):
             fl.retrain(tasks, rank=1, backend=backend, dtype="float32")
     assert fl.retrain(tasks, rank=1, backend="numba").converged  # float64 holds them
+
+
+def test_statistics_must_be_those_of_data():
+    """Σ = XᵀX/n is symmetric and positive semi-definite: an indefinite Σ made losses negative and a
+    solve report convergence at objective −1556; an asymmetric one was symmetrised silently."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 4))
+    Sigma, C = X.T @ X / 50, rng.standard_normal((2, 4))
+    fl.Task.from_statistics(Sigma, C, 10.0, 50)  # data's statistics pass
+    fl.Task.from_statistics(X[:2].T @ X[:2] / 2, C, 10.0, 2)  # singular (n < d) is semi-definite
+    with pytest.raises(ValueError, match=r"Sigma must be positive semi-definite.*least eigenvalue"):
+        fl.Task.from_statistics(Sigma - 2 * np.eye(4), C, 10.0, 50)
+    with pytest.raises(ValueError, match="Sigma must be symmetric"):
+        fl.Task.from_statistics(Sigma + np.triu(np.ones((4, 4)), 1), C, 10.0, 50)
