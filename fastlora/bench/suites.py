@@ -401,21 +401,27 @@ def _points(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
                                params={"workers": workers, "peft": opt.peft or "lora_sym"}, warmup=0,
                                reference=draw.name, per="sweep of one row per worker")
 
-                def pair(spec=spec, w=workers):
-                    return _sweep_seconds(spec, cfg.rows, w), _sweep_seconds(spec, 3 * cfg.rows, w)
+                rows = cfg.rows * (WORKER_ROWS_FACTOR if workers > 1 else 1)
 
-                def figures(median, out, lookup, startup=startup.name, workers=workers):
+                def pair(spec=spec, w=workers, rows=rows):
+                    return _sweep_seconds(spec, rows, w), _sweep_seconds(spec, 3 * rows, w)
+
+                def figures(median, out, lookup, startup=startup.name, workers=workers, rows=rows):
                     start = lookup(startup)
                     return {"workers": workers, "rows_per_second": 1 / median, "ms_per_row": 1e3 * median,
-                            "startup_seconds": start.median if start else None,
-                            "sweep_rows": [cfg.rows, 3 * cfg.rows]}
+                            "startup_seconds": start.median if start else None, "sweep_rows": [rows, 3 * rows]}
                 cases.append(startup)
                 if workers == 1 or not opt.quick:
                     cases.append(Case(cfg.name, b, variant, pair, rounds, warmup=0, reference=draw.name,
                                       params={"workers": workers, "peft": opt.peft or "lora_sym"},
-                                      seconds_of=lambda out, wall: (out[1] - out[0]) / (2 * cfg.rows),
+                                      seconds_of=lambda out, wall, rows=rows: (out[1] - out[0]) / (2 * rows),
                                       figures=figures, per="row"))
     return cases
+
+
+# two workers run WORKER_ROWS_FACTOR times the rows: a worker starts in ~1 s, in which one row-fast worker
+# can finish a whole small sweep alone, and the difference of the two sweeps no longer cancels start-up
+WORKER_ROWS_FACTOR = 4
 
 
 def _points_spec(cfg: Config, backend: str, mode: str, sampler: str, peft: str | None):
