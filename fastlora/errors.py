@@ -152,6 +152,24 @@ def each_or_error(calls, errors: str) -> list:
     return out
 
 
+def check_representable(name: str, values, dtype) -> None:
+    """Refuse finite float64 ``values`` that a narrower ``dtype`` cannot hold: entries that overflow it,
+    or nonzero values all below its normal range (they would flush to zero: a solve would then
+    "converge" at 0).  Nothing to check where ``dtype`` is float64."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return
+    values = np.asarray(values)
+    if not values.size or not np.isfinite(values).all():
+        return
+    largest = float(np.abs(values).max())
+    info = np.finfo(dtype)
+    if largest > float(info.max) or 0 < largest < float(info.tiny):
+        raise FastLoRAError(f"dtype={dtype.name!r}: {name} (largest |entry| {largest:.3g}) fall outside its range "
+                            f"({float(info.tiny):.3g} to {float(info.max):.3g}); use dtype='float64' or rescale "
+                            f"X and Y")
+
+
 def per_entry(name: str, value, count: int, entry: str) -> list:
     """``value`` for each of ``count`` entries (``entry``: what one is, e.g. "problem"): one value
     for all, or a list, tuple or array of one per entry."""

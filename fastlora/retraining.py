@@ -99,7 +99,7 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
                           "fastlora.retrain")
     if not problems:
         return []
-    seeds = per_entry("seeds", seeds, len(problems), "problem")
+    seeds = schema.OPTIONS["seed"].check_each("seeds", per_entry("seeds", seeds, len(problems), "problem"))
     task_lists = []
     for i, problem in enumerate(problems):
         try:
@@ -126,7 +126,6 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
             raise FastLoRAError(f"problems[{i}] has (T, d_out, d_in, population) = "
                                 f"{(len(tasks), tasks[0].d_out, tasks[0].d_in, tasks[0].is_population)}; "
                                 f"problems[0] has {shape}: retrain_many solves problems of one shape")
-    seeds = schema.OPTIONS["seed"].check_each("seeds", seeds)  # generators are made where a problem draws
     stackable = plan.kind != "factored" and not shared_names(plan.peft) and not getattr(plan.peft, "uses_base", False)
     reductions = None
     if stackable and plan.reduction is not None:

@@ -162,22 +162,21 @@ class Task:
                         noise: float | None = None) -> Task:
         """A finite-sample task from its sufficient statistics Σ = XᵀX/n, C = YᵀX/n, s = ‖Y‖²/2n.
 
-        Σ must be symmetric and positive semi-definite, as XᵀX/n is (to rounding: within 1e-10 of
-        its largest entry, and eigenvalues down to −100·d·eps of the largest in size); it is
-        symmetrised exactly, ½(Σ + Σᵀ).  An indefinite Σ made losses negative and solves "converge"
-        there."""
+        Σ must be symmetric and positive semi-definite, as XᵀX/n is, to the rounding of statistics
+        computed in float32 (``STATISTICS_RTOL`` of its largest entry, or eigenvalue, in size); it is
+        symmetrised, ½(Σ + Σᵀ).  An indefinite Σ made losses negative and solves "converge" there."""
         Sigma = check_array("Sigma", Sigma, ndim=2)
         if Sigma.shape[0] != Sigma.shape[1]:
             raise FastLoRAError(f"Sigma must be square, got shape {Sigma.shape}")
         largest = float(np.abs(Sigma).max())
-        if float(np.abs(Sigma - Sigma.T).max()) > 1e-10 * largest:
+        if float(np.abs(Sigma - Sigma.T).max()) > STATISTICS_RTOL * largest:
             raise FastLoRAError("Sigma must be symmetric (it is XᵀX/n); it differs from its transpose by "
                                 f"{float(np.abs(Sigma - Sigma.T).max()):.3g}, its largest entry being {largest:.3g}")
-        with np.errstate(over="ignore", invalid="ignore"):
-            lam = np.linalg.eigvalsh(0.5 * (Sigma + Sigma.T)) if largest < 1e300 else np.zeros(2)
-        if lam[0] < -100 * len(lam) * np.finfo(np.float64).eps * max(abs(lam[0]), abs(lam[-1])):
-            raise FastLoRAError(f"Sigma must be positive semi-definite (it is XᵀX/n); its least eigenvalue is "
-                                f"{lam[0]:.3g} and its largest {lam[-1]:.3g}")
+        if largest > 0:
+            lam = np.linalg.eigvalsh(0.5 * (Sigma + Sigma.T) / largest)  # scaled: no overflow at any size
+            if lam[0] < -STATISTICS_RTOL * max(abs(lam[0]), abs(lam[-1])):
+                raise FastLoRAError(f"Sigma must be positive semi-definite (it is XᵀX/n); its least eigenvalue is "
+                                    f"{lam[0] * largest:.3g} and its largest {lam[-1] * largest:.3g}")
         C = check_array("C", C, ndim=2)
         self = cls.__new__(cls)
         self._init_statistics(Sigma, C, check_float("s", s, low=0.0), check_int("n", n, low=1),
@@ -279,8 +278,12 @@ class Task:
         noise = 0.0 if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE)
         sampler = self.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
         rng = as_generator(task_seed(seed, self.key, PURPOSE_SAMPLE))
-        Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler, law=self.law)
-        task = Task.__new__(Task)  # statistics drawn here: finite, symmetric, semi-definite by construction
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, with its reason
+            Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler, law=self.law)
+        if not (np.isfinite(Sigma).all() and np.isfinite(C).all() and np.isfinite(s)):
+            raise FastLoRAError(f"sampling n={n} samples: their statistics overflow float64 (the task's targets or "
+                                f"its law's inputs are too large); rescale them")
+        task = Task.__new__(Task)  # statistics drawn here: symmetric and semi-definite by construction
         task._init_statistics(Sigma, C, s, n, W_star=self.target, noise=noise)
         task.key = self.key
         task.sampler = sampler
@@ -454,6 +457,10 @@ def exact_statistics(target: Target, n: int, noise: float, rng: np.random.Genera
             residual = noise * noise * float(rng.chisquare(float(d_out) * float(n - d_in)))
     return R.T @ R / n, M.T @ R / n, (float(np.sum(M * M)) + residual) / (2 * n)
 
+
+# Task.from_statistics: how far from symmetric and semi-definite a given Σ may be (relative): the
+# rounding of statistics computed in float32 (~1e-7), not a genuinely indefinite matrix
+STATISTICS_RTOL = 1e-5
 
 # eigenvalues of Σ below this fraction of the largest are treated as 0 (its pseudo-inverse)
 PINV_RTOL = 1e-12

@@ -363,9 +363,13 @@ def test_data_whose_second_moments_underflow_are_refused_like_those_that_overflo
 def test_statistics_that_overflow_float32_are_refused_naming_the_dtype():
     prob = fl.make_problem(d=6, k=1, T=3, n=200, noise=0.1, seed=0, sampler="stats")
     tasks = [fl.Task.from_statistics(t.Sigma * 1e40, t.C * 1e40, t.s * 1e40, t.n) for t in prob.tasks]
-    for backend in ("numpy", "numba"):
-        with pytest.raises(ValueError, match=r"dtype='float32': the tasks' statistics .* overflow it"):
-            fl.retrain(tasks, rank=1, backend=backend, dtype="float32")
+    tiny = [fl.Task.from_statistics(t.Sigma * 1e-45, t.C * 1e-45, t.s * 1e-45, t.n) for t in prob.tasks]
+    driver = {"callback": lambda *args: None}  # the Python driver's batches
+    for backend, options in (("numpy", {}), ("numba", {}), ("numba", {"solver": "als", "peft": "lora"}),
+                             ("numpy", driver)):
+        for scaled in (tasks, tiny):  # beyond float32's range, or all below its normal range (flushed to 0)
+            with pytest.raises(ValueError, match=r"dtype='float32': the tasks' statistics .* outside its range"):
+                fl.retrain(scaled, rank=1, backend=backend, dtype="float32", **options)
     assert fl.retrain(tasks, rank=1, backend="numba").converged  # float64 holds them
 
 
@@ -381,3 +385,20 @@ def test_statistics_must_be_those_of_data():
         fl.Task.from_statistics(Sigma - 2 * np.eye(4), C, 10.0, 50)
     with pytest.raises(ValueError, match="Sigma must be symmetric"):
         fl.Task.from_statistics(Sigma + np.triu(np.ones((4, 4)), 1), C, 10.0, 50)
+    wide = rng.standard_normal((20, 50)).astype(np.float32)  # n < d, computed in float32: rounding, not indefinite
+    lam = np.linalg.eigvalsh((wide.T @ wide / 20).astype(np.float64))
+    assert lam[0] < 0  # what a float64 check at eps would refuse
+    fl.Task.from_statistics((wide.T @ wide / 20).astype(np.float64), rng.standard_normal((2, 50)), 10.0, 20)
+
+
+def test_samples_whose_statistics_overflow_are_refused():
+    task = fl.Task.population(np.eye(4) * 1e200)
+    with pytest.raises(ValueError, match="statistics overflow float64"):
+        task.sample(100, seed=0, noise=0.0, sampler="stats")
+
+
+def test_retrain_many_names_the_bad_seed():
+    prob = fl.make_problem(d=6, k=1, T=3, seed=0)
+    for seeds, says in (([0, -1, 2], r"seeds\[1\]: seed=-1 is too small"), (["x", 1], r"seeds\[0\]: seed must be")):
+        with pytest.raises(ValueError, match=says):
+            fl.retrain_many([prob] * 3 if len(seeds) == 3 else [prob] * 2, seeds=seeds, backend="numpy")

@@ -44,7 +44,7 @@ class Config:
 
     def describe(self) -> str:
         extra = (f" baseline {self.baseline_steps} steps" if self.baseline_steps else "") + \
-            (f" rows {self.rows}+{3 * self.rows}" if self.kind == "points" else "")
+            (f" rows {self.rows}+{3 * self.rows} (two workers: 4x)" if self.kind == "points" else "")
         return f"d={self.d} T={self.T} k={self.k}" + (f" n={self.n}" if self.n else "") + f" {self.dtype}" + extra
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FastLoRAError
+from ..errors import check_representable
 from ..options import OPTIONS
 from . import loops, status
 from .loops import FIT_EXACT, FIXED, JOINT, PROJECTED, QuadBatch
@@ -143,18 +143,14 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
             isqrt_S = pinv_function(lam, V, lambda x: 1.0 / np.sqrt(x), eps)
     rhs0 = np.array([t.C for t in tasks]).reshape(P, T, d_out, d_in).sum(axis=1)
 
-    def narrowed(a):
-        with np.errstate(over="ignore"):  # a narrower dtype's overflow is refused below, with its reason
-            out = np.ascontiguousarray(a, dtype=dtype)
-        if out.dtype != a.dtype and np.isfinite(a).all() and not np.isfinite(out).all():
-            raise FastLoRAError(f"dtype={np.dtype(dtype).name!r}: the tasks' statistics (largest |entry| "
-                                f"{float(np.abs(a).max()):.3g}) overflow it; use dtype='float64' or rescale X and Y")
-        return out
+    for a in (Sigma, rhs0):
+        check_representable("the tasks' statistics", a, dtype)
 
     def shaped(a, *tail):
-        return narrowed(a.reshape(P, T, *tail))
+        return np.ascontiguousarray(a.reshape(P, T, *tail), dtype=dtype)
 
-    return QuadBatch(False, shaped(Sigma, d_in, d_in), shaped(W_hat, d_out, d_in), shaped(floor), narrowed(rhs0),
+    return QuadBatch(False, shaped(Sigma, d_in, d_in), shaped(W_hat, d_out, d_in), shaped(floor),
+                     np.ascontiguousarray(rhs0, dtype=dtype),
                      shaped(sqrt_S, *sqrt_S.shape[1:]), shaped(isqrt_S, *isqrt_S.shape[1:]),
                      shaped(lam_max), np.array([t.s for t in tasks]).reshape(P, T).sum(axis=1), base_sq)
 

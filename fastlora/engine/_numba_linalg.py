@@ -92,6 +92,11 @@ def _inner(a, b):
 @overload(linalg.norm, jit_options=_FAST)
 def _norm(x):
     def impl1(x):
+        squares = 0.0
+        for i in range(x.shape[0]):
+            squares += x[i] * x[i]
+        if 1e-280 < squares < 1e280:  # linalg.SQUARES_SAFE
+            return np.sqrt(squares)
         largest = 0.0
         for i in range(x.shape[0]):
             a = abs(x[i])
@@ -108,6 +113,12 @@ def _norm(x):
         return largest * np.sqrt(total)
 
     def impl2(x):
+        squares = 0.0
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                squares += x[i, j] * x[i, j]
+        if 1e-280 < squares < 1e280:  # linalg.SQUARES_SAFE
+            return np.sqrt(squares)
         largest = 0.0
         for i in range(x.shape[0]):
             for j in range(x.shape[1]):

@@ -39,10 +39,18 @@ def inner(a, b):
     return float(np.vdot(a, b)) if a.flags.c_contiguous and b.flags.c_contiguous else float(np.sum(a * b))
 
 
+# a sum of squares in here is √(inner) exactly as computed: far from float64's underflow and overflow
+SQUARES_SAFE = (1e-280, 1e280)
+
+
 def norm(x):
-    """‖x‖₂ (over all entries) without overflow or underflow of the squares: scaled by the largest
-    |entry|, as BLAS's nrm2 — an objective scaled by 1e155 (or 1e20 in float32) has gradients whose
-    squares overflow.  NaN and ±inf propagate."""
+    """‖x‖₂ (over all entries) without overflow or underflow of the squares: √⟨x, x⟩ where that sum
+    lies in ``SQUARES_SAFE`` (the same bits as before), else scaled by the largest |entry| as BLAS's
+    nrm2 — an objective scaled by 1e155 (or 1e20 in float32) has gradients whose squares overflow.
+    NaN and ±inf propagate."""
+    squares = inner(x, x) if x.ndim <= 2 else float(np.sum(x * x))
+    if SQUARES_SAFE[0] < squares < SQUARES_SAFE[1]:
+        return float(np.sqrt(squares))
     largest = float(np.max(np.abs(x))) if x.size else 0.0
     if not (largest > 0 and np.isfinite(largest)):
         return largest
@@ -52,10 +60,15 @@ def norm(x):
 
 def row_norms(xp, x):
     """:func:`norm` of every row of a 2-d array (P, n), on any array module; host floats (P,)."""
+    if not x.shape[1]:
+        return xp.zeros(x.shape[0])
+    squares = xp.sum(x * x, axis=1)
+    if bool(xp.all((squares > SQUARES_SAFE[0]) & (squares < SQUARES_SAFE[1]))):
+        return xp.sqrt(squares)
     largest = xp.max(xp.abs(x), axis=1, keepdims=True)
     safe = xp.where((largest > 0) & xp.isfinite(largest), largest, 1.0)
     scaled = x / safe
-    return (safe[:, 0] * xp.sqrt(xp.sum(scaled * scaled, axis=1))) if x.shape[1] else xp.zeros(x.shape[0])
+    return safe[:, 0] * xp.sqrt(xp.sum(scaled * scaled, axis=1))
 
 
 def axpy(alpha, x, y):

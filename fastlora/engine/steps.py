@@ -23,6 +23,7 @@ from ..tasks import pinv_rtol as _pinv_rtol
 from . import status as st
 from ._jit import jitable
 from .linalg import (
+    SQUARES_SAFE,
     adam_apply,
     adam_moments,
     axpy,
@@ -421,7 +422,9 @@ def lbfgs_update(S, Y, rho, count, head, s, y, gamma, eps):
     copy(s, S[head])
     copy(y, Y[head])
     rho[head] = 1.0 / sy
-    return min(count + 1, S.shape[0]), (head + 1) % S.shape[0], (sy / y_norm) / y_norm
+    yy = inner(y, y)
+    gamma = sy / yy if SQUARES_SAFE[0] < yy < SQUARES_SAFE[1] else (sy / y_norm) / y_norm
+    return min(count + 1, S.shape[0]), (head + 1) % S.shape[0], gamma
 
 
 @jitable

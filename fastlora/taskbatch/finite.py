@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import check_representable
 from ..tasks import pinv_function
 from .base import Batch
 from .iterates import Iterate, TaskResidual
@@ -20,6 +21,8 @@ class FiniteSample(Batch):
         def cast(a):
             return backend.asarray(a, dtype)
 
+        for a in (Sigma, cross):
+            check_representable("the tasks' statistics", a, dtype)
         self.Sigma, self.cross, self.s = cast(Sigma), cast(cross), cast(s)
         self.n = np.asarray(n)
         W_hat, floor = fits
