@@ -93,8 +93,8 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
         starts = check_list("starts", starts, "task")
     if len(starts) != len(tasks):
         raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
-    seeds = per_entry("seeds", seeds, len(tasks), "task")  # checked here: an exact fit draws nothing
-    seeds = [OPTIONS["seed"].check(seeds[0])] if len(seeds) == 1 else OPTIONS["seed"].check_each("seeds", seeds)
+    # checked here, not where drawn: an exact fit draws nothing
+    seeds = OPTIONS["seed"].check_each("seeds", per_entry("seeds", seeds, len(tasks), "task"))
     for i, task in enumerate(tasks):
         if not isinstance(task, Task):
             raise FastLoRAError(f"{'task' if len(tasks) == 1 else f'tasks[{i}]'} must be a fastlora.Task, got "

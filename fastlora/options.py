@@ -81,13 +81,15 @@ class Option:
         return self.check(self.default_for(case, model) if value is None else value)
 
     def check_each(self, name: str, values: list) -> list:
-        """:meth:`check` of every entry of ``values`` (one per problem or task), an error naming
-        ``name[i]``."""
+        """:meth:`check` of every entry of ``values`` (one per problem or task); an error names
+        ``name[i]`` where there are several (one value's error is its own)."""
         checked = []
         for i, value in enumerate(values):
             try:
                 checked.append(self.check(value))
             except FastLoRAError as exc:
+                if len(values) == 1:
+                    raise
                 raise FastLoRAError(f"{name}[{i}]: {exc}") from None
         return checked
 

@@ -168,10 +168,10 @@ class Task:
         Sigma = check_array("Sigma", Sigma, ndim=2)
         if Sigma.shape[0] != Sigma.shape[1]:
             raise FastLoRAError(f"Sigma must be square, got shape {Sigma.shape}")
-        largest = float(np.abs(Sigma).max())
-        if float(np.abs(Sigma - Sigma.T).max()) > STATISTICS_RTOL * largest:
-            raise FastLoRAError("Sigma must be symmetric (it is XᵀX/n); it differs from its transpose by "
-                                f"{float(np.abs(Sigma - Sigma.T).max()):.3g}, its largest entry being {largest:.3g}")
+        largest, asymmetry = float(np.abs(Sigma).max()), float(np.abs(Sigma - Sigma.T).max())
+        if asymmetry > STATISTICS_RTOL * largest:
+            raise FastLoRAError(f"Sigma must be symmetric (it is XᵀX/n); it differs from its transpose by "
+                                f"{asymmetry:.3g}, its largest entry being {largest:.3g}")
         if largest > 0:
             lam = np.linalg.eigvalsh(0.5 * (Sigma + Sigma.T) / largest)  # scaled: no overflow at any size
             if lam[0] < -STATISTICS_RTOL * max(abs(lam[0]), abs(lam[-1])):
@@ -541,24 +541,27 @@ def _fits(tasks) -> tuple:
     Sigma = np.array([t.Sigma for t in tasks], dtype=np.float64)  # np.array: np.stack's checks cost 4× as much
     cross = np.array([t.C for t in tasks], dtype=np.float64)
     s = np.array([t.s for t in tasks], dtype=np.float64)
-    W_hat, proven = _cholesky_fits(Sigma, cross)
+    cholesky_fits, fit_floors = _compiled_fits()
+    W_hat, proven = _cholesky_fits(Sigma, cross, cholesky_fits)
     if not proven.all():
         lam, V = spectra([t for t, ok in zip(tasks, proven) if not ok])
         W_hat[~proven] = cross[~proven] @ pinv_function(lam, V, np.reciprocal, np.finfo(np.float64).eps)
     floor = np.empty(len(tasks))
-    _compiled_fits()[1](W_hat, Sigma, cross, s, floor)
+    fit_floors(W_hat, Sigma, cross, s, floor)
     return W_hat, floor
 
 
-def _cholesky_fits(Sigma, cross) -> tuple:
+def _cholesky_fits(Sigma, cross, cholesky_fits=None) -> tuple:
     """(Ŵ (N, d_out, d_in), proven (N,)): Ŵ_t = C_t Σ_t⁻¹ from Σ_t's Cholesky factor where that factor
     proves Σ_t⁺ = Σ_t⁻¹ — λ_min ≥ 1/‖L⁻¹‖²_F exceeds :func:`pinv_rtol` of tr Σ_t ≥ λ_max, so the
     pseudo-inverse keeps every eigenvalue.  The others (not positive definite, or not provably so;
     their entries unset) take the spectral pseudo-inverse.  A Cholesky solve costs a fraction of an
-    eigendecomposition; which way a task takes depends on that task alone."""
+    eigendecomposition; which way a task takes depends on that task alone.  ``cholesky_fits``: the
+    compiled loop, where the caller holds it."""
     W_hat = np.zeros(cross.shape)
     proven = np.zeros(Sigma.shape[0], bool)
-    _compiled_fits()[0](Sigma, cross, pinv_rtol(np.finfo(np.float64).eps, Sigma.shape[1]), W_hat, proven)
+    (cholesky_fits or _compiled_fits()[0])(Sigma, cross, pinv_rtol(np.finfo(np.float64).eps, Sigma.shape[1]),
+                                           W_hat, proven)
     return W_hat, proven
 
 
@@ -574,13 +577,15 @@ def prepare_fits() -> float:
 
 
 def _compiled_fits() -> tuple:
-    from .compilation import slow_work_notice
+    """The fits' compiled loops (fastlora.kernels.fits_numba); making them on first use is announced where slow."""
     from .kernels import fits_numba
     root = settings.compiled_code_root()
-    if fits_numba.is_compiled(root):
-        return fits_numba.compiled_loops(root)
-    with slow_work_notice(f"compiling fastlora's least-squares fits of tasks (once; later runs load them from {root})"):
-        return fits_numba.compiled_loops(root)
+    if not fits_numba.is_compiled(root):
+        from .compilation import slow_work_notice
+        with slow_work_notice(f"compiling fastlora's least-squares fits of tasks (once; later runs load them "
+                              f"from {root})"):
+            return fits_numba.compiled_loops(root)
+    return fits_numba.compiled_loops(root)
 
 
 def quadratic_losses(W, Sigma, W_hat, floor):

@@ -4,8 +4,7 @@
 (:func:`cholesky_inverse`), and floor_t = L_t(Ŵ_t) in extended precision (:func:`fit_floor`).
 Written once, as loops over tasks calling two primitives: here in their numpy forms (the
 reference); :mod:`fastlora.kernels.fits_numba` gives the primitives' Numba forms and the loops
-compiled with them — what the tasks' fits run.  The engine's A
-step uses :func:`cholesky_inverse` too.
+compiled with them — what the tasks' fits run.  The engine's A step uses :func:`cholesky_inverse` too.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Numba forms of the primitives of :mod:`fastlora.kernels.fits`, registered as overloads, and that
-module's loops compiled with them (:func:`compiled_loops`); the engine's compiled A step runs them too.  Plain loops: at
-d ≤ 32 a LAPACK call costs more than the arithmetic.  tests/test_engine.py checks them against the
+module's loops compiled with them (:func:`compiled_loops`); the engine's compiled A step runs them
+too.  Plain loops: at d ≤ 32 a LAPACK call costs more than the arithmetic.  tests/test_engine.py checks them against the
 numpy forms and the floor against exact rational arithmetic (tests/naive.py)."""
 from __future__ import annotations
 
@@ -156,6 +156,9 @@ _LOOPS: dict = {}
 def compiled_loops(cache_root: str) -> tuple:
     """(cholesky_fits, fit_floors) of :mod:`fastlora.kernels.fits` compiled for float64 C-ordered
     arrays (or loaded from the on-disk cache under ``cache_root``), once per process."""
+    ready = _LOOPS.get(cache_root)
+    if ready is not None:  # every call after the first: no lock
+        return ready
     with _COMPILING:
         if cache_root not in _LOOPS:
             from numba import types
