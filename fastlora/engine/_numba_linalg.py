@@ -3,7 +3,7 @@ code calling ``linalg.matmul`` runs these loops.  Imported by fastlora.engine.co
 from __future__ import annotations
 
 import numpy as np
-from numba.extending import overload, register_jitable
+from numba.extending import overload
 
 from . import linalg
 
@@ -89,36 +89,31 @@ def _inner(a, b):
     return _by_ndim(a, impl1, impl2, None)
 
 
-@register_jitable(fastmath={"contract"})
-def _vector_norm(x):
-    squares = 0.0
-    for i in range(x.shape[0]):
-        squares += x[i] * x[i]
-    if 1e-280 < squares < 1e280:  # linalg.SQUARES_SAFE
-        return np.sqrt(squares)
-    largest = 0.0
-    for i in range(x.shape[0]):
-        a = abs(x[i])
-        if a > largest:
-            largest = a
-        elif not a <= largest:  # NaN
-            return a
-    if not (largest > 0 and np.isfinite(largest)):
-        return largest
-    total = 0.0
-    for i in range(x.shape[0]):
-        v = x[i] / largest
-        total += v * v
-    return largest * np.sqrt(total)
-
-
 @overload(linalg.norm, jit_options=_FAST)
 def _norm(x):
     def impl1(x):
-        return _vector_norm(x)
+        squares = 0.0
+        for i in range(x.shape[0]):
+            squares += x[i] * x[i]
+        if 1e-280 < squares < 1e280:  # linalg.SQUARES_SAFE
+            return np.sqrt(squares)
+        largest = 0.0
+        for i in range(x.shape[0]):
+            a = abs(x[i])
+            if a > largest:
+                largest = a
+            elif not a <= largest:  # NaN
+                return a
+        if not (largest > 0 and np.isfinite(largest)):
+            return largest
+        total = 0.0
+        for i in range(x.shape[0]):
+            v = x[i] / largest
+            total += v * v
+        return largest * np.sqrt(total)
 
     def impl2(x):
-        return _vector_norm(x.ravel())  # a view where x is C-ordered (the engine's arrays), else a copy
+        return linalg.norm(x.ravel())  # the 1-d form; a view where x is C-ordered (the engine's arrays)
     return _by_ndim(x, impl1, impl2, None)
 
 
