@@ -18,7 +18,7 @@ from .solvers import engine as engine_path
 from .solvers.adapters import InnerGradient, choose_adapter_step
 from .solvers.common import Context, RetrainResult
 from .taskbatch import stack_problems
-from .tasks import LowRankTarget, Task
+from .tasks import LowRankTarget, Task, sample_many
 
 # the linear model's fine-tuning defaults, from the options schema
 FINETUNE_MAX_ITER = OPTIONS["max_iter"].default_for("finetune", "linear")
@@ -116,6 +116,12 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
     n = OPTIONS["n"].check(n)
     be, dtype = get_backend(backend), resolve_dtype(dtype)
     out: list[FinetuneResult | None] = [None] * len(tasks)
+    if n is not None:
+        for task in tasks:
+            if task.target is None:
+                raise FastLoRAError(f"n={n}: fine-tuning samples can only be drawn from a task with ground truth "
+                                    f"(W_star); fine-tune on this task's own data with n=None")
+        drawn = sample_many(tasks, n, seeds)  # each task's samples from its own seed, drawn together
     dense_jobs = []
     for i, (A, task, seed) in enumerate(zip(starts, tasks, seeds)):
         parameterization = resolved[i]
@@ -126,10 +132,7 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
             raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = "
                                 f"{min(task.d_out, task.d_in)}")
         if n is not None:
-            if task.target is None:
-                raise FastLoRAError(f"n={n}: fine-tuning samples can only be drawn from a task with ground truth "
-                                    f"(W_star); fine-tune on this task's own data with n=None")
-            task = task.sample(n, seed=seed)
+            task = drawn[i]
         check_shape_supported(parameterization, task.d_out, task.d_in)
         given = _shared_start(parameterization, retrained, task, rank, seed)
         if isinstance(A, LowRankUpdate):

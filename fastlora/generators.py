@@ -29,6 +29,7 @@ from .errors import FastLoRAError, PluginError, check_int
 from .peft.protocol import signature_parameters, takes_any_keyword
 from .peft.registry import Kind, Registry
 from .problems import Problem, check_problem_arguments
+from .seeding import stream
 
 GROUP = "fastlora.problems"
 # what every generator receives, validated by make_problem
@@ -181,8 +182,8 @@ def problem_from_factors(draw_factors, A_star, *, d: int, k: int, T: int, n: int
 
 def _factor_task(prob: FactorLawProblem, role: int, index: int):
     from .tasks import LowRankTarget, Task
-    sequence = np.random.SeedSequence(prob.seed, spawn_key=(role, index))
-    factors_rng, data_rng = (np.random.default_rng(s) for s in sequence.spawn(2))
+    # the two children of SeedSequence(seed, spawn_key=(role, index))
+    factors_rng, data_rng = (stream(prob.seed, (role, index, child)) for child in (0, 1))
     B, C = (np.asarray(f, dtype=np.float64) for f in prob.draw_factors(factors_rng))
     if B.shape != (prob.d_out, prob.k) or C.shape != (prob.d, prob.k):
         raise PluginError(f"draw_factors returned B {B.shape} and C {C.shape}; expected (d_out, k) = "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import format_bytes, require_memory
+from .seeding import stream
 
 TILE = 2048
 
@@ -46,7 +47,7 @@ class SeededSymmetricGaussian:
 
     def _G(self, row: int, col: int):
         (i0, i1), (j0, j1) = self._bounds(row), self._bounds(col)
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.role, row, col)))
+        rng = stream(self.seed, (self.role, row, col))
         return rng.standard_normal((i1 - i0, j1 - j0))
 
     def block(self, row: int, col: int):

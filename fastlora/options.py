@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from numpy.random.bit_generator import ISeedSequence
 
 from .config import BACKEND_CHOICES, DTYPE_NAMES
 from .errors import FastLoRAError, check_choice, check_float, check_int
@@ -115,7 +116,7 @@ class Option:
                 raise FastLoRAError(f"{name}={value!r} must be a positive integer or {POPULATION!r}")
             return int(value)
         if self.kind == "seed":
-            if isinstance(value, (np.random.Generator, np.random.SeedSequence)):
+            if isinstance(value, (np.random.Generator, ISeedSequence)):
                 return value
             return check_int(name, value, low=0)
         if self.kind == "init_A":

@@ -26,7 +26,8 @@ from .config import require_memory
 from .errors import FastLoRAError, check_choice, check_float, check_int
 from .implicit import SeededSymmetricGaussian
 from .laws import STANDARD_LAW, DataLaw, make_law, refuse_inexact_statistics
-from .tasks import SAMPLERS, LowRankTarget, Task, check_raw_draws, raw_draws, sampling_bytes
+from .seeding import KeyedSeed, stream
+from .tasks import SAMPLERS, LowRankTarget, Task, check_raw_draws, raw_draws, sample_many, sampling_bytes
 
 ROLE_SHARED, ROLE_TRAIN, ROLE_TEST, ROLE_NEW = 0, 1, 2, 3
 _TASK_OVERHEAD_BYTES = 1024  # Python objects per task (measured ~700 bytes)
@@ -146,7 +147,7 @@ def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = Non
     if implicit:
         A_star = SeededSymmetricGaussian(d, seed, role=ROLE_SHARED)
     else:
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_SHARED,)))
+        rng = stream(seed, (ROLE_SHARED,))
         G = rng.standard_normal((d_out, d))
         A_star = 0.5 * (G + G.T) if symmetric else G
         A_star.setflags(write=False)
@@ -171,7 +172,10 @@ def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = Non
     factors = [_task_factors(B_star[t], C_star[t], k if ranks is None else ranks[t], symmetric) for t in range(T)]
     proto = Problem(A_star, B_star, C_star, [], [], d, d_out, k, T, n, noise, bool(symmetric), seed, sampler,
                     law=law, task_ranks=ranks, task_scales=scales, sample_seed=sample_seed)
-    proto.tasks.extend(_make_task(proto, A_star, b, c, ROLE_TRAIN, t) for t, (b, c) in enumerate(factors))
+    train = [_make_task(proto, A_star, b, c, ROLE_TRAIN, t) for t, (b, c) in enumerate(factors)]
+    if n is not None:  # every training task's data, each from its own stream, drawn together
+        train = _sampled(proto, train, [KeyedSeed(proto.data_seed, (ROLE_TRAIN, t, 1)) for t in range(T)])
+    proto.tasks.extend(train)
     proto.test_tasks.extend(_draw_task(proto, ROLE_TEST, t) for t in range(n_test_tasks))
     return proto
 
@@ -229,7 +233,7 @@ def _task_factors(B, C, k_t: int, symmetric: bool):
 
 
 def draw_factors(seed, role, index, d_out, d_in, k, symmetric):
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(role, index, 0)))
+    rng = stream(seed, (role, index, 0))
     B = rng.standard_normal((d_out, k))
     C = B if symmetric else rng.standard_normal((d_in, k))
     return B, C
@@ -241,20 +245,26 @@ def _draw_task(prob: Problem, role: int, index: int) -> Task:
 
 
 def _make_task(prob: Problem, A_star, B, C, role: int, index: int) -> Task:
-    target = LowRankTarget._trusted(A_star, B, C)
-    key = (prob.seed, role, index)
-    task = Task.population(target, sampler=prob.sampler)
+    """Task ``index`` of ``role`` with target A* + B Cᵀ, its data (with the problem's n) from the stream
+    (data_seed, (role, index, 1)): a training task is returned as a population task for the caller to
+    sample (:func:`_sampled`, all of them together); a held-out one draws its data when first read
+    (evaluate draws its own n_ft)."""
+    task = Task.population(LowRankTarget._trusted(A_star, B, C), sampler=prob.sampler)
     task.law = prob.law
-    if prob.n is not None:
-        data_seq = np.random.SeedSequence(prob.data_seed, spawn_key=(role, index, 1))
-        task.key = key
-        if role == ROLE_TRAIN:
-            task = task.sample(prob.n, seed=np.random.default_rng(data_seq), noise=prob.noise)
-        else:  # held-out tasks: their data are drawn only if read (evaluate draws its own n_ft)
-            task = Task.deferred_sample(task, prob.n, np.random.default_rng(data_seq), prob.noise, prob.sampler)
+    task.key = (prob.seed, role, index)
+    if prob.n is not None and role != ROLE_TRAIN:
+        task = Task.deferred_sample(task, prob.n, KeyedSeed(prob.data_seed, (role, index, 1)), prob.noise,
+                                    prob.sampler)
     task.noise = prob.noise
-    task.key = key
     return task
+
+
+def _sampled(prob: Problem, tasks: list[Task], seeds: list) -> list[Task]:
+    """The problem's n samples of each task, task i from ``seeds[i]`` (fastlora.tasks.sample_many)."""
+    drawn = sample_many(tasks, prob.n, seeds, noise=prob.noise)
+    for task in drawn:
+        task.noise = prob.noise
+    return drawn
 
 
 def problem_bytes(d: int, d_out: int, k: int, T: int, n: int | None, n_test_tasks: int, symmetric: bool,

@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from numpy.random.bit_generator import ISeedSequence
 
 from .errors import check_int, each_or_error
+from .seeding import KeyedSeed
 
 RESTART_KEY = 0x5EED
 REACHED_RTOL = 1e-6
@@ -24,9 +26,9 @@ def restart_seeds(seed, restarts: int) -> list:
     """The seeds of ``restarts`` starts (module docstring); a Generator seed draws them from itself."""
     if isinstance(seed, np.random.Generator):
         return [seed] + [int(v) for v in seed.integers(0, 2**31 - 1, size=restarts - 1)]
-    base = check_int("seed", seed, low=0) if not isinstance(seed, np.random.SeedSequence) else \
+    base = check_int("seed", seed, low=0) if not isinstance(seed, ISeedSequence) else \
         int(seed.generate_state(1)[0] >> 1)
-    return [seed] + [int(np.random.SeedSequence(base, spawn_key=(RESTART_KEY, i)).generate_state(1)[0] >> 1)
+    return [seed] + [int(KeyedSeed(base, (RESTART_KEY, i)).generate_state(1)[0] >> 1)
                      for i in range(1, restarts)]
 
 

@@ -269,30 +269,57 @@ class Task:
         own ``law`` of inputs and noise (fastlora.laws).
 
         ``sampler`` (default: the task's own, ``self.sampler``) picks how; the new task
-        keeps the sampler, the law, the ground truth and the key.
+        keeps the sampler, the law, the ground truth and the key.  :func:`sample_many` draws
+        several tasks at once (the same numbers).
         """
-        if self.target is None:
-            raise FastLoRAError("cannot sample from a task without ground truth W_star")
-        n = check_int("n", n, low=1)
-        noise = self.noise if noise is None else noise
-        noise = 0.0 if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE)
-        sampler = self.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
-        rng = as_generator(task_seed(seed, self.key, PURPOSE_SAMPLE))
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, with its reason
-            Sigma, C, s = sample_statistics(self.target, n, noise, rng, sampler=sampler, law=self.law)
-        if not (np.isfinite(Sigma).all() and np.isfinite(C).all() and np.isfinite(s)):
-            raise FastLoRAError(f"sampling n={n} samples: their statistics overflow float64 (the task's targets or "
-                                f"its law's inputs are too large); rescale them")
-        task = Task.__new__(Task)  # statistics drawn here: symmetric and semi-definite by construction
-        task._init_statistics(Sigma, C, s, n, W_star=self.target, noise=noise)
-        task.key = self.key
-        task.sampler = sampler
-        task.law = self.law
-        return task
+        return sample_many([self], n, [seed], noise, sampler)[0]
 
     def __repr__(self) -> str:
         mode = "population" if self.is_population else f"n={self.n}"
         return f"Task(d_out={self.d_out}, d_in={self.d_in}, {mode})"
+
+
+def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = None,
+                sampler: str | None = None) -> list[Task]:
+    """``[task.sample(n, seed, noise, sampler) for task, seed in zip(tasks, seeds)]``: each task draws
+    the same numbers from its own seed; the exact statistics of tasks of one shape
+    (:func:`exact_statistics_many`) are computed as stacks, a fraction of the per-task cost."""
+    n = check_int("n", n, low=1)
+    drawn = []  # (task, noise, sampler, rng) per task
+    for task, seed in zip(tasks, seeds):
+        if task.target is None:
+            raise FastLoRAError("cannot sample from a task without ground truth W_star")
+        level = task.noise if noise is None else noise
+        level = 0.0 if level is None else check_float("noise", level, low=0.0, high=MAX_NOISE)
+        kind = task.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
+        drawn.append((task, level, kind, as_generator(task_seed(seed, task.key, PURPOSE_SAMPLE))))
+    statistics: list = [None] * len(drawn)
+    exact: dict = {}  # tasks whose statistics exact_statistics_many draws together
+    for i, (task, level, kind, _) in enumerate(drawn):
+        if kind == "stats" and n >= task.d_in and task.law.is_standard:
+            exact.setdefault((task.target.shape, level), []).append(i)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, with its reason
+        for (shape, level), members in exact.items():
+            require_memory(len(members) * sampling_bytes(n, shape[1], shape[0], "stats"),
+                           f"sampling {len(members)} ({shape[0]}, {shape[1]}) task(s)",
+                           "use a smaller d (each task keeps d_in² + d_out·d_in statistics)")
+            Sigma, C, sq = exact_statistics_many([drawn[i][0].target for i in members], n, level,
+                                                 [drawn[i][3] for i in members])
+            for j, i in enumerate(members):
+                statistics[i] = (Sigma[j], C[j], float(sq[j]))
+        for i, (task, level, kind, rng) in enumerate(drawn):
+            if statistics[i] is None:
+                statistics[i] = sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law)
+    out = []
+    for (task, level, kind, _), (Sigma, C, sq) in zip(drawn, statistics):
+        if not (np.isfinite(Sigma).all() and np.isfinite(C).all() and np.isfinite(sq)):
+            raise FastLoRAError(f"sampling n={n} samples: their statistics overflow float64 (the task's targets or "
+                                f"its law's inputs are too large); rescale them")
+        fresh = Task.__new__(Task)  # statistics drawn here: symmetric and semi-definite by construction
+        fresh._init_statistics(Sigma, C, sq, n, W_star=task.target, noise=level)
+        fresh.key, fresh.sampler, fresh.law = task.key, kind, task.law
+        out.append(fresh)
+    return out
 
 
 def make_lowrank_target(base, B, C=None) -> LowRankTarget:
@@ -445,17 +472,30 @@ def exact_statistics(target: Target, n: int, noise: float, rng: np.random.Genera
     (as the raw sampler).  Draw order from ``rng``: the d_in diagonal chi-squares, the
     strict upper triangle of R row by row, then Z, then the residual chi-square.
     """
-    d_out, d_in = target.shape
+    Sigma, C, sq = exact_statistics_many([target], n, noise, [rng])
+    return Sigma[0], C[0], float(sq[0])
+
+
+def exact_statistics_many(targets: list, n: int, noise: float, rngs: list):
+    """:func:`exact_statistics` of targets of one shape, target i drawing from ``rngs[i]`` (the same
+    draws in the same order); the products and sums run on stacks (N, ·, ·), matrix by matrix
+    the same operations.  Returns (Σ (N, d_in, d_in), C (N, d_out, d_in), s (N,))."""
+    d_out, d_in = targets[0].shape
     if n < d_in:
         raise FastLoRAError(f"exact_statistics needs n >= d_in (XᵀX is singular otherwise); got n={n}, d_in={d_in}")
-    R = bartlett_factor(d_in, n, rng)
-    M = _apply_transposed(target, R)  # R W*ᵀ, (d_in, d_out)
-    residual = 0.0
-    if noise > 0:
-        M += noise * rng.standard_normal((d_in, d_out))
-        if n > d_in:
-            residual = noise * noise * float(rng.chisquare(float(d_out) * float(n - d_in)))
-    return R.T @ R / n, M.T @ R / n, (float(np.sum(M * M)) + residual) / (2 * n)
+    count = len(targets)
+    R = np.empty((count, d_in, d_in))
+    M = np.empty((count, d_in, d_out))
+    residual = np.zeros(count)
+    for i, (target, rng) in enumerate(zip(targets, rngs)):
+        R[i] = bartlett_factor(d_in, n, rng)
+        M[i] = _apply_transposed(target, R[i])  # R W*ᵀ
+        if noise > 0:
+            M[i] += noise * rng.standard_normal((d_in, d_out))
+            if n > d_in:
+                residual[i] = noise * noise * float(rng.chisquare(float(d_out) * float(n - d_in)))
+    R_T, M_T = R.swapaxes(1, 2), M.swapaxes(1, 2)
+    return R_T @ R / n, M_T @ R / n, (np.sum((M * M).reshape(count, -1), axis=1) + residual) / (2 * n)
 
 
 # Task.from_statistics: how far from symmetric and semi-definite a given Σ may be (relative): the

@@ -174,3 +174,42 @@ def test_sampler_is_validated():
     task = fl.make_problem(d=4, k=1, T=2).test_tasks[0]
     with pytest.raises(fl.FastLoRAError, match="sampler"):
         task.sample(10, sampler="exact")
+
+
+def _exact_statistics_alone(target, n, noise, rng):
+    """The one-task form sample_many's stacks must reproduce bit for bit (its draws, order and products)."""
+    from fastlora.tasks import _apply_transposed, bartlett_factor
+    d_out, d_in = target.shape
+    R = bartlett_factor(d_in, n, rng)
+    M = _apply_transposed(target, R)
+    residual = 0.0
+    if noise > 0:
+        M += noise * rng.standard_normal((d_in, d_out))
+        if n > d_in:
+            residual = noise * noise * float(rng.chisquare(float(d_out) * float(n - d_in)))
+    return R.T @ R / n, M.T @ R / n, (float(np.sum(M * M)) + residual) / (2 * n)
+
+
+def test_sample_many_draws_what_each_task_draws_alone():
+    from fastlora.seeding import PURPOSE_SAMPLE, task_seed
+    from fastlora.tasks import sample_many
+    prob = fl.make_problem(d=7, k=2, T=2, n=40, noise=0.3, seed=3, sampler="stats")
+    rng = np.random.default_rng(0)
+    dense = fl.Task.population(rng.standard_normal((5, 7)), sampler="stats")  # another shape, a dense target
+    raw = fl.Task.population(rng.standard_normal((7, 7)))  # the raw sampler: drawn alone
+    tasks = [*prob.test_tasks, dense, raw, prob.test_tasks[1]]
+    seeds = [11, 12, 13, 14, 15, 16, 17]
+    together = sample_many(tasks, 40, seeds, noise=0.3)
+    for task, seed, got in zip(tasks, seeds, together):
+        alone = task.sample(40, seed=seed, noise=0.3)
+        for a, b in ((got.Sigma, alone.Sigma), (got.C, alone.C), (got.s, alone.s)):
+            np.testing.assert_array_equal(a, b)
+        assert (got.key, got.sampler, got.noise, got.n) == (task.key, task.sampler, 0.3, 40)
+        if task.sampler == "stats":  # the stacks reproduce the one-task products exactly
+            Sigma, C, s = _exact_statistics_alone(task.target, 40, 0.3,
+                                                  np.random.default_rng(task_seed(seed, task.key, PURPOSE_SAMPLE)))
+            np.testing.assert_array_equal(got.Sigma, 0.5 * (Sigma + Sigma.T))
+            np.testing.assert_array_equal(got.C, C)
+            assert got.s == s
+    with pytest.raises(fl.FastLoRAError, match="without ground truth"):
+        sample_many([tasks[0], fl.Task(rng.standard_normal((30, 7)), rng.standard_normal((30, 7)))], 40, [1, 2])

@@ -29,7 +29,7 @@ import numpy as np
 from .. import options as schema
 from ..errors import FastLoRAError, check_array, check_choice, check_float, check_int
 from ..problems import ROLE_TEST, ROLE_TRAIN
-from ..seeding import PURPOSE_SUBSAMPLE, as_generator, task_seed
+from ..seeding import PURPOSE_SUBSAMPLE, as_generator, stream, task_seed
 from ..shallow.problem import MODEL, ShallowTask
 
 PAPER_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7))
@@ -227,7 +227,7 @@ def partition_tasks(X, labels, *, partitions=DIGIT_PARTITIONS, test_partition=DI
         X = (X - mean) / scale
     tasks = []
     for t, part in enumerate(partitions):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_TRAIN, t)))
+        rng = stream(seed, (ROLE_TRAIN, t))
         rows = rng.choice(pool, size=n_per_task, replace=False)
         tasks.append(_partition_task(X, labels, part, rows, held, (seed, ROLE_TRAIN, t)))
     test_task = _partition_task(X, labels, test_partition, pool, held, (seed, ROLE_TEST, 0))
@@ -330,7 +330,7 @@ def _check_disjoint(pairs, test_pair) -> None:
 
 def _split(labels, pair, where, seed, role, index, test_fraction) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows) of the task of ``pair``: each class split at random, in shuffled order."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(role, index)))
+    rng = stream(seed, (role, index))
     train, test = [], []
     for cls in pair:
         rows = np.flatnonzero(labels == cls)

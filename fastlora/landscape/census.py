@@ -27,6 +27,7 @@ import numpy as np
 from ..config import require_memory
 from ..errors import DivergenceError, FastLoRAError, check_choice, check_float, check_int
 from ..options import OPTIONS, rank_or_problem_k
+from ..seeding import stream
 from ..tables import render
 from .classify import KINDS, Tolerances, classify_at, global_reference, realisable_global_value
 from .hessian import spectrum_at
@@ -144,7 +145,7 @@ def draw_starts(model: LandscapeModel, n_starts: int, init: str, init_scale: flo
     standard = model.standard_solution() if init == "standard" else None
     starts = []
     for i in range(n_starts):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
+        rng = stream(seed, (i,))
         A = np.array(standard, dtype=np.float64) if standard is not None else \
             _draw(rng, init, init_scale, (model.d_out, model.d_in))
         starts.append(Point(A, {name: _draw(rng, init, init_scale, model.shapes[name])

@@ -20,7 +20,7 @@ from ..errors import FastLoRAError, check_array, check_float, check_int
 from ..laws import STANDARD_LAW, DataLaw, make_law
 from ..options import MAX_NOISE
 from ..problems import ROLE_NEW, ROLE_SHARED, ROLE_TEST, ROLE_TRAIN, draw_factors, per_task_values
-from ..seeding import PURPOSE_SAMPLE, as_generator, task_seed
+from ..seeding import PURPOSE_SAMPLE, as_generator, stream, task_seed
 
 MODEL = "shallow"
 _KEY_DATA = 1  # a task's data (0: its ground truth, drawn as the linear model's; later draws: seeding.PURPOSE_*)
@@ -197,7 +197,7 @@ def make_shallow_problem(d: int = 10, k: int = 1, T: int = 3, n: int | None = 10
         raise FastLoRAError(f"task_ranks={list(ranks)}: every rank must be <= d={d}")
     sample_seed = None if sample_seed is None else check_int("sample_seed", sample_seed, low=0)
 
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_SHARED,)))
+    rng = stream(seed, (ROLE_SHARED,))
     A_star = rng.standard_normal((d, d))
     c_star = rng.standard_normal(d)
     widths = [k] * T if ranks is None else list(ranks)
@@ -225,7 +225,7 @@ def _draw_task(prob: ShallowProblem, role: int, index: int) -> ShallowTask:
 def _make_task(prob: ShallowProblem, U, role: int, index: int) -> ShallowTask:
     W_star = prob.A_star + U @ U.T
     W_star.setflags(write=False)
-    rng = np.random.default_rng(np.random.SeedSequence(prob.data_seed, spawn_key=(role, index, _KEY_DATA)))
+    rng = stream(prob.data_seed, (role, index, _KEY_DATA))
     task = _draw_data(W_star, prob.c_star, prob.n, prob.noise, rng, prob.law)
     task.key = (prob.seed, role, index)
     task.U_star, task.k = U, U.shape[1]

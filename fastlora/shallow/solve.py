@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.random.bit_generator import ISeedSequence
 
 from .. import peft as peft_registry
 from ..backends import get_backend, numba_status, resolve_dtype
@@ -405,7 +406,7 @@ def finetune_shallow(res_or_A_and_c, task: ShallowTask, peft=FT_PEFT, rank: int 
         train_fit = float(np.mean((predict(task.X, W, c) - task.clean_labels(task.X)) ** 2))
         if isinstance(seed, np.random.Generator):
             eval_seed = int(seed.integers(2**63))
-        elif isinstance(seed, np.random.SeedSequence):
+        elif isinstance(seed, ISeedSequence):
             eval_seed = int(seed.generate_state(1, np.uint64)[0] >> np.uint64(1))
         else:
             eval_seed = seed

@@ -1,0 +1,96 @@
+"""fastlora.seeding: KeyedSeed gives numpy's SeedSequence state word for word (kernels/seeds.py,
+compiled and uncompiled), so every stream — and every drawn problem — is what numpy's own
+``default_rng(SeedSequence(seed, spawn_key=key))`` gives."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import fastlora as fl
+from fastlora.config import settings
+from fastlora.kernels import seeds
+from fastlora.problems import ROLE_SHARED, ROLE_TEST, ROLE_TRAIN
+from fastlora.seeding import KeyedSeed, as_generator, stream, task_seed
+
+EDGES = (0, 1, 2**32 - 1, 2**32, 2**63 + 12345, 2**100 + 7)
+
+
+def _cases(count: int = 300):
+    rng = np.random.default_rng(20261207)
+    for entropy in EDGES:
+        for key in ((), (0,), (2**32,), (1, 2, 0), (2**40, 3, 2**32 - 1, 0, 5, 6, 7)):
+            yield entropy, key
+    for i in range(count):
+        entropy = int(rng.integers(0, 2**62)) if i % 2 else int(rng.integers(0, 1000))
+        key = tuple(int(v) for v in rng.integers(0, 2**36 if i % 7 == 0 else 30, size=int(rng.integers(0, 8))))
+        yield entropy, key
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["uncompiled", "compiled"])
+def test_sequence_state_is_numpys_seed_sequence_word_for_word(compiled):
+    kernel = seeds.compiled_sequence_state(settings.compiled_code_root()) if compiled else seeds.sequence_state
+    for entropy, key in _cases(300 if compiled else 60):
+        expected = np.random.SeedSequence(entropy, spawn_key=key).generate_state(9)
+        out = np.empty(9, np.int64)
+        with warnings.catch_warnings():  # uncompiled: numpy's int64 scalars warn where they wrap (masked after)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            kernel(seeds.entropy_words(entropy, key), out)
+        np.testing.assert_array_equal(out, expected.astype(np.int64), err_msg=f"entropy={entropy}, key={key}")
+
+
+def test_keyed_seed_generates_the_same_state_and_streams_as_numpy():
+    for entropy, key in _cases(50):
+        reference = np.random.SeedSequence(entropy, spawn_key=key)
+        mine = KeyedSeed(entropy, key)
+        for n_words in (1, 4, 7):
+            for dtype in (np.uint32, np.uint64):
+                got, expected = mine.generate_state(n_words, dtype), reference.generate_state(n_words, dtype)
+                assert got.dtype == expected.dtype
+                np.testing.assert_array_equal(got, expected)
+        ours, theirs = stream(entropy, key), np.random.default_rng(reference)
+        assert ours.bit_generator.state == theirs.bit_generator.state
+        np.testing.assert_array_equal(ours.standard_normal(5), theirs.standard_normal(5))
+        np.testing.assert_array_equal(ours.chisquare(np.arange(3.0, 9.0)), theirs.chisquare(np.arange(3.0, 9.0)))
+    children = KeyedSeed(5, (1, 2)).spawn(3)
+    for ours, theirs in zip(children, np.random.SeedSequence(5, spawn_key=(1, 2)).spawn(3)):
+        np.testing.assert_array_equal(ours.generate_state(4), theirs.generate_state(4))
+
+
+def test_seeds_are_checked():
+    with pytest.raises(ValueError, match="non-negative"):
+        KeyedSeed(-1, (2,)).generate_state(4)
+    with pytest.raises(ValueError, match="non-negative"):
+        KeyedSeed(3, (2**33, -4)).generate_state(4)
+    with pytest.raises(ValueError, match="uint32 and uint64"):
+        KeyedSeed(3).generate_state(4, np.float64)
+    with pytest.raises(ValueError, match="seed"):
+        as_generator(-1)
+    # a Generator or a SeedSequence passes through task_seed as given; an int becomes the task's keyed seed
+    rng, sequence = np.random.default_rng(1), np.random.SeedSequence(2)
+    assert task_seed(rng, (1,), 9) is rng and task_seed(sequence, (1,), 9) is sequence
+    keyed = task_seed(4, (7, 1, 2), 9)
+    np.testing.assert_array_equal(as_generator(keyed).standard_normal(3),
+                                  np.random.default_rng(np.random.SeedSequence(4, spawn_key=(7, 1, 2, 9)))
+                                  .standard_normal(3))
+
+
+def test_drawn_problems_are_numpys_seed_sequence_streams():
+    """The draws of make_problem follow docs/design.md's seeding: a change of stream turns this red."""
+    seed, d, k = 11, 6, 2
+    prob = fl.make_problem(d=d, k=k, T=2, n=50, noise=0.1, seed=seed, sampler="stats")
+    G = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_SHARED,))).standard_normal((d, d))
+    np.testing.assert_array_equal(prob.A_star, 0.5 * (G + G.T))
+    B = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_TRAIN, 1, 0))).standard_normal((d, k))
+    np.testing.assert_array_equal(prob.tasks[1].target.B, B)
+    B_test = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_TEST, 0, 0))).standard_normal((d, k))
+    np.testing.assert_array_equal(prob.test_tasks[0].target.B, B_test)
+    # a task's data: its own stream, drawn the same whether at once (training) or when first read (held out)
+    held_out = prob.test_tasks[2]
+    fresh = fl.Task.population(held_out.target, sampler="stats")
+    fresh.key, fresh.law = held_out.key, held_out.law
+    expected = fresh.sample(50, seed=np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ROLE_TEST, 2, 1))),
+                            noise=0.1)
+    np.testing.assert_array_equal(held_out.Sigma, expected.Sigma)
+    np.testing.assert_array_equal(held_out.C, expected.C)
