@@ -203,6 +203,7 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         plan = plans[job[0]]
         key = (plan["ft_rank"], getattr(results[job[0]], "backend", "auto"), id(plan["ft_peft"]))
         by_rank.setdefault(key, []).append(job)
+    adapt_ranks = _adaptation_ranks(plans)
     risks = {}
     for (rank, backend, _), group in by_rank.items():
         fitted = finetune_many([j[2] for j in group], [j[3] for j in group], peft=plans[group[0][0]]["ft_peft"],
@@ -214,7 +215,7 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
             out.append(plan)
             continue
         values = np.asarray([risks[(i, j)] for j in range(len(plan["tasks"]))])
-        metrics = {"rel_err_A": plan["rel_err_A"], "adapt_rank": plan["adapt_rank"],
+        metrics = {"rel_err_A": plan["rel_err_A"], "adapt_rank": adapt_ranks[i],
                    "excess_risk": float(values.mean()), "excess_risk_std": float(values.std()),
                    "excess_risk_per_task": values.tolist()}
         for key in ("objective", "n_iter", "seconds", "converged"):
@@ -264,10 +265,9 @@ def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_peft, rank_tol, noise_fl
                             f"the result comes from a problem of another size")
     ft_parameterization, ft_rank = _finetuning_plan(res, ft_peft, ft_rank, prob, A.shape)
     floor = estimation_noise_floor(prob.noise, prob.n, d_out, d_in) if noise_floor and prob is not None else 0.0
-    ranks = _adaptation_ranks(A, tasks, rank_tol, floor)
     # a parameterization with shared parameters fine-tunes on the retrain result (its A and shared ones)
     start = res if shared_names(ft_parameterization) and hasattr(res, "shared") else A
-    return {"tasks": tasks, "start": start, "ft_rank": ft_rank, "adapt_rank": float(np.median(ranks)),
+    return {"tasks": tasks, "start": start, "ft_rank": ft_rank, "ranks": (A, rank_tol, floor),
             "rel_err_A": _relative_error(A, getattr(prob, "A_star", None)), "ft_peft": ft_parameterization}
 
 
@@ -295,15 +295,27 @@ def _finetuning_plan(res, ft_peft, ft_rank, prob, shape) -> tuple:
     return parameterization, ft_rank
 
 
-def _adaptation_ranks(A, tasks, rank_tol: float, floor: float) -> list[int]:
-    """:func:`_adaptation_rank` of every task; small dense ones by two batched SVDs (the same
-    singular values, task by task, as one SVD each)."""
-    dense = [i for i, t in enumerate(tasks) if not isinstance(A, LowRankUpdate) and max(t.d_out, t.d_in) <= 512]
-    ranks = [None if i in dense else _adaptation_rank(A, t, rank_tol, floor) for i, t in enumerate(tasks)]
-    if dense:
-        W = np.stack([tasks[i].W_star for i in dense])
+def _adaptation_ranks(plans: list) -> list:
+    """The median :func:`_adaptation_rank` over each plan's tasks (None for a plan that is an
+    exception).  Small dense ones — every plan's together, per shape — by two batched SVDs (the
+    same singular values, task by task, as one SVD each)."""
+    ranks = {}
+    dense: dict = {}  # shape -> [(plan index, task index)]
+    for i, plan in enumerate(plans):
+        if isinstance(plan, Exception):
+            continue
+        A, rank_tol, floor = plan["ranks"]
+        for j, task in enumerate(plan["tasks"]):
+            if not isinstance(A, LowRankUpdate) and max(task.d_out, task.d_in) <= 512:
+                dense.setdefault(A.shape, []).append((i, j))
+            else:
+                ranks[i, j] = _adaptation_rank(A, task, rank_tol, floor)
+    for members in dense.values():
+        W = np.array([plans[i]["tasks"][j].W_star for i, j in members])
         scales = np.linalg.svd(W, compute_uv=False)[:, 0]
-        singular = np.linalg.svd(W - A[None], compute_uv=False)
-        for i, scale, values in zip(dense, scales, singular):
-            ranks[i] = int(np.sum(values > max(rank_tol * scale, floor)))
-    return ranks
+        singular = np.linalg.svd(W - np.array([plans[i]["ranks"][0] for i, _ in members]), compute_uv=False)
+        for (i, j), scale, values in zip(members, scales, singular):
+            _, rank_tol, floor = plans[i]["ranks"]
+            ranks[i, j] = int(np.sum(values > max(rank_tol * scale, floor)))
+    return [None if isinstance(plan, Exception) else
+            float(np.median([ranks[i, j] for j in range(len(plan["tasks"]))])) for i, plan in enumerate(plans)]
