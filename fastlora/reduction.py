@@ -107,7 +107,8 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     b = Q_out.T @ B                                  # (T, m_out, k)
     c = b if (symmetric and Q_in is Q_out) else Q_in.T @ C
     zero = np.zeros((Q_out.shape[1], Q_in.shape[1]))
-    reduced = [Task.population(LowRankTarget(zero, b[t], b[t] if c is b else c[t])) for t in range(T)]
+    # projections of checked factors: finite, of consistent shapes (no per-task re-validation)
+    reduced = [Task.population(LowRankTarget._trusted(zero, b[t], b[t] if c is b else c[t])) for t in range(T)]
     base_sq = base.expected_frobenius_sq() if is_implicit(base) else float(np.vdot(base, base))
     return Reduction(base, Q_out, Q_in, reduced, time.perf_counter() - started, base_sq)
 
