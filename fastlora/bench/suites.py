@@ -229,6 +229,8 @@ def _paper(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
                 X, Y = data()
                 row = {"solver": res.info.get("solver"), "iterations": res.n_iter, "converged": res.converged,
                        "objective": float(res.objective)}
+                if res.info.get("optimizer"):  # solver=gd runs L-BFGS by default: say which
+                    row["optimizer"] = res.info["optimizer"]
                 if "U" in res.params:
                     row["objective_raw_data"] = meta_objective(X, Y, res.A, res.params["U"])
                 paper = lookup(baseline_name)
