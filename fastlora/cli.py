@@ -250,7 +250,7 @@ SOLVE_SOLVER = _solve_flags("solver")
 
 @main.command()
 @schema_options(*SOLVE_PROBLEM)
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the problem draw and the solver")
+@click.option("--seed", type=int, default=0, help="seed of the problem draw and the solver [int >= 0; default: 0]")
 @click.option("--asymmetric", is_flag=True, help="general ground truth B*C*ᵀ instead of U*U*ᵀ")
 @click.option("--implicit", is_flag=True, help="A* generated tile by tile, never stored (population, symmetric; "
               "for d beyond memory: the solve keeps A as S + Q E Qᵀ)")

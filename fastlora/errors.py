@@ -63,12 +63,21 @@ def check_choices(name: str, value: Any, allowed: Iterable[str]) -> tuple:
     return values
 
 
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message where it is one short line, else the value's type (a SeedSequence's
+    or an array's repr spans lines; a Generator's names a memory address)."""
+    text = repr(value)
+    if "\n" in text or len(text) > 80 or " at 0x" in text:
+        return f"a {type(value).__module__}.{type(value).__qualname__}"
+    return text
+
+
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
               allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise FastLoRAError(f"{name} must be an integer, got {value!r}")
+        raise FastLoRAError(f"{name} must be an integer, got {shown(value)}")
     value = int(value)
     if low is not None and value < low:
         raise FastLoRAError(f"{name}={value} is too small; it must be >= {low}")
@@ -82,7 +91,7 @@ def check_float(name: str, value: Any, *, low: float | None = None, high: float 
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise FastLoRAError(f"{name} must be a number, got {value!r}")
+        raise FastLoRAError(f"{name} must be a number, got {shown(value)}")
     value = float(value)
     if not np.isfinite(value):
         raise FastLoRAError(f"{name}={value} is not finite; it must be a finite number")

@@ -116,23 +116,25 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
     n = OPTIONS["n"].check(n)
     be, dtype = get_backend(backend), resolve_dtype(dtype)
     out: list[FinetuneResult | None] = [None] * len(tasks)
-    if n is not None:
-        for task in tasks:
-            if task.target is None:
-                raise FastLoRAError(f"n={n}: fine-tuning samples can only be drawn from a task with ground truth "
-                                    f"(W_star); fine-tune on this task's own data with n=None")
-        drawn = sample_many(tasks, n, seeds)  # each task's samples from its own seed, drawn together
+    for task in tasks:
+        if rank > min(task.d_out, task.d_in):
+            raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = "
+                                f"{min(task.d_out, task.d_in)}")
+        if n is not None and task.target is None:
+            raise FastLoRAError(f"n={n}: fine-tuning samples can only be drawn from a task with ground truth "
+                                f"(W_star); fine-tune on this task's own data with n=None")
+    # each task's samples from its own seed, drawn together — unless one Generator serves several tasks:
+    # then each task samples and draws its start in turn, as lone finetune calls would
+    generators = [id(seed) for seed in seeds if isinstance(seed, np.random.Generator)]
+    drawn = sample_many(tasks, n, seeds) if n is not None and len(set(generators)) == len(generators) else None
     dense_jobs = []
     for i, (A, task, seed) in enumerate(zip(starts, tasks, seeds)):
         parameterization = resolved[i]
         retrained = A if isinstance(A, RetrainResult) else None
         if retrained is not None:
             A = retrained.A
-        if rank > min(task.d_out, task.d_in):
-            raise FastLoRAError(f"rank={rank} is too large; it must be <= min(d_out, d_in) = "
-                                f"{min(task.d_out, task.d_in)}")
         if n is not None:
-            task = drawn[i]
+            task = drawn[i] if drawn is not None else task.sample(n, seed=seed)
         check_shape_supported(parameterization, task.d_out, task.d_in)
         given = _shared_start(parameterization, retrained, task, rank, seed)
         if isinstance(A, LowRankUpdate):

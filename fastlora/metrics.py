@@ -185,6 +185,7 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     and each dict is what a lone evaluate gives.  ``errors="return"`` puts the exception of an
     entry that cannot be evaluated in its place."""
     results, problems, seeds, test_lists = evaluation_lists(results, problems, seeds, test_tasks, errors)
+    seeds = _fine_tuning_seeds(seeds)
     ft_peft_options = OPTIONS["ft_peft_options"].check(ft_peft_options)
     try:
         peft_registry.get(ft_peft, **(ft_peft_options or {}))
@@ -196,6 +197,12 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
     plans = each_or_error([functools.partial(_plan_evaluation, res, prob, tasks, ft_rank, (ft_peft, ft_peft_options),
                                              rank_tol, noise_floor)
                            for res, prob, tasks in zip(results, problems, test_lists)], errors)
+    adapt_ranks = _adaptation_ranks(plans)
+    for i, rank in enumerate(adapt_ranks):
+        if isinstance(rank, Exception):
+            if errors == "raise":
+                raise rank
+            plans[i] = rank  # this result's entry is its error; the others go on
     jobs = [(i, j, plan["start"], task, seeds[i] + j) for i, plan in enumerate(plans)
             if not isinstance(plan, Exception) for j, task in enumerate(plan["tasks"])]
     by_rank: dict = {}  # fine-tuning runs on the backend that retrained (arrays given as res: "auto")
@@ -203,7 +210,6 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         plan = plans[job[0]]
         key = (plan["ft_rank"], getattr(results[job[0]], "backend", "auto"), id(plan["ft_peft"]))
         by_rank.setdefault(key, []).append(job)
-    adapt_ranks = _adaptation_ranks(plans)
     risks = {}
     for (rank, backend, _), group in by_rank.items():
         fitted = finetune_many([j[2] for j in group], [j[3] for j in group], peft=plans[group[0][0]]["ft_peft"],
@@ -224,6 +230,19 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         metrics.update(identification_metrics(results[i], problems[i], plan["rel_err_A"]))
         out.append(metrics)
     return out
+
+
+def _fine_tuning_seeds(seeds: list) -> list[int]:
+    """Each result's seed, checked: a non-negative int (test task j of a result fine-tunes from seed + j)."""
+    checked = []
+    for i, seed in enumerate(seeds):
+        name = "seed" if len(seeds) == 1 else f"seeds[{i}]"
+        try:
+            checked.append(check_int(name, seed, low=0))
+        except FastLoRAError as exc:
+            raise FastLoRAError(f"{exc} (evaluate takes an int seed: test task j of a result fine-tunes from "
+                                f"seed + j)") from None
+    return checked
 
 
 def identification_metrics(res, prob, rel_err_A: float) -> dict:
@@ -296,10 +315,12 @@ def _finetuning_plan(res, ft_peft, ft_rank, prob, shape) -> tuple:
 
 
 def _adaptation_ranks(plans: list) -> list:
-    """The median :func:`_adaptation_rank` over each plan's tasks (None for a plan that is an
-    exception).  Small dense ones — every plan's together, per shape — by two batched SVDs (the
-    same singular values, task by task, as one SVD each)."""
-    ranks = {}
+    """The median :func:`_adaptation_rank` over each plan's tasks (None for a plan that is an exception,
+    the exception for one whose ranks cannot be computed).  Small dense ones — every plan's together,
+    per shape, ``RANK_BATCH_BYTES`` at a time — by two batched SVDs (the same singular values, task by
+    task, as one SVD each)."""
+    ranks: dict = {}
+    failed: dict = {}
     dense: dict = {}  # shape -> [(plan index, task index)]
     for i, plan in enumerate(plans):
         if isinstance(plan, Exception):
@@ -308,14 +329,26 @@ def _adaptation_ranks(plans: list) -> list:
         for j, task in enumerate(plan["tasks"]):
             if not isinstance(A, LowRankUpdate) and max(task.d_out, task.d_in) <= 512:
                 dense.setdefault(A.shape, []).append((i, j))
-            else:
+                continue
+            try:
                 ranks[i, j] = _adaptation_rank(A, task, rank_tol, floor)
-    for members in dense.values():
-        W = np.array([plans[i]["tasks"][j].W_star for i, j in members])
-        scales = np.linalg.svd(W, compute_uv=False)[:, 0]
-        singular = np.linalg.svd(W - np.array([plans[i]["ranks"][0] for i, _ in members]), compute_uv=False)
-        for (i, j), scale, values in zip(members, scales, singular):
-            _, rank_tol, floor = plans[i]["ranks"]
-            ranks[i, j] = int(np.sum(values > max(rank_tol * scale, floor)))
-    return [None if isinstance(plan, Exception) else
+            except Exception as exc:  # noqa: BLE001 - this result's error (errors="return"), not every result's
+                failed.setdefault(i, exc)
+    for shape, members in dense.items():
+        size = max(1, RANK_BATCH_BYTES // (16 * shape[0] * shape[1]))
+        for start in range(0, len(members), size):
+            batch = members[start:start + size]
+            W = np.array([plans[i]["tasks"][j].W_star for i, j in batch])
+            scales = np.linalg.svd(W, compute_uv=False)[:, 0]
+            for k, (i, _) in enumerate(batch):
+                W[k] -= plans[i]["ranks"][0]
+            singular = np.linalg.svd(W, compute_uv=False)
+            for (i, j), scale, values in zip(batch, scales, singular):
+                _, rank_tol, floor = plans[i]["ranks"]
+                ranks[i, j] = int(np.sum(values > max(rank_tol * scale, floor)))
+    return [None if isinstance(plan, Exception) else failed[i] if i in failed else
             float(np.median([ranks[i, j] for j in range(len(plan["tasks"]))])) for i, plan in enumerate(plans)]
+
+
+# the adaptation ranks' batched SVDs hold at most this many bytes of stacked targets at a time
+RANK_BATCH_BYTES = 32 << 20

@@ -27,7 +27,15 @@ from .errors import FastLoRAError, check_choice, check_float, check_int
 from .implicit import SeededSymmetricGaussian
 from .laws import STANDARD_LAW, DataLaw, make_law, refuse_inexact_statistics
 from .seeding import KeyedSeed, stream
-from .tasks import SAMPLERS, LowRankTarget, Task, check_raw_draws, raw_draws, sample_many, sampling_bytes
+from .tasks import (
+    SAMPLERS,
+    LowRankTarget,
+    Task,
+    check_raw_draws,
+    raw_draws,
+    sample_many,
+    sampling_bytes_many,
+)
 
 ROLE_SHARED, ROLE_TRAIN, ROLE_TEST, ROLE_NEW = 0, 1, 2, 3
 _TASK_OVERHEAD_BYTES = 1024  # Python objects per task (measured ~700 bytes)
@@ -273,14 +281,15 @@ def problem_bytes(d: int, d_out: int, k: int, T: int, n: int | None, n_test_task
 
     A* and its draw G (2·d_out·d), the factors (k·(d_out + d) per task, d_out only when
     symmetric), ~1 KB of Python objects per task, and with finite n each task's Σ_t, C_t
-    (d² + d_out·d) plus one sampling call's temporaries (:func:`fastlora.tasks.sampling_bytes`);
+    (d² + d_out·d) plus the temporaries of sampling the training tasks
+    (:func:`fastlora.tasks.sampling_bytes_many`);
     then 10% and 1 MB of headroom for numpy's temporaries.
     """
     tasks = T + n_test_tasks
     per_task = 8 * k * (d_out + (0 if symmetric else d)) + _TASK_OVERHEAD_BYTES
     total = (0 if implicit else 16 * d_out * d) + tasks * per_task
     if n is not None:
-        total += tasks * 8 * (d * d + d_out * d) + sampling_bytes(n, d, d_out, sampler)
+        total += tasks * 8 * (d * d + d_out * d) + sampling_bytes_many(T, n, d, d_out, sampler)
     return int(1.1 * total) + (1 << 20)
 
 

@@ -87,7 +87,6 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     started = time.perf_counter()
     base, B, C, symmetric = factors
     d_out, d_in = base.shape
-    T = B.shape[0]
     if equivariance == "same_basis":
         stacked = B.transpose(1, 0, 2).reshape(d_out, -1)
         if not symmetric:
@@ -108,7 +107,7 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     c = b if (symmetric and Q_in is Q_out) else Q_in.T @ C
     zero = np.zeros((Q_out.shape[1], Q_in.shape[1]))
     # projections of checked factors: finite, of consistent shapes (no per-task re-validation)
-    reduced = [Task.population(LowRankTarget._trusted(zero, b[t], b[t] if c is b else c[t])) for t in range(T)]
+    reduced = [Task.population(LowRankTarget._trusted(zero, bt, bt if c is b else ct)) for bt, ct in zip(b, c)]
     base_sq = base.expected_frobenius_sq() if is_implicit(base) else float(np.vdot(base, base))
     return Reduction(base, Q_out, Q_in, reduced, time.perf_counter() - started, base_sq)
 

@@ -6,7 +6,8 @@ gives that SeedSequence's state words from a compiled hash (fastlora.kernels.see
 same streams at a tenth of the cost, which a sweep row pays a dozen times."""
 from __future__ import annotations
 
-import functools
+import operator
+import sys
 
 import numpy as np
 from numpy.random.bit_generator import ISeedSequence, ISpawnableSeedSequence
@@ -19,20 +20,23 @@ from .kernels import seeds
 class KeyedSeed(ISpawnableSeedSequence):
     """``numpy.random.SeedSequence(entropy, spawn_key=spawn_key)`` for a non-negative int ``entropy``:
     the same state words (so a bit generator seeded by it draws the same numbers), hashed by
-    :func:`fastlora.kernels.seeds.sequence_state`; ``spawn`` and :meth:`sequence` hand over to
-    numpy's own object."""
-
-    __slots__ = ("entropy", "spawn_key")
+    :func:`fastlora.kernels.seeds.sequence_state`; :meth:`spawn` hands over to numpy's own object
+    (:meth:`sequence`, made once: its children follow on from earlier calls, as numpy's do)."""
 
     def __init__(self, entropy: int, spawn_key: tuple = ()):
-        self.entropy, self.spawn_key = entropy, spawn_key
+        # ints only, as numpy's SeedSequence (a float would be truncated silently otherwise)
+        self.entropy, self.spawn_key = operator.index(entropy), tuple(operator.index(k) for k in spawn_key)
+        self._sequence = None
 
     def generate_state(self, n_words: int, dtype=np.uint32) -> np.ndarray:
         wide = np.dtype(dtype) == np.dtype(np.uint64)
         if not wide and np.dtype(dtype) != np.dtype(np.uint32):
             raise ValueError(f"dtype={dtype!r}: only uint32 and uint64 state words are supported")
+        kernel = _state_kernel()
+        if kernel is None:  # numpy's own object: the same words
+            return np.random.SeedSequence(self.entropy, spawn_key=self.spawn_key).generate_state(n_words, dtype)
         words = np.empty(n_words * (2 if wide else 1), np.int64)
-        _state_kernel()(seeds.entropy_words(self.entropy, self.spawn_key), words)
+        kernel(seeds.entropy_words(self.entropy, self.spawn_key), words)
         state = words.astype("<u4")
         return state.view("<u8").astype(np.uint64) if wide else state.astype(np.uint32)
 
@@ -40,17 +44,34 @@ class KeyedSeed(ISpawnableSeedSequence):
         return self.sequence().spawn(n_children)
 
     def sequence(self) -> np.random.SeedSequence:
-        """numpy's SeedSequence of the same entropy and key."""
-        return np.random.SeedSequence(self.entropy, spawn_key=self.spawn_key)
+        """numpy's SeedSequence of the same entropy and key (one per KeyedSeed)."""
+        if self._sequence is None:
+            self._sequence = np.random.SeedSequence(self.entropy, spawn_key=self.spawn_key)
+        return self._sequence
 
     def __repr__(self) -> str:
         return f"KeyedSeed({self.entropy}, spawn_key={self.spawn_key})"
 
 
-@functools.cache
+# streams hashed by numpy's own SeedSequence before the compiled hash is loaded, in a process that has
+# not imported Numba yet: loading it costs ~0.35 s, which a one-off make_problem should not pay
+NUMPY_STREAMS = 64
+_UNSET = object()
+_kernel = _UNSET
+_numpy_streams = 0
+
+
 def _state_kernel():
-    """The compiled hash, looked up once per process (where its code is cached changes nothing it computes)."""
-    return seeds.compiled_sequence_state(settings.compiled_code_root())
+    """The compiled hash (looked up once per process: where its code is cached changes nothing it
+    computes), or None while numpy's SeedSequence serves: for the first ``NUMPY_STREAMS`` streams of a
+    process without Numba imported, and always where Numba cannot compile it."""
+    global _kernel, _numpy_streams
+    if _kernel is _UNSET:
+        if "numba" not in sys.modules and _numpy_streams < NUMPY_STREAMS:
+            _numpy_streams += 1
+            return None
+        _kernel = seeds.compiled_sequence_state(settings.compiled_code_root())
+    return _kernel
 
 
 def stream(entropy: int, spawn_key: tuple = ()) -> np.random.Generator:

@@ -262,8 +262,10 @@ class Task:
         own ``law`` of inputs and noise (fastlora.laws).
 
         ``sampler`` (default: the task's own, ``self.sampler``) picks how; the new task
-        keeps the sampler, the law, the ground truth and the key.  :func:`sample_many` draws
-        several tasks at once (the same numbers).
+        keeps the sampler, the law, the ground truth and the key.  An int ``seed`` is combined
+        with the task's key (two tasks draw different data from one int); a SeedSequence or
+        Generator is used as given (the same SeedSequence on two tasks draws the same numbers).
+        :func:`sample_many` draws several tasks at once (the same numbers).
         """
         return sample_many([self], n, [seed], noise, sampler)[0]
 
@@ -276,31 +278,41 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
                 sampler: str | None = None) -> list[Task]:
     """``[task.sample(n, seed, noise, sampler) for task, seed in zip(tasks, seeds)]``: each task draws
     the same numbers from its own seed; the exact statistics of tasks of one shape
-    (:func:`exact_statistics_many`) are computed as stacks, a fraction of the per-task cost."""
+    (:func:`exact_statistics_many`) are computed as stacks, a fraction of the per-task cost, at most
+    ``SAMPLE_BATCH_BYTES`` of them at a time.  Where one Generator serves several tasks, the tasks
+    draw one after another, in order, as separate calls would."""
+    if len(seeds) != len(tasks):
+        raise FastLoRAError(f"sample_many: {len(seeds)} seed(s) for {len(tasks)} task(s)")
+    for task in tasks:
+        if task.target is None:
+            raise FastLoRAError("cannot sample from a task without ground truth W_star")
     n = check_int("n", n, low=1)
     drawn = []  # (task, noise, sampler, rng) per task
     for task, seed in zip(tasks, seeds):
-        if task.target is None:
-            raise FastLoRAError("cannot sample from a task without ground truth W_star")
         level = task.noise if noise is None else noise
         level = 0.0 if level is None else check_float("noise", level, low=0.0, high=MAX_NOISE)
         kind = task.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
         drawn.append((task, level, kind, as_generator(task_seed(seed, task.key, PURPOSE_SAMPLE))))
     statistics: list = [None] * len(drawn)
     exact: dict = {}  # tasks whose statistics exact_statistics_many draws together
-    for i, (task, level, kind, _) in enumerate(drawn):
-        if kind == "stats" and n >= task.d_in and task.law.is_standard:
-            exact.setdefault((task.target.shape, level), []).append(i)
+    streams = {id(rng.bit_generator) for *_, rng in drawn}
+    if len(streams) == len(drawn):  # every task its own stream: the order of their draws is free
+        for i, (task, level, kind, _) in enumerate(drawn):
+            if kind == "stats" and n >= task.d_in and task.law.is_standard:
+                exact.setdefault((task.target.shape, level), []).append(i)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, with its reason
         for (shape, level), members in exact.items():
-            require_memory(len(members) * sampling_bytes(n, shape[1], shape[0], "stats"),
-                           f"sampling {len(members)} ({shape[0]}, {shape[1]}) task(s)",
-                           "use a smaller d (each task keeps d_in² + d_out·d_in statistics)")
-            Sigma, C, sq = exact_statistics_many([drawn[i][0].target for i in members], n, level,
-                                                 [drawn[i][3] for i in members])
-            for j, i in enumerate(members):
-                statistics[i] = (Sigma[j], C[j], float(sq[j]))
-        for i, (task, level, kind, rng) in enumerate(drawn):
+            each = sampling_bytes(n, shape[1], shape[0], "stats")
+            size = _sample_batch(each)
+            for start in range(0, len(members), size):
+                batch = members[start:start + size]
+                require_memory(len(batch) * each, f"sampling {len(batch)} ({shape[0]}, {shape[1]}) task(s)",
+                               "use a smaller d (each task keeps d_in² + d_out·d_in statistics)")
+                Sigma, C, sq = exact_statistics_many([drawn[i][0].target for i in batch], n, level,
+                                                     [drawn[i][3] for i in batch])
+                for j, i in enumerate(batch):  # C copied: a task keeps its own statistics, not the stack
+                    statistics[i] = (Sigma[j], C[j].copy(), float(sq[j]))
+        for i, (task, level, kind, rng) in enumerate(drawn):  # the others, in task order
             if statistics[i] is None:
                 statistics[i] = sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law)
     out = []
@@ -313,6 +325,24 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
         fresh.__dict__.update(key=task.key, sampler=kind, law=task.law)
         out.append(fresh)
     return out
+
+
+# sample_many stacks the exact statistics of at most this many bytes of tasks at a time
+SAMPLE_BATCH_BYTES = 16 << 20
+
+
+def _sample_batch(task_bytes: int) -> int:
+    """How many tasks of ``task_bytes`` (:func:`sampling_bytes`) sample_many draws in one stack."""
+    return max(1, SAMPLE_BATCH_BYTES // max(task_bytes, 1))
+
+
+def sampling_bytes_many(count: int, n: int, d_in: int, d_out: int, sampler: str) -> int:
+    """Peak bytes :func:`sample_many` allocates for ``count`` tasks of one shape: one stack of exact
+    statistics (at most ``SAMPLE_BATCH_BYTES``, or one task's), or one raw sampling call."""
+    each = sampling_bytes(n, d_in, d_out, sampler)
+    if sampler == "stats" and n >= d_in:
+        return each * min(count, _sample_batch(each))
+    return each
 
 
 def make_lowrank_target(base, B, C=None) -> LowRankTarget:
@@ -371,10 +401,11 @@ def sample_statistics(target: Target, n: int, noise: float, rng: np.random.Gener
 
 def sampling_bytes(n: int, d_in: int, d_out: int, sampler: str) -> int:
     """Bytes one :func:`sample_statistics` call allocates: the statistics Σ, C and their
-    reduction buffers (3·(d_in² + d_out·d_in)), and X, Y and the noise for a chunk of rows
-    (raw, or stats with n < d_in) or R and M (stats)."""
+    reduction buffers (3·(d_in² + d_out·d_in)), and X, Y and the noise for a chunk of rows and
+    the dense W* (raw, or stats with n < d_in) or R and M (stats)."""
     rows = min(n, _SAMPLE_CHUNK) if sampler == "raw" or n < d_in else d_in
-    return 8 * (3 * d_in * (d_in + d_out) + 3 * rows * (d_in + d_out))
+    dense_target = d_in * d_out if sampler == "raw" or n < d_in else 0  # the raw sampler's W* (_raw_statistics)
+    return 8 * (3 * d_in * (d_in + d_out) + 3 * rows * (d_in + d_out) + dense_target)
 
 
 def _raw_statistics(target: Target, n: int, noise: float, rng: np.random.Generator, law: DataLaw = STANDARD_LAW):

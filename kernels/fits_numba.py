@@ -167,7 +167,8 @@ def compiled_loops(cache_root: str) -> tuple:
             loops = tuple(contract.njit_cached(fn, str(_folder(cache_root)), error_model="numpy")
                           for fn in (fits.cholesky_fits, fits.fit_floors))
             for dispatcher, signature in zip(loops, signatures):
-                dispatcher.compile(signature)
+                if hasattr(dispatcher, "compile"):  # not under NUMBA_DISABLE_JIT: then plain Python functions
+                    dispatcher.compile(signature)
             _LOOPS[cache_root] = loops
         return _LOOPS[cache_root]
 

@@ -91,20 +91,30 @@ _COMPILED: dict = {}
 
 
 def compiled_sequence_state(cache_root: str):
-    """:func:`sequence_state` compiled (or loaded from the on-disk cache under ``cache_root``), once per process."""
-    ready = _COMPILED.get(cache_root)
-    if ready is not None:
-        return ready
+    """:func:`sequence_state` compiled (or loaded from the on-disk cache under ``cache_root``), once per
+    process; None where Numba cannot compile it (not installed, or ``NUMBA_DISABLE_JIT``): then numpy's
+    own SeedSequence is the faster way to the same words."""
+    if cache_root in _COMPILED:
+        return _COMPILED[cache_root]
     with _COMPILING:
         if cache_root not in _COMPILED:
-            from numba import types
-
-            import fastlora.kernels as contract
-            dispatcher = contract.njit_cached(sequence_state, str(_folder(cache_root)))
-            vector = types.Array(types.int64, 1, "C")
-            dispatcher.compile((vector, vector))
-            _COMPILED[cache_root] = dispatcher
+            _COMPILED[cache_root] = _compile(cache_root)
         return _COMPILED[cache_root]
+
+
+def _compile(cache_root: str):
+    try:
+        import numba
+        from numba import types
+    except ImportError:
+        return None
+    if numba.config.DISABLE_JIT:
+        return None
+    import fastlora.kernels as contract
+    dispatcher = contract.njit_cached(sequence_state, str(_folder(cache_root)))
+    vector = types.Array(types.int64, 1, "C")
+    dispatcher.compile((vector, vector))
+    return dispatcher
 
 
 @functools.cache

@@ -278,3 +278,23 @@ def test_evaluating_a_large_implicit_problem_never_regenerates_A_star(monkeypatc
     assert not generated
     assert m["rel_err_A"] < 1e-8 and m["adapt_rank"] == 1
     assert abs(metrics.frobenius_norm(prob.A_star) / np.sqrt(prob.A_star.expected_frobenius_sq()) - 1) < 1e-12
+
+
+def test_evaluate_many_returns_one_results_rank_error_and_goes_on(monkeypatch):
+    """The adaptation ranks of all results are computed together; one result's failure there is that
+    result's entry under errors="return" (the others are evaluated), and raised under "raise"."""
+    from fastlora import metrics
+    population = fl.make_problem(d=8, k=1, T=3, seed=0)
+    finite = fl.make_problem(d=8, k=1, T=3, n=200, noise=0.01, seed=1, sampler="stats")
+    results = [fl.retrain(population, method="lora-ml", dense_A=False), fl.retrain(finite, method="lora-ml")]
+    assert isinstance(results[0].A, fl.linop.LowRankUpdate)  # its ranks: per task, through _adaptation_rank
+    assert not isinstance(results[1].A, fl.linop.LowRankUpdate)  # its ranks: the batched SVDs
+    expected = fl.evaluate_many(results, [population, finite], n_ft=50, seeds=[3, 4])
+
+    def failing(*args):
+        raise fl.FastLoRAError("no rank here")
+    monkeypatch.setattr(metrics, "_adaptation_rank", failing)  # the structured result's path only
+    got = fl.evaluate_many(results, [population, finite], n_ft=50, seeds=[3, 4], errors="return")
+    assert isinstance(got[0], fl.FastLoRAError) and got[1] == expected[1]
+    with pytest.raises(fl.FastLoRAError, match="no rank here"):
+        fl.evaluate_many(results, [population, finite], n_ft=50, seeds=[3, 4])

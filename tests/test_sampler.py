@@ -213,3 +213,44 @@ def test_sample_many_draws_what_each_task_draws_alone():
             assert got.s == s
     with pytest.raises(fl.FastLoRAError, match="without ground truth"):
         sample_many([tasks[0], fl.Task(rng.standard_normal((30, 7)), rng.standard_normal((30, 7)))], 40, [1, 2])
+
+
+def test_sample_many_with_a_shared_generator_draws_task_by_task(monkeypatch):
+    """One Generator serving several tasks: each task draws in turn, as separate calls would (stacking
+    the exact ones first reordered the draws); stacks are bounded (SAMPLE_BATCH_BYTES) and a task keeps
+    its own arrays, not a view of a stack."""
+    from fastlora import tasks as tasks_module
+    from fastlora.tasks import sample_many
+    rng = np.random.default_rng(0)
+    raw = fl.Task.population(rng.standard_normal((6, 6)))
+    stats = fl.Task.population(rng.standard_normal((6, 6)), sampler="stats")
+    chosen = [raw, stats, raw, stats]
+    together = sample_many(chosen, 30, [np.random.default_rng(1)] * 4, noise=0.2)
+    shared = np.random.default_rng(1)
+    for task, got in zip(chosen, together):
+        alone = task.sample(30, seed=shared, noise=0.2)
+        np.testing.assert_array_equal(got.C, alone.C)
+        assert got.s == alone.s
+    prob = fl.make_problem(d=5, k=1, T=2, n=40, noise=0.3, seed=3, sampler="stats")
+    many = [prob.test_tasks[i % 4] for i in range(9)]
+    expected = [t.sample(40, seed=10 + i) for i, t in enumerate(many)]
+    monkeypatch.setattr(tasks_module, "SAMPLE_BATCH_BYTES", 1)  # one task per stack
+    for batched in (sample_many(many, 40, list(range(10, 19))),):
+        for got, want in zip(batched, expected):
+            np.testing.assert_array_equal(got.C, want.C)
+            assert got.C.base is None and got.Sigma.base is None
+    with pytest.raises(fl.FastLoRAError, match="2 seed"):
+        sample_many(many[:3], 40, [1, 2])
+
+
+def test_finetune_many_with_a_shared_generator_samples_task_by_task():
+    """finetune_many(seeds=one Generator): task i samples, then task i + 1 — as before the stacked draws."""
+    rng = np.random.default_rng(0)
+    chosen = [fl.Task.population(rng.standard_normal((6, 6))),
+              fl.Task.population(rng.standard_normal((6, 6)), sampler="stats")]
+    A = np.zeros((6, 6))
+    got = fl.finetune_many([A, A], chosen, rank=2, n=30, seeds=np.random.default_rng(1))
+    shared = np.random.default_rng(1)
+    sampled = [t.sample(30, seed=shared) for t in chosen]
+    want = fl.finetune_many([A, A], sampled, rank=2, seeds=shared)
+    assert [g.excess_risk for g in got] == [w.excess_risk for w in want]

@@ -94,3 +94,67 @@ def test_drawn_problems_are_numpys_seed_sequence_streams():
                             noise=0.1)
     np.testing.assert_array_equal(held_out.Sigma, expected.Sigma)
     np.testing.assert_array_equal(held_out.C, expected.C)
+
+
+def test_a_process_without_numba_hashes_its_first_streams_with_numpy(monkeypatch):
+    """Until NUMPY_STREAMS streams (or Numba is imported anyway), numpy's SeedSequence serves — the same
+    words — so a one-off make_problem does not import Numba (~0.35 s); then the compiled hash takes over."""
+    import types
+
+    from fastlora import seeding
+    monkeypatch.setattr(seeding, "_kernel", seeding._UNSET)
+    monkeypatch.setattr(seeding, "_numpy_streams", 0)
+    monkeypatch.setattr(seeding, "sys", types.SimpleNamespace(modules={}))  # as if Numba were not imported
+    expected = [np.random.SeedSequence(7, spawn_key=(i, 2)).generate_state(4, np.uint64)
+                for i in range(seeding.NUMPY_STREAMS + 3)]
+    for i, words in enumerate(expected):
+        np.testing.assert_array_equal(KeyedSeed(7, (i, 2)).generate_state(4, np.uint64), words)
+        assert (seeding._kernel is seeding._UNSET) == (i < seeding.NUMPY_STREAMS)
+
+
+def test_evaluate_takes_int_seeds_only():
+    """Test task j of a result fine-tunes from seed + j: a Generator, SeedSequence, bool or array seed is
+    refused by name (it raised a TypeError from inside, or was taken as 1)."""
+    prob = fl.make_problem(d=6, k=1, T=3, seed=0)
+    res = fl.retrain(prob, method="lora-ml", backend="numpy")
+    for bad in (np.random.default_rng(0), np.random.SeedSequence(1), None, "7", True, np.array(3)):
+        with pytest.raises(fl.FastLoRAError, match=r"^seed must be an integer.*int seed"):
+            fl.evaluate(res, prob, n_ft=50, seed=bad)
+    with pytest.raises(fl.FastLoRAError, match=r"^seeds\[1\]=-2 is too small"):
+        fl.evaluate_many([res, res], [prob, prob], n_ft=50, seeds=[1, -2])
+    assert fl.evaluate(res, prob, n_ft=50, seed=np.int64(3)) == fl.evaluate(res, prob, n_ft=50, seed=3)
+
+
+def test_keyed_seed_spawns_like_numpy_and_takes_ints_only():
+    mine, theirs = KeyedSeed(5, (1, 2)), np.random.SeedSequence(5, spawn_key=(1, 2))
+    for _ in range(2):  # children follow on from earlier calls
+        for a, b in zip(mine.spawn(2), theirs.spawn(2)):
+            assert a.spawn_key == b.spawn_key
+            np.testing.assert_array_equal(a.generate_state(4), b.generate_state(4))
+    for bad in ((1.7, ()), (3, (1.9,)), ("3", ())):
+        with pytest.raises(TypeError):
+            KeyedSeed(*bad)
+    assert KeyedSeed(np.int64(3), (np.uint8(1),)).spawn_key == (1,)
+
+
+def test_streams_without_a_jit(tmp_path):
+    """Under NUMBA_DISABLE_JIT (Numba's debugging switch) every stream comes from numpy's SeedSequence and
+    the fits run as Python: the same problem, the same statistics (it raised AttributeError)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ("import json, fastlora as fl\n"
+            "p = fl.make_problem(d=4, k=1, T=3, n=50, noise=0.1, seed=1, sampler='stats')\n"
+            "r = fl.retrain(p, method='lora-ml', backend='numpy')\n"
+            "print(json.dumps([p.A_star.tolist(), p.tasks[2].C.tolist(), p.test_tasks[0].sample(20, seed=4).s,"
+            " r.objective]))\n")
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    A_star, C, s, objective = json.loads(done.stdout.strip().splitlines()[-1])
+    p = fl.make_problem(d=4, k=1, T=3, n=50, noise=0.1, seed=1, sampler="stats")
+    np.testing.assert_array_equal(np.array(A_star), p.A_star)
+    np.testing.assert_array_equal(np.array(C), p.tasks[2].C)
+    assert s == p.test_tasks[0].sample(20, seed=4).s
+    assert objective == pytest.approx(fl.retrain(p, method="lora-ml", backend="numpy").objective, abs=1e-12)
