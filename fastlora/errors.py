@@ -64,12 +64,14 @@ def check_choices(name: str, value: Any, allowed: Iterable[str]) -> tuple:
 
 
 def shown(value: Any) -> str:
-    """``repr(value)`` for a message where it is one short line, else the value's type (a SeedSequence's
-    or an array's repr spans lines; a Generator's names a memory address)."""
+    """``repr(value)`` for a message where it is one short line; a long string cut short; else the
+    value's type (a SeedSequence's or an array's repr spans lines, a Generator's names an address)."""
     text = repr(value)
-    if "\n" in text or len(text) > 80 or " at 0x" in text:
-        return f"a {type(value).__module__}.{type(value).__qualname__}"
-    return text
+    if "\n" not in text and len(text) <= 80 and " at 0x" not in text:
+        return text
+    if isinstance(value, str):
+        return repr(value[:60]) + "…"
+    return f"a {type(value).__name__}"
 
 
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,

@@ -125,8 +125,8 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
                                 f"(W_star); fine-tune on this task's own data with n=None")
     # each task's samples from its own seed, drawn together — unless one Generator serves several tasks:
     # then each task samples and draws its start in turn, as lone finetune calls would
-    generators = [id(seed) for seed in seeds if isinstance(seed, np.random.Generator)]
-    drawn = sample_many(tasks, n, seeds) if n is not None and len(set(generators)) == len(generators) else None
+    streams = [id(seed.bit_generator) for seed in seeds if isinstance(seed, np.random.Generator)]
+    drawn = sample_many(tasks, n, seeds) if n is not None and len(set(streams)) == len(streams) else None
     dense_jobs = []
     for i, (A, task, seed) in enumerate(zip(starts, tasks, seeds)):
         parameterization = resolved[i]

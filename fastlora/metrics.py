@@ -332,7 +332,7 @@ def _adaptation_ranks(plans: list) -> list:
                 continue
             try:
                 ranks[i, j] = _adaptation_rank(A, task, rank_tol, floor)
-            except Exception as exc:  # noqa: BLE001 - this result's error (errors="return"), not every result's
+            except FastLoRAError as exc:  # this result's error (errors="return"), not every result's
                 failed.setdefault(i, exc)
     for shape, members in dense.items():
         size = max(1, RANK_BATCH_BYTES // (16 * shape[0] * shape[1]))

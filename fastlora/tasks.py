@@ -316,7 +316,8 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
             if statistics[i] is None:
                 statistics[i] = sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law)
     out = []
-    for (task, level, kind, _), (Sigma, C, sq) in zip(drawn, statistics):
+    for i, (task, level, kind, _) in enumerate(drawn):
+        (Sigma, C, sq), statistics[i] = statistics[i], None  # released as consumed: no second copy of all Σ
         if not (np.isfinite(Sigma).all() and np.isfinite(C).all() and np.isfinite(sq)):
             raise FastLoRAError(f"sampling n={n} samples: their statistics overflow float64 (the task's targets or "
                                 f"its law's inputs are too large); rescale them")

@@ -207,3 +207,17 @@ def test_check_installed_reports_every_parameterization_and_names_a_failure():
     assert "fast path numba" in rows["tied_lora"]["passed"] and "best fit" in rows["lora"]["passed"]
     bad = rows["mean_not_sum"]
     assert not bad["ok"] and "pullback()['C'] disagrees" in bad["failure"] and "shapes" in bad["passed"]
+
+
+def test_finetune_many_draws_in_turn_from_one_shared_stream(tied):
+    """Fine-tuning keeps tied_lora's shared parameters and draws each task's own start: where one random
+    stream serves several tasks (one Generator, or two over one bit generator), each task samples and
+    draws its start in turn — the same numbers either way (sampling every task first changed them)."""
+    prob, results = tied
+    tasks = [prob.new_task(3), prob.new_task(4)]
+    one = fl.finetune_many([results["als"]] * 2, tasks, peft="tied_lora", rank=R, n=40,
+                           seeds=np.random.default_rng(7))
+    shared = np.random.default_rng(7)
+    two = fl.finetune_many([results["als"]] * 2, tasks, peft="tied_lora", rank=R, n=40,
+                           seeds=[shared, np.random.Generator(shared.bit_generator)])
+    assert [f.excess_risk for f in one] == [f.excess_risk for f in two]

@@ -244,7 +244,9 @@ def test_sample_many_with_a_shared_generator_draws_task_by_task(monkeypatch):
 
 
 def test_finetune_many_with_a_shared_generator_samples_task_by_task():
-    """finetune_many(seeds=one Generator): task i samples, then task i + 1 — as before the stacked draws."""
+    """finetune_many(seeds=one Generator): task i samples, then task i + 1 — as before the stacked draws
+    (sample_many's rule, reached through finetune_many; tests/test_plugins_v2.py checks finetune_many's
+    own, with a parameterization that draws a start per task)."""
     rng = np.random.default_rng(0)
     chosen = [fl.Task.population(rng.standard_normal((6, 6))),
               fl.Task.population(rng.standard_normal((6, 6)), sampler="stats")]

@@ -139,7 +139,8 @@ def test_keyed_seed_spawns_like_numpy_and_takes_ints_only():
 
 def test_streams_without_a_jit(tmp_path):
     """Under NUMBA_DISABLE_JIT (Numba's debugging switch) every stream comes from numpy's SeedSequence and
-    the fits run as Python: the same problem, the same statistics (it raised AttributeError)."""
+    the fits and the numba backend's engine run as Python: the same problem, statistics and solves (each
+    raised AttributeError)."""
     import json
     import os
     import subprocess
@@ -147,14 +148,18 @@ def test_streams_without_a_jit(tmp_path):
     code = ("import json, fastlora as fl\n"
             "p = fl.make_problem(d=4, k=1, T=3, n=50, noise=0.1, seed=1, sampler='stats')\n"
             "r = fl.retrain(p, method='lora-ml', backend='numpy')\n"
+            "c = fl.retrain(p, method='lora-ml', backend='numba')\n"  # the engine's source, run as Python
             "print(json.dumps([p.A_star.tolist(), p.tasks[2].C.tolist(), p.test_tasks[0].sample(20, seed=4).s,"
-            " r.objective]))\n")
+            " r.objective, c.objective, c.n_iter]))\n")
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    A_star, C, s, objective = json.loads(done.stdout.strip().splitlines()[-1])
+    A_star, C, s, objective, compiled_objective, compiled_iterations = json.loads(done.stdout.strip().splitlines()[-1])
     p = fl.make_problem(d=4, k=1, T=3, n=50, noise=0.1, seed=1, sampler="stats")
     np.testing.assert_array_equal(np.array(A_star), p.A_star)
     np.testing.assert_array_equal(np.array(C), p.tasks[2].C)
     assert s == p.test_tasks[0].sample(20, seed=4).s
     assert objective == pytest.approx(fl.retrain(p, method="lora-ml", backend="numpy").objective, abs=1e-12)
+    compiled = fl.retrain(p, method="lora-ml", backend="numba")
+    assert compiled_objective == pytest.approx(compiled.objective, rel=1e-10)
+    assert abs(compiled_iterations - compiled.n_iter) <= 2

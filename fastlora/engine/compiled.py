@@ -70,6 +70,8 @@ def ensure_compiled(dispatcher, dtype) -> float:
     """Compile ``dispatcher`` for ``dtype`` (or load it from the cache); returns the seconds spent.
     Where that takes more than a second a notice says what is being compiled (once per engine
     version and dtype: later runs load it)."""
+    if not hasattr(dispatcher, "overloads"):  # NUMBA_DISABLE_JIT: a plain Python function, nothing to compile
+        return 0.0
     name = np.dtype(dtype).name
     if name in _READY.setdefault(dispatcher, set()):
         return 0.0
