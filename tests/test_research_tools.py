@@ -289,3 +289,15 @@ def test_a_key_that_follows_the_hue_is_stated_in_the_title(tmp_path, monkeypatch
     assert "max_iter per method: lora-ml→200, standard→100" in captured["figure"]._suptitle.get_text()
     with pytest.raises(FastLoRAError, match=r"key '(max_iter|method)' varies"):
         plot_results(out, "T", "excess_risk", out=tmp_path / "g.png")
+
+
+def test_dry_run_cost_model_keeps_a_rows_fixed_cost():
+    """Two timed sizes of a kind: a fixed plus a proportional cost (proportional scaling alone multiplied a
+    row's fixed overhead: a 1200-row estimate read ~5x the sweep); one size: proportional; never negative."""
+    from fastlora.sweep.dryrun import _cost_model
+    model = _cost_model([(1.0, 1.1), (10.0, 2.0)])
+    assert model(5.0) == pytest.approx(1.5) and model(100.0) == pytest.approx(11.0)
+    assert _cost_model([(2.0, 4.0)])(5.0) == pytest.approx(10.0)
+    assert _cost_model([(1.0, 3.0), (10.0, 1.0)])(50.0) == pytest.approx(2.0)  # larger timed faster: the mean
+    through_origin = _cost_model([(1.0, 0.5), (10.0, 20.0)])  # a negative fixed part: proportional instead
+    assert through_origin(0.0) == 0.0 and through_origin(10.0) > 0

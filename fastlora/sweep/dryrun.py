@@ -5,9 +5,10 @@ pending rows need (rows that differ only in evaluation keys share one per seed),
 the theorem's regime (fastlora.regime), an estimate of one row's peak memory, and the time: a few
 retrainings are run for real (one seed's rows, then — where that is quick — ``TIMED_SEEDS`` seeds'
 rows together, as a sweep's chunks run them; after one untimed warm-up row, the smallest retraining
-key of each method and model, then the largest keys while ``TIME_BUDGET`` seconds last, up to
-``TIMED_KEYS`` keys), and every other retraining key is scaled from its kind's timed ones by a rough
-cost model (:func:`_cost_proxy`).  Nothing is written.
+key of each method and model, then each one's largest, then other large keys while ``TIME_BUDGET``
+seconds last, up to ``TIMED_KEYS`` keys), and every other retraining key is estimated from its kind's timed ones along a
+rough size (:func:`_cost_proxy`): a fixed plus a proportional cost where two sizes of the kind were
+timed (:func:`_cost_model`).  Nothing is written.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..config import format_bytes, usable_cores
 from .spec import DEFAULT_PAIRING, POPULATION, Spec, retraining_key
 
-TIMED_KEYS = 3
+TIMED_KEYS = 4
 TIME_BUDGET = 20.0  # seconds of timed rows at most (one retraining key may exceed it alone)
 TIMED_SEEDS = 16  # a timed key whose seeds' rows take at most BATCH_SECONDS together is timed as one chunk of them
 BATCH_SECONDS = 2.0
@@ -57,8 +60,8 @@ class DryRun:
         if self.pending:
             wall = self.estimate_seconds / max(self.workers, 1)
             out.append(f"estimate: ~{_duration(self.estimate_seconds)} of work, ~{_duration(wall)} on "
-                       f"{self.workers} worker(s) (untimed retraining keys scaled from the timed ones of their method "
-                       f"by their size; a rough guide)")
+                       f"{self.workers} worker(s) (untimed retraining keys estimated from the timed ones of their "
+                       f"method by their size; a rough guide)")
         return out
 
 
@@ -134,19 +137,20 @@ def _cost_proxy(point: dict) -> float:
 
 
 def _time(groups: dict, budget: float, most: int) -> tuple[list, float]:
-    """Run one seed's rows of up to ``most`` retraining keys — the smallest of each kind (method,
-    model) first, then the largest ones while ``budget`` lasts — and extrapolate to every pending
-    retraining by each kind's seconds per unit of :func:`_cost_proxy` (module docstring)."""
+    """Run the rows of up to ``most`` retraining keys — the smallest of each kind (method, model) first,
+    then each kind's largest, then the other large ones while ``budget`` lasts — and extrapolate to every
+    pending retraining along each kind's timed ones (:func:`_cost_model`; module docstring)."""
     from .runner import run_rows
     proxy = {key: _cost_proxy(_first_point(by_seed)) for key, by_seed in groups.items()}
     kind = {key: _kind(_first_point(by_seed)) for key, by_seed in groups.items()}
     ascending = sorted(groups, key=lambda key: proxy[key])
     smallest = list({kind[key]: key for key in reversed(ascending)}.values())  # each kind's smallest
-    largest = [key for key in reversed(ascending) if key not in smallest]
+    largest = [key for key in {kind[key]: key for key in ascending}.values() if key not in smallest]
+    others = [key for key in reversed(ascending) if key not in smallest and key not in largest]
     run_rows(next(iter(groups[ascending[0]].values()))[:1])  # warm-up: imports, compiled kernels from the cache
     measured: dict[str, float] = {}
     spent = 0.0
-    for key in (smallest + largest)[:max(most, len(smallest))]:
+    for key in (smallest + largest + others)[:max(most, len(smallest))]:
         if spent >= budget and key not in smallest:
             break
         by_seed = list(groups[key].values())
@@ -163,17 +167,32 @@ def _time(groups: dict, budget: float, most: int) -> tuple[list, float]:
             seconds = time.perf_counter() - started
             measured[key] = seconds / len(batch)
             spent += seconds
-    rate: dict[tuple, list] = {}
-    for key, seconds in measured.items():
-        rate.setdefault(kind[key], []).append(seconds / proxy[key])
     timed = [(_describe(_first_point(groups[key])), seconds) for key, seconds in measured.items()]
-    total = 0.0
-    for key, by_seed in groups.items():
-        per = measured.get(key)
-        if per is None:
-            per = float(sorted(rate[kind[key]])[len(rate[kind[key]]) // 2]) * proxy[key]
-        total += per * len(by_seed)
+    models = {}
+    for key, seconds in measured.items():
+        models.setdefault(kind[key], []).append((proxy[key], seconds))
+    models = {k: _cost_model(points) for k, points in models.items()}
+    total = sum((measured[key] if key in measured else models[kind[key]](proxy[key])) * len(by_seed)
+                for key, by_seed in groups.items())
     return timed, total
+
+
+def _cost_model(points: list):
+    """Seconds of one retraining as a function of its cost proxy, from timed (proxy, seconds) pairs of one
+    kind: a fixed cost plus a proportional one (least squares, neither negative) where two or more
+    sizes were timed — a sweep row has a fixed overhead that proportional scaling would multiply — else
+    proportional to the one timed."""
+    x = np.array([p for p, _ in points], dtype=np.float64)
+    y = np.array([s for _, s in points], dtype=np.float64)
+    if len(set(x.tolist())) < 2:
+        rate = float(np.median(y / x))
+        return lambda size: rate * size
+    slope, fixed = np.polyfit(x, y, 1)
+    if slope < 0:  # the larger sizes were timed faster (noise): their mean
+        slope, fixed = 0.0, float(y.mean())
+    elif fixed < 0:  # no fixed part: proportional, through the origin
+        slope, fixed = float(x @ y / (x @ x)), 0.0
+    return lambda size: fixed + slope * size
 
 
 def _first_point(by_seed: dict) -> dict:
