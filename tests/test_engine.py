@@ -151,6 +151,38 @@ def test_compiled_factor_products_and_cholesky_inverse_agree_with_their_numpy_fo
             np.testing.assert_allclose(want[1], np.linalg.inv(M), rtol=1e-12)
 
 
+def test_compiled_symmetric_eigen_agrees_with_eigh():
+    """Jacobi rotations (n <= JACOBI_MAX_DIM) and LAPACK beyond: eigenvalues ascending to rounding of the
+    largest, orthonormal eigenvectors, H V = V Λ — at any scale, with repeated and zero eigenvalues, in
+    float32 too, and the same as the numpy form's eigenvalues."""
+    import numba
+
+    import fastlora.engine.compiled  # noqa: F401
+    from fastlora.engine._numba_linalg import JACOBI_MAX_DIM
+
+    compiled = numba.njit(lambda H: linalg.symmetric_eigen(H))
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, JACOBI_MAX_DIM, JACOBI_MAX_DIM + 1):
+        for trial in range(40):
+            G = rng.standard_normal((n, n)) * 10.0 ** int(rng.integers(-150, 150))
+            if trial % 4 == 0:  # rank one: n - 1 zero eigenvalues
+                G = np.outer(G[:, 0], G[:, 0])
+            if trial % 4 == 1:  # a repeated eigenvalue
+                G = np.diag(np.r_[np.full(n - n // 2, 2.0), np.arange(n // 2)]) * 10.0 ** int(rng.integers(-50, 50))
+            H = 0.5 * (G + G.T)
+            lam, V = compiled(H)
+            want, _ = linalg.symmetric_eigen(H)
+            top = np.abs(want).max()
+            assert np.all(np.diff(lam) >= 0), (n, trial)
+            np.testing.assert_allclose(lam, want, rtol=0, atol=1e-14 * top)
+            np.testing.assert_allclose(V.T @ V, np.eye(n), rtol=0, atol=1e-13)
+            np.testing.assert_allclose(H @ V, V * lam, rtol=0, atol=1e-13 * top)
+        G = rng.standard_normal((n, n)).astype(np.float32)
+        lam32, V32 = compiled(G + G.T)
+        assert lam32.dtype == np.float32 and V32.dtype == np.float32
+        np.testing.assert_allclose(lam32, np.linalg.eigvalsh(G + G.T), rtol=0, atol=1e-5 * np.abs(lam32).max())
+
+
 def test_a_fits_loss_floor_is_the_exactly_rounded_value_where_float64_cancels():
     """floor = ½⟨ŴΣ, Ŵ⟩ − ⟨Ŵ, C⟩ + s cancels ~9 digits at a near-noiseless task: the compiled
     double-double evaluation equals the exact rational value rounded once (tests/naive.py), the

@@ -232,3 +232,80 @@ def _task_residual(A, delta, W_hat, Sigma, E, G, identity):
                 total += g * E[i, j]
         return 0.5 * total
     return impl
+
+
+# symmetric matrices up to this size are diagonalised by Jacobi rotations in compiled code: the ALS's
+# adapter step takes one per task and iteration, and a small eigh through LAPACK is mostly the call
+# (measured, random symmetric: n=3 0.42 µs against 1.30, n=6 3.16 against 3.59; LAPACK wins from n=8)
+JACOBI_MAX_DIM = 6
+JACOBI_MAX_SWEEPS = 50
+
+
+@overload(linalg.symmetric_eigen)
+def _symmetric_eigen(H):
+    def impl(H):
+        n = H.shape[0]
+        largest = 0.0
+        for i in range(n):
+            for j in range(n):
+                largest = max(largest, abs(H[i, j]))
+        if n > JACOBI_MAX_DIM or not np.isfinite(largest):
+            return np.linalg.eigh(H)
+        # rotations on H / 2^e, the largest entry in [1, 2): no square over- or underflows at any scale
+        unit = 2.0 ** np.floor(np.log2(largest)) if largest > 0.0 else 1.0
+        A = np.empty((n, n), H.dtype)
+        V = np.zeros((n, n), H.dtype)
+        scale_sq = 0.0
+        for i in range(n):
+            V[i, i] = 1.0
+            for j in range(n):
+                A[i, j] = H[i, j] / unit
+                scale_sq += A[i, j] * A[i, j]
+        tol_sq = (np.finfo(H.dtype).eps ** 2) * scale_sq
+        for _ in range(JACOBI_MAX_SWEEPS):
+            off_sq = 0.0
+            for p in range(n - 1):
+                for q in range(p + 1, n):
+                    off_sq += A[p, q] * A[p, q]
+            if not off_sq > tol_sq:  # converged (or H has non-finite entries: no rotation makes sense)
+                break
+            for p in range(n - 1):
+                for q in range(p + 1, n):
+                    apq = A[p, q]
+                    if apq == 0.0:
+                        continue
+                    theta = (A[q, q] - A[p, p]) / (2.0 * apq)
+                    if abs(theta) > 1e8:  # t = 1/(2θ) to rounding (relative 1/(4θ²)); θ² could overflow
+                        t = 0.5 / theta
+                    else:
+                        t = (1.0 if theta >= 0.0 else -1.0) / (abs(theta) + np.sqrt(theta * theta + 1.0))
+                    c = 1.0 / np.sqrt(t * t + 1.0)
+                    s = t * c
+                    for k in range(n):  # A J
+                        akp, akq = A[k, p], A[k, q]
+                        A[k, p] = c * akp - s * akq
+                        A[k, q] = s * akp + c * akq
+                    for k in range(n):  # Jᵀ (A J)
+                        apk, aqk = A[p, k], A[q, k]
+                        A[p, k] = c * apk - s * aqk
+                        A[q, k] = s * apk + c * aqk
+                    A[p, q] = 0.0
+                    A[q, p] = 0.0
+                    for k in range(n):  # V J
+                        vkp, vkq = V[k, p], V[k, q]
+                        V[k, p] = c * vkp - s * vkq
+                        V[k, q] = s * vkp + c * vkq
+        lam = np.empty(n, H.dtype)
+        for i in range(n):
+            lam[i] = A[i, i] * unit
+        for i in range(n):  # ascending, as eigh
+            smallest = i
+            for j in range(i + 1, n):
+                if lam[j] < lam[smallest]:
+                    smallest = j
+            if smallest != i:
+                lam[i], lam[smallest] = lam[smallest], lam[i]
+                for k in range(n):
+                    V[k, i], V[k, smallest] = V[k, smallest], V[k, i]
+        return lam, V
+    return impl

@@ -115,3 +115,10 @@ def task_residual(A, delta, W_hat, Sigma, E, G, identity):
     else:
         np.matmul(E, Sigma, out=G)
     return 0.5 * inner(G, E)
+
+
+def symmetric_eigen(H):
+    """(eigenvalues ascending, eigenvectors as columns) of a symmetric H — ``np.linalg.eigh``.  The
+    compiled form diagonalises small H by cyclic Jacobi rotations (:mod:`fastlora.engine._numba_linalg`):
+    a LAPACK call costs more than the arithmetic there."""
+    return np.linalg.eigh(H)

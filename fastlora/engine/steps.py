@@ -37,6 +37,7 @@ from .linalg import (
     matmul_tn_add,
     norm,
     scale,
+    symmetric_eigen,
     task_residual,
 )
 
@@ -288,7 +289,7 @@ def fit_adapters(q, spec, A, theta, w):
             for i in range(spec.d_in):
                 for j in range(spec.d_in):
                     H[i, j] = 0.5 * (R[i, j] + R[j, i])
-            lam, V = np.linalg.eigh(H)
+            lam, V = symmetric_eigen(H)
             U = theta.reshape((spec.T, spec.r, spec.d_in))[t]
             d = lam.shape[0]
             for j in range(spec.r):
