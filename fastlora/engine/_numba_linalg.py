@@ -2,6 +2,8 @@
 code calling ``linalg.matmul`` runs these loops.  Imported by fastlora.engine.compiled only."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba.extending import overload
 
@@ -245,14 +247,16 @@ JACOBI_MAX_SWEEPS = 50
 def _symmetric_eigen(H):
     def impl(H):
         n = H.shape[0]
+        if n > JACOBI_MAX_DIM:
+            return np.linalg.eigh(H)
         largest = 0.0
         for i in range(n):
             for j in range(n):
+                if not np.isfinite(H[i, j]):  # LAPACK's verdict (numpy's: an error)
+                    return np.linalg.eigh(H)
                 largest = max(largest, abs(H[i, j]))
-        if n > JACOBI_MAX_DIM or not np.isfinite(largest):
-            return np.linalg.eigh(H)
         # rotations on H / 2^e, the largest entry in [1, 2): no square over- or underflows at any scale
-        unit = 2.0 ** np.floor(np.log2(largest)) if largest > 0.0 else 1.0
+        unit = math.ldexp(1.0, math.frexp(largest)[1] - 1) if largest > 0.0 else 1.0
         A = np.empty((n, n), H.dtype)
         V = np.zeros((n, n), H.dtype)
         scale_sq = 0.0
@@ -261,7 +265,8 @@ def _symmetric_eigen(H):
             for j in range(n):
                 A[i, j] = H[i, j] / unit
                 scale_sq += A[i, j] * A[i, j]
-        tol_sq = (np.finfo(H.dtype).eps ** 2) * scale_sq
+        eps = np.finfo(H.dtype).eps
+        tol_sq = eps * eps * scale_sq
         for _ in range(JACOBI_MAX_SWEEPS):
             off_sq = 0.0
             for p in range(n - 1):
@@ -272,7 +277,11 @@ def _symmetric_eigen(H):
             for p in range(n - 1):
                 for q in range(p + 1, n):
                     apq = A[p, q]
-                    if apq == 0.0:
+                    # negligible against its diagonal pair (Demmel–Veselić): dropped, not rotated — with equal
+                    # diagonal entries a 45° rotation would only reshuffle the larger off-diagonal ones
+                    if abs(apq) <= eps * np.sqrt(abs(A[p, p] * A[q, q])):
+                        A[p, q] = 0.0
+                        A[q, p] = 0.0
                         continue
                     theta = (A[q, q] - A[p, p]) / (2.0 * apq)
                     if abs(theta) > 1e8:  # t = 1/(2θ) to rounding (relative 1/(4θ²)); θ² could overflow

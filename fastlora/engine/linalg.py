@@ -118,7 +118,8 @@ def task_residual(A, delta, W_hat, Sigma, E, G, identity):
 
 
 def symmetric_eigen(H):
-    """(eigenvalues ascending, eigenvectors as columns) of a symmetric H — ``np.linalg.eigh``.  The
-    compiled form diagonalises small H by cyclic Jacobi rotations (:mod:`fastlora.engine._numba_linalg`):
-    a LAPACK call costs more than the arithmetic there."""
+    """(eigenvalues ascending, eigenvectors as columns) of H, exactly symmetric (the compiled form reads
+    both triangles, eigh the lower one) — ``np.linalg.eigh``.  The compiled form diagonalises small H
+    by cyclic Jacobi rotations (:mod:`fastlora.engine._numba_linalg`): a LAPACK call costs more than
+    the arithmetic there."""
     return np.linalg.eigh(H)
