@@ -13,7 +13,7 @@ from .options import OPTIONS, check_solver_options
 from .peft.protocol import check_shape_supported, shared_names
 from .peft.registry import finetuning_parameterization
 from .reduction import extend_basis, orthonormal_basis
-from .seeding import as_generator
+from .seeding import as_generator, separate_streams
 from .solvers import engine as engine_path
 from .solvers.adapters import InnerGradient, choose_adapter_step
 from .solvers.common import Context, RetrainResult
@@ -125,8 +125,8 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
                                 f"(W_star); fine-tune on this task's own data with n=None")
     # each task's samples from its own seed, drawn together — unless one Generator serves several tasks:
     # then each task samples and draws its start in turn, as lone finetune calls would
-    streams = [id(seed.bit_generator) for seed in seeds if isinstance(seed, np.random.Generator)]
-    drawn = sample_many(tasks, n, seeds) if n is not None and len(set(streams)) == len(streams) else None
+    separate = separate_streams(seed for seed in seeds if isinstance(seed, np.random.Generator))
+    drawn = sample_many(tasks, n, seeds) if n is not None and separate else None
     dense_jobs = []
     for i, (A, task, seed) in enumerate(zip(starts, tasks, seeds)):
         parameterization = resolved[i]

@@ -34,7 +34,7 @@ class KeyedSeed(ISpawnableSeedSequence):
             raise ValueError(f"dtype={dtype!r}: only uint32 and uint64 state words are supported")
         kernel = _state_kernel()
         if kernel is None:  # numpy's own object: the same words
-            return np.random.SeedSequence(self.entropy, spawn_key=self.spawn_key).generate_state(n_words, dtype)
+            return self.sequence().generate_state(n_words, dtype)
         words = np.empty(n_words * (2 if wide else 1), np.int64)
         kernel(seeds.entropy_words(self.entropy, self.spawn_key), words)
         state = words.astype("<u4")
@@ -77,6 +77,12 @@ def _state_kernel():
 def stream(entropy: int, spawn_key: tuple = ()) -> np.random.Generator:
     """``default_rng(SeedSequence(entropy, spawn_key=spawn_key))``, at a tenth of its cost."""
     return np.random.Generator(np.random.PCG64(KeyedSeed(entropy, spawn_key)))
+
+
+def separate_streams(generators) -> bool:
+    """Whether no two of ``generators`` draw from one bit generator (then the order of their draws is free)."""
+    streams = [id(g.bit_generator) for g in generators]
+    return len(set(streams)) == len(streams)
 
 
 def as_generator(seed, name: str = "seed") -> np.random.Generator:

@@ -26,7 +26,7 @@ from .errors import FastLoRAError, check_array, check_choice, check_float, check
 from .implicit import is_implicit
 from .laws import STANDARD_LAW, DataLaw, refuse_inexact_statistics
 from .options import MAX_NOISE
-from .seeding import PURPOSE_SAMPLE, as_generator, task_seed
+from .seeding import PURPOSE_SAMPLE, as_generator, separate_streams, task_seed
 
 _SAMPLE_CHUNK = 65536  # rows generated at a time, so memory stays O(chunk · d)
 SAMPLERS = ("raw", "stats")
@@ -190,9 +190,7 @@ class Task:
             raise FastLoRAError(f"W_star has shape {target.shape}; the data imply ({d_out}, {d_in})")
         self.__dict__.update(Sigma=0.5 * (Sigma + Sigma.T), C=C, s=float(s), n=int(n), d_out=d_out, d_in=d_in,
                              noise=None if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE),
-                             key=None, target=target)
-        for key in _DERIVED:  # statistics replaced (a task built on): what was derived from the old ones goes
-            self.__dict__.pop(key, None)
+                             key=None, target=target)  # a new task: nothing derived yet to invalidate
 
     @classmethod
     def deferred_sample(cls, source: Task, n: int, seed, noise: float, sampler: str) -> Task:
@@ -295,8 +293,7 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
         drawn.append((task, level, kind, as_generator(task_seed(seed, task.key, PURPOSE_SAMPLE))))
     statistics: list = [None] * len(drawn)
     exact: dict = {}  # tasks whose statistics exact_statistics_many draws together
-    streams = {id(rng.bit_generator) for *_, rng in drawn}
-    if len(streams) == len(drawn):  # every task its own stream: the order of their draws is free
+    if separate_streams(rng for *_, rng in drawn):  # every task its own stream: the order of draws is free
         for i, (task, level, kind, _) in enumerate(drawn):
             if kind == "stats" and n >= task.d_in and task.law.is_standard:
                 exact.setdefault((task.target.shape, level), []).append(i)

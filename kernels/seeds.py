@@ -36,18 +36,13 @@ def sequence_state(words, out):
         hash_const = (hash_const * MULT_A) & MASK32
         value = (value * hash_const) & MASK32
         pool[i] = value ^ (value >> 16)
-    for i_src in range(POOL_SIZE):  # mix every pool word into every other
+    # mix every pool word into every other, then each remaining word into every pool word
+    for i_src in range(max(POOL_SIZE, words.shape[0])):
         for i_dst in range(POOL_SIZE):
-            if i_src != i_dst:
-                value = (pool[i_src] ^ hash_const) & MASK32
-                hash_const = (hash_const * MULT_A) & MASK32
-                value = (value * hash_const) & MASK32
-                value ^= value >> 16
-                mixed = (MIX_MULT_L * pool[i_dst] - MIX_MULT_R * value) & MASK32
-                pool[i_dst] = mixed ^ (mixed >> 16)
-    for i_src in range(POOL_SIZE, words.shape[0]):  # mix the remaining words into every pool word
-        for i_dst in range(POOL_SIZE):
-            value = (words[i_src] ^ hash_const) & MASK32
+            if i_src == i_dst:
+                continue
+            value = pool[i_src] if i_src < POOL_SIZE else words[i_src]
+            value = (value ^ hash_const) & MASK32
             hash_const = (hash_const * MULT_A) & MASK32
             value = (value * hash_const) & MASK32
             value ^= value >> 16
