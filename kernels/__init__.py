@@ -27,7 +27,9 @@ finite-sample solves.
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -66,6 +68,17 @@ def njit_cached(fn, cache_dir: str | None, **options):
             return numba.njit(cache=True, **options)(fn)
         finally:
             numba.config.CACHE_DIR = previous
+
+
+@functools.cache
+def source_folder(cache_root: str, prefix: str, sources: tuple) -> Path:
+    """``cache_root/prefix-<digest>``, the digest of the ``sources`` files' bytes: one cache folder per
+    version of compiled code's sources — Numba's cache checks only the timestamp of the compiled
+    function's own file, not of the functions and overloads it calls."""
+    digest = hashlib.sha1()
+    for source in sources:
+        digest.update(Path(source).read_bytes())
+    return Path(cache_root) / f"{prefix}-{digest.hexdigest()[:16]}"
 
 
 class ResidualNorms(NamedTuple):

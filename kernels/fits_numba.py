@@ -4,10 +4,7 @@ too.  Plain loops: at d ≤ 32 a LAPACK call costs more than the arithmetic.  te
 numpy forms and the floor against exact rational arithmetic (tests/naive.py)."""
 from __future__ import annotations
 
-import functools
-import hashlib
 import threading
-from pathlib import Path
 
 import numpy as np
 from numba.extending import overload
@@ -140,16 +137,6 @@ def _fit_floor(W, Sigma, C, s):
 _COMPILING = threading.Lock()
 
 
-@functools.cache
-def _folder(cache_root: str) -> Path:
-    """One cache folder per version of this module and its Numba forms: Numba's cache checks only the
-    timestamp of the compiled function's own file, not of the overloads it calls."""
-    digest = hashlib.sha1()
-    for module in (fits.__file__, __file__):
-        digest.update(Path(module).read_bytes())
-    return Path(cache_root) / f"fits-{digest.hexdigest()[:16]}"
-
-
 _LOOPS: dict = {}
 
 
@@ -164,7 +151,9 @@ def compiled_loops(cache_root: str) -> tuple:
             from numba import types
             f8, vector = types.Array(types.float64, 3, "C"), types.Array(types.float64, 1, "C")
             signatures = ((f8, f8, types.float64, f8, types.Array(types.boolean, 1, "C")), (f8, f8, f8, vector, vector))
-            loops = tuple(contract.njit_cached(fn, str(_folder(cache_root)), error_model="numpy")
+            # one cache folder per version of this module and fits' (the loops' Numba forms live here)
+            folder = str(contract.source_folder(cache_root, "fits", (fits.__file__, __file__)))
+            loops = tuple(contract.njit_cached(fn, folder, error_model="numpy")
                           for fn in (fits.cholesky_fits, fits.fit_floors))
             for dispatcher, signature in zip(loops, signatures):
                 if hasattr(dispatcher, "compile"):  # not under NUMBA_DISABLE_JIT: then plain Python functions

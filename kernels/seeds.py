@@ -10,10 +10,7 @@ tests/test_seeding.py checks both forms word for word against numpy's SeedSequen
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import threading
-from pathlib import Path
 
 import numpy as np
 
@@ -106,12 +103,7 @@ def _compile(cache_root: str):
     if numba.config.DISABLE_JIT:
         return None
     import fastlora.kernels as contract
-    dispatcher = contract.njit_cached(sequence_state, str(_folder(cache_root)))
+    dispatcher = contract.njit_cached(sequence_state, str(contract.source_folder(cache_root, "seeds", (__file__,))))
     vector = types.Array(types.int64, 1, "C")
     dispatcher.compile((vector, vector))
     return dispatcher
-
-
-@functools.cache
-def _folder(cache_root: str) -> Path:
-    return Path(cache_root) / f"seeds-{hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:16]}"

@@ -12,7 +12,6 @@ so a change anywhere in the engine recompiles instead of loading stale code.
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from pathlib import Path
 
@@ -22,23 +21,15 @@ from numba.extending import register_jitable
 
 from .. import tasks  # pinv_rtol's source: Numba freezes its constant PINV_RTOL into the compiled code
 from ..config import settings
-from ..kernels import fits, fits_numba, njit_cached  # fits_numba registers the Cholesky inverse's loops
+from ..kernels import fits, fits_numba, njit_cached, source_folder  # fits_numba registers the Cholesky inverse's loops
 from . import _jit, _numba_linalg, linalg, loops, status, steps  # _numba_linalg registers the loop primitives
 
 _SOURCES = (_jit, linalg, _numba_linalg, status, steps, loops, tasks, fits, fits_numba)
 
 
-@functools.cache
-def _source_digest() -> str:
-    digest = hashlib.sha1()
-    for module in _SOURCES:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def cache_folder() -> Path:
     """The folder of the engine's compiled code: one per version of its source."""
-    return Path(settings.compiled_code_root()) / f"engine-{_source_digest()}"
+    return source_folder(settings.compiled_code_root(), "engine", tuple(module.__file__ for module in _SOURCES))
 
 
 for _fn in _jit.JITABLE:
