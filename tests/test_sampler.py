@@ -256,3 +256,44 @@ def test_finetune_many_with_a_shared_generator_samples_task_by_task():
     sampled = [t.sample(30, seed=shared) for t in chosen]
     want = fl.finetune_many([A, A], sampled, rank=2, seeds=shared)
     assert [g.excess_risk for g in got] == [w.excess_risk for w in want]
+
+
+def _raw_statistics_by_definition(target, n, noise, rng, law, chunk):
+    """(XᵀX/n, YᵀX/n, ‖Y‖²/2n) of Y = X W*ᵀ + σE, drawing X then E chunk by chunk as the raw sampler does."""
+    W = target.dense() if isinstance(target, fl.LowRankTarget) else target
+    X, Y = [], []
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        X.append(law.inputs(rng, m, W.shape[1]))
+        Y.append(X[-1] @ W.T + (noise * law.noise(rng, m, W.shape[0]) if noise > 0 else 0.0))
+    X, Y = np.concatenate(X), np.concatenate(Y)
+    return X.T @ X / n, Y.T @ X / n, float(np.sum(Y * Y)) / (2 * n)
+
+
+@pytest.mark.parametrize("case", ["dense", "factored", "noise-free", "several chunks", "n below d_in",
+                                  "laws", "wide output"])
+def test_raw_statistics_equal_their_definition_on_the_same_draws(case, monkeypatch):
+    """The raw sampler reduces X and E by their Grams (Y is never formed at n ≥ d_in): the same
+    numbers as forming Y, to rounding, with the draws in the same order."""
+    import fastlora.tasks as tasks_module
+    from fastlora.laws import STANDARD_LAW, make_law
+    d_out, d_in, n, noise, law = 4, 6, 50, 0.3, STANDARD_LAW
+    target = make_target(d_out, d_in, 2, seed=9)
+    chunk = tasks_module._SAMPLE_CHUNK
+    if case == "dense":
+        target = target.dense()
+    elif case == "noise-free":
+        noise = 0.0
+    elif case == "several chunks":
+        chunk = 16
+        monkeypatch.setattr(tasks_module, "_SAMPLE_CHUNK", chunk)
+    elif case == "n below d_in":
+        n = 4
+    elif case == "laws":
+        law = make_law(d_in, input_law="student-t", input_df=5.0, input_cov="spiked", noise_law="laplace")
+    elif case == "wide output":
+        target = make_target(9, 3, 1, seed=2)
+    got = sample_statistics(target, n, noise, np.random.default_rng(5), sampler="raw", law=law)
+    want = _raw_statistics_by_definition(target, n, noise, np.random.default_rng(5), law, chunk)
+    for name, a, b in zip(("Sigma", "C", "s"), got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13 * np.max(np.abs(b)), err_msg=name)
