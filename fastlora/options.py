@@ -263,8 +263,9 @@ _ALL = (
            applies=(LORA_ML_GD,)),
     Option("eliminate_A", "bool", True, "L-BFGS over the adapters only, A the closed-form A step of the current "
            "adapters (variable projection)", "solver", applies=(LORA_ML_GD,)),
-    Option("lr", "float", None, "step size of gd / adam (default: 1/T for gd with line search, 1e-2 for adam; "
-           "the shallow network's Adam and AdamW 1e-3, torch's)", "solver", low=0.0, low_open=True, allow_none=True,
+    Option("lr", "float", None, "step size of gd / adam (default: gd's line search starts at 1/Σ_t tr(Σ_t)/d_in, "
+           "1/T on population tasks; 1e-2 for adam; the shallow network's Adam and AdamW 1e-3, torch's)", "solver",
+           low=0.0, low_open=True, allow_none=True,
            applies=(LORA_ML_GD,), model_defaults=(("linear", {"adam": 1e-2}),
                                                   ("shallow", {"adam": 1e-3, "adamw": 1e-3}))),
     Option("weight_decay", "float", None, "decoupled weight decay of the shallow network's AdamW (default 0.01, "

@@ -30,7 +30,9 @@ from .steps import (
     a_step_operators,
     adam_update,
     anderson_mix,
+    curvature_scale,
     deltas,
+    first_step,
     fit_adapters,
     joint_value_grad,
     lbfgs_direction,
@@ -307,8 +309,11 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     g0 = np.sqrt(gsq) if gsq > 0 else 1.0
     adam = cfg.solver == ADAM
     lr = cfg.lr
-    if not lr > 0:  # not given: gd's line search starts at 1/T (Adam's lr is always set, fastlora.options)
-        lr = 1.0 / spec.T
+    if not lr > 0:  # not given: gd's line search starts at the data's scale (Adam's lr is always set)
+        scales = np.empty(spec.T)
+        for t in range(spec.T):
+            scales[t] = curvature_scale(q.identity, q.Sigma[t])
+        lr = first_step(scales)
     cand_A = A.copy()
     cand_theta = theta.copy()
     cand_gA = np.empty_like(A)

@@ -331,6 +331,34 @@ def _balance(b, c, factor):
 
 # -- shared rules of the iterations ------------------------------------------------------------
 @jitable
+def curvature_scale(identity, Sigma):
+    """The scale of a task's loss curvature: tr(Σ)/d_in, the mean eigenvalue of its Hessian in W
+    (1 for a population task, Σ = I).  Scaling the data's statistics by c scales it by c, so step
+    sizes taken as its inverse follow the data's scale (a fixed first step of 1 stalls at rounding
+    level on statistics ×1e-14 and reports the start converged)."""
+    if identity:
+        return 1.0
+    d = Sigma.shape[0]
+    total = 0.0
+    for i in range(d):
+        total += float(Sigma[i, i])  # float64 in both forms (numpy would keep a float32 sum in float32)
+    return total / d
+
+
+@jitable
+def first_step(scales):
+    """gd's first trial step where no ``lr`` is given: 1 / Σ_t of the problem's tasks'
+    :func:`curvature_scale` ``scales`` (T,) — 1/T on population tasks; 1/T where that sum is not a
+    positive finite number (tasks without data)."""
+    total = 0.0
+    for t in range(scales.shape[0]):
+        total += float(scales[t])
+    if not (total > 0 and np.isfinite(total)):
+        return 1.0 / scales.shape[0]
+    return 1.0 / total
+
+
+@jitable
 def sufficient_decrease(value, trial, decrease, floor):
     """The line searches' acceptance rule: ``trial`` is finite and at most ``value − decrease``
     (Armijo), or — where the asked decrease is below the rounding of F, ``floor`` = 8·eps·|F| —

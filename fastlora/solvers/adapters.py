@@ -28,7 +28,7 @@ import abc
 
 import numpy as np
 
-from ..engine.steps import sufficient_decrease
+from ..engine.steps import first_step, sufficient_decrease
 from ..errors import FastLoRAError
 from ..peft.protocol import bind_base, implementation, per_task_best_fit, shared_names
 from ..taskbatch import Adapters
@@ -167,7 +167,8 @@ class Subspace(AdapterStep):
 class InnerGradient(AdapterStep):
     """``inner_iter`` gradient steps on every θ_t, each with its own Armijo backtracking.
 
-    Step sizes persist between calls (warm start), so later ALS iterations rarely backtrack.
+    Step sizes start at each task's 1/(tr(Σ_t)/d_in) (1 on population tasks; engine.steps.first_step) and
+    persist between calls (warm start), so later ALS iterations rarely backtrack.
     """
 
     name = "inner"
@@ -196,8 +197,9 @@ class InnerGradient(AdapterStep):
             self.delta_fn, self.pullback = bind_base(self.peft, self.ctx.backend.name, A[0])
         if params is None:
             params = self.ctx.init_params(A)
-        if self.lr is None:
-            self.lr = xp.ones(b.P * b.T, dtype=self.ctx.dtype)
+        if self.lr is None:  # each task's first step at its data's scale (1 on population tasks)
+            scales = b.curvature_scales()
+            self.lr = xp.asarray([first_step(scales[i:i + 1]) for i in range(len(scales))], dtype=self.ctx.dtype)
         exact = self._fit_given_shared
         if exact is not None:  # the per-task parameters in closed form given the shared ones (docs/plugins.md)
             shared = {k: v for k, v in params.items() if k in self.shared}

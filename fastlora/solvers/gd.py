@@ -5,7 +5,8 @@
 
 ``optimizer="gd"`` (default): gradient descent with an Armijo backtracking line search
 (the step halves until F drops by ½·step·‖∇F‖², then grows by 1.25 for the next
-iteration), so no step size needs tuning.  Where the predicted decrease is below the
+iteration; the first trial step is 1/Σ_t tr(Σ_t)/d_in, the data's curvature scale:
+:func:`fastlora.engine.steps.first_step`), so no step size needs tuning.  Where the predicted decrease is below the
 rounding of F (8·eps·|F|) the test accepts any step that does not raise F beyond rounding,
 so the step does not collapse once F is at its floor (optima with F > 0).
 ``optimizer="adam"``: Adam with ``lr`` (default 1e-2), β = (0.9, 0.999).
@@ -120,7 +121,7 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
         m = {k: xp.zeros_like(x[k]) for k in names}
         v2 = {k: xp.zeros_like(x[k]) for k in names}
     else:
-        lr = np.full(batch.P, 1.0 / batch.T if lr is None else lr)
+        lr = batch.first_steps() if lr is None else np.full(batch.P, lr)  # the first trial step: the data's scale
     eps = float(np.finfo(ctx.dtype).eps)
     iteration = 0
     for iteration in range(1, ctx.max_iter + 1):

@@ -53,6 +53,16 @@ class Batch:
         """A per-problem boolean (P,) repeated per task (P·T,)."""
         return np.repeat(np.asarray(problem_mask, dtype=bool), self.T)
 
+    def curvature_scales(self):
+        """Each task's tr(Σ_t)/d_in, host (P·T,) (fastlora.engine.steps.curvature_scale): 1 here, Σ_t = I."""
+        return np.ones(self.P * self.T)
+
+    def first_steps(self):
+        """gd's first trial step of each problem, host (P,) (fastlora.engine.steps.first_step)."""
+        from ..engine.steps import first_step
+        scales = self.curvature_scales().reshape(self.P, self.T)
+        return np.array([first_step(row) for row in scales])
+
     def host(self, values):
         """Per-problem values as a host float64 array."""
         return np.asarray(self.backend.to_numpy(values), dtype=np.float64).reshape(self.P)

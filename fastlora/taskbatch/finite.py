@@ -31,6 +31,10 @@ class FiniteSample(Batch):
         self._whiteners = None
         self._gram_solver = None
 
+    def curvature_scales(self):
+        trace = self.xp.trace(self.Sigma, axis1=1, axis2=2)
+        return np.asarray(self.backend.to_numpy(trace), dtype=np.float64) / self.d_in
+
     def least_squares(self):
         """(Ŵ_t = C_t Σ_t⁺, L_t(Ŵ_t)) of every task (fastlora.tasks.least_squares_fits): the stable
         form of the loss, L_t(W) = ½⟨(W − Ŵ_t)Σ_t, W − Ŵ_t⟩ + L_t(Ŵ_t)."""
