@@ -279,15 +279,19 @@ def test_lbfgs_finds_the_same_minimizer_whatever_the_scale_of_the_objective(back
     ("numpy", {"solver": "gd", "callback": lambda *args: None}),  # the Python driver
     ("numpy", {"solver": "gd", "peft": "lora"}),
     ("numpy", {"solver": "als"}),  # lora_sym on samples: the inner-gradient adapter step (Python driver)
+    ("numba", {"solver": "gd", "optimizer": "adam"}), ("numpy", {"solver": "gd", "optimizer": "adam"}),
+    ("numpy", {"solver": "gd", "optimizer": "adam", "callback": lambda *args: None}),
 ])
 def test_first_order_steps_start_at_the_datas_scale(backend, options):
     """gd's line search and ALS's inner gradient steps start at 1/tr(Σ)-sized steps (engine.steps.first_step):
     a fixed first step of 1/T (gd) or 1 (inner steps) on statistics ×1e-16 decreased F by less than its
-    rounding, and the stall test reported the start converged (A 89-92 % off, F 92,000× the optimum)."""
+    rounding, and the stall test reported the start converged (A 89-92 % off, F 92,000× the optimum).
+    Adam's ε is relative to the first gradient (engine.steps.adam_epsilon): an absolute one dwarfed
+    the gradients of statistics ×1e-16, and Adam did not move."""
     problem = fl.make_problem(d=6, k=1, T=3, n=2000, noise=0.01, seed=4, sampler="stats")
     plain = fl.retrain(problem, backend=backend, max_iter=3000, **options)
     assert plain.converged, plain.message
-    for c in (1e-16, 1e16):
+    for c in (1e-16, 1e-30, 1e16):
         tasks = [fl.Task.from_statistics(t.Sigma * c, t.C * c, t.s * c, t.n) for t in problem.tasks]
         scaled = fl.retrain(tasks, rank=1, backend=backend, max_iter=3000, **options)
         assert scaled.converged, (c, scaled.message)

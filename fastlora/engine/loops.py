@@ -19,7 +19,6 @@ from .linalg import axpy, copy, fill, inner, matmul, norm, scale
 from .steps import (
     ADAM,
     ADAM_BETAS,
-    ADAM_EPS,
     ALS,
     GD,
     LBFGS,
@@ -28,6 +27,7 @@ from .steps import (
     START_STANDARD,
     Quad,
     a_step_operators,
+    adam_epsilon,
     adam_update,
     anderson_mix,
     curvature_scale,
@@ -308,6 +308,7 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     gsq = inner(grad_A, grad_A) + inner(grad_theta, grad_theta)
     g0 = np.sqrt(gsq) if gsq > 0 else 1.0
     adam = cfg.solver == ADAM
+    eps = adam_epsilon(np.sqrt(gsq), A.size + theta.size)
     lr = cfg.lr
     if not lr > 0:  # not given: gd's line search starts at the data's scale (Adam's lr is always set)
         scales = np.empty(spec.T)
@@ -328,8 +329,8 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     while iteration < cfg.max_iter:
         iteration += 1
         if adam:
-            adam_update(A, grad_A, m_A, v_A, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS)
-            adam_update(theta, grad_theta, m_th, v_th, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS)
+            adam_update(A, grad_A, m_A, v_A, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], eps)
+            adam_update(theta, grad_theta, m_th, v_th, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], eps)
             value = joint_value_grad(q, spec, A, theta, w, grad_A, grad_theta)
         else:
             floor = 8 * cfg.eps * abs(value)

@@ -85,7 +85,7 @@ def unpack(ints, floats):
 
 ANDERSON_RIDGE = 1e-12   # relative Tikhonov term of the mixing least squares (guards collinear histories)
 ADAM_BETAS = (0.9, 0.999)   # the linear model's Adam (fastlora.solvers.gd and the engine)
-ADAM_EPS = 1e-12
+ADAM_EPS = 1e-12  # relative: times the RMS entry of the first gradient (adam_epsilon)
 
 
 @jitable
@@ -343,6 +343,18 @@ def curvature_scale(identity, Sigma):
     for i in range(d):
         total += float(Sigma[i, i])  # float64 in both forms (numpy would keep a float32 sum in float32)
     return total / d
+
+
+@jitable
+def adam_epsilon(g0_norm, size):
+    """The linear model's Adam ε: ``ADAM_EPS`` times the RMS entry of the first gradient (norm
+    ``g0_norm`` over ``size`` parameters), so Adam's steps follow the data's scale as its moments do
+    (an absolute ε dwarfs the gradients of statistics ×1e-16: Adam did not move, and on ×1e-30 the
+    stall test reported the start converged); ``ADAM_EPS`` where that gradient is 0 or not finite."""
+    rms = g0_norm / np.sqrt(max(size, 1))
+    if rms > 0 and np.isfinite(rms):
+        return ADAM_EPS * rms
+    return ADAM_EPS
 
 
 @jitable
