@@ -275,8 +275,8 @@ class Task:
 def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = None,
                 sampler: str | None = None) -> list[Task]:
     """``[task.sample(n, seed, noise, sampler) for task, seed in zip(tasks, seeds)]``: each task draws
-    the same numbers from its own seed; the exact statistics of tasks of one shape
-    (:func:`exact_statistics_many`) are computed as stacks, a fraction of the per-task cost, at most
+    the same numbers from its own seed; the statistics of tasks of one shape (:func:`exact_statistics_many`,
+    :func:`raw_statistics_many`) are computed as stacks, a fraction of the per-task cost, at most
     ``SAMPLE_BATCH_BYTES`` of them at a time.  Where one Generator serves several tasks, the tasks
     draw one after another, in order, as separate calls would."""
     if len(seeds) != len(tasks):
@@ -292,22 +292,34 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
         kind = task.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
         drawn.append((task, level, kind, as_generator(task_seed(seed, task.key, PURPOSE_SAMPLE))))
     statistics: list = [None] * len(drawn)
-    exact: dict = {}  # tasks whose statistics exact_statistics_many draws together
+    stacked: dict = {}  # (sampler, shape, noise, raw law) -> tasks whose statistics are drawn as stacks
     if separate_streams(rng for *_, rng in drawn):  # every task its own stream: the order of draws is free
         for i, (task, level, kind, _) in enumerate(drawn):
-            if kind == "stats" and n >= task.d_in and task.law.is_standard:
-                exact.setdefault((task.target.shape, level), []).append(i)
+            if n < task.d_in:
+                continue
+            if kind == "stats" and task.law.is_standard:  # exact_statistics_many
+                stacked.setdefault((kind, task.target.shape, level, None), []).append(i)
+            elif kind == "raw" and not (isinstance(task.target, LowRankTarget) and is_implicit(task.target.base)):
+                stacked.setdefault((kind, task.target.shape, level, id(task.law)), []).append(i)  # raw_statistics_many
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, with its reason
-        for (shape, level), members in exact.items():
-            each = sampling_bytes(n, shape[1], shape[0], "stats")
+        for (kind, shape, level, _), members in stacked.items():
+            law = drawn[members[0]][0].law
+            if kind == "raw":
+                check_raw_draws(raw_draws(n, shape[1], shape[0], level),
+                                f"sampling n={n} samples of a ({shape[0]}, {shape[1]}) task")
+            each = sampling_bytes(n, shape[1], shape[0], kind)
             size = _sample_batch(each)
             for start in range(0, len(members), size):
                 batch = members[start:start + size]
                 require_memory(len(batch) * each, f"sampling {len(batch)} ({shape[0]}, {shape[1]}) task(s)",
                                "use a smaller d (each task keeps d_in² + d_out·d_in statistics)")
-                Sigma, C, sq = exact_statistics_many([drawn[i][0].target for i in batch], n, level,
-                                                     [drawn[i][3] for i in batch])
-                for j, i in enumerate(batch):  # C copied: a task keeps its own statistics, not the stack
+                targets, rngs = [drawn[i][0].target for i in batch], [drawn[i][3] for i in batch]
+                if kind == "stats":
+                    Sigma, C, sq = exact_statistics_many(targets, n, level, rngs)
+                else:
+                    W_star = np.array([dense_target(t) for t in targets])
+                    Sigma, C, sq = raw_statistics_many(W_star, n, level, rngs, law)
+                for j, i in enumerate(batch):  # C copied (Σ is symmetrised anew): a task keeps its own, not the stack
                     statistics[i] = (Sigma[j], C[j].copy(), float(sq[j]))
         for i, (task, level, kind, rng) in enumerate(drawn):  # the others, in task order
             if statistics[i] is None:
@@ -335,10 +347,10 @@ def _sample_batch(task_bytes: int) -> int:
 
 
 def sampling_bytes_many(count: int, n: int, d_in: int, d_out: int, sampler: str) -> int:
-    """Peak bytes :func:`sample_many` allocates for ``count`` tasks of one shape: one stack of exact
-    statistics (at most ``SAMPLE_BATCH_BYTES``, or one task's), or one raw sampling call."""
+    """Peak bytes :func:`sample_many` allocates for ``count`` tasks of one shape: one stack of their
+    statistics and draws (at most ``SAMPLE_BATCH_BYTES``, or one task's), or one raw sampling call."""
     each = sampling_bytes(n, d_in, d_out, sampler)
-    if sampler == "stats" and n >= d_in:
+    if n >= d_in:  # stacks (an implicit target's raw draws go one task at a time: fewer bytes)
         return each * min(count, _sample_batch(each))
     return each
 
@@ -408,11 +420,13 @@ def sampling_bytes(n: int, d_in: int, d_out: int, sampler: str) -> int:
 
 def _raw_statistics(target: Target, n: int, noise: float, rng: np.random.Generator, law: DataLaw = STANDARD_LAW):
     d_out, d_in = target.shape
+    in_memory = not (isinstance(target, LowRankTarget) and is_implicit(target.base))
+    if in_memory and n >= d_in:
+        Sigma, C, sq = raw_statistics_many(dense_target(target)[None], n, noise, [rng], law)
+        return Sigma[0], C[0], float(sq[0])
     # a factored target whose base is in memory is applied as one dense W* (formed once: d_out·d_in like
     # the base itself): one GEMM over the rows instead of three, and two fewer (m, d) temporaries.
-    W_T = None if isinstance(target, LowRankTarget) and is_implicit(target.base) else dense_target(target).T
-    if W_T is not None and n >= d_in:
-        return _raw_statistics_by_grams(W_T.T, n, noise, rng, law)
+    W_T = dense_target(target).T if in_memory else None
     Sigma = np.zeros((d_in, d_in))
     C = np.zeros((d_out, d_in))
     sq = 0.0
@@ -430,31 +444,37 @@ def _raw_statistics(target: Target, n: int, noise: float, rng: np.random.Generat
     return Sigma / n, C / n, sq / (2 * n)
 
 
-def _raw_statistics_by_grams(W_star, n: int, noise: float, rng: np.random.Generator, law: DataLaw):
-    """The raw statistics without forming Y = X W*ᵀ + σE: from the Grams XᵀX, EᵀX and ‖E‖² of the
-    same draws, YᵀX = W* XᵀX + σ EᵀX and ‖Y‖² = ⟨W* XᵀX, W*⟩ + 2σ⟨W*, EᵀX⟩ + σ²‖E‖².
+def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw = STANDARD_LAW):
+    """The raw statistics (Σ (N, d_in, d_in), C (N, d_out, d_in), s (N,)) of N tasks of dense targets
+    ``W_star`` (N, d_out, d_in), task i drawing from ``rngs[i]`` — X then E, chunk by chunk, as
+    :func:`_raw_statistics` draws — without forming Y = X W*ᵀ + σE: from the Grams XᵀX, EᵀX and
+    ‖E‖² of the draws, YᵀX = W* XᵀX + σ EᵀX and ‖Y‖² = ⟨W* XᵀX, W*⟩ + 2σ⟨W*, EᵀX⟩ + σ²‖E‖².
 
-    Equal to the definition up to rounding; a third of the work over the samples (no GEMM applying
-    W*, no scaled noise, no Y): at n ≥ d_in the d_out·d_in² of W* XᵀX costs less than that GEMM."""
-    d_out, d_in = W_star.shape
-    XX = np.zeros((d_in, d_in))
-    EX = np.zeros((d_out, d_in))
-    EE = 0.0
+    Equal to the definition up to rounding; a third of its work over the samples (no GEMM applying
+    W*, no scaled noise, no Y), and at n ≥ d_in the d_out·d_in² of W* XᵀX costs less than that GEMM.
+    The products are stacked (a task's numbers do not depend on the others drawn with it)."""
+    N, d_out, d_in = W_star.shape
+    XX = np.zeros((N, d_in, d_in))
+    EX = np.zeros((N, d_out, d_in))
+    EE = np.zeros(N)
     done = 0
-    while done < n:  # the same draws, in the same order, as the loop of _raw_statistics
+    while done < n:
         m = min(_SAMPLE_CHUNK, n - done)
-        X = law.inputs(rng, m, d_in)
-        XX += X.T @ X
-        if noise > 0:
-            E = law.noise(rng, m, d_out)
-            EX += E.T @ X
-            E = E.ravel()
-            EE += float(E @ E)
+        X = np.empty((N, m, d_in))
+        E = np.empty((N, m, d_out)) if noise > 0 else None
+        for i, rng in enumerate(rngs):
+            X[i] = law.inputs(rng, m, d_in)
+            if E is not None:
+                E[i] = law.noise(rng, m, d_out)
+        XX += X.transpose(0, 2, 1) @ X
+        if E is not None:
+            EX += E.transpose(0, 2, 1) @ X
+            EE += np.einsum("kij,kij->k", E, E)
         done += m
     WXX = W_star @ XX
     C = WXX + noise * EX
-    sq = float(np.vdot(WXX, W_star)) + 2.0 * noise * float(np.vdot(W_star, EX)) + noise * noise * EE
-    return XX / n, C / n, max(sq, 0.0) / (2 * n)
+    sq = np.einsum("kij,kij->k", WXX, W_star) + 2.0 * noise * np.einsum("kij,kij->k", W_star, EX) + noise * noise * EE
+    return XX / n, C / n, np.maximum(sq, 0.0) / (2 * n)
 
 
 def _apply_transposed(target: Target, X):

@@ -196,9 +196,10 @@ def test_sample_many_draws_what_each_task_draws_alone():
     prob = fl.make_problem(d=7, k=2, T=2, n=40, noise=0.3, seed=3, sampler="stats")
     rng = np.random.default_rng(0)
     dense = fl.Task.population(rng.standard_normal((5, 7)), sampler="stats")  # another shape, a dense target
-    raw = fl.Task.population(rng.standard_normal((7, 7)))  # the raw sampler: drawn alone
-    tasks = [*prob.test_tasks, dense, raw, prob.test_tasks[1]]
-    seeds = [11, 12, 13, 14, 15, 16, 17]
+    raw = fl.Task.population(rng.standard_normal((7, 7)))  # the raw sampler: stacks of its own
+    raw_problem = fl.make_problem(d=7, k=1, T=2, n=40, noise=0.3, seed=5, n_test_tasks=2)  # factored, raw
+    tasks = [*prob.test_tasks, dense, raw, prob.test_tasks[1], *raw_problem.test_tasks]
+    seeds = [11, 12, 13, 14, 15, 16, 17, 18, 19]
     together = sample_many(tasks, 40, seeds, noise=0.3)
     for task, seed, got in zip(tasks, seeds, together):
         alone = task.sample(40, seed=seed, noise=0.3)
@@ -208,6 +209,12 @@ def test_sample_many_draws_what_each_task_draws_alone():
         if task.sampler == "stats":  # the stacks reproduce the one-task products exactly
             Sigma, C, s = _exact_statistics_alone(task.target, 40, 0.3,
                                                   np.random.default_rng(task_seed(seed, task.key, PURPOSE_SAMPLE)))
+            np.testing.assert_array_equal(got.Sigma, 0.5 * (Sigma + Sigma.T))
+            np.testing.assert_array_equal(got.C, C)
+            assert got.s == s
+        else:  # the raw stacks: one task's statistics as the one-task sampler gives them
+            Sigma, C, s = sample_statistics(task.target, 40, 0.3, np.random.default_rng(
+                task_seed(seed, task.key, PURPOSE_SAMPLE)), sampler="raw", law=task.law)
             np.testing.assert_array_equal(got.Sigma, 0.5 * (Sigma + Sigma.T))
             np.testing.assert_array_equal(got.C, C)
             assert got.s == s
