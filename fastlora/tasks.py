@@ -410,9 +410,10 @@ def sample_statistics(target: Target, n: int, noise: float, rng: np.random.Gener
 
 
 def sampling_bytes(n: int, d_in: int, d_out: int, sampler: str) -> int:
-    """Bytes one :func:`sample_statistics` call allocates: the statistics Σ, C and their
-    reduction buffers (3·(d_in² + d_out·d_in)), and X, Y and the noise for a chunk of rows and
-    the dense W* (raw, or stats with n < d_in) or R and M (stats)."""
+    """Bytes one :func:`sample_statistics` call allocates at most: the statistics Σ, C and their
+    reduction buffers (3·(d_in² + d_out·d_in)), and X, Y and the noise for a chunk of rows (the
+    Gram form holds X and the noise only) and the dense W* (raw, or stats with n < d_in) or R and M
+    (stats)."""
     rows = min(n, _SAMPLE_CHUNK) if sampler == "raw" or n < d_in else d_in
     dense_target = d_in * d_out if sampler == "raw" or n < d_in else 0  # the raw sampler's W* (_raw_statistics)
     return 8 * (3 * d_in * (d_in + d_out) + 3 * rows * (d_in + d_out) + dense_target)

@@ -300,6 +300,32 @@ def test_first_order_steps_start_at_the_datas_scale(backend, options):
         assert scaled.objective / c == pytest.approx(plain.objective, rel=1e-6)
 
 
+def test_first_steps_are_per_problem_in_the_python_driver():
+    """Problems at different scales batched in the Python driver (d > ENGINE_MAX_DIM) each take their own
+    first step: retrain_many gives every problem what it gets alone."""
+    problems = [fl.make_problem(d=34, k=1, T=2, n=400, noise=0.05, seed=s, sampler="stats") for s in (1, 2)]
+    tasks = [[fl.Task.from_statistics(t.Sigma * c, t.C * c, t.s * c, t.n) for t in p.tasks]
+             for p, c in zip(problems, (1.0, 1e-8))]
+    together = fl.retrain_many(tasks, rank=1, solver="gd", max_iter=15, backend="numpy")
+    for own, res in zip(tasks, together):
+        alone = fl.retrain(own, rank=1, solver="gd", max_iter=15, backend="numpy")
+        np.testing.assert_array_equal(np.asarray(res.A), np.asarray(alone.A))
+
+
+def test_shared_parameters_start_at_the_datas_scale():
+    """tied_lora's shared parameters (ALS's inner steps) start at 1/mean tr(Σ_t)/d_in: a step of 1 on
+    statistics ×1e-16 never moved them (converged=True at 3× the optimum)."""
+    import fastlora_tied_lora  # noqa: F401  (the test command installs the shipped plugins)
+    problem = fl.make_problem(d=6, k=1, T=3, n=2000, noise=0.01, seed=4, sampler="stats")
+    plain = fl.retrain(problem.tasks, rank=1, peft="tied_lora", solver="als", backend="numpy")
+    for c in (1e-16, 1e16):
+        tasks = [fl.Task.from_statistics(t.Sigma * c, t.C * c, t.s * c, t.n) for t in problem.tasks]
+        scaled = fl.retrain(tasks, rank=1, peft="tied_lora", solver="als", backend="numpy")
+        assert scaled.objective / c == pytest.approx(plain.objective, rel=1e-6), c
+        np.testing.assert_allclose(np.asarray(scaled.A), np.asarray(plain.A), rtol=0,
+                                   atol=1e-6 * np.linalg.norm(plain.A))
+
+
 def test_first_step_is_the_inverse_total_curvature_scale():
     from fastlora.engine.steps import curvature_scale, first_step
     Sigma = np.stack([np.diag([1.0, 2.0, 3.0]), 4.0 * np.eye(3)])

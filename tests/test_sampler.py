@@ -290,7 +290,8 @@ def test_raw_statistics_equal_their_definition_on_the_same_draws(case, monkeypat
     if case == "dense":
         target = target.dense()
     elif case == "noise-free":
-        noise = 0.0
+        noise, chunk = 0.0, 16  # several chunks: an E drawn anyway would shift the next chunk's X
+        monkeypatch.setattr(tasks_module, "_SAMPLE_CHUNK", chunk)
     elif case == "several chunks":
         chunk = 16
         monkeypatch.setattr(tasks_module, "_SAMPLE_CHUNK", chunk)
@@ -300,7 +301,9 @@ def test_raw_statistics_equal_their_definition_on_the_same_draws(case, monkeypat
         law = make_law(d_in, input_law="student-t", input_df=5.0, input_cov="spiked", noise_law="laplace")
     elif case == "wide output":
         target = make_target(9, 3, 1, seed=2)
-    got = sample_statistics(target, n, noise, np.random.default_rng(5), sampler="raw", law=law)
-    want = _raw_statistics_by_definition(target, n, noise, np.random.default_rng(5), law, chunk)
+    rngs = np.random.default_rng(5), np.random.default_rng(5)
+    got = sample_statistics(target, n, noise, rngs[0], sampler="raw", law=law)
+    want = _raw_statistics_by_definition(target, n, noise, rngs[1], law, chunk)
     for name, a, b in zip(("Sigma", "C", "s"), got, want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13 * np.max(np.abs(b)), err_msg=name)
+    assert rngs[0].random() == rngs[1].random()  # the same number of draws: the streams go on alike

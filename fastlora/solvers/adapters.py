@@ -167,8 +167,9 @@ class Subspace(AdapterStep):
 class InnerGradient(AdapterStep):
     """``inner_iter`` gradient steps on every θ_t, each with its own Armijo backtracking.
 
-    Step sizes start at each task's 1/(tr(Σ_t)/d_in) (1 on population tasks; engine.steps.first_step) and
-    persist between calls (warm start), so later ALS iterations rarely backtrack.
+    Step sizes start at each task's 1/(tr(Σ_t)/d_in) (the shared parameters': 1/its mean over the tasks;
+    1 on population tasks; engine.steps.first_step) and persist between calls (warm start), so later
+    ALS iterations rarely backtrack.
     """
 
     name = "inner"
@@ -200,6 +201,8 @@ class InnerGradient(AdapterStep):
         if self.lr is None:  # each task's first step at its data's scale (1 on population tasks)
             scales = b.curvature_scales()
             self.lr = xp.asarray([first_step(scales[i:i + 1]) for i in range(len(scales))], dtype=self.ctx.dtype)
+            # the shared parameters (P = 1) couple every task: 1 / the mean scale (1 on population tasks)
+            self.shared_lr = float(b.T * first_step(scales))
         exact = self._fit_given_shared
         if exact is not None:  # the per-task parameters in closed form given the shared ones (docs/plugins.md)
             shared = {k: v for k, v in params.items() if k in self.shared}

@@ -32,7 +32,7 @@ class FiniteSample(Batch):
         self._gram_solver = None
 
     def curvature_scales(self):
-        trace = self.xp.trace(self.Sigma, axis1=1, axis2=2)
+        trace = self.xp.trace(self.Sigma, axis1=1, axis2=2, dtype=self.xp.float64)  # as the engine sums it
         return np.asarray(self.backend.to_numpy(trace), dtype=np.float64) / self.d_in
 
     def least_squares(self):
