@@ -29,7 +29,7 @@ def make_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = None, nois
     ``n=None`` is population mode (L_t(W) = ½‖W − W*_t‖²); an integer ``n`` draws that many
     Gaussian samples per task (kept as sufficient statistics).  ``d`` is d_in; ``d_out``
     defaults to ``d``.  ``symmetric=True`` (the paper's setting) needs ``d_out == d``.
-    ``sampler="raw"`` (default; reproduces earlier results bit for bit) draws X and ε;
+    ``sampler="raw"`` (default; the same draws as earlier versions, their statistics to rounding) draws X and ε;
     ``"stats"`` draws (Σ_t, C_t, s_t) from their exact joint law in O(d²) normals per task
     whatever n (:func:`fastlora.tasks.exact_statistics`); the ground truth is the same
     for both, and fine-tuning draws (``finetune(..., n=...)``) use the same sampler.

@@ -222,6 +222,10 @@ def in_flag_words(message: str, names) -> str:
 
     def flag(match):
         name, value = match.group(1), match.group(2)
+        if name in _INVERTED_FLAGS:  # an API argument the CLI spells as the flag of its opposite
+            return _INVERTED_FLAGS[name][value == "True"]
+        if value == "None" and name in _COUNT_FLAGS:
+            return f"{_flag(name)} population"
         if value == "True":
             return _flag(name)
         if value == "False":
@@ -229,7 +233,13 @@ def in_flag_words(message: str, names) -> str:
         return f"{_flag(name)} {value.strip(chr(39))}"
 
     pieces = re.split(r"(\b\w+\([^()]*\))", message)  # odd pieces: call reprs, kept as they are
-    return "".join(piece if i % 2 else pattern.sub(flag, piece) for i, piece in enumerate(pieces))
+    spoken = "".join(piece if i % 2 else pattern.sub(flag, piece) for i, piece in enumerate(pieces))
+    return spoken.replace(" population (population)", " population")
+
+
+# ``symmetric`` is solve's default, turned off by --asymmetric: (symmetric=False, symmetric=True) in flag words
+_INVERTED_FLAGS = {"symmetric": ("--asymmetric", "the symmetric default (no --asymmetric)")}
+_COUNT_FLAGS = ("n",)  # None is spelled "population" on the command line
 
 
 def _solve_flags(group: str, *, lora_ml_only: bool | None = None) -> tuple[str, ...]:

@@ -187,5 +187,6 @@ def refuse_inexact_statistics(law: DataLaw) -> None:
     if not law.exact_statistics:
         what = [f"input_law={law.input_law!r}"] if law.input_law != "gaussian" else []
         what += [f"noise_law={law.noise_law!r}"] if law.noise_law != "gaussian" else []
+        verb = "need" if len(what) > 1 else "needs"
         raise FastLoRAError(f"sampler='stats' draws the sufficient statistics exactly only for Gaussian inputs and "
-                            f"noise (any input_cov); {' and '.join(what)} need sampler='raw'")
+                            f"noise (any input_cov); {' and '.join(what)} {verb} sampler='raw'")

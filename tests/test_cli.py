@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import lines_without_notes
 
+import fastlora as fl
 from fastlora.cli import main
 
 
@@ -470,6 +471,29 @@ def test_non_finite_numbers_are_refused_in_flag_words(run):
     result = run("solve", "--noise", "nan")
     assert _one_error_line(result) == "Error: --noise nan is not finite; it must be a finite number"
     assert result.exit_code == 2
+
+
+def test_errors_name_flags_that_exist(run):
+    """The API's symmetric=True/False and n=None are spoken as solve's own flags (--asymmetric; --n population):
+    the messages suggested --no-symmetric and --symmetric, which click refuses."""
+    asymmetric = run("solve", "--d-out", "5", "--d", "6")
+    assert _one_error_line(asymmetric) == ("Error: the symmetric default (no --asymmetric) needs d_out == d (got "
+                                           "--d-out 5, --d 6); pass --asymmetric")
+    implicit = run("solve", "--implicit", "--n", "100")
+    assert _one_error_line(implicit).endswith("it needs --n population and the symmetric default (no --asymmetric)")
+    ft_peft = run("solve", "--ft-peft", "bogus")
+    assert _one_error_line(ft_peft).startswith("Error: --ft-peft bogus is not a registered parameterization")
+    for result in (asymmetric, implicit, ft_peft):
+        assert result.exit_code == 2
+
+
+def test_a_peft_that_is_no_name_class_or_instance_is_refused_by_name():
+    prob = fl.make_problem(d=4, k=1, T=3)
+    for bad in (3, None, ["lora"], True):
+        with pytest.raises(fl.FastLoRAError, match=r"^peft must be the name of a registered parameterization \("):
+            fl.retrain(prob, peft=bad)
+    with pytest.raises(fl.FastLoRAError, match=r"^ft_peft='bogus' is not a registered parameterization"):
+        fl.evaluate(fl.retrain(prob), prob, ft_peft="bogus")
 
 
 def test_export_takes_its_format_from_the_extension_and_refuses_a_mismatch(run, stores, tmp_path):

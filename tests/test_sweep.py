@@ -310,12 +310,13 @@ def test_an_unusable_backend_is_refused_before_any_work(tmp_path, monkeypatch):
     backends._build.cache_clear()  # a backend built before the patch would be reused
     spec = write(tmp_path, SPEC.replace('backend = "numpy"', 'backend = "cupy"'))
     out = tmp_path / "never.sqlite"
-    result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out), "--workers", "1"])
+    for extra in ([], ["--dry-run"]):  # the dry run refuses it too (it used to time nothing and report ~0 s)
+        result = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(out), "--workers", "1", *extra])
+        lines = lines_without_notes(result.output)
+        assert result.exit_code == 2, result.output
+        assert len(lines) == 1 and "backend='cupy' is unavailable: no GPU here (test)" in lines[0], result.output
+        assert not out.exists()
     backends._build.cache_clear()
-    lines = lines_without_notes(result.output)
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and "backend='cupy' is unavailable: no GPU here (test)" in lines[0], result.output
-    assert not out.exists()
 
 
 def test_a_malformed_scheduler_address_is_bad_input(tmp_path):

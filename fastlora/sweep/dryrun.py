@@ -69,7 +69,9 @@ def dry_run(spec: Spec, out=None, workers: int | None = None, time_budget: float
             timed_keys: int = TIMED_KEYS) -> DryRun:
     """The :class:`DryRun` of ``spec`` (against the store at ``out`` where given; read-only)."""
     from ..regime import point_regime
+    from .runner import check_backends_here
     from .store import ResultsStore
+    check_backends_here(spec)  # as the run refuses them: the dry run times rows on this machine
     existing, stored = None, set()
     if out is not None and Path(out).is_file():  # one read-only open (each runs SQLite's quick_check)
         with ResultsStore(out) as store:

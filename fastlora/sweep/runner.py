@@ -260,7 +260,7 @@ def run_sweep(spec: Spec, out, *, workers: int | None = None, scheduler: str | N
                       f"extra processes only compete for them (slower, and more memory); use workers={usable_cores()}",
                       PerformanceWarning, stacklevel=2)
     if not scheduler:
-        _check_backends_here(spec)
+        check_backends_here(spec)
     # a cluster is connected before the store is touched: a bad address or a scheduler that is down writes nothing
     cluster = _DaskPool(scheduler, scheduler_timeout) if scheduler else None
     interrupt = None
@@ -307,7 +307,7 @@ def run_sweep(spec: Spec, out, *, workers: int | None = None, scheduler: str | N
     return summary
 
 
-def _check_backends_here(spec: Spec) -> None:
+def check_backends_here(spec: Spec) -> None:
     """Refuse, before any work, a backend the spec names that cannot run on this machine (every
     row with it would fail), as ``fl.retrain`` decides it (``get_backend``).  Not for a Dask
     sweep: the cluster's workers may have what the driver lacks."""
