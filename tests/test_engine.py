@@ -326,6 +326,55 @@ def test_shared_parameters_start_at_the_datas_scale():
                                    atol=1e-6 * np.linalg.norm(plain.A))
 
 
+@pytest.mark.parametrize("backend,options,d", [("numba", {}, 8), ("numpy", {}, 8),
+                                               ("numpy", {"callback": lambda *args: None}, 8),  # the Python driver
+                                               ("numpy", {}, 34)])  # the Python driver by size
+def test_the_default_solver_finds_the_optimum_whatever_the_labels_scale(backend, options, d):
+    """Labels ×c (C ×c, s ×c²) scale the minimiser A by c.  From lora_sym's drawn start (Δ ~ its rank) the
+    relative gradient test stopped far from it at c = 1e-5 and called that converged (F 2.7e4× the optimum,
+    A/c 2e3 off); the start is now scaled to the residuals (solvers.common.start_factors)."""
+    problem = fl.make_problem(d=d, k=1, T=4, n=400, noise=0.01, seed=0)
+    plain = fl.retrain(problem.tasks, rank=1, backend=backend, **options)
+    for c in (1e-5, 1e-8):
+        tasks = [fl.Task.from_statistics(t.Sigma, c * t.C, c * c * t.s, t.n) for t in problem.tasks]
+        scaled = fl.retrain(tasks, rank=1, backend=backend, **options)
+        assert scaled.converged, (c, scaled.message)
+        assert scaled.objective / (c * c) == pytest.approx(plain.objective, rel=1e-6), c
+        np.testing.assert_allclose(np.asarray(scaled.A) / c, np.asarray(plain.A), rtol=0,
+                                   atol=1e-6 * np.linalg.norm(plain.A))
+
+
+def test_tiny_task_differences_are_identified():
+    """task_scales 1e-6: the tasks differ from A* by ~1e-6; the optimum is 0 and A = A*."""
+    for n in (2000, None):
+        problem = fl.make_problem(d=8, k=1, T=4, n=n, noise=0.0, seed=0, task_scales=[1e-6])
+        res = fl.retrain(problem)
+        assert res.converged and fl.evaluate(res, problem)["rel_err_A"] < 1e-8, (n, res.message)
+
+
+def test_start_factors_leave_unit_scale_data_alone_and_are_per_problem():
+    from fastlora.arrays import residual_spreads
+    from fastlora.solvers.common import START_SCALE_BAND, start_factors
+    edge = 2.0 ** -START_SCALE_BAND
+    factors = start_factors(np.array([1.0, 3.0, edge, edge / 2, 2.0 ** -20, 0.0, np.nan, 2.0 ** -20]), 1)
+    np.testing.assert_array_equal(factors, [1, 1, 1, 2.0 ** -4, 2.0 ** -10, 1, 1, 2.0 ** -10])
+    assert start_factors(np.array([2.0 ** -20]), 4)[0] == 2.0 ** -11  # per unit of rank
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((2, 3, 4, 5))
+    want = [np.sqrt(np.mean([np.sum((W[p, t] - W[p].mean(axis=0)) ** 2) for t in range(3)])) for p in range(2)]
+    np.testing.assert_allclose(residual_spreads(W), want, rtol=1e-14)
+    np.testing.assert_allclose(residual_spreads(W * 1e-200), np.array(want) * 1e-200, rtol=1e-14)  # no underflow
+    A = rng.standard_normal((2, 4, 5))
+    np.testing.assert_allclose(residual_spreads(W, A), [np.sqrt(np.mean(np.sum((W[p] - A[p]) ** 2, axis=(1, 2))))
+                                                        for p in range(2)], rtol=1e-14)
+    problems = [fl.make_problem(d=6, k=1, T=3, n=300, noise=0.01, seed=s) for s in (1, 2)]
+    tasks = [[fl.Task.from_statistics(t.Sigma, c * t.C, c * c * t.s, t.n) for t in p.tasks]
+             for p, c in zip(problems, (1.0, 1e-6))]
+    together = fl.retrain_many(tasks, rank=1, backend="numpy")
+    for own, res in zip(tasks, together):  # one problem's scaled start does not move the other's
+        np.testing.assert_array_equal(np.asarray(res.A), np.asarray(fl.retrain(own, rank=1, backend="numpy").A))
+
+
 def test_first_step_is_the_inverse_total_curvature_scale():
     from fastlora.engine.steps import curvature_scale, first_step
     Sigma = np.stack([np.diag([1.0, 2.0, 3.0]), 4.0 * np.eye(3)])

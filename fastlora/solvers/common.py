@@ -301,6 +301,11 @@ class Context:
         names = per_problem[0]
         raw = {k: (per_problem[0][k] if b.P == 1 else np.concatenate([one[k] for one in per_problem]))
                for k in names}
+        if scales_its_start(self.peft):  # the drawn start at the residuals' scale (START_SCALE_BAND)
+            factors = start_factors(b.residual_spreads(A), self.rank)
+            if (factors != 1.0).any():
+                per_task = np.repeat(factors, b.T)
+                raw = {k: v * per_task.reshape((-1,) + (1,) * (v.ndim - 1)) for k, v in raw.items()}
         return {k: self.backend.asarray(v, self.dtype) for k, v in raw.items()}
 
     def _start_residuals(self, A, p: int):
@@ -328,6 +333,32 @@ class Context:
             return self.xp.zeros((b.P, b.d_out, b.d_in), self.dtype)
         A0 = given_A(self.backend.to_numpy(how), b.P, b.d_out, b.d_in)
         return self.backend.asarray(A0, self.dtype)
+
+
+# peft.init draws lora_sym's U ~ N(0, 1/d_in) (Δ of Frobenius norm about its rank) whatever the data: where the
+# residuals the adapters fit are smaller than that by more than 2**START_SCALE_BAND, a gradient solver's relative
+# tests, measured from that start, stopped far from the optimum and called it converged (targets ×1e-5); the
+# drawn start is then scaled down to the residuals by a power of two (docs/design.md §7)
+START_SCALE_BAND = 8
+
+
+def start_factors(spreads, rank: int) -> np.ndarray:
+    """Per problem, the power of two its drawn lora / lora_sym start is multiplied by: 1, or where the
+    residuals' spread per unit of rank is below 2**-START_SCALE_BAND, 2**round(log2(spread/rank)/2) — Δ,
+    quadratic in the factors, then matches the residuals.  Data near unit scale keep the drawn start
+    bit for bit; a problem's factor depends on its own data alone."""
+    s = np.asarray(spreads, dtype=np.float64) / max(int(rank or 1), 1)
+    factors = np.ones(s.shape)
+    small = np.isfinite(s) & (s > 0) & (s < 2.0 ** -START_SCALE_BAND)
+    factors[small] = 2.0 ** np.round(np.log2(s[small]) / 2)
+    return factors
+
+
+def scales_its_start(peft) -> bool:
+    """Whether ``peft``'s drawn start is scaled to the data (:func:`start_factors`): the built-in lora and
+    lora_sym, whose Δ is quadratic in all their parameters (plugins keep their own start)."""
+    from .. import engine as E
+    return E.peft_code(peft) in (E.LORA, E.LORA_SYM)
 
 
 def given_params(peft, given: dict, tasks: int, d_out: int, d_in: int, rank, *base) -> dict:

@@ -16,12 +16,13 @@ import time
 import numpy as np
 
 from .. import engine as E
+from ..arrays import residual_spreads
 from ..engine.steps import NONE
 from ..options import OPTIONS
 from ..seeding import as_generator
 from ..tasks import prepare_fits
 from .als import anderson_depth
-from .common import given_A, given_params
+from .common import given_A, given_params, scales_its_start, start_factors
 
 # the largest dimension the engine takes: its products are plain loops, faster than BLAS calls on
 # matrices this small and slower beyond (docs/design.md, "The compiled engine")
@@ -80,10 +81,12 @@ def settings(code: int, options: dict, max_iter: int, tol: float, dtype, d_out: 
 
 
 def starts(code: int, peft, peft_code: int, options: dict, seeds: list, T: int, rank: int, d_out: int, d_in: int,
-           dtype):
+           dtype, W_hat=None):
     """(A0 (P, d_out, d_in), θ0 (P, n)): ``init_A`` and ``init_params`` where given, else zeros
     and each problem's draw of ``peft.init`` from its own seed (gradient solvers only: an ALS
-    solve starts from the exact fit at its starting A)."""
+    solve starts from the exact fit at its starting A), scaled to the residuals Ŵ_t − A of the
+    problems' stack ``W_hat`` (P, T, d_out, d_in) where they are far below unit scale
+    (:func:`~fastlora.solvers.common.start_factors`)."""
     P = len(seeds)
     init_A = options.get("init_A", "standard")
     A0 = np.zeros((P, d_out, d_in), dtype) if isinstance(init_A, str) else given_A(init_A, P, d_out, d_in)
@@ -95,8 +98,22 @@ def starts(code: int, peft, peft_code: int, options: dict, seeds: list, T: int, 
     elif code in (E.ALS, E.FIT_EXACT):
         return A0, np.zeros((P, E.theta_size(peft_code, rank, T, d_out, d_in)), dtype)
     else:
-        return A0, _drawn_theta(peft, peft_code, seeds, T, rank, d_out, d_in, dtype)
+        theta = _drawn_theta(peft, peft_code, seeds, T, rank, d_out, d_in, dtype)
+        if W_hat is not None:  # the standard start: against the mean of the Ŵ_t (the engine weighs them by Σ_t)
+            reference = None if isinstance(init_A, str) and init_A == "standard" else A0
+            theta = _scaled_start(peft, theta, residual_spreads(W_hat, reference), rank)
+        return A0, theta
     return A0, E.theta_of(peft_code, given, P, T, rank, d_out, d_in, dtype)
+
+
+def _scaled_start(peft, theta, spreads, rank: int):
+    """θ (P, n) of lora / lora_sym multiplied per problem by its :func:`start_factors` (Δ by its square)."""
+    if not scales_its_start(peft):
+        return theta
+    factors = start_factors(spreads, rank)
+    if (factors == 1.0).all():
+        return theta
+    return theta * factors[:, None].astype(theta.dtype)
 
 
 def _drawn_theta(peft, code: int, seeds: list, T: int, rank: int, d_out: int, d_in: int, dtype):
@@ -138,7 +155,7 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, seeds: li
     started = time.perf_counter()
     qb = E.quad_batch(problems, dtype, base_sq, need_whiteners=code == E.ALS and not problems[0][0].is_population,
                       need_spectrum=code == E.REPTILE)
-    A0, theta0 = starts(code, peft, pcode, options, seeds, T, rank, d_out, d_in, dtype)
+    A0, theta0 = starts(code, peft, pcode, options, seeds, T, rank, d_out, d_in, dtype, W_hat=qb.W_hat)
     setup = time.perf_counter() - started
     if parallel:
         with backend.running(threads):
@@ -186,5 +203,6 @@ def fit(peft, rank: int, tasks: list, A, seeds: list, max_iter: int, tol: float,
     if exact:
         theta0 = np.zeros((len(tasks), E.theta_size(code, rank, 1, d_out, d_in)), dtype)
     else:
-        theta0 = _drawn_theta(peft, code, seeds, 1, rank, d_out, d_in, dtype)
+        theta0 = _scaled_start(peft, _drawn_theta(peft, code, seeds, 1, rank, d_out, d_in, dtype),
+                               residual_spreads(qb.W_hat, A), rank)
     return E.run(qb, spec, cfg, A, theta0, compiled=compiled), exact

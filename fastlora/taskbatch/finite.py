@@ -35,6 +35,9 @@ class FiniteSample(Batch):
         trace = self.xp.trace(self.Sigma, axis1=1, axis2=2, dtype=self.xp.float64)  # as the engine sums it
         return np.asarray(self.backend.to_numpy(trace), dtype=np.float64) / self.d_in
 
+    def residual_spreads(self, A=None):
+        return self._spreads_of(self.least_squares()[0], A)  # of the least-squares fits Ŵ_t
+
     def least_squares(self):
         """(Ŵ_t = C_t Σ_t⁺, L_t(Ŵ_t)) of every task (fastlora.tasks.least_squares_fits): the stable
         form of the loss, L_t(W) = ½⟨(W − Ŵ_t)Σ_t, W − Ŵ_t⟩ + L_t(Ŵ_t)."""

@@ -45,6 +45,9 @@ class DensePopulation(Batch):
     def standard_solution(self):
         return self.sum_tasks(self.W_star) / self.T
 
+    def residual_spreads(self, A=None):
+        return self._spreads_of(self.W_star, A)
+
 
 class FactoredPopulation(Batch):
     """One problem (P = 1) with W*_t = S + B*_t C*_tᵀ; the target factors are kept as rows
