@@ -222,7 +222,7 @@ def in_flag_words(message: str, names) -> str:
 
     def flag(match):
         name, value = match.group(1), match.group(2)
-        if name in _INVERTED_FLAGS:  # an API argument the CLI spells as the flag of its opposite
+        if name in _INVERTED_FLAGS and value in ("True", "False"):  # the CLI spells it as its opposite's flag
             return _INVERTED_FLAGS[name][value == "True"]
         if value == "None" and name in _COUNT_FLAGS:
             return f"{_flag(name)} population"
@@ -400,7 +400,7 @@ def sweep(spec_path, out, workers, scheduler, scheduler_timeout, stall_timeout, 
     spec = load_spec(spec_path)  # every key is checked before any work starts
     if dry_run:
         from .sweep.dryrun import dry_run as plan_sweep
-        for line in plan_sweep(spec, out, workers=workers).lines():
+        for line in plan_sweep(spec, out, workers=workers, scheduler=scheduler).lines():
             click.echo(line)
         return
     if out is None:

@@ -191,7 +191,7 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         peft_registry.get(ft_peft, **(ft_peft_options or {}))
     except FastLoRAError as exc:
         message = str(exc)
-        message = "ft_" + message if message.startswith("peft=") else f"ft_peft: {message}"
+        message = "ft_" + message if message.startswith(("peft=", "peft ")) else f"ft_peft: {message}"
         raise type(exc)(message.replace("peft options ", "ft_peft_options ")) from None
     rank_tol = OPTIONS["rank_tol"].check(rank_tol)
     noise_floor = OPTIONS["noise_floor"].check(noise_floor)

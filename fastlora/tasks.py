@@ -470,12 +470,18 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
         XX += X.transpose(0, 2, 1) @ X
         if E is not None:
             EX += E.transpose(0, 2, 1) @ X
-            EE += np.einsum("kij,kij->k", E, E)
+            EE += _inner_each(E, E)
         done += m
     WXX = W_star @ XX
     C = WXX + noise * EX
-    sq = np.einsum("kij,kij->k", WXX, W_star) + 2.0 * noise * np.einsum("kij,kij->k", W_star, EX) + noise * noise * EE
+    sq = _inner_each(WXX, W_star) + 2.0 * noise * _inner_each(W_star, EX) + noise * noise * EE
     return XX / n, C / n, np.maximum(sq, 0.0) / (2 * n)
+
+
+def _inner_each(a, b):
+    """⟨a_k, b_k⟩ of stacks (N, ...) -> (N,): each a sum over one contiguous row, so the same whatever N
+    (einsum's summation order changes with the stack's size)."""
+    return (a * b).reshape(a.shape[0], -1).sum(axis=1)
 
 
 def _apply_transposed(target: Target, X):

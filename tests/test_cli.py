@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import lines_without_notes
@@ -489,11 +490,13 @@ def test_errors_name_flags_that_exist(run):
 
 def test_a_peft_that_is_no_name_class_or_instance_is_refused_by_name():
     prob = fl.make_problem(d=4, k=1, T=3)
-    for bad in (3, None, ["lora"], True):
+    for bad in (3, None, ["lora"], True, np.int64(3), object()):
         with pytest.raises(fl.FastLoRAError, match=r"^peft must be the name of a registered parameterization \("):
             fl.retrain(prob, peft=bad)
     with pytest.raises(fl.FastLoRAError, match=r"^ft_peft='bogus' is not a registered parameterization"):
         fl.evaluate(fl.retrain(prob), prob, ft_peft="bogus")
+    with pytest.raises(fl.FastLoRAError, match=r"^ft_peft must be the name of a registered parameterization"):
+        fl.evaluate(fl.retrain(prob), prob, ft_peft=3)
 
 
 def test_export_takes_its_format_from_the_extension_and_refuses_a_mismatch(run, stores, tmp_path):

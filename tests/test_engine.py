@@ -286,8 +286,8 @@ def test_first_order_steps_start_at_the_datas_scale(backend, options):
     """gd's line search and ALS's inner gradient steps start at 1/tr(Σ)-sized steps (engine.steps.first_step):
     a fixed first step of 1/T (gd) or 1 (inner steps) on statistics ×1e-16 decreased F by less than its
     rounding, and the stall test reported the start converged (A 89-92 % off, F 92,000× the optimum).
-    Adam's ε is relative to the first gradient (engine.steps.adam_epsilon): an absolute one dwarfed
-    the gradients of statistics ×1e-16, and Adam did not move."""
+    Adam's gradients are divided by the first one's RMS entry (engine.steps.adam_gradient_scale): with an
+    absolute ε on the raw gradients of statistics ×1e-16 Adam did not move."""
     problem = fl.make_problem(d=6, k=1, T=3, n=2000, noise=0.01, seed=4, sampler="stats")
     plain = fl.retrain(problem, backend=backend, max_iter=3000, **options)
     assert plain.converged, plain.message
@@ -300,16 +300,30 @@ def test_first_order_steps_start_at_the_datas_scale(backend, options):
         assert scaled.objective / c == pytest.approx(plain.objective, rel=1e-6)
 
 
-def test_first_steps_are_per_problem_in_the_python_driver():
+@pytest.mark.parametrize("optimizer", ["gd", "adam"])
+def test_first_steps_are_per_problem_in_the_python_driver(optimizer):
     """Problems at different scales batched in the Python driver (d > ENGINE_MAX_DIM) each take their own
-    first step: retrain_many gives every problem what it gets alone."""
+    first step (gd) or gradient scale (Adam): retrain_many gives every problem what it gets alone."""
     problems = [fl.make_problem(d=34, k=1, T=2, n=400, noise=0.05, seed=s, sampler="stats") for s in (1, 2)]
     tasks = [[fl.Task.from_statistics(t.Sigma * c, t.C * c, t.s * c, t.n) for t in p.tasks]
              for p, c in zip(problems, (1.0, 1e-8))]
-    together = fl.retrain_many(tasks, rank=1, solver="gd", max_iter=15, backend="numpy")
+    options = dict(rank=1, solver="gd", optimizer=optimizer, max_iter=15, backend="numpy")
+    together = fl.retrain_many(tasks, **options)
     for own, res in zip(tasks, together):
-        alone = fl.retrain(own, rank=1, solver="gd", max_iter=15, backend="numpy")
-        np.testing.assert_array_equal(np.asarray(res.A), np.asarray(alone.A))
+        np.testing.assert_array_equal(np.asarray(res.A), np.asarray(fl.retrain(own, **options).A))
+
+
+@pytest.mark.parametrize("backend,options", [("numba", {}), ("numpy", {}), ("numpy", {"callback": lambda *a: None})])
+def test_adam_in_float32_follows_the_datas_scale(backend, options):
+    """In float32, (1 − β₂)·g² of statistics ×1e-20 underflows: with ε relative to the raw gradients the
+    first step was lr/ε-sized and the solve diverged; Adam runs on gradients divided by the first one's RMS."""
+    problem = fl.make_problem(d=6, k=1, T=3, n=2000, noise=0.01, seed=4, sampler="stats")
+    kw = dict(rank=1, solver="gd", optimizer="adam", dtype="float32", max_iter=400, backend=backend, **options)
+    plain = fl.retrain(problem.tasks, **kw)
+    tasks = [fl.Task.from_statistics(t.Sigma * 1e-20, t.C * 1e-20, t.s * 1e-20, t.n) for t in problem.tasks]
+    scaled = fl.retrain(tasks, **kw)
+    np.testing.assert_allclose(np.asarray(scaled.A), np.asarray(plain.A), rtol=0, atol=1e-3 * np.linalg.norm(plain.A))
+    assert scaled.objective / 1e-20 == pytest.approx(plain.objective, rel=2e-2)  # F: float32 cancellation in s
 
 
 def test_shared_parameters_start_at_the_datas_scale():

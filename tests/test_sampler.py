@@ -220,6 +220,10 @@ def test_sample_many_draws_what_each_task_draws_alone():
             assert got.s == s
     with pytest.raises(fl.FastLoRAError, match="without ground truth"):
         sample_many([tasks[0], fl.Task(rng.standard_normal((30, 7)), rng.standard_normal((30, 7)))], 40, [1, 2])
+    wide = [fl.Task.population(rng.standard_normal((100, 100))) for _ in range(3)]  # long sums: einsum reorders
+    for i, got in enumerate(sample_many(wide, 200, [1, 2, 3], noise=0.1)):
+        alone = wide[i].sample(200, seed=i + 1, noise=0.1)
+        assert (got.s, float(np.sum(got.C))) == (alone.s, float(np.sum(alone.C)))
 
 
 def test_sample_many_with_a_shared_generator_draws_task_by_task(monkeypatch):

@@ -316,6 +316,9 @@ def test_an_unusable_backend_is_refused_before_any_work(tmp_path, monkeypatch):
         assert result.exit_code == 2, result.output
         assert len(lines) == 1 and "backend='cupy' is unavailable: no GPU here (test)" in lines[0], result.output
         assert not out.exists()
+    # with a cluster the rows run on its machines: the dry run reports them untimed (nothing is contacted)
+    planned = CliRunner().invoke(main, ["sweep", str(spec), "--dry-run", "--scheduler", "tcp://127.0.0.1:9"])
+    assert planned.exit_code == 0 and "not timed: the rows would run on the cluster" in planned.output, planned.output
     backends._build.cache_clear()
 
 

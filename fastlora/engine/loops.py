@@ -19,6 +19,7 @@ from .linalg import axpy, copy, fill, inner, matmul, norm, scale
 from .steps import (
     ADAM,
     ADAM_BETAS,
+    ADAM_EPS,
     ALS,
     GD,
     LBFGS,
@@ -27,7 +28,7 @@ from .steps import (
     START_STANDARD,
     Quad,
     a_step_operators,
-    adam_epsilon,
+    adam_gradient_scale,
     adam_update,
     anderson_mix,
     curvature_scale,
@@ -308,7 +309,7 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     gsq = inner(grad_A, grad_A) + inner(grad_theta, grad_theta)
     g0 = np.sqrt(gsq) if gsq > 0 else 1.0
     adam = cfg.solver == ADAM
-    eps = adam_epsilon(np.sqrt(gsq), A.size + theta.size)
+    unit = adam_gradient_scale(np.hypot(norm(grad_A), norm(grad_theta)), A.size + theta.size)
     lr = cfg.lr
     if not lr > 0:  # not given: gd's line search starts at the data's scale (Adam's lr is always set)
         scales = np.empty(spec.T)
@@ -318,7 +319,7 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     cand_A = A.copy()
     cand_theta = theta.copy()
     cand_gA = np.empty_like(A)
-    cand_gth = np.empty_like(theta)
+    cand_gth = np.empty_like(theta)  # (Adam: the scaled gradients)
     m_A = np.zeros_like(A)
     v_A = np.zeros_like(A)
     m_th = np.zeros_like(theta)
@@ -329,8 +330,12 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     while iteration < cfg.max_iter:
         iteration += 1
         if adam:
-            adam_update(A, grad_A, m_A, v_A, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], eps)
-            adam_update(theta, grad_theta, m_th, v_th, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], eps)
+            copy(grad_A, cand_gA)
+            scale(unit, cand_gA)
+            copy(grad_theta, cand_gth)
+            scale(unit, cand_gth)
+            adam_update(A, cand_gA, m_A, v_A, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS)
+            adam_update(theta, cand_gth, m_th, v_th, iteration, lr, 0.0, ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS)
             value = joint_value_grad(q, spec, A, theta, w, grad_A, grad_theta)
         else:
             floor = 8 * cfg.eps * abs(value)

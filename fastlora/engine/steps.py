@@ -85,7 +85,7 @@ def unpack(ints, floats):
 
 ANDERSON_RIDGE = 1e-12   # relative Tikhonov term of the mixing least squares (guards collinear histories)
 ADAM_BETAS = (0.9, 0.999)   # the linear model's Adam (fastlora.solvers.gd and the engine)
-ADAM_EPS = 1e-12  # relative: times the RMS entry of the first gradient (adam_epsilon)
+ADAM_EPS = 1e-12  # against gradients divided by the first one's RMS entry (adam_gradient_scale)
 
 
 @jitable
@@ -346,15 +346,17 @@ def curvature_scale(identity, Sigma):
 
 
 @jitable
-def adam_epsilon(g0_norm, size):
-    """The linear model's Adam ε: ``ADAM_EPS`` times the RMS entry of the first gradient (norm
-    ``g0_norm`` over ``size`` parameters), so Adam's steps follow the data's scale as its moments do
-    (an absolute ε dwarfs the gradients of statistics ×1e-16: Adam did not move, and on ×1e-30 the
-    stall test reported the start converged); ``ADAM_EPS`` where that gradient is 0 or not finite."""
+def adam_gradient_scale(g0_norm, size):
+    """What the linear model's Adam multiplies its gradients by: 1 / the RMS entry of the first gradient
+    (norm ``g0_norm`` over ``size`` parameters); 1 where that is 0 or not finite.  Adam's step does not
+    change with its gradients' scale but for ε: this keeps ``ADAM_EPS`` relative to the data's scale (an
+    absolute ε dwarfed the gradients of statistics ×1e-16 — Adam did not move, and on ×1e-30 the stall
+    test reported the start converged), and the moments near 1 (in float32, g² of such data underflows
+    and the first step was lr/ε)."""
     rms = g0_norm / np.sqrt(max(size, 1))
     if rms > 0 and np.isfinite(rms):
-        return ADAM_EPS * rms
-    return ADAM_EPS
+        return 1.0 / rms
+    return 1.0
 
 
 @jitable

@@ -22,8 +22,6 @@ import weakref
 from dataclasses import dataclass, field
 from importlib import metadata
 
-import numpy as np
-
 from ..config import settings
 from ..errors import FastLoRAError, PluginError
 from . import protocol
@@ -207,7 +205,7 @@ class Registry:
             self._remember(peft, options)
         elif options:
             raise FastLoRAError("peft options can only be given with a peft name or class, not an instance")
-        if peft is None or isinstance(peft, (bool, int, float, complex, bytes, list, tuple, dict, set, np.ndarray)):
+        if not callable(getattr(peft, "delta", None)):  # not meant as one (a number, a list, ...): name the argument
             known = ", ".join(repr(n) for n in sorted(self._discover())) or "none installed"
             raise FastLoRAError(f"{self.kind.argument} must be the name of a registered {self.kind.noun} ({known}) "
                                 f"or a {self.kind.noun} class or instance; got {type(peft).__name__} {peft!r:.60}")

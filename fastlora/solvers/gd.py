@@ -10,7 +10,7 @@ iteration; the first trial step is 1/Σ_t tr(Σ_t)/d_in, the data's curvature sc
 rounding of F (8·eps·|F|) the test accepts any step that does not raise F beyond rounding,
 so the step does not collapse once F is at its floor (optima with F > 0).
 ``optimizer="adam"``: Adam with ``lr`` (default 1e-2), β = (0.9, 0.999), ε = 1e-12 times the RMS
-entry of the first gradient (:func:`fastlora.engine.steps.adam_epsilon`: ε follows the data's scale).
+entry of the first gradient (its gradients are divided by that: :func:`fastlora.engine.steps.adam_gradient_scale`).
 ``optimizer="lbfgs"``: limited-memory BFGS (memory ``LBFGS_MEMORY``, two-loop recursion,
 Armijo backtracking from the unit step, a pair kept only when sᵀy > 0) on the flattened
 adapters of each problem, with A eliminated by its closed-form minimiser (variable
@@ -33,7 +33,15 @@ from ..engine import ARMIJO_C1 as _ARMIJO_C1
 from ..engine import LBFGS_MEMORY, status
 from ..engine import MAX_BACKTRACKS as _MAX_BACKTRACKS
 from ..engine.linalg import row_norms
-from ..engine.steps import ADAM_BETAS, adam_epsilon, adam_update, lbfgs_direction, lbfgs_update, sufficient_decrease
+from ..engine.steps import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    adam_gradient_scale,
+    adam_update,
+    lbfgs_direction,
+    lbfgs_update,
+    sufficient_decrease,
+)
 from ..kernels.packing import Packer
 from ..options import OPTIONS
 from ..peft.protocol import bind_base, shared_names, trainable
@@ -115,9 +123,10 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
     value, grads = model.value_and_grad(x)
     monitor.start(value)
     g0 = np.sqrt(grad_norm_sq(batch, grads, shared))
-    if optimizer == "adam":  # ε per problem, at its first gradient's scale
+    if optimizer == "adam":  # gradients divided by each problem's first RMS entry (float64: no underflow)
         size = sum(int(np.prod(x[k].shape)) for k in names) // batch.P
-        adam_eps = [adam_epsilon(g, size) for g in g0]
+        first = np.sqrt(grad_norm_sq(batch, {k: v.astype(xp.float64) for k, v in grads.items()}, shared))
+        adam_units = [adam_gradient_scale(g, size) for g in first]
     g0 = np.where(g0 > 0, g0, 1.0)
     lr = ctx.option("lr")
     if optimizer == "adam":
@@ -131,8 +140,8 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
     for iteration in range(1, ctx.max_iter + 1):
         if optimizer == "adam":
             for k in names:
-                adam_update(x[k], grads[k], m[k], v2[k], iteration, lr, 0.0, *ADAM_BETAS,
-                            _per_problem(xp, adam_eps, x[k], batch.P))
+                unit = grads[k] * _per_problem(xp, adam_units, x[k], batch.P)
+                adam_update(x[k], unit, m[k], v2[k], iteration, lr, 0.0, *ADAM_BETAS, ADAM_EPS)
             value, grads = model.value_and_grad(x)
         else:
             x, value, grads, lr, stuck = _armijo_step(batch, model, x, value, grads, lr, eps, names, shared,

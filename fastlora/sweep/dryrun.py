@@ -43,6 +43,7 @@ class DryRun:
     estimate_seconds: float = 0.0
     pairing: str = ""
     store: str | None = None
+    untimed: str | None = None  # why nothing was timed (a cluster runs the rows)
 
     def lines(self) -> list[str]:
         where = f" ({self.rows - self.pending} already in {self.store})" if self.store else ""
@@ -57,7 +58,9 @@ class DryRun:
                    f"~{format_bytes(self.row_bytes * self.workers)} with {self.workers} worker(s)")
         for desc, seconds in self.timed:
             out.append(f"timed: {desc}: {seconds:.2f} s per retraining (its rows included)")
-        if self.pending:
+        if self.untimed:
+            out.append(f"not timed: {self.untimed}")
+        elif self.pending:
             wall = self.estimate_seconds / max(self.workers, 1)
             out.append(f"estimate: ~{_duration(self.estimate_seconds)} of work, ~{_duration(wall)} on "
                        f"{self.workers} worker(s) (untimed retraining keys estimated from the timed ones of their "
@@ -66,12 +69,15 @@ class DryRun:
 
 
 def dry_run(spec: Spec, out=None, workers: int | None = None, time_budget: float = TIME_BUDGET,
-            timed_keys: int = TIMED_KEYS) -> DryRun:
-    """The :class:`DryRun` of ``spec`` (against the store at ``out`` where given; read-only)."""
+            timed_keys: int = TIMED_KEYS, scheduler: str | None = None) -> DryRun:
+    """The :class:`DryRun` of ``spec`` (against the store at ``out`` where given; read-only).  With a
+    Dask ``scheduler`` the rows would run on the cluster's machines: nothing is timed here, and a
+    backend this machine lacks is not refused (as the run does)."""
     from ..regime import point_regime
     from .runner import check_backends_here
     from .store import ResultsStore
-    check_backends_here(spec)  # as the run refuses them: the dry run times rows on this machine
+    if not scheduler:
+        check_backends_here(spec)  # as the run refuses them: the dry run times rows on this machine
     existing, stored = None, set()
     if out is not None and Path(out).is_file():  # one read-only open (each runs SQLite's quick_check)
         with ResultsStore(out) as store:
@@ -95,7 +101,9 @@ def dry_run(spec: Spec, out=None, workers: int | None = None, time_budget: float
                     retrainings=sum(len(by_seed) for by_seed in groups.values()), outside=outside,
                     row_bytes=max((row_bytes(p) for p in points), default=0), workers=workers, pairing=rule,
                     store=str(out) if existing is not None else None)
-    if groups:
+    if scheduler:
+        report.untimed = f"the rows would run on the cluster at {scheduler}, not on this machine"
+    elif groups:
         report.timed, report.estimate_seconds = _time(groups, time_budget, timed_keys)
     return report
 
