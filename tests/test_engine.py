@@ -342,7 +342,8 @@ def test_shared_parameters_start_at_the_datas_scale():
 
 @pytest.mark.parametrize("backend,options,d", [("numba", {}, 8), ("numpy", {}, 8),
                                                ("numpy", {"callback": lambda *args: None}, 8),  # the Python driver
-                                               ("numpy", {}, 34)])  # the Python driver by size
+                                               ("numpy", {}, 34),  # the Python driver by size
+                                               ("numba", {"peft": "lora"}, 8), ("numpy", {"peft": "lora"}, 34)])
 def test_the_default_solver_finds_the_optimum_whatever_the_labels_scale(backend, options, d):
     """Labels ×c (C ×c, s ×c²) scale the minimiser A by c.  From lora_sym's drawn start (Δ ~ its rank) the
     relative gradient test stopped far from it at c = 1e-5 and called that converged (F 2.7e4× the optimum,
@@ -358,35 +359,61 @@ def test_the_default_solver_finds_the_optimum_whatever_the_labels_scale(backend,
                                    atol=1e-6 * np.linalg.norm(plain.A))
 
 
-def test_tiny_task_differences_are_identified():
-    """task_scales 1e-6: the tasks differ from A* by ~1e-6; the optimum is 0 and A = A*."""
-    for n in (2000, None):
-        problem = fl.make_problem(d=8, k=1, T=4, n=n, noise=0.0, seed=0, task_scales=[1e-6])
-        res = fl.retrain(problem)
-        assert res.converged and fl.evaluate(res, problem)["rel_err_A"] < 1e-8, (n, res.message)
+@pytest.mark.parametrize("n,options", [(2000, {}), (2000, {"init_A": "zeros"}), (4, {}),  # n < d_in
+                                       (2000, {"peft": "lora"})])
+def test_tiny_task_differences_are_identified(n, options):
+    """task_scales 1e-6: the tasks differ from A* by ~1e-6; the optimum is 0 and A = A*.  With A eliminated
+    the start is scaled to the standard solution's residuals whatever init_A says (A0 is not used), and on
+    fewer samples than inputs they are measured in Σ_t's metric (Ŵ_t's null-space part is arbitrary)."""
+    problem = fl.make_problem(d=8, k=1, T=8 if n == 4 else 4, n=n, noise=0.0, seed=0, task_scales=[1e-6])
+    res = fl.retrain(problem, **options)
+    assert res.converged and fl.evaluate(res, problem)["rel_err_A"] < 1e-8, res.message
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_fine_tuning_finds_the_optimum_whatever_the_labels_scale(backend):
+    """lora_sym fine-tuning (L-BFGS over the adapter, A fixed) starts at the residual W*_new − A's scale."""
+    problem = fl.make_problem(d=8, k=1, T=3, n=400, noise=0.01, seed=0)
+    task = problem.test_tasks[0].sample(400, seed=1)
+    A = fl.retrain(problem, backend=backend).A
+    plain = fl.finetune(A, task, rank=1, peft="lora_sym", backend=backend)
+    c = 1e-8
+    small = fl.Task.from_statistics(task.Sigma, c * task.C, c * c * task.s, task.n)
+    scaled = fl.finetune(c * np.asarray(A), small, rank=1, peft="lora_sym", backend=backend)
+    assert scaled.converged
+    assert scaled.loss / (c * c) == pytest.approx(plain.loss, rel=1e-6)
+
+
+
 
 
 def test_start_factors_leave_unit_scale_data_alone_and_are_per_problem():
     from fastlora.arrays import residual_spreads
-    from fastlora.solvers.common import START_SCALE_BAND, start_factors
-    edge = 2.0 ** -START_SCALE_BAND
-    factors = start_factors(np.array([1.0, 3.0, edge, edge / 2, 2.0 ** -20, 0.0, np.nan, 2.0 ** -20]), 1)
+    from fastlora.solvers.common import START_SCALE_LIMIT, start_factors
+    edge = START_SCALE_LIMIT
+    factors = start_factors(np.array([1.0, 3.0, edge, edge / 2 ** 8, 2.0 ** -20, 0.0, np.nan, 2.0 ** -20]), 1)
     np.testing.assert_array_equal(factors, [1, 1, 1, 2.0 ** -4, 2.0 ** -10, 1, 1, 2.0 ** -10])
-    assert start_factors(np.array([2.0 ** -20]), 4)[0] == 2.0 ** -11  # per unit of rank
+    assert start_factors(np.array([2.0 ** -20]), 16)[0] == 2.0 ** -11  # per √rank
     rng = np.random.default_rng(0)
     W = rng.standard_normal((2, 3, 4, 5))
     want = [np.sqrt(np.mean([np.sum((W[p, t] - W[p].mean(axis=0)) ** 2) for t in range(3)])) for p in range(2)]
     np.testing.assert_allclose(residual_spreads(W), want, rtol=1e-14)
     np.testing.assert_allclose(residual_spreads(W * 1e-200), np.array(want) * 1e-200, rtol=1e-14)  # no underflow
     A = rng.standard_normal((2, 4, 5))
-    np.testing.assert_allclose(residual_spreads(W, A), [np.sqrt(np.mean(np.sum((W[p] - A[p]) ** 2, axis=(1, 2))))
-                                                        for p in range(2)], rtol=1e-14)
-    problems = [fl.make_problem(d=6, k=1, T=3, n=300, noise=0.01, seed=s) for s in (1, 2)]
-    tasks = [[fl.Task.from_statistics(t.Sigma, c * t.C, c * c * t.s, t.n) for t in p.tasks]
-             for p, c in zip(problems, (1.0, 1e-6))]
-    together = fl.retrain_many(tasks, rank=1, backend="numpy")
-    for own, res in zip(tasks, together):  # one problem's scaled start does not move the other's
-        np.testing.assert_array_equal(np.asarray(res.A), np.asarray(fl.retrain(own, rank=1, backend="numpy").A))
+    want = [np.sqrt(np.mean(np.sum((W[p] - A[p]) ** 2, axis=(1, 2)))) for p in range(2)]
+    np.testing.assert_allclose(residual_spreads(W, None, A), want, rtol=1e-14)
+    X = rng.standard_normal((2, 3, 3, 5))  # n = 3 < d_in = 5: Ŵ_t's null-space part is arbitrary, not residual
+    Sigma = X.swapaxes(2, 3) @ X / 3
+    null = np.linalg.svd(X)[2][..., 3:, :]  # rows spanning each Σ_t's null space
+    moved = W + rng.standard_normal((2, 3, 4, 2)) @ null
+    np.testing.assert_allclose(residual_spreads(moved, Sigma, A), residual_spreads(W, Sigma, A), rtol=1e-12)
+    problems = [fl.make_problem(d=d, k=1, T=3, n=300, noise=0.01, seed=s) for s in (1, 2, 3) for d in (6, 34)]
+    for d in (6, 34):  # the engine and the Python driver
+        tasks = [[fl.Task.from_statistics(t.Sigma, c * t.C, c * c * t.s, t.n) for t in p.tasks]
+                 for p, c in zip([p for p in problems if p.d == d], (1.0, 1e-6, 1e-3))]
+        together = fl.retrain_many(tasks, rank=1, backend="numpy")
+        for own, res in zip(tasks, together):  # one problem's scaled start does not move another's
+            np.testing.assert_array_equal(np.asarray(res.A), np.asarray(fl.retrain(own, rank=1, backend="numpy").A))
 
 
 def test_first_step_is_the_inverse_total_curvature_scale():

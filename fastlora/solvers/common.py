@@ -284,9 +284,11 @@ class Context:
         """The solve's monitor; ``step``: the option that sets its step size (status.step_option)."""
         return Monitor(self.callback, self.tol, self.max_iter, self.batch.null_objective(), self.dtype, step)
 
-    def init_params(self, A=None) -> dict:
+    def init_params(self, A=None, from_standard: bool = False) -> dict:
         """The adapters' starting point, (P·T, ...) per parameter: ``options["init_params"]`` if
-        given, else ``peft.init`` with each problem's own generator."""
+        given, else ``peft.init`` with each problem's own generator, scaled (lora, lora_sym) to the
+        residuals from A — from the standard solution where A is None or ``from_standard``
+        (:func:`start_factors`)."""
         b = self.batch
         given = self.options.get("init_params")  # absent for solvers without adapters
         if given is not None:
@@ -301,8 +303,8 @@ class Context:
         names = per_problem[0]
         raw = {k: (per_problem[0][k] if b.P == 1 else np.concatenate([one[k] for one in per_problem]))
                for k in names}
-        if scales_its_start(self.peft):  # the drawn start at the residuals' scale (START_SCALE_BAND)
-            factors = start_factors(b.residual_spreads(A), self.rank)
+        if scales_its_start(self.peft):  # the drawn start at the residuals' scale (START_SCALE_LIMIT)
+            factors = start_factors(b.residual_spreads(None if from_standard else A), self.rank)
             if (factors != 1.0).any():
                 per_task = np.repeat(factors, b.T)
                 raw = {k: v * per_task.reshape((-1,) + (1,) * (v.ndim - 1)) for k, v in raw.items()}
@@ -335,21 +337,22 @@ class Context:
         return self.backend.asarray(A0, self.dtype)
 
 
-# peft.init draws lora_sym's U ~ N(0, 1/d_in) (Δ of Frobenius norm about its rank) whatever the data: where the
-# residuals the adapters fit are smaller than that by more than 2**START_SCALE_BAND, a gradient solver's relative
-# tests, measured from that start, stopped far from the optimum and called it converged (targets ×1e-5); the
-# drawn start is then scaled down to the residuals by a power of two (docs/design.md §7)
-START_SCALE_BAND = 8
+# peft.init draws lora_sym's U ~ N(0, 1/d_in) (Δ of Frobenius norm about √rank) whatever the data: where the
+# residuals the adapters fit are smaller than that, a gradient solver's relative tests, measured from that start,
+# stopped far from the optimum and called it converged (targets ×1e-5); the drawn start is then scaled down to
+# the residuals by a power of two (docs/design.md §7).  Data at unit scale measure 8-400 per √rank.
+START_SCALE_LIMIT = 1.0
 
 
 def start_factors(spreads, rank: int) -> np.ndarray:
     """Per problem, the power of two its drawn lora / lora_sym start is multiplied by: 1, or where the
-    residuals' spread per unit of rank is below 2**-START_SCALE_BAND, 2**round(log2(spread/rank)/2) — Δ,
-    quadratic in the factors, then matches the residuals.  Data near unit scale keep the drawn start
-    bit for bit; a problem's factor depends on its own data alone."""
-    s = np.asarray(spreads, dtype=np.float64) / max(int(rank or 1), 1)
+    residuals' spread (:func:`fastlora.arrays.residual_spreads`) per √rank is below ``START_SCALE_LIMIT``,
+    2**round(log2(spread/√rank)/2) — lora_sym's Δ, quadratic in U, then has about the residuals' norm
+    (lora's Δ starts at 0: its C is scaled).  Data at unit scale keep the drawn start bit for bit; a
+    problem's factor depends on its own data alone."""
+    s = np.asarray(spreads, dtype=np.float64) / np.sqrt(max(int(rank or 1), 1))
     factors = np.ones(s.shape)
-    small = np.isfinite(s) & (s > 0) & (s < 2.0 ** -START_SCALE_BAND)
+    small = np.isfinite(s) & (s > 0) & (s < START_SCALE_LIMIT)
     factors[small] = 2.0 ** np.round(np.log2(s[small]) / 2)
     return factors
 

@@ -81,12 +81,12 @@ def settings(code: int, options: dict, max_iter: int, tol: float, dtype, d_out: 
 
 
 def starts(code: int, peft, peft_code: int, options: dict, seeds: list, T: int, rank: int, d_out: int, d_in: int,
-           dtype, W_hat=None):
+           dtype, qb=None):
     """(A0 (P, d_out, d_in), θ0 (P, n)): ``init_A`` and ``init_params`` where given, else zeros
     and each problem's draw of ``peft.init`` from its own seed (gradient solvers only: an ALS
-    solve starts from the exact fit at its starting A), scaled to the residuals Ŵ_t − A of the
-    problems' stack ``W_hat`` (P, T, d_out, d_in) where they are far below unit scale
-    (:func:`~fastlora.solvers.common.start_factors`)."""
+    solve starts from the exact fit at its starting A), scaled to the residuals of the problems'
+    data ``qb`` (a QuadBatch) where they are below unit scale (:func:`~fastlora.solvers.common.start_factors`):
+    from the standard solution where A is eliminated or starts there, else from A0."""
     P = len(seeds)
     init_A = options.get("init_A", "standard")
     A0 = np.zeros((P, d_out, d_in), dtype) if isinstance(init_A, str) else given_A(init_A, P, d_out, d_in)
@@ -99,11 +99,16 @@ def starts(code: int, peft, peft_code: int, options: dict, seeds: list, T: int, 
         return A0, np.zeros((P, E.theta_size(peft_code, rank, T, d_out, d_in)), dtype)
     else:
         theta = _drawn_theta(peft, peft_code, seeds, T, rank, d_out, d_in, dtype)
-        if W_hat is not None:  # the standard start: against the mean of the Ŵ_t (the engine weighs them by Σ_t)
-            reference = None if isinstance(init_A, str) and init_A == "standard" else A0
-            theta = _scaled_start(peft, theta, residual_spreads(W_hat, reference), rank)
+        if qb is not None:
+            standard = (isinstance(init_A, str) and init_A == "standard") or options.get("eliminate_A", True)
+            theta = _scaled_start(peft, theta, _spreads(qb, None if standard else A0), rank)
         return A0, theta
     return A0, E.theta_of(peft_code, given, P, T, rank, d_out, d_in, dtype)
+
+
+def _spreads(qb, A):
+    """:func:`~fastlora.arrays.residual_spreads` of a QuadBatch's problems from A (None: the standard solution)."""
+    return residual_spreads(qb.W_hat, None if qb.identity else qb.Sigma, A)
 
 
 def _scaled_start(peft, theta, spreads, rank: int):
@@ -155,7 +160,7 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, seeds: li
     started = time.perf_counter()
     qb = E.quad_batch(problems, dtype, base_sq, need_whiteners=code == E.ALS and not problems[0][0].is_population,
                       need_spectrum=code == E.REPTILE)
-    A0, theta0 = starts(code, peft, pcode, options, seeds, T, rank, d_out, d_in, dtype, W_hat=qb.W_hat)
+    A0, theta0 = starts(code, peft, pcode, options, seeds, T, rank, d_out, d_in, dtype, qb=qb)
     setup = time.perf_counter() - started
     if parallel:
         with backend.running(threads):
@@ -204,5 +209,5 @@ def fit(peft, rank: int, tasks: list, A, seeds: list, max_iter: int, tol: float,
         theta0 = np.zeros((len(tasks), E.theta_size(code, rank, 1, d_out, d_in)), dtype)
     else:
         theta0 = _scaled_start(peft, _drawn_theta(peft, code, seeds, 1, rank, d_out, d_in, dtype),
-                               residual_spreads(qb.W_hat, A), rank)
+                               _spreads(qb, A), rank)
     return E.run(qb, spec, cfg, A, theta0, compiled=compiled), exact

@@ -106,7 +106,8 @@ def solve(ctx):
     optimizer = ctx.option("optimizer")
     model = Objective(ctx)
     A0 = ctx.initial_A()
-    x = {"A": A0, **ctx.init_params(A0)}
+    eliminated = optimizer == "lbfgs" and ctx.option("eliminate_A")  # A0 unused: they fit the A step's residuals
+    x = {"A": A0, **ctx.init_params(A0, from_standard=eliminated)}
     monitor = ctx.monitor(status.step_option("lora-ml", "gd", optimizer))
     info = {"solver": "gd", "optimizer": optimizer}
     if optimizer == "lbfgs":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arrays import batched_frobenius_sq, residual_spreads
+from ..arrays import batched_frobenius_sq
 from .iterates import Iterate, TaskResidual
 
 
@@ -57,17 +57,9 @@ class Batch:
         """Each task's tr(Σ_t)/d_in, host (P·T,) (fastlora.engine.steps.curvature_scale): 1 here, Σ_t = I."""
         return np.ones(self.P * self.T)
 
-    def residual_spreads(self, A=None):
-        """√(mean_t ‖W*_t − A‖²_F) per problem, host (P,) (fastlora.arrays.residual_spreads): the
-        scale of what the adapters fit from A (None: the standard solution, the mean target).  Here from the
-        losses, ½‖W*_t − A‖² on population tasks; the dense kinds take it from their stacked targets."""
-        ref = self.standard_solution() if A is None else A
-        return np.sqrt(np.maximum(2.0 * self.host(self.sum_tasks(self.losses(ref))) / self.T, 0.0))
-
-    def _spreads_of(self, W, A):
-        """residual_spreads of the per-task stack ``W`` (P·T, d_out, d_in) on the device, against A or the mean."""
-        W = np.asarray(self.backend.to_numpy(W), dtype=np.float64).reshape(self.P, self.T, self.d_out, self.d_in)
-        return residual_spreads(W, None if A is None else np.asarray(self.backend.to_numpy(A), dtype=np.float64))
+    def _per_problem(self, X):
+        """A per-task stack (P·T, ...) as (P, T, ...)."""
+        return X.reshape(self.P, self.T, *X.shape[1:])
 
     def first_steps(self):
         """gd's first trial step of each problem, host (P,) (fastlora.engine.steps.first_step)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import residual_spreads
 from ..errors import check_representable
 from ..tasks import pinv_function
 from .base import Batch
@@ -36,7 +37,9 @@ class FiniteSample(Batch):
         return np.asarray(self.backend.to_numpy(trace), dtype=np.float64) / self.d_in
 
     def residual_spreads(self, A=None):
-        return self._spreads_of(self.least_squares()[0], A)  # of the least-squares fits Ŵ_t
+        """The scale of what the adapters fit from A (None: the standard solution), host (P,)
+        (:func:`fastlora.arrays.residual_spreads`: in Σ_t's metric)."""
+        return residual_spreads(self._per_problem(self.least_squares()[0]), self._per_problem(self.Sigma), A)
 
     def least_squares(self):
         """(Ŵ_t = C_t Σ_t⁺, L_t(Ŵ_t)) of every task (fastlora.tasks.least_squares_fits): the stable

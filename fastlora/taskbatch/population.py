@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arrays import array_module, batched_frobenius_sq, frobenius_sq
+from ..arrays import array_module, batched_frobenius_sq, frobenius_sq, residual_spreads
 from ..linop import SharedPlusLowRank
 from .base import Batch
 from .iterates import Iterate, SharedResidual, TaskResidual
@@ -46,7 +46,9 @@ class DensePopulation(Batch):
         return self.sum_tasks(self.W_star) / self.T
 
     def residual_spreads(self, A=None):
-        return self._spreads_of(self.W_star, A)
+        """The scale of what the adapters fit from A (None: the mean target), host (P,)
+        (:func:`fastlora.arrays.residual_spreads`)."""
+        return residual_spreads(self._per_problem(self.W_star), None, A)
 
 
 class FactoredPopulation(Batch):
@@ -89,6 +91,15 @@ class FactoredPopulation(Batch):
 
     def standard_solution(self):
         return self.mean_target.copy()[None]
+
+    def residual_spreads(self, A=None):
+        """√(mean_t ‖S + B*_tC*_tᵀ − A‖²_F) (one problem; A None: the mean target), host (1,): one task's
+        d_out × d_in residual at a time, never the T targets together."""
+        shift = self.base - (self.mean_target if A is None else A[0])
+        total = 0.0
+        for t in range(self.T):
+            total += float(self.xp.linalg.norm(shift + self.B_rows[t].T @ self.C_rows[t])) ** 2
+        return np.array([np.sqrt(total / self.T)])
 
     def null_objective(self):
         """Σ_t ½‖S + B*_tC*_tᵀ‖² in closed form (no dense targets), plus ½T‖S_full‖² for a reduction."""
