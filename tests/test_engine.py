@@ -389,7 +389,8 @@ def test_fine_tuning_finds_the_optimum_whatever_the_labels_scale(backend):
 
 def test_start_factors_leave_unit_scale_data_alone_and_are_per_problem():
     from fastlora.arrays import residual_spreads
-    from fastlora.solvers.common import START_SCALE_LIMIT, start_factors
+    from fastlora.engine.steps import START_SCALE_LIMIT
+    from fastlora.solvers.common import start_factors
     edge = START_SCALE_LIMIT
     factors = start_factors(np.array([1.0, 3.0, edge, edge / 2 ** 8, 2.0 ** -20, 0.0, np.nan, 2.0 ** -20]), 1)
     np.testing.assert_array_equal(factors, [1, 1, 1, 2.0 ** -4, 2.0 ** -10, 1, 1, 2.0 ** -10])
@@ -407,6 +408,16 @@ def test_start_factors_leave_unit_scale_data_alone_and_are_per_problem():
     null = np.linalg.svd(X)[2][..., 3:, :]  # rows spanning each Σ_t's null space
     moved = W + rng.standard_normal((2, 3, 4, 2)) @ null
     np.testing.assert_allclose(residual_spreads(moved, Sigma, A), residual_spreads(W, Sigma, A), rtol=1e-12)
+    from fastlora import engine as E
+    from fastlora.engine.loops import problem as quad_problem
+    from fastlora.engine.steps import residual_spread
+    for n in (300, 4, None):  # the engine's form of the rule agrees with the Python driver's stacks
+        tasks = fl.make_problem(d=6, k=1, T=3, n=n, noise=0.1 if n else 0.0, seed=3).tasks
+        qb = E.quad_batch([tasks], np.float64)
+        start = rng.standard_normal((1, 6, 6))
+        engine_form = residual_spread(quad_problem(*qb, 0), start[0])
+        stacks = residual_spreads(qb.W_hat, None if qb.identity else qb.Sigma, start)
+        assert engine_form == pytest.approx(stacks[0], rel=1e-12)
     problems = [fl.make_problem(d=d, k=1, T=3, n=300, noise=0.01, seed=s) for s in (1, 2, 3) for d in (6, 34)]
     for d in (6, 34):  # the engine and the Python driver
         tasks = [[fl.Task.from_statistics(t.Sigma, c * t.C, c * c * t.s, t.n) for t in p.tasks]

@@ -92,13 +92,14 @@ def make_spec(code: int, rank: int, T: int, d_out: int, d_in: int, peft=None) ->
 def make_settings(solver: int, *, max_iter: int, tol: float, dtype, init: int = START_STANDARD, depth: int = 0,
                   lr: float | None = None, eliminate: int = PROJECTED, inner_lr: float = OPTIONS["inner_lr"].default,
                   inner_steps: int = OPTIONS["inner_steps"].default,
-                  outer_lr: float = OPTIONS["outer_lr"].default) -> Settings:
+                  outer_lr: float = OPTIONS["outer_lr"].default, scale_start: bool = False) -> Settings:
     """The solver settings; ``tol`` below 8·eps of ``dtype`` is raised to it (changes below are
-    rounding noise), ``tol=0`` asks for ``max_iter`` iterations."""
+    rounding noise), ``tol=0`` asks for ``max_iter`` iterations.  ``scale_start``: the drawn θ is
+    scaled to the residuals (steps.start_factor; lora and lora_sym)."""
     eps = float(np.finfo(dtype).eps)
     return Settings(int(solver), int(max_iter), max(float(tol), 8 * eps), float(tol) == 0.0, eps, int(depth),
                     LBFGS_MEMORY, -1.0 if lr is None else float(lr), int(eliminate), int(init), float(inner_lr),
-                    int(inner_steps), float(outer_lr), ARMIJO_C1, MAX_BACKTRACKS)
+                    int(inner_steps), float(outer_lr), ARMIJO_C1, MAX_BACKTRACKS, int(bool(scale_start)))
 
 
 START_CODES = {"standard": START_STANDARD, "zeros": START_ZEROS}

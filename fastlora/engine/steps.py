@@ -56,12 +56,12 @@ Quad = namedtuple("Quad", "identity Sigma W_hat floor rhs0 K NT sqrt_S isqrt_S l
 Spec = namedtuple("Spec", "peft r scale T d_out d_in")
 # what a solver reads (see fastlora.options for meanings and defaults)
 Settings = namedtuple("Settings", "solver max_iter tol to_max_iter eps depth memory lr eliminate init "
-                                  "inner_lr inner_steps outer_lr c1 max_backtracks")
+                                  "inner_lr inner_steps outer_lr c1 max_backtracks scale_start")
 # scratch of one problem
 Work = namedtuple("Work", "delta E G losses CS tmp square")
 
 _SETTINGS_INTS = ("solver", "max_iter", "to_max_iter", "depth", "memory", "eliminate", "init", "inner_steps",
-                  "max_backtracks")
+                  "max_backtracks", "scale_start")
 _SETTINGS_FLOATS = ("tol", "eps", "lr", "inner_lr", "outer_lr", "c1")
 
 
@@ -79,7 +79,7 @@ def unpack(ints, floats):
     """(Spec, Settings) of :func:`pack`'s arrays."""
     spec = Spec(ints[0], ints[1], floats[0], ints[2], ints[3], ints[4])
     cfg = Settings(ints[5], ints[6], floats[1], ints[7] != 0, floats[2], ints[8], ints[9], floats[3], ints[10],
-                   ints[11], floats[4], ints[12], floats[5], floats[6], ints[13])
+                   ints[11], floats[4], ints[12], floats[5], floats[6], ints[13], ints[14])
     return spec, cfg
 
 
@@ -357,6 +357,44 @@ def adam_gradient_scale(g0_norm, size):
     if rms > 0 and np.isfinite(rms):
         return 1.0 / rms
     return 1.0
+
+
+# peft.init draws lora_sym's U ~ N(0, 1/d_in) (Δ of Frobenius norm about √rank) whatever the data: where the
+# residuals the adapters fit are smaller than that, a gradient solver's relative tests, measured from that start,
+# stopped far from the optimum and called it converged (targets ×1e-5); the drawn start is then scaled down to
+# the residuals by a power of two (docs/design.md §7).  Data at unit scale measure 8-400 per √rank.
+START_SCALE_LIMIT = 1.0
+
+
+@jitable
+def start_factor(spread, rank):
+    """The power of two a drawn lora / lora_sym start is multiplied by: 1, or where the residuals' spread
+    (:func:`residual_spread`) per √rank is below ``START_SCALE_LIMIT``, 2**⌊log2(spread/√rank)/2 + ½⌋ —
+    lora_sym's Δ, quadratic in U, then has about the residuals' norm (lora's Δ starts at 0: its C is
+    scaled).  Data at unit scale keep the drawn start bit for bit."""
+    s = spread / np.sqrt(max(rank, 1))
+    if s > 0 and s < START_SCALE_LIMIT and np.isfinite(s):
+        return 2.0 ** np.floor(np.log2(s) / 2.0 + 0.5)
+    return 1.0
+
+
+@jitable
+def residual_spread(q, A):
+    """√(Σ_t ⟨(A − Ŵ_t)Σ_t, A − Ŵ_t⟩ / Σ_t tr(Σ_t)/d_in): the scale of what one problem's adapters fit
+    from A, measured where the data see it (Σ_t's null space, where Ŵ_t = C_tΣ_t⁺ is arbitrary, counts
+    for nothing); 0 where not a positive finite number.  fastlora.arrays.residual_spreads is its form
+    for the Python driver's stacks."""
+    E = np.empty_like(A)
+    G = np.empty_like(A)
+    zero = np.zeros_like(A)
+    total = 0.0
+    curvature = 0.0
+    for t in range(q.W_hat.shape[0]):
+        total += 2.0 * task_residual(A, zero, q.W_hat[t], q.Sigma[t], E, G, q.identity)
+        curvature += curvature_scale(q.identity, q.Sigma[t])
+    if not (total > 0 and curvature > 0 and np.isfinite(total)):
+        return 0.0
+    return np.sqrt(total / curvature)
 
 
 @jitable

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import status
-from ..engine.steps import record
+from ..engine.steps import record, start_factor
 from ..errors import FastLoRAError, check_array
 from ..peft.protocol import call_init
 
@@ -303,7 +303,7 @@ class Context:
         names = per_problem[0]
         raw = {k: (per_problem[0][k] if b.P == 1 else np.concatenate([one[k] for one in per_problem]))
                for k in names}
-        if scales_its_start(self.peft):  # the drawn start at the residuals' scale (START_SCALE_LIMIT)
+        if scales_its_start(self.peft):  # the drawn start at the residuals' scale
             factors = start_factors(b.residual_spreads(None if from_standard else A), self.rank)
             if (factors != 1.0).any():
                 per_task = np.repeat(factors, b.T)
@@ -337,24 +337,9 @@ class Context:
         return self.backend.asarray(A0, self.dtype)
 
 
-# peft.init draws lora_sym's U ~ N(0, 1/d_in) (Δ of Frobenius norm about √rank) whatever the data: where the
-# residuals the adapters fit are smaller than that, a gradient solver's relative tests, measured from that start,
-# stopped far from the optimum and called it converged (targets ×1e-5); the drawn start is then scaled down to
-# the residuals by a power of two (docs/design.md §7).  Data at unit scale measure 8-400 per √rank.
-START_SCALE_LIMIT = 1.0
-
-
 def start_factors(spreads, rank: int) -> np.ndarray:
-    """Per problem, the power of two its drawn lora / lora_sym start is multiplied by: 1, or where the
-    residuals' spread (:func:`fastlora.arrays.residual_spreads`) per √rank is below ``START_SCALE_LIMIT``,
-    2**round(log2(spread/√rank)/2) — lora_sym's Δ, quadratic in U, then has about the residuals' norm
-    (lora's Δ starts at 0: its C is scaled).  Data at unit scale keep the drawn start bit for bit; a
-    problem's factor depends on its own data alone."""
-    s = np.asarray(spreads, dtype=np.float64) / np.sqrt(max(int(rank or 1), 1))
-    factors = np.ones(s.shape)
-    small = np.isfinite(s) & (s > 0) & (s < START_SCALE_LIMIT)
-    factors[small] = 2.0 ** np.round(np.log2(s[small]) / 2)
-    return factors
+    """:func:`fastlora.engine.steps.start_factor` of each problem's residual spread (the Python driver's)."""
+    return np.array([start_factor(float(s), int(rank or 1)) for s in np.asarray(spreads, dtype=np.float64)])
 
 
 def scales_its_start(peft) -> bool:

@@ -16,13 +16,12 @@ import time
 import numpy as np
 
 from .. import engine as E
-from ..arrays import residual_spreads
 from ..engine.steps import NONE
 from ..options import OPTIONS
 from ..seeding import as_generator
 from ..tasks import prepare_fits
 from .als import anderson_depth
-from .common import given_A, given_params, scales_its_start, start_factors
+from .common import given_A, given_params, scales_its_start
 
 # the largest dimension the engine takes: its products are plain loops, faster than BLAS calls on
 # matrices this small and slower beyond (docs/design.md, "The compiled engine")
@@ -61,7 +60,8 @@ def solver_code(method: str, solver: str | None, options: dict) -> int:
     return _GD_OPTIMIZERS[options["optimizer"]]
 
 
-def settings(code: int, options: dict, max_iter: int, tol: float, dtype, d_out: int, d_in: int):
+def settings(code: int, options: dict, max_iter: int, tol: float, dtype, d_out: int, d_in: int,
+             scale_start: bool = False):
     """The engine's settings of a solve from its validated options."""
     init_A = options.get("init_A", "standard")
     given = not isinstance(init_A, str)
@@ -77,16 +77,15 @@ def settings(code: int, options: dict, max_iter: int, tol: float, dtype, d_out: 
         lr = OPTIONS["lr"].default_for("adam", "linear")
     reptile = {name: options.get(name, OPTIONS[name].default) for name in ("inner_lr", "inner_steps", "outer_lr")}
     return E.make_settings(code, max_iter=max_iter, tol=tol, dtype=dtype, init=init, depth=depth, lr=lr,
-                           eliminate=eliminate, **reptile)
+                           eliminate=eliminate, scale_start=scale_start, **reptile)
 
 
 def starts(code: int, peft, peft_code: int, options: dict, seeds: list, T: int, rank: int, d_out: int, d_in: int,
-           dtype, qb=None):
+           dtype):
     """(A0 (P, d_out, d_in), θ0 (P, n)): ``init_A`` and ``init_params`` where given, else zeros
     and each problem's draw of ``peft.init`` from its own seed (gradient solvers only: an ALS
-    solve starts from the exact fit at its starting A), scaled to the residuals of the problems'
-    data ``qb`` (a QuadBatch) where they are below unit scale (:func:`~fastlora.solvers.common.start_factors`):
-    from the standard solution where A is eliminated or starts there, else from A0."""
+    solve starts from the exact fit at its starting A); the engine scales a drawn lora / lora_sym
+    start to the residuals (``scale_start``: :func:`fastlora.engine.steps.start_factor`)."""
     P = len(seeds)
     init_A = options.get("init_A", "standard")
     A0 = np.zeros((P, d_out, d_in), dtype) if isinstance(init_A, str) else given_A(init_A, P, d_out, d_in)
@@ -98,27 +97,8 @@ def starts(code: int, peft, peft_code: int, options: dict, seeds: list, T: int, 
     elif code in (E.ALS, E.FIT_EXACT):
         return A0, np.zeros((P, E.theta_size(peft_code, rank, T, d_out, d_in)), dtype)
     else:
-        theta = _drawn_theta(peft, peft_code, seeds, T, rank, d_out, d_in, dtype)
-        if qb is not None:
-            standard = (isinstance(init_A, str) and init_A == "standard") or options.get("eliminate_A", True)
-            theta = _scaled_start(peft, theta, _spreads(qb, None if standard else A0), rank)
-        return A0, theta
+        return A0, _drawn_theta(peft, peft_code, seeds, T, rank, d_out, d_in, dtype)
     return A0, E.theta_of(peft_code, given, P, T, rank, d_out, d_in, dtype)
-
-
-def _spreads(qb, A):
-    """:func:`~fastlora.arrays.residual_spreads` of a QuadBatch's problems from A (None: the standard solution)."""
-    return residual_spreads(qb.W_hat, None if qb.identity else qb.Sigma, A)
-
-
-def _scaled_start(peft, theta, spreads, rank: int):
-    """θ (P, n) of lora / lora_sym multiplied per problem by its :func:`start_factors` (Δ by its square)."""
-    if not scales_its_start(peft):
-        return theta
-    factors = start_factors(spreads, rank)
-    if (factors == 1.0).all():
-        return theta
-    return theta * factors[:, None].astype(theta.dtype)
 
 
 def _drawn_theta(peft, code: int, seeds: list, T: int, rank: int, d_out: int, d_in: int, dtype):
@@ -149,7 +129,8 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, seeds: li
     T, d_out, d_in = len(problems[0]), problems[0][0].d_out, problems[0][0].d_in
     code = solver_code(method, solver, options)
     pcode = E.peft_code(peft) if method == "lora-ml" else NONE
-    cfg = settings(code, options, max_iter, tol, dtype, d_out, d_in)
+    cfg = settings(code, options, max_iter, tol, dtype, d_out, d_in,
+                   scale_start=scales_its_start(peft) and options.get("init_params") is None)
     spec = E.make_spec(pcode, rank or 1, T, d_out, d_in, peft)
     compiled = backend.name == "numba"
     threads = backend.thread_count(threads) if compiled else 1  # (also: a malformed FASTLORA_NUM_THREADS fails here)
@@ -160,7 +141,7 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, seeds: li
     started = time.perf_counter()
     qb = E.quad_batch(problems, dtype, base_sq, need_whiteners=code == E.ALS and not problems[0][0].is_population,
                       need_spectrum=code == E.REPTILE)
-    A0, theta0 = starts(code, peft, pcode, options, seeds, T, rank, d_out, d_in, dtype, qb=qb)
+    A0, theta0 = starts(code, peft, pcode, options, seeds, T, rank, d_out, d_in, dtype)
     setup = time.perf_counter() - started
     if parallel:
         with backend.running(threads):
@@ -201,13 +182,13 @@ def fit(peft, rank: int, tasks: list, A, seeds: list, max_iter: int, tol: float,
     d_out, d_in = tasks[0].d_out, tasks[0].d_in
     exact = tasks[0].is_population or code in (E.LORA, E.FULL)
     solver = E.FIT_EXACT if exact else E.LBFGS
-    cfg = E.make_settings(solver, max_iter=max_iter, tol=tol, dtype=dtype, init=E.START_GIVEN, eliminate=E.FIXED)
+    cfg = E.make_settings(solver, max_iter=max_iter, tol=tol, dtype=dtype, init=E.START_GIVEN, eliminate=E.FIXED,
+                          scale_start=scales_its_start(peft))
     spec = E.make_spec(code, rank, 1, d_out, d_in, peft)
     compiled = backend.name == "numba"
     qb = E.quad_batch([[t] for t in tasks], dtype, need_whiteners=exact and not tasks[0].is_population)
     if exact:
         theta0 = np.zeros((len(tasks), E.theta_size(code, rank, 1, d_out, d_in)), dtype)
     else:
-        theta0 = _scaled_start(peft, _drawn_theta(peft, code, seeds, 1, rank, d_out, d_in, dtype),
-                               _spreads(qb, A), rank)
+        theta0 = _drawn_theta(peft, code, seeds, 1, rank, d_out, d_in, dtype)
     return E.run(qb, spec, cfg, A, theta0, compiled=compiled), exact
