@@ -308,7 +308,7 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
                 check_raw_draws(raw_draws(n, shape[1], shape[0], level),
                                 f"sampling n={n} samples of a ({shape[0]}, {shape[1]}) task")
             each = sampling_bytes(n, shape[1], shape[0], kind)
-            size = _sample_batch(each)
+            size = _sample_batch(each, kind)
             for start in range(0, len(members), size):
                 batch = members[start:start + size]
                 require_memory(len(batch) * each, f"sampling {len(batch)} ({shape[0]}, {shape[1]}) task(s)",
@@ -337,13 +337,17 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
     return out
 
 
-# sample_many stacks the exact statistics of at most this many bytes of tasks at a time
+# sample_many stacks the exact statistics of at most this many bytes of tasks at a time, and raw draws
+# (copied into the stack) of at most RAW_BATCH_BYTES: stacks of large raw draws left the caches, and
+# two sweep workers drawing them scaled 1.3x instead of 1.8-1.9x (fastlora bench --config points)
 SAMPLE_BATCH_BYTES = 16 << 20
+RAW_BATCH_BYTES = 1 << 20
 
 
-def _sample_batch(task_bytes: int) -> int:
+def _sample_batch(task_bytes: int, sampler: str = "stats") -> int:
     """How many tasks of ``task_bytes`` (:func:`sampling_bytes`) sample_many draws in one stack."""
-    return max(1, SAMPLE_BATCH_BYTES // max(task_bytes, 1))
+    limit = RAW_BATCH_BYTES if sampler == "raw" else SAMPLE_BATCH_BYTES
+    return max(1, limit // max(task_bytes, 1))
 
 
 def sampling_bytes_many(count: int, n: int, d_in: int, d_out: int, sampler: str) -> int:
@@ -351,7 +355,7 @@ def sampling_bytes_many(count: int, n: int, d_in: int, d_out: int, sampler: str)
     statistics and draws (at most ``SAMPLE_BATCH_BYTES``, or one task's), or one raw sampling call."""
     each = sampling_bytes(n, d_in, d_out, sampler)
     if n >= d_in:  # stacks (an implicit target's raw draws go one task at a time: fewer bytes)
-        return each * min(count, _sample_batch(each))
+        return each * min(count, _sample_batch(each, sampler))
     return each
 
 
@@ -461,12 +465,16 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
     done = 0
     while done < n:
         m = min(_SAMPLE_CHUNK, n - done)
-        X = np.empty((N, m, d_in))
-        E = np.empty((N, m, d_out)) if noise > 0 else None
-        for i, rng in enumerate(rngs):
-            X[i] = law.inputs(rng, m, d_in)
-            if E is not None:
-                E[i] = law.noise(rng, m, d_out)
+        if N == 1:  # one task: its draws as they come (no copy into a stack)
+            X = law.inputs(rngs[0], m, d_in)[None]
+            E = law.noise(rngs[0], m, d_out)[None] if noise > 0 else None
+        else:
+            X = np.empty((N, m, d_in))
+            E = np.empty((N, m, d_out)) if noise > 0 else None
+            for i, rng in enumerate(rngs):
+                X[i] = law.inputs(rng, m, d_in)
+                if E is not None:
+                    E[i] = law.noise(rng, m, d_out)
         XX += X.transpose(0, 2, 1) @ X
         if E is not None:
             EX += E.transpose(0, 2, 1) @ X

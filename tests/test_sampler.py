@@ -190,7 +190,7 @@ def _exact_statistics_alone(target, n, noise, rng):
     return R.T @ R / n, M.T @ R / n, (float(np.sum(M * M)) + residual) / (2 * n)
 
 
-def test_sample_many_draws_what_each_task_draws_alone():
+def test_sample_many_draws_what_each_task_draws_alone(monkeypatch):
     from fastlora.seeding import PURPOSE_SAMPLE, task_seed
     from fastlora.tasks import sample_many
     prob = fl.make_problem(d=7, k=2, T=2, n=40, noise=0.3, seed=3, sampler="stats")
@@ -220,6 +220,8 @@ def test_sample_many_draws_what_each_task_draws_alone():
             assert got.s == s
     with pytest.raises(fl.FastLoRAError, match="without ground truth"):
         sample_many([tasks[0], fl.Task(rng.standard_normal((30, 7)), rng.standard_normal((30, 7)))], 40, [1, 2])
+    import fastlora.tasks as tasks_module
+    monkeypatch.setattr(tasks_module, "RAW_BATCH_BYTES", 16 << 20)  # these stack (1.5 MB each)
     wide = [fl.Task.population(rng.standard_normal((100, 100))) for _ in range(3)]  # long sums: einsum reorders
     for i, got in enumerate(sample_many(wide, 200, [1, 2, 3], noise=0.1)):
         alone = wide[i].sample(200, seed=i + 1, noise=0.1)
