@@ -427,6 +427,19 @@ def test_start_factors_leave_unit_scale_data_alone_and_are_per_problem():
             np.testing.assert_array_equal(np.asarray(res.A), np.asarray(fl.retrain(own, rank=1, backend="numpy").A))
 
 
+@pytest.mark.parametrize("optimizer", ["gd", "adam"])
+def test_the_engine_and_the_python_driver_scale_the_same_start(optimizer):
+    """gd and Adam move A and θ jointly: both paths measure the residuals from their start A (here 0), not
+    from the standard solution (the engine did, as L-BFGS with A eliminated does)."""
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((8, 8))
+    tasks = [fl.Task.population(M + 1e-6 * (N + N.T)) for N in rng.standard_normal((4, 8, 8))]
+    kw = dict(rank=1, solver="gd", optimizer=optimizer, init_A="zeros", max_iter=5, backend="numpy")
+    engine = fl.retrain(tasks, **kw)
+    driver = fl.retrain(tasks, callback=lambda *args: None, **kw)
+    np.testing.assert_allclose(np.asarray(engine.params["U"]), np.asarray(driver.params["U"]), rtol=1e-10, atol=0)
+
+
 def test_first_step_is_the_inverse_total_curvature_scale():
     from fastlora.engine.steps import curvature_scale, first_step
     Sigma = np.stack([np.diag([1.0, 2.0, 3.0]), 4.0 * np.eye(3)])

@@ -214,13 +214,14 @@ def _lbfgs_value(q, spec, mode, x, grad, A, w, nA):
 
 
 @jitable
-def _scale_start(q, spec, cfg, A, theta, w):
+def _scale_start(q, spec, cfg, A, theta, w, eliminated):
     """Where ``cfg.scale_start``: θ (drawn lora / lora_sym adapters) times :func:`start_factor` of the
-    residuals from the standard solution (A eliminated, or starting there), else from A."""
+    residuals from the standard solution where the solver ``eliminated`` A (L-BFGS, variable projection),
+    else from A (the start: the standard solution, zeros or the given A; fine-tuning: the fixed A)."""
     if not cfg.scale_start or theta.size == 0:
         return
     reference = A
-    if cfg.eliminate == PROJECTED and cfg.init != START_STANDARD:
+    if eliminated and cfg.init != START_STANDARD:
         reference = np.empty_like(A)
         start_A(q, spec, START_STANDARD, A, reference, w)
     factor = start_factor(residual_spread(q, reference), spec.r)
@@ -235,7 +236,7 @@ def _lbfgs(q, spec, cfg, A, theta, history, ints, floats, w):
     at most ``cfg.max_backtracks`` trials).  ``cfg.eliminate``: JOINT, PROJECTED (A eliminated:
     variable projection) or FIXED (fine-tuning).  Stops when ‖∇‖ ≤ tol·‖∇(start)‖, F is zero
     to tolerance or constant to rounding, or no step lowers F (its rounding floor)."""
-    _scale_start(q, spec, cfg, A, theta, w)
+    _scale_start(q, spec, cfg, A, theta, w, cfg.eliminate == PROJECTED)
     mode = cfg.eliminate
     nA = A.size if mode == JOINT else 0
     n = nA + theta.size
@@ -317,7 +318,7 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     """Joint gradient descent on (A, θ): ``GD`` with a backtracking Armijo line search (the step
     halves until F drops by ½·step·‖∇F‖², then grows by 1.25 for the next iteration; at the
     rounding floor a step keeping F within rounding is accepted), or ``ADAM`` with ``cfg.lr``."""
-    _scale_start(q, spec, cfg, A, theta, w)
+    _scale_start(q, spec, cfg, A, theta, w, False)  # gd and Adam move A and θ jointly
     grad_A = np.empty_like(A)
     grad_theta = np.empty_like(theta)
     value = joint_value_grad(q, spec, A, theta, w, grad_A, grad_theta)
