@@ -299,7 +299,7 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
                 continue
             if kind == "stats" and task.law.is_standard:  # exact_statistics_many
                 stacked.setdefault((kind, task.target.shape, level, None), []).append(i)
-            elif kind == "raw" and not (isinstance(task.target, LowRankTarget) and is_implicit(task.target.base)):
+            elif kind == "raw" and _in_memory(task.target):
                 stacked.setdefault((kind, task.target.shape, level, id(task.law)), []).append(i)  # raw_statistics_many
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, with its reason
         for (kind, shape, level, _), members in stacked.items():
@@ -425,7 +425,7 @@ def sampling_bytes(n: int, d_in: int, d_out: int, sampler: str) -> int:
 
 def _raw_statistics(target: Target, n: int, noise: float, rng: np.random.Generator, law: DataLaw = STANDARD_LAW):
     d_out, d_in = target.shape
-    in_memory = not (isinstance(target, LowRankTarget) and is_implicit(target.base))
+    in_memory = _in_memory(target)
     if in_memory and n >= d_in:
         Sigma, C, sq = raw_statistics_many(dense_target(target)[None], n, noise, [rng], law)
         return Sigma[0], C[0], float(sq[0])
@@ -447,6 +447,11 @@ def _raw_statistics(target: Target, n: int, noise: float, rng: np.random.Generat
         sq += float(np.sum(Y * Y))
         done += m
     return Sigma / n, C / n, sq / (2 * n)
+
+
+def _in_memory(target: Target) -> bool:
+    """Whether a target's base is an array (not an implicit matrix generated tile by tile)."""
+    return not (isinstance(target, LowRankTarget) and is_implicit(target.base))
 
 
 def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw = STANDARD_LAW):

@@ -329,7 +329,9 @@ def _first_order(q, spec, cfg, A, theta, history, ints, floats, w):
     gsq = inner(grad_A, grad_A) + inner(grad_theta, grad_theta)
     g0 = np.sqrt(gsq) if gsq > 0 else 1.0
     adam = cfg.solver == ADAM
-    unit = adam_gradient_scale(np.hypot(norm(grad_A), norm(grad_theta)), A.size + theta.size)
+    unit = 1.0  # Adam's gradient scale (gd does not use it)
+    if adam:
+        unit = adam_gradient_scale(np.hypot(norm(grad_A), norm(grad_theta)), A.size + theta.size)
     lr = cfg.lr
     if not lr > 0:  # not given: gd's line search starts at the data's scale (Adam's lr is always set)
         scales = np.empty(spec.T)

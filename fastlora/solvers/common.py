@@ -303,12 +303,12 @@ class Context:
         names = per_problem[0]
         raw = {k: (per_problem[0][k] if b.P == 1 else np.concatenate([one[k] for one in per_problem]))
                for k in names}
-        if scales_its_start(self.peft):  # the drawn start at the residuals' scale
+        params = {k: self.backend.asarray(v, self.dtype) for k, v in raw.items()}
+        if scales_its_start(self.peft):  # the drawn start at the residuals' scale (powers of two: exact)
             factors = start_factors(b.residual_spreads(None if from_standard else A), self.rank)
             if (factors != 1.0).any():
-                per_task = np.repeat(factors, b.T)
-                raw = {k: v * per_task.reshape((-1,) + (1,) * (v.ndim - 1)) for k, v in raw.items()}
-        return {k: self.backend.asarray(v, self.dtype) for k, v in raw.items()}
+                params = {k: v * b.scalars_over(factors, v) for k, v in params.items()}
+        return params
 
     def _start_residuals(self, A, p: int):
         """Problem p's tasks as residuals at the start, R_t = −∇L_t(A_p) (T, d_out, d_in), numpy

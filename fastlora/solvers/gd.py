@@ -88,17 +88,11 @@ def grad_norm_sq(batch, grads, shared=()):
     return total
 
 
-def _scaled(batch, step, x, direction, names, shared=()):
+def _scaled(batch, step, x, direction, names):
     """x − step·direction with a per-problem step (P,), for the entries in ``names``."""
-    xp = batch.xp
     out = dict(x)
     for name in names:
-        if name in shared:  # one problem: its step is a scalar
-            out[name] = x[name] - float(step[0]) * direction[name]
-            continue
-        per = step if name == "A" else np.repeat(step, batch.T)
-        per = xp.asarray(per, dtype=x[name].dtype).reshape((-1,) + (1,) * (x[name].ndim - 1))
-        out[name] = x[name] - per * direction[name]
+        out[name] = x[name] - batch.scalars_over(step, x[name]) * direction[name]
     return out
 
 
@@ -141,7 +135,7 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
     for iteration in range(1, ctx.max_iter + 1):
         if optimizer == "adam":
             for k in names:
-                unit = grads[k] * _per_problem(xp, adam_units, x[k], batch.P)
+                unit = grads[k] * batch.scalars_over(adam_units, x[k])
                 adam_update(x[k], unit, m[k], v2[k], iteration, lr, 0.0, *ADAM_BETAS, ADAM_EPS)
             value, grads = model.value_and_grad(x)
         else:
@@ -159,16 +153,6 @@ def _first_order(ctx, model, x, monitor, info, optimizer):
     return monitor.outcome(A, params, iteration, info=info)
 
 
-def _per_problem(xp, values, like, P: int):
-    """Per-problem scalars ``values`` (P,) broadcast over ``like`` (leading axis P, or P·T per task):
-    a float where P = 1 (shared parameters have no problem axis)."""
-    if P == 1:
-        return float(values[0])
-    lead = like.shape[0]
-    return xp.asarray(np.repeat(np.asarray(values), lead // P).reshape((lead,) + (1,) * (like.ndim - 1)),
-                      dtype=like.dtype)
-
-
 def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=(), active=None):
     """One backtracking step per ``active`` problem (default: all), accepted by the engine's rule
     (:func:`fastlora.engine.steps.sufficient_decrease`: Armijo, or at the rounding floor of F a step
@@ -182,7 +166,7 @@ def _armijo_step(batch, model, x, value, grads, lr, eps, names, shared=(), activ
     pending = active & ~hopeless
     new_x, new_value, new_grads, new_lr = x, value.copy(), grads, lr.copy()
     while pending.any():
-        cand = _scaled(batch, lr, x, grads, names, shared)
+        cand = _scaled(batch, lr, x, grads, names)
         cand_value, cand_grads = model.value_and_grad(cand)
         ok = pending & sufficient_decrease(value, cand_value, 0.5 * lr * gsq, floor)
         if ok.any():

@@ -61,6 +61,16 @@ class Batch:
         """A per-task stack (P·T, ...) as (P, T, ...)."""
         return X.reshape(self.P, self.T, *X.shape[1:])
 
+    def scalars_over(self, values, like):
+        """Per-problem scalars ``values`` (P,) shaped to multiply ``like`` (leading axis P, or P·T per task),
+        in like's dtype on the device; a float where P = 1 (shared parameters have no problem axis)."""
+        values = np.asarray(values)
+        if self.P == 1:
+            return float(values.reshape(-1)[0])
+        lead = like.shape[0]
+        per = np.repeat(values, lead // self.P).reshape((lead,) + (1,) * (like.ndim - 1))
+        return self.xp.asarray(per, dtype=like.dtype)
+
     def first_steps(self):
         """gd's first trial step of each problem, host (P,) (fastlora.engine.steps.first_step)."""
         from ..engine.steps import first_step
