@@ -300,7 +300,8 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
             if kind == "stats" and task.law.is_standard:  # exact_statistics_many
                 stacked.setdefault((kind, task.target.shape, level, None), []).append(i)
             elif kind == "raw" and _in_memory(task.target):
-                stacked.setdefault((kind, task.target.shape, level, id(task.law)), []).append(i)  # raw_statistics_many
+                # raw_statistics_many, tasks of equal laws together (every problem has its own DataLaw)
+                stacked.setdefault((kind, task.target.shape, level, _law_key(task.law)), []).append(i)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, with its reason
         for (kind, shape, level, _), members in stacked.items():
             law = drawn[members[0]][0].law
@@ -335,6 +336,13 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
         fresh.__dict__.update(key=task.key, sampler=kind, law=task.law)
         out.append(fresh)
     return out
+
+
+def _law_key(law):
+    """What decides a law's draws, so tasks of equal laws (every problem its own DataLaw) share a stack; a
+    user's covariance matrix by identity (comparing arrays would cost more than it saves)."""
+    return (law.input_law, law.input_df, law.noise_law, law.noise_df) + ((law.cov_name,) if law.sqrt is None
+                                                                          else (id(law),))
 
 
 # sample_many stacks the exact statistics of at most this many bytes of tasks at a time, and raw draws
@@ -699,27 +707,52 @@ def _cholesky_fits(Sigma, cross, cholesky_fits=None) -> tuple:
     return W_hat, proven
 
 
-def prepare_fits() -> float:
+def whitening_pairs(tasks) -> tuple:
+    """(G, G⁺) of finite-sample tasks, stacked (N, d_in, d_in), with GᵀG = Σ_t: Cholesky's Lᵀ and L⁻ᵀ
+    (Σ_t = L Lᵀ) where the factor proves Σ_t⁺ = Σ_t⁻¹ (:func:`fastlora.kernels.fits.cholesky_whiteners`;
+    ~1 µs a task at d = 10), else the symmetric roots Σ_t^{1/2} and Σ_t^{+1/2} of the spectral
+    pseudo-inverse (:func:`spectra`).  What the whitened exact fits read (fastlora.engine.steps.fit_adapters):
+    ‖R Gᵀ‖_F = ‖R Σ_t^{1/2}‖_F for either, so both give the same fits up to rounding."""
+    Sigma = np.array([t.Sigma for t in tasks], dtype=np.float64)  # np.array: np.stack's checks cost 4× as much
+    eps = np.finfo(np.float64).eps
+    root, inverse_root = np.zeros(Sigma.shape), np.zeros(Sigma.shape)
+    proven = np.zeros(len(tasks), bool)
+    whiteners, = _compiled_fits(whitening=True)
+    whiteners(Sigma, pinv_rtol(eps, Sigma.shape[1]), root, inverse_root, proven)
+    if not proven.all():
+        lam, V = spectra([t for t, ok in zip(tasks, proven) if not ok])
+        root[~proven] = pinv_function(lam, V, np.sqrt, eps)
+        inverse_root[~proven] = pinv_function(lam, V, lambda x: 1.0 / np.sqrt(x), eps)
+    return root, inverse_root
+
+
+def prepare_fits(whitening: bool = False) -> float:
     """Make the fits' compiled loops ready in this process (compile them, or load them from the on-disk
-    cache); returns the seconds that took (0 once done), which a solve keeps out of its own time."""
+    cache), and with ``whitening`` those of :func:`whitening_pairs`; returns the seconds that took (0 once
+    done), which a solve keeps out of its own time."""
     from .kernels import fits_numba
-    if fits_numba.is_compiled(settings.compiled_code_root()):
+    root = settings.compiled_code_root()
+    if fits_numba.is_compiled(root) and (not whitening or fits_numba.is_compiled(root, fits_numba.WHITENERS)):
         return 0.0
     started = time.perf_counter()
     _compiled_fits()
+    if whitening:
+        _compiled_fits(whitening=True)
     return time.perf_counter() - started
 
 
-def _compiled_fits() -> tuple:
-    """The fits' compiled loops (fastlora.kernels.fits_numba); making them on first use is announced where slow."""
+def _compiled_fits(whitening: bool = False) -> tuple:
+    """The fits' compiled loops (fastlora.kernels.fits_numba): (cholesky_fits, fit_floors), or with
+    ``whitening`` (cholesky_whiteners,); making them on first use is announced where slow."""
     from .kernels import fits_numba
     root = settings.compiled_code_root()
-    if not fits_numba.is_compiled(root):
+    names = fits_numba.WHITENERS if whitening else fits_numba.FITS
+    if not fits_numba.is_compiled(root, names):
         from .compilation import slow_work_notice
-        with slow_work_notice(f"compiling fastlora's least-squares fits of tasks (once; later runs load them "
-                              f"from {root})"):
-            return fits_numba.compiled_loops(root)
-    return fits_numba.compiled_loops(root)
+        with slow_work_notice(f"compiling fastlora's {'whitened' if whitening else 'least-squares'} fits of tasks "
+                              f"(once; later runs load them from {root})"):
+            return fits_numba.compiled_loops(root, names)
+    return fits_numba.compiled_loops(root, names)
 
 
 def quadratic_losses(W, Sigma, W_hat, floor):

@@ -1,7 +1,8 @@
 """The least-squares fits of finite-sample tasks (``fastlora.tasks.least_squares_fits``, docs/design.md §2).
 
 Ŵ_t = C_t Σ_t⁻¹ from Σ_t's Cholesky factor where the factor proves Σ_t⁺ = Σ_t⁻¹
-(:func:`cholesky_inverse`), and floor_t = L_t(Ŵ_t) in extended precision (:func:`fit_floor`).
+(:func:`cholesky_factor`), the same factor as a whitening pair (:func:`cholesky_whiteners`), and
+floor_t = L_t(Ŵ_t) in extended precision (:func:`fit_floor`).
 Written once, as loops over tasks calling two primitives: here in their numpy forms (the
 reference); :mod:`fastlora.kernels.fits_numba` gives the primitives' Numba forms and the loops
 compiled with them — what the tasks' fits run.  The engine's A step uses :func:`cholesky_inverse` too.
@@ -11,21 +12,34 @@ from __future__ import annotations
 import numpy as np
 
 
-def cholesky_inverse(M, rtol, out):
-    """out = M⁻¹ (M symmetric, d × d; its lower triangle is read) from its Cholesky factor L, where L
-    proves that a pseudo-inverse keeps every eigenvalue — λ_min ≥ 1/‖L⁻¹‖²_F > rtol·tr M ≥ rtol·λ_max —
-    so that M⁺ = M⁻¹.  Returns whether it did; False (``out`` unspecified): M is not positive
-    definite, or not provably above the cut (then a caller takes the spectral pseudo-inverse)."""
+def cholesky_factor(M, rtol, L, L_inv):
+    """L (lower triangular, M = L Lᵀ) and L_inv = L⁻¹ into the given (d, d) arrays, for M symmetric
+    (its lower triangle is read), where L proves that a pseudo-inverse keeps every eigenvalue —
+    λ_min ≥ 1/‖L⁻¹‖²_F > rtol·tr M ≥ rtol·λ_max — so that M⁺ = M⁻¹.  Returns whether it did; False
+    (the arrays unspecified): M is not positive definite, or not provably above the cut (then a caller
+    takes the spectral pseudo-inverse)."""
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         try:
-            L = np.linalg.cholesky(M)
+            factor = np.linalg.cholesky(M)
         except np.linalg.LinAlgError:
             return False
-        L_inv = np.linalg.inv(L)
-        bound = 1.0 / np.sum(L_inv * L_inv)
+        inverse = np.linalg.inv(factor)
+        bound = 1.0 / np.sum(inverse * inverse)
         trace = np.trace(M)
         if not (np.isfinite(bound) and np.isfinite(trace) and bound > rtol * trace):
             return False
+    L[...] = factor
+    L_inv[...] = inverse
+    return True
+
+
+def cholesky_inverse(M, rtol, out):
+    """out = M⁻¹ = L⁻ᵀ L⁻¹ where :func:`cholesky_factor` proves M⁺ = M⁻¹; returns whether it did
+    (False: ``out`` unspecified)."""
+    d = M.shape[0]
+    L, L_inv = np.empty((d, d)), np.empty((d, d))
+    if not cholesky_factor(M, rtol, L, L_inv):
+        return False
     np.matmul(L_inv.T, L_inv, out=out)
     return True
 
@@ -50,6 +64,20 @@ def cholesky_fits(Sigma, C, rtol, W_hat, proven):
         proven[i] = cholesky_inverse(Sigma[i], rtol, inverse)
         if proven[i]:
             np.dot(C[i], inverse, W_hat[i])
+
+
+def cholesky_whiteners(Sigma, rtol, root, inverse_root, proven):
+    """A whitening pair of every task i whose Cholesky factor proves Σ_i⁺ = Σ_i⁻¹ (:func:`cholesky_factor`
+    with cut ``rtol``): ``root[i]`` = L_iᵀ (so rootᵀ·root = Σ_i) and ``inverse_root[i]`` = L_i⁻ᵀ, its
+    inverse; ``proven[i]`` says which (the others' entries unset).  What the whitened exact fits read
+    (fastlora.engine.steps.fit_adapters): ‖R L‖_F = ‖R Σ^{1/2}‖_F, as L = Σ^{1/2}Q with Q orthogonal."""
+    d = Sigma.shape[1]
+    L, L_inv = np.empty((d, d)), np.empty((d, d))
+    for i in range(Sigma.shape[0]):
+        proven[i] = cholesky_factor(Sigma[i], rtol, L, L_inv)
+        if proven[i]:
+            root[i] = L.T
+            inverse_root[i] = L_inv.T
 
 
 def fit_floors(W_hat, Sigma, C, s, floor):

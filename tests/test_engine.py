@@ -258,6 +258,42 @@ def test_the_compiled_fits_loops_agree_with_their_numpy_form():
     np.testing.assert_allclose(inverse[0], inverse[1], rtol=1e-4)
 
 
+def test_whitening_pairs_whiten_and_the_whitened_fits_match_the_textbook_fit():
+    """fastlora.tasks.whitening_pairs: Cholesky's (Lᵀ, L⁻ᵀ) where the factor proves Σ definite (compiled and
+    numpy loops agree), the symmetric roots where not (n < d); either way GᵀG = Σ and G G⁺ projects on Σ's
+    range.  The whitened exact fit that reads them (lora fine-tuning on samples, both engines) is the
+    reduced-rank regression of tests/naive.py (scipy's sqrtm) — a pair transposed, or the inverse root in
+    place of the root, changes the fit."""
+    from fastlora.kernels import fits_numba
+    from fastlora.tasks import pinv_rtol, whitening_pairs
+
+    rng = np.random.default_rng(12)
+    W_true = rng.standard_normal((4, 7))
+    tasks = [fl.Task(X, X @ W_true.T + 0.1 * rng.standard_normal((len(X), 4)), W_star=W_true)
+             for X in (rng.standard_normal((m, 7)) * rng.uniform(0.2, 3.0, 7) for m in (50, 5, 200, 30))]
+    Sigma = np.array([t.Sigma for t in tasks])
+    rtol = pinv_rtol(np.finfo(np.float64).eps, 7)
+    whiteners, = fits_numba.compiled_loops(fl.config.settings.compiled_code_root(), fits_numba.WHITENERS)
+    got = (np.zeros(Sigma.shape), np.zeros(Sigma.shape), np.zeros(4, bool))
+    want = (np.zeros(Sigma.shape), np.zeros(Sigma.shape), np.zeros(4, bool))
+    whiteners(Sigma, rtol, *got)
+    fits.cholesky_whiteners(Sigma, rtol, *want)
+    assert got[2].tolist() == want[2].tolist() == [True, False, True, True]
+    np.testing.assert_allclose(got[0][got[2]], want[0][got[2]], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got[1][got[2]], want[1][got[2]], rtol=1e-12, atol=1e-14)
+    root, inverse_root = whitening_pairs(tasks)
+    for G, G_plus, S, proven in zip(root, inverse_root, Sigma, got[2]):
+        np.testing.assert_allclose(G.T @ G, S, rtol=1e-12, atol=1e-13 * np.abs(S).max())
+        np.testing.assert_allclose(G @ G_plus, S @ np.linalg.pinv(S, rcond=1e-10), atol=1e-10)
+        assert np.allclose(np.tril(G, -1), 0.0) == bool(proven)  # Lᵀ is upper triangular; Σ^{1/2} is not
+    A = rng.standard_normal((4, 7))
+    for backend in ("numba", "numpy"):
+        for task in (tasks[0], tasks[2]):  # invertible Σ: the textbook fit is defined
+            fitted = fl.finetune(A, task, peft="lora", rank=2, backend=backend)
+            assert fitted.exact
+            np.testing.assert_allclose(fitted.delta, naive.whitened_lowrank_fit(task, A, 2), rtol=1e-9, atol=1e-11)
+
+
 @pytest.mark.parametrize("backend,options", [("numba", {}), ("numpy", {}),
                                              ("numpy", {"callback": lambda *args: None})])  # the Python driver
 def test_lbfgs_finds_the_same_minimizer_whatever_the_scale_of_the_objective(backend, options):

@@ -112,9 +112,10 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
     finite-sample): Ŵ_t, Σ_t, floor_t and what the solvers precompute, with a leading axis P.
 
     Ŵ_t and floor_t = L_t(Ŵ_t) come from :func:`fastlora.tasks.least_squares_fits` (floor_t in
-    extended precision, computed once per task).  ``need_whiteners``: also Σ_t^{±1/2} (the whitened
-    exact fits of ``lora`` and ``full`` on finite samples); ``need_spectrum``: λ_max(Σ_t) (Reptile's
-    step; NaN where not asked for).  Both come from :func:`fastlora.tasks.spectra`.  ``base_sq`` (P,):
+    extended precision, computed once per task).  ``need_whiteners``: also a whitening pair (G_t, G_t⁺)
+    with G_tᵀG_t = Σ_t (the whitened exact fits of ``lora`` and ``full`` on finite samples;
+    :func:`fastlora.tasks.whitening_pairs`); ``need_spectrum``: λ_max(Σ_t) (Reptile's step; NaN where
+    not asked for; :func:`fastlora.tasks.spectra`).  ``base_sq`` (P,):
     ‖S‖² of reduced problems (fastlora.reduction), added to the scales of the convergence test.
     The A step's operators ((Σ_t Σ_t)⁺ and its products) are made by the engine, per problem.
     """
@@ -129,19 +130,16 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
         empty = np.zeros((P, T, 0, 0), dtype)
         return QuadBatch(True, empty, W.astype(dtype, copy=False), np.zeros((P, T), dtype),
                          W.sum(axis=1).astype(dtype), empty, empty, np.ones((P, T), dtype), null, base_sq)
-    from ..tasks import least_squares_fits, pinv_function, spectra
+    from ..tasks import least_squares_fits, spectra, whitening_pairs
     tasks = [t for one in problems for t in one]
     Sigma = np.array([t.Sigma for t in tasks])  # one shape (np.stack's checks cost 4× as much)
     W_hat, floor = least_squares_fits(tasks)
     sqrt_S = isqrt_S = np.zeros((P * T, 0, 0))
     lam_max = np.full(P * T, np.nan)
-    if need_whiteners or need_spectrum:
-        lam, V = spectra(tasks)
-        lam_max = lam[:, -1]
-        if need_whiteners:
-            eps = np.finfo(np.float64).eps  # the spectrum is float64's
-            sqrt_S = pinv_function(lam, V, np.sqrt, eps)
-            isqrt_S = pinv_function(lam, V, lambda x: 1.0 / np.sqrt(x), eps)
+    if need_spectrum:
+        lam_max = spectra(tasks)[0][:, -1]
+    if need_whiteners:
+        sqrt_S, isqrt_S = whitening_pairs(tasks)
     rhs0 = np.array([t.C for t in tasks]).reshape(P, T, d_out, d_in).sum(axis=1)
 
     for a in (Sigma, rhs0):

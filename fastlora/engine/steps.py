@@ -268,8 +268,9 @@ def a_step_operators(Sigma, rhs0, K, NT):
 def fit_adapters(q, spec, A, theta, w):
     """θ_t = argmin_θ L_t(A + Δ(θ)) for every task, exactly, into ``theta``.
 
-    ``lora``: the truncated SVD of (Ŵ_t − A)Σ_t^{1/2}, mapped back by Σ_t^{+1/2} (reduced-rank
-    regression; population: of W*_t − A), split evenly between B and C.  ``lora_sym``
+    ``lora``: the truncated SVD of (Ŵ_t − A)G_tᵀ, mapped back by G_t⁺ᵀ (reduced-rank regression, with
+    the whitening pair G_tᵀG_t = Σ_t of fastlora.tasks.whitening_pairs: ‖M G_tᵀ‖_F = ‖M Σ_t^{1/2}‖_F;
+    population: of W*_t − A), split evenly between B and C.  ``lora_sym``
     (population): the top-r eigenpairs of sym(W*_t − A), clipped at 0.  ``full``: (Ŵ_t − A)
     projected on the range of Σ_t.
     """
@@ -300,7 +301,7 @@ def fit_adapters(q, spec, A, theta, w):
             M = R
             if not q.identity:
                 M = w.G[t]
-                matmul_bt(R, q.sqrt_S[t], M)  # Σ^{1/2} is symmetric
+                matmul_bt(R, q.sqrt_S[t], M)  # R G_tᵀ
             P, sv, Vt = np.linalg.svd(M, False)
             B, C = factor_rows(spec, theta)
             for j in range(spec.r):
@@ -312,7 +313,7 @@ def fit_adapters(q, spec, A, theta, w):
                         C[t, j, i] = root * Vt[j, i]
                 else:
                     for i in range(spec.d_in):
-                        C[t, j, i] = root * inner(Vt[j], q.isqrt_S[t][i])  # Σ^{+1/2} is symmetric
+                        C[t, j, i] = root * inner(Vt[j], q.isqrt_S[t][i])  # (Vt_j G_t⁺ᵀ)_i
                 _balance(B[t, j], C[t, j], spec.scale)
 
 
