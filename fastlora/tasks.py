@@ -253,7 +253,9 @@ class Task:
     def excess_risk(self, W) -> float:
         """½‖W − W*‖²_F against the task's ground truth."""
         W = check_array("W", W, shape=(self.d_out, self.d_in))
-        return 0.5 * float(np.sum((W - self.W_star) ** 2))
+        if self.target is None:
+            raise FastLoRAError("this task has no ground truth W_star (it was built from data alone)")
+        return float(excess_risks([self], W[None])[0])
 
     def sample(self, n: int, seed=0, noise: float | None = None, sampler: str | None = None) -> Task:
         """Draw ``n`` fresh samples x ~ N(0, I), y = W* x + ε, ε ~ N(0, noise² I) — or the task's
@@ -497,6 +499,14 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
     C = WXX + noise * EX
     sq = _inner_each(WXX, W_star) + 2.0 * noise * _inner_each(W_star, EX) + noise * noise * EE
     return XX / n, C / n, np.maximum(sq, 0.0) / (2 * n)
+
+
+def excess_risks(tasks, W) -> np.ndarray:
+    """½‖W_i − W*_i‖²_F of each task i against its ground truth (NaN for a task without one), for a
+    stack ``W`` (N, d_out, d_in) of one shape: :meth:`Task.excess_risk` of a batch."""
+    W_star = np.array([np.full(W.shape[1:], np.nan) if t.target is None else dense_target(t.target) for t in tasks])
+    difference = W - W_star
+    return 0.5 * _inner_each(difference, difference)
 
 
 def _inner_each(a, b):

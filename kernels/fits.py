@@ -3,7 +3,7 @@
 Ŵ_t = C_t Σ_t⁻¹ from Σ_t's Cholesky factor where the factor proves Σ_t⁺ = Σ_t⁻¹
 (:func:`cholesky_factor`), the same factor as a whitening pair (:func:`cholesky_whiteners`), and
 floor_t = L_t(Ŵ_t) in extended precision (:func:`fit_floor`).
-Written once, as loops over tasks calling two primitives: here in their numpy forms (the
+Written once, as loops over tasks calling primitives: here in their numpy forms (the
 reference); :mod:`fastlora.kernels.fits_numba` gives the primitives' Numba forms and the loops
 compiled with them — what the tasks' fits run.  The engine's A step uses :func:`cholesky_inverse` too.
 """

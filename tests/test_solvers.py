@@ -140,6 +140,16 @@ def test_finetune_exact_fit_and_sampling():
     assert again.excess_risk == ft_n.excess_risk
     sym = fl.finetune(prob.A_star, task, peft="lora_sym", rank=2, n=200, seed=1)
     assert sym.exact is False and sym.excess_risk < 1.0
+    # the excess risk is ½‖A + Δ − W*‖² of the fitted Δ (computed here by hand), on the engine's batch and,
+    # past the engine's sizes (d = 36), the Python driver's
+    for d, peft, rank in ((12, "lora", 2), (12, "lora_sym", 2), (36, "lora", 1)):
+        noisy = fl.make_problem(d=d, k=rank, T=2, noise=0.5, seed=0)
+        for fitted, one in zip(fl.finetune_many([noisy.A_star] * 2, noisy.test_tasks[:2], peft=peft, rank=rank,
+                                                n=50, seeds=[1, 2]), noisy.test_tasks):
+            manual = 0.5 * sum(float(x) ** 2 for x in (noisy.A_star + fitted.delta - one.W_star).ravel())
+            assert manual > 1e-3
+            assert fitted.excess_risk == pytest.approx(manual, rel=1e-12, abs=0)
+            assert one.excess_risk(noisy.A_star + fitted.delta) == pytest.approx(manual, rel=1e-12, abs=0)
 
 
 def test_evaluate_reports_the_documented_metrics():
