@@ -16,6 +16,9 @@ from .config import settings
 from .errors import check_int
 from .kernels import seeds
 
+_UINT32, _UINT64 = np.dtype(np.uint32), np.dtype(np.uint64)
+_LITTLE_ENDIAN = sys.byteorder == "little"  # then "<u4"/"<u8" words are the native dtypes already
+
 
 class KeyedSeed(ISpawnableSeedSequence):
     """``numpy.random.SeedSequence(entropy, spawn_key=spawn_key)`` for a non-negative int ``entropy``:
@@ -29,8 +32,10 @@ class KeyedSeed(ISpawnableSeedSequence):
         self._sequence = None
 
     def generate_state(self, n_words: int, dtype=np.uint32) -> np.ndarray:
-        wide = np.dtype(dtype) == np.dtype(np.uint64)
-        if not wide and np.dtype(dtype) != np.dtype(np.uint32):
+        # a bit generator asks for np.uint64 words: that case is tested first, by identity (a stream pays this
+        # call once; np.dtype conversions were an eighth of it)
+        wide = dtype is np.uint64 or np.dtype(dtype) == _UINT64
+        if not wide and np.dtype(dtype) != _UINT32:
             raise ValueError(f"dtype={dtype!r}: only uint32 and uint64 state words are supported")
         kernel = _state_kernel()
         if kernel is None:  # numpy's own object: the same words
@@ -38,7 +43,9 @@ class KeyedSeed(ISpawnableSeedSequence):
         words = np.empty(n_words * (2 if wide else 1), np.int64)
         kernel(seeds.entropy_words(self.entropy, self.spawn_key), words)
         state = words.astype("<u4")
-        return state.view("<u8").astype(np.uint64) if wide else state.astype(np.uint32)
+        if not wide:
+            return state if _LITTLE_ENDIAN else state.astype(np.uint32)
+        return state.view("<u8") if _LITTLE_ENDIAN else state.view("<u8").astype(np.uint64)
 
     def spawn(self, n_children: int) -> list:
         return self.sequence().spawn(n_children)

@@ -57,7 +57,7 @@ def entropy_words(entropy: int, spawn_key: tuple) -> np.ndarray:
     """The assembled entropy of ``SeedSequence(entropy, spawn_key=spawn_key)`` (non-negative ints): each
     int as its little-endian 32-bit words (0 as one word), the entropy's padded with zeros to the pool
     size where a spawn key follows."""
-    if 0 <= entropy <= MASK32 and all(0 <= part <= MASK32 for part in spawn_key):  # the usual case, quickly
+    if 0 <= entropy <= MASK32 and (not spawn_key or (0 <= min(spawn_key) and max(spawn_key) <= MASK32)):  # usual
         return np.array((entropy, 0, 0, 0, *spawn_key) if spawn_key else (entropy,), np.int64)
     words = _int_words(entropy)
     if spawn_key:
