@@ -71,7 +71,8 @@ def shown(value: Any) -> str:
         return text
     if isinstance(value, str):
         return repr(value[:60]) + "…"
-    return f"a {type(value).__name__}"
+    kind = type(value).__name__
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,

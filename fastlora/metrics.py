@@ -279,6 +279,9 @@ def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_peft, rank_tol, noise_fl
         raise FastLoRAError("test_tasks must all have the same (d_out, d_in)")
     name = "res.A" if hasattr(res, "A") else "res"
     A = getattr(res, "A", res)
+    if not (isinstance(A, (LowRankUpdate, list, tuple)) or hasattr(A, "__array__")):
+        raise FastLoRAError(f"res must be a fastlora.RetrainResult (from retrain) or the retrained matrix A "
+                            f"(d_out, d_in), got {type(res).__name__}")
     if not isinstance(A, LowRankUpdate):
         A = check_array(name, A, ndim=2)
     if A.shape != (d_out, d_in):

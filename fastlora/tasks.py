@@ -161,7 +161,8 @@ class Task:
 
         Σ must be symmetric and positive semi-definite, as XᵀX/n is, to the rounding of statistics
         computed in float32 (``STATISTICS_RTOL`` of its largest entry, or eigenvalue, in size); it is
-        symmetrised, ½(Σ + Σᵀ).  An indefinite Σ made losses negative and solves "converge" there."""
+        symmetrised, ½(Σ + Σᵀ).  An indefinite Σ made losses negative and solves "converge" there.
+        For the same reason s must be at least ½tr(CΣ⁺Cᵀ) (to that rounding), as ‖Y‖²/2n is."""
         Sigma = check_array("Sigma", Sigma, ndim=2)
         if Sigma.shape[0] != Sigma.shape[1]:
             raise FastLoRAError(f"Sigma must be square, got shape {Sigma.shape}")
@@ -178,6 +179,15 @@ class Task:
         self = cls.__new__(cls)
         self._init_statistics(Sigma, C, check_float("s", s, low=0.0), check_int("n", n, low=1),
                               W_star=W_star, noise=noise)
+        # s = ‖Y‖²/2n is at least the part of it the inputs explain, ½tr(CΣ⁺Cᵀ) = L(0) − L(Ŵ): below it the
+        # losses would be negative (they were clamped at 0, and the solves' relative tests read nonsense)
+        W_hat, _ = least_squares_fits([self])
+        explained = 0.5 * float(np.sum(W_hat[0] * self.C))
+        if self.s < (1.0 - STATISTICS_RTOL) * explained:
+            raise FastLoRAError(f"s={self.s:.6g} is below ½tr(CΣ⁺Cᵀ) = {explained:.6g}, the part of s = ‖Y‖²/(2n) "
+                                f"that the inputs explain: no data have these statistics (is s ‖Y‖²/n, or C "
+                                f"scaled and s not?); where s is unknown, s = {explained:.6g} (a zero loss floor) "
+                                f"leaves every minimizer unchanged")
         return self
 
     def _init_statistics(self, Sigma, C, s, n, *, W_star, noise) -> None:

@@ -201,8 +201,10 @@ def test_a_directly_built_low_rank_target_is_checked_and_usable():
 
 def test_evaluate_errors_name_the_argument(prob):
     res = fl.retrain(prob, backend="numpy", max_iter=3)
-    with pytest.raises(fl.FastLoRAError, match="res must be a numeric array"):
-        fl.evaluate("not a result", prob)
+    for wrong in ("not a result", prob, None):  # a Problem in res's place read "float() argument must be ..."
+        with pytest.raises(fl.FastLoRAError, match=r"res must be a fastlora\.RetrainResult \(from retrain\) or the "
+                                                   r"retrained matrix A \(d_out, d_in\), got (str|Problem|NoneType)$"):
+            fl.evaluate(wrong, prob)
     with pytest.raises(fl.FastLoRAError, match="res must be a numeric array"):
         fl.evaluate([["a"] * 8] * 8, prob)
     other = fl.retrain(fl.make_problem(d=6, k=1, T=3, seed=0), backend="numpy", max_iter=3)
@@ -375,20 +377,32 @@ def test_statistics_that_overflow_float32_are_refused_naming_the_dtype():
 
 def test_statistics_must_be_those_of_data():
     """Σ = XᵀX/n is symmetric and positive semi-definite: an indefinite Σ made losses negative and a
-    solve report convergence at objective −1556; an asymmetric one was symmetrised silently."""
+    solve report convergence at objective −1556; an asymmetric one was symmetrised silently.  And
+    s = ‖Y‖²/2n is at least ½tr(CΣ⁺Cᵀ): below it every loss near the fit was negative (clamped at 0)."""
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((50, 4))
-    Sigma, C = X.T @ X / 50, rng.standard_normal((2, 4))
-    fl.Task.from_statistics(Sigma, C, 10.0, 50)  # data's statistics pass
-    fl.Task.from_statistics(X[:2].T @ X[:2] / 2, C, 10.0, 2)  # singular (n < d) is semi-definite
+    X, Y = rng.standard_normal((50, 4)), rng.standard_normal((50, 2))
+
+    def statistics(X, Y):
+        return X.T @ X / len(X), Y.T @ X / len(X), float(np.sum(Y * Y)) / (2 * len(X))
+
+    Sigma, C, s = statistics(X, Y)
+    fl.Task.from_statistics(Sigma, C, s, 50)  # data's statistics pass
+    fl.Task.from_statistics(*statistics(X[:2], Y[:2]), 2)  # singular (n < d) is semi-definite
     with pytest.raises(ValueError, match=r"Sigma must be positive semi-definite.*least eigenvalue"):
-        fl.Task.from_statistics(Sigma - 2 * np.eye(4), C, 10.0, 50)
+        fl.Task.from_statistics(Sigma - 2 * np.eye(4), C, s, 50)
     with pytest.raises(ValueError, match="Sigma must be symmetric"):
-        fl.Task.from_statistics(Sigma + np.triu(np.ones((4, 4)), 1), C, 10.0, 50)
+        fl.Task.from_statistics(Sigma + np.triu(np.ones((4, 4)), 1), C, s, 50)
     wide = rng.standard_normal((20, 50)).astype(np.float32)  # n < d, computed in float32: rounding, not indefinite
     lam = np.linalg.eigvalsh((wide.T @ wide / 20).astype(np.float64))
     assert lam[0] < 0  # what a float64 check at eps would refuse
-    fl.Task.from_statistics((wide.T @ wide / 20).astype(np.float64), rng.standard_normal((2, 50)), 10.0, 20)
+    fl.Task.from_statistics(*statistics(wide.astype(np.float64), rng.standard_normal((20, 2))), 20)
+    explained = 0.5 * np.trace(C @ np.linalg.inv(Sigma) @ C.T)  # what X explains of ‖Y‖²/2n
+    assert explained < s
+    exact = fl.Task.from_statistics(Sigma, C, explained * (1 - 1e-9), 50)  # a perfect fit, to rounding
+    assert exact.loss(C @ np.linalg.inv(Sigma)) == pytest.approx(0.0, abs=1e-8 * s)
+    for wrong in (0.5 * explained, 0.0):
+        with pytest.raises(ValueError, match=rf"s={wrong:.6g} is below ½tr\(CΣ⁺Cᵀ\) = {explained:.6g}"):
+            fl.Task.from_statistics(Sigma, C, wrong, 50)
 
 
 def test_samples_whose_statistics_overflow_are_refused():
