@@ -128,6 +128,7 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
     separate = separate_streams(seed for seed in seeds if isinstance(seed, np.random.Generator))
     drawn = sample_many(tasks, n, seeds) if n is not None and separate else None
     dense_jobs = []
+    checked: dict = {}  # (id(A), shape) -> (A, A checked); A kept so that its id is not reused meanwhile
     for i, (A, task, seed) in enumerate(zip(starts, tasks, seeds)):
         parameterization = resolved[i]
         retrained = A if isinstance(A, RetrainResult) else None
@@ -144,8 +145,10 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
             if out[i] is not None:
                 continue
             A = A.dense()
-        A = check_array("A", A, shape=(task.d_out, task.d_in))
-        dense_jobs.append((i, A, task, seed, given))
+        key = (id(A), task.d_out, task.d_in)  # one result's A serves all its test tasks: checked once
+        if key not in checked:
+            checked[key] = (A, check_array("A", A, shape=(task.d_out, task.d_in)))
+        dense_jobs.append((i, checked[key][1], task, seed, given))
     groups: dict = {}
     for job in dense_jobs:  # jobs that can share one batch: same shape, mode and parameterization, no per-job start
         key = (job[2].d_out, job[2].d_in, job[2].is_population, job[4] is None, id(resolved[job[0]]))

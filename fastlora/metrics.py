@@ -348,11 +348,18 @@ def _adaptation_ranks(plans: list) -> list:
             for k, (i, _) in enumerate(batch):
                 W[k] -= plans[i]["ranks"][0]
             singular = np.linalg.svd(W, compute_uv=False)
-            for (i, j), scale, values in zip(batch, scales, singular):
-                _, rank_tol, floor = plans[i]["ranks"]
-                ranks[i, j] = int(np.sum(values > max(rank_tol * scale, floor)))
+            cuts = [max(plans[i]["ranks"][1] * scale, plans[i]["ranks"][2]) for (i, _), scale in zip(batch, scales)]
+            counts = np.sum(singular > np.array(cuts)[:, None], axis=1).tolist()
+            ranks.update(zip(batch, counts))
     return [None if isinstance(plan, Exception) else failed[i] if i in failed else
-            float(np.median([ranks[i, j] for j in range(len(plan["tasks"]))])) for i, plan in enumerate(plans)]
+            _median([ranks[i, j] for j in range(len(plan["tasks"]))]) for i, plan in enumerate(plans)]
+
+
+def _median(values: list) -> float:
+    """np.median of a short list of ints (as a float), without an array per call."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return float(ordered[middle]) if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 # the adaptation ranks' batched SVDs hold at most this many bytes of stacked targets at a time

@@ -338,16 +338,23 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
             if statistics[i] is None:
                 statistics[i] = sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law)
     out = []
-    for i, (task, level, kind, _) in enumerate(drawn):
-        (Sigma, C, sq), statistics[i] = statistics[i], None  # released as consumed: no second copy of all Σ
-        if not (np.isfinite(Sigma).all() and np.isfinite(C).all() and np.isfinite(sq)):
-            raise FastLoRAError(f"sampling n={n} samples: their statistics overflow float64 (the task's targets or "
-                                f"its law's inputs are too large); rescale them")
-        fresh = Task.__new__(Task)  # statistics drawn here: symmetric and semi-definite by construction
-        fresh._init_statistics(Sigma, C, sq, n, W_star=task.target, noise=level)
-        fresh.__dict__.update(key=task.key, sampler=kind, law=task.law)
-        out.append(fresh)
+    with np.errstate(over="ignore", invalid="ignore"):  # _all_finite's sum may overflow: then it checks entrywise
+        for i, (task, level, kind, _) in enumerate(drawn):
+            (Sigma, C, sq), statistics[i] = statistics[i], None  # released as consumed: no second copy of all Σ
+            if not (np.isfinite(sq) and _all_finite(Sigma) and _all_finite(C)):
+                raise FastLoRAError(f"sampling n={n} samples: their statistics overflow float64 (the task's targets or "
+                                    f"its law's inputs are too large); rescale them")
+            fresh = Task.__new__(Task)  # statistics drawn here: symmetric and semi-definite by construction
+            fresh._init_statistics(Sigma, C, sq, n, W_star=task.target, noise=level)
+            fresh.__dict__.update(key=task.key, sampler=kind, law=task.law)
+            out.append(fresh)
     return out
+
+
+def _all_finite(a) -> bool:
+    """np.isfinite(a).all() at the cost of one sum where it holds (a finite sum has only finite terms;
+    an inf or NaN term makes it non-finite, and so may an overflow, which the entrywise test then clears)."""
+    return bool(np.isfinite(np.sum(a))) or bool(np.isfinite(a).all())
 
 
 def _law_key(law):

@@ -188,6 +188,22 @@ def test_adapt_rank_counts_directions_above_the_estimation_noise():
     assert estimation_noise_floor(0.01, None, 10, 10) == 0.0 and estimation_noise_floor(0.0, 50, 10, 10) == 0.0
 
 
+def test_adapt_rank_is_the_median_of_each_test_tasks_count_above_its_own_cut():
+    """Each test task's rank counts the singular values of W*_t − A above rank_tol·‖W*_t‖₂ (its own cut); the
+    metric is their median (a half with an even count of tasks), as np.median of the counts."""
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((6, 6))
+    U = np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    gaps = ([1.0], [1.0, 0.5], [2.0, 1.0, 1e-3], [3.0, 2.0, 1.0, 0.5])  # ranks 1, 2, 2 (1e-3 under the cut), 4
+    tasks = [fl.Task.population(A + (U[:, :len(g)] * g) @ U[:, :len(g)].T) for g in gaps]
+    for chosen, median in (([0, 1], 1.5), ([0, 1, 2], 2.0), ([0, 3], 2.5), ([3, 0, 2, 1], 2.0), ([3, 1, 3], 4.0)):
+        metrics = fl.evaluate(A, None, test_tasks=[tasks[i] for i in chosen], ft_rank=1, rank_tol=1e-2)
+        assert metrics["adapt_rank"] == median
+    # the cut is each task's own: a task whose perturbation is 1e3 times larger leaves the others' cuts alone
+    big = fl.Task.population(A + 1e3 * (U[:, :1] @ U[:, :1].T))
+    assert fl.evaluate(A, None, test_tasks=[big, tasks[1]], ft_rank=1, rank_tol=1e-2)["adapt_rank"] == 1.5
+
+
 # -- plots: the paper's median-and-IQR figures, titles, integer ticks --------------------------------
 def test_summarise_values_gives_mean_or_median_with_minmax_or_iqr_bands():
     from fastlora.sweep.plot import summarise_values
