@@ -736,16 +736,16 @@ def _cholesky_fits(Sigma, cross, cholesky_fits=None) -> tuple:
 
 def whitening_pairs(tasks) -> tuple:
     """(G, G⁺) of finite-sample tasks, stacked (N, d_in, d_in), with GᵀG = Σ_t: Cholesky's Lᵀ and L⁻ᵀ
-    (Σ_t = L Lᵀ) where the factor proves Σ_t⁺ = Σ_t⁻¹ (:func:`fastlora.kernels.fits.cholesky_whiteners`;
-    ~1 µs a task at d = 10), else the symmetric roots Σ_t^{1/2} and Σ_t^{+1/2} of the spectral
-    pseudo-inverse (:func:`spectra`).  What the whitened exact fits read (fastlora.engine.steps.fit_adapters):
-    ‖R Gᵀ‖_F = ‖R Σ_t^{1/2}‖_F for either, so both give the same fits up to rounding."""
+    (Σ_t = L Lᵀ) where the factor proves Σ_t⁺ = Σ_t⁻¹ (:func:`fastlora.kernels.fits.cholesky_factors`,
+    batched LAPACK: ~6 µs a task at d = 10), else the symmetric roots Σ_t^{1/2} and Σ_t^{+1/2} of the
+    spectral pseudo-inverse (:func:`spectra`: ~17 µs).  What the whitened exact fits read
+    (fastlora.engine.steps.fit_adapters): ‖R Gᵀ‖_F = ‖R Σ_t^{1/2}‖_F for either (L = Σ_t^{1/2}Q with Q
+    orthogonal), so both give the same fits up to rounding."""
+    from .kernels.fits import cholesky_factors
     Sigma = np.array([t.Sigma for t in tasks], dtype=np.float64)  # np.array: np.stack's checks cost 4× as much
     eps = np.finfo(np.float64).eps
-    root, inverse_root = np.zeros(Sigma.shape), np.zeros(Sigma.shape)
-    proven = np.zeros(len(tasks), bool)
-    whiteners, = _compiled_fits(whitening=True)
-    whiteners(Sigma, pinv_rtol(eps, Sigma.shape[1]), root, inverse_root, proven)
+    L, L_inv, proven = cholesky_factors(Sigma, pinv_rtol(eps, Sigma.shape[1]))
+    root, inverse_root = L.transpose(0, 2, 1).copy(), L_inv.transpose(0, 2, 1).copy()
     if not proven.all():
         lam, V = spectra([t for t, ok in zip(tasks, proven) if not ok])
         root[~proven] = pinv_function(lam, V, np.sqrt, eps)
@@ -753,33 +753,27 @@ def whitening_pairs(tasks) -> tuple:
     return root, inverse_root
 
 
-def prepare_fits(whitening: bool = False) -> float:
+def prepare_fits() -> float:
     """Make the fits' compiled loops ready in this process (compile them, or load them from the on-disk
-    cache), and with ``whitening`` those of :func:`whitening_pairs`; returns the seconds that took (0 once
-    done), which a solve keeps out of its own time."""
+    cache); returns the seconds that took (0 once done), which a solve keeps out of its own time."""
     from .kernels import fits_numba
-    root = settings.compiled_code_root()
-    if fits_numba.is_compiled(root) and (not whitening or fits_numba.is_compiled(root, fits_numba.WHITENERS)):
+    if fits_numba.is_compiled(settings.compiled_code_root()):
         return 0.0
     started = time.perf_counter()
     _compiled_fits()
-    if whitening:
-        _compiled_fits(whitening=True)
     return time.perf_counter() - started
 
 
-def _compiled_fits(whitening: bool = False) -> tuple:
-    """The fits' compiled loops (fastlora.kernels.fits_numba): (cholesky_fits, fit_floors), or with
-    ``whitening`` (cholesky_whiteners,); making them on first use is announced where slow."""
+def _compiled_fits() -> tuple:
+    """The fits' compiled loops (fastlora.kernels.fits_numba); making them on first use is announced where slow."""
     from .kernels import fits_numba
     root = settings.compiled_code_root()
-    names = fits_numba.WHITENERS if whitening else fits_numba.FITS
-    if not fits_numba.is_compiled(root, names):
+    if not fits_numba.is_compiled(root):
         from .compilation import slow_work_notice
-        with slow_work_notice(f"compiling fastlora's {'whitened' if whitening else 'least-squares'} fits of tasks "
-                              f"(once; later runs load them from {root})"):
-            return fits_numba.compiled_loops(root, names)
-    return fits_numba.compiled_loops(root, names)
+        with slow_work_notice(f"compiling fastlora's least-squares fits of tasks (once; later runs load them "
+                              f"from {root})"):
+            return fits_numba.compiled_loops(root)
+    return fits_numba.compiled_loops(root)
 
 
 def quadratic_losses(W, Sigma, W_hat, floor):

@@ -1,7 +1,7 @@
 """The least-squares fits of finite-sample tasks (``fastlora.tasks.least_squares_fits``, docs/design.md §2).
 
 Ŵ_t = C_t Σ_t⁻¹ from Σ_t's Cholesky factor where the factor proves Σ_t⁺ = Σ_t⁻¹
-(:func:`cholesky_factor`), the same factor as a whitening pair (:func:`cholesky_whiteners`), and
+(:func:`cholesky_factor`; :func:`cholesky_factors` for stacks, which the whitened fits read), and
 floor_t = L_t(Ŵ_t) in extended precision (:func:`fit_floor`).
 Written once, as loops over tasks calling primitives: here in their numpy forms (the
 reference); :mod:`fastlora.kernels.fits_numba` gives the primitives' Numba forms and the loops
@@ -12,24 +12,41 @@ from __future__ import annotations
 import numpy as np
 
 
-def cholesky_factor(M, rtol, L, L_inv):
-    """L (lower triangular, M = L Lᵀ) and L_inv = L⁻¹ into the given (d, d) arrays, for M symmetric
-    (its lower triangle is read), where L proves that a pseudo-inverse keeps every eigenvalue —
-    λ_min ≥ 1/‖L⁻¹‖²_F > rtol·tr M ≥ rtol·λ_max — so that M⁺ = M⁻¹.  Returns whether it did; False
-    (the arrays unspecified): M is not positive definite, or not provably above the cut (then a caller
-    takes the spectral pseudo-inverse)."""
+def cholesky_factors(M, rtol):
+    """(L, L⁻¹, proven) of a stack of symmetric matrices M (N, d, d) (lower triangles read): L_i lower
+    triangular with M_i = L_i L_iᵀ and its inverse, where L_i proves that a pseudo-inverse keeps every
+    eigenvalue — λ_min ≥ 1/‖L_i⁻¹‖²_F > rtol·tr M_i ≥ rtol·λ_max — so that M_i⁺ = M_i⁻¹; ``proven[i]``
+    says which (the others' entries unspecified: M_i is not positive definite, or not provably above the
+    cut, and a caller takes the spectral pseudo-inverse).  Batched numpy (LAPACK per matrix, no compiling):
+    what the whitened fits read (fastlora.tasks.whitening_pairs); :func:`cholesky_factor` is one matrix."""
+    count = M.shape[0]
+    L = np.zeros(M.shape)
+    proven = np.ones(count, bool)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         try:
-            factor = np.linalg.cholesky(M)
-        except np.linalg.LinAlgError:
-            return False
-        inverse = np.linalg.inv(factor)
-        bound = 1.0 / np.sum(inverse * inverse)
-        trace = np.trace(M)
-        if not (np.isfinite(bound) and np.isfinite(trace) and bound > rtol * trace):
-            return False
-    L[...] = factor
-    L_inv[...] = inverse
+            L[...] = np.linalg.cholesky(M)
+        except np.linalg.LinAlgError:  # some are not positive definite: find them one by one
+            for i in range(count):
+                try:
+                    L[i] = np.linalg.cholesky(M[i])
+                except np.linalg.LinAlgError:
+                    proven[i] = False
+                    L[i] = np.eye(M.shape[1])  # a placeholder, so that the stack inverts
+        L_inv = np.linalg.inv(L)
+        bound = 1.0 / np.sum((L_inv * L_inv).reshape(count, -1), axis=1)
+        trace = np.trace(M, axis1=1, axis2=2)
+        proven &= np.isfinite(bound) & np.isfinite(trace) & (bound > rtol * trace)
+    return L, L_inv, proven
+
+
+def cholesky_factor(M, rtol, L, L_inv):
+    """:func:`cholesky_factors` of one matrix M (d, d), into the given arrays L and L_inv; returns whether
+    L proves M⁺ = M⁻¹ (False: the arrays unspecified)."""
+    factor, inverse, proven = cholesky_factors(M[None], rtol)
+    if not proven[0]:
+        return False
+    L[...] = factor[0]
+    L_inv[...] = inverse[0]
     return True
 
 
@@ -64,20 +81,6 @@ def cholesky_fits(Sigma, C, rtol, W_hat, proven):
         proven[i] = cholesky_inverse(Sigma[i], rtol, inverse)
         if proven[i]:
             np.dot(C[i], inverse, W_hat[i])
-
-
-def cholesky_whiteners(Sigma, rtol, root, inverse_root, proven):
-    """A whitening pair of every task i whose Cholesky factor proves Σ_i⁺ = Σ_i⁻¹ (:func:`cholesky_factor`
-    with cut ``rtol``): ``root[i]`` = L_iᵀ (so rootᵀ·root = Σ_i) and ``inverse_root[i]`` = L_i⁻ᵀ, its
-    inverse; ``proven[i]`` says which (the others' entries unset).  What the whitened exact fits read
-    (fastlora.engine.steps.fit_adapters): ‖R L‖_F = ‖R Σ^{1/2}‖_F, as L = Σ^{1/2}Q with Q orthogonal."""
-    d = Sigma.shape[1]
-    L, L_inv = np.empty((d, d)), np.empty((d, d))
-    for i in range(Sigma.shape[0]):
-        proven[i] = cholesky_factor(Sigma[i], rtol, L, L_inv)
-        if proven[i]:
-            root[i] = L.T
-            inverse_root[i] = L_inv.T
 
 
 def fit_floors(W_hat, Sigma, C, s, floor):

@@ -14,11 +14,11 @@ import fastlora.kernels as contract
 from . import fits
 
 
-@overload(fits.cholesky_factor, jit_options={"fastmath": {"contract"}})
-def _cholesky_factor(M, rtol, L, L_inv):
-    def impl(M, rtol, L, L_inv):
+@overload(fits.cholesky_inverse, jit_options={"fastmath": {"contract"}})
+def _cholesky_inverse(M, rtol, out):
+    def impl(M, rtol, out):
         d = M.shape[0]
-        L[:, :] = 0.0
+        L = np.zeros((d, d))
         for j in range(d):  # M = L Lᵀ, column by column
             pivot = M[j, j]
             for k in range(j):
@@ -31,7 +31,7 @@ def _cholesky_factor(M, rtol, L, L_inv):
                 for k in range(j):
                     v -= L[i, k] * L[j, k]
                 L[i, j] = v / L[j, j]
-        L_inv[:, :] = 0.0  # lower triangular, by forward substitution
+        L_inv = np.zeros((d, d))  # lower triangular, by forward substitution
         frobenius = 0.0
         trace = 0.0
         for j in range(d):
@@ -47,17 +47,7 @@ def _cholesky_factor(M, rtol, L, L_inv):
         if not frobenius > 0:  # every pivot infinite (or NaN)
             return False
         bound = 1.0 / frobenius
-        return np.isfinite(bound) and np.isfinite(trace) and bound > rtol * trace
-    return impl
-
-
-@overload(fits.cholesky_inverse, jit_options={"fastmath": {"contract"}})
-def _cholesky_inverse(M, rtol, out):
-    def impl(M, rtol, out):
-        d = M.shape[0]
-        L = np.empty((d, d))
-        L_inv = np.empty((d, d))
-        if not fits.cholesky_factor(M, rtol, L, L_inv):
+        if not (np.isfinite(bound) and np.isfinite(trace) and bound > rtol * trace):
             return False
         for i in range(d):  # M⁻¹ = L⁻ᵀ L⁻¹
             for j in range(i + 1):
@@ -150,43 +140,28 @@ _COMPILING = threading.Lock()
 _LOOPS: dict = {}
 
 
-def _signatures() -> dict:
-    from numba import types
-    f8, vector, flags = types.Array(types.float64, 3, "C"), types.Array(types.float64, 1, "C"), \
-        types.Array(types.boolean, 1, "C")
-    return {"cholesky_fits": (f8, f8, types.float64, f8, flags), "fit_floors": (f8, f8, f8, vector, vector),
-            "cholesky_whiteners": (f8, types.float64, f8, f8, flags)}
-
-
-def _compiled(cache_root: str, names: tuple) -> tuple:
-    """The loops ``names`` of :mod:`fastlora.kernels.fits` compiled for float64 C-ordered arrays (or loaded
-    from the on-disk cache under ``cache_root``), once per process each."""
-    ready = _LOOPS.get((cache_root, names))
+def compiled_loops(cache_root: str) -> tuple:
+    """(cholesky_fits, fit_floors) of :mod:`fastlora.kernels.fits` compiled for float64 C-ordered
+    arrays (or loaded from the on-disk cache under ``cache_root``), once per process."""
+    ready = _LOOPS.get(cache_root)
     if ready is not None:  # every call after the first: no lock
         return ready
     with _COMPILING:
-        if (cache_root, names) not in _LOOPS:
+        if cache_root not in _LOOPS:
+            from numba import types
+            f8, vector = types.Array(types.float64, 3, "C"), types.Array(types.float64, 1, "C")
+            signatures = ((f8, f8, types.float64, f8, types.Array(types.boolean, 1, "C")), (f8, f8, f8, vector, vector))
             # one cache folder per version of this module and fits' (the loops' Numba forms live here)
             folder = str(contract.source_folder(cache_root, "fits", (fits.__file__, __file__)))
-            loops = tuple(contract.njit_cached(getattr(fits, name), folder, error_model="numpy") for name in names)
-            signatures = _signatures()
-            for name, dispatcher in zip(names, loops):
+            loops = tuple(contract.njit_cached(fn, folder, error_model="numpy")
+                          for fn in (fits.cholesky_fits, fits.fit_floors))
+            for dispatcher, signature in zip(loops, signatures):
                 if hasattr(dispatcher, "compile"):  # not under NUMBA_DISABLE_JIT: then plain Python functions
-                    dispatcher.compile(signatures[name])
-            _LOOPS[cache_root, names] = loops
-        return _LOOPS[cache_root, names]
+                    dispatcher.compile(signature)
+            _LOOPS[cache_root] = loops
+        return _LOOPS[cache_root]
 
 
-FITS = ("cholesky_fits", "fit_floors")
-WHITENERS = ("cholesky_whiteners",)  # apart: only the whitened fits pay for compiling it
-
-
-def compiled_loops(cache_root: str, names: tuple = FITS) -> tuple:
-    """The loops ``names`` (:data:`FITS`: (cholesky_fits, fit_floors); :data:`WHITENERS`), compiled
-    (:func:`_compiled`)."""
-    return _compiled(cache_root, names)
-
-
-def is_compiled(cache_root: str, names: tuple = FITS) -> bool:
-    """Whether :func:`compiled_loops` of ``names`` is ready in this process (a call then costs nothing)."""
-    return (cache_root, names) in _LOOPS
+def is_compiled(cache_root: str) -> bool:
+    """Whether :func:`compiled_loops` is ready in this process (a call then costs nothing)."""
+    return cache_root in _LOOPS

@@ -259,33 +259,30 @@ def test_the_compiled_fits_loops_agree_with_their_numpy_form():
 
 
 def test_whitening_pairs_whiten_and_the_whitened_fits_match_the_textbook_fit():
-    """fastlora.tasks.whitening_pairs: Cholesky's (Lᵀ, L⁻ᵀ) where the factor proves Σ definite (compiled and
-    numpy loops agree), the symmetric roots where not (n < d); either way GᵀG = Σ and G G⁺ projects on Σ's
-    range.  The whitened exact fit that reads them (lora fine-tuning on samples, both engines) is the
-    reduced-rank regression of tests/naive.py (scipy's sqrtm) — a pair transposed, or the inverse root in
-    place of the root, changes the fit."""
-    from fastlora.kernels import fits_numba
-    from fastlora.tasks import pinv_rtol, whitening_pairs
+    """fastlora.tasks.whitening_pairs: Cholesky's (Lᵀ, L⁻ᵀ) where the factor proves Σ definite — the same
+    verdicts as the compiled Cholesky inverse the tasks' fits take — and the symmetric roots where not
+    (n < d); either way GᵀG = Σ and G G⁺ projects on Σ's range.  The whitened exact fit that reads them
+    (lora fine-tuning on samples, both engines) is the reduced-rank regression of tests/naive.py (scipy's
+    sqrtm) — a pair transposed, or the inverse root in place of the root, changes the fit."""
+    from fastlora.tasks import _cholesky_fits, pinv_rtol, whitening_pairs
 
     rng = np.random.default_rng(12)
     W_true = rng.standard_normal((4, 7))
     tasks = [fl.Task(X, X @ W_true.T + 0.1 * rng.standard_normal((len(X), 4)), W_star=W_true)
              for X in (rng.standard_normal((m, 7)) * rng.uniform(0.2, 3.0, 7) for m in (50, 5, 200, 30))]
     Sigma = np.array([t.Sigma for t in tasks])
-    rtol = pinv_rtol(np.finfo(np.float64).eps, 7)
-    whiteners, = fits_numba.compiled_loops(fl.config.settings.compiled_code_root(), fits_numba.WHITENERS)
-    got = (np.zeros(Sigma.shape), np.zeros(Sigma.shape), np.zeros(4, bool))
-    want = (np.zeros(Sigma.shape), np.zeros(Sigma.shape), np.zeros(4, bool))
-    whiteners(Sigma, rtol, *got)
-    fits.cholesky_whiteners(Sigma, rtol, *want)
-    assert got[2].tolist() == want[2].tolist() == [True, False, True, True]
-    np.testing.assert_allclose(got[0][got[2]], want[0][got[2]], rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(got[1][got[2]], want[1][got[2]], rtol=1e-12, atol=1e-14)
+    L, L_inv, proven = fits.cholesky_factors(Sigma, pinv_rtol(np.finfo(np.float64).eps, 7))
+    assert proven.tolist() == _cholesky_fits(Sigma, np.array([t.C for t in tasks]))[1].tolist() \
+        == [True, False, True, True]
+    one = (np.empty((7, 7)), np.empty((7, 7)))  # the one-matrix form: the stack's entry
+    assert fits.cholesky_factor(Sigma[2], 1e-12, *one)
+    np.testing.assert_array_equal(one[0], L[2])
+    np.testing.assert_array_equal(one[1], L_inv[2])
     root, inverse_root = whitening_pairs(tasks)
-    for G, G_plus, S, proven in zip(root, inverse_root, Sigma, got[2]):
+    for G, G_plus, S, definite in zip(root, inverse_root, Sigma, proven):
         np.testing.assert_allclose(G.T @ G, S, rtol=1e-12, atol=1e-13 * np.abs(S).max())
         np.testing.assert_allclose(G @ G_plus, S @ np.linalg.pinv(S, rcond=1e-10), atol=1e-10)
-        assert np.allclose(np.tril(G, -1), 0.0) == bool(proven)  # Lᵀ is upper triangular; Σ^{1/2} is not
+        assert np.allclose(np.tril(G, -1), 0.0) == bool(definite)  # Lᵀ is upper triangular; Σ^{1/2} is not
     A = rng.standard_normal((4, 7))
     for backend in ("numba", "numpy"):
         for task in (tasks[0], tasks[2]):  # invertible Σ: the textbook fit is defined

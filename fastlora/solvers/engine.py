@@ -136,11 +136,11 @@ def solve(method: str, solver: str | None, peft, rank, problems: list, seeds: li
     threads = backend.thread_count(threads) if compiled else 1  # (also: a malformed FASTLORA_NUM_THREADS fails here)
     parallel = compiled and len(problems) >= E.PARALLEL_MIN_PROBLEMS and threads > 1
     fits_compile_seconds = 0.0
-    whitened = code == E.ALS and not problems[0][0].is_population
     if not problems[0][0].is_population:  # the tasks' fits run compiled code: compiling it is not the solve's time
-        fits_compile_seconds = prepare_fits(whitening=whitened)
+        fits_compile_seconds = prepare_fits()
     started = time.perf_counter()
-    qb = E.quad_batch(problems, dtype, base_sq, need_whiteners=whitened, need_spectrum=code == E.REPTILE)
+    qb = E.quad_batch(problems, dtype, base_sq, need_whiteners=code == E.ALS and not problems[0][0].is_population,
+                      need_spectrum=code == E.REPTILE)
     A0, theta0 = starts(code, peft, pcode, options, seeds, T, rank, d_out, d_in, dtype)
     setup = time.perf_counter() - started
     if parallel:
