@@ -59,6 +59,9 @@ class FastLoRAGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # the reader stopped early (| head): as for any filter, no error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for Python's flush at exit
+            ctx.exit(0)
         except Exception as exc:  # the CLI must not dump tracebacks on users
             if os.environ.get("FASTLORA_DEBUG"):
                 raise
@@ -431,12 +434,8 @@ def export_cmd(store, fmt, output):
     if fmt == "parquet":
         raise FastLoRAError("--output - (standard output) takes CSV only; write Parquet to a file, "
                             "e.g. -o results.parquet")
-    try:
-        n = export_results(store, sys.stdout, "csv")
-        sys.stdout.flush()
-    except BrokenPipeError:  # the reader stopped early (| head): as for any filter, no error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit
-        return
+    n = export_results(store, sys.stdout, "csv")  # a reader that stops early (| head): FastLoRAGroup
+    sys.stdout.flush()
     click.echo(f"wrote {n} row(s) to standard output", err=True)  # stderr: stdout holds only the CSV
 
 

@@ -91,6 +91,10 @@ def finetune_many(starts: list, tasks: list, peft=FINETUNE_PEFT, rank: int | Non
     tasks = check_list("tasks", tasks, "task")
     if not isinstance(starts, np.ndarray):  # a stacked (P, d_out, d_in) array of starts is one per task too
         starts = check_list("starts", starts, "task")
+    elif starts.ndim != 3:
+        raise FastLoRAError(f"starts must be a list of matrices A, one per task, or their stack (P, d_out, d_in); "
+                            f"got an array of shape {starts.shape}" + (" (one task: starts=[A])" if starts.ndim == 2
+                                                                        else ""))
     if len(starts) != len(tasks):
         raise FastLoRAError(f"finetune_many: {len(starts)} starts for {len(tasks)} tasks")
     # checked here, not where drawn: an exact fit draws nothing

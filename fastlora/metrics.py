@@ -18,7 +18,7 @@ from .errors import (
     each_or_error,
     per_entry,
 )
-from .finetuning import finetune_many, lowrank_residual
+from .finetuning import finetune_many, ground_truth_rank, lowrank_residual
 from .implicit import is_implicit
 from .linop import LowRankUpdate
 from .options import OPTIONS
@@ -128,7 +128,8 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
                    data — (T+1)k for standard retraining, k for LoRA-ML at T ≥ 3;
     ``excess_risk`` mean over test tasks of ½‖A + Δ̂ − W*_new‖²_F after fine-tuning with
                    ``ft_peft`` (asymmetric LoRA by default, as the paper does) at ``ft_rank``
-                   (default: the problem's k; with shared parameters kept, the retrained rank)
+                   (default: the problem's k, or with ``prob=None`` the test tasks' shared
+                   ground-truth rank; with shared parameters kept, the retrained rank)
                    from ``n_ft`` samples (None: population).  ``ft_peft`` named like the
                    retrained parameterization is the retrained instance, its options kept;
                    ``ft_peft_options`` builds another (refused, naming both, where it differs
@@ -150,6 +151,9 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
     cannot be computed for these tasks raises :class:`~fastlora.errors.FastLoRAError`.
     """
     wanted = () if metrics is None else check_choices("metrics", metrics, LINEAR_METRICS)
+    if test_tasks is not None and not isinstance(test_tasks, (list, tuple)):
+        raise FastLoRAError(f"test_tasks must be a list of fastlora.Task, got {type(test_tasks).__name__}"
+                            + (" (one task: test_tasks=[task])" if isinstance(test_tasks, Task) else ""))
     if "rel_err_A" in wanted and getattr(prob, "A_star", None) is None:
         raise FastLoRAError("metrics: 'rel_err_A' cannot be computed: there is no ground-truth A* to compare with")
     return evaluate_many([res], [prob], ft_rank=ft_rank, n_ft=n_ft, ft_peft=ft_peft, seeds=[seed],
@@ -279,7 +283,7 @@ def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_peft, rank_tol, noise_fl
         raise FastLoRAError("test_tasks must all have the same (d_out, d_in)")
     name = "res.A" if hasattr(res, "A") else "res"
     A = getattr(res, "A", res)
-    if not (isinstance(A, (LowRankUpdate, list, tuple)) or hasattr(A, "__array__")):
+    if not isinstance(A, LowRankUpdate) and np.ndim(A) == 0:  # a Problem, None, a string or a number
         raise FastLoRAError(f"res must be a fastlora.RetrainResult (from retrain) or the retrained matrix A "
                             f"(d_out, d_in), got {type(res).__name__}")
     if not isinstance(A, LowRankUpdate):
@@ -287,7 +291,7 @@ def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_peft, rank_tol, noise_fl
     if A.shape != (d_out, d_in):
         raise FastLoRAError(f"{name} has shape {A.shape} but the test tasks are ({d_out}, {d_in}): "
                             f"the result comes from a problem of another size")
-    ft_parameterization, ft_rank = _finetuning_plan(res, ft_peft, ft_rank, prob, A.shape)
+    ft_parameterization, ft_rank = _finetuning_plan(res, ft_peft, ft_rank, prob, A.shape, tasks)
     floor = estimation_noise_floor(prob.noise, prob.n, d_out, d_in) if noise_floor and prob is not None else 0.0
     # a parameterization with shared parameters fine-tunes on the retrain result (its A and shared ones)
     start = res if shared_names(ft_parameterization) and hasattr(res, "shared") else A
@@ -295,10 +299,11 @@ def _plan_evaluation(res, prob, test_tasks, ft_rank, ft_peft, rank_tol, noise_fl
             "rel_err_A": _relative_error(A, getattr(prob, "A_star", None)), "ft_peft": ft_parameterization}
 
 
-def _finetuning_plan(res, ft_peft, ft_rank, prob, shape) -> tuple:
+def _finetuning_plan(res, ft_peft, ft_rank, prob, shape, tasks=()) -> tuple:
     """(the fine-tuning parameterization, ft_rank): ``ft_peft`` named like the retrained one is the
     retrained instance (fastlora.peft.registry.finetuning_parameterization); where fine-tuning keeps
-    the retrained shared parameters, ft_rank defaults to their rank and must equal it."""
+    the retrained shared parameters, ft_rank defaults to their rank and must equal it; otherwise to the
+    problem's k, or without a problem the ground-truth rank the test ``tasks`` share (as finetune's)."""
     name, options = ft_peft
     retrained = getattr(res, "peft", None)
     retrained_rank = getattr(res, "rank", None) if getattr(res, "shared", None) else None
@@ -309,8 +314,12 @@ def _finetuning_plan(res, ft_peft, ft_rank, prob, shape) -> tuple:
     keeps_shared = retrained_rank is not None and bool(names) and set(names) <= set(res.shared)
     if ft_rank is None:
         ft_rank = res.rank if keeps_shared else getattr(prob, "k", None)
+        if ft_rank is None and prob is None:
+            known = {ground_truth_rank(task) for task in tasks}
+            ft_rank = known.pop() if len(known) == 1 else None
         if ft_rank is None:
-            raise FastLoRAError("ft_rank is required when the problem has no k")
+            raise FastLoRAError("ft_rank is required when the problem has no k"
+                                + (" and the test tasks share no known ground-truth rank" if prob is None else ""))
     ft_rank = check_int("ft_rank", ft_rank, low=1, high=min(shape))
     if keeps_shared and ft_rank != res.rank:
         raise FastLoRAError(f"ft_rank={ft_rank} differs from the rank {res.rank} the shared parameters "

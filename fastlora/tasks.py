@@ -182,12 +182,16 @@ class Task:
         # s = ‖Y‖²/2n is at least the part of it the inputs explain, ½tr(CΣ⁺Cᵀ) = L(0) − L(Ŵ): below it the
         # losses would be negative (they were clamped at 0, and the solves' relative tests read nonsense)
         W_hat, _ = least_squares_fits([self])
-        explained = 0.5 * float(np.sum(W_hat[0] * self.C))
+        with np.errstate(over="ignore", invalid="ignore"):
+            explained = 0.5 * float(np.sum(W_hat[0] * self.C))
+        if not np.isfinite(explained):
+            raise FastLoRAError(f"Sigma and C: ½tr(CΣ⁺Cᵀ), the part of s the inputs explain, overflows float64 "
+                                f"({explained}); rescale the data")
         if self.s < (1.0 - STATISTICS_RTOL) * explained:
             raise FastLoRAError(f"s={self.s:.6g} is below ½tr(CΣ⁺Cᵀ) = {explained:.6g}, the part of s = ‖Y‖²/(2n) "
-                                f"that the inputs explain: no data have these statistics (is s ‖Y‖²/n, or C "
-                                f"scaled and s not?); where s is unknown, s = {explained:.6g} (a zero loss floor) "
-                                f"leaves every minimizer unchanged")
+                                f"that the inputs explain: no data have these statistics (s is ‖Y‖²/(2n) with the "
+                                f"n of Σ = XᵀX/n and C = YᵀX/n); where s is unknown, s = {explained:.6g} (a zero "
+                                f"loss floor) leaves every minimizer unchanged")
         return self
 
     def _init_statistics(self, Sigma, C, s, n, *, W_star, noise) -> None:
@@ -358,10 +362,12 @@ def _all_finite(a) -> bool:
 
 
 def _law_key(law):
-    """What decides a law's draws, so tasks of equal laws (every problem its own DataLaw) share a stack; a
-    user's covariance matrix by identity (comparing arrays would cost more than it saves)."""
-    return (law.input_law, law.input_df, law.noise_law, law.noise_df) + ((law.cov_name,) if law.sqrt is None
-                                                                          else (id(law),))
+    """What decides a law's draws, so tasks of equal laws (every problem its own DataLaw) share a stack;
+    by identity a covariance matrix (comparing arrays would cost more than it saves) and any law that is
+    not a plain DataLaw (a subclass may draw its own way)."""
+    if type(law) is not DataLaw or law.sqrt is not None:
+        return ("object", id(law))
+    return (law.input_law, law.input_df, law.noise_law, law.noise_df, law.cov_name)
 
 
 # sample_many stacks the exact statistics of at most this many bytes of tasks at a time, and raw draws
@@ -744,8 +750,14 @@ def whitening_pairs(tasks) -> tuple:
     from .kernels.fits import cholesky_factors
     Sigma = np.array([t.Sigma for t in tasks], dtype=np.float64)  # np.array: np.stack's checks cost 4× as much
     eps = np.finfo(np.float64).eps
-    L, L_inv, proven = cholesky_factors(Sigma, pinv_rtol(eps, Sigma.shape[1]))
-    root, inverse_root = L.transpose(0, 2, 1).copy(), L_inv.transpose(0, 2, 1).copy()
+    root, inverse_root = np.zeros(Sigma.shape), np.zeros(Sigma.shape)
+    proven = np.zeros(len(tasks), bool)
+    # n < d_in: Σ is singular by construction, so only the others try Cholesky (a failure in a stack
+    # retries it matrix by matrix)
+    tried = np.array([t.n is None or t.n >= t.d_in for t in tasks])
+    if tried.any():
+        L, L_inv, proven[tried] = cholesky_factors(Sigma[tried], pinv_rtol(eps, Sigma.shape[1]))
+        root[tried], inverse_root[tried] = L.transpose(0, 2, 1), L_inv.transpose(0, 2, 1)
     if not proven.all():
         lam, V = spectra([t for t, ok in zip(tasks, proven) if not ok])
         root[~proven] = pinv_function(lam, V, np.sqrt, eps)
@@ -765,15 +777,15 @@ def prepare_fits() -> float:
 
 
 def _compiled_fits() -> tuple:
-    """The fits' compiled loops (fastlora.kernels.fits_numba); making them on first use is announced where slow."""
+    """The fits' compiled loops (fastlora.kernels.fits_numba); compiling them (not loading them from the
+    on-disk cache) is announced where slow."""
     from .kernels import fits_numba
     root = settings.compiled_code_root()
-    if not fits_numba.is_compiled(root):
-        from .compilation import slow_work_notice
-        with slow_work_notice(f"compiling fastlora's least-squares fits of tasks (once; later runs load them "
-                              f"from {root})"):
-            return fits_numba.compiled_loops(root)
-    return fits_numba.compiled_loops(root)
+    if fits_numba.is_compiled(root):
+        return fits_numba.compiled_loops(root)
+    from .compilation import slow_work_notice
+    return fits_numba.compiled_loops(root, announce=lambda: slow_work_notice(
+        f"compiling fastlora's least-squares fits of tasks (once; later runs load them from {root})"))
 
 
 def quadratic_losses(W, Sigma, W_hat, floor):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -68,6 +69,15 @@ def njit_cached(fn, cache_dir: str | None, **options):
             return numba.njit(cache=True, **options)(fn)
         finally:
             numba.config.CACHE_DIR = previous
+
+
+def on_disk(dispatcher) -> bool:
+    """Whether Numba's on-disk cache holds an index for ``dispatcher`` — for a function compiled for one
+    signature only, that compiling it loads code rather than compiling (no 'compiling' notice, however
+    long a busy machine takes).  False where that cannot be told (no cache, or a Numba without the
+    attributes read here)."""
+    index = getattr(getattr(getattr(dispatcher, "_cache", None), "_cache_file", None), "_index_path", None)
+    return isinstance(index, str) and os.path.exists(index)
 
 
 @functools.cache

@@ -4,8 +4,9 @@
 (:func:`cholesky_factor`; :func:`cholesky_factors` for stacks, which the whitened fits read), and
 floor_t = L_t(Ŵ_t) in extended precision (:func:`fit_floor`).
 Written once, as loops over tasks calling primitives: here in their numpy forms (the
-reference); :mod:`fastlora.kernels.fits_numba` gives the primitives' Numba forms and the loops
-compiled with them — what the tasks' fits run.  The engine's A step uses :func:`cholesky_inverse` too.
+reference); :mod:`fastlora.kernels.fits_numba` gives the Numba forms of :func:`cholesky_inverse`
+and :func:`fit_floor` and the loops compiled with them — what the tasks' fits run.  The engine's A
+step uses :func:`cholesky_inverse` too; :func:`cholesky_factors` runs as numpy only.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def cholesky_factors(M, rtol):
     cut, and a caller takes the spectral pseudo-inverse).  Batched numpy (LAPACK per matrix, no compiling):
     what the whitened fits read (fastlora.tasks.whitening_pairs); :func:`cholesky_factor` is one matrix."""
     count = M.shape[0]
-    L = np.zeros(M.shape)
+    L = np.zeros(M.shape, M.dtype)  # in M's precision, as LAPACK factors it
     proven = np.ones(count, bool)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         try:
@@ -53,8 +54,7 @@ def cholesky_factor(M, rtol, L, L_inv):
 def cholesky_inverse(M, rtol, out):
     """out = M⁻¹ = L⁻ᵀ L⁻¹ where :func:`cholesky_factor` proves M⁺ = M⁻¹; returns whether it did
     (False: ``out`` unspecified)."""
-    d = M.shape[0]
-    L, L_inv = np.empty((d, d)), np.empty((d, d))
+    L, L_inv = np.empty(M.shape, M.dtype), np.empty(M.shape, M.dtype)
     if not cholesky_factor(M, rtol, L, L_inv):
         return False
     np.matmul(L_inv.T, L_inv, out=out)

@@ -4,6 +4,7 @@ too.  Plain loops: at d ≤ 32 a LAPACK call costs more than the arithmetic.  te
 numpy forms and the floor against exact rational arithmetic (tests/naive.py)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -140,9 +141,11 @@ _COMPILING = threading.Lock()
 _LOOPS: dict = {}
 
 
-def compiled_loops(cache_root: str) -> tuple:
+def compiled_loops(cache_root: str, announce=None) -> tuple:
     """(cholesky_fits, fit_floors) of :mod:`fastlora.kernels.fits` compiled for float64 C-ordered
-    arrays (or loaded from the on-disk cache under ``cache_root``), once per process."""
+    arrays (or loaded from the on-disk cache under ``cache_root``), once per process.  ``announce``: a
+    context manager factory wrapped around compiling where the cache holds neither loop (a notice; a
+    load, however slow on a busy machine, is not compiling)."""
     ready = _LOOPS.get(cache_root)
     if ready is not None:  # every call after the first: no lock
         return ready
@@ -155,9 +158,11 @@ def compiled_loops(cache_root: str) -> tuple:
             folder = str(contract.source_folder(cache_root, "fits", (fits.__file__, __file__)))
             loops = tuple(contract.njit_cached(fn, folder, error_model="numpy")
                           for fn in (fits.cholesky_fits, fits.fit_floors))
-            for dispatcher, signature in zip(loops, signatures):
-                if hasattr(dispatcher, "compile"):  # not under NUMBA_DISABLE_JIT: then plain Python functions
-                    dispatcher.compile(signature)
+            cached = all(contract.on_disk(dispatcher) for dispatcher in loops)
+            with (contextlib.nullcontext() if announce is None or cached else announce()):
+                for dispatcher, signature in zip(loops, signatures):
+                    if hasattr(dispatcher, "compile"):  # not under NUMBA_DISABLE_JIT: then plain Python functions
+                        dispatcher.compile(signature)
             _LOOPS[cache_root] = loops
         return _LOOPS[cache_root]
 

@@ -117,6 +117,25 @@ def test_slow_compiling_is_announced_and_quick_work_is_silent(caplog):
     assert [r.getMessage() for r in caplog.records] == ["compiling something"]
 
 
+def test_the_fits_loaded_from_the_cache_say_nothing_however_slow(tmp_path):
+    """A sweep's workers loading the tasks' fits on a busy machine (over the notice's 1 s) said 'compiling'
+    and broke the one-line stderr of a sweep; a load never says so (here with the notice due at once)."""
+    import subprocess
+    import sys
+    script = ("import fastlora.compilation as c\n"
+              "shown = c.slow_work_notice\n"
+              "c.slow_work_notice = lambda message, after=0.0: shown(message, 0.0)\n"
+              "from fastlora import tasks\n"
+              "tasks._compiled_fits()\n"
+              "import time; time.sleep(0.2)\n")
+    env = {**os.environ, "FASTLORA_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert "compiling fastlora's least-squares fits" in first.stderr  # an empty cache compiles, and says so
+    assert second.stderr == ""
+
+
 @pytest.mark.slow
 def test_a_cold_cache_says_it_compiles_and_compiling_is_not_in_the_solve_s_seconds(tmp_path):
     """A fresh cache (partly filled: the float64 engine elsewhere does not help float32): the first solve
@@ -418,10 +437,12 @@ def test_bench_refuses_when_no_chosen_backend_can_run(run, monkeypatch):
     assert result.output == "Error: --backend cupy cannot run here: no device here\n"
 
 
-def test_export_to_a_reader_that_stops_early_ends_quietly(stores):
+@pytest.mark.parametrize("command", [["export", "{store}", "-o", "-"], ["store", "info", "{store}"]])
+def test_a_reader_that_stops_early_ends_quietly(stores, command):
+    """`| head` on any command's output: no 'Error: BrokenPipeError' (store info said that, exit 1)."""
     import subprocess
     import sys
-    command = [sys.executable, "-m", "fastlora.cli", "export", str(stores["covarying"]), "-o", "-"]
+    command = [sys.executable, "-m", "fastlora.cli", *(c.format(store=stores["covarying"]) for c in command)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # like `| head` stopping before the rows arrive: every write meets a closed pipe
     stderr = process.stderr.read().decode()

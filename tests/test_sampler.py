@@ -220,6 +220,16 @@ def test_sample_many_draws_what_each_task_draws_alone(monkeypatch):
             assert got.s == s
     with pytest.raises(fl.FastLoRAError, match="without ground truth"):
         sample_many([tasks[0], fl.Task(rng.standard_normal((30, 7)), rng.standard_normal((30, 7)))], 40, [1, 2])
+    from fastlora.laws import DataLaw
+
+    class Uniform(DataLaw):  # the standard law's fields, its own inputs: never stacked with the standard law's
+        def inputs(self, rng, m, d):
+            return rng.uniform(-np.sqrt(3.0), np.sqrt(3.0), (m, d))
+
+    standard, uniform = fl.Task.population(np.ones((2, 3))), fl.Task.population(np.ones((2, 3)))
+    uniform.law = Uniform()
+    np.testing.assert_array_equal(sample_many([standard, uniform], 200, [1, 2])[1].Sigma,
+                                  sample_many([uniform], 200, [2])[0].Sigma)
     import fastlora.tasks as tasks_module
     monkeypatch.setattr(tasks_module, "RAW_BATCH_BYTES", 16 << 20)  # these stack (1.5 MB each)
     wide = [fl.Task.population(rng.standard_normal((100, 100))) for _ in range(3)]  # long sums: einsum reorders

@@ -201,6 +201,16 @@ def test_a_directly_built_low_rank_target_is_checked_and_usable():
 
 def test_evaluate_errors_name_the_argument(prob):
     res = fl.retrain(prob, backend="numpy", max_iter=3)
+    with pytest.raises(fl.FastLoRAError, match=r"test_tasks must be a list of fastlora\.Task, got Task "
+                                               r"\(one task: test_tasks=\[task\]\)"):
+        fl.evaluate(res, prob, test_tasks=prob.test_tasks[0])
+    with pytest.raises(fl.FastLoRAError, match=r"got an array of shape \(8, 8\) \(one task: starts=\[A\]\)"):
+        fl.finetune_many(res.A, [prob.test_tasks[0]])  # it read "8 starts for 1 tasks"
+    # without a problem, ft_rank defaults to the rank the test tasks share (as finetune's does)
+    alone = fl.evaluate(res, None, test_tasks=list(prob.test_tasks))
+    assert alone["excess_risk"] == fl.evaluate(res, prob, ft_rank=prob.k)["excess_risk"]
+    with pytest.raises(fl.FastLoRAError, match=r"ft_rank is required .* share no known ground-truth rank"):
+        fl.evaluate(res, None, test_tasks=[fl.Task.population(np.eye(8))])
     for wrong in ("not a result", prob, None):  # a Problem in res's place read "float() argument must be ..."
         with pytest.raises(fl.FastLoRAError, match=r"res must be a fastlora\.RetrainResult \(from retrain\) or the "
                                                    r"retrained matrix A \(d_out, d_in\), got (str|Problem|NoneType)$"):
@@ -395,7 +405,9 @@ def test_statistics_must_be_those_of_data():
     wide = rng.standard_normal((20, 50)).astype(np.float32)  # n < d, computed in float32: rounding, not indefinite
     lam = np.linalg.eigvalsh((wide.T @ wide / 20).astype(np.float64))
     assert lam[0] < 0  # what a float64 check at eps would refuse
-    fl.Task.from_statistics(*statistics(wide.astype(np.float64), rng.standard_normal((20, 2))), 20)
+    labels = rng.standard_normal((20, 2)).astype(np.float32)
+    Sigma32, C32, s32 = statistics(wide, labels)  # s too: float32's
+    fl.Task.from_statistics(Sigma32.astype(np.float64), C32.astype(np.float64), s32, 20)
     explained = 0.5 * np.trace(C @ np.linalg.inv(Sigma) @ C.T)  # what X explains of ‖Y‖²/2n
     assert explained < s
     exact = fl.Task.from_statistics(Sigma, C, explained * (1 - 1e-9), 50)  # a perfect fit, to rounding

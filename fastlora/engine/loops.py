@@ -59,7 +59,8 @@ FIT_EXACT = 6
 JOINT, PROJECTED, FIXED = 0, 1, 2
 
 # the problems of a batch: Quad's data with a leading problem axis (identity is one flag for all;
-# K and N are made per problem, see problem())
+# K and N are made per problem, see problem()); sqrt_S, isqrt_S: a whitening pair (G, G⁺) with GᵀG = Σ_t
+# (fastlora.tasks.whitening_pairs: Cholesky's Lᵀ, L⁻ᵀ or the symmetric roots)
 QuadBatch = namedtuple("QuadBatch", "identity Sigma W_hat floor rhs0 sqrt_S isqrt_S lam_max null base_sq")
 # per-problem integer outputs: iterations, status, history length, extrapolations accepted / rejected
 N_ITER, STATUS, COUNT, ACCEPTED, REJECTED = 0, 1, 2, 3, 4
