@@ -136,6 +136,9 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
                    from the retrained options and shared parameters are kept);
     ``excess_risk_std``, ``excess_risk_per_task`` and the retraining ``objective``,
     ``n_iter``, ``seconds`` and ``converged``;
+    ``ft_converged`` whether every test task's fine-tuning converged (exact fits do; an iterative
+                   one — ``lora_sym`` on samples — may stop at its ``max_iter``, and its excess
+                   risk is then that of an unfinished fit);
     ``identified`` True when ``rel_err_A`` is within :func:`fastlora.identify.identification_tolerance`,
                    False when it is not although the objective reached its floor (or the run
                    converged where the floor is unknown), None where that cannot be judged (not
@@ -216,11 +219,12 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         plan = plans[job[0]]
         key = (plan["ft_rank"], getattr(results[job[0]], "backend", "auto"), id(plan["ft_peft"]))
         by_rank.setdefault(key, []).append(job)
-    risks = {}
+    risks, settled = {}, {}
     for (rank, backend, _), group in by_rank.items():
         fitted = finetune_many([j[2] for j in group], [j[3] for j in group], peft=plans[group[0][0]]["ft_peft"],
                                rank=rank, n=n_ft, seeds=[j[4] for j in group], backend=backend)
         risks.update({(j[0], j[1]): ft.excess_risk for j, ft in zip(group, fitted)})
+        settled.update({(j[0], j[1]): ft.converged for j, ft in zip(group, fitted)})
     out = []
     for i, plan in enumerate(plans):
         if isinstance(plan, Exception):
@@ -229,7 +233,8 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         values = np.asarray([risks[(i, j)] for j in range(len(plan["tasks"]))])
         metrics = {"rel_err_A": plan["rel_err_A"], "adapt_rank": adapt_ranks[i],
                    "excess_risk": float(values.mean()), "excess_risk_std": float(values.std()),
-                   "excess_risk_per_task": values.tolist()}
+                   "excess_risk_per_task": values.tolist(),
+                   "ft_converged": all(settled[(i, j)] for j in range(len(plan["tasks"])))}
         for key in ("objective", "n_iter", "seconds", "converged"):
             if hasattr(results[i], key):
                 metrics[key] = getattr(results[i], key)

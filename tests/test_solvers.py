@@ -156,8 +156,13 @@ def test_evaluate_reports_the_documented_metrics():
     prob = fl.make_problem(d=12, k=1, T=3, seed=0)
     res = fl.retrain(prob, backend="numpy")
     m = fl.evaluate(res, prob)
-    assert set(m) >= {"rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds"}
-    assert m["rel_err_A"] < 1e-6 and m["adapt_rank"] == 1 and m["excess_risk"] < 1e-10
+    assert set(m) >= {"rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds", "ft_converged"}
+    assert m["rel_err_A"] < 1e-6 and m["adapt_rank"] == 1 and m["excess_risk"] < 1e-10 and m["ft_converged"]
+    # an iterative fine-tuning that stops at its max_iter says so (a new user saw excess risk 1e6, unflagged)
+    noisy = fl.make_problem(d=10, k=1, T=4, n=500, noise=0.1, seed=3)
+    retrained = fl.retrain(noisy, peft="lora", rank=1, backend="numpy")
+    assert fl.evaluate(retrained, noisy, n_ft=100, ft_peft="lora_sym")["ft_converged"]
+    assert not fl.evaluate(retrained, noisy, ft_rank=3, n_ft=3, ft_peft="lora_sym", seed=7)["ft_converged"]
 
 
 def test_lbfgs_reaches_the_als_optimum():
