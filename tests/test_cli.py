@@ -437,6 +437,20 @@ def test_bench_refuses_when_no_chosen_backend_can_run(run, monkeypatch):
     assert result.output == "Error: --backend cupy cannot run here: no device here\n"
 
 
+def test_a_broken_pipe_that_is_not_standard_output_is_an_error(run, tmp_path, monkeypatch):
+    """Only a reader of standard output stopping early ends quietly; a broken pipe elsewhere (a worker's, a
+    scheduler's) is a failure, reported as one (exit 1), never a silent success."""
+    import fastlora.scaffold
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(fastlora.scaffold, "write_plugin", broken)
+    result = run("plugins", "new", "mine", "--out", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: BrokenPipeError: [Errno 32] Broken pipe")
+
+
 @pytest.mark.parametrize("command", [["export", "{store}", "-o", "-"], ["store", "info", "{store}"]])
 def test_a_reader_that_stops_early_ends_quietly(stores, command):
     """`| head` on any command's output: no 'Error: BrokenPipeError' (store info said that, exit 1)."""
