@@ -72,12 +72,18 @@ def njit_cached(fn, cache_dir: str | None, **options):
 
 
 def on_disk(dispatcher) -> bool:
-    """Whether Numba's on-disk cache holds an index for ``dispatcher`` — for a function compiled for one
-    signature only, that compiling it loads code rather than compiling (no 'compiling' notice, however
-    long a busy machine takes).  False where that cannot be told (no cache, or a Numba without the
-    attributes read here)."""
-    index = getattr(getattr(getattr(dispatcher, "_cache", None), "_cache_file", None), "_index_path", None)
-    return isinstance(index, str) and os.path.exists(index)
+    """Whether Numba's on-disk cache holds a valid index for ``dispatcher`` (written by this Numba version for
+    this source) — for a function compiled for one signature only, that compiling it loads code rather than
+    compiling (no 'compiling' notice, however long a busy machine takes).  False where that cannot be told
+    (no cache, a stale one, or a Numba without the private attributes read here)."""
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    index = getattr(cache_file, "_index_path", None)
+    if not (isinstance(index, str) and os.path.exists(index)):
+        return False
+    try:
+        return bool(cache_file._load_index())  # {} where Numba's version or the source stamp differ
+    except Exception:  # noqa: BLE001 - a private API: anything unexpected means "cannot tell"
+        return False
 
 
 @functools.cache

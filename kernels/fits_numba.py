@@ -144,7 +144,7 @@ _LOOPS: dict = {}
 def compiled_loops(cache_root: str, announce=None) -> tuple:
     """(cholesky_fits, fit_floors) of :mod:`fastlora.kernels.fits` compiled for float64 C-ordered
     arrays (or loaded from the on-disk cache under ``cache_root``), once per process.  ``announce``: a
-    context manager factory wrapped around compiling where the cache holds neither loop (a notice; a
+    context manager factory wrapped around compiling where the cache lacks either loop (a notice; a
     load, however slow on a busy machine, is not compiling)."""
     ready = _LOOPS.get(cache_root)
     if ready is not None:  # every call after the first: no lock

@@ -129,6 +129,7 @@ def test_the_fits_loaded_from_the_cache_say_nothing_however_slow(tmp_path):
               "tasks._compiled_fits()\n"
               "import time; time.sleep(0.2)\n")
     env = {**os.environ, "FASTLORA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_CACHE_DIR", None)  # a warm cache there would make the first run a load
     first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
