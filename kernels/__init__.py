@@ -71,17 +71,18 @@ def njit_cached(fn, cache_dir: str | None, **options):
             numba.config.CACHE_DIR = previous
 
 
-def on_disk(dispatcher) -> bool:
-    """Whether Numba's on-disk cache holds a valid index for ``dispatcher`` (written by this Numba version for
-    this source) — for a function compiled for one signature only, that compiling it loads code rather than
-    compiling (no 'compiling' notice, however long a busy machine takes).  False where that cannot be told
-    (no cache, a stale one, or a Numba without the private attributes read here)."""
+def on_disk(dispatcher, signature: tuple | None = None) -> bool:
+    """Whether Numba's on-disk cache holds code for ``dispatcher`` (of ``signature``, where given) in a valid
+    index (written by this Numba version for this source): then compiling it loads that code (no
+    'compiling' notice, however long a busy machine takes).  False where that cannot be told (no cache, a
+    stale one, or a Numba without the private attributes read here)."""
     cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
     index = getattr(cache_file, "_index_path", None)
     if not (isinstance(index, str) and os.path.exists(index)):
         return False
     try:
-        return bool(cache_file._load_index())  # {} where Numba's version or the source stamp differ
+        entries = cache_file._load_index()  # {} where Numba's version or the source stamp differ
+        return bool(entries) if signature is None else any(key[0] == signature for key in entries)
     except Exception:  # noqa: BLE001 - a private API: anything unexpected means "cannot tell"
         return False
 

@@ -11,6 +11,7 @@ so a change anywhere in the engine recompiles instead of loading stale code.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from pathlib import Path
@@ -59,8 +60,9 @@ def _signature(dtype_name: str) -> tuple:
 
 def ensure_compiled(dispatcher, dtype) -> float:
     """Compile ``dispatcher`` for ``dtype`` (or load it from the cache); returns the seconds spent.
-    Where that takes more than a second a notice says what is being compiled (once per engine
-    version and dtype: later runs load it)."""
+    Where compiling — not loading: the cache holds no code of that signature (``kernels.on_disk``) —
+    takes more than a second a notice says what is being compiled (once per engine version and dtype:
+    later runs load it)."""
     if not hasattr(dispatcher, "overloads"):  # NUMBA_DISABLE_JIT: a plain Python function, nothing to compile
         return 0.0
     name = np.dtype(dtype).name
@@ -71,9 +73,12 @@ def ensure_compiled(dispatcher, dtype) -> float:
         _READY[dispatcher].add(name)
         return 0.0
     from ..compilation import slow_work_notice
+    from ..kernels import on_disk
     started = time.perf_counter()
-    with slow_work_notice(f"compiling the fastlora engine's {dispatcher.py_func.__qualname__} for "
-                          f"{np.dtype(dtype).name} (once; later runs load it from {cache_folder()})"):
+    notice = (contextlib.nullcontext() if on_disk(dispatcher, sig)  # a load, however slow on a busy machine
+              else slow_work_notice(f"compiling the fastlora engine's {dispatcher.py_func.__qualname__} for "
+                                    f"{np.dtype(dtype).name} (once; later runs load it from {cache_folder()})"))
+    with notice:
         dispatcher.compile(sig)
     _READY[dispatcher].add(name)
     return time.perf_counter() - started
