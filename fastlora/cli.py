@@ -59,26 +59,18 @@ class FastLoRAGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
-        except BrokenPipeError as exc:
-            if _stdout_closed():  # the reader stopped early (| head): as for any filter, no error
+        except Exception as exc:  # the CLI must not dump tracebacks on users
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                # the reader stopped early (| head): as for any filter, no error (another pipe's break is one)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for Python's flush at exit
                 ctx.exit(0)
-            if os.environ.get("FASTLORA_DEBUG"):  # another pipe (a worker's, a scheduler's): an error as any other
-                raise
-            _report_unexpected(ctx, exc)
-        except Exception as exc:  # the CLI must not dump tracebacks on users
             if os.environ.get("FASTLORA_DEBUG"):
                 raise
-            _report_unexpected(ctx, exc)
+            click.echo(f"Error: {type(exc).__name__}: {exc} (set FASTLORA_DEBUG=1 for the traceback)", err=True)
+            ctx.exit(EXIT_RUNTIME)
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def _report_unexpected(ctx, exc: Exception):
-    """One 'Error:' line and EXIT_RUNTIME."""
-    click.echo(f"Error: {type(exc).__name__}: {exc} (set FASTLORA_DEBUG=1 for the traceback)", err=True)
-    ctx.exit(EXIT_RUNTIME)
 
 
 def _stdout_closed() -> bool:

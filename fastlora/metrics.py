@@ -219,22 +219,21 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         plan = plans[job[0]]
         key = (plan["ft_rank"], getattr(results[job[0]], "backend", "auto"), id(plan["ft_peft"]))
         by_rank.setdefault(key, []).append(job)
-    risks, settled = {}, {}
+    fits = {}  # (result, test task) -> its FinetuneResult
     for (rank, backend, _), group in by_rank.items():
         fitted = finetune_many([j[2] for j in group], [j[3] for j in group], peft=plans[group[0][0]]["ft_peft"],
                                rank=rank, n=n_ft, seeds=[j[4] for j in group], backend=backend)
-        risks.update({(j[0], j[1]): ft.excess_risk for j, ft in zip(group, fitted)})
-        settled.update({(j[0], j[1]): ft.converged for j, ft in zip(group, fitted)})
+        fits.update({(j[0], j[1]): ft for j, ft in zip(group, fitted)})
     out = []
     for i, plan in enumerate(plans):
         if isinstance(plan, Exception):
             out.append(plan)
             continue
-        values = np.asarray([risks[(i, j)] for j in range(len(plan["tasks"]))])
+        own = [fits[(i, j)] for j in range(len(plan["tasks"]))]
+        values = np.asarray([ft.excess_risk for ft in own])
         metrics = {"rel_err_A": plan["rel_err_A"], "adapt_rank": adapt_ranks[i],
                    "excess_risk": float(values.mean()), "excess_risk_std": float(values.std()),
-                   "excess_risk_per_task": values.tolist(),
-                   "ft_converged": all(settled[(i, j)] for j in range(len(plan["tasks"])))}
+                   "excess_risk_per_task": values.tolist(), "ft_converged": all(ft.converged for ft in own)}
         for key in ("objective", "n_iter", "seconds", "converged"):
             if hasattr(results[i], key):
                 metrics[key] = getattr(results[i], key)

@@ -251,9 +251,12 @@ class Task:
     @property
     def W_star(self) -> np.ndarray:
         """The dense ground-truth matrix (built on request from a factored target)."""
+        return dense_target(self._ground_truth())
+
+    def _ground_truth(self) -> Target:
         if self.target is None:
             raise FastLoRAError("this task has no ground truth W_star (it was built from data alone)")
-        return dense_target(self.target)
+        return self.target
 
     def loss(self, W) -> float:
         """L(W): ½‖W − W*‖²_F (population) or ½ tr(W Σ Wᵀ) − tr(W Cᵀ) + s, evaluated in the stable
@@ -267,8 +270,7 @@ class Task:
     def excess_risk(self, W) -> float:
         """½‖W − W*‖²_F against the task's ground truth."""
         W = check_array("W", W, shape=(self.d_out, self.d_in))
-        if self.target is None:
-            raise FastLoRAError("this task has no ground truth W_star (it was built from data alone)")
+        self._ground_truth()  # (excess_risks gives NaN without one)
         return float(excess_risks([self], W[None])[0])
 
     def sample(self, n: int, seed=0, noise: float | None = None, sampler: str | None = None) -> Task:
@@ -740,21 +742,24 @@ def _cholesky_fits(Sigma, cross, cholesky_fits=None) -> tuple:
     return W_hat, proven
 
 
-def whitening_pairs(tasks) -> tuple:
+def whitening_pairs(tasks, Sigma=None) -> tuple:
     """(G, G⁺) of finite-sample tasks, stacked (N, d_in, d_in), with GᵀG = Σ_t: Cholesky's Lᵀ and L⁻ᵀ
     (Σ_t = L Lᵀ) where the factor proves Σ_t⁺ = Σ_t⁻¹ (:func:`fastlora.kernels.fits.cholesky_factors`,
     batched LAPACK: ~6 µs a task at d = 10), else the symmetric roots Σ_t^{1/2} and Σ_t^{+1/2} of the
     spectral pseudo-inverse (:func:`spectra`: ~17 µs).  What the whitened exact fits read
     (fastlora.engine.steps.fit_adapters): ‖R Gᵀ‖_F = ‖R Σ_t^{1/2}‖_F for either (L = Σ_t^{1/2}Q with Q
-    orthogonal), so both give the same fits up to rounding."""
+    orthogonal), so both give the same fits up to rounding.  ``Sigma``: the tasks' Σ stacked, where the
+    caller has it."""
     from .kernels.fits import cholesky_factors
-    Sigma = np.array([t.Sigma for t in tasks], dtype=np.float64)  # np.array: np.stack's checks cost 4× as much
+    if Sigma is None:
+        Sigma = np.array([t.Sigma for t in tasks])  # np.array: np.stack's checks cost 4× as much
+    Sigma = np.asarray(Sigma, dtype=np.float64)
     eps = np.finfo(np.float64).eps
     root, inverse_root = np.zeros(Sigma.shape), np.zeros(Sigma.shape)
     proven = np.zeros(len(tasks), bool)
     # n < d_in: Σ is singular by construction, so only the others try Cholesky (a failure in a stack
     # retries it matrix by matrix)
-    tried = np.array([t.n is None or t.n >= t.d_in for t in tasks])
+    tried = np.array([t.n >= t.d_in for t in tasks])
     if tried.any():
         L, L_inv, proven[tried] = cholesky_factors(Sigma[tried], pinv_rtol(eps, Sigma.shape[1]))
         root[tried], inverse_root[tried] = L.transpose(0, 2, 1), L_inv.transpose(0, 2, 1)

@@ -139,7 +139,7 @@ def quad_batch(problems: list, dtype, base_sq=None, need_whiteners: bool = False
     if need_spectrum:
         lam_max = spectra(tasks)[0][:, -1]
     if need_whiteners:
-        sqrt_S, isqrt_S = whitening_pairs(tasks)
+        sqrt_S, isqrt_S = whitening_pairs(tasks, Sigma)
     rhs0 = np.array([t.C for t in tasks]).reshape(P, T, d_out, d_in).sum(axis=1)
 
     for a in (Sigma, rhs0):
