@@ -114,14 +114,16 @@ class DataLaw:
         eigenvalues = np.linalg.eigvalsh(self.covariance(d))
         return math.inf if eigenvalues[0] <= 0 else float(np.sum(1.0 / eigenvalues))
 
-    def inputs(self, rng: np.random.Generator, m: int, d: int) -> np.ndarray:
-        """m inputs (m, d), rows x = L z."""
+    def inputs(self, rng: np.random.Generator, m: int, d: int, out: np.ndarray | None = None) -> np.ndarray:
+        """m inputs (m, d), rows x = L z; ``out``: a C-contiguous (m, d) array to hold them (returned)."""
+        if self.sqrt is None:
+            return _unit_draws(rng, self.input_law, self.input_df, (m, d), out)
         z = _unit_draws(rng, self.input_law, self.input_df, (m, d))
-        return z if self.sqrt is None else z @ self.sqrt.T
+        return np.matmul(z, self.sqrt.T, out=out)
 
-    def noise(self, rng: np.random.Generator, m: int, d_out: int) -> np.ndarray:
-        """m unit-variance noise vectors (m, d_out) (multiplied by σ by the caller)."""
-        return _unit_draws(rng, self.noise_law, self.noise_df, (m, d_out))
+    def noise(self, rng: np.random.Generator, m: int, d_out: int, out: np.ndarray | None = None) -> np.ndarray:
+        """m unit-variance noise vectors (m, d_out) (multiplied by σ by the caller); ``out`` as for inputs."""
+        return _unit_draws(rng, self.noise_law, self.noise_df, (m, d_out), out)
 
     def describe(self) -> str:
         parts = [self.input_law + (f"(df={self.input_df:g})" if self.input_law == "student-t" else ""),
@@ -171,15 +173,21 @@ def _check_df(name: str, df, law: str, law_name: str) -> float | None:
     return check_float(name, DEFAULT_DF if df is None else df, low=2.0, low_open=True)
 
 
-def _unit_draws(rng: np.random.Generator, law: str, df: float | None, shape) -> np.ndarray:
-    """i.i.d. draws of mean 0 and variance 1 from ``law``."""
+def _unit_draws(rng: np.random.Generator, law: str, df: float | None, shape, out: np.ndarray | None = None):
+    """i.i.d. draws of mean 0 and variance 1 from ``law`` (into ``out`` where given: Gaussian draws are
+    generated there, with no temporary — the same numbers)."""
     if law == "gaussian":
-        return rng.standard_normal(shape)
+        return rng.standard_normal(shape) if out is None else rng.standard_normal(out=out)
     if law == "rademacher":
-        return rng.integers(0, 2, size=shape).astype(np.float64) * 2.0 - 1.0
-    if law == "laplace":
-        return rng.laplace(0.0, 1.0 / math.sqrt(2.0), size=shape)
-    return rng.standard_t(df, size=shape) * math.sqrt((df - 2.0) / df)
+        draws = rng.integers(0, 2, size=shape).astype(np.float64) * 2.0 - 1.0
+    elif law == "laplace":
+        draws = rng.laplace(0.0, 1.0 / math.sqrt(2.0), size=shape)
+    else:
+        draws = rng.standard_t(df, size=shape) * math.sqrt((df - 2.0) / df)
+    if out is None:
+        return draws
+    out[...] = draws
+    return out
 
 
 def refuse_inexact_statistics(law: DataLaw) -> None:

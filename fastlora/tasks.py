@@ -202,9 +202,13 @@ class Task:
         target = None if W_star is None else _check_target("W_star", W_star)
         if target is not None and target.shape != (d_out, d_in):
             raise FastLoRAError(f"W_star has shape {target.shape}; the data imply ({d_out}, {d_in})")
-        self.__dict__.update(Sigma=0.5 * (Sigma + Sigma.T), C=C, s=float(s), n=int(n), d_out=d_out, d_in=d_in,
-                             noise=None if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE),
-                             key=None, target=target)  # a new task: nothing derived yet to invalidate
+        self._set_statistics(0.5 * (Sigma + Sigma.T), C, float(s), int(n), target,
+                             None if noise is None else check_float("noise", noise, low=0.0, high=MAX_NOISE))
+
+    def _set_statistics(self, Sigma, C, s: float, n: int, target, noise) -> None:
+        """A new task's statistics, checked and Σ symmetric (nothing derived yet to invalidate)."""
+        self.__dict__.update(Sigma=Sigma, C=C, s=s, n=n, d_out=C.shape[0], d_in=C.shape[1], noise=noise, key=None,
+                             target=target)
 
     @classmethod
     def deferred_sample(cls, source: Task, n: int, seed, noise: float, sampler: str) -> Task:
@@ -338,23 +342,34 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
                 else:
                     W_star = np.array([dense_target(t) for t in targets])
                     Sigma, C, sq = raw_statistics_many(W_star, n, level, rngs, law)
-                for j, i in enumerate(batch):  # C copied (Σ is symmetrised anew): a task keeps its own, not the stack
-                    statistics[i] = (Sigma[j], C[j].copy(), float(sq[j]))
+                _refuse_overflow(n, Sigma, C, sq)  # a stack at a time
+                Sigma = 0.5 * (Sigma + Sigma.transpose(0, 2, 1))  # as Task._init_statistics symmetrises each
+                for j, i in enumerate(batch):  # copies: a task keeps its own statistics, not the stack
+                    statistics[i] = (Sigma[j].copy(), C[j].copy(), float(sq[j]), True)
         for i, (task, level, kind, rng) in enumerate(drawn):  # the others, in task order
             if statistics[i] is None:
-                statistics[i] = sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law)
+                statistics[i] = (*sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law), False)
     out = []
-    with np.errstate(over="ignore", invalid="ignore"):  # _all_finite's sum may overflow: then it checks entrywise
-        for i, (task, level, kind, _) in enumerate(drawn):
-            (Sigma, C, sq), statistics[i] = statistics[i], None  # released as consumed: no second copy of all Σ
-            if not (np.isfinite(sq) and _all_finite(Sigma) and _all_finite(C)):
-                raise FastLoRAError(f"sampling n={n} samples: their statistics overflow float64 (the task's targets or "
-                                    f"its law's inputs are too large); rescale them")
-            fresh = Task.__new__(Task)  # statistics drawn here: symmetric and semi-definite by construction
+    for i, (task, level, kind, _) in enumerate(drawn):
+        (Sigma, C, sq, ready), statistics[i] = statistics[i], None  # released as consumed: no second copy of all Σ
+        fresh = Task.__new__(Task)  # statistics drawn here: symmetric and semi-definite by construction
+        if ready:  # checked and symmetrised with their stack
+            fresh._set_statistics(Sigma, C, sq, n, task.target, level)
+        else:
+            _refuse_overflow(n, Sigma, C, sq)
             fresh._init_statistics(Sigma, C, sq, n, W_star=task.target, noise=level)
-            fresh.__dict__.update(key=task.key, sampler=kind, law=task.law)
-            out.append(fresh)
+        fresh.__dict__.update(key=task.key, sampler=kind, law=task.law)
+        out.append(fresh)
     return out
+
+
+def _refuse_overflow(n: int, Sigma, C, sq) -> None:
+    """Sampled statistics (one task's, or stacks) must be finite: a clear error where they overflowed."""
+    with np.errstate(over="ignore", invalid="ignore"):  # _all_finite's sum may overflow: then it checks entrywise
+        if _all_finite(sq) and _all_finite(Sigma) and _all_finite(C):
+            return
+    raise FastLoRAError(f"sampling n={n} samples: their statistics overflow float64 (the task's targets or its law's "
+                        f"inputs are too large); rescale them")
 
 
 def _all_finite(a) -> bool:
@@ -502,28 +517,36 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
     XX = np.zeros((N, d_in, d_in))
     EX = np.zeros((N, d_out, d_in))
     EE = np.zeros(N)
+    chunk = min(_SAMPLE_CHUNK, n)
+    # the draws go straight into two stacks allocated once (no temporaries, no copies)
+    own_draws = type(law) is not DataLaw  # a subclass's methods may not take out=
+    X_all = np.empty((N, chunk, d_in))
+    E_all = np.empty((N, chunk, d_out)) if noise > 0 else None
     done = 0
     while done < n:
-        m = min(_SAMPLE_CHUNK, n - done)
-        if N == 1:  # one task: its draws as they come (no copy into a stack)
-            X = law.inputs(rngs[0], m, d_in)[None]
-            E = law.noise(rngs[0], m, d_out)[None] if noise > 0 else None
-        else:
-            X = np.empty((N, m, d_in))
-            E = np.empty((N, m, d_out)) if noise > 0 else None
-            for i, rng in enumerate(rngs):
-                X[i] = law.inputs(rng, m, d_in)
-                if E is not None:
-                    E[i] = law.noise(rng, m, d_out)
+        m = min(chunk, n - done)
+        X, E = X_all[:, :m], None if E_all is None else E_all[:, :m]
+        for i, rng in enumerate(rngs):
+            _draw_into(law.inputs, rng, X[i], own_draws)
+            if E is not None:
+                _draw_into(law.noise, rng, E[i], own_draws)
         XX += X.transpose(0, 2, 1) @ X
         if E is not None:
             EX += E.transpose(0, 2, 1) @ X
-            EE += _inner_each(E, E)
+            EE += np.square(E, out=E).reshape(N, -1).sum(axis=1)  # ‖E‖² (as _inner_each sums), E squared in place
         done += m
     WXX = W_star @ XX
     C = WXX + noise * EX
     sq = _inner_each(WXX, W_star) + 2.0 * noise * _inner_each(W_star, EX) + noise * noise * EE
     return XX / n, C / n, np.maximum(sq, 0.0) / (2 * n)
+
+
+def _draw_into(draw, rng, out, copy: bool) -> None:
+    """``out[...] = draw(rng, *out.shape)`` (a DataLaw's inputs or noise), generated in place unless ``copy``."""
+    if copy:
+        out[...] = draw(rng, *out.shape)
+    else:
+        draw(rng, *out.shape, out=out)
 
 
 def excess_risks(tasks, W) -> np.ndarray:

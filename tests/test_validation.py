@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import fastlora as fl
+from fastlora.tasks import sample_many
 
 
 @pytest.fixture(scope="module")
@@ -417,10 +418,16 @@ def test_statistics_must_be_those_of_data():
             fl.Task.from_statistics(Sigma, C, wrong, 50)
 
 
-def test_samples_whose_statistics_overflow_are_refused():
-    task = fl.Task.population(np.eye(4) * 1e200)
+@pytest.mark.parametrize("sampler", ["stats", "raw"])
+def test_samples_whose_statistics_overflow_are_refused(sampler):
+    huge = fl.Task.population(np.eye(4) * 1e200)
     with pytest.raises(ValueError, match="statistics overflow float64"):
-        task.sample(100, seed=0, noise=0.0, sampler="stats")
+        huge.sample(100, seed=0, noise=0.0, sampler=sampler)
+    # one task of a stack drawn together (sample_many checks the stack at once)
+    tame = fl.Task.population(np.eye(4))
+    with pytest.raises(ValueError, match="statistics overflow float64"):
+        sample_many([tame, huge, tame], 100, [0, 1, 2], noise=0.0, sampler=sampler)
+    assert all(np.isfinite(t.s) for t in sample_many([tame, tame], 100, [0, 1], noise=0.0, sampler=sampler))
 
 
 def test_retrain_many_names_the_bad_seed():
