@@ -541,3 +541,17 @@ def test_the_store_records_what_ran_and_upgrades_old_stores(tmp_path, monkeypatc
     assert more.done == 2
     frame = load_results(out)
     assert frame["backend_used"].isna().sum() == 4 and frame["backend_used"].notna().sum() == 2
+
+
+def test_rows_record_whether_their_fine_tunings_converged(tmp_path):
+    # lora_sym fine-tuning from 2 samples at d = 4, rank 2: the fit's infimum lies at infinity (UUᵀ is
+    # unbounded on the samples' null space), so the solver stops at max_iter with an excess risk of 1e4-1e6
+    # — a row that must say so; lora's exact fit converges
+    text = ('name = "ft"\nrepeats = 2\n[grid]\nft_peft = ["lora", "lora_sym"]\n[fixed]\nmethod = "lora-ml"\n'
+            'd = 4\nk = 1\nT = 3\nnoise = 0.1\nn_ft = 2\nft_rank = 2\nbackend = "numpy"\n')
+    out = tmp_path / "ft.sqlite"
+    run_sweep(parse_spec(text), out, workers=1, progress=False)
+    frame = load_results(out)
+    converged = frame.groupby("ft_peft")["ft_converged"].apply(list).to_dict()
+    assert converged == {"lora": [1, 1], "lora_sym": [0, 0]}
+    assert (frame.loc[frame["ft_peft"] == "lora_sym", "excess_risk"] > 1e3).all()

@@ -45,6 +45,7 @@ LABELS = {
     "min_hessian_eig": "smallest projected Hessian eigenvalue at the minima",
     "identified": "fraction of seeds with A* identified (A = A*)",
     "converged": "fraction of seeds converged",
+    "ft_converged": "fraction of seeds whose fine-tunings converged",
     "restarts_reached": "starts that reached the kept objective",
     "global_identified_fraction": "fraction of starts at a global minimum with A = A*",
     "global_unidentified_fraction": "fraction of starts at a global minimum with A ≠ A*",
@@ -66,7 +67,7 @@ BANDS = ("auto", "minmax", "iqr", "none")
 FEW_SEEDS = 10  # below this many seeds per point, stat="auto" is the median with the interquartile band
 _AUTO_FEW, _AUTO_MANY = ("median", "iqr"), ("mean", "minmax")
 # metrics that hold 0 / 1: their mean over seeds is a fraction
-FRACTION_METRICS = ("identified", "converged")
+FRACTION_METRICS = ("identified", "converged", "ft_converged")
 _CONDITION = re.compile(r"^\s*([A-Za-z_]\w*)\s*(<=|>=|==|!=|=|<|>)\s*(\S+)\s*$")
 _OPERATORS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "=": operator.eq,
               "==": operator.eq, "!=": operator.ne}
@@ -82,7 +83,7 @@ _TITLE_ORDER = ("d", "d_out", "k", "T", "n", "noise", "sampler", "symmetric", "m
                 "ft_rank", "n_ft")
 # metrics that depend on the fine-tuning (evaluate's keys) and on the landscape census (its keys);
 # a key of neither group's metrics is left out of the title (it did not enter the plotted number)
-_FINE_TUNING_METRICS = {"adapt_rank", "excess_risk", "test_loss", "test_accuracy"}
+_FINE_TUNING_METRICS = {"adapt_rank", "excess_risk", "test_loss", "test_accuracy", "ft_converged"}
 _LANDSCAPE_METRICS = {"spurious_fraction", "saddle_fraction", "global_fraction", "min_hessian_eig"}
 _STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 

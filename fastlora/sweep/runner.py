@@ -203,7 +203,7 @@ def _regime(point: dict) -> tuple:
 def _outcome(point: dict, seed: int, prob, res, metrics: dict, censuses: dict, regime: tuple) -> dict:
     """A row's stored outcome; ``point``: its retraining's (the census and the regime depend on nothing else)."""
     outcome = {name: metrics.get(name) for name in ("rel_err_A", "adapt_rank", "excess_risk", "test_loss",
-                                                    "test_accuracy", "identified", "identification")}
+                                                    "test_accuracy", "identified", "identification", "ft_converged")}
     in_regime, note = regime
     outcome.update(objective=res.objective, n_iter=res.n_iter, seconds=res.seconds, converged=res.converged,
                    backend_used=res.backend, solver_used=res.info.get("solver", res.solver), status="ok",

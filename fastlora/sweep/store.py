@@ -33,6 +33,8 @@ from ..options import DEPRECATED_NAMES
 from .spec import DEFAULT_PAIRING, KEYS, LEGACY_PAIRING, Spec, parse_spec
 
 METRICS = ("rel_err_A", "adapt_rank", "excess_risk", "objective", "n_iter", "seconds", "converged",
+           # whether every test task's fine-tuning converged (fastlora.evaluate; NULL where not reported)
+           "ft_converged",
            # models without ground-truth excess risk (fastlora.shallow, real data)
            "test_loss", "test_accuracy",
            # a landscape census per row (n_starts)
@@ -46,9 +48,10 @@ RUN_COLUMNS = ("backend_used", "solver_used", "identification", "in_regime", "re
 META_COLUMNS = ("id", "row_key", "sweep", "repeat", "seed")
 TAIL_COLUMNS = ("status", "error", "finished_at", "host")
 _SQL_TYPES = {"rel_err_A": "REAL", "adapt_rank": "REAL", "excess_risk": "REAL", "objective": "REAL",
-              "n_iter": "INTEGER", "seconds": "REAL", "converged": "INTEGER", "backend_used": "TEXT",
-              "solver_used": "TEXT", "test_loss": "REAL", "test_accuracy": "REAL", "spurious_fraction": "REAL",
-              "saddle_fraction": "REAL", "global_fraction": "REAL", "min_hessian_eig": "REAL",
+              "n_iter": "INTEGER", "seconds": "REAL", "converged": "INTEGER", "ft_converged": "INTEGER",
+              "backend_used": "TEXT", "solver_used": "TEXT", "test_loss": "REAL", "test_accuracy": "REAL",
+              "spurious_fraction": "REAL", "saddle_fraction": "REAL", "global_fraction": "REAL",
+              "min_hessian_eig": "REAL",
               "identified": "INTEGER", "restarts_reached": "INTEGER", "global_identified_fraction": "REAL",
               "global_unidentified_fraction": "REAL", "identification": "TEXT", "in_regime": "INTEGER",
               "regime_note": "TEXT", "truth_seed": "INTEGER", "pairing": "TEXT"}
