@@ -223,12 +223,12 @@ def _fit_on_engine(jobs, peft, rank, be, dtype, max_iter, tol) -> list[FinetuneR
         params = canonical(params)
     deltas = np.asarray(peft.delta(params), dtype=np.float64)
     risks = excess_risks(tasks, starts + deltas)
+    converged = E.status.converged_each(solved.status).tolist()  # a fit that failed is not converged
     results = []
     for p in range(len(jobs)):
-        _, converged, _ = solved.outcome(p, max_iter)
         mine = {k: np.ascontiguousarray(v[p:p + 1]) for k, v in params.items()}
         results.append(FinetuneResult(mine, deltas[p], float(solved.objective[p]), float(risks[p]), exact,
-                                      int(solved.n_iter[p]), converged))
+                                      int(solved.n_iter[p]), converged[p]))
     return results
 
 

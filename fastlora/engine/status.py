@@ -7,6 +7,8 @@ same for one problem and for many (``errors="raise" | "return"``).
 """
 from __future__ import annotations
 
+import numpy as np
+
 RUNNING = 0
 # converged
 ZERO = 1             # the objective reached zero to tolerance
@@ -31,6 +33,11 @@ FAILED = (NONFINITE_START, NONFINITE, GREW, LINE_SEARCH_NONFINITE)
 DIVERGENCE_FACTOR = 1e6
 # the stall test: the objective over this many iterations (and one more) within rounding
 STALL_WINDOW = 5
+
+
+def converged_each(codes) -> np.ndarray:
+    """Whether each status code is a converged one (:func:`describe`'s second value, for a batch)."""
+    return np.isin(codes, CONVERGED)
 
 
 def step_option(method: str, solver: str | None = None, optimizer: str | None = None) -> str | None:
