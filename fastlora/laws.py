@@ -174,20 +174,23 @@ def _check_df(name: str, df, law: str, law_name: str) -> float | None:
 
 
 def _unit_draws(rng: np.random.Generator, law: str, df: float | None, shape, out: np.ndarray | None = None):
-    """i.i.d. draws of mean 0 and variance 1 from ``law`` (into ``out`` where given: Gaussian draws are
-    generated there, with no temporary — the same numbers)."""
+    """i.i.d. draws of mean 0 and variance 1 from ``law``, into ``out`` where given (generated there, or
+    scaled there from one temporary: the same numbers)."""
     if law == "gaussian":
         return rng.standard_normal(shape) if out is None else rng.standard_normal(out=out)
-    if law == "rademacher":
-        draws = rng.integers(0, 2, size=shape).astype(np.float64) * 2.0 - 1.0
-    elif law == "laplace":
+    if law == "laplace":
         draws = rng.laplace(0.0, 1.0 / math.sqrt(2.0), size=shape)
-    else:
-        draws = rng.standard_t(df, size=shape) * math.sqrt((df - 2.0) / df)
+        if out is None:
+            return draws
+        out[...] = draws
+        return out
     if out is None:
-        return draws
-    out[...] = draws
-    return out
+        out = np.empty(shape)
+    if law == "rademacher":
+        np.multiply(rng.integers(0, 2, size=shape), 2.0, out=out)
+        out -= 1.0
+        return out
+    return np.multiply(rng.standard_t(df, size=shape), math.sqrt((df - 2.0) / df), out=out)
 
 
 def refuse_inexact_statistics(law: DataLaw) -> None:

@@ -136,9 +136,10 @@ def evaluate(res, prob, ft_rank: int | None = None, n_ft: int | None = None, ft_
                    from the retrained options and shared parameters are kept);
     ``excess_risk_std``, ``excess_risk_per_task`` and the retraining ``objective``,
     ``n_iter``, ``seconds`` and ``converged``;
-    ``ft_converged`` whether every test task's fine-tuning converged (exact fits do; an iterative
-                   one — ``lora_sym`` on samples — may stop at its ``max_iter``, and its excess
-                   risk is then that of an unfinished fit);
+    ``ft_converged`` whether every test task's fine-tuning met its solver's stopping rule (exact fits
+                   do; an iterative one — ``lora_sym`` on samples — may stop at its ``max_iter``, and
+                   its excess risk is then that of an unfinished fit; from fewer samples than d its
+                   fit can have no minimiser, the adapter running off whether or not it stops);
     ``identified`` True when ``rel_err_A`` is within :func:`fastlora.identify.identification_tolerance`,
                    False when it is not although the objective reached its floor (or the run
                    converged where the floor is unknown), None where that cannot be judged (not

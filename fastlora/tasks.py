@@ -343,9 +343,8 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
                     W_star = np.array([dense_target(t) for t in targets])
                     Sigma, C, sq = raw_statistics_many(W_star, n, level, rngs, law)
                 _refuse_overflow(n, Sigma, C, sq)  # a stack at a time
-                Sigma = 0.5 * (Sigma + Sigma.transpose(0, 2, 1))  # as Task._init_statistics symmetrises each
-                for j, i in enumerate(batch):  # copies: a task keeps its own statistics, not the stack
-                    statistics[i] = (Sigma[j].copy(), C[j].copy(), float(sq[j]), True)
+                for j, i in enumerate(batch):  # Σ symmetrised as Task._init_statistics does; each task its own arrays
+                    statistics[i] = (0.5 * (Sigma[j] + Sigma[j].T), C[j].copy(), float(sq[j]), True)
         for i, (task, level, kind, rng) in enumerate(drawn):  # the others, in task order
             if statistics[i] is None:
                 statistics[i] = (*sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law), False)

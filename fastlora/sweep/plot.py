@@ -201,13 +201,21 @@ def parse_condition(text: str, columns) -> tuple[str, str, object] | None:
         return None
     left, op, right = match.groups()
     if left not in columns:
-        raise FastLoRAError(f"{text!r}: {left!r} is not a column of the store")
+        raise FastLoRAError(f"{text!r}: {left!r} is not a column of the store{_older_store(left)}")
     if right in columns:
         return left, op, ("column", right)
     number = _num(right)
     if number is None:
         raise FastLoRAError(f"{text!r}: {right!r} is neither a number nor a column of the store")
     return left, op, ("number", number)
+
+
+def _older_store(name: str) -> str:
+    """Why a metric this version records is missing: the store was written by an older fastlora."""
+    if name not in METRICS:
+        return ""
+    return (f" (written by an older fastlora, which did not record {name}; running its sweep with this version "
+            f"adds the column, empty in the earlier rows)")
 
 
 def _holds(row, index: dict, condition) -> bool | None:
@@ -276,8 +284,8 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
     columns, rows, index = _with_derived(columns, rows, index, {y: condition} if condition else {}, relations)
     for role, name in (("--x", x), ("--y", y), *(("--hue", h) for h in hues), ("--facet", facet)):
         if name is not None and name not in index:
-            raise FastLoRAError(f"{role} {name!r} is not a column of {path}; columns: "
-                                f"{', '.join(key_columns(columns) + list(METRICS))}")
+            raise FastLoRAError(f"{role} {name!r} is not a column of {path}{_older_store(name)}; columns: "
+                                f"{', '.join(key_columns(columns) + [m for m in METRICS if m in index])}")
     if y not in METRICS and condition is None:
         raise FastLoRAError(f"--y {y!r} must be a metric ({', '.join(METRICS)}) or a condition on one, e.g. "
                             f"'rel_err_A < 1e-6'")
