@@ -183,6 +183,31 @@ def test_ctrl_c_commits_stops_workers_and_exits_130(tmp_path):
     assert line and stored_count(out) == int(line.group(1)) > 0, stdout
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_ctrl_c_while_workers_start_up_kills_none_of_them():
+    # a Ctrl-C reaches the whole process group: a worker still importing numpy died with a traceback (exit -2)
+    pool = runner_module._LocalPool(2, 60.0)
+    try:
+        for worker in pool._pool:
+            os.kill(worker.process.pid, signal.SIGINT)
+        rows = parse_spec(FAST).rows()[:2]
+        done = [pool.submit(rows[:1]), pool.submit(rows[1:])]
+        assert [len(f.result(timeout=60)[0]) for f in done] == [1, 1]
+        assert all(worker.process.is_alive() for worker in pool._pool)
+    finally:
+        pool.close(abort=True)
+
+
+def test_the_driver_ignores_ctrl_c_only_while_it_spawns_workers():
+    before = signal.getsignal(signal.SIGINT)
+    with runner_module._workers_ignore_sigint():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
 @needs_proc
 def test_a_killed_worker_ends_the_sweep_with_its_rows_kept_and_a_resume_completes_it(tmp_path):
     """One worker SIGKILLed (as the out-of-memory killer does): the driver stops the other worker,
