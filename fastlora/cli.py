@@ -422,7 +422,8 @@ def sweep(spec_path, out, workers, scheduler, scheduler_timeout, stall_timeout, 
     spec = load_spec(spec_path)  # every key is checked before any work starts
     if dry_run:
         from .sweep.dryrun import dry_run as plan_sweep
-        for line in plan_sweep(spec, out, workers=workers, scheduler=scheduler).lines():
+        for line in plan_sweep(spec, out, workers=workers, scheduler=scheduler, append=append,
+                               retry_errors=retry_errors).lines():
             click.echo(line)
         return
     if out is None:

@@ -433,6 +433,31 @@ def test_a_changed_spec_is_refused_naming_the_change_unless_appended(tmp_path):
     assert run_sweep(noisier, out, workers=1, progress=False).skipped == 4  # appended once: now a resume
 
 
+def test_a_dry_run_refuses_what_the_run_would_refuse(tmp_path):
+    from fastlora.sweep.dryrun import dry_run
+    failing = FAST.replace('method = ["standard", "lora-ml"]', 'method = ["reptile"]\nouter_lr = [0.5, 1e6]')
+    out = tmp_path / "d.sqlite"
+    assert run_sweep(parse_spec(failing), out, workers=1, progress=False).errors == 2
+    refused = {"changed": failing.replace("max_iter = 50", "max_iter = 50\nnoise = 0.05"),
+               "other keys": failing.replace("max_iter = 50", "max_iter = 50\ntol = 1e-9"),
+               "renamed": failing.replace('name = "fast"', 'name = "other"'),
+               "pairing": failing + 'pairing = "per-point"\n'}
+    run_errors = {}
+    for case, text in refused.items():
+        with pytest.raises(ValueError) as run_error:
+            run_sweep(parse_spec(text), out, workers=1, progress=False)
+        run_errors[case] = str(run_error.value)
+    before = out.read_bytes()
+    for case, text in refused.items():
+        with pytest.raises(ValueError) as dry_error:
+            dry_run(parse_spec(text), out, time_budget=0.1)
+        assert str(dry_error.value) == run_errors[case], case
+    assert dry_run(parse_spec(refused["changed"]), out, append=True, time_budget=0.1).pending == 4
+    assert dry_run(parse_spec(failing), out, time_budget=0.1).pending == 0
+    assert dry_run(parse_spec(failing), out, retry_errors=True, time_budget=0.1).pending == 2
+    assert out.read_bytes() == before  # the dry runs wrote nothing
+
+
 def test_more_repeats_resume_without_append(tmp_path):
     out = tmp_path / "m.sqlite"
     run_sweep(parse_spec(FAST), out, workers=1, progress=False)

@@ -69,25 +69,29 @@ class DryRun:
 
 
 def dry_run(spec: Spec, out=None, workers: int | None = None, time_budget: float = TIME_BUDGET,
-            timed_keys: int = TIMED_KEYS, scheduler: str | None = None) -> DryRun:
-    """The :class:`DryRun` of ``spec`` (against the store at ``out`` where given; read-only).  With a
-    Dask ``scheduler`` the rows would run on the cluster's machines: nothing is timed here, and a
-    backend this machine lacks is not refused (as the run does)."""
+            timed_keys: int = TIMED_KEYS, scheduler: str | None = None, append: bool = False,
+            retry_errors: bool = False) -> DryRun:
+    """The :class:`DryRun` of ``spec`` (against the store at ``out`` where given; read-only: what the run
+    would refuse there is refused, ``append`` and ``retry_errors`` as for the run).  With a Dask
+    ``scheduler`` the rows would run on the cluster's machines: nothing is timed here, and a backend this
+    machine lacks is not refused (as the run does)."""
     from ..regime import point_regime
     from .runner import check_backends_here
     from .store import ResultsStore
     if not scheduler:
         check_backends_here(spec)  # as the run refuses them: the dry run times rows on this machine
-    existing, stored = None, set()
-    if out is not None and Path(out).is_file():  # one read-only open (each runs SQLite's quick_check)
+    stored, in_store = {}, out is not None and Path(out).is_file()
+    if in_store:  # one read-only open (each runs SQLite's quick_check)
         with ResultsStore(out) as store:
-            existing = store.pairing()
-            if existing is not None:
-                stored = set(store.stored_rows())
-    rule = existing or spec.pairing or DEFAULT_PAIRING
-    rows = spec.rows(rule)
+            rule = store.pairing()
+            rows = spec.rows(rule)
+            stored = store.stored_rows()
+            store.check_run(spec, rows, stored, append)
+    else:
+        rule = spec.pairing or DEFAULT_PAIRING
+        rows = spec.rows(rule)
     points = spec.points()
-    pending = [r for r in rows if r["row_key"] not in stored]
+    pending = [r for r in rows if r["row_key"] not in stored or (retry_errors and stored[r["row_key"]][1] == "error")]
     groups: dict[str, dict[int, list]] = {}
     for row in pending:
         groups.setdefault(retraining_key(row["point"]), {}).setdefault(row["seed"], []).append(row)
@@ -100,7 +104,7 @@ def dry_run(spec: Spec, out=None, workers: int | None = None, time_budget: float
     report = DryRun(name=spec.name, points=len(points), rows=len(rows), pending=len(pending),
                     retrainings=sum(len(by_seed) for by_seed in groups.values()), outside=outside,
                     row_bytes=max((row_bytes(p) for p in points), default=0), workers=workers, pairing=rule,
-                    store=str(out) if existing is not None else None)
+                    store=str(out) if in_store else None)
     if scheduler:
         report.untimed = f"the rows would run on the cluster at {scheduler}, not on this machine"
     elif groups:

@@ -122,18 +122,10 @@ class ResultsStore:
         recorded = (*METRICS, *RUN_COLUMNS)
         if self._has_results():
             existing = set(self.columns())
-            for old, new in DEPRECATED_NAMES.items():  # a store written before an option was renamed
-                if old in existing and new in keys and new not in existing:
-                    self.db.execute(f'ALTER TABLE results RENAME COLUMN "{old}" TO "{new}"')
-                    existing = set(self.columns())
-            stored_keys = existing - set(recorded) - set(META_COLUMNS) - set(TAIL_COLUMNS)
-            # keys a row resolves where the spec is silent (Spec.filled), which an older store lacks: added
-            recordable = set(spec.filled) - stored_keys
-            if stored_keys != set(keys) - recordable:
-                extra, missing = sorted(stored_keys - set(keys)), sorted(set(keys) - stored_keys - recordable)
-                raise StoreConflictError(f"{str(self.path)!r} was written by a sweep with other keys "
-                                    f"(store only: {extra or '-'}; spec only: {missing or '-'}); use another --out")
-            for name in sorted(recordable):
+            for old, new in _renames(existing, keys):  # a store written before an option was renamed
+                self.db.execute(f'ALTER TABLE results RENAME COLUMN "{old}" TO "{new}"')
+            existing = set(self.columns())
+            for name in sorted(self._keys_to_add(spec, existing)):
                 self.db.execute(f'ALTER TABLE results ADD COLUMN "{name}"')
                 if name in _BACKFILL:
                     self.db.execute(f'UPDATE results SET "{name}" = ?', (_BACKFILL[name],))
@@ -158,14 +150,41 @@ class ResultsStore:
         created; a store written before pairing existed drew a fresh truth per point (``LEGACY_PAIRING``)."""
         return recorded_pairing(self.db)
 
-    def adopt_pairing(self, spec: Spec) -> str:
-        """The rule this run uses: the store's (module docstring of sweep.spec); a spec naming
-        another is refused, since one store's rows share one rule."""
+    def _keys_to_add(self, spec: Spec, existing: set) -> set:
+        """Keys a row of ``spec`` resolves where the spec is silent (Spec.filled) that this store, with columns
+        ``existing``, lacks (an older store: they are added); a store of other keys is refused."""
+        stored_keys = existing - {*METRICS, *RUN_COLUMNS, *META_COLUMNS, *TAIL_COLUMNS}
+        recordable = set(spec.filled) - stored_keys
+        if stored_keys != set(spec.keys) - recordable:
+            extra, missing = sorted(stored_keys - set(spec.keys)), sorted(set(spec.keys) - stored_keys - recordable)
+            differ = "; ".join(f"{where}: {', '.join(keys)}" for where, keys in
+                               (("keys only the store has", extra), ("keys only the spec has", missing)) if keys)
+            raise StoreConflictError(f"{str(self.path)!r} was written by a sweep with other keys ({differ}); one store "
+                                     f"holds sweeps of the same keys: use another --out")
+        return recordable
+
+    def check_run(self, spec: Spec, rows: list[dict], stored: dict[str, tuple[str, str]], append: bool = False):
+        """What running ``spec`` into this store would refuse, checked without writing (``fastlora sweep
+        --dry-run``): other keys, another pairing rule and, unless ``append``, :meth:`check_spec`'s cases."""
+        existing = set(self.columns())
+        renamed = dict(_renames(existing, spec.keys))  # as opening it for the run would rename them
+        self._keys_to_add(spec, {renamed.get(name, name) for name in existing})
+        self._check_pairing(spec)
+        if not append:
+            self.check_spec(spec, rows, stored)
+
+    def _check_pairing(self, spec: Spec) -> str:
         rule = self.pairing()
         if spec.pairing is not None and spec.pairing != rule:
             raise StoreConflictError(f"{str(self.path)!r} was made with pairing {rule!r} and this spec names "
                                      f"pairing {spec.pairing!r}: the rows of one store share one rule; use another "
                                      f"--out (or remove the spec's pairing key to resume with {rule!r})")
+        return rule
+
+    def adopt_pairing(self, spec: Spec) -> str:
+        """The rule this run uses: the store's (module docstring of sweep.spec); a spec naming
+        another is refused, since one store's rows share one rule."""
+        rule = self._check_pairing(spec)
         if not _has_meta(self.db):  # an old store: record its rule, so that it is explicit from now on
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('pairing', ?)", (rule,))
@@ -572,6 +591,12 @@ def _cannot_open(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return (code & 0xFF) in _CANNOT_OPEN  # the primary code of an extended one
     return "unable to open" in str(exc) or "readonly" in str(exc)
+
+
+def _renames(existing: set, keys) -> list[tuple[str, str]]:
+    """(old, new) columns of a store written before an option was renamed, to rename for a spec of ``keys``."""
+    return [(old, new) for old, new in DEPRECATED_NAMES.items() if old in existing and new in keys
+            and new not in existing]
 
 
 def _sql_value(value):
