@@ -404,7 +404,7 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
     heading = ", ".join(label(h) for h in hues if h not in relations) if hues else ""
     axes[0][-1].legend(title=f"{heading} — {summary}" if heading else summary, fontsize=8, title_fontsize=8)
     if title is None:
-        off_metric = _keys_off_the_metric(y)
+        off_metric = _keys_off_the_metric(condition[0] if condition else y)
         # a setting that changes along x is part of what the figure shows, execution keys included
         leading = _covarying_parts({k: v for k, v in covarying.items() if k not in off_metric}, x)
         leading += [f"{key} per {by}: " + ", ".join(f"{v}→{mapping[v]}" for v in sorted(mapping, key=_order))
@@ -417,6 +417,9 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
         statement = f"fraction of {seeds} seed(s) per point with {y} = 1"
     else:
         statement = f"{stat} over {seeds} seed(s) per point; {_BAND_TEXT[band]}"
+    metric_filters = [f"{key}={value}" for key, value in filters.items() if key in METRICS]
+    if metric_filters:  # a selection on a metric is not a setting the title shows: say which rows are drawn
+        statement += f"; only rows with {', '.join(metric_filters)}"
     fig.suptitle(f"{title}\n{statement}" if title else statement, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
