@@ -600,8 +600,11 @@ def test_rows_record_whether_their_fine_tunings_converged(tmp_path):
     text = ('name = "ft"\nrepeats = 4\n[grid]\nft_peft = ["lora", "lora_sym"]\n[fixed]\nmethod = "lora-ml"\n'
             'd = 4\nk = 1\nT = 3\nnoise = 0.1\nn_ft = 2\nft_rank = 2\nbackend = "numpy"\n')
     out = tmp_path / "ft.sqlite"
-    run_sweep(parse_spec(text), out, workers=1, progress=False)
+    summary = run_sweep(parse_spec(text), out, workers=1, progress=False)
     frame = load_results(out)
+    unconverged = int(((frame["converged"] == 0) | (frame["ft_converged"] == 0)).sum())
+    assert summary.unconverged == unconverged > 0  # the end-of-sweep line counts them
+    assert f"(0 error(s), {unconverged} not converged)" in summary.line("ft", out)
     lora, lora_sym = (frame[frame["ft_peft"] == name] for name in ("lora", "lora_sym"))
     assert list(lora["ft_converged"]) == [1] * 4
     assert set(lora_sym["ft_converged"]) <= {0, 1} and 0 in set(lora_sym["ft_converged"])

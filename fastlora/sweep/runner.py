@@ -79,10 +79,12 @@ class SweepSummary:
     interrupted: bool = False
     failed: int = 0
     error_messages: list[str] = field(default_factory=list)
+    unconverged: int = 0  # rows done whose retraining or a fine-tuning did not converge (converged, ft_converged)
 
     def line(self, name: str, out) -> str:
         state = "interrupted" if self.interrupted else "finished"
-        return (f"sweep {name!r} {state}: {self.done} row(s) done ({self.errors} error(s)), "
+        unconverged = f", {self.unconverged} not converged" if self.unconverged else ""
+        return (f"sweep {name!r} {state}: {self.done} row(s) done ({self.errors} error(s){unconverged}), "
                 f"{self.skipped} already in {out}, {self.total} in the spec; {self.seconds:.1f} s")
 
     def failure_line(self, name: str, out) -> str:
@@ -371,6 +373,8 @@ class _Committer:
         stored = self.store.add_rows(self.spec, self.buffer)
         self.summary.done += sum(stored)
         self.summary.errors += sum(s and o["status"] != "ok" for s, (_, o) in zip(stored, self.buffer))
+        self.summary.unconverged += sum(s and (o.get("converged") is False or o.get("ft_converged") is False)
+                                        for s, (_, o) in zip(stored, self.buffer))
         self.buffer = []
 
 
