@@ -197,10 +197,10 @@ def test_a_condition_as_y_draws_the_fraction_of_seeds_meeting_it(five_seed_store
     # a condition on a fine-tuning metric keeps the fine-tuning settings in the title, as the metric does;
     # a selection on a metric is stated
     captured.clear()
-    plot_results(five_seed_store, "T", "excess_risk < 1", hue="method", where=["rank=1", "converged=1"],
+    plot_results(five_seed_store, "T", "excess_risk < 1", hue="method", where=["rank=1", "converged=1", "in_regime=1"],
                  out=tmp_path / "h.png")
     title = captured["figure"]._suptitle.get_text()
-    assert "n_ft=50" in title and "only rows with converged=1" in title, title
+    assert "n_ft=50" in title and "only rows with converged=1, in_regime=1" in title, title
 
 
 def test_a_relation_as_hue_splits_the_rows_where_it_holds(five_seed_store, tmp_path, monkeypatch):

@@ -198,14 +198,32 @@ def test_a_ctrl_c_while_workers_start_up_kills_none_of_them():
         pool.close(abort=True)
 
 
-def test_the_driver_ignores_ctrl_c_only_while_it_spawns_workers():
-    before = signal.getsignal(signal.SIGINT)
-    with runner_module._workers_ignore_sigint():
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)
+def test_the_driver_ignores_ctrl_c_only_while_it_spawns_workers(monkeypatch):
+    started = signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest may run with SIGINT ignored (nohup)
+    try:
+        with runner_module._workers_ignore_sigint():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        # signal.signal runs pending Python handlers first: one that raises as the handler is restored (the
+        # CLI's SIGTERM -> KeyboardInterrupt) must not leave SIGINT ignored
+        real, calls = signal.signal, []
+
+        def pending_handler_raises_once(sig, handler):
+            calls.append(handler)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(sig, handler)
+        monkeypatch.setattr(signal, "signal", pending_handler_raises_once)
+        with pytest.raises(KeyboardInterrupt):
+            with runner_module._workers_ignore_sigint():
+                pass
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, started)
 
 
 @needs_proc
@@ -456,6 +474,16 @@ def test_a_dry_run_refuses_what_the_run_would_refuse(tmp_path):
     assert dry_run(parse_spec(failing), out, time_budget=0.1).pending == 0
     assert dry_run(parse_spec(failing), out, retry_errors=True, time_budget=0.1).pending == 2
     assert out.read_bytes() == before  # the dry runs wrote nothing
+    held = ResultsStore(out, parse_spec(failing))  # a sweep writing the store
+    try:
+        with pytest.raises(ValueError, match="is being written by another sweep"):
+            dry_run(parse_spec(failing), out, time_budget=0.1)
+    finally:
+        held.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()  # an empty file: the run makes it a store, the dry run counts every row as pending
+    assert dry_run(parse_spec(failing), empty, time_budget=0.1).pending == 4
+    assert empty.stat().st_size == 0 and not (tmp_path / "empty.sqlite.lock").exists()
 
 
 def test_more_repeats_resume_without_append(tmp_path):

@@ -77,17 +77,22 @@ def dry_run(spec: Spec, out=None, workers: int | None = None, time_budget: float
     machine lacks is not refused (as the run does)."""
     from ..regime import point_regime
     from .runner import check_backends_here
-    from .store import ResultsStore
+    from .store import EmptyStoreError, ResultsStore, WriterLock
     if not scheduler:
         check_backends_here(spec)  # as the run refuses them: the dry run times rows on this machine
     stored, in_store = {}, out is not None and Path(out).is_file()
+    if out is not None:
+        WriterLock.check_free(Path(out))
     if in_store:  # one read-only open (each runs SQLite's quick_check)
-        with ResultsStore(out) as store:
-            rule = store.pairing()
-            rows = spec.rows(rule)
-            stored = store.stored_rows()
-            store.check_run(spec, rows, stored, append)
-    else:
+        try:
+            with ResultsStore(out) as store:
+                rule = store.pairing()
+                rows = spec.rows(rule)
+                stored = store.stored_rows()
+                store.check_run(spec, rows, stored, append)
+        except EmptyStoreError:  # an empty database: the run makes it a store
+            in_store = False
+    if not in_store:
         rule = spec.pairing or DEFAULT_PAIRING
         rows = spec.rows(rule)
     points = spec.points()

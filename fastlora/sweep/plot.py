@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FastLoRAError, check_choice
-from .spec import EVALUATE_KEYS, LANDSCAPE_KEYS
+from .spec import EVALUATE_KEYS, KEYS, LANDSCAPE_KEYS
 from .store import METRICS, ResultsStore, key_columns
 
 LABELS = {
@@ -417,9 +417,9 @@ def plot_results(path, x: str, y: str, hue: str | list[str] | None = None, facet
         statement = f"fraction of {seeds} seed(s) per point with {y} = 1"
     else:
         statement = f"{stat} over {seeds} seed(s) per point; {_BAND_TEXT[band]}"
-    metric_filters = [f"{key}={value}" for key, value in filters.items() if key in METRICS]
-    if metric_filters:  # a selection on a metric is not a setting the title shows: say which rows are drawn
-        statement += f"; only rows with {', '.join(metric_filters)}"
+    result_filters = [f"{key}={value}" for key, value in filters.items() if key not in KEYS]
+    if result_filters:  # a selection on a result (a metric, in_regime, ...) is no setting the title shows: say it
+        statement += f"; only rows with {', '.join(result_filters)}"
     fig.suptitle(f"{title}\n{statement}" if title else statement, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -79,7 +79,8 @@ class ResultsStore:
             self.db = _connect_readonly(self.path)
             try:
                 if not self._has_results():
-                    raise FastLoRAError(f"{str(self.path)!r} holds no 'results' table (not a fastlora results store)")
+                    raise EmptyStoreError(f"{str(self.path)!r} holds no 'results' table (not a fastlora results "
+                                          f"store)")
                 check_integrity(self.db, self.path)
             except BaseException:
                 self.db.close()
@@ -340,8 +341,7 @@ class WriterLock:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             return
-        real = Path(os.path.realpath(store))
-        self.path = real.with_name(real.name + ".lock")
+        self.path = _lock_path(store)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -351,8 +351,7 @@ class WriterLock:
         except BlockingIOError:
             holder = _describe_holder(os.read(fd, 4096))
             os.close(fd)
-            raise FastLoRAError(f"{str(store)!r} is being written by another sweep ({holder}); wait for it to "
-                                f"finish or stop it, or use another --out") from None
+            raise _busy(store, holder) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"sweep": sweep, "pid": os.getpid(), "host": socket.gethostname(),
                                  "since": _now()}).encode())
@@ -362,6 +361,41 @@ class WriterLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
+
+    @staticmethod
+    def check_free(store: Path) -> None:
+        """What taking the lock for a run would refuse — the store or its folder not writable, another sweep
+        holding it — checked without taking it or creating any file (``sweep --dry-run``)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        path = _lock_path(store)
+        for target in (path.parent, path, path.with_name(path.name[:-len(".lock")])):
+            if target.exists() and not os.access(target, os.W_OK):
+                raise FastLoRAError(f"{str(target)!r} is not writable here: a run into {str(store)!r} needs to write "
+                                    f"the store and its lock file beside it")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds it exclusively
+        except BlockingIOError:
+            raise _busy(store, _describe_holder(os.read(fd, 4096))) from None
+        finally:
+            os.close(fd)
+
+
+def _lock_path(store) -> Path:
+    """``<store>.lock`` beside the real store (symlinks resolved)."""
+    real = Path(os.path.realpath(store))
+    return real.with_name(real.name + ".lock")
+
+
+def _busy(store, holder: str) -> FastLoRAError:
+    return FastLoRAError(f"{str(store)!r} is being written by another sweep ({holder}); wait for it to finish or "
+                         f"stop it, or use another --out")
 
 
 def _describe_holder(raw: bytes) -> str:
@@ -591,6 +625,10 @@ def _cannot_open(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return (code & 0xFF) in _CANNOT_OPEN  # the primary code of an extended one
     return "unable to open" in str(exc) or "readonly" in str(exc)
+
+
+class EmptyStoreError(FastLoRAError):
+    """An empty database opened to read as a store (a run would make it one)."""
 
 
 def _renames(existing: set, keys) -> list[tuple[str, str]]:
