@@ -12,7 +12,7 @@ from .config import require_memory
 from .errors import FastLoRAError
 from .implicit import is_implicit
 from .peft.protocol import check_shape_supported
-from .reduction import Reduction, plan_reduction
+from .reduction import Reduction, plan_reduction, plan_reductions
 from .seeding import as_generator
 from .sizing import check_memory
 from .solvers import engine as engine_path
@@ -86,8 +86,9 @@ class Plan:
     def d_in(self) -> int:
         return self.tasks[0].d_in
 
-    def reduce(self, problem) -> Reduction | None:
-        return plan_reduction(problem, as_task_list(problem), self.peft, self.reduction_options)
+    def reduce_many(self, problems: list) -> list:
+        """Each problem's Reduction (or None) under this plan's parameterization and options."""
+        return plan_reductions([(p, as_task_list(p)) for p in problems], self.peft, self.reduction_options)
 
     @property
     def reduction_options(self) -> dict:

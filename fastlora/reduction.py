@@ -72,35 +72,67 @@ class Reduction:
 def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduction | None:
     """The reduction of a factored population problem, or None where it does not apply or
     would not shrink the problem."""
+    return plan_reductions([(problem_or_tasks, tasks)], peft, options)[0]
+
+
+def plan_reductions(problems: list, peft, options: dict) -> list:
+    """:func:`plan_reduction` of each ``(problem_or_tasks, tasks)`` in ``problems``: the same Reductions,
+    the small orthonormalisations of problems of one shape run as stacks (:func:`orthonormal_bases`);
+    each Reduction's ``seconds`` is its share of the whole."""
     if options.get("reduction", "auto") == "none" or peft is None:
-        return None
+        return [None] * len(problems)
     equivariance = is_basis_equivariant(peft)  # docs/plugins.md, "Basis equivariance"
     if equivariance is None or shared_names(peft):
-        return None
+        return [None] * len(problems)
     if not (isinstance(options.get("init_A", "standard"), str) and options.get("init_A", "standard") == "standard"):
-        return None
-    if options.get("init_params") is not None or not tasks[0].is_population:
+        return [None] * len(problems)
+    if options.get("init_params") is not None:
+        return [None] * len(problems)
+    started = time.perf_counter()
+    spans = [_spans(problem_or_tasks, tasks, equivariance) for problem_or_tasks, tasks in problems]
+    wanted = [F for span in spans if span is not None for F in span[1]]
+    bases = iter(orthonormal_bases(wanted))
+    out = []
+    for span in spans:
+        if span is None:
+            out.append(None)
+            continue
+        (base, B, C, symmetric), factor_sets = span
+        Q_out = next(bases)
+        Q_in = Q_out if len(factor_sets) == 1 else next(bases)
+        out.append(_reduced(base, B, C, symmetric, Q_out, Q_in))
+    share = (time.perf_counter() - started) / max(1, sum(r is not None for r in out))
+    for reduction in out:
+        if reduction is not None:
+            reduction.seconds = share
+    return out
+
+
+def _spans(problem_or_tasks, tasks, equivariance):
+    """(factors, [F] or [F_out, F_in]): the factor sets whose spans the reduced problem lives in (one set
+    where one basis serves both sides), or None where the reduction does not apply or cannot shrink it."""
+    if not tasks[0].is_population:
         return None
     factors = _target_factors(problem_or_tasks, tasks)
     if factors is None:
         return None
-    started = time.perf_counter()
     base, B, C, symmetric = factors
     d_out, d_in = base.shape
     if equivariance == "same_basis":
         stacked = B.transpose(1, 0, 2).reshape(d_out, -1)
         if not symmetric:
             stacked = np.concatenate([stacked, C.transpose(1, 0, 2).reshape(d_in, -1)], axis=1)
-        if spans_everything(stacked):
-            return None
-        Q_out = Q_in = orthonormal_basis(stacked)
-    else:
-        F_out = B.transpose(1, 0, 2).reshape(d_out, -1)
-        F_in = F_out if symmetric else C.transpose(1, 0, 2).reshape(d_in, -1)
-        if spans_everything(F_out) and spans_everything(F_in):
-            return None
-        Q_out = orthonormal_basis(F_out)
-        Q_in = Q_out if symmetric else orthonormal_basis(F_in)
+        return None if spans_everything(stacked) else (factors, [stacked])
+    F_out = B.transpose(1, 0, 2).reshape(d_out, -1)
+    F_in = F_out if symmetric else C.transpose(1, 0, 2).reshape(d_in, -1)
+    if spans_everything(F_out) and spans_everything(F_in):
+        return None
+    return factors, [F_out] if F_in is F_out else [F_out, F_in]
+
+
+def _reduced(base, B, C, symmetric: bool, Q_out, Q_in) -> Reduction | None:
+    """The Reduction to the bases Q_out, Q_in (None where they do not shrink the problem)."""
+    d_out, d_in = base.shape
     if Q_out.shape[1] >= d_out and Q_in.shape[1] >= d_in:
         return None
     b = Q_out.T @ B                                  # (T, m_out, k)
@@ -109,7 +141,7 @@ def plan_reduction(problem_or_tasks, tasks: list, peft, options: dict) -> Reduct
     # projections of checked factors: finite, of consistent shapes (no per-task re-validation)
     reduced = [Task.population(LowRankTarget._trusted(zero, bt, bt if c is b else ct)) for bt, ct in zip(b, c)]
     base_sq = base.expected_frobenius_sq() if is_implicit(base) else float(np.vdot(base, base))
-    return Reduction(base, Q_out, Q_in, reduced, time.perf_counter() - started, base_sq)
+    return Reduction(base, Q_out, Q_in, reduced, 0.0, base_sq)
 
 
 # Factor sets with cond(F) below this are orthonormalised by CholeskyQR2 (two Gram + Cholesky
@@ -165,12 +197,52 @@ def orthonormal_basis(F, rtol: float | None = None) -> np.ndarray:
         return F[:, :0].copy()
     gram = F.T @ F
     lam = np.linalg.eigvalsh(gram)
-    if lam[-1] > 0 and lam[0] > lam[-1] / _CHOLESKY_MAX_COND ** 2:
-        Q = F
-        for _ in range(2):
-            L = np.linalg.cholesky(Q.T @ Q if Q is not F else gram)
-            Q = Q @ np.linalg.inv(L).T  # a GEMM: n×n inverse, then (d, n)·(n, n)
-        return np.ascontiguousarray(Q)
+    if _cholesky_qr_applies(lam):
+        return _cholesky_qr2(F[None], gram[None])[0]
+    return _spectral_basis(F, rtol)
+
+
+def orthonormal_bases(Fs: list) -> list:
+    """``[orthonormal_basis(F) for F in Fs]``, the same arrays: the CholeskyQR2 of matrices of one shape run
+    as stacks (each LAPACK call and product matrix by matrix as alone, at a fraction of the calls' cost)."""
+    out: list = [None] * len(Fs)
+    groups: dict = {}
+    for i, F in enumerate(Fs):
+        if F.shape[1] == 0:
+            out[i] = F[:, :0].copy()
+        else:
+            groups.setdefault(F.shape, []).append(i)
+    for members in groups.values():
+        F = np.array([Fs[i] for i in members])
+        gram = F.transpose(0, 2, 1) @ F
+        lam = np.linalg.eigvalsh(gram)
+        fast = [j for j in range(len(members)) if _cholesky_qr_applies(lam[j])]
+        if fast:
+            for j, Q in zip(fast, _cholesky_qr2(F[fast], gram[fast])):
+                out[members[j]] = Q
+        for j in set(range(len(members))) - set(fast):
+            out[members[j]] = _spectral_basis(Fs[members[j]], None)
+    return out
+
+
+def _cholesky_qr_applies(lam) -> bool:
+    """Whether a Gram matrix of eigenvalues ``lam`` (ascending) is conditioned for CholeskyQR2."""
+    return bool(lam[-1] > 0 and lam[0] > lam[-1] / _CHOLESKY_MAX_COND ** 2)
+
+
+def _cholesky_qr2(F, gram) -> list:
+    """CholeskyQR2 of a stack F (N, d, n) with its Grams FᵀF: two Gram + Cholesky rounds, each a GEMM with
+    the inverse factor (n×n inverse, then (d, n)·(n, n))."""
+    Q = F
+    for round_ in range(2):
+        L = np.linalg.cholesky(gram if round_ == 0 else Q.transpose(0, 2, 1) @ Q)
+        Q = Q @ np.linalg.inv(L).transpose(0, 2, 1)
+    return [np.ascontiguousarray(q) for q in Q]
+
+
+def _spectral_basis(F, rtol) -> np.ndarray:
+    """The left singular vectors of F with singular values above ``rtol`` (default max(d, n)·eps) times the
+    largest (any F: finds its rank)."""
     with _one_blas_thread():  # threaded LAPACK SVD of a tall matrix can be 30x slower on a busy machine
         U, s, _ = np.linalg.svd(F, full_matrices=False)
     if s.size == 0 or s[0] == 0:

@@ -129,7 +129,7 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
     stackable = plan.kind != "factored" and not shared_names(plan.peft) and not getattr(plan.peft, "uses_base", False)
     reductions = None
     if stackable and plan.reduction is not None:
-        reductions = [plan.reduction] + [plan.reduce(p) for p in problems[1:]]
+        reductions = [plan.reduction, *plan.reduce_many(problems[1:])]
         stackable = len({r.sizes if r is not None else None for r in reductions}) == 1
     if not stackable:  # large structured problems (or reductions of different sizes): one at a time
         known = reductions or [plan.reduction] + [UNPLANNED] * (len(problems) - 1)

@@ -5,7 +5,7 @@ import pytest
 
 import fastlora as fl
 from fastlora.linop import LowRankUpdate
-from fastlora.reduction import extend_basis, orthonormal_basis
+from fastlora.reduction import extend_basis, orthonormal_bases, orthonormal_basis
 
 CASES = {
     # name: (problem, peft, rank)
@@ -147,6 +147,22 @@ def test_bases_span_the_columns_even_when_rank_deficient():
     assert extended.shape[1] == 6
     np.testing.assert_allclose(extended.T @ extended, np.eye(6), atol=1e-12)
     assert extend_basis(Q, F[:, :1] * 3.0) is Q  # nothing new to add
+
+
+def test_stacked_bases_are_the_bases_of_each_matrix_alone():
+    # orthonormal_bases (retrain_many's reductions) runs CholeskyQR2 as stacks: it must give each matrix's
+    # orthonormal_basis bit for bit, well-conditioned, rank-deficient and empty matrices mixed
+    rng = np.random.default_rng(3)
+    F = rng.standard_normal((30, 4))
+    mixed = [rng.standard_normal((30, 4)), np.concatenate([F[:, :2], F[:, :2]], axis=1), F,
+             np.concatenate([F[:, :3], 1e-9 * rng.standard_normal((30, 1))], 1), rng.standard_normal((12, 3)),
+             F[:, :0], rng.standard_normal((30, 4)) * 1e-3, rng.standard_normal((12, 3))]
+    stacked = orthonormal_bases(mixed)
+    for G, Q in zip(mixed, stacked):
+        alone = orthonormal_basis(G)
+        assert Q.shape == alone.shape and np.array_equal(Q, alone)
+        assert Q.flags.c_contiguous
+    assert [Q.shape[1] for Q in stacked] == [4, 2, 4, 4, 3, 0, 4, 3]  # spectral bases find the ranks
 
 
 def test_an_implicit_A_star_gives_what_its_dense_twin_gives():
