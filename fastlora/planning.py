@@ -87,12 +87,9 @@ class Plan:
         return self.tasks[0].d_in
 
     def reduce_many(self, problems: list) -> list:
-        """Each problem's Reduction (or None) under this plan's parameterization and options."""
-        return plan_reductions([(p, as_task_list(p)) for p in problems], self.peft, self.reduction_options)
-
-    @property
-    def reduction_options(self) -> dict:
-        return {**self.options, "reduction": "auto"}
+        """Each problem's Reduction (or None) under this plan's parameterization and options (none where the
+        options say ``reduction="none"``)."""
+        return plan_reductions([(p, as_task_list(p)) for p in problems], self.peft, self.options)
 
 
 UNPLANNED = object()  # plan_solve's reduction argument: not decided yet

@@ -48,7 +48,7 @@ class Reduction:
     Q_out: np.ndarray       # (d_out, m_out), orthonormal columns
     Q_in: np.ndarray        # (d_in, m_in); the same object as Q_out for a one-basis (psd) reduction
     tasks: list             # the reduced population tasks (shared part 0)
-    seconds: float
+    seconds: float          # planning time (planned with others: its share of theirs, plan_reductions)
     base_sq: float          # ‖S‖²_F: the reduced solve's scale of the full A = S + Q_out E Q_inᵀ
 
     @property
@@ -193,18 +193,12 @@ def orthonormal_basis(F, rtol: float | None = None) -> np.ndarray:
     Well-conditioned F (the usual case: random task factors): CholeskyQR2.  Otherwise the left
     singular vectors with singular values above ``rtol`` (default max(d, n)·eps) times the largest.
     """
-    if F.shape[1] == 0:
-        return F[:, :0].copy()
-    gram = F.T @ F
-    lam = np.linalg.eigvalsh(gram)
-    if _cholesky_qr_applies(lam):
-        return _cholesky_qr2(F[None], gram[None])[0]
-    return _spectral_basis(F, rtol)
+    return orthonormal_bases([F], rtol)[0]
 
 
-def orthonormal_bases(Fs: list) -> list:
-    """``[orthonormal_basis(F) for F in Fs]``, the same arrays: the CholeskyQR2 of matrices of one shape run
-    as stacks (each LAPACK call and product matrix by matrix as alone, at a fraction of the calls' cost)."""
+def orthonormal_bases(Fs: list, rtol: float | None = None) -> list:
+    """``[orthonormal_basis(F, rtol) for F in Fs]``: the CholeskyQR2 of matrices of one shape runs as stacks
+    (each LAPACK call and product matrix by matrix, as alone, in one numpy call for all)."""
     out: list = [None] * len(Fs)
     groups: dict = {}
     for i, F in enumerate(Fs):
@@ -213,15 +207,16 @@ def orthonormal_bases(Fs: list) -> list:
         else:
             groups.setdefault(F.shape, []).append(i)
     for members in groups.values():
-        F = np.array([Fs[i] for i in members])
+        F = Fs[members[0]][None] if len(members) == 1 else np.array([Fs[i] for i in members])  # one alone: a view
         gram = F.transpose(0, 2, 1) @ F
         lam = np.linalg.eigvalsh(gram)
         fast = [j for j in range(len(members)) if _cholesky_qr_applies(lam[j])]
-        if fast:
-            for j, Q in zip(fast, _cholesky_qr2(F[fast], gram[fast])):
-                out[members[j]] = Q
-        for j in set(range(len(members))) - set(fast):
-            out[members[j]] = _spectral_basis(Fs[members[j]], None)
+        if len(fast) < len(members):  # the others by their spectrum, one at a time
+            for j in (j for j in range(len(members)) if j not in fast):
+                out[members[j]] = _spectral_basis(Fs[members[j]], rtol)
+            F, gram = F[fast], gram[fast]
+        for j, Q in zip(fast, _cholesky_qr2(F, gram) if fast else []):
+            out[members[j]] = Q
     return out
 
 

@@ -128,9 +128,11 @@ def retrain_many(problems, method: str = "lora-ml", peft="lora_sym", rank: int |
                                 f"problems[0] has {shape}: retrain_many solves problems of one shape")
     stackable = plan.kind != "factored" and not shared_names(plan.peft) and not getattr(plan.peft, "uses_base", False)
     reductions = None
-    if stackable and plan.reduction is not None:
+    if stackable:  # each problem reduced as alone (problem 0 not reducing says nothing of the others' spans)
         reductions = [plan.reduction, *plan.reduce_many(problems[1:])]
         stackable = len({r.sizes if r is not None else None for r in reductions}) == 1
+        if plan.reduction is None and stackable:  # none reduces: the plan's full-space solve
+            reductions = None
     if not stackable:  # large structured problems (or reductions of different sizes): one at a time
         known = reductions or [plan.reduction] + [UNPLANNED] * (len(problems) - 1)
 

@@ -165,6 +165,16 @@ def test_stacked_bases_are_the_bases_of_each_matrix_alone():
     assert [Q.shape[1] for Q in stacked] == [4, 2, 4, 4, 3, 0, 4, 3]  # spectral bases find the ranks
 
 
+def test_a_batch_reduces_each_problem_as_alone_even_when_the_first_does_not_reduce():
+    # task ranks 2,2,2 at d = 6 span everything (no reduction); 1,1,1 and 1,1,2 span less: retrain_many used to
+    # reduce none of them because problems[0] did not, so their results depended on the batch
+    probs = [fl.make_problem(d=6, k=2, T=3, seed=0, task_ranks=r) for r in ([2, 2, 2], [1, 1, 1], [2, 2, 2], [1, 1, 2])]
+    for batch in (probs, probs[1:]):
+        for p, res in zip(batch, fl.retrain_many(batch, seeds=[0] * len(batch), rank=2)):
+            alone = fl.retrain(p, rank=2, seed=0)
+            assert res.n_iter == alone.n_iter and np.array_equal(res.A, alone.A)
+
+
 def test_an_implicit_A_star_gives_what_its_dense_twin_gives():
     prob = fl.make_problem(d=80, k=2, T=5, seed=2, implicit=True, n_test_tasks=2)
     S = prob.A_star.dense()
