@@ -89,6 +89,8 @@ class Plan:
     def reduce_many(self, problems: list) -> list:
         """Each problem's Reduction (or None) under this plan's parameterization and options (none where the
         options say ``reduction="none"``)."""
+        if not self.tasks[0].is_population:  # only population problems reduce (retrain_many: all alike)
+            return [None] * len(problems)
         return plan_reductions([(p, as_task_list(p)) for p in problems], self.peft, self.options)
 
 
