@@ -344,19 +344,18 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
                     Sigma, C, sq = raw_statistics_many(W_star, n, level, rngs, law)
                 _refuse_overflow(n, Sigma, C, sq)  # a stack at a time
                 for j, i in enumerate(batch):  # Σ symmetrised as Task._init_statistics does; each task its own arrays
-                    statistics[i] = (0.5 * (Sigma[j] + Sigma[j].T), C[j].copy(), float(sq[j]), True)
+                    statistics[i] = (0.5 * (Sigma[j] + Sigma[j].T), C[j].copy(), float(sq[j]))
         for i, (task, level, kind, rng) in enumerate(drawn):  # the others, in task order
             if statistics[i] is None:
-                statistics[i] = (*sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law), False)
+                Sigma, C, sq = sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law)
+                _refuse_overflow(n, Sigma, C, sq)
+                statistics[i] = (0.5 * (Sigma + Sigma.T), C, float(sq))
     out = []
     for i, (task, level, kind, _) in enumerate(drawn):
-        (Sigma, C, sq, ready), statistics[i] = statistics[i], None  # released as consumed: no second copy of all Σ
-        fresh = Task.__new__(Task)  # statistics drawn here: symmetric and semi-definite by construction
-        if ready:  # checked and symmetrised with their stack
-            fresh._set_statistics(Sigma, C, sq, n, task.target, level)
-        else:
-            _refuse_overflow(n, Sigma, C, sq)
-            fresh._init_statistics(Sigma, C, sq, n, W_star=task.target, noise=level)
+        (Sigma, C, sq), statistics[i] = statistics[i], None  # released as consumed: no second copy of all Σ
+        # drawn here from a checked target and noise level: finite, symmetric and semi-definite
+        fresh = Task.__new__(Task)
+        fresh._set_statistics(Sigma, C, sq, n, task.target, level)
         fresh.__dict__.update(key=task.key, sampler=kind, law=task.law)
         out.append(fresh)
     return out
