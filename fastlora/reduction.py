@@ -79,28 +79,21 @@ def plan_reductions(problems: list, peft, options: dict) -> list:
     """:func:`plan_reduction` of each ``(problem_or_tasks, tasks)`` in ``problems``: the same Reductions,
     the small orthonormalisations of problems of one shape run as stacks (:func:`orthonormal_bases`);
     each Reduction's ``seconds`` is its share of the whole."""
-    if options.get("reduction", "auto") == "none" or peft is None:
-        return [None] * len(problems)
-    equivariance = is_basis_equivariant(peft)  # docs/plugins.md, "Basis equivariance"
-    if equivariance is None or shared_names(peft):
-        return [None] * len(problems)
-    if not (isinstance(options.get("init_A", "standard"), str) and options.get("init_A", "standard") == "standard"):
-        return [None] * len(problems)
-    if options.get("init_params") is not None:
+    equivariance = _equivariance(peft, options)
+    if equivariance is None:
         return [None] * len(problems)
     started = time.perf_counter()
-    spans = [_spans(problem_or_tasks, tasks, equivariance) for problem_or_tasks, tasks in problems]
-    wanted = [F for span in spans if span is not None for F in span[1]]
-    bases = iter(orthonormal_bases(wanted))
-    out = []
-    for span in spans:
-        if span is None:
+    found = [_factor_sets(problem_or_tasks, tasks, equivariance) for problem_or_tasks, tasks in problems]
+    bases = orthonormal_bases([F for one in found if one is not None for F in one[1]])
+    out, used = [], 0
+    for one in found:
+        if one is None:
             out.append(None)
             continue
-        (base, B, C, symmetric), factor_sets = span
-        Q_out = next(bases)
-        Q_in = Q_out if len(factor_sets) == 1 else next(bases)
-        out.append(_reduced(base, B, C, symmetric, Q_out, Q_in))
+        factors, sets = one
+        # one set: one basis for both sides (the same object, as the reduced solve expects)
+        out.append(_reduced(*factors, bases[used], bases[used + len(sets) - 1]))
+        used += len(sets)
     share = (time.perf_counter() - started) / max(1, sum(r is not None for r in out))
     for reduction in out:
         if reduction is not None:
@@ -108,7 +101,20 @@ def plan_reductions(problems: list, peft, options: dict) -> list:
     return out
 
 
-def _spans(problem_or_tasks, tasks, equivariance):
+def _equivariance(peft, options: dict) -> str | None:
+    """How ``peft`` is equivariant under a change of basis where a reduction may apply to its solves (the
+    module docstring's conditions), else None."""
+    if options.get("reduction", "auto") == "none" or peft is None:
+        return None
+    equivariance = is_basis_equivariant(peft)  # docs/plugins.md, "Basis equivariance"
+    init_A = options.get("init_A", "standard")
+    if (equivariance is None or shared_names(peft) or not (isinstance(init_A, str) and init_A == "standard")
+            or options.get("init_params") is not None):
+        return None
+    return equivariance
+
+
+def _factor_sets(problem_or_tasks, tasks, equivariance):
     """(factors, [F] or [F_out, F_in]): the factor sets whose spans the reduced problem lives in (one set
     where one basis serves both sides), or None where the reduction does not apply or cannot shrink it."""
     if not tasks[0].is_population:
@@ -210,13 +216,14 @@ def orthonormal_bases(Fs: list, rtol: float | None = None) -> list:
         F = Fs[members[0]][None] if len(members) == 1 else np.array([Fs[i] for i in members])  # one alone: a view
         gram = F.transpose(0, 2, 1) @ F
         lam = np.linalg.eigvalsh(gram)
-        fast = [j for j in range(len(members)) if _cholesky_qr_applies(lam[j])]
-        if len(fast) < len(members):  # the others by their spectrum, one at a time
-            for j in (j for j in range(len(members)) if j not in fast):
-                out[members[j]] = _spectral_basis(Fs[members[j]], rtol)
-            F, gram = F[fast], gram[fast]
-        for j, Q in zip(fast, _cholesky_qr2(F, gram) if fast else []):
-            out[members[j]] = Q
+        fast = np.array([_cholesky_qr_applies(values) for values in lam])
+        for j in np.flatnonzero(~fast):  # the others by their spectrum, one at a time
+            out[members[j]] = _spectral_basis(Fs[members[j]], rtol)
+        if fast.any():
+            if not fast.all():
+                F, gram = F[fast], gram[fast]
+            for j, Q in zip(np.flatnonzero(fast), _cholesky_qr2(F, gram)):
+                out[members[j]] = Q
     return out
 
 
