@@ -371,7 +371,7 @@ class WriterLock:
         except ImportError:  # pragma: no cover - Windows
             return
         path = _lock_path(store)
-        for target in (path.parent, path, path.with_name(path.name[:-len(".lock")])):
+        for target in (path.parent, path, Path(os.path.realpath(store))):
             if target.exists() and not os.access(target, os.W_OK):
                 raise FastLoRAError(f"{str(target)!r} is not writable here: a run into {str(store)!r} needs to write "
                                     f"the store and its lock file beside it")
