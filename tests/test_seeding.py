@@ -138,9 +138,9 @@ def test_keyed_seed_spawns_like_numpy_and_takes_ints_only():
 
 
 def test_streams_without_a_jit(tmp_path):
-    """Under NUMBA_DISABLE_JIT (Numba's debugging switch) every stream comes from numpy's SeedSequence and
-    the fits and the numba backend's engine run as Python: the same problem, statistics and solves (each
-    raised AttributeError)."""
+    """Under NUMBA_DISABLE_JIT (Numba's debugging switch) every stream comes from numpy's SeedSequence, numpy
+    draws every normal (fastlora.kernels.draws draws the large raw draws here), and the fits and the numba
+    backend's engine run as Python: the same problem, statistics and solves (each raised AttributeError)."""
     import json
     import os
     import subprocess
@@ -149,12 +149,15 @@ def test_streams_without_a_jit(tmp_path):
             "p = fl.make_problem(d=4, k=1, T=3, n=50, noise=0.1, seed=1, sampler='stats')\n"
             "r = fl.retrain(p, method='lora-ml', backend='numpy')\n"
             "c = fl.retrain(p, method='lora-ml', backend='numba')\n"  # the engine's source, run as Python
+            "raw = fl.make_problem(d=4, k=1, T=2, n=1100, noise=0.1, seed=2)\n"  # drawn by numpy (compiled here)
             "print(json.dumps([p.A_star.tolist(), p.tasks[2].C.tolist(), p.test_tasks[0].sample(20, seed=4).s,"
-            " r.objective, c.objective, c.n_iter]))\n")
+            " r.objective, c.objective, c.n_iter, raw.tasks[1].C.tolist()]))\n")
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    A_star, C, s, objective, compiled_objective, compiled_iterations = json.loads(done.stdout.strip().splitlines()[-1])
+    A_star, C, s, objective, compiled_objective, compiled_iterations, raw_C = json.loads(
+        done.stdout.strip().splitlines()[-1])
+    np.testing.assert_array_equal(np.array(raw_C), fl.make_problem(d=4, k=1, T=2, n=1100, noise=0.1, seed=2).tasks[1].C)
     p = fl.make_problem(d=4, k=1, T=3, n=50, noise=0.1, seed=1, sampler="stats")
     np.testing.assert_array_equal(np.array(A_star), p.A_star)
     np.testing.assert_array_equal(np.array(C), p.tasks[2].C)
