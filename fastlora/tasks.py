@@ -523,7 +523,8 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
     X_all = np.empty((N, chunk, d_in))
     E_all = np.empty((N, chunk, d_out)) if noise > 0 else None
     draws = chunk * (d_in + (d_out if noise > 0 else 0))  # a task's normals per chunk
-    fill = _compiled_normals(draws, N * n * draws // chunk) if type(law) is DataLaw and law.is_standard else None
+    gaussian = type(law) is DataLaw and law.exact_statistics  # Gaussian inputs (any covariance) and noise
+    fill = _compiled_normals(draws, N * n * draws // chunk) if gaussian else None
     no_noise = np.empty((0, d_out))
     done = 0
     while done < n:
@@ -532,6 +533,8 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
         for i, rng in enumerate(rngs):
             if fill is not None:  # X then E, as below: the same numbers
                 fill(rng, X[i], no_noise if E is None else E[i])
+                if law.sqrt is not None:  # x = L z, as DataLaw.inputs
+                    np.matmul(X[i].copy(), law.sqrt.T, out=X[i])
                 continue
             _draw_into(law.inputs, rng, X[i], own_draws)
             if E is not None:

@@ -44,17 +44,21 @@ def test_compiled_draws_match_numpy_in_the_tails():
     assert ours.bit_generator.state == theirs.bit_generator.state
 
 
-@pytest.mark.parametrize("n, noise, count", [(5000, 0.01, 3), (5000, 0.0, 2), (70_000, 0.5, 2), (300, 0.1, 3)])
-def test_raw_statistics_are_the_same_whoever_draws(monkeypatch, n, noise, count):
+@pytest.mark.parametrize("n, noise, count, cov", [(5000, 0.01, 3, None), (5000, 0.0, 2, None),
+                                                 (70_000, 0.5, 2, None), (300, 0.1, 3, None),
+                                                 (2000, 0.1, 2, "spiked:5"), (2000, 0.0, 1, "matrix")])
+def test_raw_statistics_are_the_same_whoever_draws(monkeypatch, n, noise, count, cov):
     """Compiled draws (every call) against numpy's (none): the same statistics, bit for bit, chunked n
-    (70,000 > one chunk of rows) and noise 0 included, and the streams left alike."""
+    (70,000 > one chunk of rows), noise 0 and input covariances included, and the streams left alike."""
     W_star = np.random.default_rng(1).standard_normal((count, 3, 4))
+    G = np.random.default_rng(2).standard_normal((4, 4))
+    law = make_law(4, input_cov=G @ G.T if cov == "matrix" else cov)
 
     def statistics(minimum):
         monkeypatch.setattr(tasks_module, "COMPILED_DRAWS_MIN", minimum)
         monkeypatch.setattr(tasks_module, "COMPILED_DRAWS_IMPORT", 0)
         rngs = [np.random.default_rng(40 + i) for i in range(count)]
-        out = tasks_module.raw_statistics_many(W_star, n, noise, rngs, STANDARD_LAW)
+        out = tasks_module.raw_statistics_many(W_star, n, noise, rngs, law)
         return out, [rng.standard_normal() for rng in rngs]
 
     (compiled, after_compiled), (numpy_drawn, after_numpy) = statistics(0), statistics(10**18)
@@ -77,7 +81,7 @@ def test_raw_problem_is_the_same_whoever_draws(monkeypatch):
 
 
 def test_compiled_draws_are_used_where_they_pay(monkeypatch):
-    """Only the standard law's draws, only calls of at least COMPILED_DRAWS_MIN normals, and in a process
+    """Only Gaussian draws, only calls of at least COMPILED_DRAWS_MIN normals, and in a process
     without Numba loaded only where the draws outweigh importing it."""
     calls = []
     real = tasks_module._compiled_normals
