@@ -26,7 +26,7 @@ from .config import require_memory
 from .errors import FastLoRAError, check_choice, check_float, check_int
 from .implicit import SeededSymmetricGaussian
 from .laws import STANDARD_LAW, DataLaw, make_law, refuse_inexact_statistics
-from .seeding import KeyedSeed, stream
+from .seeding import KeyedSeed, keyed_streams, standard_normals, stream
 from .tasks import (
     SAMPLERS,
     LowRankTarget,
@@ -155,8 +155,7 @@ def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = Non
     if implicit:
         A_star = SeededSymmetricGaussian(d, seed, role=ROLE_SHARED)
     else:
-        rng = stream(seed, (ROLE_SHARED,))
-        G = rng.standard_normal((d_out, d))
+        G = standard_normals(seed, (ROLE_SHARED,), (d_out, d))
         A_star = 0.5 * (G + G.T) if symmetric else G
         A_star.setflags(write=False)
 
@@ -165,9 +164,10 @@ def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = Non
     width = k if ranks is None else max(ranks)  # per-task ranks: zero columns beyond k_t
     B_rows = np.zeros((T, width, d_out))
     C_rows = B_rows if symmetric else np.zeros((T, width, d))
-    for t in range(T):
+    drawn = (draw_factors_many(seed, ROLE_TRAIN, T, d_out, d, k, symmetric) if ranks is None else
+             [draw_factors(seed, ROLE_TRAIN, t, d_out, d, ranks[t], symmetric) for t in range(T)])
+    for t, (b, c) in enumerate(drawn):
         k_t = k if ranks is None else ranks[t]
-        b, c = draw_factors(seed, ROLE_TRAIN, t, d_out, d, k_t, symmetric)
         if scales is not None:
             b, c = _scaled(b, c, scales[t], symmetric)
         B_rows[t, :k_t] = b.T
@@ -184,7 +184,8 @@ def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = Non
     if n is not None:  # every training task's data, each from its own stream, drawn together
         train = _sampled(proto, train, [KeyedSeed(proto.data_seed, (ROLE_TRAIN, t, 1)) for t in range(T)])
     proto.tasks.extend(train)
-    proto.test_tasks.extend(_draw_task(proto, ROLE_TEST, t) for t in range(n_test_tasks))
+    proto.test_tasks.extend(_make_task(proto, A_star, B, C, ROLE_TEST, t) for t, (B, C) in
+                            enumerate(draw_factors_many(seed, ROLE_TEST, n_test_tasks, d_out, d, k, symmetric)))
     return proto
 
 
@@ -245,6 +246,18 @@ def draw_factors(seed, role, index, d_out, d_in, k, symmetric):
     B = rng.standard_normal((d_out, k))
     C = B if symmetric else rng.standard_normal((d_in, k))
     return B, C
+
+
+def draw_factors_many(seed, role, count, d_out, d_in, k, symmetric) -> list:
+    """``[draw_factors(seed, role, t, d_out, d_in, k, symmetric) for t in range(count)]``: the same numbers,
+    every task's drawn in one compiled call where keyed streams run (fastlora.seeding.keyed_streams)."""
+    streams = keyed_streams([KeyedSeed(seed, (role, t, 0)) for t in range(count)], count * k * (d_out + d_in))
+    if streams is None:
+        return [draw_factors(seed, role, t, d_out, d_in, k, symmetric) for t in range(count)]
+    B = np.empty((count, d_out, k))
+    C = None if symmetric else np.empty((count, d_in, k))
+    streams.fill(B, C)
+    return [(B[t], B[t] if symmetric else C[t]) for t in range(count)]
 
 
 def _draw_task(prob: Problem, role: int, index: int) -> Task:

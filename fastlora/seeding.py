@@ -6,6 +6,7 @@ gives that SeedSequence's state words from a compiled hash (fastlora.kernels.see
 same streams at a tenth of the cost, which a sweep row pays a dozen times."""
 from __future__ import annotations
 
+import math
 import operator
 import sys
 
@@ -84,6 +85,82 @@ def _state_kernel():
 def stream(entropy: int, spawn_key: tuple = ()) -> np.random.Generator:
     """``default_rng(SeedSequence(entropy, spawn_key=spawn_key))``, at a tenth of its cost."""
     return np.random.Generator(np.random.PCG64(KeyedSeed(entropy, spawn_key)))
+
+
+class KeyedStreams:
+    """The streams ``Generator(PCG64(source))`` of :class:`KeyedSeed` sources, drawn in compiled code
+    (fastlora.kernels.streams_numba: numpy's PCG64 and ziggurat, the same numbers) without a Generator
+    object each: :meth:`fill` is what ``standard_normal(out=...)`` of each stream in turn would draw.
+    Made by :func:`keyed_streams`."""
+
+    def __init__(self, kernel, words: np.ndarray):
+        self._kernel = kernel
+        self._words = words  # (N, W) int64: each source's seeds.entropy_words
+        self._states = np.empty((len(words), 4), np.uint64)
+        self._seeded = False
+
+    def fill(self, first: np.ndarray, second: np.ndarray | None = None) -> None:
+        """``first[i]``, then ``second[i]``, from stream i (C-contiguous float64 stacks (N, a, b); ``second``
+        None: no second draw); later calls go on where this one stopped."""
+        second = _NOTHING if second is None else second
+        self._kernel(self._words, self._states, not self._seeded, first, second)
+        self._seeded = True
+
+
+_NOTHING = np.empty((0, 0, 0))
+
+
+def keyed_streams(sources, draws: int) -> KeyedStreams | None:
+    """:class:`KeyedStreams` of ``sources`` where they can be drawn in compiled code, else None (the caller
+    then draws from ``as_generator(source)`` each, the same numbers): every source a :class:`KeyedSeed` of
+    32-bit entropy and key entries, all keys of one length (one array of entropy words), and Numba loaded
+    in this process — or ``draws`` (normals in all) at least ``KEYED_DRAWS_IMPORT``, which pays for
+    importing it."""
+    if not sources or ("numba" not in sys.modules and draws < KEYED_DRAWS_IMPORT):
+        return None
+    rows = []
+    for source in sources:
+        if type(source) is not KeyedSeed:
+            return None
+        rows.append(seeds.short_entropy_words(source.entropy, source.spawn_key))
+    try:
+        words = np.array(rows, np.int64)
+    except (ValueError, OverflowError):  # keys of unequal lengths, or a value beyond int64
+        return None
+    if words.ndim != 2 or words.min() < 0 or words.max() > seeds.MASK32:  # not the short words of every source
+        return None
+    kernel = _keyed_kernel()
+    return None if kernel is None else KeyedStreams(kernel, words)
+
+
+def standard_normals(entropy: int, spawn_key: tuple, shape: tuple) -> np.ndarray:
+    """``stream(entropy, spawn_key).standard_normal(shape)``, drawn in compiled code where it can run."""
+    size = math.prod(shape)
+    streams = keyed_streams([KeyedSeed(entropy, spawn_key)], size)
+    if streams is None:
+        return stream(entropy, spawn_key).standard_normal(shape)
+    out = np.empty((1, 1, size))  # row-major: the order standard_normal(shape) fills
+    streams.fill(out)
+    return out.reshape(shape)
+
+
+# importing Numba costs ~0.35 s, numpy draws ~13 ns a normal: a process without Numba loaded imports it
+# for keyed draws of at least this many normals
+KEYED_DRAWS_IMPORT = 1 << 25
+_keyed = _UNSET
+
+
+def _keyed_kernel():
+    """fastlora.kernels.streams_numba's compiled filler (once per process), or None where Numba cannot compile."""
+    global _keyed
+    if _keyed is _UNSET:
+        try:
+            from .kernels import streams_numba
+        except ImportError:  # no Numba
+            _keyed = None
+        else:
+            _keyed = streams_numba.compiled_fill_keyed_normals(settings.compiled_code_root())
+    return _keyed
 
 
 def separate_streams(generators) -> bool:

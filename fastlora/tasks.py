@@ -16,7 +16,6 @@ directly from their exact joint law (O(d²) normals; see :func:`exact_statistics
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from dataclasses import dataclass
 
@@ -25,10 +24,9 @@ import numpy as np
 from .config import require_memory, settings
 from .errors import FastLoRAError, check_array, check_choice, check_float, check_int
 from .implicit import is_implicit
-from .kernels.draws import compiled_fill_normals
 from .laws import STANDARD_LAW, DataLaw, refuse_inexact_statistics
 from .options import MAX_NOISE
-from .seeding import PURPOSE_SAMPLE, as_generator, separate_streams, task_seed
+from .seeding import PURPOSE_SAMPLE, as_generator, keyed_streams, separate_streams, task_seed
 
 _SAMPLE_CHUNK = 65536  # rows generated at a time, so memory stays O(chunk · d)
 SAMPLERS = ("raw", "stats")
@@ -309,15 +307,16 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
         if task.target is None:
             raise FastLoRAError("cannot sample from a task without ground truth W_star")
     n = check_int("n", n, low=1)
-    drawn = []  # (task, noise, sampler, rng) per task
+    drawn = []  # (task, noise, sampler, source) per task; a source: a Generator, or a seed as_generator takes
     for task, seed in zip(tasks, seeds):
         level = task.noise if noise is None else noise
         level = 0.0 if level is None else check_float("noise", level, low=0.0, high=MAX_NOISE)
         kind = task.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
-        drawn.append((task, level, kind, as_generator(task_seed(seed, task.key, PURPOSE_SAMPLE))))
+        drawn.append((task, level, kind, task_seed(seed, task.key, PURPOSE_SAMPLE)))
     statistics: list = [None] * len(drawn)
     stacked: dict = {}  # (sampler, shape, noise, raw law) -> tasks whose statistics are drawn as stacks
-    if separate_streams(rng for *_, rng in drawn):  # every task its own stream: the order of draws is free
+    # every task its own stream (a seed makes one; a Generator may be given twice): the order of draws is free
+    if separate_streams(source for *_, source in drawn if isinstance(source, np.random.Generator)):
         for i, (task, level, kind, _) in enumerate(drawn):
             if n < task.d_in:
                 continue
@@ -338,18 +337,19 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
                 batch = members[start:start + size]
                 require_memory(len(batch) * each, f"sampling {len(batch)} ({shape[0]}, {shape[1]}) task(s)",
                                "use a smaller d (each task keeps d_in² + d_out·d_in statistics)")
-                targets, rngs = [drawn[i][0].target for i in batch], [drawn[i][3] for i in batch]
+                targets, sources = [drawn[i][0].target for i in batch], [drawn[i][3] for i in batch]
                 if kind == "stats":
-                    Sigma, C, sq = exact_statistics_many(targets, n, level, rngs)
+                    Sigma, C, sq = exact_statistics_many(targets, n, level, [as_generator(s) for s in sources])
                 else:
                     W_star = np.array([dense_target(t) for t in targets])
-                    Sigma, C, sq = raw_statistics_many(W_star, n, level, rngs, law)
+                    Sigma, C, sq = raw_statistics_many(W_star, n, level, sources, law)
                 _refuse_overflow(n, Sigma, C, sq)  # a stack at a time
                 for j, i in enumerate(batch):  # Σ symmetrised as Task._init_statistics does; each task its own arrays
                     statistics[i] = (0.5 * (Sigma[j] + Sigma[j].T), C[j].copy(), float(sq[j]))
-        for i, (task, level, kind, rng) in enumerate(drawn):  # the others, in task order
+        for i, (task, level, kind, source) in enumerate(drawn):  # the others, in task order
             if statistics[i] is None:
-                Sigma, C, sq = sample_statistics(task.target, n, level, rng, sampler=kind, law=task.law)
+                Sigma, C, sq = sample_statistics(task.target, n, level, as_generator(source), sampler=kind,
+                                                 law=task.law)
                 _refuse_overflow(n, Sigma, C, sq)
                 statistics[i] = (0.5 * (Sigma + Sigma.T), C, float(sq))
     out = []
@@ -506,39 +506,45 @@ def _in_memory(target: Target) -> bool:
 
 def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw = STANDARD_LAW):
     """The raw statistics (Σ (N, d_in, d_in), C (N, d_out, d_in), s (N,)) of N tasks of dense targets
-    ``W_star`` (N, d_out, d_in), task i drawing from ``rngs[i]`` — X then E, chunk by chunk, as
-    :func:`_raw_statistics` draws — without forming Y = X W*ᵀ + σE: from the Grams XᵀX, EᵀX and
-    ‖E‖² of the draws, YᵀX = W* XᵀX + σ EᵀX and ‖Y‖² = ⟨W* XᵀX, W*⟩ + 2σ⟨W*, EᵀX⟩ + σ²‖E‖².
+    ``W_star`` (N, d_out, d_in), task i drawing from ``rngs[i]`` (a Generator, or a KeyedSeed: the stream
+    ``as_generator`` makes of it) — X then E, chunk by chunk, as :func:`_raw_statistics` draws — without
+    forming Y = X W*ᵀ + σE: from the Grams XᵀX, EᵀX and ‖E‖² of the draws, YᵀX = W* XᵀX + σ EᵀX and
+    ‖Y‖² = ⟨W* XᵀX, W*⟩ + 2σ⟨W*, EᵀX⟩ + σ²‖E‖².
 
     Equal to the definition up to rounding; a third of its work over the samples (no GEMM applying
     W*, no scaled noise, no Y), and at n ≥ d_in the d_out·d_in² of W* XᵀX costs less than that GEMM.
-    The products are stacked (a task's numbers do not depend on the others drawn with it)."""
+    The products are stacked (a task's numbers do not depend on the others drawn with it).  Gaussian
+    draws from KeyedSeeds run in compiled code, every task's at once (fastlora.seeding.keyed_streams:
+    the same numbers, about 2.5x as fast as numpy's and no Generator object each)."""
     N, d_out, d_in = W_star.shape
     XX = np.zeros((N, d_in, d_in))
     EX = np.zeros((N, d_out, d_in))
     EE = np.zeros(N)
     chunk = min(_SAMPLE_CHUNK, n)
+    gaussian = type(law) is DataLaw and law.exact_statistics  # Gaussian inputs (any covariance) and noise
+    streams = keyed_streams(rngs, N * n * (d_in + (d_out if noise > 0 else 0))) if gaussian else None
+    if streams is None:
+        rngs = [as_generator(rng) for rng in rngs]
     # the draws go straight into two stacks allocated once (no temporaries, no copies)
     own_draws = type(law) is not DataLaw  # a subclass's methods may not take out=
     X_all = np.empty((N, chunk, d_in))
     E_all = np.empty((N, chunk, d_out)) if noise > 0 else None
-    draws = chunk * (d_in + (d_out if noise > 0 else 0))  # a task's normals per chunk
-    gaussian = type(law) is DataLaw and law.exact_statistics  # Gaussian inputs (any covariance) and noise
-    fill = _compiled_normals(draws, N * n * draws // chunk) if gaussian else None
-    no_noise = np.empty((0, d_out))
     done = 0
     while done < n:
         m = min(chunk, n - done)
         X, E = X_all[:, :m], None if E_all is None else E_all[:, :m]
-        for i, rng in enumerate(rngs):
-            if fill is not None:  # X then E, as below: the same numbers
-                fill(rng, X[i], no_noise if E is None else E[i])
-                if law.sqrt is not None:  # x = L z, as DataLaw.inputs
+        if streams is not None:
+            if m < chunk:  # the last of several chunks: stacks of its own (the compiled filler takes C order)
+                X, E = np.empty((N, m, d_in)), None if E is None else np.empty((N, m, d_out))
+            streams.fill(X, E)  # every task's X then E, as the loop below draws them
+            if law.sqrt is not None:  # x = L z, as DataLaw.inputs
+                for i in range(N):
                     np.matmul(X[i].copy(), law.sqrt.T, out=X[i])
-                continue
-            _draw_into(law.inputs, rng, X[i], own_draws)
-            if E is not None:
-                _draw_into(law.noise, rng, E[i], own_draws)
+        else:
+            for i, rng in enumerate(rngs):
+                _draw_into(law.inputs, rng, X[i], own_draws)
+                if E is not None:
+                    _draw_into(law.noise, rng, E[i], own_draws)
         XX += X.transpose(0, 2, 1) @ X
         if E is not None:
             EX += E.transpose(0, 2, 1) @ X
@@ -548,20 +554,6 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
     C = WXX + noise * EX
     sq = _inner_each(WXX, W_star) + 2.0 * noise * _inner_each(W_star, EX) + noise * noise * EE
     return XX / n, C / n, np.maximum(sq, 0.0) / (2 * n)
-
-
-# standard normal draws go to compiled code (fastlora.kernels.draws: numpy's numbers, ~2.5x as fast) from this
-# many per call: a call costs ~15 µs, and numpy draws ~13 µs per 1,000 normals (break-even ~2,000, measured)
-COMPILED_DRAWS_MIN = 4096
-# ... and in a process without Numba loaded from this many in all: importing it costs ~0.35 s
-COMPILED_DRAWS_IMPORT = 1 << 25
-
-
-def _compiled_normals(draws: int, total: int):
-    """fastlora.kernels.draws' filler where it pays (``draws`` normals a call, ``total`` in all), else None."""
-    if draws < COMPILED_DRAWS_MIN or ("numba" not in sys.modules and total < COMPILED_DRAWS_IMPORT):
-        return None
-    return compiled_fill_normals(settings.compiled_code_root())
 
 
 def _draw_into(draw, rng, out, copy: bool) -> None:

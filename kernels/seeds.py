@@ -58,13 +58,19 @@ def entropy_words(entropy: int, spawn_key: tuple) -> np.ndarray:
     int as its little-endian 32-bit words (0 as one word), the entropy's padded with zeros to the pool
     size where a spawn key follows."""
     if 0 <= entropy <= MASK32 and (not spawn_key or (0 <= min(spawn_key) and max(spawn_key) <= MASK32)):  # usual
-        return np.array((entropy, 0, 0, 0, *spawn_key) if spawn_key else (entropy,), np.int64)
+        return np.array(short_entropy_words(entropy, spawn_key), np.int64)
     words = _int_words(entropy)
     if spawn_key:
         words += [0] * (POOL_SIZE - len(words))
         for part in spawn_key:
             words += _int_words(part)
     return np.array(words, np.int64)
+
+
+def short_entropy_words(entropy: int, spawn_key: tuple) -> tuple:
+    """:func:`entropy_words` where the entropy and every key entry fit in 32 bits (the caller checks), as a
+    tuple: one word each, the entropy's padded to the pool size where a spawn key follows."""
+    return (entropy, 0, 0, 0, *spawn_key) if spawn_key else (entropy,)
 
 
 def _int_words(value: int) -> list[int]:

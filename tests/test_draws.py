@@ -1,5 +1,6 @@
-"""fastlora.kernels.draws: compiled standard normal draws are numpy's, number for number, and leave the
-bit generator where numpy's would; the raw sampler's statistics do not depend on which draws them."""
+"""Keyed streams drawn in compiled code (fastlora.seeding.keyed_streams, kernels/streams_numba.py) are
+numpy's ``default_rng(SeedSequence(entropy, spawn_key=key)).standard_normal``, number for number; the
+raw sampler's statistics and drawn problems do not depend on which of the two draws them."""
 from __future__ import annotations
 
 import sys
@@ -8,98 +9,107 @@ import numpy as np
 import pytest
 
 import fastlora as fl
+import fastlora.seeding as seeding
 import fastlora.tasks as tasks_module
-from fastlora.config import settings
-from fastlora.kernels import draws
-from fastlora.laws import STANDARD_LAW, make_law
+from fastlora.laws import make_law
+from fastlora.seeding import KeyedSeed, as_generator, keyed_streams
 
 
-def _compiled():
-    fill = draws.compiled_fill_normals(settings.compiled_code_root())
-    assert fill is not None, "Numba is installed and the JIT enabled in the test environment"
-    return fill
+def _streams(sources, draws=0):
+    streams = keyed_streams(sources, draws)
+    assert streams is not None, "Numba is installed and the JIT enabled in the test environment"
+    return streams
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["uncompiled", "compiled"])
-@pytest.mark.parametrize("shapes", [((3, 4), (3, 2)), ((7, 5), (0, 5)), ((1, 1), (2, 3))])
-def test_fill_normals_draws_numpys_numbers(compiled, shapes):
-    fill = _compiled() if compiled else draws.fill_normals
-    first, second = np.full(shapes[0], np.nan), np.full(shapes[1], np.nan)
-    ours, theirs = np.random.default_rng(11), np.random.default_rng(11)
-    fill(ours, first, second)
-    np.testing.assert_array_equal(first, theirs.standard_normal(shapes[0]))
-    np.testing.assert_array_equal(second, theirs.standard_normal(shapes[1]))
-    np.testing.assert_array_equal(ours.standard_normal(4), theirs.standard_normal(4))  # the stream goes on alike
+def _cases(count):
+    rng = np.random.default_rng(20261208)
+    edges = [(0, ()), (2**32 - 1, (2**32 - 1,)), (5, (0, 0, 0, 0, 0, 0))]
+    return edges + [(int(rng.integers(0, 2**32)), tuple(int(v) for v in rng.integers(0, 40, size=int(k))))
+                    for k in rng.integers(0, 6, size=count)]
 
 
-def test_compiled_draws_match_numpy_in_the_tails():
+@pytest.mark.parametrize("first, second", [((7, 5), (3, 2)), ((1, 1), None), ((2, 3), (0, 4)), ((0, 3), (2, 2))])
+def test_keyed_streams_draw_numpys_numbers(first, second):
+    """Each source alone (its key's length decides its words), twice in a row (the stream goes on)."""
+    for entropy, key in _cases(60):
+        source = KeyedSeed(entropy, key)
+        streams = _streams([source])
+        a, b = np.full((1, *first), np.nan), None if second is None else np.full((1, *second), np.nan)
+        streams.fill(a, b)
+        again = np.full((1, 4, 2), np.nan)
+        streams.fill(again)
+        reference = as_generator(source)
+        np.testing.assert_array_equal(a[0], reference.standard_normal(first), err_msg=f"{entropy}, {key}")
+        if second is not None:
+            np.testing.assert_array_equal(b[0], reference.standard_normal(second))
+        np.testing.assert_array_equal(again[0], reference.standard_normal((4, 2)))
+
+
+def test_keyed_streams_of_a_stack_are_each_tasks_own():
+    sources = [KeyedSeed(12, (1, t, 1, 9)) for t in range(6)] + [KeyedSeed(12, (1, 0, 1, 9))]  # one stream twice
+    X, E = np.empty((7, 50, 4)), np.empty((7, 50, 3))
+    _streams(sources).fill(X, E)
+    for i, source in enumerate(sources):
+        reference = as_generator(source)
+        np.testing.assert_array_equal(X[i], reference.standard_normal((50, 4)))
+        np.testing.assert_array_equal(E[i], reference.standard_normal((50, 3)))
+
+
+def test_keyed_draws_match_numpy_in_the_tails():
     """Enough draws (4 million) that the ziggurat's rare paths run: beyond 3.65 (its tail) and the wedges."""
-    fill = _compiled()
-    ours, theirs = np.random.default_rng(20261208), np.random.default_rng(20261208)
-    first, second = np.empty((200_000, 10)), np.empty((200_000, 10))
-    fill(ours, first, second)
-    np.testing.assert_array_equal(first, theirs.standard_normal((200_000, 10)))
-    np.testing.assert_array_equal(second, theirs.standard_normal((200_000, 10)))
-    assert np.abs(np.concatenate([first, second])).max() > 3.66  # the tail was drawn
-    assert ours.bit_generator.state == theirs.bit_generator.state
+    source = KeyedSeed(20261208, (3,))
+    X = np.empty((1, 400_000, 10))
+    _streams([source]).fill(X)
+    np.testing.assert_array_equal(X[0], as_generator(source).standard_normal((400_000, 10)))
+    assert np.abs(X).max() > 3.66  # the tail was drawn
 
 
 @pytest.mark.parametrize("n, noise, count, cov", [(5000, 0.01, 3, None), (5000, 0.0, 2, None),
                                                  (70_000, 0.5, 2, None), (300, 0.1, 3, None),
                                                  (2000, 0.1, 2, "spiked:5"), (2000, 0.0, 1, "matrix")])
 def test_raw_statistics_are_the_same_whoever_draws(monkeypatch, n, noise, count, cov):
-    """Compiled draws (every call) against numpy's (none): the same statistics, bit for bit, chunked n
-    (70,000 > one chunk of rows), noise 0 and input covariances included, and the streams left alike."""
+    """KeyedSeeds (compiled draws) against their Generators (numpy's): the same statistics, bit for bit,
+    chunked n (70,000 > one chunk of rows), noise 0 and input covariances included."""
     W_star = np.random.default_rng(1).standard_normal((count, 3, 4))
     G = np.random.default_rng(2).standard_normal((4, 4))
     law = make_law(4, input_cov=G @ G.T if cov == "matrix" else cov)
-
-    def statistics(minimum):
-        monkeypatch.setattr(tasks_module, "COMPILED_DRAWS_MIN", minimum)
-        monkeypatch.setattr(tasks_module, "COMPILED_DRAWS_IMPORT", 0)
-        rngs = [np.random.default_rng(40 + i) for i in range(count)]
-        out = tasks_module.raw_statistics_many(W_star, n, noise, rngs, law)
-        return out, [rng.standard_normal() for rng in rngs]
-
-    (compiled, after_compiled), (numpy_drawn, after_numpy) = statistics(0), statistics(10**18)
-    for ours, theirs in zip(compiled, numpy_drawn):
-        np.testing.assert_array_equal(ours, theirs)
-    assert after_compiled == after_numpy
+    sources = [KeyedSeed(40 + i, (2, i, 1)) for i in range(count)]
+    compiled = []
+    monkeypatch.setattr(tasks_module, "keyed_streams", lambda *a: compiled.append(keyed_streams(*a)) or compiled[-1])
+    ours = tasks_module.raw_statistics_many(W_star, n, noise, sources, law)
+    theirs = tasks_module.raw_statistics_many(W_star, n, noise, [as_generator(s) for s in sources], law)
+    assert compiled[0] is not None and compiled[1] is None  # the first drew in compiled code, the second not
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_raw_problem_is_the_same_whoever_draws(monkeypatch):
-    """The paper's raw problem through make_problem: compiled draws (the default at n = 5000) against numpy's."""
-    def problem(minimum):
-        monkeypatch.setattr(tasks_module, "COMPILED_DRAWS_MIN", minimum)
-        return fl.make_problem(d=10, k=1, T=3, n=5000, noise=0.01, seed=3)
+@pytest.mark.parametrize("sampler, n", [("raw", 5000), (None, None), ("raw", 40)])
+def test_problems_are_the_same_whoever_draws(monkeypatch, sampler, n):
+    """The paper's problem through make_problem (finite raw samples, population) and fine-tuning samples of
+    its test tasks: compiled draws against numpy's (no compiled filler)."""
+    def problem():
+        prob = fl.make_problem(d=10, k=1, T=3, n=n, noise=0.01, seed=3)
+        return prob, [task.sample(100, seed=7) for task in prob.test_tasks]
 
-    ours, theirs = problem(tasks_module.COMPILED_DRAWS_MIN), problem(10**18)
-    for a, b in zip(ours.tasks, theirs.tasks):
-        np.testing.assert_array_equal(a.Sigma, b.Sigma)
-        np.testing.assert_array_equal(a.C, b.C)
-        assert a.s == b.s
+    ours, our_samples = problem()
+    monkeypatch.setattr(seeding, "_keyed", None)
+    theirs, their_samples = problem()
+    for a, b in zip(ours.tasks + our_samples, theirs.tasks + their_samples):
+        for name in ("Sigma", "C", "s"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(ours.A_star, theirs.A_star)
+    for a, b in zip(ours.test_tasks, theirs.test_tasks):
+        np.testing.assert_array_equal(a.W_star, b.W_star)
 
 
-def test_compiled_draws_are_used_where_they_pay(monkeypatch):
-    """Only Gaussian draws, only calls of at least COMPILED_DRAWS_MIN normals, and in a process
-    without Numba loaded only where the draws outweigh importing it."""
-    calls = []
-    real = tasks_module._compiled_normals
-
-    def counting(per_call, total):
-        fill = real(per_call, total)
-        calls.append(fill is not None)
-        return fill
-
-    monkeypatch.setattr(tasks_module, "_compiled_normals", counting)
-    rngs = [np.random.default_rng(0)]
-    W_star = np.ones((1, 2, 2))
-    tasks_module.raw_statistics_many(W_star, 3000, 0.1, rngs, STANDARD_LAW)  # 12,000 normals a call
-    tasks_module.raw_statistics_many(W_star, 1000, 0.1, rngs, STANDARD_LAW)  # 4,000 < COMPILED_DRAWS_MIN
-    assert calls == [True, False]
-    heavy_tails = make_law(2, input_law="student-t")
-    tasks_module.raw_statistics_many(W_star, 3000, 0.1, rngs, heavy_tails)
-    assert calls == [True, False]  # not asked: numpy draws every other law
+def test_keyed_streams_only_where_they_can_run(monkeypatch):
+    """None (numpy's Generators draw) for a Generator or numpy SeedSequence, for entropy words of unequal
+    lengths, and in a process without Numba loaded unless the draws outweigh importing it."""
+    assert keyed_streams([KeyedSeed(1, (2,)), np.random.default_rng(0)], 0) is None
+    assert keyed_streams([np.random.SeedSequence(1)], 0) is None
+    assert keyed_streams([KeyedSeed(1, (2,)), KeyedSeed(1, (2, 3))], 0) is None
+    assert keyed_streams([KeyedSeed(2**40, (2,))], 0) is None  # more entropy words than the others would have
+    assert keyed_streams([KeyedSeed(1, (2,)), KeyedSeed(9, (4,))], 0) is not None
     monkeypatch.delitem(sys.modules, "numba")
-    assert real(10**6, 10**6) is None  # importing Numba (~0.35 s) would cost more than it saves
-    assert real(10**6, tasks_module.COMPILED_DRAWS_IMPORT) is not None
+    assert keyed_streams([KeyedSeed(1, (2,))], 10**6) is None  # importing Numba (~0.35 s) would cost more
+    assert keyed_streams([KeyedSeed(1, (2,))], seeding.KEYED_DRAWS_IMPORT) is not None
