@@ -333,3 +333,16 @@ def test_pytest_suite_runs_the_same_cases_in_groups_per_config(run, smoke_json, 
     assert "per iteration vs per call: --by score" in table_row(result.output, "smoke[numpy-default]")
     by_score = run("bench", "compare", smoke_json[0], out, "--by", "score")
     assert re.search(r"(within noise|faster|slower)", table_row(by_score.output, "smoke[numpy-default]"))
+
+
+def test_points_reports_fastloras_own_draw_of_a_row_in_units_of_numpys():
+    """The unit of the per-row figures is numpy drawing a row's normals; fastlora's compiled keyed draw of the
+    same normals is reported beside it, against it (not in place of it)."""
+    cfg = replace(CONFIGS["points"], rows=2, n=200)
+    cases = {c.name: c for c in build_cases(cfg, ["numba"], Options(repeat=1, quick=True))}
+    own, unit = cases["points[numba-draw-data]"], cases["points[numpy-draw-data]"]
+    assert own.reference == unit.name and own.params["normals"] == unit.params["normals"] == 2 * cfg.T * cfg.n * cfg.d
+    assert all(c.reference in (None, unit.name) for c in cases.values() if c.name != unit.name)
+    measured = {unit.name: measure(unit, lambda name: None)}
+    assert measure(own, measured.get).median > 0
+    assert "points[numba-draw-data]" not in {c.name for c in build_cases(cfg, ["numpy"], Options(repeat=1, quick=True))}

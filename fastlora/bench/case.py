@@ -145,9 +145,28 @@ GEMM_FLOPS = 4e9  # the largest GEMM a reference times in one round (~0.1 s on a
 
 
 def draw_case(config: str, shape: tuple, rounds: int, what: str) -> Case:
-    """Drawing ``2 × prod(shape)`` standard normals (inputs and noise) — the floor of making a point's data."""
+    """numpy drawing ``2 × prod(shape)`` standard normals (inputs and noise): making a point's data, the unit of
+    the per-row figures (fastlora's own compiled draws of them: :func:`keyed_draw_case`)."""
     rng = np.random.default_rng(0)
     count = 2 * int(np.prod(shape))
     return Case(config, "numpy", "draw-data",
                 lambda: (rng.standard_normal(shape), rng.standard_normal(shape)), max(rounds, REFERENCE_ROUNDS),
                 params={"normals": count}, calibrate=True, unit=f"drawing {what} ({count:,} normals)")
+
+
+def keyed_draw_case(config: str, shape: tuple, rounds: int, reference: str) -> Case | None:
+    """The same ``2 × prod(shape)`` normals as :func:`draw_case`, drawn as fastlora draws a raw row's data: one
+    keyed stream per task (shape[0] of them; fastlora.seeding.keyed_streams, compiled), in units of
+    ``reference`` (numpy's draw); None where the keyed streams do not run (no Numba)."""
+    try:
+        import numba  # noqa: F401 - keyed streams run in a process with Numba loaded
+    except ImportError:
+        return None
+    from ..seeding import KeyedSeed, keyed_streams
+    inputs, noise = np.empty(shape), np.empty(shape)
+    sources = [KeyedSeed(0, (1, task, 1)) for task in range(shape[0])]
+    if keyed_streams(sources, 0) is None:
+        return None
+    return Case(config, "numba", "draw-data", lambda: keyed_streams(sources, 0).fill(inputs, noise),
+                max(rounds, REFERENCE_ROUNDS), params={"normals": 2 * int(np.prod(shape))}, calibrate=True,
+                reference=reference, per="drawing the same normals")

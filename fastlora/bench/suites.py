@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends import get_backend
-from .case import Case, case_name, draw_case, gemm_case, lazy
+from .case import Case, case_name, draw_case, gemm_case, keyed_draw_case, lazy
 from .configs import Config
 
 # the paper point's solves take milliseconds, and a shared machine's hiccups hit a few of them:
@@ -387,7 +387,8 @@ def _points(cfg: Config, backends: list[str], opt: Options) -> list[Case]:
     rows over 2N (start-up cancels), in units of drawing the row's raw data; the start-up is timed
     on its own, as the wall time of a sweep of one row per worker."""
     draw = draw_case(cfg.name, (cfg.T, cfg.n, cfg.d), opt.repeat, "a row's raw data")
-    cases = [draw]
+    own_draw = keyed_draw_case(cfg.name, (cfg.T, cfg.n, cfg.d), opt.repeat, draw.name) if "numba" in backends else None
+    cases = [draw] if own_draw is None else [draw, own_draw]
     modes = [("finite", "raw"), ("finite", "stats"), ("population", "raw")]
     # --quick: one backend (the compiled one where there is one)
     for b in ([b for b in backends if b != "numpy"] or backends)[:1] if opt.quick else backends:
