@@ -99,12 +99,19 @@ class KeyedStreams:
         self._states = np.empty((len(words), 4), np.uint64)
         self._seeded = False
 
-    def fill(self, first: np.ndarray, second: np.ndarray | None = None) -> None:
-        """``first[i]``, then ``second[i]``, from stream i (C-contiguous float64 stacks (N, a, b); ``second``
-        None: no second draw); later calls go on where this one stopped."""
-        second = _NOTHING if second is None else second
-        self._kernel(self._words, self._states, not self._seeded, first, second)
+    def fill(self, first: np.ndarray, second: np.ndarray | None = None, head_dfs=(), tail_dfs=()) -> tuple:
+        """Stream i draws, in order: chi-squares of ``head_dfs`` degrees of freedom, ``first[i]``, ``second[i]``
+        (C-contiguous float64 stacks (N, a, b) of standard normals; ``second`` None: none), then chi-squares
+        of ``tail_dfs`` — as ``chisquare(head_dfs)``, ``standard_normal(out=...)`` twice and
+        ``chisquare(tail_dfs)`` of its Generator would.  Returns the chi-squares, (N, len(head_dfs)) and
+        (N, len(tail_dfs)); later calls go on where this one stopped."""
+        head_dfs, tail_dfs = np.asarray(head_dfs, np.float64), np.asarray(tail_dfs, np.float64)
+        count = len(self._states)
+        head, tail = np.empty((count, len(head_dfs))), np.empty((count, len(tail_dfs)))
+        self._kernel(self._words, self._states, not self._seeded, head_dfs, head, first,
+                     _NOTHING if second is None else second, tail_dfs, tail)
         self._seeded = True
+        return head, tail
 
 
 _NOTHING = np.empty((0, 0, 0))
@@ -159,7 +166,10 @@ def _keyed_kernel():
         except ImportError:  # no Numba
             _keyed = None
         else:
-            _keyed = streams_numba.compiled_fill_keyed_normals(settings.compiled_code_root())
+            from .compilation import slow_work_notice
+            root = settings.compiled_code_root()
+            _keyed = streams_numba.compiled_fill_keyed(root, announce=lambda: slow_work_notice(
+                f"compiling fastlora's random draws (once; later runs load them from {root})"))
     return _keyed
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.random.bit_generator import ISeedSequence
 
 from .config import require_memory, settings
 from .errors import FastLoRAError, check_array, check_choice, check_float, check_int
@@ -339,7 +340,7 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
                                "use a smaller d (each task keeps d_in² + d_out·d_in statistics)")
                 targets, sources = [drawn[i][0].target for i in batch], [drawn[i][3] for i in batch]
                 if kind == "stats":
-                    Sigma, C, sq = exact_statistics_many(targets, n, level, [as_generator(s) for s in sources])
+                    Sigma, C, sq = exact_statistics_many(targets, n, level, sources)
                 else:
                     W_star = np.array([dense_target(t) for t in targets])
                     Sigma, C, sq = raw_statistics_many(W_star, n, level, sources, law)
@@ -524,7 +525,7 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
     gaussian = type(law) is DataLaw and law.exact_statistics  # Gaussian inputs (any covariance) and noise
     streams = keyed_streams(rngs, N * n * (d_in + (d_out if noise > 0 else 0))) if gaussian else None
     if streams is None:
-        rngs = [as_generator(rng) for rng in rngs]
+        rngs = _generators(rngs)
     # the draws go straight into two stacks allocated once (no temporaries, no copies)
     own_draws = type(law) is not DataLaw  # a subclass's methods may not take out=
     X_all = np.empty((N, chunk, d_in))
@@ -554,6 +555,12 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
     C = WXX + noise * EX
     sq = _inner_each(WXX, W_star) + 2.0 * noise * _inner_each(W_star, EX) + noise * noise * EE
     return XX / n, C / n, np.maximum(sq, 0.0) / (2 * n)
+
+
+def _generators(sources: list) -> list:
+    """The Generators of a stack's ``sources``: a seed (a KeyedSeed or SeedSequence) makes its stream; anything
+    else (a Generator, or an object drawing as one does) draws as given."""
+    return [as_generator(s) if isinstance(s, ISeedSequence) else s for s in sources]
 
 
 def _draw_into(draw, rng, out, copy: bool) -> None:
@@ -652,23 +659,45 @@ def exact_statistics(target: Target, n: int, noise: float, rng: np.random.Genera
 
 
 def exact_statistics_many(targets: list, n: int, noise: float, rngs: list):
-    """:func:`exact_statistics` of targets of one shape, target i drawing from ``rngs[i]`` (the same
-    draws in the same order); the products and sums run on stacks (N, ·, ·), matrix by matrix
-    the same operations.  Returns (Σ (N, d_in, d_in), C (N, d_out, d_in), s (N,))."""
+    """:func:`exact_statistics` of targets of one shape, target i drawing from ``rngs[i]`` (a Generator, or a
+    KeyedSeed: the stream ``as_generator`` makes of it; the same draws in the same order); the products and
+    sums run on stacks (N, ·, ·), matrix by matrix the same operations.  KeyedSeeds draw in compiled code,
+    every task's at once (fastlora.seeding.keyed_streams: the same numbers).  Returns (Σ (N, d_in, d_in),
+    C (N, d_out, d_in), s (N,))."""
     d_out, d_in = targets[0].shape
     if n < d_in:
         raise FastLoRAError(f"exact_statistics needs n >= d_in (XᵀX is singular otherwise); got n={n}, d_in={d_in}")
     count = len(targets)
-    R = np.empty((count, d_in, d_in))
+    diagonal, upper, dfs = _bartlett_layout(d_in)
+    noisy, residual_drawn = noise > 0, noise > 0 and n > d_in
+    streams = keyed_streams(rngs, count * (d_in + len(upper) + (d_in * d_out if noisy else 0)))
+    if streams is None:
+        R = np.empty((count, d_in, d_in))
+        Z = np.empty((count, d_in, d_out)) if noisy else None
+        chi = np.empty((count, 1))
+        for i, rng in enumerate(_generators(rngs)):  # as bartlett_factor, then the noise
+            R[i] = bartlett_factor(d_in, n, rng)
+            if noisy:
+                rng.standard_normal(out=Z[i])
+                if residual_drawn:
+                    chi[i, 0] = rng.chisquare(float(d_out) * float(n - d_in))
+    else:  # the same draws: the Bartlett factor's chi-squares and normals, the noise, its residual chi-square
+        upper_draws = np.empty((count, 1, len(upper)))
+        Z = np.empty((count, d_in, d_out)) if noisy else None
+        head, chi = streams.fill(upper_draws, Z, head_dfs=float(n) - dfs,
+                                 tail_dfs=[float(d_out) * float(n - d_in)] if residual_drawn else [])
+        R = np.zeros((count, d_in, d_in))
+        flat = R.reshape(count, -1)
+        flat[:, diagonal] = np.sqrt(head)
+        flat[:, upper] = upper_draws[:, 0]
     M = np.empty((count, d_in, d_out))
     residual = np.zeros(count)
-    for i, (target, rng) in enumerate(zip(targets, rngs)):
-        R[i] = bartlett_factor(d_in, n, rng)
+    for i, target in enumerate(targets):
         M[i] = _apply_transposed(target, R[i])  # R W*ᵀ
-        if noise > 0:
-            M[i] += noise * rng.standard_normal((d_in, d_out))
-            if n > d_in:
-                residual[i] = noise * noise * float(rng.chisquare(float(d_out) * float(n - d_in)))
+        if noisy:
+            M[i] += noise * Z[i]
+            if residual_drawn:
+                residual[i] = noise * noise * float(chi[i, 0])
     R_T, M_T = R.swapaxes(1, 2), M.swapaxes(1, 2)
     return R_T @ R / n, M_T @ R / n, (np.sum((M * M).reshape(count, -1), axis=1) + residual) / (2 * n)
 

@@ -83,12 +83,12 @@ def test_raw_statistics_are_the_same_whoever_draws(monkeypatch, n, noise, count,
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("sampler, n", [("raw", 5000), (None, None), ("raw", 40)])
+@pytest.mark.parametrize("sampler, n", [("raw", 5000), ("raw", None), ("raw", 40), ("stats", 5000), ("stats", 10)])
 def test_problems_are_the_same_whoever_draws(monkeypatch, sampler, n):
-    """The paper's problem through make_problem (finite raw samples, population) and fine-tuning samples of
-    its test tasks: compiled draws against numpy's (no compiled filler)."""
+    """The paper's problem through make_problem (raw and exact finite samples, population) and fine-tuning
+    samples of its test tasks: compiled draws against numpy's (no compiled filler)."""
     def problem():
-        prob = fl.make_problem(d=10, k=1, T=3, n=n, noise=0.01, seed=3)
+        prob = fl.make_problem(d=10, k=1, T=3, n=n, noise=0.01, seed=3, sampler=sampler)
         return prob, [task.sample(100, seed=7) for task in prob.test_tasks]
 
     ours, our_samples = problem()
@@ -113,3 +113,36 @@ def test_keyed_streams_only_where_they_can_run(monkeypatch):
     monkeypatch.delitem(sys.modules, "numba")
     assert keyed_streams([KeyedSeed(1, (2,))], 10**6) is None  # importing Numba (~0.35 s) would cost more
     assert keyed_streams([KeyedSeed(1, (2,))], seeding.KEYED_DRAWS_IMPORT) is not None
+
+
+def test_keyed_chisquares_are_numpys():
+    """Every branch of numpy's standard gamma: shape < 1 (df 1, 0.3), the exponential at shape 1 (df 2), and
+    Marsaglia and Tsang's method above (df 3 to 1e9) — in many streams, before and after normals."""
+    head_dfs = np.array([1.0, 2.0, 0.3, 3.0, 7.5, 2.0, 1.0, 50.0, 1e4, 1e9])
+    tail_dfs = np.array([2.0, 1.0, 4000.0])
+    sources = [KeyedSeed(77, (4, t, 1, 9)) for t in range(300)]
+    first = np.empty((300, 3, 2))
+    head, tail = _streams(sources).fill(first, None, head_dfs=head_dfs, tail_dfs=tail_dfs)
+    for i, source in enumerate(sources):
+        reference = as_generator(source)
+        np.testing.assert_array_equal(head[i], reference.chisquare(head_dfs))
+        np.testing.assert_array_equal(first[i], reference.standard_normal((3, 2)))
+        np.testing.assert_array_equal(tail[i], reference.chisquare(tail_dfs))
+
+
+@pytest.mark.parametrize("n, noise, d_out", [(5000, 0.01, 4), (4, 0.1, 4), (5, 0.1, 3), (4, 0.0, 4), (70_000, 0.5, 6)])
+def test_exact_statistics_are_the_same_whoever_draws(monkeypatch, n, noise, d_out):
+    """sampler="stats" from KeyedSeeds (compiled) against their Generators (numpy's), bit for bit: n = d_in and
+    d_in + 1 (chi-squares of 1 and 2 degrees of freedom), noise 0 (no noise draws, no residual), dense and
+    factored targets."""
+    rng = np.random.default_rng(3)
+    targets = [rng.standard_normal((d_out, 4)) for _ in range(2)]
+    targets.append(fl.make_problem(d=4, d_out=d_out, k=1, T=1, symmetric=False, seed=1).tasks[0].target)
+    sources = [KeyedSeed(50 + i, (1, i, 1, 9)) for i in range(3)]
+    compiled = []
+    monkeypatch.setattr(tasks_module, "keyed_streams", lambda *a: compiled.append(keyed_streams(*a)) or compiled[-1])
+    ours = tasks_module.exact_statistics_many(targets, n, noise, sources)
+    theirs = tasks_module.exact_statistics_many(targets, n, noise, [as_generator(s) for s in sources])
+    assert compiled[0] is not None and compiled[1] is None
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
