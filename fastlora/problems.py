@@ -257,7 +257,8 @@ def draw_factors_many(seed, role, count, d_out, d_in, k, symmetric) -> list:
     B = np.empty((count, d_out, k))
     C = None if symmetric else np.empty((count, d_in, k))
     streams.fill(B, C)
-    return [(B[t], B[t] if symmetric else C[t]) for t in range(count)]
+    # one object for both factors where symmetric (LowRankTarget.symmetric reads B is C, as draw_factors gives)
+    return [(b, b) for b in B] if symmetric else list(zip(B, C))
 
 
 def _draw_task(prob: Problem, role: int, index: int) -> Task:

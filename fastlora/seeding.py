@@ -89,9 +89,9 @@ def stream(entropy: int, spawn_key: tuple = ()) -> np.random.Generator:
 
 class KeyedStreams:
     """The streams ``Generator(PCG64(source))`` of :class:`KeyedSeed` sources, drawn in compiled code
-    (fastlora.kernels.streams_numba: numpy's PCG64 and ziggurat, the same numbers) without a Generator
-    object each: :meth:`fill` is what ``standard_normal(out=...)`` of each stream in turn would draw.
-    Made by :func:`keyed_streams`."""
+    (fastlora.kernels.streams_numba: numpy's PCG64 and distributions, the same numbers) without a Generator
+    object each: :meth:`fill` draws what each stream's ``standard_normal`` and ``chisquare`` would.  Made by
+    :func:`keyed_streams`; one thread at a time (unlike a Generator, it takes no lock)."""
 
     def __init__(self, kernel, words: np.ndarray):
         self._kernel = kernel
@@ -105,8 +105,13 @@ class KeyedStreams:
         of ``tail_dfs`` — as ``chisquare(head_dfs)``, ``standard_normal(out=...)`` twice and
         ``chisquare(tail_dfs)`` of its Generator would.  Returns the chi-squares, (N, len(head_dfs)) and
         (N, len(tail_dfs)); later calls go on where this one stopped."""
-        head_dfs, tail_dfs = np.asarray(head_dfs, np.float64), np.asarray(tail_dfs, np.float64)
         count = len(self._states)
+        for name, stack in (("first", first), ("second", second)):
+            if stack is not None and not (isinstance(stack, np.ndarray) and stack.ndim == 3 and stack.shape[0] == count
+                                          and stack.dtype == np.float64 and stack.flags.c_contiguous):
+                raise ValueError(f"KeyedStreams.fill: {name} must be a C-contiguous float64 stack of shape "
+                                 f"({count}, a, b), one per stream; got {getattr(stack, 'shape', stack)!r}")
+        head_dfs, tail_dfs = np.asarray(head_dfs, np.float64), np.asarray(tail_dfs, np.float64)
         head, tail = np.empty((count, len(head_dfs))), np.empty((count, len(tail_dfs)))
         self._kernel(self._words, self._states, not self._seeded, head_dfs, head, first,
                      _NOTHING if second is None else second, tail_dfs, tail)
@@ -163,14 +168,27 @@ def _keyed_kernel():
     if _keyed is _UNSET:
         try:
             from .kernels import streams_numba
-        except ImportError:  # no Numba
-            _keyed = None
+        except ImportError as exc:  # no Numba, or one without the ziggurat tables read there
+            _keyed = _without_keyed_streams(exc, "numba" in sys.modules)
         else:
             from .compilation import slow_work_notice
             root = settings.compiled_code_root()
-            _keyed = streams_numba.compiled_fill_keyed(root, announce=lambda: slow_work_notice(
-                f"compiling fastlora's random draws (once; later runs load them from {root})"))
+            try:
+                _keyed = streams_numba.compiled_fill_keyed(root, announce=lambda: slow_work_notice(
+                    f"compiling fastlora's random draws (once; later runs load them from {root})"))
+            except Exception as exc:  # noqa: BLE001 - e.g. a Numba whose extension API changed
+                _keyed = _without_keyed_streams(exc, True)
     return _keyed
+
+
+def _without_keyed_streams(exc: Exception, expected: bool):
+    """None (numpy's Generators draw every stream: the same numbers, more slowly), with a warning where
+    Numba is installed (``expected``) but the compiled draws could not be made."""
+    if expected:
+        import warnings
+        warnings.warn(f"fastlora's compiled random draws are unavailable ({type(exc).__name__}: {exc}); numpy "
+                      f"draws the same numbers, more slowly", RuntimeWarning, stacklevel=3)
+    return None
 
 
 def separate_streams(generators) -> bool:

@@ -516,7 +516,7 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
     W*, no scaled noise, no Y), and at n ≥ d_in the d_out·d_in² of W* XᵀX costs less than that GEMM.
     The products are stacked (a task's numbers do not depend on the others drawn with it).  Gaussian
     draws from KeyedSeeds run in compiled code, every task's at once (fastlora.seeding.keyed_streams:
-    the same numbers, about 2.5x as fast as numpy's and no Generator object each)."""
+    the same numbers, ~4.5x as fast as numpy's and no Generator object each)."""
     N, d_out, d_in = W_star.shape
     XX = np.zeros((N, d_in, d_in))
     EX = np.zeros((N, d_out, d_in))
@@ -598,10 +598,20 @@ def bartlett_factor(d: int, n: int, rng: np.random.Generator) -> np.ndarray:
     R_ii = sqrt(χ²(n − i)) (i = 0..d−1), R_ij ~ N(0, 1) for i < j, all independent: the
     law of the R factor of the QR decomposition of an (n, d) standard normal matrix.
     """
-    diagonal, upper, dfs = _bartlett_layout(d)
-    R = np.zeros((d, d))
-    R.flat[diagonal] = np.sqrt(rng.chisquare(float(n) - dfs))
-    R.flat[upper] = rng.standard_normal(len(upper))
+    _, upper, dfs = _bartlett_layout(d)
+    chi = rng.chisquare(float(n) - dfs)  # first: the order of the draws
+    return _bartlett_factors(chi[None], rng.standard_normal(len(upper))[None])[0]
+
+
+def _bartlett_factors(chi, normals) -> np.ndarray:
+    """Bartlett factors R (N, d, d) from their draws: chi-squares (N, d), whose roots make the diagonal, and
+    normals (N, d(d − 1)/2), the strict upper triangle row by row."""
+    count, d = chi.shape
+    diagonal, upper, _ = _bartlett_layout(d)
+    R = np.zeros((count, d, d))
+    flat = R.reshape(count, -1)
+    flat[:, diagonal] = np.sqrt(chi)
+    flat[:, upper] = normals
     return R
 
 
@@ -668,7 +678,7 @@ def exact_statistics_many(targets: list, n: int, noise: float, rngs: list):
     if n < d_in:
         raise FastLoRAError(f"exact_statistics needs n >= d_in (XᵀX is singular otherwise); got n={n}, d_in={d_in}")
     count = len(targets)
-    diagonal, upper, dfs = _bartlett_layout(d_in)
+    _, upper, dfs = _bartlett_layout(d_in)
     noisy, residual_drawn = noise > 0, noise > 0 and n > d_in
     streams = keyed_streams(rngs, count * (d_in + len(upper) + (d_in * d_out if noisy else 0)))
     if streams is None:
@@ -678,7 +688,7 @@ def exact_statistics_many(targets: list, n: int, noise: float, rngs: list):
         for i, rng in enumerate(_generators(rngs)):  # as bartlett_factor, then the noise
             R[i] = bartlett_factor(d_in, n, rng)
             if noisy:
-                rng.standard_normal(out=Z[i])
+                Z[i] = rng.standard_normal((d_in, d_out))  # no out=: a duck-typed generator may not take it
                 if residual_drawn:
                     chi[i, 0] = rng.chisquare(float(d_out) * float(n - d_in))
     else:  # the same draws: the Bartlett factor's chi-squares and normals, the noise, its residual chi-square
@@ -686,10 +696,7 @@ def exact_statistics_many(targets: list, n: int, noise: float, rngs: list):
         Z = np.empty((count, d_in, d_out)) if noisy else None
         head, chi = streams.fill(upper_draws, Z, head_dfs=float(n) - dfs,
                                  tail_dfs=[float(d_out) * float(n - d_in)] if residual_drawn else [])
-        R = np.zeros((count, d_in, d_in))
-        flat = R.reshape(count, -1)
-        flat[:, diagonal] = np.sqrt(head)
-        flat[:, upper] = upper_draws[:, 0]
+        R = _bartlett_factors(head, upper_draws[:, 0])
     M = np.empty((count, d_in, d_out))
     residual = np.zeros(count)
     for i, target in enumerate(targets):

@@ -237,12 +237,13 @@ def compiled_fill_keyed(cache_root: str, announce=None):
                 _COMPILED[cache_root] = None
             else:
                 folder = contract.source_folder(cache_root, "streams", (__file__, seeds.__file__))
-                dispatcher = contract.njit_cached(fill_keyed, str(folder))
+                dispatcher = contract.njit_cached(fill_keyed, str(folder), nogil=True)
                 stack, matrix = types.Array(types.float64, 3, "C"), types.Array(types.float64, 2, "C")
                 vector = types.Array(types.float64, 1, "C")
                 cached = contract.on_disk(dispatcher)
                 with contextlib.nullcontext() if announce is None or cached else announce():
                     dispatcher.compile((types.Array(types.int64, 2, "C"), types.Array(types.uint64, 2, "C"),
                                         types.boolean, vector, matrix, stack, stack, vector, matrix))
+                dispatcher.disable_compile()  # other types are the caller's error, not a silent second compile
                 _COMPILED[cache_root] = dispatcher
         return _COMPILED[cache_root]

@@ -17,7 +17,8 @@ from fastlora.seeding import KeyedSeed, as_generator, keyed_streams
 
 def _streams(sources, draws=0):
     streams = keyed_streams(sources, draws)
-    assert streams is not None, "Numba is installed and the JIT enabled in the test environment"
+    assert streams is not None, ("the compiled draws did not load (Numba missing, NUMBA_DISABLE_JIT set, or a Numba "
+                                 "without numba.np.random._constants): a warning said why")
     return streams
 
 
@@ -83,12 +84,17 @@ def test_raw_statistics_are_the_same_whoever_draws(monkeypatch, n, noise, count,
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("sampler, n", [("raw", 5000), ("raw", None), ("raw", 40), ("stats", 5000), ("stats", 10)])
-def test_problems_are_the_same_whoever_draws(monkeypatch, sampler, n):
-    """The paper's problem through make_problem (raw and exact finite samples, population) and fine-tuning
-    samples of its test tasks: compiled draws against numpy's (no compiled filler)."""
+@pytest.mark.parametrize("sampler, n, d_out", [("raw", 5000, None), ("raw", None, None), ("raw", 40, None),
+                                               ("stats", 5000, None), ("stats", 10, None), ("raw", 3000, 7),
+                                               ("stats", 300, 7), ("raw", None, 7)])
+def test_problems_are_the_same_whoever_draws(monkeypatch, sampler, n, d_out):
+    """The paper's problem through make_problem (raw and exact finite samples, population; symmetric, and
+    d_out != d with its own C*) and fine-tuning samples of its test tasks: compiled draws against numpy's
+    (no compiled filler) — the targets' factors, A*, the statistics, and what a retraining on the test
+    tasks finds (a symmetric target's B is its C: LowRankTarget.symmetric)."""
     def problem():
-        prob = fl.make_problem(d=10, k=1, T=3, n=n, noise=0.01, seed=3, sampler=sampler)
+        prob = fl.make_problem(d=10, d_out=d_out, k=2, T=3, n=n, noise=0.01, seed=3, sampler=sampler,
+                               symmetric=d_out is None)
         return prob, [task.sample(100, seed=7) for task in prob.test_tasks]
 
     ours, our_samples = problem()
@@ -98,8 +104,13 @@ def test_problems_are_the_same_whoever_draws(monkeypatch, sampler, n):
         for name in ("Sigma", "C", "s"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     np.testing.assert_array_equal(ours.A_star, theirs.A_star)
-    for a, b in zip(ours.test_tasks, theirs.test_tasks):
-        np.testing.assert_array_equal(a.W_star, b.W_star)
+    for a, b in zip(ours.tasks + ours.test_tasks, theirs.tasks + theirs.test_tasks):
+        np.testing.assert_array_equal(a.target.B, b.target.B)
+        np.testing.assert_array_equal(a.target.C, b.target.C)
+        assert a.target.symmetric == b.target.symmetric == (d_out is None)
+    if n is None:  # population test tasks, retrained on: the same whoever drew them
+        args = dict(rank=2, max_iter=20, backend="numpy", peft="lora_sym" if d_out is None else "lora")
+        np.testing.assert_array_equal(fl.retrain(ours.test_tasks, **args).A, fl.retrain(theirs.test_tasks, **args).A)
 
 
 def test_keyed_streams_only_where_they_can_run(monkeypatch):
@@ -108,7 +119,8 @@ def test_keyed_streams_only_where_they_can_run(monkeypatch):
     assert keyed_streams([KeyedSeed(1, (2,)), np.random.default_rng(0)], 0) is None
     assert keyed_streams([np.random.SeedSequence(1)], 0) is None
     assert keyed_streams([KeyedSeed(1, (2,)), KeyedSeed(1, (2, 3))], 0) is None
-    assert keyed_streams([KeyedSeed(2**40, (2,))], 0) is None  # more entropy words than the others would have
+    assert keyed_streams([KeyedSeed(2**40, (2,))], 0) is None  # an entropy beyond 32 bits: two words
+    assert keyed_streams([KeyedSeed(-1, (2,))], 0) is None  # numpy refuses it (as_generator then says why)
     assert keyed_streams([KeyedSeed(1, (2,)), KeyedSeed(9, (4,))], 0) is not None
     monkeypatch.delitem(sys.modules, "numba")
     assert keyed_streams([KeyedSeed(1, (2,))], 10**6) is None  # importing Numba (~0.35 s) would cost more
@@ -146,3 +158,42 @@ def test_exact_statistics_are_the_same_whoever_draws(monkeypatch, n, noise, d_ou
     assert compiled[0] is not None and compiled[1] is None
     for a, b in zip(ours, theirs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_law_subclass_draws_its_own_way(monkeypatch):
+    """A DataLaw subclass may draw otherwise than its fields say: its own inputs, never the compiled normals."""
+    class Shifted(type(make_law(3))):
+        def inputs(self, rng, m, d, out=None):
+            return rng.standard_normal((m, d)) + 1.0
+
+    law, W_star = Shifted(), np.ones((1, 2, 3))
+    ours = tasks_module.raw_statistics_many(W_star, 5000, 0.1, [KeyedSeed(3, (1,))], law)
+    reference = as_generator(KeyedSeed(3, (1,)))
+    X = reference.standard_normal((5000, 3)) + 1.0
+    np.testing.assert_allclose(ours[0][0], X.T @ X / 5000, rtol=1e-12)
+
+
+def test_fill_refuses_stacks_it_cannot_fill():
+    streams = _streams([KeyedSeed(1, (t,)) for t in range(3)])
+    for bad in (np.zeros((1, 2, 2)), np.zeros((3, 2, 2), np.float32), np.zeros((3, 4, 2))[:, ::2], np.zeros((3, 4))):
+        with pytest.raises(ValueError, match="C-contiguous float64 stack of shape \\(3, a, b\\)"):
+            streams.fill(bad)
+    with pytest.raises(ValueError, match="second"):
+        streams.fill(np.zeros((3, 1, 1)), np.zeros((2, 1, 1)))
+
+
+def test_draws_fall_back_to_numpy_with_a_warning_where_the_kernel_fails(monkeypatch):
+    """A Numba whose extension API changed (compiling fails): a warning once, then numpy's Generators draw."""
+    from fastlora.kernels import streams_numba
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted")
+    monkeypatch.setattr(streams_numba, "compiled_fill_keyed", broken)
+    monkeypatch.setattr(seeding, "_keyed", seeding._UNSET)
+    with pytest.warns(RuntimeWarning, match="compiled random draws are unavailable .*planted.*numpy draws the same"):
+        assert keyed_streams([KeyedSeed(1, (2,))], 0) is None
+    prob = fl.make_problem(d=10, k=1, T=3, n=5000, noise=0.01, seed=3)  # drawn by numpy, no second warning
+    monkeypatch.setattr(seeding, "_keyed", seeding._UNSET)
+    monkeypatch.undo()
+    again = fl.make_problem(d=10, k=1, T=3, n=5000, noise=0.01, seed=3)  # drawn compiled
+    np.testing.assert_array_equal(prob.tasks[0].C, again.tasks[0].C)

@@ -139,8 +139,8 @@ def test_keyed_seed_spawns_like_numpy_and_takes_ints_only():
 
 def test_streams_without_a_jit(tmp_path):
     """Under NUMBA_DISABLE_JIT (Numba's debugging switch) every stream comes from numpy's SeedSequence, numpy
-    draws every normal (fastlora.kernels.draws draws the large raw draws here), and the fits and the numba
-    backend's engine run as Python: the same problem, statistics and solves (each raised AttributeError)."""
+    draws every normal (here compiled keyed streams do: fastlora.kernels.streams_numba), and the fits and the
+    numba backend's engine run as Python: the same problem, statistics and solves (each raised AttributeError)."""
     import json
     import os
     import subprocess
@@ -149,7 +149,7 @@ def test_streams_without_a_jit(tmp_path):
             "p = fl.make_problem(d=4, k=1, T=3, n=50, noise=0.1, seed=1, sampler='stats')\n"
             "r = fl.retrain(p, method='lora-ml', backend='numpy')\n"
             "c = fl.retrain(p, method='lora-ml', backend='numba')\n"  # the engine's source, run as Python
-            "raw = fl.make_problem(d=4, k=1, T=2, n=1100, noise=0.1, seed=2)\n"  # drawn by numpy (compiled here)
+            "raw = fl.make_problem(d=4, k=1, T=2, n=1100, noise=0.1, seed=2)\n"  # numpy there, compiled here
             "print(json.dumps([p.A_star.tolist(), p.tasks[2].C.tolist(), p.test_tasks[0].sample(20, seed=4).s,"
             " r.objective, c.objective, c.n_iter, raw.tasks[1].C.tolist()]))\n")
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "NUMBA_CACHE_DIR": str(tmp_path)}

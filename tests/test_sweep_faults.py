@@ -32,7 +32,7 @@ backend = "numpy"
 max_iter = 50
 """
 
-# rows of ~50 ms, mostly drawing their data (n = 200000, however fast the solvers get): a
+# rows of ~40 ms, mostly drawing their data (n = 200000, however fast the solvers get): a
 # driver with two workers is still busy seconds after its first commit
 SLOW = (TINY_SPEC.replace('name = "tiny"', 'name = "slow"').replace("repeats = 2\n", "repeats = 24\n")
         .replace("n = 400\n", "n = 200000\n").replace("max_iter = 200", "max_iter = 400"))
