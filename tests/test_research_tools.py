@@ -230,6 +230,26 @@ def test_dry_run_counts_rows_retrainings_and_points_outside_the_regime(tmp_path)
     assert (again.pending, again.retrainings, again.pairing) == (8, 4, "paired")
 
 
+def test_dry_run_times_a_kind_again_where_its_first_rows_compiled(monkeypatch):
+    """An empty kernel cache: a kind's first rows compile (seconds, once); the estimate is of warm rows (a new
+    user's dry run said ~16.8 h for a one-minute sweep)."""
+    import time as clock
+
+    from fastlora.sweep import dryrun, runner
+    compiled = set()
+
+    def rows_compiling_once(rows):
+        method = rows[0]["point"]["method"]
+        if method not in compiled and method == "lora-ml":
+            compiled.add(method)
+            clock.sleep(1.5)  # the first lora-ml rows: compiling
+        return []
+    monkeypatch.setattr(runner, "run_rows", rows_compiling_once)
+    report = dryrun.dry_run(quiet_parse(TINY_SPEC), time_budget=5.0)
+    assert report.timed and all(seconds < 1.0 for _, seconds in report.timed), report.timed
+    assert report.estimate_seconds < 5.0
+
+
 def test_dry_run_from_the_command_line_writes_nothing(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text(TINY_SPEC)
