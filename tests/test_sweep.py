@@ -83,6 +83,7 @@ def test_an_adapter_step_the_tasks_cannot_take_is_refused_when_the_spec_is_read(
     (("noise = 0.05", "noise = -1.0"), "noise=-1.0 is out of range"),
     (("[grid]", "[grid]\nrank = [9]"), "rank=9 is impossible"),
     (("[fixed]", '[fixed]\npeft = "nope"'), "peft='nope' is not a registered parameterization"),
+    (("[fixed]", "[fixed]\nseed = 3"), "'seed' is a top-level key of the spec (before any [table])"),
 ])
 def test_bad_spec_fails_before_any_work_with_one_line_and_exit_2(tmp_path, change, needle):
     spec = write(tmp_path, SPEC.replace(*change))

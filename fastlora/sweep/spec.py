@@ -494,6 +494,9 @@ def _check_row_count(grids: list[dict], repeats: int, origin: str) -> None:
 
 
 def _check_known(key: str, origin: str) -> None:
+    if key in TOP_LEVEL - {"grid", "fixed"}:  # e.g. seed under [fixed]: say where it goes
+        raise FastLoRAError(f"{origin}: {key!r} is a top-level key of the spec (before any [table]), not a "
+                            f"point's key")
     if key not in KEYS:
         raise FastLoRAError(f"{origin}: unknown key {key!r}; allowed keys: {', '.join(sorted(KEYS))}")
 
