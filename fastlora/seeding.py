@@ -107,11 +107,13 @@ class KeyedStreams:
         (N, len(tail_dfs)); later calls go on where this one stopped."""
         count = len(self._states)
         for name, stack in (("first", first), ("second", second)):
-            if stack is not None and not (isinstance(stack, np.ndarray) and stack.ndim == 3 and stack.shape[0] == count
-                                          and stack.dtype == np.float64 and stack.flags.c_contiguous):
-                raise ValueError(f"KeyedStreams.fill: {name} must be a C-contiguous float64 stack of shape "
+            if (stack is not None or name == "first") and not (
+                    isinstance(stack, np.ndarray) and stack.ndim == 3 and stack.shape[0] == count
+                    and stack.dtype == np.float64 and stack.flags.c_contiguous and stack.flags.writeable):
+                raise ValueError(f"KeyedStreams.fill: {name} must be a writeable C-contiguous float64 stack of shape "
                                  f"({count}, a, b), one per stream; got {getattr(stack, 'shape', stack)!r}")
-        head_dfs, tail_dfs = np.asarray(head_dfs, np.float64), np.asarray(tail_dfs, np.float64)
+        # copies: the one compiled signature takes writeable C-ordered vectors (a view or read-only input would not)
+        head_dfs, tail_dfs = np.array(head_dfs, np.float64).reshape(-1), np.array(tail_dfs, np.float64).reshape(-1)
         head, tail = np.empty((count, len(head_dfs))), np.empty((count, len(tail_dfs)))
         self._kernel(self._words, self._states, not self._seeded, head_dfs, head, first,
                      _NOTHING if second is None else second, tail_dfs, tail)

@@ -4,6 +4,7 @@ raw sampler's statistics and drawn problems do not depend on which of the two dr
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -180,6 +181,27 @@ def test_fill_refuses_stacks_it_cannot_fill():
             streams.fill(bad)
     with pytest.raises(ValueError, match="second"):
         streams.fill(np.zeros((3, 1, 1)), np.zeros((2, 1, 1)))
+    read_only = np.zeros((3, 2, 2))
+    read_only.setflags(write=False)
+    for bad in (read_only, None):
+        with pytest.raises(ValueError, match="first must be a writeable"):
+            streams.fill(bad)
+    # chi-square degrees of freedom as a strided or read-only view: copied for the one compiled signature
+    dfs = np.array([5.0, 0.0, 6.0, 0.0])[::2]
+    dfs_read_only = dfs.copy()
+    dfs_read_only.setflags(write=False)
+    head, _ = streams.fill(np.zeros((3, 0, 0)), head_dfs=dfs)
+    again, _ = _streams([KeyedSeed(1, (t,)) for t in range(3)]).fill(np.zeros((3, 0, 0)), head_dfs=dfs_read_only)
+    np.testing.assert_array_equal(head[0], as_generator(KeyedSeed(1, (0,))).chisquare([5.0, 6.0]))
+    np.testing.assert_array_equal(again, head)
+
+
+def test_the_compiled_filler_takes_one_signature():
+    """Other dtypes are the caller's error, not a silent second compile (fill's checks come first)."""
+    kernel = seeding._keyed_kernel()
+    with pytest.raises(TypeError, match="No matching definition"):
+        kernel(np.zeros((1, 1), np.int64), np.zeros((1, 4), np.uint64), True, np.zeros(0), np.zeros((1, 0)),
+               np.zeros((1, 1, 1), np.float32), np.zeros((1, 0, 0)), np.zeros(0), np.zeros((1, 0)))
 
 
 def test_draws_fall_back_to_numpy_with_a_warning_where_the_kernel_fails(monkeypatch):
@@ -192,7 +214,10 @@ def test_draws_fall_back_to_numpy_with_a_warning_where_the_kernel_fails(monkeypa
     monkeypatch.setattr(seeding, "_keyed", seeding._UNSET)
     with pytest.warns(RuntimeWarning, match="compiled random draws are unavailable .*planted.*numpy draws the same"):
         assert keyed_streams([KeyedSeed(1, (2,))], 0) is None
-    prob = fl.make_problem(d=10, k=1, T=3, n=5000, noise=0.01, seed=3)  # drawn by numpy, no second warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prob = fl.make_problem(d=10, k=1, T=3, n=5000, noise=0.01, seed=3)  # drawn by numpy
+    assert not caught  # the failure is remembered: one warning a process
     monkeypatch.setattr(seeding, "_keyed", seeding._UNSET)
     monkeypatch.undo()
     again = fl.make_problem(d=10, k=1, T=3, n=5000, noise=0.01, seed=3)  # drawn compiled

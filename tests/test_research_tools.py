@@ -236,18 +236,29 @@ def test_dry_run_times_a_kind_again_where_its_first_rows_compiled(monkeypatch):
     import time as clock
 
     from fastlora.sweep import dryrun, runner
-    compiled = set()
+    calls = []
 
     def rows_compiling_once(rows):
         method = rows[0]["point"]["method"]
-        if method not in compiled and method == "lora-ml":
-            compiled.add(method)
-            clock.sleep(1.5)  # the first lora-ml rows: compiling
+        if calls and method not in calls:  # each kind's first timed rows (not the warm-up row): compiling
+            clock.sleep(1.5)
+        calls.append(method)
         return []
     monkeypatch.setattr(runner, "run_rows", rows_compiling_once)
     report = dryrun.dry_run(quiet_parse(TINY_SPEC), time_budget=5.0)
     assert report.timed and all(seconds < 1.0 for _, seconds in report.timed), report.timed
     assert report.estimate_seconds < 5.0
+    slow = [m for m in ("standard", "lora-ml") if m != calls[0]]  # the kind the warm-up row did not run
+    assert calls.count(slow[0]) >= 3  # timed, timed again warm, then a chunk of seeds
+    calls.clear()
+    assert dryrun.dry_run(quiet_parse(TINY_SPEC), time_budget=0.1).timed  # no budget left: no second run
+    assert calls.count(slow[0]) == 1
+
+
+def test_dry_run_durations_read_in_their_unit():
+    from fastlora.sweep.dryrun import _duration
+    assert [_duration(s) for s in (0.0, 0.0123, 0.9994, 0.9995, 42, 600, 7200)] == [
+        "0 ms", "12.3 ms", "999 ms", "1 s", "42 s", "10.0 min", "2.0 h"]
 
 
 def test_dry_run_from_the_command_line_writes_nothing(tmp_path):
