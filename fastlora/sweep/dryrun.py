@@ -8,8 +8,8 @@ rows together, as a sweep's chunks run them; after one untimed warm-up row, the 
 key of each method and model, then each one's largest, then other large keys while ``TIME_BUDGET``
 seconds last, up to ``TIMED_KEYS`` keys), and every other retraining key is estimated from its kind's timed ones along a
 rough size (:func:`_cost_proxy`): a fixed plus a proportional cost where two sizes of the kind were
-timed (:func:`_cost_model`).  A kind's first rows may compile its kernels (an empty on-disk cache):
-where they take over ``RECHECK_SECONDS`` they are timed again, warm.  Nothing is written.
+timed (:func:`_cost_model`).  Compiling (an empty kernel cache) is left out of the timings.  Nothing is
+written.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ TIMED_KEYS = 4
 TIME_BUDGET = 20.0  # seconds of timed rows at most (one retraining key may exceed it alone)
 TIMED_SEEDS = 16  # a timed key whose seeds' rows take at most BATCH_SECONDS together is timed as one chunk of them
 BATCH_SECONDS = 2.0
-RECHECK_SECONDS = 1.0  # a kind's first timed rows slower than this are timed again (compiling)
 
 
 @dataclass
@@ -176,26 +175,13 @@ def _time(groups: dict, budget: float, most: int) -> tuple[list, float]:
         if spent >= budget and key not in smallest:
             break
         by_seed = list(groups[key].values())
-        started = time.perf_counter()
-        run_rows(by_seed[0])
-        measured[key] = time.perf_counter() - started
+        measured[key] = _seconds(run_rows, by_seed[0])
         spent += measured[key]
-        if key in smallest and key != ascending[0] and RECHECK_SECONDS < measured[key] <= budget - spent:
-            # a kind's first rows compile its kernels where the on-disk cache lacks them (10-30 s, once): the
-            # same rows again, warm (a sweep pays that compile once, not once a retraining), where the budget
-            # allows (the warm-up row compiled the first key's already)
-            started = time.perf_counter()
-            run_rows(by_seed[0])
-            again = time.perf_counter() - started
-            measured[key] = min(measured[key], again)
-            spent += again
         # a sweep runs a key's rows in chunks of many seeds, retrained and evaluated together: time
         # such a chunk where it is cheap (one seed's rows alone cost several times their share)
         batch = by_seed[1:1 + TIMED_SEEDS]
         if len(batch) > 1 and measured[key] * len(batch) <= BATCH_SECONDS:
-            started = time.perf_counter()
-            run_rows([row for rows in batch for row in rows])
-            seconds = time.perf_counter() - started
+            seconds = _seconds(run_rows, [row for rows in batch for row in rows])
             measured[key] = seconds / len(batch)
             spent += seconds
     timed = [(_describe(_first_point(groups[key])), seconds) for key, seconds in measured.items()]
@@ -239,6 +225,15 @@ def _describe(point: dict) -> str:
     return ", ".join(f"{k}={point[k]}" for k in keys if point.get(k) is not None
                      and not (k == "model" and point[k] == "linear")
                      and not (k == "rank" and point.get("method") != "lora-ml"))
+
+
+def _seconds(run_rows, rows: list) -> float:
+    """Seconds ``run_rows(rows)`` takes, less any compiling it did (fastlora.compilation.first_run_seconds:
+    with an empty kernel cache a kind's first rows compile for 10-30 s, once a sweep, not once a retraining)."""
+    from ..compilation import first_run_seconds
+    compiling, started = first_run_seconds(), time.perf_counter()
+    run_rows(rows)
+    return max(time.perf_counter() - started - (first_run_seconds() - compiling), 0.0)
 
 
 def _duration(seconds: float) -> str:
