@@ -118,8 +118,11 @@ class DataLaw:
         """m inputs (m, d), rows x = L z; ``out``: a C-contiguous (m, d) array to hold them (returned)."""
         if self.sqrt is None:
             return _unit_draws(rng, self.input_law, self.input_df, (m, d), out)
-        z = _unit_draws(rng, self.input_law, self.input_df, (m, d))
-        return np.matmul(z, self.sqrt.T, out=out)
+        return self.correlated(_unit_draws(rng, self.input_law, self.input_df, (m, d)), out)
+
+    def correlated(self, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Inputs x = L z of unit draws ``z`` (m, d) (``z`` itself for the identity); ``out`` as for inputs."""
+        return z if self.sqrt is None else np.matmul(z, self.sqrt.T, out=out)
 
     def noise(self, rng: np.random.Generator, m: int, d_out: int, out: np.ndarray | None = None) -> np.ndarray:
         """m unit-variance noise vectors (m, d_out) (multiplied by σ by the caller); ``out`` as for inputs."""

@@ -537,10 +537,10 @@ def raw_statistics_many(W_star, n: int, noise: float, rngs: list, law: DataLaw =
         if streams is not None:
             if m < chunk:  # the last of several chunks: stacks of its own (the compiled filler takes C order)
                 X, E = np.empty((N, m, d_in)), None if E is None else np.empty((N, m, d_out))
-            streams.fill(X, E)  # every task's X then E, as the loop below draws them
-            if law.sqrt is not None:  # x = L z, as DataLaw.inputs
+            streams.fill(X, E)  # every task's X then E (unit draws z), as the loop below draws them
+            if law.sqrt is not None:
                 for i in range(N):
-                    np.matmul(X[i].copy(), law.sqrt.T, out=X[i])
+                    law.correlated(X[i].copy(), out=X[i])
         else:
             for i, rng in enumerate(rngs):
                 _draw_into(law.inputs, rng, X[i], own_draws)

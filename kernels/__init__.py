@@ -26,6 +26,7 @@ finite-sample solves.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -85,6 +86,38 @@ def on_disk(dispatcher, signature: tuple | None = None) -> bool:
         return bool(entries) if signature is None else any(key[0] == signature for key in entries)
     except Exception:  # noqa: BLE001 - a private API: anything unexpected means "cannot tell"
         return False
+
+
+class PerCacheRoot:
+    """``build(cache_root, ...)`` made once per process and cache root — compiled kernels, or None where Numba
+    cannot make them: built under a lock (two threads never compile one kernel twice), read without it after.
+    Used as a decorator; :meth:`ready` tells whether a call would cost nothing."""
+
+    def __init__(self, build):
+        functools.update_wrapper(self, build)
+        self._build, self._built, self._lock = build, {}, threading.Lock()
+
+    def __call__(self, cache_root: str, *args, **kwargs):
+        if cache_root in self._built:
+            return self._built[cache_root]
+        with self._lock:
+            if cache_root not in self._built:
+                self._built[cache_root] = self._build(cache_root, *args, **kwargs)
+            return self._built[cache_root]
+
+    def ready(self, cache_root: str) -> bool:
+        return cache_root in self._built
+
+
+def compile_announced(compiles, announce=None) -> None:
+    """``dispatcher.compile(signature)`` for each (dispatcher, signature) of ``compiles`` — inside ``announce()``
+    (a notice) where the on-disk cache lacks any of them: a load, however slow on a busy machine, is not
+    compiling.  Under ``NUMBA_DISABLE_JIT`` the dispatchers are plain functions: nothing to compile."""
+    compiles = [(dispatcher, signature) for dispatcher, signature in compiles if hasattr(dispatcher, "compile")]
+    cached = all(on_disk(dispatcher) for dispatcher, _ in compiles)
+    with contextlib.nullcontext() if announce is None or cached else announce():
+        for dispatcher, signature in compiles:
+            dispatcher.compile(signature)
 
 
 @functools.cache

@@ -4,9 +4,6 @@ too.  Plain loops: at d ≤ 32 a LAPACK call costs more than the arithmetic.  te
 numpy forms and the floor against exact rational arithmetic (tests/naive.py)."""
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import numpy as np
 from numba.extending import overload
 
@@ -135,38 +132,20 @@ def _fit_floor(W, Sigma, C, s):
     return impl
 
 
-_COMPILING = threading.Lock()
-
-
-_LOOPS: dict = {}
-
-
+@contract.PerCacheRoot
 def compiled_loops(cache_root: str, announce=None) -> tuple:
     """(cholesky_fits, fit_floors) of :mod:`fastlora.kernels.fits` compiled for float64 C-ordered
     arrays (or loaded from the on-disk cache under ``cache_root``), once per process.  ``announce``: a
     context manager factory wrapped around compiling where the cache lacks either loop (a notice; a
     load, however slow on a busy machine, is not compiling)."""
-    ready = _LOOPS.get(cache_root)
-    if ready is not None:  # every call after the first: no lock
-        return ready
-    with _COMPILING:
-        if cache_root not in _LOOPS:
-            from numba import types
-            f8, vector = types.Array(types.float64, 3, "C"), types.Array(types.float64, 1, "C")
-            signatures = ((f8, f8, types.float64, f8, types.Array(types.boolean, 1, "C")), (f8, f8, f8, vector, vector))
-            # one cache folder per version of this module and fits' (the loops' Numba forms live here)
-            folder = str(contract.source_folder(cache_root, "fits", (fits.__file__, __file__)))
-            loops = tuple(contract.njit_cached(fn, folder, error_model="numpy")
-                          for fn in (fits.cholesky_fits, fits.fit_floors))
-            cached = all(contract.on_disk(dispatcher) for dispatcher in loops)
-            with (contextlib.nullcontext() if announce is None or cached else announce()):
-                for dispatcher, signature in zip(loops, signatures):
-                    if hasattr(dispatcher, "compile"):  # not under NUMBA_DISABLE_JIT: then plain Python functions
-                        dispatcher.compile(signature)
-            _LOOPS[cache_root] = loops
-        return _LOOPS[cache_root]
+    from numba import types
+    f8, vector = types.Array(types.float64, 3, "C"), types.Array(types.float64, 1, "C")
+    signatures = ((f8, f8, types.float64, f8, types.Array(types.boolean, 1, "C")), (f8, f8, f8, vector, vector))
+    # one cache folder per version of this module and fits' (the loops' Numba forms live here)
+    folder = str(contract.source_folder(cache_root, "fits", (fits.__file__, __file__)))
+    loops = tuple(contract.njit_cached(fn, folder, error_model="numpy") for fn in (fits.cholesky_fits, fits.fit_floors))
+    contract.compile_announced(zip(loops, signatures), announce)
+    return loops
 
 
-def is_compiled(cache_root: str) -> bool:
-    """Whether :func:`compiled_loops` is ready in this process (a call then costs nothing)."""
-    return cache_root in _LOOPS
+is_compiled = compiled_loops.ready  # whether compiled_loops is ready in this process (a call then costs nothing)

@@ -10,9 +10,9 @@ tests/test_seeding.py checks both forms word for word against numpy's SeedSequen
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
+
+import fastlora.kernels as contract
 
 POOL_SIZE = 4
 MASK32 = 0xFFFFFFFF
@@ -84,20 +84,12 @@ def _int_words(value: int) -> list[int]:
     return words
 
 
-_COMPILING = threading.Lock()
-_COMPILED: dict = {}
-
-
+@contract.PerCacheRoot
 def compiled_sequence_state(cache_root: str):
     """:func:`sequence_state` compiled (or loaded from the on-disk cache under ``cache_root``), once per
     process; None where Numba cannot compile it (not installed, or ``NUMBA_DISABLE_JIT``): then numpy's
     own SeedSequence is the faster way to the same words."""
-    if cache_root in _COMPILED:
-        return _COMPILED[cache_root]
-    with _COMPILING:
-        if cache_root not in _COMPILED:
-            _COMPILED[cache_root] = _compile(cache_root)
-        return _COMPILED[cache_root]
+    return _compile(cache_root)
 
 
 def _compile(cache_root: str):
@@ -108,7 +100,6 @@ def _compile(cache_root: str):
         return None
     if numba.config.DISABLE_JIT:
         return None
-    import fastlora.kernels as contract
     dispatcher = contract.njit_cached(sequence_state, str(contract.source_folder(cache_root, "seeds", (__file__,))))
     vector = types.Array(types.int64, 1, "C")
     dispatcher.compile((vector, vector))

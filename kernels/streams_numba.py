@@ -15,9 +15,6 @@ tests/test_draws.py checks the two number for number, tails included.
 """
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -79,16 +76,20 @@ def _next(hi, lo, inc_hi, inc_lo):
 
 
 @register_jitable
+def _word64(words, j):
+    """The j-th little-endian uint64 of uint32 values ``words`` (in int64)."""
+    return np.uint64(words[2 * j]) | (np.uint64(words[2 * j + 1]) << _32)
+
+
+@register_jitable
 def _seed(words):
     """numpy's PCG64(seed sequence) from the sequence's 8 state words (uint32 values in int64), read as four
     little-endian uint64 (seed hi, lo, sequence hi, lo): pcg_setseq_128_srandom_r -> (hi, lo, inc hi, lo)."""
-    packed = np.empty(4, np.uint64)
-    for j in range(4):
-        packed[j] = np.uint64(words[2 * j]) | (np.uint64(words[2 * j + 1]) << _32)
-    inc_hi = (packed[2] << _1) | (packed[3] >> _63)  # increment = sequence·2 + 1
-    inc_lo = (packed[3] << _1) | _1
+    sequence_hi, sequence_lo = _word64(words, 2), _word64(words, 3)
+    inc_hi = (sequence_hi << _1) | (sequence_lo >> _63)  # increment = sequence·2 + 1
+    inc_lo = (sequence_lo << _1) | _1
     hi, lo, _ = _next(_0, _0, inc_hi, inc_lo)
-    hi, lo = _multiply_add_128(hi, lo, _0, _1, packed[0], packed[1])  # state += seed
+    hi, lo = _multiply_add_128(hi, lo, _0, _1, _word64(words, 0), _word64(words, 1))  # state += seed
     hi, lo, _ = _next(hi, lo, inc_hi, inc_lo)
     return hi, lo, inc_hi, inc_lo
 
@@ -220,30 +221,19 @@ def fill_keyed(words, states, seed, head_dfs, head, first, second, tail_dfs, tai
         states[i, 0], states[i, 1] = hi, lo
 
 
-_COMPILING = threading.Lock()
-_COMPILED: dict = {}
-
-
+@contract.PerCacheRoot
 def compiled_fill_keyed(cache_root: str, announce=None):
     """:func:`fill_keyed` compiled (or loaded from the on-disk cache under ``cache_root``) once per process,
     or None under ``NUMBA_DISABLE_JIT`` (then numpy's Generators draw the same numbers).  ``announce``: a
     context manager factory wrapped around compiling where the cache lacks it (a notice)."""
-    if cache_root in _COMPILED:
-        return _COMPILED[cache_root]
-    with _COMPILING:
-        if cache_root not in _COMPILED:
-            import numba
-            if numba.config.DISABLE_JIT:
-                _COMPILED[cache_root] = None
-            else:
-                folder = contract.source_folder(cache_root, "streams", (__file__, seeds.__file__))
-                dispatcher = contract.njit_cached(fill_keyed, str(folder), nogil=True)
-                stack, matrix = types.Array(types.float64, 3, "C"), types.Array(types.float64, 2, "C")
-                vector = types.Array(types.float64, 1, "C")
-                cached = contract.on_disk(dispatcher)
-                with contextlib.nullcontext() if announce is None or cached else announce():
-                    dispatcher.compile((types.Array(types.int64, 2, "C"), types.Array(types.uint64, 2, "C"),
-                                        types.boolean, vector, matrix, stack, stack, vector, matrix))
-                dispatcher.disable_compile()  # other types are the caller's error, not a silent second compile
-                _COMPILED[cache_root] = dispatcher
-        return _COMPILED[cache_root]
+    import numba
+    if numba.config.DISABLE_JIT:
+        return None
+    folder = contract.source_folder(cache_root, "streams", (__file__, seeds.__file__))
+    dispatcher = contract.njit_cached(fill_keyed, str(folder), nogil=True)
+    stack, matrix = types.Array(types.float64, 3, "C"), types.Array(types.float64, 2, "C")
+    vector = types.Array(types.float64, 1, "C")
+    contract.compile_announced([(dispatcher, (types.Array(types.int64, 2, "C"), types.Array(types.uint64, 2, "C"),
+                                              types.boolean, vector, matrix, stack, stack, vector, matrix))], announce)
+    dispatcher.disable_compile()  # other types are the caller's error, not a silent second compile
+    return dispatcher
