@@ -26,7 +26,7 @@ from .config import require_memory
 from .errors import FastLoRAError, check_choice, check_float, check_int
 from .implicit import SeededSymmetricGaussian
 from .laws import STANDARD_LAW, DataLaw, make_law, refuse_inexact_statistics
-from .seeding import KeyedSeed, keyed_streams, standard_normals, stream
+from .seeding import KeyedSeed, keyed_streams, standard_normals_many, stream
 from .tasks import (
     SAMPLERS,
     LowRankTarget,
@@ -130,11 +130,34 @@ def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = Non
     """The linear model's problem (the model of :func:`fastlora.make_problem`, which documents every
     argument): ``T`` training tasks and ``n_test_tasks`` held-out tasks of the law of docs/design.md §2,
     with the task laws of docs/task_laws.md."""
+    return make_linear_problems([seed], [sample_seed], d=d, k=k, T=T, n=n, noise=noise, d_out=d_out,
+                                symmetric=symmetric, n_test_tasks=n_test_tasks, sampler=sampler, implicit=implicit,
+                                input_law=input_law, input_df=input_df, input_cov=input_cov, noise_law=noise_law,
+                                noise_df=noise_df, task_ranks=task_ranks, task_scales=task_scales)[0]
+
+
+def make_linear_problems(seeds: list, sample_seeds: list | None = None, *, d: int = 64, k: int = 2, T: int = 8,
+                         n: int | None = None, noise: float = 0.0, d_out: int | None = None, symmetric: bool = True,
+                         n_test_tasks: int = 4, sampler: str = "raw", implicit: bool = False,
+                         input_law: str = "gaussian", input_df: float | None = None, input_cov=None,
+                         noise_law: str = "gaussian", noise_df: float | None = None, task_ranks=None,
+                         task_scales=None) -> list[Problem]:
+    """``[make_linear_problem(..., seed=seeds[i], sample_seed=sample_seeds[i]) for i ...]``: the same
+    problems, number for number (every draw has its own stream), with each kind of draw — A*, the
+    factors, the training tasks' samples — made for all of them in one call: one point's sweep rows
+    (fastlora.sweep.runner) build their problems together.  ``sample_seeds``: None for each ``seed``."""
+    if len(seeds) == 0:
+        raise FastLoRAError("make_linear_problems needs at least one seed")
+    sample_seeds = [None] * len(seeds) if sample_seeds is None else list(sample_seeds)
+    if len(sample_seeds) != len(seeds):
+        raise FastLoRAError(f"make_linear_problems: {len(sample_seeds)} sample_seeds for {len(seeds)} seeds")
     n = schema.OPTIONS["n"].check(n)  # an integer, or None / "population"
     laws = task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df,
-                              task_ranks, task_scales, sample_seed, implicit)
-    d, k, T, n, noise, seed, d_out, n_test_tasks = check_problem_arguments(d, k, T, n, noise, seed, d_out,
-                                                                           n_test_tasks)
+                              task_ranks, task_scales, sample_seeds[0], implicit)
+    d, k, T, n, noise, _, d_out, n_test_tasks = check_problem_arguments(d, k, T, n, noise, seeds[0], d_out,
+                                                                        n_test_tasks)
+    seeds = [check_int("seed", seed, low=0) for seed in seeds]
+    sample_seeds = [None if s is None else check_int("sample_seed", s, low=0) for s in sample_seeds]
     sampler = check_choice("sampler", sampler, SAMPLERS)
     if not isinstance(symmetric, (bool, np.bool_)):
         raise FastLoRAError(f"symmetric must be True or False, got {symmetric!r}")
@@ -146,26 +169,49 @@ def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = Non
         raise FastLoRAError("implicit=True draws the paper's symmetric A* for population problems: it needs n=None "
                             "(population) and symmetric=True")
     check_size(d, d_out, k, T, n, noise, n_test_tasks, bool(symmetric), sampler, bool(implicit))
-    law, ranks, scales, sample_seed = laws["law"], laws["task_ranks"], laws["task_scales"], laws["sample_seed"]
+    law, ranks, scales = laws["law"], laws["task_ranks"], laws["task_scales"]
     if ranks is not None and max(ranks) > min(d, d_out):
         raise FastLoRAError(f"task_ranks={list(ranks)}: every rank must be <= min(d, d_out)={min(d, d_out)}")
     if law.sqrt is not None and law.sqrt.shape != (d, d):
         raise FastLoRAError(f"input_cov has shape {law.sqrt.shape}; it must be (d, d) = ({d}, {d})")
 
     if implicit:
-        A_star = SeededSymmetricGaussian(d, seed, role=ROLE_SHARED)
+        shared = [SeededSymmetricGaussian(d, seed, role=ROLE_SHARED) for seed in seeds]
     else:
-        G = standard_normals(seed, (ROLE_SHARED,), (d_out, d))
-        A_star = 0.5 * (G + G.T) if symmetric else G
-        A_star.setflags(write=False)
+        shared = []
+        for G in standard_normals_many(seeds, (ROLE_SHARED,), (d_out, d)):
+            A_star = 0.5 * (G + G.T) if symmetric else G.copy()
+            A_star.setflags(write=False)
+            shared.append(A_star)
+    trained = (_factors_of_problems(seeds, ROLE_TRAIN, T, d_out, d, k, symmetric) if ranks is None else
+               [[draw_factors(seed, ROLE_TRAIN, t, d_out, d, ranks[t], symmetric) for t in range(T)]
+                for seed in seeds])
+    held_out = _factors_of_problems(seeds, ROLE_TEST, n_test_tasks, d_out, d, k, symmetric)
+    problems = [_problem_of(A_star, drawn, d, d_out, k, T, n, noise, bool(symmetric), seed, sampler, law, ranks,
+                            scales, sample_seed)
+                for A_star, drawn, seed, sample_seed in zip(shared, trained, seeds, sample_seeds)]
+    if n is not None:  # every training task's data, each from its own stream, all drawn together
+        sampled = iter(sample_many([task for prob in problems for task in prob.tasks], n,
+                                   [KeyedSeed(prob.data_seed, (ROLE_TRAIN, t, 1)) for prob in problems
+                                    for t in range(T)], noise=noise))
+        for prob in problems:
+            for t in range(T):
+                prob.tasks[t] = next(sampled)
+                prob.tasks[t].noise = noise
+    for prob, drawn in zip(problems, held_out):
+        prob.test_tasks.extend(_make_task(prob, prob.A_star, B, C, ROLE_TEST, t) for t, (B, C) in enumerate(drawn))
+    return problems
 
+
+def _problem_of(A_star, drawn: list, d, d_out, k, T, n, noise, symmetric, seed, sampler, law, ranks, scales,
+                sample_seed) -> Problem:
+    """A problem of truth A* and training factors ``drawn`` [(B_t, C_t)], its training tasks not yet sampled
+    and no held-out tasks yet."""
     # factors live in (T, k, d) row-contiguous buffers — the layout of the solvers' shared
     # GEMMs — and B_star / C_star are (T, d, k) views of them, so solves copy nothing
     width = k if ranks is None else max(ranks)  # per-task ranks: zero columns beyond k_t
     B_rows = np.zeros((T, width, d_out))
     C_rows = B_rows if symmetric else np.zeros((T, width, d))
-    drawn = (draw_factors_many(seed, ROLE_TRAIN, T, d_out, d, k, symmetric) if ranks is None else
-             [draw_factors(seed, ROLE_TRAIN, t, d_out, d, ranks[t], symmetric) for t in range(T)])
     for t, (b, c) in enumerate(drawn):
         k_t = k if ranks is None else ranks[t]
         if scales is not None:
@@ -178,15 +224,10 @@ def make_linear_problem(d: int = 64, k: int = 2, T: int = 8, n: int | None = Non
     B_star = B_rows.swapaxes(1, 2)
     C_star = B_star if symmetric else C_rows.swapaxes(1, 2)
     factors = [_task_factors(B_star[t], C_star[t], k if ranks is None else ranks[t], symmetric) for t in range(T)]
-    proto = Problem(A_star, B_star, C_star, [], [], d, d_out, k, T, n, noise, bool(symmetric), seed, sampler,
-                    law=law, task_ranks=ranks, task_scales=scales, sample_seed=sample_seed)
-    train = [_make_task(proto, A_star, b, c, ROLE_TRAIN, t) for t, (b, c) in enumerate(factors)]
-    if n is not None:  # every training task's data, each from its own stream, drawn together
-        train = _sampled(proto, train, [KeyedSeed(proto.data_seed, (ROLE_TRAIN, t, 1)) for t in range(T)])
-    proto.tasks.extend(train)
-    proto.test_tasks.extend(_make_task(proto, A_star, B, C, ROLE_TEST, t) for t, (B, C) in
-                            enumerate(draw_factors_many(seed, ROLE_TEST, n_test_tasks, d_out, d, k, symmetric)))
-    return proto
+    prob = Problem(A_star, B_star, C_star, [], [], d, d_out, k, T, n, noise, symmetric, seed, sampler,
+                   law=law, task_ranks=ranks, task_scales=scales, sample_seed=sample_seed)
+    prob.tasks.extend(_make_task(prob, A_star, b, c, ROLE_TRAIN, t) for t, (b, c) in enumerate(factors))
+    return prob
 
 
 def task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df, task_ranks,
@@ -248,17 +289,20 @@ def draw_factors(seed, role, index, d_out, d_in, k, symmetric):
     return B, C
 
 
-def draw_factors_many(seed, role, count, d_out, d_in, k, symmetric) -> list:
-    """``[draw_factors(seed, role, t, d_out, d_in, k, symmetric) for t in range(count)]``: the same numbers,
-    every task's drawn in one compiled call where keyed streams run (fastlora.seeding.keyed_streams)."""
-    streams = keyed_streams([KeyedSeed(seed, (role, t, 0)) for t in range(count)], count * k * (d_out + d_in))
+def _factors_of_problems(seeds: list, role, count, d_out, d_in, k, symmetric) -> list:
+    """For each seed, ``[draw_factors(seed, role, t, d_out, d_in, k, symmetric) for t in range(count)]``: the
+    same numbers, every problem's drawn in one compiled call where keyed streams run
+    (fastlora.seeding.keyed_streams)."""
+    streams = keyed_streams([KeyedSeed(seed, (role, t, 0)) for seed in seeds for t in range(count)],
+                            len(seeds) * count * k * (d_out + d_in))
     if streams is None:
-        return [draw_factors(seed, role, t, d_out, d_in, k, symmetric) for t in range(count)]
-    B = np.empty((count, d_out, k))
-    C = None if symmetric else np.empty((count, d_in, k))
+        return [[draw_factors(seed, role, t, d_out, d_in, k, symmetric) for t in range(count)] for seed in seeds]
+    B = np.empty((len(seeds) * count, d_out, k))
+    C = None if symmetric else np.empty((len(seeds) * count, d_in, k))
     streams.fill(B, C)
     # one object for both factors where symmetric (LowRankTarget.symmetric reads B is C, as draw_factors gives)
-    return [(b, b) for b in B] if symmetric else list(zip(B, C))
+    pairs = [(b, b) for b in B] if symmetric else list(zip(B, C))
+    return [pairs[p * count:(p + 1) * count] for p in range(len(seeds))]
 
 
 def _draw_task(prob: Problem, role: int, index: int) -> Task:
@@ -279,14 +323,6 @@ def _make_task(prob: Problem, A_star, B, C, role: int, index: int) -> Task:
                                     prob.sampler)
     task.noise = prob.noise
     return task
-
-
-def _sampled(prob: Problem, tasks: list[Task], seeds: list) -> list[Task]:
-    """The problem's n samples of each task, task i from ``seeds[i]`` (fastlora.tasks.sample_many)."""
-    drawn = sample_many(tasks, prob.n, seeds, noise=prob.noise)
-    for task in drawn:
-        task.noise = prob.noise
-    return drawn
 
 
 def problem_bytes(d: int, d_out: int, k: int, T: int, n: int | None, n_test_tasks: int, symmetric: bool,

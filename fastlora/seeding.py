@@ -149,13 +149,19 @@ def keyed_streams(sources, draws: int) -> KeyedStreams | None:
 
 def standard_normals(entropy: int, spawn_key: tuple, shape: tuple) -> np.ndarray:
     """``stream(entropy, spawn_key).standard_normal(shape)``, drawn in compiled code where it can run."""
+    return standard_normals_many([entropy], spawn_key, shape)[0]
+
+
+def standard_normals_many(entropies: list, spawn_key: tuple, shape: tuple) -> np.ndarray:
+    """``[standard_normals(e, spawn_key, shape) for e in entropies]`` stacked (len(entropies), *shape): the
+    same numbers, every stream's drawn in one compiled call where keyed streams run."""
     size = math.prod(shape)
-    streams = keyed_streams([KeyedSeed(entropy, spawn_key)], size)
+    streams = keyed_streams([KeyedSeed(entropy, spawn_key) for entropy in entropies], len(entropies) * size)
     if streams is None:
-        return stream(entropy, spawn_key).standard_normal(shape)
-    out = np.empty((1, 1, size))  # row-major: the order standard_normal(shape) fills
+        return np.array([stream(entropy, spawn_key).standard_normal(shape) for entropy in entropies])
+    out = np.empty((len(entropies), 1, size))  # row-major: the order standard_normal(shape) fills
     streams.fill(out)
-    return out.reshape(shape)
+    return out.reshape(len(entropies), *shape)
 
 
 # importing Numba costs ~0.35 s, numpy draws ~13 ns a normal: a process without Numba loaded imports it

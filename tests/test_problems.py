@@ -95,3 +95,55 @@ def test_a_tasks_loss_follows_statistics_assigned_after_its_first_use():
     assert task.loss(W) == pytest.approx(direct(task), rel=1e-12)
     task.Sigma, task.C, task.s = 2 * task.Sigma, 3 * task.C, 5 * task.s  # the statistics of other data
     assert task.loss(W) == pytest.approx(direct(task), rel=1e-12)
+
+
+def _arrays(prob):
+    """Every array a problem holds: A*, the factors, each task's target and statistics."""
+    out = [np.asarray(prob.A_star), prob.B_star, prob.C_star]
+    for task in prob.tasks + prob.test_tasks:
+        out += [task.W_star, *((task.Sigma, task.C, np.asarray(task.s)) if task.n is not None else ())]
+    return out
+
+
+@pytest.mark.parametrize("draws", ["compiled", "numpy", "beyond 32 bits"])
+@pytest.mark.parametrize("args", [dict(d=10, k=2, T=3, n=5000, noise=0.01), dict(d=10, k=1, T=3, n=None),
+                                  dict(d=6, k=2, T=2, n=300, noise=0.1, sampler="stats"),
+                                  dict(d=5, d_out=7, k=2, T=3, n=40, noise=0.3, symmetric=False),
+                                  dict(d=6, k=1, T=4, n=3000, task_ranks=[1, 2], task_scales=[2.0, 0.5]),
+                                  dict(d=6, k=1, T=2, n=3000, noise=0.2, input_cov="spiked:4"),
+                                  dict(d=8, k=2, T=2, n=None, implicit=True)])
+def test_problems_drawn_together_are_the_problems_drawn_alone(monkeypatch, args, draws):
+    """make_linear_problems (a sweep's rows of one point) gives, number for number, what make_problem gives
+    seed by seed, with their own truth and sample seeds: drawn by the compiled streams, by numpy's
+    Generators, or with a seed beyond 32 bits among them (then the whole stack draws with numpy)."""
+    from fastlora import seeding
+    from fastlora.problems import make_linear_problems
+    if draws == "numpy":
+        monkeypatch.setattr(seeding, "_keyed", None)
+    seeds, sample_seeds = [0, 7, 12, 3], [None, 5, 9, None]
+    if draws == "beyond 32 bits":
+        seeds[2], sample_seeds[1] = 2**33, 2**40
+    together = make_linear_problems(seeds, sample_seeds, **args)
+    for prob, seed, sample_seed in zip(together, seeds, sample_seeds):
+        alone = fl.make_problem(**args, seed=seed, sample_seed=sample_seed)
+        assert repr(prob) == repr(alone)
+        assert [t.key for t in prob.tasks + prob.test_tasks] == [t.key for t in alone.tasks + alone.test_tasks]
+        for ours, theirs in zip(_arrays(prob), _arrays(alone), strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+        for ours, theirs in zip(prob.tasks + prob.test_tasks, alone.tasks + alone.test_tasks):
+            assert ours.target.symmetric == theirs.target.symmetric
+            assert ours.noise == theirs.noise and ours.sampler == theirs.sampler
+        # a held-out task's fine-tuning samples too
+        np.testing.assert_array_equal(prob.test_tasks[1].sample(50, seed=2).C, alone.test_tasks[1].sample(50, seed=2).C)
+
+
+def test_problems_drawn_together_check_their_seeds():
+    from fastlora.problems import make_linear_problems
+    with pytest.raises(ValueError, match="at least one seed"):
+        make_linear_problems([], d=4, k=1, T=2)
+    with pytest.raises(ValueError, match="2 sample_seeds for 1 seeds"):
+        make_linear_problems([1], [2, 3], d=4, k=1, T=2)
+    with pytest.raises(ValueError, match="seed"):
+        make_linear_problems([1, -2], d=4, k=1, T=2)
+    with pytest.raises(ValueError, match="sample_seed"):
+        make_linear_problems([1, 2], [None, 1.5], d=4, k=1, T=2)

@@ -1,5 +1,6 @@
 """Sweeps under faults: killed drivers, read-only stores, concurrent and changed specs, failed rows."""
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -540,6 +541,43 @@ def test_one_bad_row_in_a_chunk_is_one_error_row():
     assert "rank" in outcomes[1]["error"]
     assert outcomes[0]["objective"] == outcomes[2]["objective"]
 
+
+
+@pytest.mark.parametrize("n", [None, 300])
+def test_rows_of_one_point_draw_their_problems_together_as_alone(monkeypatch, n):
+    """A chunk's rows of one point build their problems in one call (fastlora.problems.make_linear_problems):
+    each row's numbers are those it gets alone, paired truth seeds too; where that call fails, the rows build
+    one by one, each with its own error."""
+    import fastlora.problems as problems_module
+    spec = FAST.replace("repeats = 2", "repeats = 4").replace("[fixed]", "[fixed]\nnoise = 0.1"
+                                                              + ("" if n is None else f"\nn = {n}"))
+    rows = parse_spec(spec).rows()
+    assert any(row["truth_seed"] != row["seed"] for row in rows)
+    built = []
+    together_call = problems_module.make_linear_problems
+
+    @functools.wraps(together_call)  # its signature: the keys it takes
+    def spy(seeds, *args, **kwargs):
+        built.append(len(seeds))
+        return together_call(seeds, *args, **kwargs)
+    monkeypatch.setattr(problems_module, "make_linear_problems", spy)
+    keys = ("objective", "n_iter", "rel_err_A", "excess_risk")
+    together = run_rows(rows)
+    assert built == [4, 4]  # one call a retraining (method): 4 seeds each
+    alone = [run_rows([row])[0] for row in rows]
+    assert [[o[k] for k in keys] for o in together] == [[o[k] for k in keys] for o in alone]
+
+    @functools.wraps(together_call)
+    def failing(seeds, *args, **kwargs):  # many at once fail; one (make_problem's own call) does not
+        if len(seeds) > 1:
+            raise MemoryError("no room for them all")
+        return together_call(seeds, *args, **kwargs)
+    monkeypatch.setattr(problems_module, "make_linear_problems", failing)
+    one_by_one = run_rows(rows)
+    assert [[o[k] for k in keys] for o in one_by_one] == [[o[k] for k in keys] for o in alone]
+    bad = {**rows[0], "point": {**rows[0]["point"], "noise": -1.0}}  # each row its own error, the others go on
+    outcomes = run_rows([bad, rows[1], {**rows[2], "point": bad["point"]}])
+    assert [o["status"] for o in outcomes] == ["error", "ok", "error"] and "noise" in outcomes[0]["error"]
 
 
 def test_rows_differing_only_in_evaluation_keys_share_one_retraining(monkeypatch):
