@@ -592,6 +592,17 @@ def _apply_transposed(target: Target, X):
     return X @ target.T
 
 
+def _apply_transposed_many(targets: list, X):
+    """``[_apply_transposed(t, x) for t, x in zip(targets, X)]`` stacked, for X (N, m, d_in): the same
+    products matrix by matrix, as stacks where every target is factored."""
+    if not all(type(t) is LowRankTarget and isinstance(t.base, np.ndarray) for t in targets):
+        return np.array([_apply_transposed(t, x) for t, x in zip(targets, X)])
+
+    def stack(name):
+        return np.array([getattr(t, name) for t in targets])
+    return X @ stack("base").swapaxes(1, 2) + (X @ stack("C")) @ stack("B").swapaxes(1, 2)
+
+
 def bartlett_factor(d: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """Upper-triangular R (d, d) with RᵀR ~ Wishart_d(n, I), for n >= d (Bartlett decomposition).
 
@@ -697,14 +708,12 @@ def exact_statistics_many(targets: list, n: int, noise: float, rngs: list):
         head, chi = streams.fill(upper_draws, Z, head_dfs=float(n) - dfs,
                                  tail_dfs=[float(d_out) * float(n - d_in)] if residual_drawn else [])
         R = _bartlett_factors(head, upper_draws[:, 0])
-    M = np.empty((count, d_in, d_out))
+    M = _apply_transposed_many(targets, R)  # R W*ᵀ
     residual = np.zeros(count)
-    for i, target in enumerate(targets):
-        M[i] = _apply_transposed(target, R[i])  # R W*ᵀ
-        if noisy:
-            M[i] += noise * Z[i]
-            if residual_drawn:
-                residual[i] = noise * noise * float(chi[i, 0])
+    if noisy:
+        M += noise * Z
+        if residual_drawn:
+            residual = noise * noise * chi[:, 0]
     R_T, M_T = R.swapaxes(1, 2), M.swapaxes(1, 2)
     return R_T @ R / n, M_T @ R / n, (np.sum((M * M).reshape(count, -1), axis=1) + residual) / (2 * n)
 
