@@ -225,21 +225,36 @@ def evaluate_many(results: list, problems: list, ft_rank: int | None = None, n_f
         fitted = finetune_many([j[2] for j in group], [j[3] for j in group], peft=plans[group[0][0]]["ft_peft"],
                                rank=rank, n=n_ft, seeds=[j[4] for j in group], backend=backend)
         fits.update({(j[0], j[1]): ft for j, ft in zip(group, fitted)})
+    evaluated = [i for i, plan in enumerate(plans) if not isinstance(plan, Exception)]
+    risks = _mean_and_std({i: [fits[(i, j)].excess_risk for j in range(len(plans[i]["tasks"]))] for i in evaluated})
     out = []
     for i, plan in enumerate(plans):
         if isinstance(plan, Exception):
             out.append(plan)
             continue
-        own = [fits[(i, j)] for j in range(len(plan["tasks"]))]
-        values = np.asarray([ft.excess_risk for ft in own])
-        metrics = {"rel_err_A": plan["rel_err_A"], "adapt_rank": adapt_ranks[i],
-                   "excess_risk": float(values.mean()), "excess_risk_std": float(values.std()),
-                   "excess_risk_per_task": values.tolist(), "ft_converged": all(ft.converged for ft in own)}
+        values, mean, std = risks[i]
+        metrics = {"rel_err_A": plan["rel_err_A"], "adapt_rank": adapt_ranks[i], "excess_risk": mean,
+                   "excess_risk_std": std, "excess_risk_per_task": values,
+                   "ft_converged": all(fits[(i, j)].converged for j in range(len(values)))}
         for key in ("objective", "n_iter", "seconds", "converged"):
             if hasattr(results[i], key):
                 metrics[key] = getattr(results[i], key)
         metrics.update(identification_metrics(results[i], problems[i], plan["rel_err_A"]))
         out.append(metrics)
+    return out
+
+
+def _mean_and_std(values: dict) -> dict:
+    """{key: (its values as floats, their np.mean, their np.std)}: one reduction per length of list (a row's
+    mean and std along a stack's last axis are those of the row alone)."""
+    by_length: dict = {}
+    for key, row in values.items():
+        by_length.setdefault(len(row), []).append(key)
+    out = {}
+    for keys in by_length.values():
+        stack = np.array([values[key] for key in keys], dtype=np.float64)
+        for key, row, mean, std in zip(keys, stack.tolist(), stack.mean(axis=1).tolist(), stack.std(axis=1).tolist()):
+            out[key] = (row, mean, std)
     return out
 
 

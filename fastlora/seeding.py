@@ -29,7 +29,7 @@ class KeyedSeed(ISpawnableSeedSequence):
 
     def __init__(self, entropy: int, spawn_key: tuple = ()):
         # ints only, as numpy's SeedSequence (a float would be truncated silently otherwise)
-        self.entropy, self.spawn_key = operator.index(entropy), tuple(operator.index(k) for k in spawn_key)
+        self.entropy, self.spawn_key = operator.index(entropy), tuple(map(operator.index, spawn_key))
         self._sequence = None
 
     def generate_state(self, n_words: int, dtype=np.uint32) -> np.ndarray:

@@ -309,9 +309,12 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
             raise FastLoRAError("cannot sample from a task without ground truth W_star")
     n = check_int("n", n, low=1)
     drawn = []  # (task, noise, sampler, source) per task; a source: a Generator, or a seed as_generator takes
+    levels = {None: 0.0}  # noise levels checked (tasks of one problem share theirs)
     for task, seed in zip(tasks, seeds):
         level = task.noise if noise is None else noise
-        level = 0.0 if level is None else check_float("noise", level, low=0.0, high=MAX_NOISE)
+        if level is not None and (type(level) is not float or level not in levels):
+            levels[level] = check_float("noise", level, low=0.0, high=MAX_NOISE)
+        level = levels[level]
         kind = task.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
         drawn.append((task, level, kind, task_seed(seed, task.key, PURPOSE_SAMPLE)))
     statistics: list = [None] * len(drawn)
