@@ -597,13 +597,20 @@ def _apply_transposed(target: Target, X):
 
 def _apply_transposed_many(targets: list, X):
     """``[_apply_transposed(t, x) for t, x in zip(targets, X)]`` stacked, for X (N, m, d_in): the same
-    products matrix by matrix, as stacks where every target is factored."""
-    if not all(type(t) is LowRankTarget and isinstance(t.base, np.ndarray) for t in targets):
+    products matrix by matrix, as stacks where every target is factored and small (the stacks copy each
+    base: at most ``STACKED_TARGET_ENTRIES`` entries a target, a few times X's size)."""
+    d_out, d_in = targets[0].shape
+    if d_out * d_in > STACKED_TARGET_ENTRIES or not all(type(t) is LowRankTarget and isinstance(t.base, np.ndarray)
+                                                        for t in targets):
         return np.array([_apply_transposed(t, x) for t, x in zip(targets, X)])
 
     def stack(name):
         return np.array([getattr(t, name) for t in targets])
     return X @ stack("base").swapaxes(1, 2) + (X @ stack("C")) @ stack("B").swapaxes(1, 2)
+
+
+# _apply_transposed_many stacks the factored targets of at most this many entries (64 × 64)
+STACKED_TARGET_ENTRIES = 1 << 12
 
 
 def bartlett_factor(d: int, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -325,16 +325,20 @@ def test_raw_statistics_equal_their_definition_on_the_same_draws(case, monkeypat
     assert rngs[0].random() == rngs[1].random()  # the same number of draws: the streams go on alike
 
 
-@pytest.mark.parametrize("mixed", [False, True])
-def test_exact_statistics_of_a_stack_are_each_tasks_alone(mixed):
+@pytest.mark.parametrize("stack", ["factored", "a dense target among them", "targets too large to stack"])
+def test_exact_statistics_of_a_stack_are_each_tasks_alone(monkeypatch, stack):
     """exact_statistics_many (factored targets of several problems: R W*ᵀ as stacked products; with a dense
-    target among them, one by one) gives each task, bit for bit, what exact_statistics gives it alone."""
+    target among them or above STACKED_TARGET_ENTRIES, one by one) gives each task, bit for bit, what
+    exact_statistics gives it alone."""
+    from fastlora import tasks as tasks_module
     from fastlora.seeding import KeyedSeed, as_generator
     from fastlora.tasks import exact_statistics, exact_statistics_many
     targets = [task.target for seed in (1, 2) for task in
                fl.make_problem(d=5, d_out=3, k=2, T=2, symmetric=False, seed=seed).tasks]
-    if mixed:
+    if stack == "a dense target among them":
         targets[1] = np.random.default_rng(0).standard_normal((3, 5))
+    elif stack == "targets too large to stack":
+        monkeypatch.setattr(tasks_module, "STACKED_TARGET_ENTRIES", 14)
     sources = [KeyedSeed(7, (i,)) for i in range(len(targets))]
     stacked = exact_statistics_many(targets, 40, 0.3, sources)
     for i, (target, source) in enumerate(zip(targets, sources)):
