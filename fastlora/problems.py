@@ -146,18 +146,22 @@ def make_linear_problems(seeds: list, sample_seeds: list | None = None, *, d: in
     problems, number for number (every draw has its own stream), with each kind of draw — A*, the
     factors, the training tasks' samples — made for all of them in one call: one point's sweep rows
     (fastlora.sweep.runner) build their problems together.  ``sample_seeds``: None for each ``seed``."""
+    seeds = _seed_list("seeds", seeds)
     if len(seeds) == 0:
-        raise FastLoRAError("make_linear_problems needs at least one seed")
-    sample_seeds = [None] * len(seeds) if sample_seeds is None else list(sample_seeds)
+        raise FastLoRAError("seeds is empty: make_linear_problems needs at least one seed")
+    sample_seeds = [None] * len(seeds) if sample_seeds is None else _seed_list("sample_seeds", sample_seeds)
     if len(sample_seeds) != len(seeds):
         raise FastLoRAError(f"make_linear_problems: {len(sample_seeds)} sample_seeds for {len(seeds)} seeds")
+    if len(seeds) > 1:  # each entry by its name here; one seed is checked as make_problem's, in its order
+        seeds = [check_int(f"seeds[{i}]", seed, low=0) for i, seed in enumerate(seeds)]
+        sample_seeds = [None if s is None else check_int(f"sample_seeds[{i}]", s, low=0)
+                        for i, s in enumerate(sample_seeds)]
     n = schema.OPTIONS["n"].check(n)  # an integer, or None / "population"
     laws = task_law_arguments(d, k, T, n, sampler, input_law, input_df, input_cov, noise_law, noise_df,
                               task_ranks, task_scales, sample_seeds[0], implicit)
-    d, k, T, n, noise, _, d_out, n_test_tasks = check_problem_arguments(d, k, T, n, noise, seeds[0], d_out,
-                                                                        n_test_tasks)
-    seeds = [check_int("seed", seed, low=0) for seed in seeds]
-    sample_seeds = [None if s is None else check_int("sample_seed", s, low=0) for s in sample_seeds]
+    d, k, T, n, noise, seed, d_out, n_test_tasks = check_problem_arguments(d, k, T, n, noise, seeds[0], d_out,
+                                                                           n_test_tasks)
+    seeds[0], sample_seeds[0] = seed, laws["sample_seed"]
     sampler = check_choice("sampler", sampler, SAMPLERS)
     if not isinstance(symmetric, (bool, np.bool_)):
         raise FastLoRAError(f"symmetric must be True or False, got {symmetric!r}")
@@ -187,8 +191,8 @@ def make_linear_problems(seeds: list, sample_seeds: list | None = None, *, d: in
                [[draw_factors(seed, ROLE_TRAIN, t, d_out, d, ranks[t], symmetric) for t in range(T)]
                 for seed in seeds])
     held_out = _factors_of_problems(seeds, ROLE_TEST, n_test_tasks, d_out, d, k, symmetric)
-    problems = [_problem_of(A_star, drawn, d, d_out, k, T, n, noise, bool(symmetric), seed, sampler, law, ranks,
-                            scales, sample_seed)
+    problems = [_problem_of(A_star, drawn, d=d, d_out=d_out, k=k, T=T, n=n, noise=noise, symmetric=bool(symmetric),
+                            seed=seed, sampler=sampler, law=law, ranks=ranks, scales=scales, sample_seed=sample_seed)
                 for A_star, drawn, seed, sample_seed in zip(shared, trained, seeds, sample_seeds)]
     if n is not None:  # every training task's data, each from its own stream, all drawn together
         sampled = iter(sample_many([task for prob in problems for task in prob.tasks], n,
@@ -203,7 +207,14 @@ def make_linear_problems(seeds: list, sample_seeds: list | None = None, *, d: in
     return problems
 
 
-def _problem_of(A_star, drawn: list, d, d_out, k, T, n, noise, symmetric, seed, sampler, law, ranks, scales,
+def _seed_list(name: str, values) -> list:
+    """``values`` as a list (a list, tuple or 1-d array of seeds), or a clear error naming ``name``."""
+    if isinstance(values, (list, tuple)) or (isinstance(values, np.ndarray) and values.ndim == 1):
+        return list(values)
+    raise FastLoRAError(f"{name} must be a list of seeds (non-negative ints), one per problem; got {values!r}")
+
+
+def _problem_of(A_star, drawn: list, *, d, d_out, k, T, n, noise, symmetric, seed, sampler, law, ranks, scales,
                 sample_seed) -> Problem:
     """A problem of truth A* and training factors ``drawn`` [(B_t, C_t)], its training tasks not yet sampled
     and no held-out tasks yet."""
@@ -313,7 +324,7 @@ def _draw_task(prob: Problem, role: int, index: int) -> Task:
 def _make_task(prob: Problem, A_star, B, C, role: int, index: int) -> Task:
     """Task ``index`` of ``role`` with target A* + B Cᵀ, its data (with the problem's n) from the stream
     (data_seed, (role, index, 1)): a training task is returned as a population task for the caller to
-    sample (:func:`_sampled`, all of them together); a held-out one draws its data when first read
+    sample (:func:`make_linear_problems`, all of them together); a held-out one draws its data when first read
     (evaluate draws its own n_ft)."""
     task = Task.population(LowRankTarget._trusted(A_star, B, C), sampler=prob.sampler)
     task.law = prob.law

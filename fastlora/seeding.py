@@ -147,15 +147,12 @@ def keyed_streams(sources, draws: int) -> KeyedStreams | None:
     return None if kernel is None else KeyedStreams(kernel, words)
 
 
-def standard_normals(entropy: int, spawn_key: tuple, shape: tuple) -> np.ndarray:
-    """``stream(entropy, spawn_key).standard_normal(shape)``, drawn in compiled code where it can run."""
-    return standard_normals_many([entropy], spawn_key, shape)[0]
-
-
 def standard_normals_many(entropies: list, spawn_key: tuple, shape: tuple) -> np.ndarray:
-    """``[standard_normals(e, spawn_key, shape) for e in entropies]`` stacked (len(entropies), *shape): the
-    same numbers, every stream's drawn in one compiled call where keyed streams run."""
+    """``[stream(e, spawn_key).standard_normal(shape) for e in entropies]`` stacked (len(entropies), *shape):
+    the same numbers, every stream's drawn in one compiled call where keyed streams run."""
     size = math.prod(shape)
+    if not entropies:
+        return np.empty((0, *shape))
     streams = keyed_streams([KeyedSeed(entropy, spawn_key) for entropy in entropies], len(entropies) * size)
     if streams is None:
         return np.array([stream(entropy, spawn_key).standard_normal(shape) for entropy in entropies])

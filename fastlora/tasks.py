@@ -16,6 +16,7 @@ directly from their exact joint law (O(d²) normals; see :func:`exact_statistics
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -309,12 +310,13 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
             raise FastLoRAError("cannot sample from a task without ground truth W_star")
     n = check_int("n", n, low=1)
     drawn = []  # (task, noise, sampler, source) per task; a source: a Generator, or a seed as_generator takes
-    levels = {None: 0.0}  # noise levels checked (tasks of one problem share theirs)
+    checked = set()  # positive noise levels checked (a problem's tasks share theirs)
     for task, seed in zip(tasks, seeds):
         level = task.noise if noise is None else noise
-        if level is not None and (type(level) is not float or level not in levels):
-            levels[level] = check_float("noise", level, low=0.0, high=MAX_NOISE)
-        level = levels[level]
+        if not (type(level) is float and level in checked):
+            level = 0.0 if level is None else check_float("noise", level, low=0.0, high=MAX_NOISE)
+            if level > 0.0:  # not 0.0: -0.0 == 0.0, and a task keeps its own zero's sign
+                checked.add(level)
         kind = task.sampler if sampler is None else check_choice("sampler", sampler, SAMPLERS)
         drawn.append((task, level, kind, task_seed(seed, task.key, PURPOSE_SAMPLE)))
     statistics: list = [None] * len(drawn)
@@ -597,16 +599,27 @@ def _apply_transposed(target: Target, X):
 
 def _apply_transposed_many(targets: list, X):
     """``[_apply_transposed(t, x) for t, x in zip(targets, X)]`` stacked, for X (N, m, d_in): the same
-    products matrix by matrix, as stacks where every target is factored and small (the stacks copy each
-    base: at most ``STACKED_TARGET_ENTRIES`` entries a target, a few times X's size)."""
-    d_out, d_in = targets[0].shape
-    if d_out * d_in > STACKED_TARGET_ENTRIES or not all(type(t) is LowRankTarget and isinstance(t.base, np.ndarray)
-                                                        for t in targets):
+    numbers, as stacked products where the targets are factored alike (:func:`_stackable`), one by one
+    otherwise."""
+    if not _stackable(targets):
         return np.array([_apply_transposed(t, x) for t, x in zip(targets, X)])
+    base_T = np.array([t.base for t in targets]).swapaxes(1, 2)
+    C = np.array([t.C.T for t in targets]).swapaxes(1, 2)  # each C F-ordered, as make_problem's views are
+    B_T = np.array([t.B.T for t in targets])
+    return X @ base_T + (X @ C) @ B_T
 
-    def stack(name):
-        return np.array([getattr(t, name) for t in targets])
-    return X @ stack("base").swapaxes(1, 2) + (X @ stack("C")) @ stack("B").swapaxes(1, 2)
+
+def _stackable(targets: list) -> bool:
+    """Whether stacked products give :func:`_apply_transposed`'s numbers target by target: factored targets
+    of one rank and at most ``STACKED_TARGET_ENTRIES`` entries (the stacks copy each base), laid out as the
+    stacks are (a C-ordered base, F-ordered factors: BLAS may round a product of other layouts otherwise)."""
+    first = targets[0]
+    if type(first) is not LowRankTarget or math.prod(first.shape) > STACKED_TARGET_ENTRIES:
+        return False
+    shapes = (first.base.shape, first.B.shape, first.C.shape)
+    return all(type(t) is LowRankTarget and isinstance(t.base, np.ndarray) and t.base.flags.c_contiguous
+               and t.B.T.flags.c_contiguous and t.C.T.flags.c_contiguous
+               and (t.base.shape, t.B.shape, t.C.shape) == shapes for t in targets)
 
 
 # _apply_transposed_many stacks the factored targets of at most this many entries (64 × 64)

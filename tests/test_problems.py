@@ -110,6 +110,8 @@ def _arrays(prob):
                                   dict(d=6, k=2, T=2, n=300, noise=0.1, sampler="stats"),
                                   dict(d=5, d_out=7, k=2, T=3, n=40, noise=0.3, symmetric=False),
                                   dict(d=6, k=1, T=4, n=3000, task_ranks=[1, 2], task_scales=[2.0, 0.5]),
+                                  dict(d=6, k=1, T=4, n=300, noise=0.1, sampler="stats", task_ranks=[1, 2]),
+                                  dict(d=16, d_out=12, k=4, T=2, n=100, noise=0.1, sampler="stats", symmetric=False),
                                   dict(d=6, k=1, T=2, n=3000, noise=0.2, input_cov="spiked:4"),
                                   dict(d=8, k=2, T=2, n=None, implicit=True)])
 def test_problems_drawn_together_are_the_problems_drawn_alone(monkeypatch, args, draws):
@@ -138,12 +140,20 @@ def test_problems_drawn_together_are_the_problems_drawn_alone(monkeypatch, args,
 
 
 def test_problems_drawn_together_check_their_seeds():
+    """Each bad entry named (seeds[i], sample_seeds[i]); a lone seed as make_problem names it."""
     from fastlora.problems import make_linear_problems
     with pytest.raises(ValueError, match="at least one seed"):
         make_linear_problems([], d=4, k=1, T=2)
     with pytest.raises(ValueError, match="2 sample_seeds for 1 seeds"):
         make_linear_problems([1], [2, 3], d=4, k=1, T=2)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match=r"^seeds\[1\]=-2 is too small"):
         make_linear_problems([1, -2], d=4, k=1, T=2)
-    with pytest.raises(ValueError, match="sample_seed"):
+    with pytest.raises(ValueError, match=r"^sample_seeds\[1\] must be an integer, got 1.5"):
         make_linear_problems([1, 2], [None, 1.5], d=4, k=1, T=2)
+    with pytest.raises(ValueError, match=r"^seed=-2 is too small"):
+        make_linear_problems([-2], d=4, k=1, T=2)
+    for bad in (5, None, "12"):
+        with pytest.raises(ValueError, match=r"^seeds must be a list of seeds"):
+            make_linear_problems(bad, d=4, k=1, T=2)
+    with pytest.raises(ValueError, match=r"^sample_seeds must be a list of seeds"):
+        make_linear_problems([1, 2], 5, d=4, k=1, T=2)

@@ -325,23 +325,27 @@ def test_raw_statistics_equal_their_definition_on_the_same_draws(case, monkeypat
     assert rngs[0].random() == rngs[1].random()  # the same number of draws: the streams go on alike
 
 
-@pytest.mark.parametrize("stack", ["factored", "a dense target among them", "targets too large to stack"])
-def test_exact_statistics_of_a_stack_are_each_tasks_alone(monkeypatch, stack):
+@pytest.mark.parametrize("shape", [dict(d=5, d_out=3, k=2), dict(d=16, k=4), dict(d=48, d_out=20, k=5)])
+@pytest.mark.parametrize("stack", ["factored", "a dense target among them", "ranks 1 and 2"])
+def test_exact_statistics_of_a_stack_are_each_tasks_alone(monkeypatch, shape, stack):
     """exact_statistics_many (factored targets of several problems: R W*ᵀ as stacked products; with a dense
-    target among them or above STACKED_TARGET_ENTRIES, one by one) gives each task, bit for bit, what
-    exact_statistics gives it alone."""
+    target among them, or factors of two ranks, one by one) gives each task, bit for bit, what exact_statistics
+    gives it alone, and what the products target by target give (STACKED_TARGET_ENTRIES = 0) — at sizes where
+    BLAS rounds a product of C-ordered factors otherwise than of make_problem's F-ordered views."""
     from fastlora import tasks as tasks_module
     from fastlora.seeding import KeyedSeed, as_generator
     from fastlora.tasks import exact_statistics, exact_statistics_many
+    ranks = dict(task_ranks=[1, 2]) if stack == "ranks 1 and 2" else {}
     targets = [task.target for seed in (1, 2) for task in
-               fl.make_problem(d=5, d_out=3, k=2, T=2, symmetric=False, seed=seed).tasks]
+               fl.make_problem(**shape, T=2, symmetric="d_out" not in shape, seed=seed, **ranks).tasks]
     if stack == "a dense target among them":
-        targets[1] = np.random.default_rng(0).standard_normal((3, 5))
-    elif stack == "targets too large to stack":
-        monkeypatch.setattr(tasks_module, "STACKED_TARGET_ENTRIES", 14)
+        targets[1] = np.random.default_rng(0).standard_normal(targets[0].shape)
     sources = [KeyedSeed(7, (i,)) for i in range(len(targets))]
-    stacked = exact_statistics_many(targets, 40, 0.3, sources)
+    stacked = exact_statistics_many(targets, 60, 0.3, sources)
+    monkeypatch.setattr(tasks_module, "STACKED_TARGET_ENTRIES", 0)
+    one_by_one = exact_statistics_many(targets, 60, 0.3, sources)
     for i, (target, source) in enumerate(zip(targets, sources)):
-        alone = exact_statistics(target, 40, 0.3, as_generator(source))
-        for ours, theirs in zip(stacked, alone):
+        alone = exact_statistics(target, 60, 0.3, as_generator(source))
+        for ours, each, theirs in zip(stacked, one_by_one, alone, strict=True):
             np.testing.assert_array_equal(ours[i], theirs)
+            np.testing.assert_array_equal(each[i], theirs)

@@ -575,9 +575,12 @@ def test_rows_of_one_point_draw_their_problems_together_as_alone(monkeypatch, n)
     monkeypatch.setattr(problems_module, "make_linear_problems", failing)
     one_by_one = run_rows(rows)
     assert [[o[k] for k in keys] for o in one_by_one] == [[o[k] for k in keys] for o in alone]
+    monkeypatch.setattr(problems_module, "make_linear_problems", spy)
+    built.clear()
     bad = {**rows[0], "point": {**rows[0]["point"], "noise": -1.0}}  # each row its own error, the others go on
     outcomes = run_rows([bad, rows[1], {**rows[2], "point": bad["point"]}])
     assert [o["status"] for o in outcomes] == ["error", "ok", "error"] and "noise" in outcomes[0]["error"]
+    assert built[0] == 2  # the two bad rows were drawn together first (then one by one, for their errors)
 
 
 def test_rows_differing_only_in_evaluation_keys_share_one_retraining(monkeypatch):

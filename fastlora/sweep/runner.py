@@ -198,9 +198,11 @@ def _make_problems(point: dict, truth: dict) -> dict:
         from ..problems import make_linear_problems
         try:
             return dict(zip(seeds, make_linear_problems([truth[s] for s in seeds],
-                                                        [None if truth[s] == s else s for s in seeds], **args)))
-        except Exception:  # noqa: BLE001 - one by one below: each row its own error
-            pass
+                                                        [None if truth[s] == s else s for s in seeds], **args),
+                            strict=True))
+        except Exception:  # one by one below: each row its own error
+            logging.getLogger(__name__).debug("drawing %d problems together failed; one by one", len(seeds),
+                                              exc_info=True)
     made: dict = {}
     for seed in seeds:
         try:
