@@ -112,52 +112,12 @@ class PerCacheRoot:
 def compile_announced(compiles, announce=None) -> None:
     """``dispatcher.compile(signature)`` for each (dispatcher, signature) of ``compiles`` — inside ``announce()``
     (a notice) where the on-disk cache lacks any of them: a load, however slow on a busy machine, is not
-    compiling; a process compiling holds :func:`compiling_alone`.  Under ``NUMBA_DISABLE_JIT`` the
-    dispatchers are plain functions: nothing to compile."""
+    compiling.  Under ``NUMBA_DISABLE_JIT`` the dispatchers are plain functions: nothing to compile."""
     compiles = [(dispatcher, signature) for dispatcher, signature in compiles if hasattr(dispatcher, "compile")]
-    if not compiles:
-        return
-
-    def cached():
-        return all(on_disk(dispatcher) for dispatcher, _ in compiles)
-    with contextlib.nullcontext() if cached() else compiling_alone(compiles[0][0]):
-        with contextlib.nullcontext() if announce is None or cached() else announce():
-            for dispatcher, signature in compiles:
-                dispatcher.compile(signature)
-
-
-try:
-    import fcntl
-except ImportError:  # Windows: every process compiles on its own
-    fcntl = None
-_COMPILING = threading.local()  # .held: this thread holds a compile lock (nested compiles take none)
-
-
-@contextlib.contextmanager
-def compiling_alone(dispatcher):
-    """Hold the compile lock of ``dispatcher``'s cache folder (a file lock there): one process at a time
-    compiles into it, and the others wait, then load what it wrote — a sweep's workers on an empty cache
-    compiled every kernel each, and printed each notice once per worker.  Callers check the cache again
-    once they hold it.  Nested in a thread's own compile it takes no lock (no two locks held at once, so
-    processes cannot deadlock); without fcntl, or where the folder cannot be written, it locks nothing."""
-    folder = getattr(getattr(dispatcher, "_cache", None), "_cache_path", None)
-    if fcntl is None or not isinstance(folder, str) or getattr(_COMPILING, "held", False):
-        yield
-        return
-    try:
-        os.makedirs(folder, exist_ok=True)
-        handle = open(os.path.join(folder, ".compiling.lock"), "a")  # held across the yield
-    except OSError:  # a read-only cache: Numba will not write there either
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        _COMPILING.held = True
-        try:
-            yield
-        finally:
-            _COMPILING.held = False
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    cached = all(on_disk(dispatcher) for dispatcher, _ in compiles)
+    with contextlib.nullcontext() if announce is None or cached else announce():
+        for dispatcher, signature in compiles:
+            dispatcher.compile(signature)
 
 
 @functools.cache

@@ -137,31 +137,6 @@ def test_the_fits_loaded_from_the_cache_say_nothing_however_slow(tmp_path):
     assert second.stderr == ""
 
 
-def test_processes_on_an_empty_cache_compile_one_at_a_time(tmp_path):
-    """Two processes (a sweep's workers) wanting the same kernels on an empty cache: one compiles and says so,
-    the other waits for it (kernels.compiling_alone) and loads that code, silently — each compiled and
-    announced it before.  Each compile here takes 1.5 s longer, so that the two overlap."""
-    script = ("import contextlib, time\n"
-              "import fastlora.compilation as c\n"
-              "shown = c.slow_work_notice\n"
-              "@contextlib.contextmanager\n"
-              "def slow(message, after=0.0):\n"
-              "    with shown(message, 0.0):\n"
-              "        time.sleep(1.5)\n"
-              "        yield\n"
-              "c.slow_work_notice = slow\n"
-              "from fastlora import tasks\n"
-              "tasks._compiled_fits()\n")
-    env = {**os.environ, "FASTLORA_CACHE_DIR": str(tmp_path)}
-    env.pop("NUMBA_CACHE_DIR", None)
-    both = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
-    errors = [process.communicate(timeout=600)[1] for process in both]
-    assert [process.returncode for process in both] == [0, 0], errors
-    assert sorted("compiling fastlora's least-squares fits" in e for e in errors) == [False, True], errors
-    assert "" in errors
-
-
 @pytest.mark.slow
 def test_a_cold_cache_says_it_compiles_and_compiling_is_not_in_the_solve_s_seconds(tmp_path):
     """A fresh cache (partly filled: the float64 engine elsewhere does not help float32): the first solve

@@ -73,15 +73,13 @@ def ensure_compiled(dispatcher, dtype) -> float:
         _READY[dispatcher].add(name)
         return 0.0
     from ..compilation import slow_work_notice
-    from ..kernels import compiling_alone, on_disk
+    from ..kernels import on_disk
     started = time.perf_counter()
-    # a load, however slow on a busy machine, is no compile; one process compiles at a time (the others then load)
-    with contextlib.nullcontext() if on_disk(dispatcher, sig) else compiling_alone(dispatcher):
-        notice = (contextlib.nullcontext() if on_disk(dispatcher, sig)
-                  else slow_work_notice(f"compiling the fastlora engine's {dispatcher.py_func.__qualname__} for "
-                                        f"{np.dtype(dtype).name} (once; later runs load it from {cache_folder()})"))
-        with notice:
-            dispatcher.compile(sig)
+    notice = (contextlib.nullcontext() if on_disk(dispatcher, sig)  # a load, however slow on a busy machine
+              else slow_work_notice(f"compiling the fastlora engine's {dispatcher.py_func.__qualname__} for "
+                                    f"{np.dtype(dtype).name} (once; later runs load it from {cache_folder()})"))
+    with notice:
+        dispatcher.compile(sig)
     _READY[dispatcher].add(name)
     return time.perf_counter() - started
 
