@@ -208,8 +208,8 @@ def make_linear_problems(seeds: list, sample_seeds: list | None = None, *, d: in
 
 
 def _seed_list(name: str, values) -> list:
-    """``values`` as a list (a list, tuple or 1-d array of seeds), or a clear error naming ``name``."""
-    if isinstance(values, (list, tuple)) or (isinstance(values, np.ndarray) and values.ndim == 1):
+    """``values`` as a list (a list, tuple, range or 1-d array of seeds), or a clear error naming ``name``."""
+    if isinstance(values, (list, tuple, range)) or (isinstance(values, np.ndarray) and values.ndim == 1):
         return list(values)
     raise FastLoRAError(f"{name} must be a list of seeds (non-negative ints), one per problem; got {values!r}")
 
