@@ -198,10 +198,8 @@ def make_linear_problems(seeds: list, sample_seeds: list | None = None, *, d: in
         sampled = iter(sample_many([task for prob in problems for task in prob.tasks], n,
                                    [KeyedSeed(prob.data_seed, (ROLE_TRAIN, t, 1)) for prob in problems
                                     for t in range(T)], noise=noise))
-        for prob in problems:
-            for t in range(T):
-                prob.tasks[t] = next(sampled)
-                prob.tasks[t].noise = noise
+        for prob in problems:  # each sampled task carries the checked noise level (sample_many)
+            prob.tasks[:] = [next(sampled) for _ in range(T)]
     for prob, drawn in zip(problems, held_out):
         prob.test_tasks.extend(_make_task(prob, prob.A_star, B, C, ROLE_TEST, t) for t, (B, C) in enumerate(drawn))
     return problems

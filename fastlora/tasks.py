@@ -350,20 +350,21 @@ def sample_many(tasks: list[Task], n: int, seeds: list, noise: float | None = No
                     W_star = np.array([dense_target(t) for t in targets])
                     Sigma, C, sq = raw_statistics_many(W_star, n, level, sources, law)
                 _refuse_overflow(n, Sigma, C, sq)  # a stack at a time
-                for j, i in enumerate(batch):  # Σ symmetrised as Task._init_statistics does; each task its own arrays
-                    statistics[i] = (0.5 * (Sigma[j] + Sigma[j].T), C[j].copy(), float(sq[j]))
+                for j, i in enumerate(batch):  # each task its own arrays (Σ's made below)
+                    statistics[i] = (Sigma[j], C[j].copy(), float(sq[j]))
         for i, (task, level, kind, source) in enumerate(drawn):  # the others, in task order
             if statistics[i] is None:
                 Sigma, C, sq = sample_statistics(task.target, n, level, as_generator(source), sampler=kind,
                                                  law=task.law)
                 _refuse_overflow(n, Sigma, C, sq)
-                statistics[i] = (0.5 * (Sigma + Sigma.T), C, float(sq))
+                statistics[i] = (Sigma, C, float(sq))
     out = []
     for i, (task, level, kind, _) in enumerate(drawn):
         (Sigma, C, sq), statistics[i] = statistics[i], None  # released as consumed: no second copy of all Σ
-        # drawn here from a checked target and noise level: finite, symmetric and semi-definite
+        # drawn here from a checked target and noise level: finite and semi-definite; Σ symmetrised as
+        # Task._init_statistics does
         fresh = Task.__new__(Task)
-        fresh._set_statistics(Sigma, C, sq, n, task.target, level)
+        fresh._set_statistics(0.5 * (Sigma + Sigma.T), C, sq, n, task.target, level)
         fresh.__dict__.update(key=task.key, sampler=kind, law=task.law)
         out.append(fresh)
     return out

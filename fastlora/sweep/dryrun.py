@@ -58,7 +58,7 @@ class DryRun:
         out.append(f"memory: ~{format_bytes(self.row_bytes)} per row at the largest point; "
                    f"~{format_bytes(self.row_bytes * self.workers)} with {self.workers} worker(s)")
         for desc, seconds in self.timed:
-            shown = _duration(seconds) if seconds < 0.9995 else f"{seconds:.2f} s"
+            shown = _duration(seconds) if seconds < _MILLISECONDS_BELOW else f"{seconds:.2f} s"
             out.append(f"timed: {desc}: {shown} per retraining (its rows included)")
         if self.untimed:
             out.append(f"not timed: {self.untimed}")
@@ -236,8 +236,12 @@ def _seconds(run_rows, rows: list) -> float:
     return max(time.perf_counter() - started - (first_run_seconds() - compiling), 0.0)
 
 
+# sweep rows take milliseconds: "0 s" said nothing (from 999.5 ms, "1 s")
+_MILLISECONDS_BELOW = 0.9995
+
+
 def _duration(seconds: float) -> str:
-    if seconds < 0.9995:  # sweep rows take milliseconds: "0 s" said nothing (from 999.5 ms it reads "1 s")
+    if seconds < _MILLISECONDS_BELOW:
         return f"{seconds * 1e3:.3g} ms"
     if seconds < 90:
         return f"{seconds:.0f} s"

@@ -191,14 +191,14 @@ def _make_problems(point: dict, truth: dict) -> dict:
     linear model's drawn together (fastlora.problems.make_linear_problems: the same problems, a fraction
     of the Python work per row), any other one by one."""
     seeds = list(truth)
-    args = problem_args(point, seeds[0])
-    args.pop("seed")
+    each = [problem_args(point, seed, truth[seed]) for seed in seeds]  # pairing decides seed and sample_seed
+    args = {k: v for k, v in each[0].items() if k not in ("seed", "sample_seed")}
     if (len(seeds) > 1 and dataset_args(point, seeds[0]) is None and args.pop("model", "linear") == "linear"
             and set(args) <= _linear_batch_keys()):
         from ..problems import make_linear_problems
         try:
-            return dict(zip(seeds, make_linear_problems([truth[s] for s in seeds],
-                                                        [None if truth[s] == s else s for s in seeds], **args),
+            return dict(zip(seeds, make_linear_problems([a["seed"] for a in each],
+                                                        [a.get("sample_seed") for a in each], **args),
                             strict=True))
         except Exception:  # one by one below: each row its own error
             logging.getLogger(__name__).debug("drawing %d problems together failed; one by one", len(seeds),
